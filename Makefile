@@ -1,0 +1,60 @@
+# hb — process-liveness shim. `make help` lists the targets.
+SHELL        := /bin/bash
+GO           ?= go
+BIN          := bin
+CC           ?= gcc
+CFLAGS       ?= -std=c11 -O2 -Wall -Wextra -Werror
+TEST_TIMEOUT ?= 240s
+CONFIG       ?= contrib/examples/hb.toml
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build hbd, hbctl, hbbench and the C tools into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
+	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
+
+.PHONY: test
+test: build ctest ## go vet, the C reader, then go test -race on every package
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+.PHONY: ctest
+ctest: ## compile the C reader warning-free (the cross-language test runs in go test ./shm)
+	$(CC) $(CFLAGS) -Icontrib/c -fsyntax-only contrib/c/hb_shm.h -x c - </dev/null
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
+
+.PHONY: bench
+bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks
+	$(GO) test -run '^$$' -bench . -benchtime 200000x ./shm/
+	$(BIN)/hbbench $(BENCHFLAGS)
+
+.PHONY: run
+run: build ## run hbd on the bundled example (state in ./run)
+	$(BIN)/hbd -c $(CONFIG)
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: proto
+proto: ## regenerate plugin/proto from hb.proto (needs protoc)
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I plugin/proto \
+	  --go_out=plugin/proto --go_opt=paths=source_relative \
+	  --go-grpc_out=plugin/proto --go-grpc_opt=paths=source_relative \
+	  plugin/proto/hb.proto
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf $(BIN) run
