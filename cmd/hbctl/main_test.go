@@ -1,0 +1,580 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/host/api/apitest"
+	"github.com/hbshim/hb/shm"
+)
+
+// asHbctl makes the test binary run main() instead of the tests: it is
+// hbctl when no separately built binary is available.
+const asHbctl = "HBCTL_TEST_AS_MAIN"
+
+// hbctlBin is hbctl built by TestMain; "" runs the test binary as hbctl.
+var hbctlBin string
+
+// TestMain builds hbctl (a plain build: a race-enabled binary takes a tenth
+// of a second just to start, and these tests run it a hundred times). If
+// the go tool is not at hand, the test binary itself serves as hbctl.
+func TestMain(m *testing.M) {
+	if os.Getenv(asHbctl) == "1" {
+		main()
+		return
+	}
+	dir, err := os.MkdirTemp("", "hbctl-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin := filepath.Join(dir, "hbctl")
+	if goTool, err := exec.LookPath("go"); err == nil {
+		if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err == nil {
+			hbctlBin = bin
+		} else {
+			fmt.Fprintf(os.Stderr, "building hbctl failed, running the test binary as hbctl: %v\n%s", err, out)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testTimeout bounds waits for a state; never a performance threshold.
+const testTimeout = 30 * time.Second
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// command returns an hbctl command with HB_SOCKET set to sock.
+func command(t *testing.T, sock string, args ...string) *exec.Cmd {
+	t.Helper()
+	bin, env := hbctlBin, []string{"HB_SOCKET=" + sock, "HB_SHM="}
+	if bin == "" {
+		bin, env = os.Args[0], append(env, asHbctl+"=1", "GORACE=atexit_sleep_ms=0")
+	}
+	cmd := exec.CommandContext(ctxT(t), bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	return cmd
+}
+
+// hbctl runs hbctl to completion.
+func hbctl(t *testing.T, sock string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := command(t, sock, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("hbctl %q: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func serve(t *testing.T, b api.Backend) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hbd.sock")
+	srv, err := api.Listen(path, "", b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return path
+}
+
+func want(t *testing.T, args []string, code, wantCode int, stdout, stderr string) {
+	t.Helper()
+	if code != wantCode {
+		t.Fatalf("hbctl %q: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", args, code, wantCode, stdout, stderr)
+	}
+}
+
+// fields splits the table output into rows of whitespace-separated fields.
+func fields(out string) [][]string {
+	var rows [][]string
+	for l := range strings.Lines(out) {
+		rows = append(rows, strings.Fields(l))
+	}
+	return rows
+}
+
+func newBackend(t *testing.T) *apitest.Backend {
+	b := apitest.New("rx", "tx", "dpi")
+	if err := b.Start([]string{"rx"}); err != nil {
+		t.Fatal(err)
+	}
+	b.Update("tx", func(s *api.ServiceStatus) { s.Reason = "stopped by hbctl" })
+	b.Update("dpi", func(s *api.ServiceStatus) {
+		s.State, s.Exits, s.LastStatus, s.Generation = "backoff", 3, 137, 3
+		s.Reason, s.NextStart = "exited too quickly", time.Now().Add(time.Hour)
+	})
+	return b
+}
+
+func TestStatus(t *testing.T) {
+	b := newBackend(t)
+	sock := serve(t, b)
+
+	args := []string{"status"}
+	out, errOut, code := hbctl(t, sock, args...)
+	want(t, args, code, 0, out, errOut)
+	rows := fields(out)
+	if len(rows) != 4 {
+		t.Fatalf("status printed %d lines, want 4:\n%s", len(rows), out)
+	}
+	if diff := cmp.Diff([]string{"NAME", "STATE", "PID", "GEN", "EXITS", "LAST", "UPTIME/SINCE", "REASON"}, rows[0]); diff != "" {
+		t.Errorf("header (-want +got):\n%s", diff)
+	}
+	rx, _ := b.Get("rx")
+	if got, want := rows[1][:6], []string{"rx", "running", fmt.Sprint(rx.PID), "1", "0", "-"}; !cmp.Equal(got, want) {
+		t.Errorf("rx row %q, want prefix %q", rows[1], want)
+	}
+	if got := strings.Join(rows[2], " "); !strings.HasPrefix(got, "tx stopped - 0 0 - since ") || !strings.HasSuffix(got, "stopped by hbctl") {
+		t.Errorf("tx row %q", got)
+	}
+	if got := strings.Join(rows[3], " "); !strings.HasPrefix(got, "dpi backoff - 3 3 137(KILL) since ") || !strings.Contains(got, "exited too quickly; next start in ") {
+		t.Errorf("dpi row %q", got)
+	}
+
+	// Flags after arguments; JSON.
+	args = []string{"status", "rx", "dpi", "--json"}
+	out, errOut, code = hbctl(t, sock, args...)
+	want(t, args, code, 0, out, errOut)
+	var sts []api.ServiceStatus
+	if err := json.Unmarshal([]byte(out), &sts); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if len(sts) != 2 || sts[0].Name != "rx" || sts[0].PID != rx.PID || sts[1].Name != "dpi" || sts[1].LastStatus != 137 {
+		t.Errorf("status --json: %+v", sts)
+	}
+
+	// A missing service: the others are still shown, exit 1.
+	args = []string{"status", "nope", "rx"}
+	out, errOut, code = hbctl(t, sock, args...)
+	want(t, args, code, 1, out, errOut)
+	if !strings.Contains(errOut, `no service "nope"`) || len(fields(out)) != 2 {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+
+	// -s before the command overrides HB_SOCKET.
+	args = []string{"-s", sock, "status", "rx"}
+	out, errOut, code = hbctl(t, "/nonexistent.sock", args...)
+	want(t, args, code, 0, out, errOut)
+}
+
+func TestActions(t *testing.T) {
+	b := newBackend(t)
+	sock := serve(t, b)
+	tests := []struct {
+		args     []string
+		code     int
+		call     string // the backend's last call afterwards ("" none)
+		inStdout string
+		inStderr string
+	}{
+		{args: []string{"restart", "nope"}, code: 1, call: "restart nope", inStderr: "hbctl: restart: service \"nope\": not found\n"},
+		{args: []string{"start", "tx", "dpi"}, code: 0, call: "start tx,dpi", inStdout: "tx: running, pid "},
+		{args: []string{"restart", "rx"}, code: 0, call: "restart rx", inStdout: "rx: running, pid "},
+		{args: []string{"stop", "--all"}, code: 0, call: "stop dpi,tx,rx", inStdout: "rx: stopped"},
+		{args: []string{"start", "--all", "--json"}, code: 0, call: "start rx,tx,dpi", inStdout: `"name": "dpi"`},
+		{args: []string{"start"}, code: 2, inStderr: "no service named"},
+		{args: []string{"stop", "rx", "--all"}, code: 2, inStderr: "not both"},
+		{args: []string{"signal", "HUP", "rx"}, code: 0, call: "signal HUP rx", inStdout: "rx: sent SIGHUP to pid"},
+		{args: []string{"signal", "-9", "rx"}, code: 0, call: "signal KILL rx"},
+		{args: []string{"signal", "sigusr1", "rx", "--json"}, code: 0, call: "signal USR1 rx", inStdout: `"state": "running"`},
+		{args: []string{"signal", "BOGUS", "rx"}, code: 2, inStderr: `unknown signal "BOGUS"`},
+		{args: []string{"signal", "HUP"}, code: 2},
+		{args: []string{"signal", "HUP", "nope"}, code: 1, call: "signal HUP nope", inStderr: `service "nope": not found`},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			before := len(b.Calls())
+			out, errOut, code := hbctl(t, sock, tc.args...)
+			want(t, tc.args, code, tc.code, out, errOut)
+			calls := b.Calls()[before:]
+			if tc.call == "" && len(calls) > 0 || tc.call != "" && (len(calls) == 0 || calls[len(calls)-1] != tc.call) {
+				t.Errorf("backend calls %q, want %q", calls, tc.call)
+			}
+			if !strings.Contains(out, tc.inStdout) {
+				t.Errorf("stdout %q does not contain %q", out, tc.inStdout)
+			}
+			if !strings.Contains(errOut, tc.inStderr) {
+				t.Errorf("stderr %q does not contain %q", errOut, tc.inStderr)
+			}
+		})
+	}
+}
+
+func TestReload(t *testing.T) {
+	b := newBackend(t)
+	sock := serve(t, b)
+	lines := []string{`hb.toml:3: service "rx": unknown key "comand"`, `hb.toml:9: service "tx": command: empty`}
+	b.SetReload(func() (api.ReloadResult, error) {
+		return api.ReloadResult{}, api.InvalidConfig(errors.Join(errors.New(lines[0]), errors.New(lines[1])))
+	})
+	out, errOut, code := hbctl(t, sock, "reload")
+	want(t, []string{"reload"}, code, 1, out, errOut)
+	for _, l := range lines {
+		if !strings.Contains(errOut, "\n  "+l+"\n") {
+			t.Errorf("stderr does not list %q:\n%s", l, errOut)
+		}
+	}
+
+	b.SetReload(func() (api.ReloadResult, error) {
+		return api.ReloadResult{Added: []string{"new"}, Changed: []string{"rx", "tx"}}, nil
+	})
+	out, errOut, code = hbctl(t, sock, "reload")
+	want(t, []string{"reload"}, code, 0, out, errOut)
+	if out != "reloaded: added new; changed rx, tx\n" {
+		t.Errorf("stdout %q", out)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "hbd.sock")
+	for _, args := range [][]string{{"status"}, {"stop", "rx"}, {"watch"}, {"wait", "rx", "--up"}, {"reload"}, {"health"}} {
+		out, errOut, code := hbctl(t, missing, args...)
+		want(t, args, code, 3, out, errOut)
+		if !strings.Contains(errOut, "cannot reach hbd at "+missing) || !strings.Contains(errOut, "is hbd running? set -s or HB_SOCKET") {
+			t.Errorf("hbctl %q: stderr %q", args, errOut)
+		}
+	}
+}
+
+func TestWait(t *testing.T) {
+	b := newBackend(t)
+	sock := serve(t, b)
+	ctx := ctxT(t)
+
+	// start runs `hbctl wait ...` and returns once it has subscribed.
+	start := func(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+		t.Helper()
+		cmd := command(t, sock, args...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WaitSubscribers(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &out, &errb
+	}
+	finish := func(cmd *exec.Cmd, out, errb *bytes.Buffer, wantCode int) {
+		t.Helper()
+		err := cmd.Wait()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		want(t, cmd.Args[1:], code, wantCode, out.String(), errb.String())
+		if err := b.WaitSubscribers(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cmd, out, errb := start("wait", "dpi", "--up")
+	b.Update("dpi", func(s *api.ServiceStatus) { s.State, s.PID = "starting", 4242 })
+	b.Update("dpi", func(s *api.ServiceStatus) { s.State = "running" })
+	finish(cmd, out, errb, 0)
+	if out.String() != "dpi: up (running, pid 4242)\n" {
+		t.Errorf("stdout %q", out)
+	}
+
+	cmd, out, errb = start("wait", "--down", "dpi")
+	b.Update("dpi", func(s *api.ServiceStatus) { s.State, s.PID = "exited", 0 })
+	finish(cmd, out, errb, 0)
+
+	// Already down: no event needed.
+	args := []string{"wait", "dpi", "tx", "--down"}
+	o, e, code := hbctl(t, sock, args...)
+	want(t, args, code, 0, o, e)
+
+	args = []string{"wait", "tx", "--up", "--timeout", "50ms"}
+	o, e, code = hbctl(t, sock, args...)
+	want(t, args, code, 4, o, e)
+	if !strings.Contains(e, "timed out after 50ms: tx is not up (stopped)") {
+		t.Errorf("stderr %q", e)
+	}
+
+	for _, args := range [][]string{{"wait", "nope", "--up"}} {
+		o, e, code := hbctl(t, sock, args...)
+		want(t, args, code, 1, o, e)
+	}
+	for _, args := range [][]string{{"wait", "tx"}, {"wait", "tx", "--up", "--down"}, {"wait", "--up"}, {"wait", "tx", "--up", "--timeout", "soon"}} {
+		o, e, code := hbctl(t, sock, args...)
+		want(t, args, code, 2, o, e)
+	}
+}
+
+func TestWatch(t *testing.T) {
+	b := newBackend(t)
+	path := filepath.Join(t.TempDir(), "hbd.sock")
+	srv, err := api.Listen(path, "", b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx := ctxT(t)
+
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		end      func(cmd *exec.Cmd)
+		wantCode int
+		check    func(t *testing.T, lines []string)
+	}{
+		{
+			name: "json until interrupted", args: []string{"watch", "--json"},
+			end: func(cmd *exec.Cmd) { cmd.Process.Signal(os.Interrupt) }, wantCode: 0,
+			check: func(t *testing.T, lines []string) {
+				var ev api.Event
+				if err := json.Unmarshal([]byte(lines[0]), &ev); err != nil || ev.Kind != "exit" || ev.Name != "rx" || ev.Status != 137 {
+					t.Errorf("first line %q: %+v %v", lines[0], ev, err)
+				}
+			},
+		},
+		{
+			name: "text, hbd goes away", args: []string{"watch", "rx"},
+			end: func(*exec.Cmd) { srv.Close() }, wantCode: 3,
+			check: func(t *testing.T, lines []string) {
+				if !strings.Contains(lines[0], " exit   rx pid 7 gen 2 status 137(KILL) via connector") {
+					t.Errorf("first line %q", lines[0])
+				}
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := command(t, path, tc.args...)
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.WaitSubscribers(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			b.Emit(api.Event{Kind: "spawn", Name: "other", PID: 1})
+			b.Emit(api.Event{Kind: "exit", Name: "rx", PID: 7, Generation: 2, Status: 137, Source: "connector"})
+			b.Emit(api.Event{Kind: "state", Name: "rx", State: "backoff", Reason: "exited with 137"})
+			sc := bufio.NewScanner(stdout)
+			var lines []string
+			for len(lines) < 2 && sc.Scan() {
+				if strings.Contains(sc.Text(), "other") && len(tc.args) > 1 && tc.args[1] == "rx" {
+					t.Errorf("filtered watch printed %q", sc.Text())
+				}
+				if !strings.Contains(sc.Text(), "other") {
+					lines = append(lines, sc.Text())
+				}
+			}
+			if len(lines) < 2 {
+				t.Fatalf("watch printed %q; stderr %s", lines, errb.String())
+			}
+			tc.check(t, lines)
+			tc.end(cmd)
+			for sc.Scan() {
+			}
+			err = cmd.Wait()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			}
+			if code != tc.wantCode {
+				t.Errorf("exit %d (%v), want %d; stderr %s", code, err, tc.wantCode, errb.String())
+			}
+			if err := b.WaitSubscribers(ctx, 0); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestShm(t *testing.T) {
+	dir := t.TempDir()
+	w, err := shm.Create("hbtest", shm.Options{Dir: dir, Slots: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(true)
+	w.SetHeaderFlags(shm.FlagPidfd)
+	w.Beat()
+	rx, err := w.Alloc("rx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := uint32(os.Getpid())
+	st, err := shm.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Spawned(rx, pid, 1, st, shm.StateRunning, 0)
+	tx, err := w.Alloc("tx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Spawned(tx, 99999, 2, 1, shm.StateRunning, shm.SlotAdopted)
+	w.RecordExit(tx, 99999, 137, shm.MonotonicNs(), shm.StateBackoff)
+	table := filepath.Join(dir, "hbtest")
+
+	// hbd need not run: the socket is missing.
+	nosock := filepath.Join(dir, "none.sock")
+	args := []string{"shm", "--path", table, "--json"}
+	out, errOut, code := hbctl(t, nosock, args...)
+	want(t, args, code, 0, out, errOut)
+	var v struct {
+		Path   string
+		Header struct {
+			SlotCount uint32 `json:"slot_count"`
+			WriterPID uint32 `json:"writer_pid"`
+		}
+		Writer struct {
+			Status string
+			Pidfd  bool
+		}
+		Slots []struct {
+			Index      int
+			Name       string
+			PID        uint32
+			State      string
+			Generation uint64
+			Exits      uint64
+			LastStatus int32 `json:"last_status"`
+			Adopted    bool
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if v.Path != table || v.Header.SlotCount != 8 || v.Header.WriterPID != pid || v.Writer.Status != "alive" || !v.Writer.Pidfd {
+		t.Errorf("header: %+v", v)
+	}
+	if len(v.Slots) != 2 {
+		t.Fatalf("slots: %+v", v.Slots)
+	}
+	if s := v.Slots[0]; s.Name != "rx" || s.PID != pid || s.State != "running" || s.Generation != 1 {
+		t.Errorf("rx slot %+v", s)
+	}
+	if s := v.Slots[1]; s.Name != "tx" || s.PID != 0 || s.State != "backoff" || s.Exits != 1 || s.LastStatus != 137 || !s.Adopted {
+		t.Errorf("tx slot %+v", s)
+	}
+
+	args = []string{"shm", "tx", "--path", table}
+	out, errOut, code = hbctl(t, nosock, args...)
+	want(t, args, code, 0, out, errOut)
+	rows := fields(out)
+	if len(rows) != 3 || !strings.HasPrefix(out, table+": ABI v1, 8 slots, writer pid "+fmt.Sprint(pid)+" (alive") ||
+		!strings.Contains(out, ", detectors pidfd, created ") {
+		t.Errorf("shm output:\n%s", out)
+	}
+	if got := strings.Join(rows[2], " "); !strings.HasPrefix(got, "1 tx 0 backoff 2 1 137(KILL) ") || !strings.HasSuffix(got, " ago adopted") {
+		t.Errorf("tx row %q", got)
+	}
+
+	args = []string{"shm", "--path", table, "rx", "nope"}
+	out, errOut, code = hbctl(t, nosock, args...)
+	want(t, args, code, 1, out, errOut)
+	if !strings.Contains(errOut, `no slot for service "nope"`) || len(fields(out)) != 3 {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+
+	args = []string{"shm", "--path", filepath.Join(dir, "missing")}
+	out, errOut, code = hbctl(t, nosock, args...)
+	want(t, args, code, 1, out, errOut)
+
+	args = []string{"shm", "--name", "hb-test-no-such-table-" + fmt.Sprint(os.Getpid())}
+	out, errOut, code = hbctl(t, nosock, args...)
+	want(t, args, code, 1, out, errOut)
+	if !strings.Contains(errOut, "set --name or HB_SHM") {
+		t.Errorf("stderr %q", errOut)
+	}
+}
+
+func TestHelpAndUsage(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock") // help never dials
+	cmds := []string{"status", "start", "stop", "restart", "signal", "reload", "watch", "wait", "shm", "health", "version", "help"}
+	var cases [][]string
+	cases = append(cases, []string{"--help"}, []string{"-h"}, []string{"help"}, []string{"-s", "x", "--help"})
+	for _, c := range cmds {
+		cases = append(cases, []string{c, "--help"}, []string{c, "-h"}, []string{"help", c}, []string{c, "x", "-h"})
+	}
+	for _, args := range cases {
+		out, errOut, code := hbctl(t, sock, args...)
+		want(t, args, code, 0, out, errOut)
+		if !strings.HasPrefix(out, "usage: hbctl") || errOut != "" {
+			t.Errorf("hbctl %q: stdout %q stderr %q", args, out, errOut)
+		}
+	}
+	out, _, _ := hbctl(t, sock, "help")
+	for _, s := range []string{"Exit status:", "4    wait timed out", "HB_SOCKET"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("help does not mention %q", s)
+		}
+	}
+
+	for _, args := range [][]string{{}, {"nope"}, {"help", "nope"}, {"status", "--bogus"}, {"-x", "status"}, {"reload", "extra"}, {"version", "x"}} {
+		out, errOut, code := hbctl(t, sock, args...)
+		want(t, args, code, 2, out, errOut)
+		if errOut == "" {
+			t.Errorf("hbctl %q: usage error with nothing on stderr", args)
+		}
+	}
+}
+
+func TestVersionAndHealth(t *testing.T) {
+	b := newBackend(t)
+	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, Connector: true, Pidfd: true, Version: "v9"}, nil)
+	sock := serve(t, b)
+
+	out, errOut, code := hbctl(t, sock, "version")
+	want(t, []string{"version"}, code, 0, out, errOut)
+	if !strings.HasPrefix(out, "hbctl ") || !strings.Contains(out, fmt.Sprintf("(pid %d) at %s", os.Getpid(), sock)) || !strings.Contains(out, "plugin v9 (pid 77)") {
+		t.Errorf("version:\n%s", out)
+	}
+	out, errOut, code = hbctl(t, filepath.Join(t.TempDir(), "none.sock"), "version")
+	want(t, []string{"version"}, code, 0, out, errOut)
+	if !strings.Contains(out, "not reachable") {
+		t.Errorf("version without hbd:\n%s", out)
+	}
+
+	out, errOut, code = hbctl(t, sock, "health")
+	want(t, []string{"health"}, code, 0, out, errOut)
+	if !strings.Contains(out, ": ok\n") || !strings.Contains(out, "detectors connector+pidfd") {
+		t.Errorf("health:\n%s", out)
+	}
+	b.SetPluginInfo(api.PluginInfo{}, errors.New("plugin exited"))
+	out, errOut, code = hbctl(t, sock, "health", "--json")
+	want(t, []string{"health"}, code, 1, out, errOut)
+	var h api.Health
+	if err := json.Unmarshal([]byte(out), &h); err != nil || h.OK || !strings.Contains(h.Error, "plugin exited") {
+		t.Errorf("health --json: %+v %v\n%s", h, err, out)
+	}
+}

@@ -1,0 +1,376 @@
+/*
+ * hb_shm.h - read hb's shared-memory liveness table from C (ABI v1).
+ *
+ * Header-only, C11 (<stdatomic.h>) and POSIX.1-2008, no other dependency.
+ * Include it before any system header, or define _POSIX_C_SOURCE 200809L
+ * (or _GNU_SOURCE / _DEFAULT_SOURCE) yourself.
+ *
+ *     struct hb_table t;
+ *     int rc = hb_open("hb", &t);            // maps /dev/shm/hb read-only
+ *     if (rc < 0) { fprintf(stderr, "%s\n", hb_strerror(rc)); exit(1); }
+ *     int rx = hb_lookup(&t, "rx");          // once: a slot keeps its index
+ *     ...
+ *     if (hb_pid(&t, rx) == 0) bypass_rx();  // the hot path: one acquire load
+ *     hb_close(&t);
+ *
+ * The table is written by one process (the hb plugin) and never shrinks, so
+ * a mapping stays valid for as long as it is held. Layout (native-endian):
+ *
+ *   header, 128 bytes at 0:  0 magic "HBSHM\0\0\0", 8 version, 12 header_size,
+ *     16 slot_size, 20 slot_count, 24 writer_pid, 28 flags, 32 created_ns,
+ *     40 writer_beat_ns
+ *   slot i, 128 bytes at 128 + 128*i:  0 pid, 4 state, 8 seq, 12 flags,
+ *     16 generation, 24 start_time, 32 changed_ns, 40 exits, 48 last_status,
+ *     52 last_pid, 56 last_exit_ns, 64 name[48]
+ *
+ * pid is written atomically (0 before an exit is reported; the new PID last
+ * at a spawn); bytes 4-127 of a slot are guarded by the seqlock seq (odd while
+ * being written). This reader uses only 4-byte atomic loads on the slots, so
+ * it never writes to the read-only mapping, even where 8-byte atomics would.
+ */
+#ifndef HB_SHM_H
+#define HB_SHM_H
+
+#if !defined(_POSIX_C_SOURCE) && !defined(_XOPEN_SOURCE) && !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if !defined(O_CLOEXEC) || !defined(O_NOFOLLOW)
+#error "hb_shm.h needs POSIX.1-2008: include it first or define _POSIX_C_SOURCE 200809L"
+#endif
+
+#if ATOMIC_INT_LOCK_FREE != 2
+#error "hb_shm.h needs lock-free (address-free) 32-bit atomics"
+#endif
+
+#define HB_VERSION 1u
+#define HB_HEADER_SIZE 128u
+#define HB_SLOT_SIZE 128u
+#define HB_NAME_MAX 47 /* service name bytes, [A-Za-z0-9._-] */
+#define HB_DEFAULT_NAME "hb"
+#define HB_SHM_DIR "/dev/shm/"
+
+/* Header flags: exit detectors the writer runs. */
+#define HB_FLAG_CONNECTOR (1u << 0)
+#define HB_FLAG_PIDFD (1u << 1)
+/* Slot flags. */
+#define HB_SLOT_ADOPTED (1u << 0) /* not the writer's child */
+
+/* hb_read gives up with -EAGAIN after this many attempts (the writer died
+ * inside an update; the next writer repairs the slot). */
+#ifndef HB_READ_TRIES
+#define HB_READ_TRIES (1 << 20)
+#endif
+
+/* Slot states (slot offset 4). */
+enum hb_state {
+	HB_STATE_FREE = 0,
+	HB_STATE_STOPPED = 1,
+	HB_STATE_STARTING = 2,
+	HB_STATE_RUNNING = 3,
+	HB_STATE_BACKOFF = 4,
+	HB_STATE_EXITED = 5,
+	HB_STATE_FATAL = 6,
+	HB_STATE_STOPPING = 7
+};
+
+/* A mapped table. Treat as opaque; fill with hb_open, release with hb_close. */
+struct hb_table {
+	unsigned char *base; /* read-only mapping of the whole file */
+	size_t size;         /* bytes mapped */
+	uint32_t slot_count; /* 0 when closed: hb_pid then returns 0 */
+};
+
+/* A copy of the header (each field read atomically). */
+struct hb_header {
+	uint32_t version, header_size, slot_size, slot_count;
+	uint32_t writer_pid; /* 0 after a clean shutdown */
+	uint32_t flags;      /* HB_FLAG_* */
+	uint64_t created_ns; /* CLOCK_REALTIME */
+	uint64_t writer_beat_ns; /* CLOCK_MONOTONIC, refreshed each second */
+};
+
+/* A consistent (never torn) copy of one slot, from hb_read. */
+struct hb_slot_snapshot {
+	int index;
+	uint32_t pid;   /* 0 = not running */
+	uint32_t state; /* enum hb_state */
+	uint32_t seq;   /* the even sequence number the copy was taken at */
+	uint32_t flags; /* HB_SLOT_* */
+	uint64_t generation;
+	uint64_t start_time; /* /proc/PID/stat field 22 */
+	uint64_t changed_ns;
+	uint64_t exits;
+	int32_t last_status; /* exit code or 128+signal; -1 none yet */
+	uint32_t last_pid;
+	uint64_t last_exit_ns;
+	char name[HB_NAME_MAX + 1]; /* NUL-terminated */
+};
+
+/* Word k (byte offset 4k) of slot idx, or of the header for idx < 0. */
+static inline _Atomic uint32_t *hb__word(const struct hb_table *t, int idx, unsigned k)
+{
+	size_t off = idx < 0 ? 0 : HB_HEADER_SIZE + (size_t)idx * HB_SLOT_SIZE;
+	return (_Atomic uint32_t *)(void *)(t->base + off + 4u * k);
+}
+
+static inline uint64_t hb__u64(const uint32_t *w)
+{
+	uint64_t v;
+	memcpy(&v, w, sizeof v);
+	return v;
+}
+
+/* hb_pid returns the PID in slot idx: non-zero while the service runs, 0 if
+ * it does not (or idx is out of range, or t is closed). One acquire load. */
+static inline uint32_t hb_pid(const struct hb_table *t, int idx)
+{
+	if ((unsigned)idx >= t->slot_count)
+		return 0;
+	return atomic_load_explicit(hb__word(t, idx, 0), memory_order_acquire);
+}
+
+/* hb_open_path maps the table at path read-only. Returns 0, or -errno:
+ *   -ELOOP            path is a symlink
+ *   -EINVAL           not a regular file, or bad sizes (header_size,
+ *                     slot_size, slot_count, file size)
+ *   -EPERM            writable by group or others (anyone could forge it)
+ *   -EBADMSG          bad magic: not an hb table
+ *   -EPROTONOSUPPORT  ABI version other than 1
+ *   or the errno of open, fstat or mmap. */
+static inline int hb_open_path(const char *path, struct hb_table *t)
+{
+	struct stat st;
+	unsigned char *p;
+	uint32_t hdr[6];
+	int fd, err;
+
+	memset(t, 0, sizeof *t);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size < (off_t)HB_HEADER_SIZE) {
+		close(fd);
+		return -EINVAL;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		close(fd);
+		return -EPERM;
+	}
+	p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	err = p == MAP_FAILED ? -errno : 0;
+	close(fd);
+	if (err)
+		return err;
+	t->base = p;
+	t->size = (size_t)st.st_size;
+	for (unsigned k = 0; k < 6; k++)
+		hdr[k] = atomic_load_explicit(hb__word(t, -1, k), memory_order_acquire);
+	if (memcmp(hdr, "HBSHM\0\0\0", 8) != 0)
+		err = -EBADMSG;
+	else if (hdr[2] != HB_VERSION)
+		err = -EPROTONOSUPPORT;
+	else if (hdr[3] != HB_HEADER_SIZE || hdr[4] != HB_SLOT_SIZE || hdr[5] == 0 ||
+		 t->size != HB_HEADER_SIZE + (size_t)hdr[5] * HB_SLOT_SIZE)
+		err = -EINVAL;
+	if (err) {
+		munmap(p, t->size);
+		memset(t, 0, sizeof *t);
+		return err;
+	}
+	t->slot_count = hdr[5];
+	return 0;
+}
+
+/* hb_open maps /dev/shm/NAME read-only (NAME as for shm_open, without the
+ * leading '/': not empty, no '/', not "." or ".."). Errors as hb_open_path,
+ * plus -EINVAL for a bad name. */
+static inline int hb_open(const char *name, struct hb_table *t)
+{
+	char path[sizeof HB_SHM_DIR + NAME_MAX];
+	size_t n = strlen(name);
+
+	memset(t, 0, sizeof *t);
+	if (n == 0 || n > NAME_MAX || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+		return -EINVAL;
+	memcpy(path, HB_SHM_DIR, sizeof HB_SHM_DIR - 1);
+	memcpy(path + sizeof HB_SHM_DIR - 1, name, n + 1);
+	return hb_open_path(path, t);
+}
+
+/* hb_close unmaps the table; hb_pid then returns 0. */
+static inline void hb_close(struct hb_table *t)
+{
+	if (t->base)
+		munmap(t->base, t->size);
+	memset(t, 0, sizeof *t);
+}
+
+/* The 8-byte header field at word k (byte 4k). */
+static inline uint64_t hb__header_u64(const struct hb_table *t, unsigned k)
+{
+#if ATOMIC_LLONG_LOCK_FREE == 2
+	return atomic_load_explicit((_Atomic uint64_t *)(void *)(t->base + 4u * k), memory_order_acquire);
+#else
+	/* No lock-free 8-byte load here: read both halves twice until they agree. */
+	uint32_t a[2], b[2];
+	do {
+		a[0] = atomic_load_explicit(hb__word(t, -1, k), memory_order_acquire);
+		a[1] = atomic_load_explicit(hb__word(t, -1, k + 1), memory_order_acquire);
+		b[0] = atomic_load_explicit(hb__word(t, -1, k), memory_order_acquire);
+		b[1] = atomic_load_explicit(hb__word(t, -1, k + 1), memory_order_acquire);
+	} while (a[0] != b[0] || a[1] != b[1]);
+	return hb__u64(a);
+#endif
+}
+
+/* hb_header copies the header (each field atomically; the fields change
+ * independently). */
+static inline void hb_header(const struct hb_table *t, struct hb_header *h)
+{
+	uint32_t w[8];
+
+	memset(h, 0, sizeof *h);
+	if (!t->base)
+		return;
+	for (unsigned k = 2; k < 8; k++)
+		w[k] = atomic_load_explicit(hb__word(t, -1, k), memory_order_acquire);
+	h->version = w[2];
+	h->header_size = w[3];
+	h->slot_size = w[4];
+	h->slot_count = w[5];
+	h->writer_pid = w[6];
+	h->flags = w[7];
+	h->created_ns = hb__header_u64(t, 8);
+	h->writer_beat_ns = hb__header_u64(t, 10);
+}
+
+/* hb_read copies slot idx consistently: the seqlock-guarded words are copied
+ * until seq is even and unchanged, and the pid is accepted only if it did not
+ * change meanwhile. Returns 0, -ERANGE for idx out of range, or -EAGAIN if no
+ * consistent copy was obtained in HB_READ_TRIES attempts. */
+static inline int hb_read(const struct hb_table *t, int idx, struct hb_slot_snapshot *out)
+{
+	uint32_t w[HB_SLOT_SIZE / 4];
+
+	if ((unsigned)idx >= t->slot_count)
+		return -ERANGE;
+	for (long tries = 0; tries < HB_READ_TRIES; tries++) {
+		uint32_t s1, s2, p1, p2;
+
+		if (tries >= 64)
+			sched_yield();
+		s1 = atomic_load_explicit(hb__word(t, idx, 2), memory_order_acquire);
+		if (s1 & 1u)
+			continue;
+		p1 = atomic_load_explicit(hb__word(t, idx, 0), memory_order_acquire);
+		for (unsigned k = 1; k < 28; k++)
+			if (k != 2)
+				w[k] = atomic_load_explicit(hb__word(t, idx, k), memory_order_relaxed);
+		atomic_thread_fence(memory_order_acquire);
+		s2 = atomic_load_explicit(hb__word(t, idx, 2), memory_order_relaxed);
+		p2 = atomic_load_explicit(hb__word(t, idx, 0), memory_order_relaxed);
+		if (s1 != s2 || p1 != p2)
+			continue;
+		out->index = idx;
+		out->pid = p1;
+		out->state = w[1];
+		out->seq = s1;
+		out->flags = w[3];
+		out->generation = hb__u64(&w[4]);
+		out->start_time = hb__u64(&w[6]);
+		out->changed_ns = hb__u64(&w[8]);
+		out->exits = hb__u64(&w[10]);
+		out->last_status = (int32_t)w[12];
+		out->last_pid = w[13];
+		out->last_exit_ns = hb__u64(&w[14]);
+		memcpy(out->name, &w[16], HB_NAME_MAX);
+		out->name[HB_NAME_MAX] = '\0';
+		return 0;
+	}
+	return -EAGAIN;
+}
+
+/* hb_lookup returns the index of service svc's slot, or -1 if no used slot
+ * holds that name. A slot keeps its index while its service exists, so look
+ * up once and then poll hb_pid. */
+static inline int hb_lookup(const struct hb_table *t, const char *svc)
+{
+	size_t n = strlen(svc);
+
+	if (n == 0 || n > HB_NAME_MAX)
+		return -1;
+	for (uint32_t i = 0; i < t->slot_count; i++) {
+		char name[HB_NAME_MAX + 1];
+		uint32_t w[12], s1, state;
+		int idx = (int)i;
+
+		if (atomic_load_explicit(hb__word(t, idx, 1), memory_order_relaxed) == HB_STATE_FREE)
+			continue;
+		for (long tries = 0;; tries++) {
+			if (tries >= 64)
+				sched_yield();
+			if (tries >= HB_READ_TRIES)
+				return -1;
+			s1 = atomic_load_explicit(hb__word(t, idx, 2), memory_order_acquire);
+			if (s1 & 1u)
+				continue;
+			state = atomic_load_explicit(hb__word(t, idx, 1), memory_order_relaxed);
+			for (unsigned k = 0; k < 12; k++)
+				w[k] = atomic_load_explicit(hb__word(t, idx, 16 + k), memory_order_relaxed);
+			atomic_thread_fence(memory_order_acquire);
+			if (atomic_load_explicit(hb__word(t, idx, 2), memory_order_relaxed) == s1)
+				break;
+		}
+		memcpy(name, w, HB_NAME_MAX);
+		name[HB_NAME_MAX] = '\0';
+		if (state != HB_STATE_FREE && strcmp(name, svc) == 0)
+			return idx;
+	}
+	return -1;
+}
+
+/* hb_state_name returns the lower-case name of a state ("running"), or
+ * "unknown" outside ABI v1. */
+static inline const char *hb_state_name(uint32_t state)
+{
+	static const char *const names[] = {
+		"free", "stopped", "starting", "running", "backoff", "exited", "fatal", "stopping",
+	};
+	return state < sizeof names / sizeof names[0] ? names[state] : "unknown";
+}
+
+/* hb_strerror describes a negative return of hb_open / hb_open_path / hb_read
+ * in the table's terms where the errno is hb-specific. */
+static inline const char *hb_strerror(int rc)
+{
+	switch (-rc) {
+	case ELOOP: return "is a symlink";
+	case EPERM: return "writable by group or others";
+	case EBADMSG: return "bad magic: not an hb table";
+	case EPROTONOSUPPORT: return "unsupported ABI version";
+	case EINVAL: return "not a regular file, bad name or bad table layout";
+	case EAGAIN: return "slot busy: the writer died inside an update";
+	case ERANGE: return "slot index out of range";
+	default: return strerror(-rc);
+	}
+}
+
+#endif /* HB_SHM_H */

@@ -1,0 +1,80 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Backend is what the server serves: the manager implements it. Every method
+// may be called concurrently from many requests. Errors wrap ErrNotFound,
+// ErrBadRequest, ErrConflict or ErrInvalidConfig (via InvalidConfig) to get
+// 404, 400, 409 or 422; any other error is a 500. An error that implements
+// Detailer, or is an errors.Join of several, is sent with one Details line
+// per problem.
+type Backend interface {
+	// List returns every service, in config order.
+	List() []ServiceStatus
+	// Get returns one service, or an error wrapping ErrNotFound.
+	Get(name string) (ServiceStatus, error)
+	// Start starts the named services (already running ones are left alone).
+	Start(names []string) error
+	// Stop stops the named services and returns once they have exited. For
+	// --all the server passes Names() in reverse config order.
+	Stop(names []string) error
+	// Restart stops then starts the named services.
+	Restart(names []string) error
+	// Signal sends sig to the service's main process (ErrConflict when none runs).
+	Signal(name string, sig syscall.Signal) error
+	// Reload re-reads the configuration and applies it. A configuration that
+	// does not validate is rejected as a whole with InvalidConfig(err).
+	Reload() (ReloadResult, error)
+	// Subscribe returns the live event stream. The backend sends each event
+	// after the state Get returns reflects it (so a client that sees an event
+	// and then calls Get sees that state or a later one), never blocks on a
+	// slow subscriber (it may drop the subscriber by closing its channel),
+	// and closes the channel once ctx is done.
+	Subscribe(ctx context.Context) <-chan Event
+	// Names returns every service name in config order (for --all).
+	Names() []string
+}
+
+// PluginInfoer is optionally implemented by a Backend to add the plugin's
+// description to GET /v1/health. An error makes the health check fail (503).
+type PluginInfoer interface {
+	PluginInfo(ctx context.Context) (PluginInfo, error)
+}
+
+// ParseSignal parses a signal given as a name with or without the SIG prefix,
+// in any case ("HUP", "sighup", "SIGHUP"), or as a number ("1").
+func ParseSignal(s string) (syscall.Signal, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	if t == "" {
+		return 0, fmt.Errorf("%w: empty signal", ErrBadRequest)
+	}
+	if n, err := strconv.Atoi(t); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("%w: signal %d out of range 1..64", ErrBadRequest, n)
+		}
+		return syscall.Signal(n), nil
+	}
+	if !strings.HasPrefix(t, "SIG") {
+		t = "SIG" + t
+	}
+	if sig := unix.SignalNum(t); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("%w: unknown signal %q", ErrBadRequest, s)
+}
+
+// SignalName returns "HUP" for SIGHUP, or the number for signals without a name.
+func SignalName(sig syscall.Signal) string {
+	if n := unix.SignalName(sig); n != "" {
+		return strings.TrimPrefix(n, "SIG")
+	}
+	return strconv.Itoa(int(sig))
+}

@@ -1,0 +1,389 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/shm"
+)
+
+// Exit statuses of hbctl.
+const (
+	ExitOK          = 0   // success
+	ExitFailed      = 1   // the operation failed: no such service, reload rejected, ...
+	ExitUsage       = 2   // bad command line
+	ExitUnreachable = 3   // hbd cannot be reached: socket missing, refused, not permitted
+	ExitTimeout     = 4   // wait timed out
+	ExitInterrupted = 130 // SIGINT or SIGTERM before the command finished (watch exits 0)
+)
+
+// DefaultSocket is hbd's control socket when neither -s nor $HB_SOCKET is set.
+const DefaultSocket = "/run/hb/hbd.sock"
+
+// Usage is hbctl's help text.
+const Usage = `usage: hbctl [-s SOCKET] COMMAND [ARGS] [FLAGS]
+
+hbctl controls and inspects hbd, the hb process-liveness shim.
+
+Commands:
+  status [NAME...] [--json]              show services (all, or those named)
+  start NAME... | --all [--json]         start services
+  stop NAME... | --all [--json]          stop services (--all: reverse config order)
+  restart NAME... | --all [--json]       restart services
+  signal SIG NAME                        send SIG (HUP, SIGUSR1, 10) to a service's main process
+  reload [--json]                        make hbd re-read its configuration
+  watch [NAME...] [--json]               print events as they happen, until interrupted
+  wait NAME... --up|--down [--timeout D] wait until services are up (running) or down (no process)
+  shm [--name TABLE] [--json] [NAME...]  read the shared-memory table directly (works without hbd)
+  health [--json]                        hbd's and its plugin's health
+  version                                hbctl's version, and hbd's when it is reachable
+  help [COMMAND]                         this text, or a command's
+
+Flags:
+  -s, --socket PATH   hbd's control socket (default $HB_SOCKET, else /run/hb/hbd.sock)
+  -h, --help          help; also after any command
+Flags may follow the arguments: hbctl status rx --json
+
+Exit status:
+  0    success
+  1    the operation failed (no such service, reload rejected: each error is printed, ...)
+  2    usage error
+  3    hbd cannot be reached (socket missing, connection refused, permission denied)
+  4    wait timed out
+  130  interrupted (watch exits 0)
+`
+
+// Env is what a run of hbctl reads and writes besides its arguments.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// Main runs hbctl with the process's arguments (without the program name),
+// standard streams and environment, and returns its exit status. SIGINT and
+// SIGTERM cancel the running command.
+func Main(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, args, Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv})
+}
+
+// opts holds every flag of every command; each command registers its own.
+type opts struct {
+	socket  string
+	json    bool
+	all     bool
+	up      bool
+	down    bool
+	timeout time.Duration
+	shmName string
+	shmPath string
+}
+
+type command struct {
+	name     string
+	synopsis string // after "hbctl NAME"
+	help     string
+	flags    func(fs *flag.FlagSet, o *opts)
+	run      func(ctx context.Context, c *cli, args []string) int
+}
+
+// cli is one run of hbctl.
+type cli struct {
+	Env
+	o      opts
+	cmd    *command
+	client *api.Client
+}
+
+func jsonFlag(fs *flag.FlagSet, o *opts) { fs.BoolVar(&o.json, "json", false, "print JSON") }
+
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{name: "status", synopsis: "[NAME...] [--json]", run: runStatus, flags: jsonFlag, help: `Show every service, or those named, as hbd sees them: state, PID, generation
+(spawn count), exits, the last exit status (code, or 128+signal), uptime or the
+time of the last state change, and why a service is not running.
+Exits 1 if a named service does not exist.`},
+		{name: "start", synopsis: "NAME... | --all [--json]", run: runAction, flags: actionFlags, help: `Start the named services (or every service); running ones are left alone.`},
+		{name: "stop", synopsis: "NAME... | --all [--json]", run: runAction, flags: actionFlags, help: `Stop the named services (or every service, in reverse config order) and
+return once they have exited.`},
+		{name: "restart", synopsis: "NAME... | --all [--json]", run: runAction, flags: actionFlags, help: `Stop, then start the named services (or every service).`},
+		{name: "signal", synopsis: "SIG NAME [--json]", run: runSignal, flags: jsonFlag, help: `Send SIG to the service's main process. SIG is a name with or without SIG
+(HUP, SIGUSR1) or a number (10, -10).`},
+		{name: "reload", synopsis: "[--json]", run: runReload, flags: jsonFlag, help: `Make hbd re-read its configuration and apply it: services added, removed or
+changed. An invalid configuration is rejected as a whole and hbd keeps the
+running one; each error is printed and hbctl exits 1.`},
+		{name: "watch", synopsis: "[NAME...] [--json]", run: runWatch, flags: jsonFlag, help: `Print hbd's events (spawn, exit, state, adopt, reload) as they happen, for
+every service or those named, until interrupted (exit 0). Exits 3 if hbd goes
+away.`},
+		{name: "wait", synopsis: "NAME... --up|--down [--timeout D]", run: runWait, flags: waitFlags, help: `Wait until every named service is up (state running with a process) or down
+(no process: the shm slot's PID is 0). Event-driven, no polling. --timeout
+takes a Go duration (500ms, 10s, 2m); 0 or none waits for ever. Exits 4 on
+timeout, 1 if a service does not exist.`},
+		{name: "shm", synopsis: "[--name TABLE] [--json] [NAME...]", run: runShm, flags: shmFlags, help: `Read the shared-memory table /dev/shm/TABLE directly, as any peer does (TABLE
+defaults to $HB_SHM, else hb). Works when hbd is down. Shows the writer (the
+hb plugin) and whether it is alive, then every used slot, or those named.`},
+		{name: "health", synopsis: "[--json]", run: runHealth, flags: jsonFlag, help: `Ask hbd whether it and its plugin are healthy. Exits 1 if not.`},
+		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
+		{name: "help", synopsis: "[COMMAND]", run: runHelp, help: `Print the usage, or a command's.`},
+	}
+}
+
+func actionFlags(fs *flag.FlagSet, o *opts) {
+	fs.BoolVar(&o.all, "all", false, "every service")
+	jsonFlag(fs, o)
+}
+
+func waitFlags(fs *flag.FlagSet, o *opts) {
+	fs.BoolVar(&o.up, "up", false, "wait until up")
+	fs.BoolVar(&o.down, "down", false, "wait until down")
+	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long")
+}
+
+func shmFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.shmName, "name", "", "table name")
+	fs.StringVar(&o.shmPath, "path", "", "table file (hidden: tests)")
+	jsonFlag(fs, o)
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func (c *command) usage() string {
+	s := "usage: hbctl [-s SOCKET] " + c.name
+	if c.synopsis != "" {
+		s += " " + c.synopsis
+	}
+	return s + "\n\n" + c.help + "\n"
+}
+
+// Run runs hbctl with args (without the program name) and returns its exit
+// status. ctx ending interrupts the command.
+func Run(ctx context.Context, args []string, env Env) int {
+	if env.Getenv == nil {
+		env.Getenv = func(string) string { return "" }
+	}
+	c := &cli{Env: env}
+	global := newFlagSet("hbctl", &c.o)
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(c.Stdout, Usage)
+			return ExitOK
+		}
+		return c.usageErr(nil, err.Error())
+	}
+	rest := global.Args()
+	if len(rest) == 0 {
+		fmt.Fprint(c.Stderr, Usage)
+		return ExitUsage
+	}
+	c.cmd = lookup(rest[0])
+	if c.cmd == nil {
+		return c.usageErr(nil, fmt.Sprintf("unknown command %q", rest[0]))
+	}
+	fs := newFlagSet("hbctl "+c.cmd.name, &c.o)
+	if c.cmd.flags != nil {
+		c.cmd.flags(fs, &c.o)
+	}
+	pos, err := parseArgs(fs, rest[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(c.Stdout, c.cmd.usage())
+			return ExitOK
+		}
+		return c.usageErr(c.cmd, err.Error())
+	}
+	if c.o.socket == "" {
+		c.o.socket = env.Getenv("HB_SOCKET")
+	}
+	if c.o.socket == "" {
+		c.o.socket = DefaultSocket
+	}
+	c.client = api.NewClient(c.o.socket)
+	return c.cmd.run(ctx, c, pos)
+}
+
+func newFlagSet(name string, o *opts) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&o.socket, "s", o.socket, "control socket")
+	fs.StringVar(&o.socket, "socket", o.socket, "control socket")
+	return fs
+}
+
+var negNumber = regexp.MustCompile(`^-[0-9]+$`)
+
+// parseArgs parses flags anywhere among args and returns the positional
+// arguments in order. "--" ends the flags; "-10" is an argument (a signal).
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		// Hand the flag package everything up to the next argument.
+		i := 0
+		for i < len(args) && (!strings.HasPrefix(args[i], "-") || args[i] == "-" || negNumber.MatchString(args[i])) {
+			i++
+		}
+		pos = append(pos, args[:i]...)
+		args = args[i:]
+		if len(args) == 0 {
+			break
+		}
+		if args[0] == "--" {
+			pos = append(pos, args[1:]...)
+			break
+		}
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		consumed := len(args) - len(fs.Args())
+		ended := consumed > 0 && args[consumed-1] == "--"
+		args = fs.Args()
+		if ended {
+			pos = append(pos, args...)
+			break
+		}
+	}
+	return pos, nil
+}
+
+func (c *cli) usageErr(cmd *command, msg string) int {
+	if cmd == nil {
+		fmt.Fprintf(c.Stderr, "hbctl: %s\nrun 'hbctl help' for usage\n", msg)
+	} else {
+		fmt.Fprintf(c.Stderr, "hbctl %s: %s\nusage: hbctl %s %s\nrun 'hbctl help %s' for more\n", cmd.name, msg, cmd.name, cmd.synopsis, cmd.name)
+	}
+	return ExitUsage
+}
+
+// fail reports err and returns the exit status for it.
+func (c *cli) fail(err error) int {
+	name := c.cmd.name
+	var ae *api.APIError
+	switch {
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintf(c.Stderr, "hbctl: %s: interrupted\n", name)
+		return ExitInterrupted
+	case errors.Is(err, api.ErrUnreachable):
+		fmt.Fprintf(c.Stderr, "hbctl: %s: %v\n", name, err)
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+			fmt.Fprintf(c.Stderr, "hbctl: run as root, as hbd's user, or as a member of hbd's socket group\n")
+		} else {
+			fmt.Fprintf(c.Stderr, "hbctl: is hbd running? set -s or HB_SOCKET to its socket\n")
+		}
+		return ExitUnreachable
+	case errors.As(err, &ae):
+		msg := ae.Message
+		if !strings.HasPrefix(msg, name+":") && !strings.HasPrefix(msg, name+" ") {
+			msg = name + ": " + msg // hbd's message names the action itself, mostly
+		}
+		fmt.Fprintf(c.Stderr, "hbctl: %s\n", msg)
+		for _, d := range ae.Details {
+			fmt.Fprintf(c.Stderr, "  %s\n", d)
+		}
+		return ExitFailed
+	}
+	fmt.Fprintf(c.Stderr, "hbctl: %s: %v\n", name, err)
+	return ExitFailed
+}
+
+func runHelp(_ context.Context, c *cli, args []string) int {
+	switch len(args) {
+	case 0:
+		fmt.Fprint(c.Stdout, Usage)
+		return ExitOK
+	case 1:
+		cmd := lookup(args[0])
+		if cmd == nil {
+			return c.usageErr(nil, fmt.Sprintf("unknown command %q", args[0]))
+		}
+		fmt.Fprint(c.Stdout, cmd.usage())
+		return ExitOK
+	}
+	return c.usageErr(c.cmd, "too many arguments")
+}
+
+func runVersion(ctx context.Context, c *cli, args []string) int {
+	if len(args) > 0 {
+		return c.usageErr(c.cmd, "no arguments expected")
+	}
+	fmt.Fprintf(c.Stdout, "hbctl %s\n", api.BuildVersion())
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	h, err := c.client.Health(ctx)
+	if err != nil && h.PID == 0 {
+		fmt.Fprintf(c.Stdout, "hbd   not reachable at %s\n", c.o.socket)
+		return ExitOK
+	}
+	fmt.Fprintf(c.Stdout, "hbd   %s (pid %d) at %s\n", h.Version, h.PID, c.o.socket)
+	if p := h.Plugin; p != nil {
+		fmt.Fprintf(c.Stdout, "plugin %s (pid %d)\n", p.Version, p.PID)
+	}
+	return ExitOK
+}
+
+func runHealth(ctx context.Context, c *cli, args []string) int {
+	if len(args) > 0 {
+		return c.usageErr(c.cmd, "no arguments expected")
+	}
+	h, err := c.client.Health(ctx)
+	if err != nil && h.PID == 0 {
+		return c.fail(err)
+	}
+	if c.o.json {
+		writeJSON(c.Stdout, h)
+	} else {
+		state := "ok"
+		if !h.OK {
+			state = "NOT OK: " + h.Error
+		}
+		fmt.Fprintf(c.Stdout, "hbd %s (pid %d, %s): %s\n", c.o.socket, h.PID, h.Version, state)
+		if p := h.Plugin; p != nil {
+			var det []string
+			if p.Connector {
+				det = append(det, "connector")
+			}
+			if p.Pidfd {
+				det = append(det, "pidfd")
+			}
+			if len(det) == 0 {
+				det = append(det, "none")
+			}
+			fmt.Fprintf(c.Stdout, "plugin pid %d, table /dev/shm/%s (%d slots), detectors %s, adopted %d\n",
+				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), p.Adopted)
+		}
+	}
+	if !h.OK {
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+// shmTableName returns the table name for `shm`: --name, $HB_SHM, "hb".
+func (c *cli) shmTableName() string {
+	switch {
+	case c.o.shmName != "":
+		return c.o.shmName
+	case c.Getenv("HB_SHM") != "":
+		return c.Getenv("HB_SHM")
+	}
+	return shm.DefaultName
+}

@@ -1,0 +1,235 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+)
+
+// Event kinds, the values of Event.Kind.
+const (
+	EventSpawn  = "spawn"  // a new incarnation started; PID and Generation name it
+	EventExit   = "exit"   // an incarnation exited; Status is its exit code or 128+signal, -1 if unknown
+	EventState  = "state"  // the service's state changed to State; Reason says why
+	EventAdopt  = "adopt"  // a running process was adopted from the shm table after a restart
+	EventReload = "reload" // the configuration was reloaded; Name is empty, Reason summarises
+)
+
+// ServiceStatus is the manager's view of one service, as returned by
+// GET /v1/services and GET /v1/services/{name}.
+type ServiceStatus struct {
+	Name string `json:"name"`
+	// State is the lower-case shm state name: stopped, starting, running,
+	// backoff, exited, fatal or stopping.
+	State string `json:"state"`
+	// PID is the running incarnation's PID, 0 when none runs (the shm slot's PID).
+	PID int `json:"pid"`
+	// Slot is the service's index in the shm table.
+	Slot int `json:"slot"`
+	// Generation counts spawns; it names the current (or last) incarnation.
+	Generation uint64 `json:"generation"`
+	// Exits counts exits seen.
+	Exits uint64 `json:"exits"`
+	// LastStatus is the last exit's code, or 128+signal; -1 when unknown or no exit yet.
+	LastStatus int `json:"last_status"`
+	// LastExit is the wall-clock time of the last exit; absent before the first.
+	LastExit time.Time `json:"last_exit,omitzero"`
+	// Since is when the service entered State.
+	Since time.Time `json:"since,omitzero"`
+	// Uptime is how long the current incarnation has run, as a Go duration
+	// rounded to the second ("1h2m3s"). The server fills it in from Since when
+	// the backend leaves it empty and State is starting, running or stopping.
+	Uptime string `json:"uptime,omitempty"`
+	// Restart is the service's restart policy ("always", "on-failure", "never").
+	Restart string `json:"restart,omitempty"`
+	// Reason says why the service is in State when that is not obvious: why it
+	// is fatal or backing off, or the last start error.
+	Reason string `json:"reason,omitempty"`
+	// Adopted is true when the process is not the plugin's child (adopted from
+	// the shm table after a plugin restart).
+	Adopted bool `json:"adopted,omitempty"`
+	// NextStart is when the next start attempt is due, in state backoff only.
+	NextStart time.Time `json:"next_start,omitzero"`
+	// FailedStarts counts consecutive starts that failed or exited too quickly.
+	FailedStarts int `json:"failed_starts"`
+}
+
+// Event is one line of GET /v1/events.
+type Event struct {
+	// Seq increases by one per event for the life of the hbd process.
+	Seq  uint64    `json:"seq"`
+	Time time.Time `json:"time"`
+	// Kind is one of EventSpawn, EventExit, EventState, EventAdopt, EventReload.
+	Kind       string `json:"kind"`
+	Name       string `json:"name,omitempty"`
+	PID        int    `json:"pid,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	// Status is the exit code or 128+signal (-1 unknown); exit events only.
+	Status int `json:"status"`
+	// Source names the detector that saw an exit first: connector, pidfd, resync, reaper.
+	Source string `json:"source,omitempty"`
+	// State is the new state, for state events (and the state after spawn/exit when known).
+	State  string `json:"state,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// ReloadResult lists what POST /v1/reload changed, each in config order.
+type ReloadResult struct {
+	Added   []string `json:"added"`
+	Removed []string `json:"removed"`
+	Changed []string `json:"changed"`
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error string `json:"error"`
+	// Details holds one line per underlying problem, e.g. each configuration
+	// error of a rejected reload.
+	Details []string `json:"details,omitempty"`
+}
+
+// Health is the body of GET /v1/health.
+type Health struct {
+	// OK is false when hbd runs but cannot serve (e.g. its plugin is gone);
+	// Error then says why and the status is 503.
+	OK      bool   `json:"ok"`
+	Error   string `json:"error,omitempty"`
+	PID     int    `json:"pid"`     // hbd's PID
+	Version string `json:"version"` // hbd's version
+	// Plugin describes the plugin, when the backend implements PluginInfoer.
+	Plugin *PluginInfo `json:"plugin,omitempty"`
+}
+
+// PluginInfo describes the running hb plugin (GET /v1/health).
+type PluginInfo struct {
+	PID       int    `json:"pid"`
+	Shm       string `json:"shm"`       // shm table name (/dev/shm/<shm>)
+	Slots     int    `json:"slots"`     // table capacity
+	Connector bool   `json:"connector"` // the proc connector is the fast exit detector
+	Pidfd     bool   `json:"pidfd"`     // the pidfd safety net is active
+	Adopted   int    `json:"adopted"`   // clients adopted when the plugin started
+	LastSeq   uint64 `json:"last_seq"`  // sequence number of the plugin's last event
+	Version   string `json:"version,omitempty"`
+}
+
+// Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the
+// server maps them to HTTP statuses; the client's *APIError matches them with
+// errors.Is, so callers on both sides test with errors.Is only.
+var (
+	// ErrNotFound: no such service (404).
+	ErrNotFound = errors.New("not found")
+	// ErrBadRequest: the request cannot be carried out as asked (400).
+	ErrBadRequest = errors.New("bad request")
+	// ErrConflict: the service's state forbids it now, e.g. signal a stopped service (409).
+	ErrConflict = errors.New("conflict")
+	// ErrInvalidConfig: a reload was rejected because the configuration is invalid (422).
+	// Wrap the configuration error with InvalidConfig to get one Details line per problem.
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrUnreachable: the client could not talk to hbd at all (socket missing,
+	// refused, permission denied, connection lost).
+	ErrUnreachable = errors.New("cannot reach hbd")
+	// ErrSocketInUse: Listen found another server answering on the socket path.
+	ErrSocketInUse = errors.New("socket in use")
+)
+
+// Detailer is implemented by errors that carry one line per underlying
+// problem; the server sends them as Error.Details.
+type Detailer interface {
+	Details() []string
+}
+
+// InvalidConfig wraps a configuration error so that the server answers 422
+// with one Details line per problem: each error of an errors.Join (any error
+// with Unwrap() []error), otherwise each line of err.Error(). The result
+// matches ErrInvalidConfig and err with errors.Is. nil stays nil.
+func InvalidConfig(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &invalidConfigError{err: err}
+}
+
+type invalidConfigError struct{ err error }
+
+func (e *invalidConfigError) Error() string {
+	d := e.Details()
+	switch len(d) {
+	case 0:
+		return ErrInvalidConfig.Error()
+	case 1:
+		return ErrInvalidConfig.Error() + ": " + d[0]
+	}
+	return fmt.Sprintf("%s: %s (and %d more)", ErrInvalidConfig, d[0], len(d)-1)
+}
+
+func (e *invalidConfigError) Unwrap() []error { return []error{ErrInvalidConfig, e.err} }
+
+func (e *invalidConfigError) Details() []string { return errorLines(e.err) }
+
+// errorLines flattens err into lines: the members of a joined error, each
+// split on newlines, empty lines dropped.
+func errorLines(err error) []string {
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	var lines []string
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		for l := range strings.SplitSeq(e.Error(), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				lines = append(lines, l)
+			}
+		}
+	}
+	return lines
+}
+
+// APIError is an error answer from hbd, as the Client returns it. It matches
+// the sentinel of its status with errors.Is (404 ErrNotFound, 400
+// ErrBadRequest, 409 ErrConflict, 422 ErrInvalidConfig).
+type APIError struct {
+	Status  int      // HTTP status
+	Message string   // Error.Error
+	Details []string // Error.Details
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Is reports whether target is the sentinel for e's status.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Status == 404
+	case ErrBadRequest:
+		return e.Status == 400
+	case ErrConflict:
+		return e.Status == 409
+	case ErrInvalidConfig:
+		return e.Status == 422
+	}
+	return false
+}
+
+// Version is the version hbd and hbctl report: the main module's version from
+// the build information ("(devel)" for a plain go build), unless set at link
+// time with -ldflags "-X github.com/hbshim/hb/host/api.Version=v1.2.3".
+var Version = ""
+
+// BuildVersion returns Version, or the module version from the build
+// information when Version is not set.
+func BuildVersion() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

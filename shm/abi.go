@@ -1,0 +1,239 @@
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// ABI v1 constants. They are part of the on-disk (in-memory) format shared
+// with readers in other languages (contrib/c/hb_shm.h) and must not change
+// without bumping Version.
+const (
+	// Version is the ABI version written at header offset 8.
+	Version = 1
+	// HeaderSize is the size in bytes of the table header; slot 0 starts here.
+	HeaderSize = 128
+	// SlotSize is the size in bytes of one slot.
+	SlotSize = 128
+	// NameMax is the longest service name in bytes; the name field holds
+	// NameMax bytes plus at least one NUL.
+	NameMax = 47
+	// DefaultName is the table name used when none is configured (/dev/shm/hb).
+	DefaultName = "hb"
+	// DefaultSlots is the capacity of a table created with Options.Slots == 0.
+	DefaultSlots = 1024
+	// MaxSlots bounds Options.Slots (a 128 MiB table).
+	MaxSlots = 1 << 20
+)
+
+// Magic is the 8-byte signature at offset 0 of every table.
+var Magic = [8]byte{'H', 'B', 'S', 'H', 'M', 0, 0, 0}
+
+// Header flags (header offset 28): which exit detectors the writer has running.
+const (
+	// FlagConnector is set while the proc connector fast path is active.
+	FlagConnector uint32 = 1 << 0
+	// FlagPidfd is set while the pidfd safety net is active.
+	FlagPidfd uint32 = 1 << 1
+)
+
+// Slot flags (slot offset 12).
+const (
+	// SlotAdopted marks a process that the writer adopted from a previous
+	// writer; it is not the writer's child.
+	SlotAdopted uint32 = 1 << 0
+)
+
+// Byte offsets of the header fields (ABI v1).
+const (
+	hdrMagic      = 0
+	hdrVersion    = 8
+	hdrHeaderSize = 12
+	hdrSlotSize   = 16
+	hdrSlotCount  = 20
+	hdrWriterPID  = 24
+	hdrFlags      = 28
+	hdrCreatedNs  = 32
+	hdrBeatNs     = 40
+)
+
+// Byte offsets of the fields inside one slot (ABI v1).
+const (
+	slPID        = 0
+	slState      = 4
+	slSeq        = 8
+	slFlags      = 12
+	slGeneration = 16
+	slStartTime  = 24
+	slChangedNs  = 32
+	slExits      = 40
+	slLastStatus = 48
+	slLastPID    = 52
+	slLastExitNs = 56
+	slName       = 64
+	slNameLen    = 48 // NameMax + NUL
+	slReserved   = 112
+	nameWords    = slNameLen / 4
+)
+
+// State is the lifecycle state stored at slot offset 4. Its numeric values
+// are part of the ABI.
+type State uint32
+
+// The slot states of ABI v1.
+const (
+	StateFree     State = 0 // slot unused
+	StateStopped  State = 1 // allocated, not running (never started or stopped on purpose)
+	StateStarting State = 2 // being spawned
+	StateRunning  State = 3 // running; pid != 0 while it lives
+	StateBackoff  State = 4 // exited, waiting to be restarted
+	StateExited   State = 5 // exited, will not be restarted by policy
+	StateFatal    State = 6 // gave up restarting
+	StateStopping State = 7 // being stopped on request
+)
+
+var stateNames = [...]string{
+	StateFree:     "free",
+	StateStopped:  "stopped",
+	StateStarting: "starting",
+	StateRunning:  "running",
+	StateBackoff:  "backoff",
+	StateExited:   "exited",
+	StateFatal:    "fatal",
+	StateStopping: "stopping",
+}
+
+// String returns the lower-case name of s ("running"), or "state(N)" for a
+// value outside ABI v1.
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "state(" + strconv.FormatUint(uint64(s), 10) + ")"
+}
+
+// Valid reports whether s is one of the states defined by ABI v1.
+func (s State) Valid() bool { return int(s) < len(stateNames) }
+
+// ParseState is the inverse of State.String for the states of ABI v1.
+func ParseState(name string) (State, error) {
+	for i, n := range stateNames {
+		if n == name {
+			return State(i), nil
+		}
+	}
+	return 0, fmt.Errorf("shm: unknown state %q", name)
+}
+
+// Header is a copy of the table header.
+type Header struct {
+	Version    uint32
+	HeaderSize uint32
+	SlotSize   uint32
+	SlotCount  uint32
+	// WriterPID is the writer's process ID; 0 after a clean shutdown.
+	WriterPID uint32
+	// Flags holds FlagConnector and FlagPidfd.
+	Flags uint32
+	// CreatedNs is CLOCK_REALTIME when the table was first created (kept on adopt).
+	CreatedNs uint64
+	// WriterBeatNs is CLOCK_MONOTONIC of the writer's last Beat: a reader can
+	// tell the watcher itself is alive if it is recent (the writer beats every second).
+	WriterBeatNs uint64
+}
+
+// Slot is a consistent copy of one slot (see Table.Snapshot).
+type Slot struct {
+	Index int
+	// PID is the running process, 0 if none. The slot is set to 0 before an
+	// exit is reported, so a non-zero PID never names a recycled process.
+	PID   uint32
+	State State
+	// Flags holds SlotAdopted.
+	Flags uint32
+	// Generation counts spawns of this service (+1 at every spawn).
+	Generation uint64
+	// StartTime is field 22 of /proc/PID/stat (clock ticks since boot),
+	// the identity of PID against reuse.
+	StartTime uint64
+	// ChangedNs is CLOCK_MONOTONIC of the last state change.
+	ChangedNs uint64
+	// Exits counts the exits seen.
+	Exits uint64
+	// LastStatus is the last exit code, or 128+signal; -1 if none yet.
+	LastStatus int32
+	// LastPID is the PID of the last exited incarnation.
+	LastPID uint32
+	// LastExitNs is CLOCK_MONOTONIC when the last exit was detected.
+	LastExitNs uint64
+	// Name is the service name ("" for a free slot).
+	Name string
+}
+
+// Errors returned (wrapped, with the path or name) by this package. Match them
+// with errors.Is.
+var (
+	ErrSymlink    = errors.New("is a symlink")
+	ErrNotRegular = errors.New("not a regular file")
+	ErrOwner      = errors.New("owned by another user")
+	ErrMode       = errors.New("writable by group or others")
+	ErrBadMagic   = errors.New("bad magic: not an hb table")
+	ErrVersion    = errors.New("unsupported ABI version")
+	ErrLayout     = errors.New("bad table layout")
+	ErrBusy       = errors.New("locked by another writer")
+	ErrFull       = errors.New("table full")
+	ErrNotFound   = errors.New("service not in table")
+	ErrBadName    = errors.New("invalid name")
+	ErrIndex      = errors.New("slot index out of range")
+	ErrRunning    = errors.New("slot has a running process")
+	ErrClosed     = errors.New("table closed")
+)
+
+// ValidName reports whether service is a valid service name: 1 to NameMax
+// bytes of [A-Za-z0-9._-]. The error wraps ErrBadName and names the problem.
+func ValidName(service string) error {
+	switch {
+	case service == "":
+		return fmt.Errorf("shm: service name %q: %w: empty", service, ErrBadName)
+	case len(service) > NameMax:
+		return fmt.Errorf("shm: service name %q: %w: %d bytes, at most %d", service, ErrBadName, len(service), NameMax)
+	}
+	for i := 0; i < len(service); i++ {
+		c := service[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' {
+			continue
+		}
+		return fmt.Errorf("shm: service name %q: %w: byte %q at offset %d (allowed: A-Z a-z 0-9 . _ -)", service, ErrBadName, c, i)
+	}
+	return nil
+}
+
+// nameMaxFS is NAME_MAX, the longest file name in /dev/shm.
+const nameMaxFS = 255
+
+// ValidTableName reports whether name can name a table in /dev/shm, with the
+// rules of shm_open(3): not empty, no '/', not "." or "..", at most NAME_MAX
+// (255) bytes, no NUL. The error wraps ErrBadName.
+func ValidTableName(name string) error {
+	var why string
+	switch {
+	case name == "":
+		why = "empty"
+	case name == "." || name == "..":
+		why = "is . or .."
+	case len(name) > nameMaxFS:
+		why = fmt.Sprintf("%d bytes, at most %d", len(name), nameMaxFS)
+	default:
+		for i := 0; i < len(name); i++ {
+			if name[i] == '/' || name[i] == 0 {
+				why = fmt.Sprintf("byte %q at offset %d", name[i], i)
+				break
+			}
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return fmt.Errorf("shm: table name %q: %w: %s", name, ErrBadName, why)
+}

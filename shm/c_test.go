@@ -1,0 +1,179 @@
+package shm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// cflags are the flags of the Makefile's C targets.
+var cflags = []string{"-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I", "../contrib/c"}
+
+// buildC compiles src with gcc into a temporary directory, warning-free, and
+// returns the binary's path. It skips the test if gcc is not installed.
+func buildC(t *testing.T, src string) string {
+	t.Helper()
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Skip("gcc not found: skipping the C reader test (install gcc to run it)")
+	}
+	bin := filepath.Join(t.TempDir(), strings.TrimSuffix(filepath.Base(src), ".c"))
+	args := append(append([]string{}, cflags...), "-o", bin, src)
+	if out, err := exec.Command(gcc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return bin
+}
+
+// peekText is what hbpeek must print for r (see contrib/c/hbpeek.c).
+func peekText(path string, r *Table, header bool) string {
+	var b strings.Builder
+	var used []Slot
+	for s := range r.Used() {
+		used = append(used, s)
+	}
+	if header {
+		h := r.Header()
+		fmt.Fprintf(&b, "# hb path=%s version=%d slots=%d used=%d writer_pid=%d flags=0x%x created_ns=%d writer_beat_ns=%d\n",
+			path, h.Version, h.SlotCount, len(used), h.WriterPID, h.Flags, h.CreatedNs, h.WriterBeatNs)
+	}
+	for _, s := range used {
+		fmt.Fprintf(&b, "%d %s %d %s %d %d %d %d\n", s.Index, s.Name, s.PID, s.State, s.Generation, s.Exits, s.LastStatus, s.LastPID)
+	}
+	return b.String()
+}
+
+// fillPeekTable writes known contents: running, exited, never started, a
+// freed gap, an adopted process and a long name.
+func fillPeekTable(t *testing.T, w *Writer) {
+	rx := mustAlloc(t, w, "rx")
+	tx := mustAlloc(t, w, "tx")
+	gap := mustAlloc(t, w, "gap")
+	mustAlloc(t, w, "a.b-c_9")
+	long := mustAlloc(t, w, strings.Repeat("L", NameMax))
+	if err := w.Free(gap); err != nil {
+		t.Fatal(err)
+	}
+	w.SetHeaderFlags(FlagConnector | FlagPidfd)
+	w.Spawned(rx, 4000001, 3, 100, StateRunning, 0)
+	w.Spawned(tx, 4000002, 1, 101, StateRunning, 0)
+	w.RecordExit(tx, 4000002, 137, MonotonicNs(), StateFatal)
+	w.Spawned(long, 99, 1<<40, 102, StateStopping, SlotAdopted)
+}
+
+func runPeek(t *testing.T, bin string, env []string, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// TestCPeek: the C reader prints exactly what the Go reader sees.
+func TestCPeek(t *testing.T) {
+	bin := buildC(t, "../contrib/c/hbpeek.c")
+	w := newWriter(t, 16)
+	r := openReader(t, w)
+	fillPeekTable(t, w)
+	path := w.Path()
+
+	want := peekText(path, r, true)
+	if !strings.Contains(want, " "+strings.Repeat("L", NameMax)+" 99 stopping ") {
+		t.Fatalf("fixture not as intended:\n%s", want)
+	}
+	got, stderr, err := runPeek(t, bin, nil, "-p", path)
+	if err != nil {
+		t.Fatalf("hbpeek -p %s: %v\n%s", path, err, stderr)
+	}
+	if got != want {
+		t.Errorf("hbpeek -p output:\n got:\n%s\nwant:\n%s", got, want)
+	}
+	t.Logf("hbpeek -p %s:\n%s", path, got)
+
+	got, stderr, err = runPeek(t, bin, nil, "-H", "-s", "tx", "-p", path)
+	if want := "1 tx 0 fatal 1 1 137 4000002\n"; err != nil || got != want {
+		t.Errorf("hbpeek -H -s tx: %q, %v %s; want %q", got, err, stderr, want)
+	}
+
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown service", []string{"-s", "gap", "-p", path}, "no service gap"},
+		{"missing table", []string{"-p", path + ".missing"}, "No such file"},
+		{"bad magic", []string{"-p", writeFile(t, t.TempDir(), "x", bytes.Repeat([]byte{1}, 256), 0o644)}, "bad magic"},
+	} {
+		_, stderr, err := runPeek(t, bin, nil, tt.args...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%s: hbpeek %v: %v, stderr %q; want exit 1 mentioning %q", tt.name, tt.args, err, stderr, tt.want)
+		}
+	}
+}
+
+// TestCPeekDevShm: hbpeek NAME and HB_SHM=NAME open /dev/shm/NAME.
+func TestCPeekDevShm(t *testing.T) {
+	if fi, err := os.Stat(DefaultDir); err != nil || !fi.IsDir() {
+		t.Skipf("no %s here: %v", DefaultDir, err)
+	}
+	bin := buildC(t, "../contrib/c/hbpeek.c")
+	name := fmt.Sprintf("hb-test-%d-%x", os.Getpid(), rand.Uint32())
+	w, err := Create(name, Options{Slots: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Unlink(); w.Close(true) })
+	fillPeekTable(t, w)
+	r, err := Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	want := peekText(filepath.Join(DefaultDir, name), r, true)
+	got, stderr, err := runPeek(t, bin, nil, name)
+	if err != nil || got != want {
+		t.Errorf("hbpeek %s: %v %s\n got:\n%s\nwant:\n%s", name, err, stderr, got, want)
+	}
+	got, stderr, err = runPeek(t, bin, []string{"HB_SHM=" + name})
+	if err != nil || got != want {
+		t.Errorf("HB_SHM=%s hbpeek: %v %s\n got:\n%s\nwant:\n%s", name, err, stderr, got, want)
+	}
+}
+
+// TestCReadConsistency: hb_read never returns a torn slot while a Go writer
+// flips it through spawn/exit cycles (the scheme of TestConcurrentSnapshots).
+func TestCReadConsistency(t *testing.T) {
+	bin := buildC(t, "testdata/readcheck.c")
+	w := newWriter(t, 4)
+	mustAlloc(t, w, "other")
+	fi := mustAlloc(t, w, "flip")
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var cycles uint64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for g := uint64(1); !stop.Load(); g++ {
+			flip(w, fi, g)
+			cycles = g
+		}
+	}()
+	out, err := exec.Command(bin, w.Path(), fmt.Sprint(fi), "300000").CombinedOutput()
+	stop.Store(true)
+	wg.Wait()
+	if err != nil || !strings.HasPrefix(string(out), "ok ") {
+		t.Fatalf("readcheck: %v\n%s", err, out)
+	}
+	t.Logf("writer: %d cycles; readcheck: %s", cycles, strings.TrimSpace(string(out)))
+}

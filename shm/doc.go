@@ -1,0 +1,59 @@
+// Package shm is hb's shared-memory liveness table: a POSIX shared-memory
+// file (/dev/shm/<name>, default "hb") holding one fixed-size slot per
+// service, whose first word is the PID of the service's running process or 0.
+// Any process on the machine can map it read-only and tell whether a service
+// is alive with one atomic load, with no socket, no system call and no
+// heartbeat message.
+//
+// The package depends only on the standard library and golang.org/x/sys/unix,
+// so peers written in Go can import it alone. It works on Linux only.
+//
+// # ABI v1
+//
+// The layout is fixed and shared with readers in other languages
+// (contrib/c/hb_shm.h); the repository README ("Shared-memory ABI") has the
+// full tables. In short, all integers native-endian and naturally aligned:
+//
+//	header (128 bytes at offset 0)
+//	  0 magic "HBSHM\0\0\0"   8 version=1   12 header_size=128   16 slot_size=128
+//	 20 slot_count   24 writer_pid (0 after a clean shutdown)   28 flags (bit0 connector, bit1 pidfd)
+//	 32 created_ns (CLOCK_REALTIME)   40 writer_beat_ns (CLOCK_MONOTONIC, refreshed every second)
+//	slot i (128 bytes at offset 128 + 128*i)
+//	  0 pid (atomic; 0 = not running)   4 state   8 seq (seqlock over bytes 4-127)   12 flags (bit0 adopted)
+//	 16 generation   24 start_time   32 changed_ns   40 exits   48 last_status (i32, -1 none)
+//	 52 last_pid   56 last_exit_ns   64 name[48] (NUL-padded)   112-127 reserved, zero
+//
+// Write order. An exit stores pid = 0 first (ClearPID, a compare-and-swap so
+// the exit of an old incarnation never clears a newer one), then updates the
+// other fields under the seqlock (seq odd, fields, seq even). A spawn updates
+// the fields under the seqlock, then stores the pid last. The pid goes to 0
+// before the exit is reported or the zombie reaped, so a non-zero pid never
+// names a recycled process. A slot keeps its index while its service exists:
+// look a name up once (Lookup), then poll PID(i).
+//
+// # Concurrency
+//
+// One Writer per table, the plugin: Create takes an exclusive flock(2) on the
+// file and a second writer gets ErrBusy. A Writer started after the previous
+// one died adopts the table, keeping every slot and index. Writer methods are
+// safe for concurrent use by the writer's goroutines (seqlock updates are
+// serialised by a mutex; ClearPID needs no lock). Any number of readers, in any
+// number of processes, use Open and the Table methods, which are safe for
+// concurrent use and never block the writer. Every access to the mapping is a
+// sync/atomic 32- or 64-bit operation (names are copied as 4-byte words), and
+// multi-word copies are validated by the seqlock, so a Snapshot is never torn.
+//
+// # Safety checks
+//
+// Tables are opened with O_NOFOLLOW|O_CLOEXEC. Readers refuse symlinks
+// (ErrSymlink), non-regular files (ErrNotRegular), files writable by group or
+// others (ErrMode) and bad headers (ErrBadMagic, ErrVersion, ErrLayout); the
+// writer also refuses a file owned by another user (ErrOwner). New tables are
+// created with mode 0644 regardless of the umask and appear under their name
+// only once their header is complete.
+//
+// # Debugging
+//
+// contrib/c/hbpeek prints a table (hbpeek [-p PATH] [NAME]); `od -A d -t x4
+// /dev/shm/hb` shows the raw words.
+package shm
