@@ -1,0 +1,646 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/shm"
+)
+
+// bound is the longest any test waits for a state; reaching it is a failure,
+// not a measurement.
+const bound = 30 * time.Second
+
+// launch starts the test binary as a plugin in a fresh state directory. At
+// cleanup the process is SIGKILLed through a pidfd if it is still there.
+func launch(t *testing.T) (*Conn, string) {
+	t.Helper()
+	dir := t.TempDir()
+	conn, err := Launch(pluginConfig(dir))
+	if err != nil {
+		t.Fatalf("Launch: %v", err)
+	}
+	killAtCleanup(t, conn.PID())
+	dumpLogOnFailure(t, dir)
+	return conn, dir
+}
+
+// killAtCleanup SIGKILLs pid at the end of the test, through a pidfd opened
+// now so a recycled PID is never hit.
+func killAtCleanup(t *testing.T, pid int) {
+	t.Helper()
+	pfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", pid, err)
+	}
+	t.Cleanup(func() {
+		_ = unix.PidfdSendSignal(pfd, unix.SIGKILL, nil, 0)
+		_ = unix.Close(pfd)
+	})
+}
+
+func dumpLogOnFailure(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "plugin.log")); err == nil {
+			t.Logf("plugin.log:\n%s", b)
+		}
+	})
+}
+
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(bound):
+		t.Fatalf("%s: not after %v", what, bound)
+	}
+}
+
+func recv(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("event channel closed")
+		}
+		return ev
+	case <-time.After(bound):
+		t.Fatalf("no event after %v", bound)
+	}
+	return Event{}
+}
+
+// waitEventsClosed drains ch until it is closed.
+func waitEventsClosed(t *testing.T, ch <-chan Event) {
+	t.Helper()
+	timeout := time.After(bound)
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("event channel still open after %v", bound)
+		}
+	}
+}
+
+func readLog(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "plugin.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// eventKey drops the fields that vary from run to run.
+func eventKey(ev Event) Event {
+	ev.TimeUnixNs = 0
+	return ev
+}
+
+func TestLaunchRoundTrip(t *testing.T) {
+	t.Parallel()
+	conn, dir := launch(t)
+	sh := conn.Shim()
+	ctx := t.Context()
+
+	info, err := sh.Info(ctx)
+	if err != nil {
+		t.Fatalf("Info: %v", err)
+	}
+	if info.PID != conn.PID() || info.Version != "test" || info.Slots != fakeSlots {
+		t.Errorf("Info = %+v, want PID %d (Conn.PID), version test, %d slots", info, conn.PID(), fakeSlots)
+	}
+
+	rec, err := readRecord(filepath.Join(dir, StateFile))
+	if err != nil {
+		t.Fatalf("plugin.json: %v", err)
+	}
+	if rec.PID != conn.PID() || rec.Protocol != "grpc" || rec.Network != "unix" || rec.StartTime == 0 ||
+		filepath.Dir(rec.Addr) != dir || !cmp.Equal(rec.Args, pluginArgs) {
+		t.Errorf("plugin.json = %+v: want pid %d, grpc over a unix socket in %s, start time, args %q", rec, conn.PID(), dir, pluginArgs)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, StateFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("plugin.json mode: %v, %v; want 0600", fi.Mode(), err)
+	}
+
+	events, err := sh.Events(ctx, 0)
+	if err != nil {
+		t.Fatalf("Events: %v", err)
+	}
+	spec := Spec{Name: "rx", Command: []string{"/bin/rx", "-q"}, UID: -1, GID: -1, Stdout: "null", Stderr: "file"}
+	res, err := sh.Spawn(ctx, spec)
+	if err != nil {
+		t.Fatalf("Spawn: %v", err)
+	}
+	if diff := cmp.Diff(SpawnResult{Slot: 0, PID: 40001, Generation: 1, StartTime: 1001}, res); diff != "" {
+		t.Errorf("Spawn result (-want +got):\n%s", diff)
+	}
+	wantSpawn := Event{Seq: 1, Kind: EventSpawn, Name: "rx", Slot: 0, PID: 40001, Generation: 1, Status: -1}
+	if diff := cmp.Diff(wantSpawn, eventKey(recv(t, events))); diff != "" {
+		t.Errorf("spawn event (-want +got):\n%s", diff)
+	}
+
+	if err := sh.SetState(ctx, "rx", shm.StateRunning); err != nil {
+		t.Fatalf("SetState: %v", err)
+	}
+	if err := sh.Signal(ctx, "rx", syscall.SIGHUP); err != nil {
+		t.Fatalf("Signal: %v", err)
+	}
+	slots, err := sh.List(ctx)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	wantSlots := []shm.Slot{{Index: 0, PID: 40001, State: shm.StateRunning, Generation: 1, LastStatus: -1, Name: "rx"}}
+	if diff := cmp.Diff(wantSlots, slots); diff != "" {
+		t.Errorf("List (-want +got):\n%s", diff)
+	}
+
+	if err := sh.Stop(ctx, "rx", syscall.SIGTERM, time.Second); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	wantExit := Event{Seq: 2, Kind: EventExit, Name: "rx", PID: 40001, Generation: 1, Status: 128 + 15, Source: "pidfd"}
+	if diff := cmp.Diff(wantExit, eventKey(recv(t, events))); diff != "" {
+		t.Errorf("exit event (-want +got):\n%s", diff)
+	}
+	if err := sh.Free(ctx, "rx"); err != nil {
+		t.Fatalf("Free: %v", err)
+	}
+
+	if err := conn.Kill(ctx, true); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	waitFor(t, conn.Exited(), "Exited after Kill")
+	waitEventsClosed(t, events)
+	if _, err := os.Stat(filepath.Join(dir, StateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("plugin.json after Kill: %v, want it removed", err)
+	}
+	if _, err := os.Stat(rec.Addr); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket after Kill: %v, want it removed", err)
+	}
+	log := readLog(t, dir)
+	for _, want := range []string{"fake shutdown clean=true", "serve returned: <nil>"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("plugin.log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// sentinels are the errors that must survive the process boundary.
+var sentinels = []error{ErrNotFound, ErrRunning, ErrNotRunning, ErrFull, ErrBadSpec, ErrShutdown, ErrUnavailable}
+
+func TestErrorsCrossTheBoundary(t *testing.T) {
+	t.Parallel()
+	conn, _ := launch(t)
+	sh := conn.Shim()
+	ctx := t.Context()
+	for _, name := range []string{"a", "b", "c", "d"} {
+		if _, err := sh.Spawn(ctx, Spec{Name: name, Command: []string{"x"}}); err != nil {
+			t.Fatalf("Spawn %s: %v", name, err)
+		}
+	}
+	if err := sh.Stop(ctx, "b", syscall.SIGTERM, time.Second); err != nil {
+		t.Fatalf("Stop b: %v", err)
+	}
+
+	tests := []struct {
+		name string
+		call func() error
+		want error
+		msg  string // exact message, as the plugin wrote it
+	}{
+		{
+			name: "stop unknown",
+			call: func() error { return sh.Stop(ctx, "nope", syscall.SIGTERM, time.Second) },
+			want: ErrNotFound,
+			msg:  `fake: stop "nope": unknown service`,
+		},
+		{
+			name: "set state unknown",
+			call: func() error { return sh.SetState(ctx, "nope", shm.StateFatal) },
+			want: ErrNotFound,
+			msg:  `fake: set state "nope": unknown service`,
+		},
+		{
+			name: "spawn running",
+			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "a", Command: []string{"x"}}); return err },
+			want: ErrRunning,
+			msg:  `fake: spawn "a": service is running (pid 40001)`,
+		},
+		{
+			name: "free running",
+			call: func() error { return sh.Free(ctx, "a") },
+			want: ErrRunning,
+			msg:  `fake: free "a": service is running`,
+		},
+		{
+			name: "signal stopped",
+			call: func() error { return sh.Signal(ctx, "b", syscall.SIGHUP) },
+			want: ErrNotRunning,
+			msg:  `fake: signal "b" with hangup: service is not running`,
+		},
+		{
+			name: "table full",
+			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "e", Command: []string{"x"}}); return err },
+			want: ErrFull,
+			msg:  `fake: spawn "e": slot table is full`,
+		},
+		{
+			name: "empty command",
+			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "b"}); return err },
+			want: ErrBadSpec,
+			msg:  `fake: spawn "b": invalid spec: empty command`,
+		},
+		{
+			// shm.ErrBadName passed through by the implementation.
+			name: "bad name",
+			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "no/slash", Command: []string{"x"}}); return err },
+			want: ErrBadSpec,
+		},
+		{
+			// Refused subscriptions are returned by Events itself.
+			name: "events from the future",
+			call: func() error { _, err := sh.Events(ctx, 99); return err },
+			want: ErrBadSpec,
+			msg:  `fake: events after 99: invalid spec: last is 5`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if err == nil {
+				t.Fatalf("no error, want %v", tt.want)
+			}
+			for _, s := range sentinels {
+				if got := errors.Is(err, s); got != (s == tt.want) {
+					t.Errorf("errors.Is(%q, %q) = %v, want %v", err, s, got, !got)
+				}
+			}
+			var re *RemoteError
+			if !errors.As(err, &re) {
+				t.Errorf("error %q (%T) is not a *RemoteError", err, err)
+			}
+			if tt.msg != "" && err.Error() != tt.msg {
+				t.Errorf("message = %q, want %q", err.Error(), tt.msg)
+			}
+		})
+	}
+}
+
+func TestEventsReplay(t *testing.T) {
+	t.Parallel()
+	conn, _ := launch(t)
+	sh := conn.Shim()
+	ctx := t.Context()
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := sh.Spawn(ctx, Spec{Name: name, Command: []string{"x"}}); err != nil {
+			t.Fatalf("Spawn %s: %v", name, err)
+		}
+	}
+
+	subCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events, err := sh.Events(subCtx, 1)
+	if err != nil {
+		t.Fatalf("Events(after 1): %v", err)
+	}
+	for _, want := range []struct {
+		seq  uint64
+		name string
+	}{{2, "b"}, {3, "c"}} {
+		if ev := recv(t, events); ev.Seq != want.seq || ev.Name != want.name {
+			t.Errorf("replayed event %d %q, want %d %q", ev.Seq, ev.Name, want.seq, want.name)
+		}
+	}
+
+	// Live events follow the replay, on every subscription.
+	late, err := sh.Events(ctx, 3)
+	if err != nil {
+		t.Fatalf("Events(after 3): %v", err)
+	}
+	if _, err := sh.Spawn(ctx, Spec{Name: "d", Command: []string{"x"}}); err != nil {
+		t.Fatalf("Spawn d: %v", err)
+	}
+	for _, ch := range []<-chan Event{events, late} {
+		if ev := recv(t, ch); ev.Seq != 4 || ev.Name != "d" || ev.Kind != EventSpawn {
+			t.Errorf("live event %+v, want seq 4 spawn d", ev)
+		}
+	}
+
+	// Cancelling the context ends that subscription only.
+	cancel()
+	waitEventsClosed(t, events)
+	if err := sh.Stop(ctx, "d", syscall.SIGKILL, time.Second); err != nil {
+		t.Fatalf("Stop d: %v", err)
+	}
+	if ev := recv(t, late); ev.Seq != 5 || ev.Kind != EventExit {
+		t.Errorf("event after cancel %+v, want seq 5 exit", ev)
+	}
+}
+
+func TestDetachReattach(t *testing.T) {
+	t.Parallel()
+	conn, dir := launch(t)
+	ctx := t.Context()
+	if _, err := conn.Shim().Spawn(ctx, Spec{Name: "rx", Command: []string{"x"}}); err != nil {
+		t.Fatalf("Spawn: %v", err)
+	}
+	pid := conn.PID()
+	if err := conn.Detach(); err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	if err := conn.Detach(); err != nil {
+		t.Errorf("second Detach: %v", err)
+	}
+	if _, err := conn.Shim().Info(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Info on a detached Conn: %v, want ErrUnavailable", err)
+	}
+
+	again, err := Reattach(dir, nil)
+	if err != nil {
+		t.Fatalf("Reattach: %v", err)
+	}
+	if again.PID() != pid {
+		t.Fatalf("Reattach PID = %d, want the same process %d", again.PID(), pid)
+	}
+	info, err := again.Shim().Info(ctx)
+	if err != nil || info.PID != pid {
+		t.Fatalf("Info after Reattach = %+v, %v; want PID %d", info, err, pid)
+	}
+	slots, err := again.Shim().List(ctx)
+	if err != nil || len(slots) != 1 || slots[0].Name != "rx" {
+		t.Fatalf("List after Reattach = %+v, %v; want the service spawned before", slots, err)
+	}
+	events, err := again.Shim().Events(ctx, 0)
+	if err != nil {
+		t.Fatalf("Events after Reattach: %v", err)
+	}
+	if ev := recv(t, events); ev.Seq != 1 || ev.Name != "rx" {
+		t.Errorf("replay after Reattach: %+v, want seq 1 rx", ev)
+	}
+
+	// Detach and reattach once more: a reattached Conn detaches the same way.
+	if err := again.Detach(); err != nil {
+		t.Fatalf("Detach reattached: %v", err)
+	}
+	third, err := Reattach(dir, nil)
+	if err != nil {
+		t.Fatalf("second Reattach: %v", err)
+	}
+	if err := third.Kill(ctx, true); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	waitFor(t, third.Exited(), "Exited after Kill")
+	if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
+		t.Errorf("Reattach after Kill: %v, want ErrNoPlugin", err)
+	}
+}
+
+func TestExitedAfterSIGKILL(t *testing.T) {
+	t.Parallel()
+	for _, reattached := range []bool{false, true} {
+		t.Run("reattached="+strconv.FormatBool(reattached), func(t *testing.T) {
+			t.Parallel()
+			conn, dir := launch(t)
+			ctx := t.Context()
+			if reattached {
+				if err := conn.Detach(); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if conn, err = Reattach(dir, nil); err != nil {
+					t.Fatalf("Reattach: %v", err)
+				}
+			}
+			events, err := conn.Shim().Events(ctx, 0)
+			if err != nil {
+				t.Fatalf("Events: %v", err)
+			}
+			select {
+			case <-conn.Exited():
+				t.Fatal("Exited closed while the plugin runs")
+			default:
+			}
+			if err := unix.Kill(conn.PID(), unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, conn.Exited(), "Exited after SIGKILL")
+			waitEventsClosed(t, events)
+			if _, err := conn.Shim().Info(ctx); !errors.Is(err, ErrUnavailable) {
+				t.Errorf("Info on a dead plugin: %v, want ErrUnavailable", err)
+			}
+			if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
+				t.Errorf("Reattach to a dead plugin: %v, want ErrNoPlugin", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, StateFile)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("stale plugin.json: %v, want it removed", err)
+			}
+			if err := conn.Detach(); err != nil {
+				t.Errorf("Detach after exit: %v", err)
+			}
+		})
+	}
+}
+
+func TestReattachNoPlugin(t *testing.T) {
+	t.Parallel()
+	// A PID that certainly belonged to a process that is gone.
+	dead := exec.Command("/bin/true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ownStart, err := shm.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		record string // plugin.json content; "" = no file
+	}{
+		{name: "no record"},
+		{name: "corrupt record", record: `{"pid": `},
+		{name: "dead pid", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: dead.Process.Pid, StartTime: 1})},
+		// A live process that is not the plugin (this test process, with
+		// another start time): never touched, only refused.
+		{name: "reused pid", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart + 1})},
+		{name: "other program", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart, Exe: "/usr/sbin/not-hbd"})},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, StateFile)
+			if tt.record != "" {
+				if err := os.WriteFile(file, []byte(tt.record), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conn, err := Reattach(dir, nil)
+			if !errors.Is(err, ErrNoPlugin) {
+				t.Fatalf("Reattach = %v, %v; want ErrNoPlugin", conn, err)
+			}
+			if tt.record != "" && !strings.Contains(tt.name, "corrupt") {
+				if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("stale plugin.json: %v, want it removed", err)
+				}
+			}
+		})
+	}
+}
+
+func recordJSON(t *testing.T, rec record) string {
+	t.Helper()
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A live plugin that cannot be used is killed by Reattach, so a fresh one
+// never runs beside it.
+func TestReattachKillsUnusablePlugin(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		mutate func(t *testing.T, rec *record)
+	}{
+		{"other protocol version", func(_ *testing.T, rec *record) { rec.ProtocolVersion = 99 }},
+		{"socket gone", func(t *testing.T, rec *record) {
+			if err := os.Remove(rec.Addr); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			conn, dir := launch(t)
+			defer conn.Detach()
+			file := filepath.Join(dir, StateFile)
+			rec, err := readRecord(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.mutate(t, &rec)
+			if err := writeRecord(dir, rec); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
+				t.Fatalf("Reattach: %v, want ErrNoPlugin", err)
+			}
+			waitFor(t, conn.Exited(), "plugin killed by Reattach")
+			if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("plugin.json: %v, want it removed", err)
+			}
+		})
+	}
+}
+
+// The plugin outlives the hbd that launched it: after that host exits, a
+// write to the stdout pipe it inherited fails with EPIPE instead of killing
+// it, and a new host reattaches.
+func TestPluginSurvivesHost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dumpLogOnFailure(t, dir)
+	host := exec.Command(os.Args[0])
+	host.Env = append(os.Environ(), helperEnv+"=host", dirEnv+"="+dir,
+		strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	var stderr strings.Builder
+	host.Stderr = &stderr
+	out, err := host.Output()
+	if err != nil {
+		t.Fatalf("host: %v\n%s", err, stderr.String())
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("host printed %q: %v", out, err)
+	}
+	killAtCleanup(t, pid)
+
+	conn, err := Reattach(dir, nil)
+	if err != nil {
+		t.Fatalf("Reattach: %v", err)
+	}
+	if conn.PID() != pid {
+		t.Fatalf("Reattach PID = %d, want %d", conn.PID(), pid)
+	}
+	ctx := t.Context()
+	err = conn.Shim().Signal(ctx, stdioService, 0)
+	if err == nil || !strings.Contains(err.Error(), syscall.EPIPE.Error()) {
+		t.Errorf("write to the dead host's pipe: %v, want %q", err, syscall.EPIPE.Error())
+	}
+	slots, err := conn.Shim().List(ctx)
+	if err != nil {
+		t.Fatalf("List after the write: %v (plugin died?)", err)
+	}
+	if len(slots) != 1 || slots[0].Name != "orphan" || slots[0].PID == 0 {
+		t.Errorf("List = %+v, want the service the first host spawned", slots)
+	}
+	select {
+	case <-conn.Exited():
+		t.Fatal("plugin exited")
+	default:
+	}
+	if err := conn.Kill(ctx, true); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	waitFor(t, conn.Exited(), "Exited after Kill")
+}
+
+// SIGTERM stops the plugin like a Shutdown(clean=false) the host did not send.
+func TestSIGTERMShutsDown(t *testing.T) {
+	t.Parallel()
+	conn, dir := launch(t)
+	defer conn.Detach()
+	if err := unix.Kill(conn.PID(), unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, conn.Exited(), "Exited after SIGTERM")
+	log := readLog(t, dir)
+	for _, want := range []string{"fake shutdown clean=false", "serve returned: <nil>"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("plugin.log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// Kill without a clean shutdown works; a second Kill is refused, not hung.
+func TestKillTwice(t *testing.T) {
+	t.Parallel()
+	conn, _ := launch(t)
+	ctx, cancel := context.WithTimeout(t.Context(), bound)
+	defer cancel()
+	if err := conn.Kill(ctx, false); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if err := conn.Kill(ctx, false); err == nil {
+		t.Error("second Kill succeeded, want an error")
+	}
+}
+
+func TestServeRefusesWithoutHost(t *testing.T) {
+	t.Setenv(Handshake.MagicCookieKey, "")
+	err := Serve(newFakeShim(nil), nil)
+	if err == nil || !strings.Contains(err.Error(), Handshake.MagicCookieKey) {
+		t.Errorf("Serve without the cookie: %v, want an error naming %s", err, Handshake.MagicCookieKey)
+	}
+}

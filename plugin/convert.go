@@ -1,0 +1,164 @@
+package plugin
+
+import (
+	hbpb "github.com/hbshim/hb/plugin/proto"
+	"github.com/hbshim/hb/shm"
+)
+
+// Conversions between the Go contract (types.go) and the wire messages. Each
+// pair is the identity on every field; the tests round-trip them.
+
+func specToProto(s Spec) *hbpb.Spec {
+	groups := make([]int64, len(s.Groups))
+	for i, g := range s.Groups {
+		groups[i] = int64(g)
+	}
+	return &hbpb.Spec{
+		Name:        s.Name,
+		Command:     s.Command,
+		Dir:         s.Dir,
+		Env:         s.Env,
+		Uid:         int64(s.UID),
+		Gid:         int64(s.GID),
+		Groups:      groups,
+		Stdout:      s.Stdout,
+		Stderr:      s.Stderr,
+		LogDir:      s.LogDir,
+		LogMaxBytes: s.LogMaxBytes,
+		LogBackups:  int64(s.LogBackups),
+	}
+}
+
+func specFromProto(p *hbpb.Spec) Spec {
+	var groups []int
+	if len(p.GetGroups()) > 0 {
+		groups = make([]int, len(p.GetGroups()))
+		for i, g := range p.GetGroups() {
+			groups[i] = int(g)
+		}
+	}
+	return Spec{
+		Name:        p.GetName(),
+		Command:     p.GetCommand(),
+		Dir:         p.GetDir(),
+		Env:         p.GetEnv(),
+		UID:         int(p.GetUid()),
+		GID:         int(p.GetGid()),
+		Groups:      groups,
+		Stdout:      p.GetStdout(),
+		Stderr:      p.GetStderr(),
+		LogDir:      p.GetLogDir(),
+		LogMaxBytes: p.GetLogMaxBytes(),
+		LogBackups:  int(p.GetLogBackups()),
+	}
+}
+
+func spawnResultToProto(r SpawnResult) *hbpb.SpawnResponse {
+	return &hbpb.SpawnResponse{
+		Slot:       int64(r.Slot),
+		Pid:        int64(r.PID),
+		Generation: r.Generation,
+		StartTime:  r.StartTime,
+	}
+}
+
+func spawnResultFromProto(p *hbpb.SpawnResponse) SpawnResult {
+	return SpawnResult{
+		Slot:       int(p.GetSlot()),
+		PID:        int(p.GetPid()),
+		Generation: p.GetGeneration(),
+		StartTime:  p.GetStartTime(),
+	}
+}
+
+func infoToProto(i Info) *hbpb.InfoResponse {
+	return &hbpb.InfoResponse{
+		Pid:       int64(i.PID),
+		ShmName:   i.ShmName,
+		Slots:     int64(i.Slots),
+		Connector: i.Connector,
+		Pidfd:     i.Pidfd,
+		Adopted:   int64(i.Adopted),
+		LastSeq:   i.LastSeq,
+		Version:   i.Version,
+	}
+}
+
+func infoFromProto(p *hbpb.InfoResponse) Info {
+	return Info{
+		PID:       int(p.GetPid()),
+		ShmName:   p.GetShmName(),
+		Slots:     int(p.GetSlots()),
+		Connector: p.GetConnector(),
+		Pidfd:     p.GetPidfd(),
+		Adopted:   int(p.GetAdopted()),
+		LastSeq:   p.GetLastSeq(),
+		Version:   p.GetVersion(),
+	}
+}
+
+func slotToProto(s shm.Slot) *hbpb.Slot {
+	return &hbpb.Slot{
+		Index:      int64(s.Index),
+		Pid:        s.PID,
+		State:      hbpb.ServiceState(s.State),
+		Flags:      s.Flags,
+		Generation: s.Generation,
+		StartTime:  s.StartTime,
+		ChangedNs:  s.ChangedNs,
+		Exits:      s.Exits,
+		LastStatus: s.LastStatus,
+		LastPid:    s.LastPID,
+		LastExitNs: s.LastExitNs,
+		Name:       s.Name,
+	}
+}
+
+func slotFromProto(p *hbpb.Slot) shm.Slot {
+	return shm.Slot{
+		Index:      int(p.GetIndex()),
+		PID:        p.GetPid(),
+		State:      shm.State(p.GetState()),
+		Flags:      p.GetFlags(),
+		Generation: p.GetGeneration(),
+		StartTime:  p.GetStartTime(),
+		ChangedNs:  p.GetChangedNs(),
+		Exits:      p.GetExits(),
+		LastStatus: p.GetLastStatus(),
+		LastPID:    p.GetLastPid(),
+		LastExitNs: p.GetLastExitNs(),
+		Name:       p.GetName(),
+	}
+}
+
+func eventToProto(e Event) *hbpb.Event {
+	return &hbpb.Event{
+		Seq:        e.Seq,
+		Kind:       hbpb.EventKind(e.Kind),
+		Name:       e.Name,
+		Slot:       int64(e.Slot),
+		Pid:        int64(e.PID),
+		Generation: e.Generation,
+		Status:     int64(e.Status),
+		Source:     e.Source,
+		DetectedNs: e.DetectedNs,
+		TimeUnixNs: e.TimeUnixNs,
+		Adopted:    e.Adopted,
+	}
+}
+
+func eventFromProto(p *hbpb.Event) Event {
+	return Event{
+		Seq:        p.GetSeq(),
+		Kind:       EventKind(p.GetKind()),
+		Name:       p.GetName(),
+		Slot:       int(p.GetSlot()),
+		PID:        int(p.GetPid()),
+		Generation: p.GetGeneration(),
+		Status:     int(p.GetStatus()),
+		Source:     p.GetSource(),
+		DetectedNs: p.GetDetectedNs(),
+		TimeUnixNs: p.GetTimeUnixNs(),
+		Adopted:    p.GetAdopted(),
+	}
+}

@@ -1,0 +1,122 @@
+package plugin
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/hbshim/hb/shm"
+)
+
+// Spec describes one service to spawn. The host resolves names (users, groups,
+// paths) before it sends a Spec, so the plugin only executes.
+type Spec struct {
+	Name    string   // service name; also the shm slot name (shm.ValidName)
+	Command []string // argv; Command[0] is resolved with PATH of Env if it has no slash
+	Dir     string   // working directory; "" keeps the plugin's
+	Env     []string // complete environment, KEY=VALUE; the plugin adds HB_SERVICE, HB_SLOT, HB_SHM, HB_GENERATION
+	UID     int      // -1 keeps the plugin's user
+	GID     int      // -1 keeps the plugin's group
+	Groups  []int    // supplementary groups when UID/GID are set
+	Stdout  string   // "file" | "inherit" | "null"
+	Stderr  string   // "file" | "inherit" | "null"
+	// LogDir holds NAME.out.log / NAME.err.log when Stdout/Stderr is "file".
+	LogDir string
+	// LogMaxBytes rotates a log file once it grows past this size (0: 10 MiB).
+	LogMaxBytes int64
+	// LogBackups is how many rotated files (NAME.out.log.1 …) are kept (0: 3).
+	LogBackups int
+}
+
+// SpawnResult is what Spawn started.
+type SpawnResult struct {
+	Slot       int
+	PID        int
+	Generation uint64
+	StartTime  uint64 // field 22 of /proc/PID/stat
+}
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+const (
+	// EventSpawn: a new incarnation is running and its PID is in the slot.
+	EventSpawn EventKind = 1
+	// EventExit: an incarnation has exited; its slot PID was already 0 when this was sent.
+	EventExit EventKind = 2
+	// EventAdopt: a new plugin found a live client in the table and watches it.
+	EventAdopt EventKind = 3
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventSpawn:
+		return "spawn"
+	case EventExit:
+		return "exit"
+	case EventAdopt:
+		return "adopt"
+	}
+	return "unknown"
+}
+
+// Event is one entry of the plugin's event stream. Seq increases by one per
+// event for the life of a plugin process, so a host that reconnects can ask
+// for what it missed.
+type Event struct {
+	Seq        uint64
+	Kind       EventKind
+	Name       string
+	Slot       int
+	PID        int
+	Generation uint64
+	// Status is the exit code, or 128+signal; -1 when unknown. Exit events only.
+	Status int
+	// Source names the detector that saw the exit first: "connector", "pidfd", "resync", "reaper", "adopt".
+	Source string
+	// DetectedNs is CLOCK_MONOTONIC at detection (exit) or at start (spawn).
+	DetectedNs uint64
+	// TimeUnixNs is the wall-clock time of the event.
+	TimeUnixNs int64
+	Adopted    bool // the process is not the plugin's child (adopted after a plugin restart)
+}
+
+// Info describes a running plugin.
+type Info struct {
+	PID       int
+	ShmName   string
+	Slots     int
+	Connector bool // the proc connector is the fast detector
+	Pidfd     bool // the pidfd epoll safety net is active
+	Adopted   int  // clients adopted from the table when this plugin started
+	LastSeq   uint64
+	Version   string
+}
+
+// Shim is the service the plugin offers to the host. Every method returns an
+// error: the plugin is another process and may be gone.
+type Shim interface {
+	// Info describes the plugin.
+	Info(ctx context.Context) (Info, error)
+	// Spawn allocates (or reuses) the slot named spec.Name, starts the process,
+	// arms the exit watch, then stores its PID in the slot.
+	Spawn(ctx context.Context, spec Spec) (SpawnResult, error)
+	// Stop sends sig to the service's process group and, if it has not exited
+	// after timeout, SIGKILL. It returns once the exit has been recorded.
+	Stop(ctx context.Context, name string, sig syscall.Signal, timeout time.Duration) error
+	// Signal sends sig to the service's main process.
+	Signal(ctx context.Context, name string, sig syscall.Signal) error
+	// SetState records the host's view of the service's state in its slot.
+	SetState(ctx context.Context, name string, st shm.State) error
+	// Free releases the slot of a removed service. The service must not be running.
+	Free(ctx context.Context, name string) error
+	// List returns every used slot.
+	List(ctx context.Context) ([]shm.Slot, error)
+	// Events replays buffered events with Seq > afterSeq, then streams new
+	// ones until ctx ends or the plugin goes away (the channel is closed).
+	Events(ctx context.Context, afterSeq uint64) (<-chan Event, error)
+	// Shutdown stops the plugin. With clean set, the table is marked cleanly
+	// closed (writer_pid 0); running services are left as they are, so the
+	// host stops them first.
+	Shutdown(ctx context.Context, clean bool) error
+}
