@@ -1,0 +1,26 @@
+// Command hbd is the hb host: it reads the TOML service definitions, starts
+// the hb plugin (`hbd plugin`, the same binary re-executed in its own
+// session), and supervises the services through it.
+//
+//	hbd [-c FILE]            run in the foreground, logging to stderr
+//	hbd --check [-c FILE]    validate FILE and exit 0, or print every error and exit 1
+//	hbd plugin [flags]       the plugin side; started by hbd itself, not by hand
+//
+// Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT stops every
+// service (in reverse order) and the plugin, a second one forces it; SIGQUIT
+// exits leaving the plugin and every service running, for the next hbd to
+// reattach to.
+package main
+
+import (
+	"os"
+
+	"github.com/hbshim/hb/host"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "plugin" {
+		os.Exit(host.PluginMain(os.Args[2:]))
+	}
+	os.Exit(host.Main(os.Args[1:]))
+}

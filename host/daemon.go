@@ -1,0 +1,552 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/host/policy"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// rpcTimeout bounds a plugin call that is not a Stop.
+const rpcTimeout = 10 * time.Second
+
+// Daemon is the host process manager: it owns the configuration, the
+// per-service state machines and the restart policy, and drives the plugin.
+// It implements api.Backend. All service state is guarded by mu; plugin
+// calls made while holding mu are short (Spawn, SetState), never a Stop.
+type Daemon struct {
+	log     *slog.Logger
+	exe     string // executable re-run as the plugin
+	cfgPath string
+
+	mu       sync.Mutex
+	cfg      *config.Config      // guarded by mu
+	svcs     map[string]*service // guarded by mu
+	order    []string            // config order; guarded by mu
+	conn     *plugin.Conn        // current plugin; guarded by mu
+	shim     plugin.Shim         // conn.Shim(); guarded by mu
+	info     plugin.Info         // guarded by mu
+	closing  bool                // shutting down or detaching: no respawns; guarded by mu
+	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
+	lastSeq  uint64              // last plugin event handled; guarded by mu
+	seqDirty bool                // lastSeq not yet saved; guarded by mu
+
+	bus *bus
+
+	// pluginGen counts plugin connections; an event stream or exit watcher
+	// of an older connection ignores itself.
+	pluginGen uint64 // guarded by mu
+	evCancel  context.CancelFunc
+}
+
+// newDaemon loads nothing; Run does.
+func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
+	d := &Daemon{
+		log:     log,
+		exe:     exe,
+		cfgPath: cfg.Path,
+		cfg:     cfg,
+		svcs:    map[string]*service{},
+		bus:     newBus(),
+	}
+	for _, name := range cfg.Order {
+		d.svcs[name] = newService(cfg.Services[name])
+	}
+	d.order = slices.Clone(cfg.Order)
+	return d
+}
+
+// connect attaches to the running plugin or starts a new one, then brings
+// every service in line with the table. Called with mu held.
+func (d *Daemon) connect() error {
+	h := d.cfg.HBD
+	conn, err := plugin.Reattach(h.StateDir, hclogFor(d.log))
+	reattached := err == nil
+	if err != nil {
+		if !errors.Is(err, plugin.ErrNoPlugin) {
+			d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
+		}
+		conn, err = plugin.Launch(plugin.LaunchConfig{
+			Path:     d.exe,
+			Args:     pluginArgs(h),
+			StateDir: h.StateDir,
+			Logger:   hclogFor(d.log),
+		})
+		if err != nil {
+			return fmt.Errorf("start plugin: %w", err)
+		}
+	}
+	d.conn, d.shim = conn, conn.Shim()
+	d.pluginGen++
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	info, err := d.shim.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("plugin info: %w", err)
+	}
+	d.info = info
+	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
+		"connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
+
+	// Events after this point are acted on; those up to info.LastSeq are
+	// already reflected in the table and are only reported.
+	after := uint64(0)
+	if saved, ok := loadSeq(h.StateDir, info.PID); ok && saved <= info.LastSeq {
+		after = saved
+	}
+	evctx, evcancel := context.WithCancel(context.Background())
+	events, err := d.shim.Events(evctx, after)
+	if err != nil {
+		evcancel()
+		return fmt.Errorf("plugin events: %w", err)
+	}
+	if d.evCancel != nil {
+		d.evCancel()
+	}
+	d.evCancel = evcancel
+	if err := d.reconcile(); err != nil {
+		return err
+	}
+	go d.consume(d.pluginGen, events, info.LastSeq)
+	go d.watchPlugin(d.pluginGen, conn)
+	return nil
+}
+
+// pluginArgs are the arguments of `hbd plugin` for this configuration.
+func pluginArgs(h config.HBD) []string {
+	return []string{"plugin",
+		"--shm", h.Shm,
+		"--slots", fmt.Sprint(h.Slots),
+		"--detector", h.Detector,
+		"--log", h.StateDir + "/plugin.log",
+	}
+}
+
+// reconcile brings each configured service in line with the table: a live
+// slot is taken as is (never a second instance), a slot that died while hbd
+// or the plugin was away goes through the restart policy, a service without
+// a slot is started if autostart. Slots of services no longer configured
+// are stopped and freed. Called with mu held.
+func (d *Daemon) reconcile() error {
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	slots, err := d.shim.List(ctx)
+	if err != nil {
+		return fmt.Errorf("plugin list: %w", err)
+	}
+	byName := map[string]shm.Slot{}
+	for _, sl := range slots {
+		byName[sl.Name] = sl
+	}
+	for _, name := range d.order {
+		s := d.svcs[name]
+		sl, ok := byName[name]
+		delete(byName, name)
+		if !ok {
+			if s.cfg.Autostart && !s.wantDown {
+				d.spawn(s, "autostart")
+			}
+			continue
+		}
+		s.slot, s.generation, s.exits = sl.Index, sl.Generation, sl.Exits
+		s.lastStatus = int(sl.LastStatus)
+		s.adopted = sl.Flags&shm.SlotAdopted != 0
+		st := policy.State(sl.State)
+		switch {
+		case sl.PID != 0:
+			s.pid = int(sl.PID)
+			s.down = make(chan struct{})
+			if st != policy.StateStarting && st != policy.StateRunning && st != policy.StateStopping {
+				st = policy.StateRunning
+			}
+			if st == policy.StateStopping {
+				st = policy.StateRunning // the stop was hbd's; it is gone with it
+			}
+			s.m = policy.NewMachine(st)
+			if st == policy.StateStarting {
+				s.startedAt = time.Now()
+				d.armPromotion(s)
+			}
+			d.mirror(s)
+		case st == policy.StateStopped || st == policy.StateFatal || st == policy.StateExited:
+			s.m = policy.NewMachine(st) // down on purpose: keep it down
+			s.pid = 0
+		default:
+			// It died while nobody was deciding: apply the policy now.
+			s.pid = 0
+			s.m = policy.NewMachine(policy.StateRunning)
+			d.decide(s, int(sl.LastStatus), time.Time{})
+		}
+	}
+	for name, sl := range byName {
+		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
+		go d.dropOrphan(name, sl)
+	}
+	return nil
+}
+
+// dropOrphan stops and frees the slot of a service that is no longer in the
+// configuration.
+func (d *Daemon) dropOrphan(name string, sl shm.Slot) {
+	d.mu.Lock()
+	sh := d.shim
+	d.mu.Unlock()
+	if sl.PID != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := sh.Stop(ctx, name, syscall.SIGTERM, 10*time.Second)
+		cancel()
+		if err != nil {
+			d.log.Warn("stop orphan slot", "service", name, "err", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	if err := sh.Free(ctx, name); err != nil {
+		d.log.Warn("free orphan slot", "service", name, "err", err)
+	}
+}
+
+// consume handles the plugin's event stream until it ends. Events with
+// Seq <= replayed happened before this connection and are only reported.
+func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64) {
+	for ev := range events {
+		d.mu.Lock()
+		if gen != d.pluginGen {
+			d.mu.Unlock()
+			return
+		}
+		if ev.Seq > d.lastSeq || ev.Seq <= replayed {
+			d.lastSeq = max(d.lastSeq, ev.Seq)
+			d.markSeqDirty()
+		}
+		if ev.Seq <= replayed {
+			d.report(ev)
+		} else {
+			d.handle(ev)
+		}
+		d.mu.Unlock()
+	}
+}
+
+// report publishes an event that happened while hbd was away.
+func (d *Daemon) report(ev plugin.Event) {
+	switch ev.Kind {
+	case plugin.EventExit:
+		d.log.Info("exited while hbd was away", "service", ev.Name, "pid", ev.PID, "status", ev.Status,
+			"source", ev.Source, "at", time.Unix(0, ev.TimeUnixNs))
+		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+			Status: ev.Status, Source: ev.Source, Reason: "while hbd was away", Time: time.Unix(0, ev.TimeUnixNs)})
+	case plugin.EventAdopt:
+		d.log.Info("adopted by the plugin", "service", ev.Name, "pid", ev.PID)
+		d.publish(api.Event{Kind: api.EventAdopt, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+			Time: time.Unix(0, ev.TimeUnixNs)})
+	}
+}
+
+// handle acts on one live plugin event. Called with mu held.
+func (d *Daemon) handle(ev plugin.Event) {
+	s := d.svcs[ev.Name]
+	switch ev.Kind {
+	case plugin.EventExit:
+		if s == nil || ev.Generation != s.generation || s.pid == 0 {
+			// An incarnation this hbd no longer tracks (a removed service,
+			// or an exit already accounted for by reconcile).
+			d.report(ev)
+			return
+		}
+		s.pid = 0
+		s.exits++
+		s.lastStatus = ev.Status
+		s.lastExit = time.Unix(0, ev.TimeUnixNs)
+		close(s.down)
+		d.log.Info("exited", "service", s.cfg.Name, "pid", ev.PID, "status", ev.Status, "source", ev.Source,
+			"generation", ev.Generation)
+		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+			Status: ev.Status, Source: ev.Source, Time: s.lastExit})
+		d.decide(s, ev.Status, s.startedAt)
+	case plugin.EventAdopt:
+		d.report(ev)
+	case plugin.EventSpawn:
+		// Spawns are initiated by hbd and recorded when Spawn returns.
+	}
+}
+
+// decide applies the restart policy to the exit of s's incarnation started
+// at startedAt (zero: unknown, counts as a long run). Called with mu held.
+func (d *Daemon) decide(s *service, status int, startedAt time.Time) {
+	if d.closing && !s.wantDown {
+		s.wantDown = true
+	}
+	dec := policy.Decide(s.cfg.Policy(), policy.History{StartedAt: startedAt, FailedStarts: s.failedStarts},
+		policy.ExitInfo{Status: status, Expected: s.wantDown}, time.Now())
+	s.failedStarts = dec.FailedStarts
+	s.cancelTimer()
+	switch dec.Action {
+	case policy.ActionRespawn:
+		if dec.Delay <= 0 {
+			d.spawn(s, dec.Reason)
+			return
+		}
+		d.setState(s, policy.StateBackoff, dec.Reason)
+		d.mirror(s)
+		d.schedule(s, dec.Delay)
+	default:
+		if dec.NextState == policy.StateStopped {
+			if st := s.state(); st == policy.StateStarting || st == policy.StateRunning {
+				// Killed by a forced stop before its own stop began.
+				d.setState(s, policy.StateStopping, "")
+			}
+		}
+		d.setState(s, dec.NextState, dec.Reason)
+		d.mirror(s)
+	}
+}
+
+// schedule starts s after delay unless something else happens first.
+// Called with mu held.
+func (d *Daemon) schedule(s *service, delay time.Duration) {
+	s.cancelTimer()
+	seq := s.timerSeq
+	s.nextStart = time.Now().Add(delay)
+	s.timer = time.AfterFunc(delay, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if s.timerSeq != seq || d.closing || s.wantDown || d.svcs[s.cfg.Name] != s {
+			return
+		}
+		s.timer, s.nextStart = nil, time.Time{}
+		d.spawn(s, "backoff elapsed")
+	})
+}
+
+// armPromotion moves s from starting to running once it has stayed up for
+// start_secs. Called with mu held.
+func (d *Daemon) armPromotion(s *service) {
+	s.cancelTimer()
+	gen := s.generation
+	promote := func() {
+		if s.generation != gen || s.pid == 0 || s.state() != policy.StateStarting {
+			return
+		}
+		s.failedStarts = 0
+		d.setState(s, policy.StateRunning, "up for "+s.cfg.StartSecs.String())
+		d.mirror(s)
+	}
+	if s.cfg.StartSecs <= 0 {
+		promote()
+		return
+	}
+	seq := s.timerSeq
+	s.timer = time.AfterFunc(s.cfg.StartSecs, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if s.timerSeq == seq {
+			s.timer = nil
+			promote()
+		}
+	})
+}
+
+// spawn starts a new incarnation of s. A spawn that cannot work (no such
+// executable, bad user) makes the service fatal at once; other failures
+// count as failed starts. Called with mu held.
+func (d *Daemon) spawn(s *service, why string) {
+	s.cancelTimer()
+	if d.closing {
+		return
+	}
+	spec, err := d.specFor(s)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		var res plugin.SpawnResult
+		res, err = d.shim.Spawn(ctx, spec)
+		cancel()
+		if err == nil {
+			s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
+			s.startedAt = time.Now()
+			s.adopted = false
+			s.down = make(chan struct{})
+			d.setState(s, policy.StateStarting, why)
+			d.log.Info("spawned", "service", s.cfg.Name, "pid", res.PID, "generation", res.Generation, "why", why)
+			d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: res.PID, Generation: res.Generation,
+				Reason: why})
+			d.armPromotion(s)
+			return
+		}
+	}
+	reason := "spawn failed: " + err.Error()
+	d.log.Error("spawn failed", "service", s.cfg.Name, "err", err)
+	if permanentSpawnError(err) {
+		s.failedStarts++
+		d.setState(s, policy.StateFatal, reason)
+		d.mirror(s)
+		return
+	}
+	s.failedStarts++
+	p := s.cfg.Policy()
+	if p.StartRetries > 0 && s.failedStarts >= p.StartRetries {
+		d.setState(s, policy.StateFatal, reason)
+		d.mirror(s)
+		return
+	}
+	d.setState(s, policy.StateBackoff, reason)
+	d.mirror(s)
+	d.schedule(s, policy.Backoff(p, s.failedStarts))
+}
+
+// permanentSpawnError reports whether retrying cannot help.
+func permanentSpawnError(err error) bool {
+	var ce config.Errors
+	return errors.As(err, &ce) || errors.Is(err, plugin.ErrBadSpec) ||
+		errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EACCES) ||
+		errors.Is(err, syscall.ENOEXEC) || errors.Is(err, plugin.ErrFull)
+}
+
+// specFor builds the plugin Spec of s, resolving its user, group and
+// executable on this machine.
+func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
+	c := s.cfg
+	r, err := config.Resolve(c)
+	if err != nil {
+		return plugin.Spec{}, err
+	}
+	env := c.Env(os.Environ())
+	if r.Username != "" {
+		env = setEnv(env, "USER", r.Username)
+		env = setEnv(env, "LOGNAME", r.Username)
+		env = setEnv(env, "HOME", r.Home)
+	}
+	argv := slices.Clone(c.Command)
+	if r.Executable != "" {
+		argv[0] = r.Executable
+	}
+	logMax := c.LogMaxBytes
+	if logMax == 0 {
+		logMax = -1 // never rotate
+	}
+	return plugin.Spec{
+		Name: c.Name, Command: argv, Dir: c.Directory, Env: env,
+		UID: r.UID, GID: r.GID, Groups: r.Groups,
+		Stdout: c.Stdout, Stderr: c.Stderr,
+		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: c.LogBackups,
+	}, nil
+}
+
+func setEnv(env []string, k, v string) []string {
+	for i, kv := range env {
+		if strings.HasPrefix(kv, k+"=") {
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(env, k+"="+v)
+}
+
+// setState moves s's machine, recording why. An invalid move is a bug in
+// the manager: it is logged and the state is set anyway so that the service
+// keeps being supervised. Called with mu held.
+func (d *Daemon) setState(s *service, st policy.State, reason string) {
+	from := s.state()
+	if from != st || st == policy.StateStarting {
+		if err := s.m.To(st); err != nil {
+			d.log.Error("state machine", "service", s.cfg.Name, "err", err)
+			s.m = policy.NewMachine(st)
+		}
+		s.since = time.Now()
+	}
+	if reason != "" {
+		s.reason = reason
+	}
+	if st == policy.StateBackoff {
+		// nextStart is set by schedule.
+	} else {
+		s.nextStart = time.Time{}
+	}
+	d.publish(api.Event{Kind: api.EventState, Name: s.cfg.Name, PID: s.pid, Generation: s.generation,
+		State: st.String(), Reason: reason})
+}
+
+// mirror writes s's state into its slot, so that peers reading the table see
+// what hbd decided. Called with mu held.
+func (d *Daemon) mirror(s *service) {
+	if s.slot < 0 || d.shim == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	if err := d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state())); err != nil && !errors.Is(err, plugin.ErrNotFound) {
+		d.log.Warn("record state in table", "service", s.cfg.Name, "err", err)
+	}
+}
+
+// watchPlugin replaces a plugin that died: the new plugin adopts every live
+// client from the table and reports those that died meanwhile.
+func (d *Daemon) watchPlugin(gen uint64, conn *plugin.Conn) {
+	<-conn.Exited()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if gen != d.pluginGen || d.closing {
+		return
+	}
+	d.log.Error("plugin died; starting a new one to adopt the services", "pid", conn.PID())
+	_ = conn.Detach()
+	for attempt := 1; ; attempt++ {
+		if err := d.connect(); err == nil {
+			return
+		} else {
+			d.log.Error("restart plugin", "attempt", attempt, "err", err)
+		}
+		d.mu.Unlock()
+		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))
+		d.mu.Lock()
+		if d.closing || gen+1 < d.pluginGen {
+			return
+		}
+	}
+}
+
+// publish sends an event to control API subscribers. Called with mu held,
+// after the state Get reports reflects the event.
+func (d *Daemon) publish(ev api.Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	d.bus.publish(ev)
+}
+
+// markSeqDirty saves lastSeq within a second; idle hbd writes nothing.
+// Called with mu held.
+func (d *Daemon) markSeqDirty() {
+	if d.seqDirty {
+		return
+	}
+	d.seqDirty = true
+	time.AfterFunc(time.Second, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.saveSeq()
+	})
+}
+
+// saveSeq writes lastSeq now. Called with mu held.
+func (d *Daemon) saveSeq() {
+	if !d.seqDirty {
+		return
+	}
+	d.seqDirty = false
+	if err := storeSeq(d.cfg.HBD.StateDir, d.info.PID, d.lastSeq); err != nil {
+		d.log.Warn("save event position", "err", err)
+	}
+}

@@ -1,0 +1,321 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/shim"
+)
+
+// DefaultConfig is the configuration file when neither -c nor $HB_CONFIG is given.
+const DefaultConfig = "/etc/hb/hb.toml"
+
+const usage = `Usage: hbd [-c FILE] [--check] [--log-level LEVEL]
+
+hbd starts the services defined in FILE (TOML), records their PIDs in the
+shared-memory table /dev/shm/<shm>, and respawns them when they exit. It runs
+in the foreground and logs to stderr.
+
+Options:
+  -c, --config FILE   configuration (default $HB_CONFIG, else /etc/hb/hb.toml)
+  --check             validate FILE (syntax, values, users, executables) and exit:
+                      0 if it is good, else 1 with one line per error
+  --log-level LEVEL   debug, info (default), warn or error
+  --version           print the version and exit
+
+Signals:
+  SIGHUP              reload FILE (a bad file is rejected; the running config stays)
+  SIGTERM, SIGINT     stop every service (reverse order), then the plugin; a
+                      second one stops them at once with SIGKILL
+  SIGQUIT             exit and leave the plugin and every service running; the
+                      next hbd reattaches to them
+
+Control it with hbctl (hbctl --help).
+`
+
+// Main is hbd's entry point; it returns the exit status.
+func Main(args []string) int {
+	fs := flag.NewFlagSet("hbd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfgPath := os.Getenv("HB_CONFIG")
+	if cfgPath == "" {
+		cfgPath = DefaultConfig
+	}
+	fs.StringVar(&cfgPath, "c", cfgPath, "")
+	fs.StringVar(&cfgPath, "config", cfgPath, "")
+	check := fs.Bool("check", false, "")
+	level := fs.String("log-level", "info", "")
+	version := fs.Bool("version", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Print(usage)
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "hbd: %v\n\n%s", err, usage)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "hbd: unexpected argument %q\n\n%s", fs.Arg(0), usage)
+		return 2
+	}
+	if *version {
+		fmt.Println("hbd", api.BuildVersion())
+		return 0
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "hbd: --log-level: %v\n", err)
+		return 2
+	}
+
+	cfg, err := config.Load(cfgPath)
+	if err == nil && *check {
+		err = cfg.Check()
+	}
+	if err != nil {
+		printConfigErrors(os.Stderr, err)
+		return 1
+	}
+	if *check {
+		fmt.Printf("%s: ok (%d services)\n", cfgPath, len(cfg.Services))
+		return 0
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	if err := Run(cfg, log); err != nil {
+		log.Error("hbd failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// printConfigErrors prints one line per configuration error.
+func printConfigErrors(w io.Writer, err error) {
+	var ce config.Errors
+	if errors.As(err, &ce) {
+		for _, e := range ce {
+			fmt.Fprintln(w, e.Error())
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
+
+// Run supervises cfg's services until a signal ends it.
+func Run(cfg *config.Config, log *slog.Logger) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	h := cfg.HBD
+	for _, dir := range []string{h.StateDir, h.LogDir} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	d := newDaemon(cfg, log, exe)
+
+	// Signals first, so that a SIGTERM during startup is not lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+
+	// The socket before the plugin: a second hbd on the same socket stops
+	// here instead of fighting over the plugin.
+	srv, err := api.Listen(h.Socket, h.SocketGroup, d, log.With("component", "api"))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	d.mu.Lock()
+	err = d.connect()
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	log.Info("hbd ready", "pid", os.Getpid(), "config", cfg.Path, "services", len(cfg.Services), "socket", h.Socket)
+
+	for sig := range sigs {
+		switch sig {
+		case syscall.SIGHUP:
+			go func() {
+				if _, err := d.Reload(); err != nil {
+					log.Error("reload", "err", err)
+				}
+			}()
+		case syscall.SIGQUIT:
+			log.Info("SIGQUIT: leaving the plugin and the services running")
+			d.detach()
+			return nil
+		default:
+			log.Info("stopping every service", "signal", sig.String())
+			return d.shutdown(sigs)
+		}
+	}
+	return nil
+}
+
+// detach ends hbd's side and leaves the plugin and services running.
+func (d *Daemon) detach() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closing = true
+	d.pluginGen++
+	for _, s := range d.svcs {
+		s.cancelTimer()
+	}
+	d.saveSeq()
+	if d.evCancel != nil {
+		d.evCancel()
+	}
+	if d.conn != nil {
+		_ = d.conn.Detach()
+	}
+}
+
+// shutdown stops every service in reverse config order, then the plugin. A
+// second SIGTERM or SIGINT makes the remaining stops immediate (SIGKILL).
+func (d *Daemon) shutdown(sigs <-chan os.Signal) error {
+	d.mu.Lock()
+	d.closing = true
+	names := slices.Clone(d.order)
+	for _, s := range d.svcs {
+		s.cancelTimer()
+	}
+	d.mu.Unlock()
+	slices.Reverse(names)
+
+	done := make(chan error, 1)
+	go func() { done <- d.Stop(names) }()
+	var stopErr error
+wait:
+	for {
+		select {
+		case stopErr = <-done:
+			break wait
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				continue
+			}
+			d.log.Warn("second signal: killing every service now", "signal", sig.String())
+			d.force()
+		}
+	}
+	if stopErr != nil {
+		d.log.Error("stop services", "err", stopErr)
+	}
+
+	d.mu.Lock()
+	conn := d.conn
+	d.pluginGen++
+	if d.evCancel != nil {
+		d.evCancel()
+	}
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := conn.Kill(ctx, true); err != nil {
+		return fmt.Errorf("stop plugin: %w", err)
+	}
+	_ = os.Remove(d.cfg.HBD.StateDir + "/" + seqFile)
+	d.log.Info("hbd stopped")
+	return stopErr
+}
+
+// force makes stops immediate: every live service gets SIGKILL now.
+func (d *Daemon) force() {
+	d.mu.Lock()
+	d.forced = true
+	var live []string
+	for _, name := range d.order {
+		if d.svcs[name].pid != 0 {
+			live = append(live, name)
+		}
+	}
+	sh := d.shim
+	d.mu.Unlock()
+	for _, name := range live {
+		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		_ = sh.Signal(ctx, name, syscall.SIGKILL)
+		cancel()
+	}
+}
+
+// hclogFor gives go-plugin's host side a quiet logger on stderr.
+func hclogFor(*slog.Logger) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
+}
+
+const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd --log FILE
+
+The hb plugin: hbd starts it (the same binary, in its own session) and talks
+to it over go-plugin gRPC. It is not meant to be run by hand.
+`
+
+// PluginMain is the entry point of `hbd plugin`.
+func PluginMain(args []string) int {
+	fs := flag.NewFlagSet("hbd plugin", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	shmName := fs.String("shm", "hb", "")
+	slots := fs.Int("slots", 1024, "")
+	det := fs.String("detector", "auto", "")
+	logPath := fs.String("log", "", "")
+	level := fs.String("log-level", "info", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Print(pluginUsage)
+			return 0
+		}
+		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n\n%s", err, pluginUsage)
+		return 2
+	}
+	detector, err := connector.ParseDetector(*det)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
+		return 2
+	}
+	var logOut io.Writer = os.Stderr
+	if *logPath != "" {
+		f, err := os.OpenFile(*logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
+			return 1
+		}
+		logOut = f
+	}
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(strings.ToLower(*level)))
+	if v := os.Getenv(plugin.LogLevelEnv); v != "" {
+		_ = lv.UnmarshalText([]byte(v))
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: lv})).With("pid", os.Getpid())
+	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log})
+	if err != nil {
+		log.Error("plugin start failed", "err", err)
+		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
+		return 1
+	}
+	if err := plugin.Serve(impl, logOut); err != nil {
+		log.Error("plugin serve", "err", err)
+		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
+		return 1
+	}
+	log.Info("plugin exiting")
+	return 0
+}

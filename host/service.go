@@ -1,0 +1,96 @@
+package host
+
+import (
+	"time"
+
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/host/policy"
+)
+
+// service is the host's view of one configured service. Every field is
+// guarded by Daemon.mu.
+type service struct {
+	cfg *config.Service
+	m   *policy.Machine
+
+	slot       int
+	pid        int
+	generation uint64
+	startedAt  time.Time // spawn time of the current incarnation (monotonic reading)
+	since      time.Time // last state change (wall clock)
+	exits      uint64
+	lastStatus int
+	lastExit   time.Time
+	reason     string
+	adopted    bool
+
+	failedStarts int
+	nextStart    time.Time
+
+	// wantDown is set by a requested stop: the next exit is expected and
+	// is not respawned.
+	wantDown bool
+	// timer is the pending delayed start (backoff / restart_delay) or the
+	// start_secs promotion; timerSeq invalidates a timer that fired after
+	// it was superseded.
+	timer    *time.Timer
+	timerSeq uint64
+	// down is closed when the current incarnation's exit has been
+	// processed; Stop waits on it.
+	down chan struct{}
+}
+
+func newService(cfg *config.Service) *service {
+	return &service{
+		cfg:        cfg,
+		m:          policy.NewMachine(policy.StateStopped),
+		slot:       -1,
+		lastStatus: -1,
+		since:      time.Now(),
+		down:       closedChan(),
+	}
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// state is the service's current state.
+func (s *service) state() policy.State { return s.m.State() }
+
+// cancelTimer drops a pending delayed start or promotion.
+func (s *service) cancelTimer() {
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	s.timerSeq++
+	s.nextStart = time.Time{}
+}
+
+// status renders the service for the control API.
+func (s *service) status() api.ServiceStatus {
+	st := api.ServiceStatus{
+		Name:         s.cfg.Name,
+		State:        s.state().String(),
+		PID:          s.pid,
+		Slot:         s.slot,
+		Generation:   s.generation,
+		Exits:        s.exits,
+		LastStatus:   s.lastStatus,
+		LastExit:     s.lastExit,
+		Since:        s.since,
+		Restart:      s.cfg.Restart.String(),
+		Reason:       s.reason,
+		Adopted:      s.adopted,
+		NextStart:    s.nextStart,
+		FailedStarts: s.failedStarts,
+	}
+	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
+		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
+	}
+	return st
+}
