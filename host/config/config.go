@@ -1,0 +1,279 @@
+package config
+
+import (
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hbshim/hb/host/policy"
+)
+
+// Values of [HBD].Detector.
+const (
+	DetectorAuto      = "auto"      // proc connector when it works here, else pidfd alone
+	DetectorConnector = "connector" // require the proc connector (pidfd stays on as the safety net)
+	DetectorPidfd     = "pidfd"     // pidfd alone
+)
+
+// Values of [Service].Stdout and Stderr.
+const (
+	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
+	OutputInherit = "inherit" // hbd's own stdout/stderr
+	OutputNull    = "null"    // /dev/null
+)
+
+// Limits checked by Validate.
+const (
+	// NameMax is the longest service name: the shared-memory slot holds 47
+	// bytes and a NUL.
+	NameMax = 47
+	// MaxSlots is the largest [hbd] slots.
+	MaxSlots = 65536
+	// SocketPathMax is the longest control socket path (sun_path is 108
+	// bytes with the terminating NUL).
+	SocketPathMax = 107
+	// MaxSignal is the largest stop_signal number (SIGRTMAX on Linux).
+	MaxSignal = 64
+)
+
+// Config is a loaded, validated configuration: the main file plus its
+// includes. A Config is not modified by this package after Load returns and
+// is then safe for concurrent reads.
+type Config struct {
+	// Path is the main file as given to Load or Parse.
+	Path string
+	// Files are the files read: Path first, then the included files in the
+	// order they were read.
+	Files []string
+	// HBD is the [hbd] table with defaults filled in and relative paths
+	// made absolute. It is comparable with ==.
+	HBD HBD
+	// Services by name.
+	Services map[string]*Service
+	// Order holds every name in Services once, in definition order: the
+	// main file's services in file order, then each included file's.
+	Order []string
+
+	src     *source           // main file, for line numbers; nil when built in code
+	hbdKeys map[string]keyRef // [hbd] keys as written, for line numbers
+	hbdLine int               // line of the [hbd] table, 0 if absent
+}
+
+// HBD is the daemon's own settings, the [hbd] table.
+type HBD struct {
+	Shm         string // name of the table under /dev/shm
+	Socket      string // control socket path
+	StateDir    string // plugin reattach info and other state
+	LogDir      string // service logs (stdout/stderr = "file")
+	Slots       int    // capacity of the shared-memory table
+	Detector    string // DetectorAuto, DetectorConnector or DetectorPidfd
+	SocketGroup string // group (name or number) allowed on the socket besides root; "" = root only
+}
+
+// Service is one [service.NAME] table with defaults filled in.
+type Service struct {
+	Name string
+	// File and Line locate the [service.NAME] table (Line is 0 for a
+	// Service built in code). They are not part of Equal.
+	File string
+	Line int
+
+	Command     []string          // argv; never empty once validated
+	Directory   string            // working directory, absolute; "" = hbd's
+	Environment map[string]string // added to (and overriding) the inherited environment
+	User        string            // name or number; "" = hbd's user
+	Group       string            // name or number; "" = the user's primary group
+	Restart     policy.Restart
+	// RestartDelay, StartSecs, StartRetries, BackoffMax and ExitCodes are
+	// the restart policy; see the policy package.
+	RestartDelay time.Duration
+	StartSecs    time.Duration
+	StartRetries int
+	BackoffMax   time.Duration
+	ExitCodes    []int
+	StopSignal   syscall.Signal
+	StopTimeout  time.Duration // then SIGKILL to the process group
+	Autostart    bool
+	Stdout       string // OutputFile, OutputInherit or OutputNull
+	Stderr       string
+	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
+	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
+
+	src  *source           // defining file, for line numbers
+	keys map[string]keyRef // keys as written ("environment.X" too), for line numbers
+}
+
+// DefaultHBD returns the [hbd] defaults. LogDir is StateDir + "/log".
+func DefaultHBD() HBD {
+	return HBD{
+		Shm:      "hb",
+		Socket:   "/run/hb/hbd.sock",
+		StateDir: "/run/hb",
+		LogDir:   "/run/hb/log",
+		Slots:    1024,
+		Detector: DetectorAuto,
+	}
+}
+
+// DefaultService returns a service named name with every default filled in
+// and no command.
+func DefaultService(name string) *Service {
+	p := policy.DefaultPolicy()
+	return &Service{
+		Name:         name,
+		Environment:  map[string]string{},
+		Restart:      p.Restart,
+		RestartDelay: p.RestartDelay,
+		StartSecs:    p.StartSecs,
+		StartRetries: p.StartRetries,
+		BackoffMax:   p.BackoffMax,
+		ExitCodes:    p.ExitCodes,
+		StopSignal:   syscall.SIGTERM,
+		StopTimeout:  10 * time.Second,
+		Autostart:    true,
+		Stdout:       OutputFile,
+		Stderr:       OutputFile,
+		LogMaxBytes:  10 << 20,
+		LogBackups:   3,
+	}
+}
+
+// Policy returns the service's restart policy.
+func (s *Service) Policy() policy.Policy {
+	return policy.Policy{
+		Restart:      s.Restart,
+		RestartDelay: s.RestartDelay,
+		StartSecs:    s.StartSecs,
+		StartRetries: s.StartRetries,
+		BackoffMax:   s.BackoffMax,
+		ExitCodes:    slices.Clone(s.ExitCodes),
+	}
+}
+
+// Env returns base (KEY=VALUE entries, typically hbd's os.Environ()) with
+// the service's Environment applied: a variable set in both takes the
+// service's value in base's position; the others follow, sorted by name.
+func (s *Service) Env(base []string) []string {
+	out := make([]string, 0, len(base)+len(s.Environment))
+	done := make(map[string]bool, len(s.Environment))
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if v, ok := s.Environment[k]; ok {
+			if done[k] {
+				continue
+			}
+			done[k] = true
+			kv = k + "=" + v
+		}
+		out = append(out, kv)
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.Environment)) {
+		if !done[k] {
+			out = append(out, k+"="+s.Environment[k])
+		}
+	}
+	return out
+}
+
+// KeyLine returns the line of key (e.g. "command", "environment.PATH") in
+// the file that defines the service, the line of the [service.NAME] table
+// when the key is not written there, or 0 for a Service built in code.
+func (s *Service) KeyLine(key string) int {
+	if s.src == nil {
+		return s.Line
+	}
+	if p, ok := s.keys[key]; ok {
+		if l := s.src.line(p); l > 0 {
+			return l
+		}
+	}
+	return s.Line
+}
+
+// Equal reports whether s and o configure the same service: every field but
+// File and Line. A reload restarts a service whose configuration changed.
+func (s *Service) Equal(o *Service) bool {
+	return s.Name == o.Name &&
+		slices.Equal(s.Command, o.Command) &&
+		s.Directory == o.Directory &&
+		maps.Equal(s.Environment, o.Environment) &&
+		s.User == o.User &&
+		s.Group == o.Group &&
+		s.Restart == o.Restart &&
+		s.RestartDelay == o.RestartDelay &&
+		s.StartSecs == o.StartSecs &&
+		s.StartRetries == o.StartRetries &&
+		s.BackoffMax == o.BackoffMax &&
+		slices.Equal(s.ExitCodes, o.ExitCodes) &&
+		s.StopSignal == o.StopSignal &&
+		s.StopTimeout == o.StopTimeout &&
+		s.Autostart == o.Autostart &&
+		s.Stdout == o.Stdout &&
+		s.Stderr == o.Stderr &&
+		s.LogMaxBytes == o.LogMaxBytes &&
+		s.LogBackups == o.LogBackups
+}
+
+// Diff compares two configurations for a reload: added are services only in
+// next (in next's order), removed only in prev (in prev's order), changed in
+// both but not Equal (in next's order). A nil prev has every service added.
+// Changes to [hbd] are not reported here; compare HBD with ==.
+func Diff(prev, next *Config) (added, removed, changed []string) {
+	var old map[string]*Service
+	if prev != nil {
+		old = prev.Services
+		for _, name := range prev.Order {
+			if next == nil || next.Services[name] == nil {
+				removed = append(removed, name)
+			}
+		}
+	}
+	if next == nil {
+		return added, removed, changed
+	}
+	for _, name := range next.Order {
+		o, ok := old[name]
+		switch {
+		case !ok:
+			added = append(added, name)
+		case !o.Equal(next.Services[name]):
+			changed = append(changed, name)
+		}
+	}
+	return added, removed, changed
+}
+
+// hbdKeyLine is the line of key in [hbd], of the [hbd] table when the key
+// is not written, or 0.
+func (c *Config) hbdKeyLine(key string) int {
+	if c.src == nil {
+		return 0
+	}
+	if p, ok := c.hbdKeys[key]; ok {
+		if l := c.src.line(p); l > 0 {
+			return l
+		}
+	}
+	return c.hbdLine
+}
+
+// sortErrors orders errs by file (in c.Files order) and line, keeping the
+// relative order of errors on the same line.
+func (c *Config) sortErrors(errs Errors) {
+	rank := make(map[string]int, len(c.Files))
+	for i, f := range c.Files {
+		if _, ok := rank[f]; !ok {
+			rank[f] = i + 1
+		}
+	}
+	sort.SliceStable(errs, func(i, j int) bool {
+		a, b := errs[i], errs[j]
+		if ra, rb := rank[a.File], rank[b.File]; ra != rb {
+			return ra < rb
+		}
+		return a.Line < b.Line
+	})
+}

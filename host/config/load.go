@@ -1,0 +1,702 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/hbshim/hb/host/policy"
+	"golang.org/x/sys/unix"
+)
+
+// Load reads, decodes and validates the configuration at path and the files
+// it includes. A file that cannot be read is a plain error wrapping the
+// os error; every problem in the files themselves is reported at once as
+// [Errors]. Load does not look up users, groups or executables: see Check.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse is Load for a main file already in memory; name is its path, used
+// in errors, to find the includes (relative to filepath.Dir(name)) and to
+// make the relative paths in it absolute.
+func Parse(name string, data []byte) (*Config, error) {
+	return parse(name, data, osFS{})
+}
+
+// fileSystem is what parse reads includes from; tests and the fuzzer use
+// an in-memory one.
+type fileSystem interface {
+	ReadFile(name string) ([]byte, error)
+	Glob(pattern string) ([]string, error)
+}
+
+type osFS struct{}
+
+func (osFS) ReadFile(name string) ([]byte, error)  { return os.ReadFile(name) }
+func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
+
+// Top-level keys, [hbd] keys and service keys, for "did you mean".
+var (
+	topKeys     = []string{"include", "hbd", "service"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "socket_group"}
+)
+
+// source is one decoded file, kept to find the line of a key on demand.
+type source struct {
+	file  string
+	lines keyLines // from scanKeys; nil when the scan disagreed with the decoder
+
+	mu sync.Mutex // guards md: PrimitiveDecode writes its decoding context
+	md toml.MetaData
+}
+
+// keyRef is a key of a source: its decoded Primitive and its path.
+type keyRef struct {
+	p    toml.Primitive
+	path toml.Key
+}
+
+// child returns the reference to the sub-key name of r, decoded as p.
+func (r keyRef) child(name string, p toml.Primitive) keyRef {
+	return keyRef{p: p, path: append(append(toml.Key{}, r.path...), name)}
+}
+
+// line returns the line where r's key is written, or for a table only
+// implied by its sub-keys (a.b.c = 1), the line of the first of those; 0 if
+// unknown.
+func (s *source) line(r keyRef) int {
+	if l := s.lines[r.path.String()]; l > 0 {
+		return l
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.probe(r.p, 0)
+}
+
+// linePin fails on purpose: decoding a Primitive into it makes the TOML
+// decoder return a ParseError positioned at that Primitive's key.
+type linePin struct{}
+
+var errLinePin = errors.New("line pin")
+
+func (linePin) UnmarshalTOML(any) error { return errLinePin }
+
+// probe finds p's line with the decoder (see lines.go); s.mu is held.
+func (s *source) probe(p toml.Primitive, depth int) int {
+	var pe toml.ParseError
+	if err := s.md.PrimitiveDecode(p, linePin{}); errors.As(err, &pe) && pe.Position.Line > 0 {
+		return pe.Position.Line
+	}
+	var sub map[string]toml.Primitive
+	if depth > 8 || s.md.PrimitiveDecode(p, &sub) != nil {
+		return 0
+	}
+	best := 0
+	for _, c := range sub {
+		if l := s.probe(c, depth+1); l > 0 && (best == 0 || l < best) {
+			best = l
+		}
+	}
+	return best
+}
+
+// value decodes r as a plain Go value: string, int64, float64, bool,
+// time.Time, []any, []map[string]any or map[string]any.
+func (s *source) value(r keyRef) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var v any
+	if err := s.md.PrimitiveDecode(r.p, &v); err != nil {
+		return nil
+	}
+	return v
+}
+
+// table decodes r into its sub-keys, and returns their names sorted.
+func (s *source) table(r keyRef) (map[string]keyRef, []string, bool) {
+	if _, ok := s.value(r).(map[string]any); !ok {
+		return nil, nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var m map[string]toml.Primitive
+	if err := s.md.PrimitiveDecode(r.p, &m); err != nil {
+		return nil, nil, false
+	}
+	out := make(map[string]keyRef, len(m))
+	names := make([]string, 0, len(m))
+	for k, p := range m {
+		out[k] = r.child(k, p)
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return out, names, true
+}
+
+// loader carries one Parse.
+type loader struct {
+	fsys  fileSystem
+	cfg   *Config
+	errs  Errors
+	bad   map[string]bool // keys that failed to decode: badKey(service, key)
+	read  map[string]bool // fileKey of the files read
+	logOK bool            // [hbd] log_dir was written
+}
+
+func badKey(service, key string) string { return service + "\x00" + key }
+
+func parse(name string, data []byte, fsys fileSystem) (*Config, error) {
+	l := &loader{
+		fsys: fsys,
+		cfg: &Config{
+			Path:     name,
+			Files:    []string{name},
+			HBD:      DefaultHBD(),
+			Services: map[string]*Service{},
+		},
+		bad:  map[string]bool{},
+		read: map[string]bool{fileKey(name): true},
+	}
+	absDir := filepath.Dir(name)
+	if a, err := filepath.Abs(absDir); err == nil {
+		absDir = a
+	}
+	h := &l.cfg.HBD
+	h.StateDir = absPath(absDir, h.StateDir)
+	h.Socket = absPath(absDir, h.Socket)
+
+	l.file(name, data, true)
+
+	if !l.logOK {
+		h.LogDir = filepath.Join(h.StateDir, "log")
+	}
+	errs := append(l.errs, l.cfg.validate(l.bad)...)
+	if len(errs) > 0 {
+		l.cfg.sortErrors(errs)
+		return nil, errs
+	}
+	return l.cfg, nil
+}
+
+func (l *loader) add(e *Error) { l.errs = append(l.errs, e) }
+
+// addField records a decoding problem err with key of service svc ("" for
+// top-level keys) in file src at r's line.
+func (l *loader) addField(src *source, r keyRef, svc, key string, err error) {
+	l.bad[badKey(svc, key)] = true
+	e := &Error{File: src.file, Line: src.line(r), Service: svc, Key: key, Msg: err.Error(), Err: err}
+	var fe *fieldError
+	if errors.As(err, &fe) {
+		e.Err = fe.err
+	}
+	l.add(e)
+}
+
+func (l *loader) unknown(src *source, r keyRef, svc, key, hint string) {
+	l.add(&Error{File: src.file, Line: src.line(r), Service: svc, Key: key, Msg: hint, Err: ErrUnknownKey})
+}
+
+// file decodes one file: the main one, or an include (services only).
+func (l *loader) file(name string, data []byte, main bool) {
+	var raw map[string]toml.Primitive
+	doc := string(data)
+	md, err := toml.Decode(doc, &raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			l.add(&Error{File: name, Line: pe.Position.Line, Msg: pe.Message, Err: ErrSyntax})
+		} else {
+			l.add(&Error{File: name, Msg: err.Error(), Err: ErrSyntax})
+		}
+		return
+	}
+	src := &source{file: name, md: md, lines: newKeyLines(doc, md)}
+	if main {
+		l.cfg.src = src
+	}
+	dir := filepath.Dir(name)
+	absDir := dir
+	if a, err := filepath.Abs(dir); err == nil {
+		absDir = a
+	}
+
+	// Top-level keys in the order they first appear.
+	var order []string
+	seen := map[string]bool{}
+	for _, k := range md.Keys() {
+		if !seen[k[0]] {
+			seen[k[0]] = true
+			order = append(order, k[0])
+		}
+	}
+	var includes keyRef
+	haveIncludes := false
+	for _, key := range order {
+		r := keyRef{p: raw[key], path: toml.Key{key}}
+		switch {
+		case key == "service":
+			l.services(src, r, absDir)
+		case main && key == "include":
+			includes, haveIncludes = r, true
+		case main && key == "hbd":
+			l.hbd(src, r, absDir)
+		case !main:
+			l.unknown(src, r, "", key, "an included file holds [service.NAME] tables only")
+		default:
+			l.unknown(src, r, "", key, suggest(key, topKeys))
+		}
+	}
+	if haveIncludes {
+		l.includes(src, includes, dir)
+	}
+}
+
+// includes reads the files matched by the include globs, in order; a file
+// matched twice (or the main file) is read once. Included files cannot
+// include further.
+func (l *loader) includes(src *source, r keyRef, dir string) {
+	var patterns []string
+	switch v := src.value(r).(type) {
+	case string:
+		patterns = []string{v}
+	case []any:
+		for i, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				l.addField(src, r, "", "include", typeErr(fmt.Sprintf("a string at element %d", i), e))
+				return
+			}
+			patterns = append(patterns, s)
+		}
+	default:
+		l.addField(src, r, "", "include", typeErr("an array of glob strings", v))
+		return
+	}
+	for _, pat := range patterns {
+		if pat == "" {
+			l.addField(src, r, "", "include", valueErr("empty glob"))
+			continue
+		}
+		if !filepath.IsAbs(pat) {
+			pat = filepath.Join(dir, pat)
+		}
+		matches, err := l.fsys.Glob(pat)
+		if err != nil {
+			l.addField(src, r, "", "include", &fieldError{ErrInclude, fmt.Sprintf("glob %q: %v", pat, err)})
+			continue
+		}
+		sort.Strings(matches)
+		for _, m := range matches {
+			if l.read[fileKey(m)] {
+				continue
+			}
+			l.read[fileKey(m)] = true
+			data, err := l.fsys.ReadFile(m)
+			if errors.Is(err, syscall.EISDIR) {
+				continue
+			}
+			if err != nil {
+				l.addField(src, r, "", "include", &fieldError{ErrInclude, err.Error()})
+				continue
+			}
+			l.cfg.Files = append(l.cfg.Files, m)
+			l.file(m, data, false)
+		}
+	}
+}
+
+// fileKey identifies a file for "read once": its absolute, clean path.
+func fileKey(name string) string {
+	if a, err := filepath.Abs(name); err == nil {
+		return a
+	}
+	return filepath.Clean(name)
+}
+
+func absPath(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+func (l *loader) hbd(src *source, r keyRef, absDir string) {
+	keys, names, ok := src.table(r)
+	if !ok {
+		l.addField(src, r, "", "hbd", typeErr("a table", src.value(r)))
+		return
+	}
+	c := l.cfg
+	c.hbdKeys = keys
+	c.hbdLine = src.line(r)
+	h := &c.HBD
+	for _, k := range names {
+		kr := keys[k]
+		v := src.value(kr)
+		var err error
+		switch k {
+		case "shm":
+			h.Shm, err = wantString(v)
+		case "socket":
+			h.Socket, err = wantPath(v, absDir)
+		case "state_dir":
+			h.StateDir, err = wantPath(v, absDir)
+		case "log_dir":
+			h.LogDir, err = wantPath(v, absDir)
+			l.logOK = err == nil
+		case "slots":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 1 || n > MaxSlots {
+					err = valueErr("%d is out of range 1..%d", n, MaxSlots)
+				} else {
+					h.Slots = int(n)
+				}
+			}
+		case "detector":
+			h.Detector, err = wantString(v)
+		case "socket_group":
+			h.SocketGroup, err = wantID(v)
+		default:
+			delete(keys, k)
+			l.unknown(src, kr, "", "hbd."+k, suggest(k, hbdKeyNames))
+			continue
+		}
+		if err != nil {
+			l.addField(src, kr, "", "hbd."+k, err)
+		}
+	}
+}
+
+// services decodes the [service] table: one [service.NAME] table each.
+func (l *loader) services(src *source, r keyRef, absDir string) {
+	tables, _, ok := src.table(r)
+	if !ok {
+		l.addField(src, r, "", "service", typeErr("a table of [service.NAME] tables", src.value(r)))
+		return
+	}
+	// Definition order: first appearance of service.NAME in the file.
+	var order []string
+	seen := map[string]bool{}
+	for _, k := range src.md.Keys() {
+		if len(k) >= 2 && k[0] == "service" && !seen[k[1]] {
+			seen[k[1]] = true
+			order = append(order, k[1])
+		}
+	}
+	for _, name := range order {
+		if tr, ok := tables[name]; ok {
+			l.service(src, name, tr, absDir)
+		}
+	}
+}
+
+// serviceKeyNames are the keys of a [service.NAME] table.
+var serviceKeyNames = []string{
+	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
+	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
+	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
+}
+
+func (l *loader) service(src *source, name string, r keyRef, absDir string) {
+	line := src.line(r)
+	keys, names, ok := src.table(r)
+	if !ok {
+		l.bad[badKey(name, "")] = true
+		l.add(&Error{File: src.file, Line: line, Service: name,
+			Msg: "want a [service." + name + "] table, got " + describe(src.value(r)), Err: ErrType})
+		return
+	}
+	if prev, dup := l.cfg.Services[name]; dup {
+		l.add(&Error{File: src.file, Line: line, Service: name, Err: ErrDuplicate,
+			Msg: fmt.Sprintf("defined twice: here and at %s:%d", prev.File, prev.Line)})
+		return
+	}
+	s := DefaultService(name)
+	s.File, s.Line, s.src, s.keys = src.file, line, src, keys
+	l.cfg.Services[name] = s
+	l.cfg.Order = append(l.cfg.Order, name)
+
+	for _, k := range names {
+		kr := keys[k]
+		if k == "environment" {
+			l.environment(src, s, kr)
+			continue
+		}
+		v := src.value(kr)
+		var err error
+		switch k {
+		case "command":
+			s.Command, err = wantCommand(v)
+		case "directory":
+			s.Directory, err = wantPath(v, absDir)
+		case "user":
+			s.User, err = wantID(v)
+		case "group":
+			s.Group, err = wantID(v)
+		case "restart":
+			var str string
+			if str, err = wantString(v); err == nil {
+				s.Restart, err = policy.ParseRestart(str)
+				if err != nil {
+					err = valueErr("want \"always\", \"on-failure\" or \"never\", got %q", str)
+				}
+			}
+		case "restart_delay":
+			s.RestartDelay, err = wantDuration(v)
+		case "start_secs":
+			s.StartSecs, err = wantDuration(v)
+		case "backoff_max":
+			s.BackoffMax, err = wantDuration(v)
+		case "stop_timeout":
+			s.StopTimeout, err = wantDuration(v)
+		case "start_retries":
+			s.StartRetries, err = wantCount(v)
+		case "log_backups":
+			s.LogBackups, err = wantCount(v)
+		case "exit_codes":
+			s.ExitCodes, err = wantInts(v)
+		case "stop_signal":
+			s.StopSignal, err = wantSignal(v)
+		case "autostart":
+			s.Autostart, err = wantBool(v)
+		case "stdout":
+			s.Stdout, err = wantString(v)
+		case "stderr":
+			s.Stderr, err = wantString(v)
+		case "log_max_bytes":
+			s.LogMaxBytes, err = wantSize(v)
+		default:
+			delete(keys, k)
+			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))
+			continue
+		}
+		if err != nil {
+			l.addField(src, kr, name, k, err)
+		}
+	}
+}
+
+// environment decodes environment = { NAME = "value", ... }, keeping each
+// variable's reference as keys["environment.NAME"].
+func (l *loader) environment(src *source, s *Service, r keyRef) {
+	vars, names, ok := src.table(r)
+	if !ok {
+		l.addField(src, r, s.Name, "environment", typeErr("a table of strings", src.value(r)))
+		return
+	}
+	for _, k := range names {
+		vr := vars[k]
+		s.keys["environment."+k] = vr
+		v, err := wantString(src.value(vr))
+		if err != nil {
+			l.addField(src, vr, s.Name, "environment."+k, err)
+			continue
+		}
+		s.Environment[k] = v
+	}
+}
+
+func wantString(v any) (string, error) {
+	s, ok := v.(string)
+	if !ok {
+		return "", typeErr("a string", v)
+	}
+	return s, nil
+}
+
+func wantBool(v any) (bool, error) {
+	b, ok := v.(bool)
+	if !ok {
+		return false, typeErr("a boolean (true or false)", v)
+	}
+	return b, nil
+}
+
+func wantInt(v any) (int64, error) {
+	n, ok := v.(int64)
+	if !ok {
+		return 0, typeErr("an integer", v)
+	}
+	return n, nil
+}
+
+// wantCount decodes a non-negative count; the range is checked by Validate.
+func wantCount(v any) (int, error) {
+	n, err := wantInt(v)
+	if err != nil {
+		return 0, err
+	}
+	if n > math.MaxInt32 || n < math.MinInt32 {
+		return 0, valueErr("%d is out of range", n)
+	}
+	return int(n), nil
+}
+
+// wantPath decodes a path, made absolute against dir when relative.
+func wantPath(v any, dir string) (string, error) {
+	s, err := wantString(v)
+	if err != nil {
+		return "", err
+	}
+	return absPath(dir, s), nil
+}
+
+// wantID decodes a user or group: a name, or a number written either way.
+func wantID(v any) (string, error) {
+	switch v := v.(type) {
+	case string:
+		return v, nil
+	case int64:
+		if v < 0 || v > math.MaxUint32-1 {
+			return "", valueErr("id %d is out of range 0..%d", v, uint32(math.MaxUint32-1))
+		}
+		return strconv.FormatInt(v, 10), nil
+	}
+	return "", typeErr("a name or a number", v)
+}
+
+// wantDuration decodes a duration string ("1.5s", "100ms", "2m").
+func wantDuration(v any) (time.Duration, error) {
+	s, ok := v.(string)
+	if !ok {
+		if n, isInt := v.(int64); isInt {
+			return 0, typeErr(fmt.Sprintf("a duration string such as \"%ds\"", n), v)
+		}
+		return 0, typeErr("a duration string such as \"1s\" or \"250ms\"", v)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, valueErr("%q is not a duration (use a number with a unit: ns, us, ms, s, m, h)", s)
+	}
+	return d, nil
+}
+
+func wantCommand(v any) ([]string, error) {
+	switch v := v.(type) {
+	case string:
+		return splitCommand(v)
+	case []any:
+		argv := make([]string, len(v))
+		for i, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, typeErr(fmt.Sprintf("strings only, element %d", i), e)
+			}
+			argv[i] = s
+		}
+		return argv, nil
+	}
+	return nil, typeErr("an array of strings or a command line string", v)
+}
+
+func wantInts(v any) ([]int, error) {
+	a, ok := v.([]any)
+	if !ok {
+		return nil, typeErr("an array of integers", v)
+	}
+	out := make([]int, len(a))
+	for i, e := range a {
+		n, ok := e.(int64)
+		if !ok {
+			return nil, typeErr(fmt.Sprintf("integers only, element %d", i), e)
+		}
+		if n < math.MinInt32 || n > math.MaxInt32 {
+			return nil, valueErr("element %d: %d is out of range 0..255", i, n)
+		}
+		out[i] = int(n)
+	}
+	return out, nil
+}
+
+// wantSignal decodes "TERM", "SIGTERM", "term", "15" or 15.
+func wantSignal(v any) (syscall.Signal, error) {
+	switch v := v.(type) {
+	case int64:
+		if v < 1 || v > MaxSignal {
+			return 0, valueErr("signal %d is out of range 1..%d", v, MaxSignal)
+		}
+		return syscall.Signal(v), nil
+	case string:
+		return ParseSignal(v)
+	}
+	return 0, typeErr("a signal name such as \"TERM\" or a number", v)
+}
+
+// ParseSignal parses a signal as stop_signal accepts it: a name with or
+// without the SIG prefix, in any case ("TERM", "SIGTERM", "int"), or a
+// number 1..64.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > MaxSignal {
+			return 0, valueErr("signal %d is out of range 1..%d", n, MaxSignal)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, valueErr("unknown signal %q (use a name such as \"TERM\", \"INT\", \"HUP\", or a number)", s)
+}
+
+// sizeUnits are log_max_bytes suffixes, case-insensitive; all are powers of 1024.
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30},
+	{"kb", 1 << 10}, {"mb", 1 << 20}, {"gb", 1 << 30},
+	{"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30},
+	{"b", 1},
+}
+
+// wantSize decodes a byte count: an integer, or a string such as "10MiB".
+func wantSize(v any) (int64, error) {
+	switch v := v.(type) {
+	case int64:
+		return v, nil
+	case string:
+		return ParseSize(v)
+	}
+	return 0, typeErr("a byte count (integer) or a size string such as \"10MiB\"", v)
+}
+
+// ParseSize parses a size as log_max_bytes accepts it: a whole number of
+// bytes with an optional unit B, KiB, MiB or GiB (also K/KB, M/MB, G/GB,
+// any case; every multiple is a power of 1024), e.g. "10MiB", "512k", "4096".
+func ParseSize(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, valueErr("%q is not a size (use a whole number of bytes, or with KiB, MiB or GiB: \"10MiB\")", s)
+	}
+	if n > math.MaxInt64/mult {
+		return 0, valueErr("%q is too large", s)
+	}
+	return n * mult, nil
+}

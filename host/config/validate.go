@@ -1,0 +1,221 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Validate checks every value of c against the rules of the reference
+// (ranges, names, enumerations, the command, backoff_max >= restart_delay)
+// and that Order and Services agree. Load and Parse already did; Validate
+// is for a Config built or changed in code. The result is nil or [Errors].
+func (c *Config) Validate() error {
+	errs := c.validate(nil)
+	c.sortErrors(errs)
+	return errs.orNil()
+}
+
+// validate skips the keys in bad: they failed to decode and were reported.
+func (c *Config) validate(bad map[string]bool) Errors {
+	var errs Errors
+	skip := func(svc, key string) bool { return bad[badKey(svc, key)] }
+
+	hbd := func(key string, format string, args ...any) {
+		if skip("", "hbd."+key) {
+			return
+		}
+		errs = append(errs, &Error{File: c.Path, Line: c.hbdKeyLine(key), Key: "hbd." + key,
+			Msg: fmt.Sprintf(format, args...), Err: ErrValue})
+	}
+	h := c.HBD
+	if err := validShmName(h.Shm); err != "" {
+		hbd("shm", "%s", err)
+	}
+	switch {
+	case h.Socket == "":
+		hbd("socket", "empty path")
+	case len(h.Socket) > SocketPathMax:
+		hbd("socket", "path is %d bytes; a unix socket path holds at most %d", len(h.Socket), SocketPathMax)
+	}
+	if h.StateDir == "" {
+		hbd("state_dir", "empty path")
+	}
+	if h.LogDir == "" {
+		hbd("log_dir", "empty path")
+	}
+	if h.Slots < 1 || h.Slots > MaxSlots {
+		hbd("slots", "%d is out of range 1..%d", h.Slots, MaxSlots)
+	}
+	switch h.Detector {
+	case DetectorAuto, DetectorConnector, DetectorPidfd:
+	default:
+		hbd("detector", "want \"auto\", \"connector\" or \"pidfd\", got %q", h.Detector)
+	}
+	if strings.ContainsAny(h.SocketGroup, "\x00:") {
+		hbd("socket_group", "%q is not a group name", h.SocketGroup)
+	}
+
+	for _, name := range c.Order {
+		if c.Services[name] == nil {
+			errs = append(errs, &Error{File: c.Path, Service: name, Msg: "listed in Order but not in Services", Err: ErrValue})
+		}
+	}
+	if len(c.Order) != len(c.Services) {
+		listed := make(map[string]int, len(c.Order))
+		for _, n := range c.Order {
+			listed[n]++
+		}
+		for name := range c.Services {
+			if listed[name] != 1 {
+				errs = append(errs, &Error{File: c.Path, Service: name,
+					Msg: fmt.Sprintf("listed %d times in Order, want once", listed[name]), Err: ErrValue})
+			}
+		}
+	}
+	for _, name := range c.Order {
+		if s := c.Services[name]; s != nil {
+			errs = append(errs, s.validate(name, skip)...)
+		}
+	}
+	return errs
+}
+
+// validate checks one service defined under the key name.
+func (s *Service) validate(name string, skip func(svc, key string) bool) Errors {
+	var errs Errors
+	if skip(name, "") {
+		return nil
+	}
+	add := func(key string, sentinel error, format string, args ...any) {
+		if key != "" && skip(name, key) {
+			return
+		}
+		line := s.Line
+		if key != "" {
+			line = s.KeyLine(key)
+		}
+		errs = append(errs, &Error{File: s.File, Line: line, Service: name, Key: key,
+			Msg: fmt.Sprintf(format, args...), Err: sentinel})
+	}
+	if err := validName(name); err != "" {
+		add("", ErrValue, "invalid service name: %s", err)
+	}
+	if s.Name != name {
+		add("", ErrValue, "Name is %q but the service is listed as %q", s.Name, name)
+	}
+
+	_, written := s.keys["command"]
+	switch {
+	case len(s.Command) == 0 && !written:
+		add("", ErrMissing, "missing required key \"command\"")
+	case len(s.Command) == 0:
+		add("command", ErrValue, "empty command")
+	case s.Command[0] == "":
+		add("command", ErrValue, "the program (first word) is empty")
+	}
+	for i, a := range s.Command {
+		if strings.IndexByte(a, 0) >= 0 {
+			add("command", ErrValue, "argument %d contains a NUL byte", i)
+			break
+		}
+	}
+	if strings.IndexByte(s.Directory, 0) >= 0 {
+		add("directory", ErrValue, "contains a NUL byte")
+	}
+	for k, v := range s.Environment {
+		key := "environment." + k
+		switch {
+		case k == "":
+			add(key, ErrValue, "empty variable name")
+		case strings.ContainsAny(k, "=\x00"):
+			add(key, ErrValue, "variable name %q contains '=' or NUL", k)
+		case strings.IndexByte(v, 0) >= 0:
+			add(key, ErrValue, "value contains a NUL byte")
+		}
+	}
+	for _, id := range []struct{ key, v string }{{"user", s.User}, {"group", s.Group}} {
+		if strings.ContainsAny(id.v, "\x00:") {
+			add(id.key, ErrValue, "%q is not a name or number", id.v)
+		}
+	}
+	if !s.Restart.Valid() {
+		add("restart", ErrValue, "want \"always\", \"on-failure\" or \"never\", got %v", s.Restart)
+	}
+	for _, d := range []struct {
+		key string
+		v   int64
+	}{
+		{"restart_delay", int64(s.RestartDelay)},
+		{"start_secs", int64(s.StartSecs)},
+		{"backoff_max", int64(s.BackoffMax)},
+		{"stop_timeout", int64(s.StopTimeout)},
+	} {
+		if d.v < 0 {
+			add(d.key, ErrValue, "negative duration")
+		}
+	}
+	if s.StopTimeout == 0 {
+		add("stop_timeout", ErrValue, "must be more than 0s")
+	}
+	if s.BackoffMax < s.RestartDelay && s.RestartDelay >= 0 && !skip(name, "restart_delay") {
+		add("backoff_max", ErrValue, "%s is less than restart_delay %s", s.BackoffMax, s.RestartDelay)
+	}
+	if s.StartRetries < 0 {
+		add("start_retries", ErrValue, "%d is negative (0 means never give up)", s.StartRetries)
+	}
+	for i, code := range s.ExitCodes {
+		if code < 0 || code > 255 {
+			add("exit_codes", ErrValue, "element %d: %d is out of range 0..255", i, code)
+		}
+	}
+	if s.StopSignal < 1 || s.StopSignal > MaxSignal {
+		add("stop_signal", ErrValue, "signal %d is out of range 1..%d", int(s.StopSignal), MaxSignal)
+	}
+	for _, o := range []struct{ key, v string }{{"stdout", s.Stdout}, {"stderr", s.Stderr}} {
+		switch o.v {
+		case OutputFile, OutputInherit, OutputNull:
+		default:
+			add(o.key, ErrValue, "want \"file\", \"inherit\" or \"null\", got %q", o.v)
+		}
+	}
+	if s.LogMaxBytes < 0 {
+		add("log_max_bytes", ErrValue, "%d is negative (0 means never rotate)", s.LogMaxBytes)
+	}
+	if s.LogBackups < 0 {
+		add("log_backups", ErrValue, "%d is negative", s.LogBackups)
+	}
+	return errs
+}
+
+// validName checks a service name: 1..47 bytes of [A-Za-z0-9._-]. It
+// returns what is wrong, or "".
+func validName(name string) string {
+	if name == "" {
+		return "empty"
+	}
+	if len(name) > NameMax {
+		return fmt.Sprintf("%d bytes long; the limit is %d", len(name), NameMax)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Sprintf("%q is not allowed (use A-Z a-z 0-9 . _ -)", name[i:i+1])
+		}
+	}
+	return ""
+}
+
+// validShmName checks [hbd] shm: one file name under /dev/shm.
+func validShmName(name string) string {
+	switch {
+	case name == "":
+		return "empty name"
+	case name == "." || name == "..":
+		return fmt.Sprintf("%q is not a file name", name)
+	case len(name) > 255:
+		return "longer than 255 bytes"
+	case strings.ContainsAny(name, "/\x00"):
+		return fmt.Sprintf("%q must be a name under /dev/shm, without '/'", name)
+	}
+	return ""
+}

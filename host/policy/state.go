@@ -1,0 +1,175 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+)
+
+// State is a service's state. The numbering is the shared-memory ABI's slot
+// state (DESIGN.md, slot offset 4), so shm.State(s) and policy.State(st) are
+// plain conversions.
+type State uint32
+
+// The states, numbered as in the shm ABI v1.
+const (
+	StateFree     State = 0 // no service: the slot is unused
+	StateStopped  State = 1 // not running and not meant to run until started
+	StateStarting State = 2 // spawned; not yet up for StartSecs
+	StateRunning  State = 3 // up for at least StartSecs
+	StateBackoff  State = 4 // exited; waiting for a delay before the next start
+	StateExited   State = 5 // exited and the restart policy keeps it down
+	StateFatal    State = 6 // gave up: too many failed starts, or it cannot be spawned
+	StateStopping State = 7 // a stop was requested; waiting for the exit
+)
+
+var stateNames = [...]string{
+	StateFree:     "free",
+	StateStopped:  "stopped",
+	StateStarting: "starting",
+	StateRunning:  "running",
+	StateBackoff:  "backoff",
+	StateExited:   "exited",
+	StateFatal:    "fatal",
+	StateStopping: "stopping",
+}
+
+// String returns the lower-case name of s ("running"), or "state(N)" for a
+// number outside the ABI.
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("state(%d)", uint32(s))
+}
+
+// Valid reports whether s is one of the ABI's states.
+func (s State) Valid() bool { return int(s) < len(stateNames) }
+
+// ParseState is the inverse of [State.String] for the ABI's states.
+func ParseState(name string) (State, error) {
+	for i, n := range stateNames {
+		if n == name {
+			return State(i), nil
+		}
+	}
+	return 0, fmt.Errorf("policy: unknown state %q", name)
+}
+
+// ErrInvalidTransition is matched (errors.Is) by every [*TransitionError].
+var ErrInvalidTransition = errors.New("invalid state transition")
+
+// TransitionError is a move the state machine refuses.
+type TransitionError struct {
+	From, To State
+}
+
+// Error names the move: `invalid state transition "running" to "stopped"`.
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("invalid state transition %q to %q", e.From.String(), e.To.String())
+}
+
+// Is makes errors.Is(err, ErrInvalidTransition) true.
+func (e *TransitionError) Is(target error) bool { return target == ErrInvalidTransition }
+
+// transitions[from] is the set of states reachable from `from`, as a bit mask
+// indexed by the target state. Each entry says what causes the move. A start
+// whose spawn fails moves straight from the state the start was tried in to
+// backoff (retry later) or fatal (retrying cannot help, or retries are
+// exhausted), since there never was a process in starting.
+var transitions = [...]uint16{
+	StateFree: bits(
+		StateStopped, // service defined (slot allocated)
+	),
+	StateStopped: bits(
+		StateStarting, // start
+		StateBackoff,  // start: spawn failed, retry later
+		StateFatal,    // start: spawn failed for good (e.g. no such program)
+		StateFree,     // service removed
+	),
+	StateStarting: bits(
+		StateRunning,  // up for start_secs
+		StateBackoff,  // failed start (or a respawn delay)
+		StateStarting, // respawn at once: it exited after start_secs but before the host promoted it
+		StateExited,   // exited; the restart policy keeps it down
+		StateFatal,    // retries exhausted, or the spawn itself failed
+		StateStopping, // stop
+	),
+	StateRunning: bits(
+		StateStarting, // respawn at once
+		StateBackoff,  // respawn after restart_delay, or the respawn's spawn failed
+		StateExited,   // exited; the restart policy keeps it down
+		StateFatal,    // the respawn's spawn failed for good
+		StateStopping, // stop
+	),
+	StateBackoff: bits(
+		StateStarting, // delay elapsed
+		StateFatal,    // retries exhausted, or the spawn failed for good
+		StateStopped,  // stop while waiting: there is no process to signal
+	),
+	StateExited: bits(
+		StateStarting, // start
+		StateBackoff,  // start: spawn failed, retry later
+		StateFatal,    // start: spawn failed for good
+		StateStopped,  // stop (marks it down on purpose)
+	),
+	StateFatal: bits(
+		StateStarting, // manual start clears the failure
+		StateBackoff,  // manual start: spawn failed, retry later
+		StateStopped,  // stop
+	),
+	StateStopping: bits(
+		StateStopped, // the process exited
+	),
+}
+
+func bits(states ...State) uint16 {
+	var m uint16
+	for _, s := range states {
+		m |= 1 << s
+	}
+	return m
+}
+
+// CanTransition reports whether the machine allows the move from -> to:
+//
+//	free     -> stopped
+//	stopped  -> starting, backoff*, fatal*, free
+//	starting -> running, backoff, starting, exited, fatal, stopping
+//	running  -> starting, backoff, exited, fatal*, stopping
+//	backoff  -> starting, fatal, stopped
+//	exited   -> starting, backoff*, fatal*, stopped
+//	fatal    -> starting, backoff*, stopped
+//	stopping -> stopped
+//
+// (* a start whose spawn failed.) Moves to the same state are refused,
+// except starting -> starting.
+func CanTransition(from, to State) bool {
+	if !from.Valid() || !to.Valid() {
+		return false
+	}
+	return transitions[from]&(1<<to) != 0
+}
+
+// Machine is one service's state with guarded transitions. The zero value is
+// in [StateFree]. A Machine is not safe for concurrent use.
+type Machine struct {
+	state State
+}
+
+// NewMachine returns a Machine in state s, taken as is (no transition is
+// checked). The host starts a newly defined service in [StateStopped], and a
+// reattached one in the state the shared-memory table recorded.
+func NewMachine(s State) *Machine { return &Machine{state: s} }
+
+// State returns the current state.
+func (m *Machine) State() State { return m.state }
+
+// To moves the machine to next, or returns a [*TransitionError] and leaves the
+// state unchanged when [CanTransition] refuses the move.
+func (m *Machine) To(next State) error {
+	if !CanTransition(m.state, next) {
+		return &TransitionError{From: m.state, To: next}
+	}
+	m.state = next
+	return nil
+}
