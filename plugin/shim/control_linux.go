@@ -1,0 +1,219 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// service returns the service called name: known to this shim, or found in
+// the table (left by a previous plugin), or — with create — given a slot now.
+func (s *Shim) service(name string, create bool) (*service, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if svc := s.svcs[name]; svc != nil {
+		return svc, nil
+	}
+	idx, err := s.w.Lookup(name)
+	if err != nil {
+		if !errors.Is(err, shm.ErrNotFound) {
+			return nil, fmt.Errorf("service %q: %w", name, err)
+		}
+		if !create {
+			return nil, fmt.Errorf("service %q: %w", name, plugin.ErrNotFound)
+		}
+		if idx, err = s.w.Alloc(name); err != nil {
+			if errors.Is(err, shm.ErrFull) {
+				return nil, fmt.Errorf("service %q: %w: %w", name, plugin.ErrFull, err)
+			}
+			if errors.Is(err, shm.ErrBadName) {
+				return nil, &specError{msg: err.Error(), err: err}
+			}
+			return nil, fmt.Errorf("service %q: %w", name, err)
+		}
+	}
+	svc := &service{name: name, idx: idx}
+	s.svcs[name] = svc
+	return svc, nil
+}
+
+// lockService returns the service called name with its op lock held,
+// retrying if it was freed while the lock was awaited.
+func (s *Shim) lockService(name string, create bool) (*service, error) {
+	for {
+		svc, err := s.service(name, create)
+		if err != nil {
+			return nil, err
+		}
+		svc.op.Lock()
+		if !svc.freed {
+			return svc, nil
+		}
+		svc.op.Unlock()
+	}
+}
+
+// current is svc's incarnation if it has not exited (its exit not yet
+// recorded), else nil.
+func (s *Shim) current(svc *service) *incarnation {
+	s.mu.Lock()
+	inc := svc.cur
+	s.mu.Unlock()
+	if inc == nil || inc.exited() {
+		return nil
+	}
+	return inc
+}
+
+// Stop implements plugin.Shim. It marks the slot stopping, sends sig to the
+// process group, waits up to timeout for the exit to be recorded, then
+// SIGKILLs the group and waits again (bounded by ctx). Members of the group
+// that outlive the main process are SIGKILLed before it is reaped, so
+// nothing is left behind. The slot ends stopped. Stopping a service that is
+// not running only records the stopped state.
+func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeout time.Duration) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	svc, err := s.lockService(name, false)
+	if err != nil {
+		return err
+	}
+	defer svc.op.Unlock()
+	inc := s.current(svc)
+	if inc == nil {
+		s.w.SetState(svc.idx, shm.StateStopped)
+		return nil
+	}
+	inc.stopping.Store(true)
+	s.w.SetState(svc.idx, shm.StateStopping)
+	if sig != 0 {
+		if err := inc.signal(sig, true); err != nil {
+			s.log.Warn("stop: signal", "service", name, "pid", inc.pid, "signal", sig, "err", err)
+		}
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-inc.done:
+	case <-t.C:
+		s.log.Info("stop: timed out; killing the process group", "service", name, "pid", inc.pid, "timeout", timeout)
+		if err := inc.signal(unix.SIGKILL, true); err != nil {
+			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.pid, err)
+		}
+		// The group may have been left by the main process: kill it too.
+		inc.signal(unix.SIGKILL, false)
+		select {
+		case <-inc.done:
+		case <-ctx.Done():
+			return fmt.Errorf("stop %q: pid %d killed, exit not yet seen: %w", name, inc.pid, ctx.Err())
+		case <-s.quit:
+			return errClosed
+		}
+	case <-ctx.Done():
+		return fmt.Errorf("stop %q: waiting for pid %d: %w", name, inc.pid, ctx.Err())
+	case <-s.quit:
+		return errClosed
+	}
+	s.w.SetState(svc.idx, shm.StateStopped)
+	return nil
+}
+
+// Signal implements plugin.Shim: sig goes to the main process only (through
+// its pidfd, so never to a recycled PID).
+func (s *Shim) Signal(ctx context.Context, name string, sig syscall.Signal) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	svc, err := s.service(name, false)
+	if err != nil {
+		return err
+	}
+	inc := s.current(svc)
+	if inc == nil {
+		return fmt.Errorf("signal %q: %w", name, plugin.ErrNotRunning)
+	}
+	if err := inc.signal(sig, false); err != nil {
+		return fmt.Errorf("signal %q: pid %d: %w", name, inc.pid, err)
+	}
+	return nil
+}
+
+// SetState implements plugin.Shim.
+func (s *Shim) SetState(ctx context.Context, name string, st shm.State) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	if !st.Valid() || st == shm.StateFree {
+		return fmt.Errorf("set state %q: %w: state %d", name, plugin.ErrBadSpec, uint32(st))
+	}
+	// Under mu, which Free also holds while it releases the slot.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx, err := s.w.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("set state %q: %w", name, plugin.ErrNotFound)
+	}
+	s.w.SetState(idx, st)
+	return nil
+}
+
+// Free implements plugin.Shim: the slot is zeroed and may be given to
+// another service. A running service is refused with plugin.ErrRunning.
+func (s *Shim) Free(ctx context.Context, name string) error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	defer s.leave()
+	svc, err := s.lockService(name, false)
+	if err != nil {
+		return err
+	}
+	defer svc.op.Unlock()
+	if inc := s.current(svc); inc != nil {
+		return fmt.Errorf("free %q: %w (pid %d)", name, plugin.ErrRunning, inc.pid)
+	}
+	if pid := s.w.PID(svc.idx); pid != 0 {
+		return fmt.Errorf("free %q: %w (pid %d)", name, plugin.ErrRunning, pid)
+	}
+	s.mu.Lock()
+	if err := s.w.Free(svc.idx); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("free %q: %w", name, err)
+	}
+	svc.freed = true
+	if s.svcs[name] == svc {
+		delete(s.svcs, name)
+	}
+	s.mu.Unlock()
+	if svc.stdout != nil {
+		svc.stdout.close()
+	}
+	if svc.stderr != nil {
+		svc.stderr.close()
+	}
+	return nil
+}
+
+// List implements plugin.Shim: a consistent copy of every used slot.
+func (s *Shim) List(ctx context.Context) ([]shm.Slot, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	var out []shm.Slot
+	for sl := range s.w.Used() {
+		out = append(out, sl)
+	}
+	return out, nil
+}

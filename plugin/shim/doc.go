@@ -1,0 +1,121 @@
+// Package shim is the implementation behind hb's plugin boundary: it spawns
+// services, records each incarnation in the shared-memory table, learns of
+// every exit from the connector package's Watcher, sets the slot's PID to 0
+// first, then reaps, records and reports. *Shim implements plugin.Shim; the
+// plugin package serves it over gRPC. It is Linux-only.
+//
+// # Spawning
+//
+// Spawn uses syscall.ForkExec (clone with CLONE_VFORK|CLONE_VM, so the cost
+// does not grow with the plugin's memory) with CLONE_PIDFD, never os/exec.
+// The child gets its own process group (its PID), stdin /dev/null, the
+// Spec's credentials, directory and environment plus HB_SERVICE, HB_SLOT,
+// HB_SHM (the table's path, e.g. /dev/shm/hb) and HB_GENERATION. Command[0]
+// without a slash is looked up in the Spec's PATH (else the plugin's). Errors
+// the host should show the user (missing or non-executable program, bad
+// directory, bad stdout mode) wrap plugin.ErrBadSpec and read like
+//
+//	spawn "rx": exec "/nope": no such file or directory
+//
+// and leave the slot with PID 0.
+//
+// The order is: fork+exec → shm Writer.Spawned (generation+1, start time,
+// state starting; the PID is stored last) → Watcher.Watch(key, pid, pidfd).
+// A child that dies before Watch has a readable pidfd, which the Watcher
+// reports at once, so the exit is in effect subscribed to before the child
+// starts. The host moves the state to running with SetState.
+//
+// # The exit path
+//
+// Watcher.OnExit → onExit, on the detecting goroutine: Writer.ClearPID
+// (compare-and-swap PID → 0), nothing else. The watch key carries the slot
+// index (index<<32 | low 32 bits of the generation), so there is no lookup,
+// lock, allocation or log line before the store. The process is still an
+// unreaped zombie at that moment and a zombie's PID cannot be reused, so a
+// non-zero slot never names a recycled process (DESIGN invariant 1).
+//
+// Then, on the exit goroutine reading Watcher.Exits (finish): if Stop is under
+// way, SIGKILL the rest of the process group while the zombie still pins the
+// group ID; reap exactly once with waitid(P_PIDFD, WEXITED|WNOHANG) (polling
+// the pidfd up to 1 s if the zombie is not waitable yet); Writer.RecordExit
+// (last_status, last_pid, exits+1, state exited or stopped); Unwatch; close
+// the pidfd; wake Stop; emit EventExit; hand the PID back to the stray
+// reaper.
+//
+// # One reaper
+//
+// Wait status is per process, so ownership of waiting is too. The exit path
+// reaps the children it spawned, by pidfd; nothing in the plugin process may
+// call exec.Cmd.Wait, os.Process.Wait or start children with os/exec or
+// os.StartProcess (DESIGN invariant 2). The plugin is a child subreaper
+// (PR_SET_CHILD_SUBREAPER), so descendants that double-fork come back to it;
+// one stray-reaper goroutine per process, woken by SIGCHLD and by the exit
+// path (never by a timer), peeks with waitid(P_ALL, WNOWAIT) and reaps with
+// wait4 every exited child that no exit path is waiting for, stopping at the
+// first tracked one (the exit path reaps it, then kicks the stray reaper
+// again). A child is tracked from fork until its exit is recorded; ForkExec
+// and the stray reaper exclude each other, so a child that dies at once is
+// never taken for a stray.
+//
+// # Adoption
+//
+// A plugin that dies leaves its clients running (they are re-parented) and
+// their PIDs in the table (DESIGN invariant 7). New adopts every used slot
+// with a PID: if /proc/PID/stat's start time equals the slot's, it opens a
+// pidfd (and checks the start time again, so the pidfd cannot name a process
+// that took the PID over), watches it, sets the slot's adopted flag and emits
+// EventAdopt; Info.Adopted counts them. Otherwise the slot is cleared and an
+// EventExit with Source "adopt" and status -1 is emitted. An adopted process
+// is normally not our child: it is never reaped here (waitid would fail), and
+// its status is the proc connector's when that saw the exit first, else -1.
+// The generation continues from the slot's.
+//
+// # Log files
+//
+// With Stdout/Stderr "file", the child writes straight into
+// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe,
+// no copying goroutine. A pipe would lose the output of adopted clients when
+// the plugin restarts (the reader is gone: SIGPIPE or EPIPE for them) and
+// would block a data-plane process whenever the plugin is slow to drain it;
+// a file loses nothing and never blocks. Rotation:
+//   - at each spawn, a file larger than LogMaxBytes is renamed to NAME….log.1
+//     (older backups shift, LogBackups are kept) and a new one is opened;
+//   - on the 1 s beat, the file of a running incarnation that has grown past
+//     LogMaxBytes is trimmed in place: its head is copied to .1, then cut out
+//     with fallocate(FALLOC_FL_COLLAPSE_RANGE). O_APPEND writes land after
+//     the cut, so nothing is lost or duplicated and the file keeps its name
+//     (tail -F keeps working). The cut is block-aligned, so a line may
+//     straddle .1 and the live file. Filesystems without range collapse
+//     (tmpfs, btrfs, …) rotate at the next spawn only, so a long-running,
+//     chatty incarnation can grow its file past the limit there.
+//
+// An adopted incarnation's log is not trimmed (the new plugin learns the log
+// settings only with the next Spawn).
+//
+// # Timers
+//
+// The only timer is the 1 s beat: it stores writer_beat_ns in the table
+// (readers use it to see that the watcher is alive) and trims log files of
+// running services. Nothing on the exit path waits for it; everything else is
+// driven by the kernel (pidfd epoll, proc connector, SIGCHLD) or by calls.
+//
+// # Concurrency
+//
+// A Shim is safe for concurrent use. Spawn, Stop and Free of one service are
+// serialised (a Stop holds off a Spawn of the same service until the exit is
+// recorded); different services proceed in parallel. Spawn of a running
+// service fails with plugin.ErrRunning; if its exit was already detected
+// (PID 0) but not yet recorded, Spawn waits for the record. Events has any
+// number of subscribers, each with a buffered channel: one that falls behind
+// by more than its buffer is dropped (its channel closed) rather than slowing
+// the exit path; it resubscribes with the last Seq it saw. The last 4096
+// events are kept for replay; a Seq gap tells a subscriber it missed older
+// ones. Shutdown and Close wait for calls in flight, stop the beat and the
+// Watcher, record exits already detected, and close the table; they never
+// signal services.
+//
+// # Debugging
+//
+// Options.Logger receives spawn/exit lines at debug level, adoption and
+// rotation at info/warn; nothing is logged on the fast path.
+package shim

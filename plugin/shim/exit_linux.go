@@ -1,0 +1,150 @@
+package shim
+
+import (
+	"errors"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// onExit is the exit fast path, called by the Watcher on the goroutine that
+// detected the exit. It stores 0 in the slot and nothing else: no lookup (the
+// slot index is in the key), no lock, no allocation, no logging. The process
+// is still an unreaped zombie here, so its PID cannot have been reused: the
+// slot never names a recycled process (DESIGN invariant 1). Everything else
+// happens in finish, after the Exit is queued on Watcher.Exits.
+func (s *Shim) onExit(ex connector.Exit) {
+	idx := int(ex.Key >> 32)
+	cleared := s.w.ClearPID(idx, uint32(ex.PID))
+	if s.opts.onCleared != nil {
+		s.opts.onCleared(idx, ex.PID, cleared)
+	}
+}
+
+// exitLoop runs finish for every exit, in detection order.
+func (s *Shim) exitLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case ex, ok := <-s.watcher.Exits():
+			if !ok {
+				return
+			}
+			s.finish(ex)
+		}
+	}
+}
+
+// finish is the exit slow path: reap, record, report. The slot already reads
+// 0 (onExit). Steps, in order:
+//  1. if Stop is under way, SIGKILL what is left of the process group while
+//     the zombie still pins the group ID;
+//  2. reap exactly once with waitid(P_PIDFD) — the only wait on a spawned
+//     child anywhere in the process (DESIGN invariant 2); an adopted process
+//     that is not our child keeps the connector's status, or -1;
+//  3. record the exit in the slot (RecordExit), stop watching, close the
+//     pidfd;
+//  4. wake Stop, emit EventExit, hand the PID back to the stray reaper.
+func (s *Shim) finish(ex connector.Exit) {
+	s.mu.Lock()
+	inc := s.incs[ex.Key]
+	delete(s.incs, ex.Key)
+	s.mu.Unlock()
+	if inc == nil {
+		// Already finished (by close, or a failed spawn).
+		return
+	}
+	// Belt and braces: onExit normally did this already; a CAS that finds
+	// 0 or another PID changes nothing.
+	s.w.ClearPID(inc.idx, uint32(inc.pid))
+
+	status := -1
+	if ex.HaveStatus {
+		status = ex.Status
+	}
+	inc.mu.Lock()
+	if inc.stopping.Load() && inc.child && !inc.reaped {
+		// Members of the group may outlive the leader; the leader's zombie
+		// keeps its PID (the group ID) from being reused until we reap it.
+		// (A non-child's zombie is reaped by someone else at any time, so
+		// its group ID is not ours to signal now.)
+		killGroup(inc.pid, unix.SIGKILL)
+	}
+	reaped := false
+	if inc.child {
+		st, ok, err := reapPidfd(inc.pidfd, reapWait)
+		switch {
+		case ok:
+			status, reaped = st, true
+		case errors.Is(err, unix.ECHILD):
+			// Reaped elsewhere, or not ours after all: keep the connector's word.
+		case err != nil:
+			s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", err)
+		default:
+			s.log.Warn("reap: exited process is not waitable yet; left to the stray reaper",
+				"service", inc.svc.name, "pid", inc.pid)
+		}
+	}
+	s.watcher.Unwatch(inc.key)
+	unix.Close(inc.pidfd)
+	inc.pidfd = -1
+	inc.reaped = true
+	inc.mu.Unlock()
+
+	state := shm.StateExited
+	if inc.stopping.Load() {
+		state = shm.StateStopped
+	}
+	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), ex.DetectedNs, state)
+	close(inc.done)
+
+	s.emit(plugin.Event{
+		Kind:       plugin.EventExit,
+		Name:       inc.svc.name,
+		Slot:       inc.idx,
+		PID:        inc.pid,
+		Generation: inc.gen,
+		Status:     status,
+		Source:     ex.Source.String(),
+		DetectedNs: ex.DetectedNs,
+		Adopted:    inc.adopted,
+	})
+	if inc.child {
+		// After reaping: from here the stray reaper may take the PID (if it
+		// was not reaped above) and look past it for strays.
+		untrackPID(inc.pid)
+	}
+	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
+		"source", ex.Source.String(), "reaped", reaped)
+}
+
+// signal sends sig to inc's process group (group true) or main process. The
+// main process is signalled through its pidfd, which cannot reach a recycled
+// PID. The group is signalled by number, so only while the number is known to
+// be pinned: our child is not reaped before inc.mu is write-locked; an adopted
+// non-child is reaped by someone else, so its group is signalled only while
+// its pidfd says it is alive.
+func (inc *incarnation) signal(sig syscall.Signal, group bool) error {
+	inc.mu.RLock()
+	defer inc.mu.RUnlock()
+	if inc.reaped {
+		return nil
+	}
+	if group && (inc.child || !pollReadable(inc.pidfd, 0)) && inc.leadsGroup() {
+		return killGroup(inc.pid, sig)
+	}
+	return pidfdSignal(inc.pidfd, sig)
+}
+
+// leadsGroup reports whether the process is its own group leader: our
+// children are (Setpgid) unless they moved since.
+func (inc *incarnation) leadsGroup() bool {
+	pgid, err := unix.Getpgid(inc.pid)
+	return err == nil && pgid == inc.pid
+}

@@ -1,0 +1,120 @@
+package shim
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+)
+
+// appendFD writes b through fd as a child would.
+func appendFD(t *testing.T, fd int, b []byte) {
+	t.Helper()
+	if _, err := unix.Write(fd, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLogRotateAtSpawn(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rx.out.log")
+	l := newLogFile(path, 10, 2)
+	defer l.close()
+	var want []string // contents of path, path.1, path.2 after each round
+	for i, chunk := range []string{"first incarnation\n", "second incarnation\n", "third incarnation\n", "fourth\n"} {
+		fd, err := l.spawnFD()
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendFD(t, fd, []byte(chunk))
+		want = append([]string{chunk}, want...)
+		if len(want) > 3 {
+			want = want[:3]
+		}
+		for k, w := range want {
+			name := path
+			if k > 0 {
+				name = path + "." + string(rune('0'+k))
+			}
+			if got, _ := os.ReadFile(name); string(got) != w {
+				t.Errorf("round %d: %s = %q; want %q", i, filepath.Base(name), got, w)
+			}
+		}
+	}
+	if _, err := os.Stat(path + ".3"); !os.IsNotExist(err) {
+		t.Errorf("%s.3 exists: only 2 backups are kept", path)
+	}
+}
+
+func TestLogTrimWhileRunning(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rx.out.log")
+	l := newLogFile(path, 8192, 2)
+	defer l.close()
+	fd, err := l.spawnFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all bytes.Buffer
+	for i := 0; all.Len() < 3*8192; i++ {
+		line := []byte("line " + string(rune('a'+i%26)) + " of the running incarnation\n")
+		appendFD(t, fd, line)
+		all.Write(line)
+	}
+	if err := l.check(); err != nil {
+		t.Fatal(err)
+	}
+	if l.noShrink {
+		t.Skipf("%s cannot collapse ranges: rotation happens at the next spawn only", dir)
+	}
+	live, _ := os.ReadFile(path)
+	head, _ := os.ReadFile(path + ".1")
+	if len(head) == 0 || int64(len(live)) > 8192 {
+		t.Fatalf("after trim: %s.1 %d bytes, live %d bytes; want a head moved out and the live file ≤ 8192", path, len(head), len(live))
+	}
+	// The child keeps appending to the same, trimmed file.
+	tail := []byte("written after the trim\n")
+	appendFD(t, fd, tail)
+	all.Write(tail)
+	live, _ = os.ReadFile(path)
+	if got := append(head, live...); !bytes.Equal(got, all.Bytes()) {
+		t.Errorf("%s.1 + %s differ from what was written (%d vs %d bytes)", path, path, len(got), all.Len())
+	}
+}
+
+// TestLogSurvivesShimClose: a child's log descriptor is the file itself, not a
+// pipe to the shim, so what it writes after the shim is gone is kept (and it
+// gets no SIGPIPE).
+func TestLogSurvivesShimClose(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "logs")
+	gate := filepath.Join(dir, "gate")
+	h := newHarness(t, connector.DetectPidfd, dir)
+	res := h.spawn(plugin.Spec{
+		Name:    "chatty",
+		Command: []string{"/bin/sh", "-c", "echo before; while [ ! -e " + gate + " ]; do sleep 0.01; done; echo after"},
+		Env:     []string{"PATH=/usr/bin:/bin"}, UID: -1, GID: -1,
+		Stdout: "file", Stderr: "null", LogDir: logDir,
+	})
+	out := filepath.Join(logDir, "chatty.out.log")
+	waitFor(t, "before", func() bool { b, _ := os.ReadFile(out); return string(b) == "before\n" })
+	h.cancel()
+	h.s.Close()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "after", func() bool { b, _ := os.ReadFile(out); return string(b) == "before\nafter\n" })
+	// Nobody reaps it now: do it here.
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(res.PID, &ws, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("child status %v; want exit 0", ws)
+	}
+}

@@ -1,0 +1,306 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// childModeEnv selects a child mode when the test binary runs as a
+// supervised child (see runChild).
+const childModeEnv = "HB_SHIM_CHILD"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(childModeEnv); mode != "" {
+		os.Exit(runChild(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// runChild is the body of the test binary started as a child:
+//
+//	report     print "out-line" on stdout and "err-line" on stderr, write
+//	           HB_* variables and ids to $HB_TEST_OUT, then block
+//	sleep      block until killed
+//	exit       exit $HB_EXIT_CODE
+//	usr1       exit 42 on SIGUSR1; $HB_TEST_OUT is created once it is caught
+//	oldplugin  be a plugin that dies: open a Shim on $HB_TEST_SHMDIR, spawn
+//	           "adoptee" (/bin/sleep), write its PID to $HB_TEST_OUT, close
+//	           the Shim without stopping it, then block (the adoptee stays
+//	           this process's child, not the test's)
+func runChild(mode string) int {
+	switch mode {
+	case "report":
+		fmt.Fprintln(os.Stdout, "out-line")
+		fmt.Fprintln(os.Stderr, "err-line")
+		var b strings.Builder
+		for _, kv := range os.Environ() {
+			if strings.HasPrefix(kv, "HB_") && !strings.HasPrefix(kv, "HB_TEST") && !strings.HasPrefix(kv, childModeEnv) {
+				b.WriteString(kv + "\n")
+			}
+		}
+		groups, _ := os.Getgroups()
+		sort.Ints(groups)
+		fmt.Fprintf(&b, "pid=%d\npgid=%d\nuid=%d\ngid=%d\ngroups=%v\n",
+			os.Getpid(), syscall.Getpgrp(), os.Getuid(), os.Getgid(), groups)
+		if err := writeFileAtomic(os.Getenv("HB_TEST_OUT"), b.String()); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		select {}
+	case "sleep":
+		select {}
+	case "exit":
+		n, _ := strconv.Atoi(os.Getenv("HB_EXIT_CODE"))
+		return n
+	case "usr1":
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGUSR1)
+		if err := writeFileAtomic(os.Getenv("HB_TEST_OUT"), "ready\n"); err != nil {
+			return 2
+		}
+		<-c
+		return 42
+	case "oldplugin":
+		s, err := New(Options{ShmName: "t", ShmDir: os.Getenv("HB_TEST_SHMDIR"), Slots: 8, Detector: connector.DetectPidfd})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		res, err := s.Spawn(context.Background(), plugin.Spec{
+			Name: "adoptee", Command: []string{"/bin/sleep", "1000"}, UID: -1, GID: -1,
+			Env: []string{"PATH=/usr/bin:/bin"}, Stdout: "null", Stderr: "null",
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		s.Close()
+		if err := writeFileAtomic(os.Getenv("HB_TEST_OUT"), strconv.Itoa(res.PID)); err != nil {
+			return 2
+		}
+		select {}
+	}
+	fmt.Fprintf(os.Stderr, "unknown %s=%q\n", childModeEnv, mode)
+	return 2
+}
+
+func writeFileAtomic(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s. It bounds
+// a wait for a state; it is not a timing assertion.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// harness is one Shim on a private table, with its event stream.
+type harness struct {
+	t      *testing.T
+	s      *Shim
+	dir    string
+	events <-chan plugin.Event
+	cancel context.CancelFunc
+}
+
+// detectors are the configurations the behavioural tests run under: the
+// pidfd loop alone (works everywhere) and auto (the proc connector too when
+// it is usable here).
+var detectors = []connector.Detector{connector.DetectPidfd, connector.DetectAuto}
+
+func newHarness(t *testing.T, det connector.Detector, dir string) *harness {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	return openHarness(t, Options{ShmName: "t", ShmDir: dir, Slots: 16, Detector: det}, dir)
+}
+
+func openHarness(t *testing.T, opts Options, dir string) *harness {
+	t.Helper()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := s.Events(ctx, 0)
+	if err != nil {
+		t.Fatalf("Events: %v", err)
+	}
+	h := &harness{t: t, s: s, dir: dir, events: ch, cancel: cancel}
+	t.Cleanup(h.close)
+	return h
+}
+
+// close stops every service still running (so no process outlives the
+// test), then closes the Shim.
+func (h *harness) close() {
+	if h.s.closed.Load() {
+		return
+	}
+	slots, _ := h.s.List(context.Background())
+	for _, sl := range slots {
+		if sl.PID != 0 {
+			if err := h.s.Stop(context.Background(), sl.Name, unix.SIGKILL, 5*time.Second); err != nil {
+				h.t.Errorf("cleanup: stop %s: %v", sl.Name, err)
+			}
+		}
+	}
+	h.cancel()
+	if err := h.s.Close(); err != nil {
+		h.t.Errorf("Close: %v", err)
+	}
+}
+
+// self is the test binary, started as a child in the given mode.
+func self(t testing.TB) string {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+// childSpec is a Spec running the test binary in mode.
+func (h *harness) childSpec(name, mode string, env ...string) plugin.Spec {
+	return plugin.Spec{
+		Name:    name,
+		Command: []string{self(h.t), "-test.run=^$"},
+		Env:     append(append(os.Environ(), childModeEnv+"="+mode), env...),
+		UID:     -1,
+		GID:     -1,
+		Stdout:  "null",
+		Stderr:  "null",
+	}
+}
+
+func (h *harness) spawn(spec plugin.Spec) plugin.SpawnResult {
+	h.t.Helper()
+	res, err := h.s.Spawn(context.Background(), spec)
+	if err != nil {
+		h.t.Fatalf("Spawn %s: %v", spec.Name, err)
+	}
+	return res
+}
+
+// next returns the next event of kind for service name, skipping others.
+func (h *harness) next(kind plugin.EventKind, name string) plugin.Event {
+	h.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-h.events:
+			if !ok {
+				h.t.Fatalf("event stream closed while waiting for %v of %s", kind, name)
+			}
+			if ev.Kind == kind && ev.Name == name {
+				return ev
+			}
+		case <-timeout:
+			h.t.Fatalf("timed out waiting for %v event of %s", kind, name)
+		}
+	}
+}
+
+// nextOf returns the next event of service name, of any kind.
+func (h *harness) nextOf(name string) plugin.Event {
+	h.t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case ev, ok := <-h.events:
+			if !ok {
+				h.t.Fatalf("event stream closed while waiting for an event of %s", name)
+			}
+			if ev.Name == name {
+				return ev
+			}
+		case <-timeout:
+			h.t.Fatalf("timed out waiting for an event of %s", name)
+		}
+	}
+}
+
+func (h *harness) slot(i int) shm.Slot { return h.s.w.Snapshot(i) }
+
+// gone reports whether pid no longer exists, not even as a zombie.
+func gone(pid int) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	return errors.Is(err, os.ErrNotExist)
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	var b []byte
+	waitFor(t, path, func() bool {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil
+	})
+	return string(b)
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (credentials / another user's processes); run the tests as root")
+	}
+}
+
+// openFDs maps this process's open descriptors to what they refer to.
+func openFDs(t testing.TB) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds := map[string]string{}
+	for _, e := range ents {
+		// The descriptor ReadDir used is gone by now: Readlink fails.
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+			fds[e.Name()] = target
+		}
+	}
+	return fds
+}
+
+// newFDs lists the descriptors in after that were not open in before (a
+// descriptor closed meanwhile, by a finalizer say, is not a leak).
+func newFDs(before, after map[string]string) []string {
+	var leaked []string
+	for fd, target := range after {
+		if before[fd] != target {
+			leaked = append(leaked, fd+" → "+target)
+		}
+	}
+	return leaked
+}
+
+func tempPath(t testing.TB, name string) string { return filepath.Join(t.TempDir(), name) }

@@ -1,0 +1,379 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+var _ plugin.Shim = (*Shim)(nil)
+
+// Version is reported in plugin.Info.
+const Version = "1"
+
+// beatInterval is the period of the shim's only timer: it refreshes the
+// table's writer_beat_ns (readers use it to tell that the watcher itself is
+// alive) and trims log files. Nothing on the exit path depends on it.
+const beatInterval = time.Second
+
+// reapWait bounds how long the exit path waits for a detected exit's zombie
+// to become waitable (see reapPidfd).
+const reapWait = time.Second
+
+// errClosed is returned by methods called after Shutdown or Close.
+var errClosed = fmt.Errorf("shim: closed: %w", plugin.ErrShutdown)
+
+// Options configures New.
+type Options struct {
+	// ShmName is the table's name under ShmDir (default shm.DefaultName).
+	ShmName string
+	// ShmDir is the directory of the table (default /dev/shm; tests use a
+	// temporary directory).
+	ShmDir string
+	// Slots is the table's capacity when it is created (default
+	// shm.DefaultSlots); an existing table keeps its own.
+	Slots int
+	// Detector selects the exit detectors (default connector.DetectAuto).
+	Detector connector.Detector
+	// Logger receives the shim's diagnostics; nil discards them.
+	Logger *slog.Logger
+	// ReadBuffer is the proc connector's receive buffer (see connector.Options).
+	ReadBuffer int
+
+	// onCleared, when set (tests only), runs on the detecting goroutine right
+	// after the exit fast path stored 0 in the slot.
+	onCleared func(idx, pid int, cleared bool)
+}
+
+// Shim spawns services, records them in the shared-memory table, learns of
+// their exits and reports them. It implements plugin.Shim and is safe for
+// concurrent use. See the package documentation for its contract.
+type Shim struct {
+	opts    Options
+	log     *slog.Logger
+	w       *shm.Writer
+	watcher *connector.Watcher
+	events  *eventLog
+	devnull *os.File
+	shmPath string
+	adopted int // clients adopted by New; set before New returns
+
+	// mu guards svcs and incs. It is never taken on the exit fast path.
+	mu   sync.Mutex
+	svcs map[string]*service     // by name
+	incs map[uint64]*incarnation // by watch key, while watched
+
+	quit chan struct{} // closed by close
+	// life is held shared by every method that uses the table or the
+	// watcher (enter/leave) and exclusively by close, which must not unmap
+	// the table under them.
+	life      sync.RWMutex
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
+	wg        sync.WaitGroup // beat and exit loops
+}
+
+// service is one named service known to this shim (spawned by it, or found
+// in the table).
+type service struct {
+	name string
+	idx  int
+
+	// op serialises Spawn, Stop and Free of this service.
+	op sync.Mutex
+	// freed: Free released the slot; a new service must be made. Written
+	// with both op and Shim.mu held.
+	freed bool
+	// cur is the newest incarnation, nil if none; guarded by Shim.mu.
+	cur *incarnation
+	// stdout and stderr are the log files when the Spec asks for "file".
+	// Written with both op and Shim.mu held; read under either.
+	stdout, stderr *logFile
+}
+
+// incarnation is one run of a service: one PID, one generation.
+type incarnation struct {
+	svc       *service
+	idx       int
+	key       uint64
+	pid       int
+	gen       uint64
+	startTime uint64
+	adopted   bool // not spawned by this shim
+	child     bool // our child: we reap it with waitid
+
+	stopping atomic.Bool // Stop is under way: the group is killed before reaping
+
+	// mu guards pidfd against use after close: signals are sent under the
+	// read lock; the exit path reaps and closes under the write lock.
+	mu    sync.RWMutex
+	pidfd int // -1 once closed
+	// reaped: the PID (and process group ID) may be reused now; guarded by mu.
+	reaped bool
+
+	done chan struct{} // closed once the exit is recorded
+}
+
+// exited reports whether the incarnation's exit has been recorded.
+func (inc *incarnation) exited() bool {
+	select {
+	case <-inc.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// watchKey names an incarnation in the Watcher: slot index in the high half,
+// generation in the low half. The exit fast path decodes the slot from it,
+// so it needs no lookup.
+func watchKey(idx int, gen uint64) uint64 { return uint64(idx)<<32 | uint64(uint32(gen)) }
+
+// New opens (or creates) the table, starts the detectors and adopts the
+// clients a previous plugin left running. The process becomes a child
+// subreaper, so descendants that double-fork stay reapable by it.
+func New(opts Options) (*Shim, error) {
+	if opts.ShmName == "" {
+		opts.ShmName = shm.DefaultName
+	}
+	if opts.ShmDir == "" {
+		opts.ShmDir = shm.DefaultDir
+	}
+	if opts.Slots == 0 {
+		opts.Slots = shm.DefaultSlots
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Shim{
+		opts:   opts,
+		log:    log,
+		events: newEventLog(),
+		svcs:   map[string]*service{},
+		incs:   map[uint64]*incarnation{},
+		quit:   make(chan struct{}),
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("shim: prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	s.devnull = devnull
+	w, err := shm.Create(opts.ShmName, shm.Options{Slots: opts.Slots, Dir: opts.ShmDir})
+	if err != nil {
+		devnull.Close()
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	s.w = w
+	s.shmPath = w.Path()
+	watcher, err := connector.NewWatcher(connector.Options{
+		Detector:   opts.Detector,
+		ReadBuffer: opts.ReadBuffer,
+		OnExit:     s.onExit,
+		OnResync: func(reason error) {
+			s.log.Warn("exit events were lost; every watched process was rescanned", "reason", reason)
+		},
+		OnError: func(err error) { s.log.Error("exit watcher", "err", err) },
+		Logger:  log,
+	})
+	if err != nil {
+		w.Close(false)
+		devnull.Close()
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	s.watcher = watcher
+	conn, pidfd := watcher.Active()
+	var flags uint32
+	if conn {
+		flags |= shm.FlagConnector
+	}
+	if pidfd {
+		flags |= shm.FlagPidfd
+	}
+	w.SetHeaderFlags(flags)
+	w.Beat()
+	startReaper(log)
+
+	s.wg.Add(2)
+	go s.exitLoop()
+	go s.beatLoop()
+
+	s.adoptAll()
+	log.Info("shim started", "shm", s.shmPath, "slots", w.Len(), "connector", conn, "pidfd", pidfd,
+		"adopted", s.adopted, "table_adopted", w.Adopted())
+	return s, nil
+}
+
+// beatLoop runs the shim's one timer (see beatInterval).
+func (s *Shim) beatLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(beatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		s.w.Beat()
+		s.mu.Lock()
+		var logs []*logFile
+		for _, svc := range s.svcs {
+			if svc.cur == nil || svc.cur.exited() {
+				continue // only a running incarnation makes its log grow
+			}
+			if svc.stdout != nil {
+				logs = append(logs, svc.stdout)
+			}
+			if svc.stderr != nil {
+				logs = append(logs, svc.stderr)
+			}
+		}
+		s.mu.Unlock()
+		for _, l := range logs {
+			if err := l.check(); err != nil {
+				s.log.Warn("log rotation", "err", err)
+			}
+		}
+	}
+}
+
+// Info implements plugin.Shim.
+func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
+	if err := s.enter(); err != nil {
+		return plugin.Info{}, err
+	}
+	defer s.leave()
+	conn, pidfd := s.watcher.Active()
+	return plugin.Info{
+		PID:       os.Getpid(),
+		ShmName:   s.opts.ShmName,
+		Slots:     s.w.Len(),
+		Connector: conn,
+		Pidfd:     pidfd,
+		Adopted:   s.adopted,
+		LastSeq:   s.events.lastSeq(),
+		Version:   Version,
+	}, nil
+}
+
+// ShmPath is the path of the table (also given to children as HB_SHM).
+func (s *Shim) ShmPath() string { return s.shmPath }
+
+// Stats are the exit watcher's counters.
+func (s *Shim) Stats() connector.Stats { return s.watcher.Stats() }
+
+// Shutdown implements plugin.Shim: it stops the beat and the detectors and
+// closes the table, marking it cleanly closed (writer_pid 0) when clean is
+// set. Running services are left running; the host stops them first.
+func (s *Shim) Shutdown(ctx context.Context, clean bool) error {
+	return s.close(clean)
+}
+
+// Close releases everything like an unclean Shutdown: running services keep
+// running and a later Shim on the same table adopts them. Calling it again,
+// or after Shutdown, does nothing.
+func (s *Shim) Close() error { return s.close(false) }
+
+// enter admits a method call unless the shim is closed; leave ends it.
+func (s *Shim) enter() error {
+	s.life.RLock()
+	if s.closed.Load() {
+		s.life.RUnlock()
+		return errClosed
+	}
+	return nil
+}
+
+func (s *Shim) leave() { s.life.RUnlock() }
+
+func (s *Shim) close(clean bool) error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.quit) // Stop and Spawn waiters give up
+		s.life.Lock() // wait for calls in flight
+		defer s.life.Unlock()
+		var errs []error
+		// Stop the detectors first: no OnExit after this returns.
+		if err := s.watcher.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		s.wg.Wait()
+		// Finish the exits that were detected but not yet processed, so
+		// the table records them.
+		for {
+			select {
+			case ex, ok := <-s.watcher.Exits():
+				if ok {
+					s.finish(ex)
+					continue
+				}
+			default:
+			}
+			break
+		}
+		s.events.close()
+		s.mu.Lock()
+		for key, inc := range s.incs {
+			delete(s.incs, key)
+			inc.mu.Lock()
+			if inc.pidfd >= 0 {
+				unix.Close(inc.pidfd)
+				inc.pidfd = -1
+			}
+			inc.mu.Unlock()
+			if inc.child {
+				untrackPID(inc.pid)
+			}
+		}
+		for _, svc := range s.svcs {
+			if svc.cur == nil || svc.cur.exited() {
+				continue // only a running incarnation makes its log grow
+			}
+			if svc.stdout != nil {
+				svc.stdout.close()
+			}
+			if svc.stderr != nil {
+				svc.stderr.close()
+			}
+		}
+		s.mu.Unlock()
+		stopReaper()
+		if err := s.w.Close(clean); err != nil {
+			errs = append(errs, err)
+		}
+		s.devnull.Close()
+		s.closeErr = errors.Join(errs...)
+		s.log.Info("shim closed", "clean", clean)
+	})
+	return s.closeErr
+}
+
+// emit stamps ev with the wall clock and publishes it.
+func (s *Shim) emit(ev plugin.Event) plugin.Event {
+	ev.TimeUnixNs = time.Now().UnixNano()
+	return s.events.emit(ev)
+}
+
+// Events implements plugin.Shim. Each subscriber has its own buffered
+// channel; one that falls more than its buffer behind is dropped (its channel
+// is closed) rather than slowing the exit path, and should resubscribe with
+// the last Seq it received.
+func (s *Shim) Events(ctx context.Context, afterSeq uint64) (<-chan plugin.Event, error) {
+	return s.events.subscribe(ctx, afterSeq)
+}

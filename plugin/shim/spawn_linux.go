@@ -1,0 +1,352 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// specError is a bad Spec: its message names the service and the problem,
+// and it matches both plugin.ErrBadSpec and the underlying error.
+type specError struct {
+	msg string
+	err error
+}
+
+func (e *specError) Error() string   { return e.msg }
+func (e *specError) Unwrap() []error { return []error{plugin.ErrBadSpec, e.err} }
+
+func badSpec(err error, format string, args ...any) error {
+	return &specError{msg: fmt.Sprintf(format, args...) + ": " + err.Error(), err: err}
+}
+
+// Spawn implements plugin.Shim. Order: fork+exec (vfork-style, with a pidfd)
+// → Spawned in the slot (PID stored last) → Watch. A child that dies before
+// Watch leaves a readable pidfd, so the watch fires at once: the exit is
+// subscribed to, in effect, before the child starts (DESIGN invariant 2).
+// On any error the slot is left with PID 0.
+func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult, error) {
+	if err := s.enter(); err != nil {
+		return plugin.SpawnResult{}, err
+	}
+	defer s.leave()
+	if err := shm.ValidName(spec.Name); err != nil {
+		return plugin.SpawnResult{}, &specError{msg: err.Error(), err: err}
+	}
+	if len(spec.Command) == 0 || spec.Command[0] == "" {
+		return plugin.SpawnResult{}, badSpec(errors.New("empty command"), "spawn %q", spec.Name)
+	}
+	svc, err := s.lockService(spec.Name, true)
+	if err != nil {
+		return plugin.SpawnResult{}, err
+	}
+	defer svc.op.Unlock()
+	if err := s.awaitNotRunning(ctx, svc); err != nil {
+		return plugin.SpawnResult{}, err
+	}
+
+	argv0, err := lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
+	if err != nil {
+		return plugin.SpawnResult{}, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
+	}
+	if spec.Dir != "" {
+		if st, err := os.Stat(spec.Dir); err != nil {
+			return plugin.SpawnResult{}, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
+		} else if !st.IsDir() {
+			return plugin.SpawnResult{}, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
+		}
+	}
+	var cred *syscall.Credential
+	if spec.UID >= 0 || spec.GID >= 0 {
+		cred = &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+		if spec.UID >= 0 {
+			cred.Uid = uint32(spec.UID)
+		}
+		if spec.GID >= 0 {
+			cred.Gid = uint32(spec.GID)
+		}
+		for _, g := range spec.Groups {
+			cred.Groups = append(cred.Groups, uint32(g))
+		}
+	}
+	stdout, err := s.stdio(svc, spec, spec.Stdout, "out")
+	if err != nil {
+		return plugin.SpawnResult{}, err
+	}
+	stderr, err := s.stdio(svc, spec, spec.Stderr, "err")
+	if err != nil {
+		return plugin.SpawnResult{}, err
+	}
+
+	idx := svc.idx
+	gen := s.w.Snapshot(idx).Generation + 1
+	env := childEnv(spec.Env, spec.Name, idx, s.shmPath, gen)
+	pidfd := -1
+	attr := &syscall.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   env,
+		Files: []uintptr{s.devnull.Fd(), uintptr(stdout), uintptr(stderr)},
+		Sys: &syscall.SysProcAttr{
+			Setpgid:    true,
+			Credential: cred,
+			PidFD:      &pidfd,
+		},
+	}
+
+	// The stray reaper must not take the child for a stray before it is
+	// tracked (see reaper.spawnMu).
+	reaper.spawnMu.RLock()
+	pid, err := syscall.ForkExec(argv0, spec.Command, attr)
+	if err == nil {
+		trackPID(pid)
+	}
+	reaper.spawnMu.RUnlock()
+	if err != nil {
+		switch {
+		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC),
+			errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EPERM),
+			errors.Is(err, syscall.EINVAL):
+			return plugin.SpawnResult{}, badSpec(err, "spawn %q: exec %q", spec.Name, argv0)
+		}
+		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: exec %q: %w", spec.Name, argv0, err)
+	}
+	startNs := shm.MonotonicNs()
+	if pidfd < 0 {
+		// The kernel gave no pidfd (pre-5.2): without it there is no safe
+		// exit detection. Undo the spawn.
+		unix.Kill(-pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, 0, nil)
+		untrackPID(pid)
+		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
+	}
+	// The child cannot be reaped before finish runs, so /proc/PID stays
+	// readable (a zombie still has its start time).
+	startTime, err := shm.StartTime(pid)
+	if err != nil {
+		s.log.Warn("spawn: start time", "service", spec.Name, "pid", pid, "err", err)
+	}
+
+	inc := &incarnation{
+		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
+		startTime: startTime, child: true, pidfd: pidfd, done: make(chan struct{}),
+	}
+	s.mu.Lock()
+	svc.cur = inc
+	s.incs[inc.key] = inc
+	s.mu.Unlock()
+
+	s.w.Spawned(idx, uint32(pid), gen, startTime, shm.StateStarting, 0)
+	// Emitted before the watch is armed: an exit reported at once must not
+	// overtake it in the event stream.
+	s.emit(plugin.Event{
+		Kind: plugin.EventSpawn, Name: spec.Name, Slot: idx, PID: pid,
+		Generation: gen, DetectedNs: startNs,
+	})
+	if err := s.watcher.Watch(inc.key, pid, pidfd); err != nil {
+		// Without a watch nobody would learn of the exit: undo the spawn.
+		s.abortSpawn(inc)
+		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
+	}
+	s.log.Debug("spawned", "service", spec.Name, "pid", pid, "slot", idx, "generation", gen)
+	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: startTime}, nil
+}
+
+// abortSpawn kills and reaps a child whose watch could not be armed, and
+// records and reports the exit.
+func (s *Shim) abortSpawn(inc *incarnation) {
+	s.mu.Lock()
+	delete(s.incs, inc.key)
+	s.mu.Unlock()
+	s.w.ClearPID(inc.idx, uint32(inc.pid))
+	inc.mu.Lock()
+	killGroup(inc.pid, unix.SIGKILL)
+	var ci childInfo
+	status := -1
+	if err := waitid(unix.P_PIDFD, inc.pidfd, &ci, unix.WEXITED); err == nil {
+		status = ci.status()
+	}
+	unix.Close(inc.pidfd)
+	inc.pidfd = -1
+	inc.reaped = true
+	inc.mu.Unlock()
+	now := shm.MonotonicNs()
+	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), now, shm.StateExited)
+	close(inc.done)
+	s.emit(plugin.Event{
+		Kind: plugin.EventExit, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid,
+		Generation: inc.gen, Status: status, Source: connector.SourceReaper.String(), DetectedNs: now,
+	})
+	untrackPID(inc.pid)
+}
+
+// awaitNotRunning returns nil when svc has no live incarnation. One whose
+// exit was detected (slot PID already 0) but not yet recorded is waited
+// for; a live one is plugin.ErrRunning. Called with svc.op held.
+func (s *Shim) awaitNotRunning(ctx context.Context, svc *service) error {
+	s.mu.Lock()
+	inc := svc.cur
+	s.mu.Unlock()
+	if inc == nil {
+		return nil
+	}
+	select {
+	case <-inc.done:
+		return nil
+	default:
+	}
+	if s.w.PID(inc.idx) != 0 {
+		return fmt.Errorf("service %q: %w (pid %d)", svc.name, plugin.ErrRunning, inc.pid)
+	}
+	select {
+	case <-inc.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("service %q: waiting for the exit of pid %d to be recorded: %w", svc.name, inc.pid, ctx.Err())
+	case <-s.quit:
+		return errClosed
+	}
+}
+
+// stdio returns the descriptor for one of the child's output streams.
+func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, error) {
+	switch mode {
+	case "", "inherit":
+		if stream == "out" {
+			return int(os.Stdout.Fd()), nil
+		}
+		return int(os.Stderr.Fd()), nil
+	case "null":
+		return int(s.devnull.Fd()), nil
+	case "file":
+	default:
+		return -1, badSpec(errors.New(`want "file", "inherit" or "null"`), "spawn %q: std%s %q", spec.Name, stream, mode)
+	}
+	if spec.LogDir == "" {
+		return -1, badSpec(errors.New("no log directory"), "spawn %q: std%s \"file\"", spec.Name, stream)
+	}
+	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
+		return -1, badSpec(unwrapPath(err), "spawn %q: log dir %q", spec.Name, spec.LogDir)
+	}
+	path := filepath.Join(spec.LogDir, spec.Name+"."+stream+".log")
+	s.mu.Lock()
+	lf := &svc.stdout
+	if stream == "err" {
+		lf = &svc.stderr
+	}
+	if *lf == nil {
+		*lf = newLogFile(path, spec.LogMaxBytes, spec.LogBackups)
+	} else {
+		(*lf).configure(path, spec.LogMaxBytes, spec.LogBackups)
+	}
+	l := *lf
+	s.mu.Unlock()
+	fd, err := l.spawnFD()
+	if err != nil {
+		return -1, fmt.Errorf("spawn %q: %w", spec.Name, err)
+	}
+	return fd, nil
+}
+
+// childEnv is env without any HB_* variables the shim sets, plus those.
+func childEnv(env []string, name string, idx int, shmPath string, gen uint64) []string {
+	out := make([]string, 0, len(env)+4)
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "HB_SERVICE="), strings.HasPrefix(kv, "HB_SLOT="),
+			strings.HasPrefix(kv, "HB_SHM="), strings.HasPrefix(kv, "HB_GENERATION="):
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out,
+		"HB_SERVICE="+name,
+		"HB_SLOT="+strconv.Itoa(idx),
+		"HB_SHM="+shmPath,
+		"HB_GENERATION="+strconv.FormatUint(gen, 10))
+}
+
+// envValue is the value of the last KEY=… in env, or os.Getenv(key) if env
+// has none.
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], key+"="); ok {
+			return v
+		}
+	}
+	return os.Getenv(key)
+}
+
+// lookPath resolves file like execvp: a name with a slash is used as is
+// (relative to dir, the child's working directory); otherwise the first
+// executable regular file named file in path wins.
+func lookPath(file, dir, path string) (string, error) {
+	if strings.Contains(file, "/") {
+		p := file
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		if err := executable(p); err != nil {
+			return "", err
+		}
+		return file, nil
+	}
+	var first error
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, file)
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		err := executable(p)
+		if err == nil {
+			return filepath.Join(d, file), nil
+		}
+		if first == nil && !errors.Is(err, fs.ErrNotExist) {
+			first = err
+		}
+	}
+	if first != nil {
+		return "", first
+	}
+	return "", errors.New("executable file not found in $PATH")
+}
+
+// executable checks that p is a regular file with an execute bit.
+func executable(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return unwrapPath(err)
+	}
+	if st.IsDir() {
+		return syscall.EISDIR
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return syscall.EACCES
+	}
+	return nil
+}
+
+// unwrapPath drops the *fs.PathError around err: callers name the path
+// themselves.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,169 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// is64bit is 1 on 64-bit hosts, where the signal-specific part of siginfo_t
+// starts 4 bytes later (the union is 8-byte aligned).
+const is64bit = ^uint(0) >> 63
+
+// childInfo is the SIGCHLD view of siginfo_t as filled by waitid(2).
+// unix.Siginfo keeps these fields opaque.
+type childInfo struct {
+	Signo int32
+	Errno int32
+	Code  int32
+	_     [is64bit]int32
+	Pid   int32
+	UID   uint32
+	// Status is the exit code (CLD_EXITED) or the signal number.
+	Status int32
+	_      [128 - (6+is64bit)*4]byte
+}
+
+// si_code values for SIGCHLD.
+const (
+	cldExited = 1
+	cldKilled = 2
+	cldDumped = 3
+)
+
+// status converts the waitid result to hb's exit status: the exit code, or
+// 128+signal for a process killed by a signal.
+func (ci *childInfo) status() int {
+	switch ci.Code {
+	case cldExited:
+		return int(ci.Status)
+	case cldKilled, cldDumped:
+		return 128 + int(ci.Status)
+	}
+	return -1
+}
+
+// waitid is waitid(2) with a typed siginfo, retried on EINTR. With WNOHANG
+// and nothing to report it returns nil and ci.Pid == 0.
+func waitid(idtype, id int, ci *childInfo, options int) error {
+	*ci = childInfo{}
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_WAITID, uintptr(idtype), uintptr(id),
+			uintptr(unsafe.Pointer(ci)), uintptr(options), 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return e
+		}
+		return nil
+	}
+}
+
+// reapPidfd reaps the child behind pidfd exactly once. reaped is false when
+// the process is not our child (ECHILD: adopted after a plugin restart) or
+// its zombie did not become visible within wait. The zombie of a child whose
+// pidfd has been reported readable is normally visible at once; wait only
+// covers the gap between the connector's event and the kernel's exit_notify.
+func reapPidfd(pidfd int, wait time.Duration) (status int, reaped bool, err error) {
+	var ci childInfo
+	for attempt := 0; attempt < 2; attempt++ {
+		err = waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED|unix.WNOHANG)
+		if err != nil {
+			return -1, false, err
+		}
+		if ci.Pid != 0 {
+			return ci.status(), true, nil
+		}
+		if attempt == 0 {
+			// Not a zombie yet: sleep in poll until the pidfd is readable.
+			pollReadable(pidfd, wait)
+		}
+	}
+	return -1, false, nil
+}
+
+// pollReadable waits up to d for fd to become readable and reports whether it is.
+func pollReadable(fd int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		ms := int(time.Until(deadline) / time.Millisecond)
+		if ms < 0 {
+			ms = 0
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
+// procStat is the part of /proc/PID/stat the shim needs.
+type procStat struct {
+	State     byte   // field 3: R, S, D, Z, ...
+	PPID      int    // field 4
+	PGRP      int    // field 5
+	StartTime uint64 // field 22, clock ticks since boot
+}
+
+// readProcStat parses /proc/PID/stat. The command name (field 2) may hold
+// spaces and parentheses, so parsing starts after its last ')'.
+func readProcStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(s[i+1:]) // f[0] is field 3
+	if len(f) < 20 {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	var ps procStat
+	ps.State = f[0][0]
+	if ps.PPID, err = strconv.Atoi(f[1]); err != nil {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: ppid: %w", pid, err)
+	}
+	if ps.PGRP, err = strconv.Atoi(f[2]); err != nil {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: pgrp: %w", pid, err)
+	}
+	if ps.StartTime, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
+	}
+	return ps, nil
+}
+
+// killGroup sends sig to process group pgid; a group that no longer exists
+// is not an error.
+func killGroup(pgid int, sig syscall.Signal) error {
+	if pgid <= 1 {
+		return fmt.Errorf("kill group %d: refusing", pgid)
+	}
+	err := unix.Kill(-pgid, sig)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
+
+// pidfdSignal sends sig through pidfd; a process that has already exited is
+// not an error.
+func pidfdSignal(pidfd int, sig syscall.Signal) error {
+	err := unix.PidfdSendSignal(pidfd, sig, nil, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
