@@ -22,9 +22,11 @@ type Spec struct {
 	Stderr  string   // "file" | "inherit" | "null"
 	// LogDir holds NAME.out.log / NAME.err.log when Stdout/Stderr is "file".
 	LogDir string
-	// LogMaxBytes rotates a log file once it grows past this size (0: 10 MiB).
+	// LogMaxBytes rotates a log file once it grows past this size (0: 10 MiB;
+	// negative: never rotate).
 	LogMaxBytes int64
-	// LogBackups is how many rotated files (NAME.out.log.1 …) are kept (0: 3).
+	// LogBackups is how many rotated files (NAME.out.log.1 …) are kept (0: 3;
+	// negative: none, the file is cut in place).
 	LogBackups int
 }
 
@@ -98,8 +100,9 @@ type Info struct {
 type Shim interface {
 	// Info describes the plugin.
 	Info(ctx context.Context) (Info, error)
-	// Spawn allocates (or reuses) the slot named spec.Name, starts the process,
-	// arms the exit watch, then stores its PID in the slot.
+	// Spawn allocates (or reuses) the slot named spec.Name, starts the
+	// process, stores its PID in the slot, then arms the exit watch (a child
+	// that died in between is caught at once: its pidfd is already readable).
 	Spawn(ctx context.Context, spec Spec) (SpawnResult, error)
 	// Stop sends sig to the service's process group and, if it has not exited
 	// after timeout, SIGKILL. It returns once the exit has been recorded.

@@ -6,6 +6,7 @@ import (
 	"iter"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"unsafe"
 
@@ -29,8 +30,12 @@ type Table struct {
 	path string
 }
 
-// Open maps the table /dev/shm/name read-only. See OpenPath.
+// Open maps the table /dev/shm/name read-only, or the table at name when it
+// is an absolute path (as services get it in $HB_SHM). See OpenPath.
 func Open(name string) (*Table, error) {
+	if strings.HasPrefix(name, "/") {
+		return OpenPath(name) // $HB_SHM as given to services: the table's full path
+	}
 	if err := ValidTableName(name); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@
  *
  *     struct hb_table t;
  *     int rc = hb_open("hb", &t);            // maps /dev/shm/hb read-only
+ *                                          // (or getenv("HB_SHM"): a full path)
  *     if (rc < 0) { fprintf(stderr, "%s\n", hb_strerror(rc)); exit(1); }
  *     int rx = hb_lookup(&t, "rx");          // once: a slot keeps its index
  *     ...
@@ -208,6 +209,8 @@ static inline int hb_open(const char *name, struct hb_table *t)
 	size_t n = strlen(name);
 
 	memset(t, 0, sizeof *t);
+	if (name[0] == '/') /* a full path, as $HB_SHM gives it to services */
+		return hb_open_path(name, t);
 	if (n == 0 || n > NAME_MAX || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
 		return -EINVAL;
 	memcpy(path, HB_SHM_DIR, sizeof HB_SHM_DIR - 1);

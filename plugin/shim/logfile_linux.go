@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"sync"
@@ -39,8 +40,11 @@ func newLogFile(path string, max int64, backups int) *logFile {
 // configure applies a (possibly changed) Spec. A new path takes effect at
 // the next fd call.
 func (l *logFile) configure(path string, max int64, backups int) {
-	if max <= 0 {
+	switch {
+	case max == 0:
 		max = defaultLogMaxBytes
+	case max < 0:
+		max = math.MaxInt64 // never rotate
 	}
 	if backups == 0 {
 		backups = defaultLogBackups
