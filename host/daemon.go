@@ -272,14 +272,34 @@ func (d *Daemon) handle(ev plugin.Event) {
 		s.lastExit = time.Unix(0, ev.TimeUnixNs)
 		close(s.down)
 		d.log.Info("exited", "service", s.cfg.Name, "pid", ev.PID, "status", ev.Status, "source", ev.Source,
-			"generation", ev.Generation)
+			"generation", ev.Generation, "respawned", ev.Respawned)
 		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
 			Status: ev.Status, Source: ev.Source, Time: s.lastExit})
+		if ev.Respawned {
+			// The plugin applied this policy decision itself (Spec.Respawn):
+			// a run of at least start_secs, respawned at once. Its spawn
+			// event follows.
+			s.failedStarts = 0
+			return
+		}
 		d.decide(s, ev.Status, s.startedAt)
 	case plugin.EventAdopt:
 		d.report(ev)
 	case plugin.EventSpawn:
-		// Spawns are initiated by hbd and recorded when Spawn returns.
+		// hbd's own spawns are recorded when Spawn returns; a newer
+		// generation is a respawn by the plugin.
+		if s == nil || ev.Generation <= s.generation {
+			return
+		}
+		s.slot, s.pid, s.generation = ev.Slot, ev.PID, ev.Generation
+		s.startedAt = time.Now()
+		s.adopted = false
+		s.down = make(chan struct{})
+		d.setState(s, policy.StateStarting, "respawned at once by the plugin")
+		d.log.Info("spawned", "service", s.cfg.Name, "pid", ev.PID, "generation", ev.Generation, "by", "plugin")
+		d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: ev.PID, Generation: ev.Generation,
+			Reason: "respawned by the plugin"})
+		d.armPromotion(s)
 	}
 }
 
@@ -432,15 +452,29 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	if r.Executable != "" {
 		argv[0] = r.Executable
 	}
-	logMax := c.LogMaxBytes
+	// The config's 0 means "never" / "none"; the Spec's 0 means "default".
+	logMax, backups := c.LogMaxBytes, c.LogBackups
 	if logMax == 0 {
-		logMax = -1 // never rotate
+		logMax = -1
+	}
+	if backups == 0 {
+		backups = -1
+	}
+	p := c.Policy()
+	respawn := plugin.Respawn{
+		// Only what the policy answers with "respawn at once": the plugin
+		// does it without a round trip. Never while hbd wants it down.
+		Enabled:   p.Restart != policy.RestartNever && p.RestartDelay <= 0 && !s.wantDown && !d.closing,
+		OnFailure: p.Restart == policy.RestartOnFailure,
+		ExitCodes: p.ExitCodes,
+		StartSecs: p.StartSecs,
 	}
 	return plugin.Spec{
-		Name: c.Name, Command: argv, Dir: c.Directory, Env: env,
+		Respawn: respawn,
+		Name:    c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
-		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: c.LogBackups,
+		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
 	}, nil
 }
 

@@ -221,7 +221,16 @@ wait:
 		d.log.Error("stop services", "err", stopErr)
 	}
 
+	// A clean shutdown leaves an empty table: the next hbd starts from the
+	// configuration, not from the states this one recorded.
 	d.mu.Lock()
+	for _, name := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		if err := d.shim.Free(ctx, name); err != nil && !errors.Is(err, plugin.ErrNotFound) {
+			d.log.Warn("free slot", "service", name, "err", err)
+		}
+		cancel()
+	}
 	conn := d.conn
 	d.pluginGen++
 	if d.evCancel != nil {

@@ -141,13 +141,21 @@ func (d *Daemon) stopOne(s *service) error {
 		return fmt.Errorf("stop %q: %w", name, err)
 	}
 	// The exit travels to hbd on the event stream; wait for it so that a
-	// Get after Stop says stopped.
-	select {
-	case <-down:
-	case <-ctx.Done():
-		return fmt.Errorf("stop %q: exit not reported: %w", name, ctx.Err())
+	// Get after Stop says stopped. (An incarnation the plugin respawned just
+	// before the Stop arrived was the one stopped: wait for that one too.)
+	for {
+		select {
+		case <-down:
+		case <-ctx.Done():
+			return fmt.Errorf("stop %q: exit not reported: %w", name, ctx.Err())
+		}
+		d.mu.Lock()
+		if s.pid == 0 {
+			break
+		}
+		down = s.down
+		d.mu.Unlock()
 	}
-	d.mu.Lock()
 	defer d.mu.Unlock()
 	if st := s.state(); st != policy.StateStopped && s.pid == 0 && s.wantDown {
 		d.setState(s, policy.StateStopped, "stopped by request")

@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"time"
+
 	hbpb "github.com/hbshim/hb/plugin/proto"
 	"github.com/hbshim/hb/shm"
 )
@@ -26,7 +28,35 @@ func specToProto(s Spec) *hbpb.Spec {
 		LogDir:      s.LogDir,
 		LogMaxBytes: s.LogMaxBytes,
 		LogBackups:  int64(s.LogBackups),
+		Respawn: &hbpb.Respawn{
+			Enabled:     s.Respawn.Enabled,
+			OnFailure:   s.Respawn.OnFailure,
+			ExitCodes:   toInt64s(s.Respawn.ExitCodes),
+			StartSecsNs: int64(s.Respawn.StartSecs),
+		},
 	}
+}
+
+func toInt64s(v []int) []int64 {
+	if v == nil {
+		return nil
+	}
+	out := make([]int64, len(v))
+	for i, x := range v {
+		out[i] = int64(x)
+	}
+	return out
+}
+
+func fromInt64s(v []int64) []int {
+	if len(v) == 0 {
+		return nil
+	}
+	out := make([]int, len(v))
+	for i, x := range v {
+		out[i] = int(x)
+	}
+	return out
 }
 
 func specFromProto(p *hbpb.Spec) Spec {
@@ -50,6 +80,12 @@ func specFromProto(p *hbpb.Spec) Spec {
 		LogDir:      p.GetLogDir(),
 		LogMaxBytes: p.GetLogMaxBytes(),
 		LogBackups:  int(p.GetLogBackups()),
+		Respawn: Respawn{
+			Enabled:   p.GetRespawn().GetEnabled(),
+			OnFailure: p.GetRespawn().GetOnFailure(),
+			ExitCodes: fromInt64s(p.GetRespawn().GetExitCodes()),
+			StartSecs: time.Duration(p.GetRespawn().GetStartSecsNs()),
+		},
 	}
 }
 
@@ -144,6 +180,7 @@ func eventToProto(e Event) *hbpb.Event {
 		DetectedNs: e.DetectedNs,
 		TimeUnixNs: e.TimeUnixNs,
 		Adopted:    e.Adopted,
+		Respawned:  e.Respawned,
 	}
 }
 
@@ -160,5 +197,6 @@ func eventFromProto(p *hbpb.Event) Event {
 		DetectedNs: p.GetDetectedNs(),
 		TimeUnixNs: p.GetTimeUnixNs(),
 		Adopted:    p.GetAdopted(),
+		Respawned:  p.GetRespawned(),
 	}
 }

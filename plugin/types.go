@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"slices"
 	"syscall"
 	"time"
 
@@ -28,6 +29,35 @@ type Spec struct {
 	// LogBackups is how many rotated files (NAME.out.log.1 …) are kept (0: 3;
 	// negative: none, the file is cut in place).
 	LogBackups int
+	// Respawn lets the plugin restart the service itself the moment it
+	// exits, when the host's policy would do so anyway.
+	Respawn Respawn
+}
+
+// Respawn is the part of the host's restart policy the plugin applies on
+// its own: an exit after a run of at least StartSecs whose status the policy
+// wants restarted (any status, or with OnFailure one not in ExitCodes) is
+// respawned at once, with no round trip to the host. The host enables it
+// only when its policy would respawn such an exit without delay; everything
+// else (failed starts, backoff, giving up) stays the host's decision. Exits
+// during a Stop are never respawned.
+type Respawn struct {
+	Enabled   bool
+	OnFailure bool
+	ExitCodes []int
+	StartSecs time.Duration
+}
+
+// Wants reports whether an exit with status after a run of runFor is
+// respawned by the plugin.
+func (r Respawn) Wants(runFor time.Duration, status int) bool {
+	if !r.Enabled || runFor < r.StartSecs {
+		return false
+	}
+	if !r.OnFailure {
+		return true
+	}
+	return status < 0 || !slices.Contains(r.ExitCodes, status)
 }
 
 // SpawnResult is what Spawn started.
@@ -81,6 +111,9 @@ type Event struct {
 	// TimeUnixNs is the wall-clock time of the event.
 	TimeUnixNs int64
 	Adopted    bool // the process is not the plugin's child (adopted after a plugin restart)
+	// Respawned (exit events): the plugin has already started the next
+	// incarnation (Spec.Respawn); its EventSpawn follows.
+	Respawned bool
 }
 
 // Info describes a running plugin.

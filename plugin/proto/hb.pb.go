@@ -304,6 +304,7 @@ type Spec struct {
 	LogDir        string                 `protobuf:"bytes,10,opt,name=log_dir,json=logDir,proto3" json:"log_dir,omitempty"`
 	LogMaxBytes   int64                  `protobuf:"varint,11,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
 	LogBackups    int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
+	Respawn       *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -422,6 +423,83 @@ func (x *Spec) GetLogBackups() int64 {
 	return 0
 }
 
+func (x *Spec) GetRespawn() *Respawn {
+	if x != nil {
+		return x.Respawn
+	}
+	return nil
+}
+
+// Respawn lets the plugin restart a service by itself, without a round trip
+// to the host, for exits the host's policy answers with "respawn at once".
+type Respawn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Enabled       bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	OnFailure     bool                   `protobuf:"varint,2,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"` // restart = on-failure: exit_codes are successes
+	ExitCodes     []int64                `protobuf:"varint,3,rep,packed,name=exit_codes,json=exitCodes,proto3" json:"exit_codes,omitempty"`
+	StartSecsNs   int64                  `protobuf:"varint,4,opt,name=start_secs_ns,json=startSecsNs,proto3" json:"start_secs_ns,omitempty"` // a shorter run is a failed start: left to the host
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Respawn) Reset() {
+	*x = Respawn{}
+	mi := &file_hb_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Respawn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Respawn) ProtoMessage() {}
+
+func (x *Respawn) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Respawn.ProtoReflect.Descriptor instead.
+func (*Respawn) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Respawn) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *Respawn) GetOnFailure() bool {
+	if x != nil {
+		return x.OnFailure
+	}
+	return false
+}
+
+func (x *Respawn) GetExitCodes() []int64 {
+	if x != nil {
+		return x.ExitCodes
+	}
+	return nil
+}
+
+func (x *Respawn) GetStartSecsNs() int64 {
+	if x != nil {
+		return x.StartSecsNs
+	}
+	return 0
+}
+
 type SpawnRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *Spec                  `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -431,7 +509,7 @@ type SpawnRequest struct {
 
 func (x *SpawnRequest) Reset() {
 	*x = SpawnRequest{}
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +521,7 @@ func (x *SpawnRequest) String() string {
 func (*SpawnRequest) ProtoMessage() {}
 
 func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +534,7 @@ func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnRequest.ProtoReflect.Descriptor instead.
 func (*SpawnRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{3}
+	return file_hb_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SpawnRequest) GetSpec() *Spec {
@@ -478,7 +556,7 @@ type SpawnResponse struct {
 
 func (x *SpawnResponse) Reset() {
 	*x = SpawnResponse{}
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +568,7 @@ func (x *SpawnResponse) String() string {
 func (*SpawnResponse) ProtoMessage() {}
 
 func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +581,7 @@ func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnResponse.ProtoReflect.Descriptor instead.
 func (*SpawnResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{4}
+	return file_hb_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SpawnResponse) GetSlot() int64 {
@@ -545,7 +623,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +635,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +648,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{5}
+	return file_hb_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StopRequest) GetName() string {
@@ -602,7 +680,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +692,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +705,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{6}
+	return file_hb_proto_rawDescGZIP(), []int{7}
 }
 
 type SignalRequest struct {
@@ -640,7 +718,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +730,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +743,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{7}
+	return file_hb_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SignalRequest) GetName() string {
@@ -690,7 +768,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +780,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +793,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{8}
+	return file_hb_proto_rawDescGZIP(), []int{9}
 }
 
 type SetStateRequest struct {
@@ -728,7 +806,7 @@ type SetStateRequest struct {
 
 func (x *SetStateRequest) Reset() {
 	*x = SetStateRequest{}
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +818,7 @@ func (x *SetStateRequest) String() string {
 func (*SetStateRequest) ProtoMessage() {}
 
 func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +831,7 @@ func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateRequest.ProtoReflect.Descriptor instead.
 func (*SetStateRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{9}
+	return file_hb_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetStateRequest) GetName() string {
@@ -778,7 +856,7 @@ type SetStateResponse struct {
 
 func (x *SetStateResponse) Reset() {
 	*x = SetStateResponse{}
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +868,7 @@ func (x *SetStateResponse) String() string {
 func (*SetStateResponse) ProtoMessage() {}
 
 func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +881,7 @@ func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateResponse.ProtoReflect.Descriptor instead.
 func (*SetStateResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{10}
+	return file_hb_proto_rawDescGZIP(), []int{11}
 }
 
 type FreeRequest struct {
@@ -815,7 +893,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +905,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +918,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{11}
+	return file_hb_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FreeRequest) GetName() string {
@@ -858,7 +936,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +948,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +961,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{12}
+	return file_hb_proto_rawDescGZIP(), []int{13}
 }
 
 type ListRequest struct {
@@ -894,7 +972,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +984,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +997,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{13}
+	return file_hb_proto_rawDescGZIP(), []int{14}
 }
 
 // Slot mirrors shm.Slot.
@@ -943,7 +1021,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1033,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1046,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{14}
+	return file_hb_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Slot) GetIndex() int64 {
@@ -1064,7 +1142,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1154,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1167,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{15}
+	return file_hb_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1108,7 +1186,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1198,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1211,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{16}
+	return file_hb_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EventsRequest) GetAfterSeq() uint64 {
@@ -1157,13 +1235,14 @@ type Event struct {
 	DetectedNs    uint64                 `protobuf:"varint,9,opt,name=detected_ns,json=detectedNs,proto3" json:"detected_ns,omitempty"`
 	TimeUnixNs    int64                  `protobuf:"varint,10,opt,name=time_unix_ns,json=timeUnixNs,proto3" json:"time_unix_ns,omitempty"`
 	Adopted       bool                   `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	Respawned     bool                   `protobuf:"varint,12,opt,name=respawned,proto3" json:"respawned,omitempty"` // exit: the plugin respawned the service at once (a spawn event follows)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1254,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1267,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{17}
+	return file_hb_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1268,6 +1347,13 @@ func (x *Event) GetAdopted() bool {
 	return false
 }
 
+func (x *Event) GetRespawned() bool {
+	if x != nil {
+		return x.Respawned
+	}
+	return false
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Clean         bool                   `protobuf:"varint,1,opt,name=clean,proto3" json:"clean,omitempty"`
@@ -1277,7 +1363,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1375,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1388,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{18}
+	return file_hb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -1320,7 +1406,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1418,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1431,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{19}
+	return file_hb_proto_rawDescGZIP(), []int{20}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -1362,7 +1448,7 @@ const file_hb_proto_rawDesc = "" +
 	"\x05pidfd\x18\x05 \x01(\bR\x05pidfd\x12\x18\n" +
 	"\aadopted\x18\x06 \x01(\x03R\aadopted\x12\x19\n" +
 	"\blast_seq\x18\a \x01(\x04R\alastSeq\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\"\xa2\x02\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"\xcc\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1377,7 +1463,15 @@ const file_hb_proto_rawDesc = "" +
 	" \x01(\tR\x06logDir\x12\"\n" +
 	"\rlog_max_bytes\x18\v \x01(\x03R\vlogMaxBytes\x12\x1f\n" +
 	"\vlog_backups\x18\f \x01(\x03R\n" +
-	"logBackups\"/\n" +
+	"logBackups\x12(\n" +
+	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\"\x85\x01\n" +
+	"\aRespawn\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
+	"\n" +
+	"on_failure\x18\x02 \x01(\bR\tonFailure\x12\x1d\n" +
+	"\n" +
+	"exit_codes\x18\x03 \x03(\x03R\texitCodes\x12\"\n" +
+	"\rstart_secs_ns\x18\x04 \x01(\x03R\vstartSecsNs\"/\n" +
 	"\fSpawnRequest\x12\x1f\n" +
 	"\x04spec\x18\x01 \x01(\v2\v.hb.v1.SpecR\x04spec\"t\n" +
 	"\rSpawnResponse\x12\x12\n" +
@@ -1429,7 +1523,7 @@ const file_hb_proto_rawDesc = "" +
 	"\fListResponse\x12!\n" +
 	"\x05slots\x18\x01 \x03(\v2\v.hb.v1.SlotR\x05slots\",\n" +
 	"\rEventsRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xa6\x02\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xc4\x02\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x10.hb.v1.EventKindR\x04kind\x12\x12\n" +
@@ -1446,7 +1540,8 @@ const file_hb_proto_rawDesc = "" +
 	"\ftime_unix_ns\x18\n" +
 	" \x01(\x03R\n" +
 	"timeUnixNs\x12\x18\n" +
-	"\aadopted\x18\v \x01(\bR\aadopted\"'\n" +
+	"\aadopted\x18\v \x01(\bR\aadopted\x12\x1c\n" +
+	"\trespawned\x18\f \x01(\bR\trespawned\"'\n" +
 	"\x0fShutdownRequest\x12\x14\n" +
 	"\x05clean\x18\x01 \x01(\bR\x05clean\"\x12\n" +
 	"\x10ShutdownResponse*\xe2\x01\n" +
@@ -1488,60 +1583,62 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
 	(*InfoRequest)(nil),      // 2: hb.v1.InfoRequest
 	(*InfoResponse)(nil),     // 3: hb.v1.InfoResponse
 	(*Spec)(nil),             // 4: hb.v1.Spec
-	(*SpawnRequest)(nil),     // 5: hb.v1.SpawnRequest
-	(*SpawnResponse)(nil),    // 6: hb.v1.SpawnResponse
-	(*StopRequest)(nil),      // 7: hb.v1.StopRequest
-	(*StopResponse)(nil),     // 8: hb.v1.StopResponse
-	(*SignalRequest)(nil),    // 9: hb.v1.SignalRequest
-	(*SignalResponse)(nil),   // 10: hb.v1.SignalResponse
-	(*SetStateRequest)(nil),  // 11: hb.v1.SetStateRequest
-	(*SetStateResponse)(nil), // 12: hb.v1.SetStateResponse
-	(*FreeRequest)(nil),      // 13: hb.v1.FreeRequest
-	(*FreeResponse)(nil),     // 14: hb.v1.FreeResponse
-	(*ListRequest)(nil),      // 15: hb.v1.ListRequest
-	(*Slot)(nil),             // 16: hb.v1.Slot
-	(*ListResponse)(nil),     // 17: hb.v1.ListResponse
-	(*EventsRequest)(nil),    // 18: hb.v1.EventsRequest
-	(*Event)(nil),            // 19: hb.v1.Event
-	(*ShutdownRequest)(nil),  // 20: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 21: hb.v1.ShutdownResponse
+	(*Respawn)(nil),          // 5: hb.v1.Respawn
+	(*SpawnRequest)(nil),     // 6: hb.v1.SpawnRequest
+	(*SpawnResponse)(nil),    // 7: hb.v1.SpawnResponse
+	(*StopRequest)(nil),      // 8: hb.v1.StopRequest
+	(*StopResponse)(nil),     // 9: hb.v1.StopResponse
+	(*SignalRequest)(nil),    // 10: hb.v1.SignalRequest
+	(*SignalResponse)(nil),   // 11: hb.v1.SignalResponse
+	(*SetStateRequest)(nil),  // 12: hb.v1.SetStateRequest
+	(*SetStateResponse)(nil), // 13: hb.v1.SetStateResponse
+	(*FreeRequest)(nil),      // 14: hb.v1.FreeRequest
+	(*FreeResponse)(nil),     // 15: hb.v1.FreeResponse
+	(*ListRequest)(nil),      // 16: hb.v1.ListRequest
+	(*Slot)(nil),             // 17: hb.v1.Slot
+	(*ListResponse)(nil),     // 18: hb.v1.ListResponse
+	(*EventsRequest)(nil),    // 19: hb.v1.EventsRequest
+	(*Event)(nil),            // 20: hb.v1.Event
+	(*ShutdownRequest)(nil),  // 21: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 22: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
-	4,  // 0: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
-	0,  // 1: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
-	0,  // 2: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
-	16, // 3: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
-	1,  // 4: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	2,  // 5: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	5,  // 6: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	7,  // 7: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	9,  // 8: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	11, // 9: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	13, // 10: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	15, // 11: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	18, // 12: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	20, // 13: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	3,  // 14: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	6,  // 15: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	8,  // 16: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	10, // 17: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	12, // 18: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	14, // 19: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	17, // 20: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	19, // 21: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	21, // 22: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	14, // [14:23] is the sub-list for method output_type
-	5,  // [5:14] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	5,  // 0: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
+	4,  // 1: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
+	0,  // 2: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
+	0,  // 3: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
+	17, // 4: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
+	1,  // 5: hb.v1.Event.kind:type_name -> hb.v1.EventKind
+	2,  // 6: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	6,  // 7: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	8,  // 8: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	10, // 9: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	12, // 10: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	14, // 11: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	16, // 12: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	19, // 13: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	21, // 14: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	3,  // 15: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	7,  // 16: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	9,  // 17: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	11, // 18: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	13, // 19: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	15, // 20: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	18, // 21: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	20, // 22: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	22, // 23: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	15, // [15:24] is the sub-list for method output_type
+	6,  // [6:15] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -1555,7 +1652,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

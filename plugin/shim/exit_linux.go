@@ -3,6 +3,7 @@ package shim
 import (
 	"errors"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -104,7 +105,7 @@ func (s *Shim) finish(ex connector.Exit) {
 	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), ex.DetectedNs, state)
 	close(inc.done)
 
-	s.emit(plugin.Event{
+	ev := plugin.Event{
 		Kind:       plugin.EventExit,
 		Name:       inc.svc.name,
 		Slot:       inc.idx,
@@ -114,7 +115,10 @@ func (s *Shim) finish(ex connector.Exit) {
 		Source:     ex.Source.String(),
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
-	})
+	}
+	if !s.respawn(inc, status, &ev) {
+		s.emit(ev)
+	}
 	if inc.child {
 		// After reaping: from here the stray reaper may take the PID (if it
 		// was not reaped above) and look past it for strays.
@@ -122,6 +126,40 @@ func (s *Shim) finish(ex connector.Exit) {
 	}
 	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
 		"source", ex.Source.String(), "reaped", reaped)
+}
+
+// respawn starts the next incarnation at once when the service's Spec asks
+// for it (plugin.Respawn) — the host's policy would decide the same, so the
+// round trip to the host is skipped. It never competes with the host: a stop
+// under way, or any Spawn, Stop or Free holding the service, or a closing
+// shim, leaves the exit to the host. It reports whether exit was emitted.
+func (s *Shim) respawn(inc *incarnation, status int, exit *plugin.Event) bool {
+	svc := inc.svc
+	if inc.stopping.Load() || inc.started.IsZero() {
+		return false
+	}
+	if !s.life.TryRLock() {
+		return false
+	}
+	defer s.life.RUnlock()
+	if s.closed.Load() || !svc.op.TryLock() {
+		return false
+	}
+	defer svc.op.Unlock()
+	if svc.freed || !svc.spec.Respawn.Wants(time.Since(inc.started), status) {
+		return false
+	}
+	s.mu.Lock()
+	current := svc.cur == inc
+	s.mu.Unlock()
+	if !current {
+		return false
+	}
+	_, emitted, err := s.start(svc, svc.spec, exit)
+	if err != nil {
+		s.log.Warn("respawn", "service", svc.name, "err", err)
+	}
+	return emitted
 }
 
 // signal sends sig to inc's process group (group true) or main process. The

@@ -101,6 +101,9 @@ type service struct {
 	// stdout and stderr are the log files when the Spec asks for "file".
 	// Written with both op and Shim.mu held; read under either.
 	stdout, stderr *logFile
+	// spec is the Spec of the last spawn, for respawns by the plugin;
+	// written with op held, read by the exit path with op held (TryLock).
+	spec plugin.Spec
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -111,8 +114,9 @@ type incarnation struct {
 	pid       int
 	gen       uint64
 	startTime uint64
-	adopted   bool // not spawned by this shim
-	child     bool // our child: we reap it with waitid
+	adopted   bool      // not spawned by this shim
+	child     bool      // our child: we reap it with waitid
+	started   time.Time // spawn time (monotonic); zero when adopted
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -56,16 +57,25 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}
+	res, _, err := s.start(svc, spec, nil)
+	return res, err
+}
 
+// start starts one incarnation of svc: ForkExec, slot, spawn event, watch.
+// It remembers spec for respawns by the plugin (Spec.Respawn). When exit is
+// not nil it is the previous incarnation's exit event, emitted (marked
+// Respawned) just before the spawn event; emitted says whether it was.
+// Called with svc.op held and no incarnation of svc running.
+func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
 	argv0, err := lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
 	if err != nil {
-		return plugin.SpawnResult{}, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
+		return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
 	}
 	if spec.Dir != "" {
 		if st, err := os.Stat(spec.Dir); err != nil {
-			return plugin.SpawnResult{}, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
+			return plugin.SpawnResult{}, emitted, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
 		} else if !st.IsDir() {
-			return plugin.SpawnResult{}, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
+			return plugin.SpawnResult{}, emitted, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
 		}
 	}
 	var cred *syscall.Credential
@@ -83,11 +93,11 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	}
 	stdout, err := s.stdio(svc, spec, spec.Stdout, "out")
 	if err != nil {
-		return plugin.SpawnResult{}, err
+		return plugin.SpawnResult{}, emitted, err
 	}
 	stderr, err := s.stdio(svc, spec, spec.Stderr, "err")
 	if err != nil {
-		return plugin.SpawnResult{}, err
+		return plugin.SpawnResult{}, emitted, err
 	}
 
 	idx := svc.idx
@@ -118,9 +128,9 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC),
 			errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EPERM),
 			errors.Is(err, syscall.EINVAL):
-			return plugin.SpawnResult{}, badSpec(err, "spawn %q: exec %q", spec.Name, argv0)
+			return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, argv0)
 		}
-		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: exec %q: %w", spec.Name, argv0, err)
+		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: exec %q: %w", spec.Name, argv0, err)
 	}
 	startNs := shm.MonotonicNs()
 	if pidfd < 0 {
@@ -130,7 +140,7 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 		var ws unix.WaitStatus
 		unix.Wait4(pid, &ws, 0, nil)
 		untrackPID(pid)
-		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
+		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
 	}
 	// The child cannot be reaped before finish runs, so /proc/PID stays
 	// readable (a zombie still has its start time).
@@ -149,6 +159,13 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	s.mu.Unlock()
 
 	s.w.Spawned(idx, uint32(pid), gen, startTime, shm.StateStarting, 0)
+	svc.spec = spec
+	inc.started = time.Now()
+	if exit != nil {
+		exit.Respawned = true
+		s.emit(*exit)
+		emitted = true
+	}
 	// Emitted before the watch is armed: an exit reported at once must not
 	// overtake it in the event stream.
 	s.emit(plugin.Event{
@@ -158,10 +175,10 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.watcher.Watch(inc.key, pid, pidfd); err != nil {
 		// Without a watch nobody would learn of the exit: undo the spawn.
 		s.abortSpawn(inc)
-		return plugin.SpawnResult{}, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
+		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
 	}
 	s.log.Debug("spawned", "service", spec.Name, "pid", pid, "slot", idx, "generation", gen)
-	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: startTime}, nil
+	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: startTime}, emitted, nil
 }
 
 // abortSpawn kills and reaps a child whose watch could not be armed, and
