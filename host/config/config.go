@@ -21,7 +21,7 @@ const (
 // Values of [Service].Stdout and Stderr.
 const (
 	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
-	OutputInherit = "inherit" // hbd's own stdout/stderr
+	OutputInherit = "inherit" // the plugin's log file (state_dir/plugin.log)
 	OutputNull    = "null"    // /dev/null
 )
 
