@@ -1,0 +1,97 @@
+// Package connector tells a caller, as soon as the kernel knows, that a
+// watched process has exited. It knows nothing of services: a watch is a
+// caller-chosen key, a PID and the caller's pidfd for that PID.
+//
+// # Detectors
+//
+// Two detectors run side by side, and exactly one of them reports each exit:
+//
+//   - The proc connector (NETLINK_CONNECTOR, group CN_IDX_PROC), the fast
+//     path. The socket subscribes with the 8-byte proc_input{LISTEN,
+//     PROC_EVENT_EXIT}, so the kernel queues exit events only (Linux 6.6+
+//     filters per socket; no ACK is expected). Events are per thread, so an
+//     event for any thread of a watched process only triggers a zero-timeout
+//     poll of the process's pidfd: readable means the whole thread group is
+//     gone and the exit is reported at once, with the event's exit status;
+//     otherwise (a thread ended, the leader ended before its threads, a thread
+//     called exec) nothing is reported and the status is kept for later.
+//     The connector works only in the initial user, pid and network
+//     namespaces (see Available).
+//   - A pidfd epoll loop, the loss-free safety net, which always runs: a
+//     pidfd turns readable only when the whole process has exited.
+//
+// Connector events can be lost when the socket's receive buffer overflows.
+// The kernel then fails the next receive with ENOBUFS; the Watcher keeps
+// reading, polls every watched pidfd once and reports those that are
+// readable (SourceResync), then calls Options.OnResync. NETLINK_NO_ENOBUFS,
+// which would hide such losses, is never set.
+//
+// The Watcher never reaps a process and never closes a pidfd it was given.
+// An exit is reported while the process is still a zombie, so its PID cannot
+// have been reused; the caller (its parent) reaps it afterwards.
+//
+// # Goroutines and concurrency contract
+//
+// A Watcher owns at most two goroutines: the connector goroutine (none with
+// DetectPidfd, or when the connector is unavailable under DetectAuto) and
+// one epoll goroutine for all pidfds — not one goroutine or thread per
+// process. Both may detect the same exit; a compare-and-swap on the watch
+// makes exactly one of them report it.
+//
+// Reporting an exit, on the goroutine that detected it, is in this order:
+//
+//  1. Options.OnExit is called synchronously, before anything else is done
+//     (no allocation, logging, or channel operation comes first). It is the
+//     place to record the death, e.g. to clear a liveness slot. It must not
+//     block, must not call Close, and must not close the watched pidfd.
+//  2. The watch is removed (epoll deregistration and lookup maps).
+//  3. The Exit is sent on the Exits channel (capacity DefaultExitQueue). If
+//     that channel is full the goroutine blocks until it is drained — exits
+//     are never dropped, but detection stalls meanwhile — or until Close.
+//
+// All Watcher methods are safe for concurrent use, and Watch and Unwatch may
+// be called from OnExit. OnExit, OnResync and OnError may run concurrently
+// with each other (they come from two goroutines). After Unwatch returns, or
+// after the Exit has been received from Exits, the Watcher no longer uses the
+// pidfd and the caller may close it. Close stops both goroutines, then closes
+// the Exits channel.
+//
+// To watch a child without any chance of missing its exit, start it with a
+// pidfd (syscall.SysProcAttr.PidFD) and call Watch after starting it: a
+// process that has already exited when Watch runs is reported at once
+// through its pidfd.
+//
+// # Exit status
+//
+// Exit.Status is the exit code, or 128+signal, taken from a connector event
+// (HaveStatus). A report by the pidfd loop carries the status of the latest
+// connector event seen for the process, if any; when the leader thread ended
+// before the others it can be that earlier thread's. Statuses are cleared
+// after a resync. A parent's waitid is always the authority for its children.
+//
+// # Costs
+//
+// Per datagram the connector goroutine makes one non-blocking recvfrom
+// (recvfrom(2) on the socket through syscall.RawConn, without allocation);
+// when the queue runs empty one more recvfrom returns EAGAIN and the
+// goroutine parks in the runtime poller. Decoding and the lookup of the
+// process id among the watches take tens of nanoseconds; only events of
+// watched processes cost more (a clock read and one poll(2)).
+//
+// # Debugging
+//
+// Options.Logger receives the detector choice, resyncs and survived errors
+// (never anything on the exit path). Watcher.Stats counts events, matches,
+// exits, resyncs and errors and shows the receive buffer the kernel granted.
+// Frames captured from the running kernel live in testdata/ and are rewritten
+// by
+//
+//	go test ./connector -run TestCaptureFrames -capture
+//
+// and the decoder's fuzz target is
+//
+//	go test ./connector -run '^$' -fuzz FuzzDecodeFrame
+//
+// Only Linux is supported; elsewhere Available reports ErrUnavailable and
+// NewWatcher fails.
+package connector

@@ -1,0 +1,204 @@
+package connector
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrUnavailable wraps every reason the proc connector cannot be used
+	// here (returned by Available, and by NewWatcher with DetectConnector).
+	ErrUnavailable = errors.New("proc connector unavailable")
+	// ErrClosed is returned by Watch after Close.
+	ErrClosed = errors.New("watcher closed")
+	// ErrDuplicate is returned by Watch for a key, or a live process, that is
+	// already being watched.
+	ErrDuplicate = errors.New("already watched")
+)
+
+// Source says which detector saw an exit first.
+type Source uint8
+
+// Sources of an Exit.
+const (
+	// SourceConnector: a proc connector event for the process arrived and its
+	// pidfd was readable at that moment (the fast path).
+	SourceConnector Source = 1
+	// SourcePidfd: the process's pidfd turned readable in the epoll loop.
+	SourcePidfd Source = 2
+	// SourceResync: connector events were lost (ENOBUFS) and the rescan of
+	// every watched pidfd found the process gone.
+	SourceResync Source = 3
+	// SourceReaper: the exit was learnt by reaping (waitid). The Watcher
+	// never produces it; it exists so that callers who also reap can label
+	// such exits with the same type.
+	SourceReaper Source = 4
+)
+
+// String returns "connector", "pidfd", "resync", "reaper", or "source(N)".
+func (s Source) String() string {
+	switch s {
+	case SourceConnector:
+		return "connector"
+	case SourcePidfd:
+		return "pidfd"
+	case SourceResync:
+		return "resync"
+	case SourceReaper:
+		return "reaper"
+	}
+	return fmt.Sprintf("source(%d)", uint8(s))
+}
+
+// Detector selects how a Watcher learns of exits.
+type Detector int
+
+// Detectors. The zero value is DetectAuto.
+const (
+	// DetectAuto uses the proc connector when Available reports it works,
+	// and the pidfd epoll loop alone otherwise.
+	DetectAuto Detector = iota
+	// DetectConnector requires the proc connector: NewWatcher fails (with
+	// ErrUnavailable) when it does not work here.
+	DetectConnector
+	// DetectPidfd uses the pidfd epoll loop only and opens no netlink socket.
+	DetectPidfd
+)
+
+// String returns "auto", "connector", "pidfd", or "detector(N)".
+func (d Detector) String() string {
+	switch d {
+	case DetectAuto:
+		return "auto"
+	case DetectConnector:
+		return "connector"
+	case DetectPidfd:
+		return "pidfd"
+	}
+	return fmt.Sprintf("detector(%d)", int(d))
+}
+
+// ParseDetector parses "auto", "connector" or "pidfd" ("" means auto).
+func ParseDetector(s string) (Detector, error) {
+	switch s {
+	case "", "auto":
+		return DetectAuto, nil
+	case "connector":
+		return DetectConnector, nil
+	case "pidfd":
+		return DetectPidfd, nil
+	}
+	return DetectAuto, fmt.Errorf("connector: unknown detector %q (want auto, connector or pidfd)", s)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Detector) MarshalText() ([]byte, error) {
+	switch d {
+	case DetectAuto, DetectConnector, DetectPidfd:
+		return []byte(d.String()), nil
+	}
+	return nil, fmt.Errorf("connector: invalid detector %d", int(d))
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler with ParseDetector.
+func (d *Detector) UnmarshalText(b []byte) error {
+	v, err := ParseDetector(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
+// Exit reports that a watched process (the whole thread group) has exited.
+// The process has not been reaped by the Watcher: it stays a zombie, and its
+// PID cannot be reused, until its parent reaps it.
+type Exit struct {
+	Key uint64 // the key given to Watch
+	PID int    // the pid given to Watch
+
+	// Status is the exit code, or 128+signal, when HaveStatus; else -1.
+	Status int
+	// WaitStatus is the wait(2)-style status Status was derived from (0 when
+	// !HaveStatus).
+	WaitStatus uint32
+	// HaveStatus is true when a proc connector event for the process gave
+	// its status. It is best effort: a pidfd detection that beat the
+	// connector event carries no status, and a parent's waitid is always
+	// the authority for its own children.
+	HaveStatus bool
+
+	Source Source // which detector fired
+	// DetectedNs is CLOCK_MONOTONIC nanoseconds taken when the detecting
+	// goroutine learnt of the exit, before OnExit was called.
+	DetectedNs uint64
+}
+
+// Options configures a Watcher. The zero value is usable: DetectAuto, a
+// 4 MiB receive buffer, no callbacks.
+type Options struct {
+	// Detector selects the detectors (default DetectAuto).
+	Detector Detector
+
+	// ReadBuffer is the proc connector socket's receive buffer in bytes.
+	// 0 means DefaultReadBuffer; a negative value keeps the system default.
+	// As root (CAP_NET_ADMIN) it is set with SO_RCVBUFFORCE, above
+	// net.core.rmem_max; otherwise with SO_RCVBUF, capped by it. The kernel
+	// doubles the value and enforces a small minimum. A full buffer loses
+	// events; the Watcher then resyncs (see OnResync).
+	ReadBuffer int
+
+	// OnExit is called exactly once per watch whose process exits, on the
+	// goroutine that detected the exit, before the exit is queued on
+	// Exits() or anything else is done about it: a caller clears its
+	// liveness record here. It must be quick and must not block; it must not
+	// call Close, and must not close the watched pidfd (do that after the
+	// Exit is received from Exits(), or after Unwatch). It may call Watch
+	// and Unwatch. Nil means no callback.
+	OnExit func(Exit)
+
+	// OnResync is called on the connector goroutine after the kernel
+	// reported lost events (ENOBUFS) and every watched pidfd has been
+	// rescanned (the exits found were already reported). reason wraps
+	// unix.ENOBUFS. Must not block. Nil means no callback.
+	OnResync func(reason error)
+
+	// OnError is called with receive or epoll errors that the Watcher
+	// survives (it keeps working, backing off on a repeated error). Must not
+	// block. Nil means no callback.
+	OnError func(error)
+
+	// Logger receives rare diagnostics (detector choice, resyncs, errors);
+	// nothing is logged on the exit path. Nil discards.
+	Logger *slog.Logger
+
+	// hooks lets the package's tests stall the goroutines; nil in normal use.
+	hooks *testHooks
+}
+
+// DefaultReadBuffer is the receive buffer requested when Options.ReadBuffer is 0.
+const DefaultReadBuffer = 4 << 20
+
+// DefaultExitQueue is the capacity of the channel returned by Watcher.Exits.
+const DefaultExitQueue = 4096
+
+// Stats are cumulative counters of a Watcher.
+type Stats struct {
+	Events  uint64 // exit events received from the proc connector (any process, any thread)
+	Matched uint64 // of Events, those for a watched process (any of its threads)
+	Exits   uint64 // exits reported (OnExit calls)
+	Resyncs uint64 // ENOBUFS episodes, each followed by a rescan of every watched pidfd
+	Errors  uint64 // other receive/epoll errors passed to OnError
+
+	Watching   int // processes watched now
+	ReadBuffer int // receive buffer the kernel granted (SO_RCVBUF), 0 without connector
+}
+
+// testHooks are stall points for tests, called at the top of each loop.
+type testHooks struct {
+	beforeRecv  func() // connector goroutine, before each receive
+	beforeEpoll func() // epoll goroutine, before each epoll_wait
+	exitQueue   int    // overrides DefaultExitQueue when > 0
+}

@@ -1,0 +1,526 @@
+package connector
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Watch states. A watch leaves stateArmed exactly once, by compare-and-swap:
+// the winner of stateArmed→stateFired is the one detector that reports it.
+const (
+	stateArmed uint32 = iota
+	stateFired
+	stateUnwatched
+)
+
+// haveStatus marks watch.last as holding a status.
+const haveStatus = 1 << 32
+
+// wakeID is the epoll data of the eventfd; watch ids start at 1.
+const wakeID = 0
+
+// watch is one watched process.
+type watch struct {
+	key   uint64
+	pid   int32
+	pidfd int
+	id    uint64 // epoll data; unique for the Watcher's life
+
+	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
+	// last is the wait status from the latest connector event for any thread
+	// of the process, with haveStatus set; 0 when none (or after a resync).
+	last atomic.Uint64
+}
+
+// status returns the stored connector status, if any.
+func (wt *watch) status() (uint32, bool) {
+	v := wt.last.Load()
+	return uint32(v), v&haveStatus != 0
+}
+
+// Watcher reports the exit of watched processes. See the package
+// documentation for its goroutines and concurrency contract.
+type Watcher struct {
+	opt   Options
+	log   *slog.Logger
+	exits chan Exit
+	done  chan struct{} // closed by Close
+
+	nl   *nlSocket // nil without the connector
+	epfd int
+	evfd int // eventfd that wakes the epoll goroutine for Close
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+
+	mu     sync.Mutex
+	closed bool              // guarded by mu
+	nextID uint64            // guarded by mu
+	byKey  map[uint64]*watch // key -> watch, guarded by mu
+	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
+	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
+
+	// Connector goroutine only.
+	pollOne  [1]unix.PollFd
+	rescan   []*watch
+	rescanFd []unix.PollFd
+
+	events, matched, fired, resyncs, errs atomic.Uint64
+}
+
+// NewWatcher starts a Watcher: the epoll goroutine always, and the connector
+// goroutine unless opt.Detector is DetectPidfd or (DetectAuto) Available
+// fails. With DetectConnector, an unusable connector is an error wrapping
+// ErrUnavailable.
+func NewWatcher(opt Options) (*Watcher, error) {
+	w := &Watcher{
+		opt:   opt,
+		log:   opt.Logger,
+		done:  make(chan struct{}),
+		epfd:  -1,
+		evfd:  -1,
+		byKey: make(map[uint64]*watch),
+		byPID: make(map[int32]*watch),
+		byID:  make(map[uint64]*watch),
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	q := DefaultExitQueue
+	if opt.hooks != nil && opt.hooks.exitQueue > 0 {
+		q = opt.hooks.exitQueue
+	}
+	w.exits = make(chan Exit, q)
+
+	switch opt.Detector {
+	case DetectPidfd:
+	case DetectAuto, DetectConnector:
+		err := Available()
+		if err == nil {
+			w.nl, err = dialProc(opt.ReadBuffer, procEventExit)
+		}
+		if err != nil {
+			if opt.Detector == DetectConnector {
+				return nil, err
+			}
+			w.log.Info("proc connector not used; detecting exits by pidfd only", "reason", err)
+		}
+	default:
+		return nil, fmt.Errorf("connector: invalid detector %d", int(opt.Detector))
+	}
+
+	var err error
+	if w.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		w.closeFds()
+		return nil, fmt.Errorf("connector: epoll_create1: %w", err)
+	}
+	if w.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		w.closeFds()
+		return nil, fmt.Errorf("connector: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	setEpollData(&ev, wakeID)
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, w.evfd, &ev); err != nil {
+		w.closeFds()
+		return nil, fmt.Errorf("connector: epoll_ctl add eventfd: %w", err)
+	}
+
+	w.wg.Add(1)
+	go w.epollLoop()
+	if w.nl != nil {
+		w.log.Debug("proc connector subscribed", "rcvbuf", w.nl.rcvbuf)
+		w.wg.Add(1)
+		go w.connectorLoop()
+	}
+	return w, nil
+}
+
+func (w *Watcher) closeFds() {
+	if w.nl != nil {
+		_ = w.nl.close()
+	}
+	if w.epfd >= 0 {
+		_ = unix.Close(w.epfd)
+	}
+	if w.evfd >= 0 {
+		_ = unix.Close(w.evfd)
+	}
+}
+
+func setEpollData(ev *unix.EpollEvent, id uint64) {
+	ev.Fd = int32(uint32(id))
+	ev.Pad = int32(uint32(id >> 32))
+}
+
+func epollData(ev *unix.EpollEvent) uint64 {
+	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+}
+
+// Watch starts watching process pid through pidfd, a pidfd for the whole
+// process (not PIDFD_THREAD), under key. The caller keeps
+// ownership of pidfd: the Watcher never closes it and never waits on it, and
+// the caller must keep it open until Unwatch returns or the Exit has been
+// received from Exits(). A process that has already exited is reported at
+// once (through the pidfd), so a caller can watch a child it has just started
+// without missing its exit. Watch fails with ErrDuplicate if key, or pid, is
+// watched and not yet reported, and with ErrClosed after Close.
+func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
+	if pid <= 0 || pid > 1<<31-1 {
+		return fmt.Errorf("connector: watch key %d: invalid pid %d", key, pid)
+	}
+	if pidfd < 0 {
+		return fmt.Errorf("connector: watch key %d pid %d: invalid pidfd %d", key, pid, pidfd)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return fmt.Errorf("connector: watch key %d pid %d: %w", key, pid, ErrClosed)
+	}
+	if old := w.byKey[key]; old != nil && old.state.Load() == stateArmed {
+		return fmt.Errorf("connector: watch key %d pid %d: key %w (pid %d)", key, pid, ErrDuplicate, old.pid)
+	}
+	if old := w.byPID[int32(pid)]; old != nil && old.state.Load() == stateArmed {
+		return fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
+	}
+	w.nextID++
+	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID}
+	// One-shot: a pidfd turns readable once and stays so; one report is all
+	// that is needed, and a registration left behind by a misused pidfd can
+	// never spin the loop.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT}
+	setEpollData(&ev, wt.id)
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
+		return fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
+	}
+	w.byKey[key] = wt
+	w.byPID[wt.pid] = wt
+	w.byID[wt.id] = wt
+	return nil
+}
+
+// Unwatch stops watching key; unknown keys are ignored. Once Unwatch returns
+// the Watcher no longer uses the pidfd, and OnExit will not be called for the
+// key unless that call had already begun (then its Exit is still queued).
+func (w *Watcher) Unwatch(key uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	wt := w.byKey[key]
+	if wt == nil {
+		return
+	}
+	w.removeLocked(wt)
+	wt.state.CompareAndSwap(stateArmed, stateUnwatched)
+}
+
+// removeLocked drops wt from the maps and from epoll if it is still there.
+// Whoever removes the registration does the EPOLL_CTL_DEL, under mu, so a
+// later Watch that reuses the pidfd's number is never deregistered by mistake.
+func (w *Watcher) removeLocked(wt *watch) {
+	if w.byKey[wt.key] == wt {
+		delete(w.byKey, wt.key)
+	}
+	if w.byPID[wt.pid] == wt {
+		delete(w.byPID, wt.pid)
+	}
+	if w.byID[wt.id] == wt {
+		delete(w.byID, wt.id)
+		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
+	}
+}
+
+// Exits returns the channel on which every reported exit is sent, after its
+// OnExit call. Its capacity is DefaultExitQueue; when it is full the detecting
+// goroutine blocks (no exit is dropped), which stalls detection until the
+// channel is drained. It is closed by Close.
+func (w *Watcher) Exits() <-chan Exit { return w.exits }
+
+// Active reports which detectors run: the proc connector fast path, and the
+// pidfd epoll loop (always true).
+func (w *Watcher) Active() (connector, pidfd bool) { return w.nl != nil, true }
+
+// Stats returns the Watcher's counters.
+func (w *Watcher) Stats() Stats {
+	w.mu.Lock()
+	n := len(w.byKey)
+	w.mu.Unlock()
+	s := Stats{
+		Events:   w.events.Load(),
+		Matched:  w.matched.Load(),
+		Exits:    w.fired.Load(),
+		Resyncs:  w.resyncs.Load(),
+		Errors:   w.errs.Load(),
+		Watching: n,
+	}
+	if w.nl != nil {
+		s.ReadBuffer = w.nl.rcvbuf
+	}
+	return s
+}
+
+// Close stops both goroutines, closes the Watcher's own descriptors (never
+// the watched pidfds) and then the Exits channel. Exits detected during Close
+// may be dropped from the channel (their OnExit has run). Close must not be
+// called from OnExit. It is idempotent.
+func (w *Watcher) Close() error {
+	w.closeOnce.Do(func() {
+		w.mu.Lock()
+		w.closed = true
+		w.mu.Unlock()
+		close(w.done)
+		if w.nl != nil {
+			if err := w.nl.close(); err != nil {
+				w.closeErr = fmt.Errorf("connector: close netlink socket: %w", err)
+			}
+		}
+		var one = [8]byte{1}
+		if _, err := unix.Write(w.evfd, one[:]); err != nil && w.closeErr == nil {
+			w.closeErr = fmt.Errorf("connector: wake epoll loop: %w", err)
+		}
+		w.wg.Wait()
+		_ = unix.Close(w.epfd)
+		_ = unix.Close(w.evfd)
+		close(w.exits)
+	})
+	return w.closeErr
+}
+
+func (w *Watcher) isDone() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// fire reports wt's exit if no other detector has. OnExit comes first, before
+// any other work: it is where the caller records the death (the liveness slot
+// goes to 0), so nothing may delay it.
+func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs uint64) {
+	if !wt.state.CompareAndSwap(stateArmed, stateFired) {
+		return
+	}
+	ex := Exit{Key: wt.key, PID: int(wt.pid), Status: -1, Source: src, DetectedNs: detectedNs}
+	if have {
+		ex.Status, ex.WaitStatus, ex.HaveStatus = ExitStatus(ws), ws, true
+	}
+	if f := w.opt.OnExit; f != nil {
+		f(ex)
+	}
+	w.mu.Lock()
+	w.removeLocked(wt)
+	w.mu.Unlock()
+	w.fired.Add(1)
+	select {
+	case w.exits <- ex:
+	case <-w.done:
+	}
+}
+
+// connectorLoop reads exit events. For an event of a watched process (any
+// thread) it polls the process's pidfd: readable means the whole thread group
+// is gone and the exit is reported at once with the event's status; not
+// readable (a thread, a leader that ended before its threads, an exec by a
+// thread) leaves it to the epoll loop, with the status kept for it.
+func (w *Watcher) connectorLoop() {
+	defer w.wg.Done()
+	var (
+		lastErr syscall.Errno
+		backoff time.Duration
+	)
+	for {
+		if h := w.opt.hooks; h != nil && h.beforeRecv != nil {
+			h.beforeRecv()
+		}
+		b, err := w.nl.recv()
+		if err != nil {
+			if w.isDone() {
+				return
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				w.resync(err)
+				lastErr, backoff = 0, 0
+				continue
+			}
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			backoff = w.survive(err, errno == lastErr && errno != 0, backoff)
+			lastErr = errno
+			continue
+		}
+		lastErr, backoff = 0, 0
+		w.handleDatagram(b)
+	}
+}
+
+// handleDatagram processes every exit event in one datagram. No allocation.
+func (w *Watcher) handleDatagram(b []byte) {
+	for len(b) > 0 {
+		msg, rest, ok := nextMessage(b)
+		if !ok {
+			return
+		}
+		b = rest
+		if ev, ok := decodeMessage(msg); ok {
+			w.handleEvent(&ev)
+		}
+	}
+}
+
+func (w *Watcher) handleEvent(ev *Event) {
+	w.events.Add(1)
+	w.mu.Lock()
+	wt := w.byPID[int32(ev.TGID)]
+	w.mu.Unlock()
+	if wt == nil {
+		return
+	}
+	now := monotonicNs()
+	wt.last.Store(uint64(ev.WaitStatus) | haveStatus)
+	if w.readable(wt.pidfd) {
+		w.fire(wt, SourceConnector, ev.WaitStatus, true, now)
+	}
+	w.matched.Add(1)
+}
+
+// readable polls one pidfd without waiting.
+func (w *Watcher) readable(pidfd int) bool {
+	w.pollOne[0] = unix.PollFd{Fd: int32(pidfd), Events: unix.POLLIN}
+	for {
+		n, err := unix.Poll(w.pollOne[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0 && w.pollOne[0].Revents&(unix.POLLIN|unix.POLLHUP) != 0
+	}
+}
+
+// resync handles lost events: statuses gathered so far may be stale, and any
+// watched process may have exited unseen, so every watched pidfd is polled
+// once (one poll(2) for all) and the readable ones are reported. OnResync
+// runs after those reports, so it never delays one.
+func (w *Watcher) resync(reason error) {
+	w.resyncs.Add(1)
+	now := monotonicNs()
+	w.mu.Lock()
+	w.rescan = w.rescan[:0]
+	w.rescanFd = w.rescanFd[:0]
+	for _, wt := range w.byKey {
+		wt.last.Store(0)
+		w.rescan = append(w.rescan, wt)
+		w.rescanFd = append(w.rescanFd, unix.PollFd{Fd: int32(wt.pidfd), Events: unix.POLLIN})
+	}
+	w.mu.Unlock()
+	if len(w.rescanFd) > 0 {
+		var err error
+		for {
+			_, err = unix.Poll(w.rescanFd, 0)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			w.survive(fmt.Errorf("connector: resync: poll %d pidfds: %w", len(w.rescanFd), err), false, 0)
+		} else {
+			for i, pfd := range w.rescanFd {
+				if pfd.Revents&(unix.POLLIN|unix.POLLHUP) != 0 {
+					w.fire(w.rescan[i], SourceResync, 0, false, now)
+				}
+			}
+		}
+		clear(w.rescan) // drop references for the GC
+	}
+	w.log.Warn("proc connector events lost; rescanned watched processes", "watching", len(w.rescanFd), "reason", reason)
+	if f := w.opt.OnResync; f != nil {
+		f(reason)
+	}
+}
+
+// survive counts and reports an error the loop outlives. When the same error
+// repeats it sleeps (10 ms doubling to 1 s, cut short by Close) and returns
+// the next delay.
+func (w *Watcher) survive(err error, repeated bool, backoff time.Duration) time.Duration {
+	w.errs.Add(1)
+	w.log.Warn("exit detection error", "err", err)
+	if f := w.opt.OnError; f != nil {
+		f(err)
+	}
+	if !repeated {
+		return 0
+	}
+	if backoff == 0 {
+		backoff = 10 * time.Millisecond
+	}
+	t := time.NewTimer(backoff)
+	select {
+	case <-t.C:
+	case <-w.done:
+		t.Stop()
+	}
+	return min(2*backoff, time.Second)
+}
+
+// epollLoop waits on every watched pidfd. A readable pidfd means the whole
+// process has exited; it is reported with the status of the latest connector
+// event for it, if any.
+func (w *Watcher) epollLoop() {
+	defer w.wg.Done()
+	var (
+		events  [128]unix.EpollEvent
+		lastErr syscall.Errno
+		backoff time.Duration
+	)
+	for {
+		if h := w.opt.hooks; h != nil && h.beforeEpoll != nil {
+			h.beforeEpoll()
+		}
+		n, err := unix.EpollWait(w.epfd, events[:], -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			if w.isDone() {
+				return
+			}
+			errno, _ := err.(syscall.Errno)
+			backoff = w.survive(os.NewSyscallError("epoll_wait", err), errno == lastErr, backoff)
+			lastErr = errno
+			continue
+		}
+		lastErr, backoff = 0, 0
+		now := monotonicNs()
+		for i := range n {
+			id := epollData(&events[i])
+			if id == wakeID {
+				if w.isDone() {
+					return
+				}
+				continue
+			}
+			w.mu.Lock()
+			wt := w.byID[id]
+			w.mu.Unlock()
+			if wt == nil {
+				continue // reported or unwatched meanwhile
+			}
+			ws, have := wt.status()
+			w.fire(wt, SourcePidfd, ws, have, now)
+		}
+	}
+}
+
+// monotonicNs is CLOCK_MONOTONIC in nanoseconds.
+func monotonicNs() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Sec)*1e9 + uint64(ts.Nsec)
+}
