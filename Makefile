@@ -23,14 +23,20 @@ build: ## build hbd, hbctl, hbbench and the C tools into bin/
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
 
 .PHONY: test
-test: build ctest ## go vet, the C reader, then go test -race on every package
+test: build ctest ## go vet, the C reader, then go test -race on every package (fault suite included)
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+.PHONY: faults
+faults: build ## the fault-injection suite alone, verbose (hbd/plugin killed, bad input, floods)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -run TestFault -v ./cmd/hbd/
+
 .PHONY: ctest
 ctest: ## compile the C reader warning-free (the cross-language test runs in go test ./shm)
-	$(CC) $(CFLAGS) -Icontrib/c -fsyntax-only contrib/c/hb_shm.h -x c - </dev/null
+	@mkdir -p $(BIN)
+	$(CC) $(CFLAGS) -Icontrib/c -fsyntax-only -x c contrib/c/hb_shm.h
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/readcheck shm/testdata/readcheck.c
 
 .PHONY: bench
 bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks
