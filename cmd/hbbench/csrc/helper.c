@@ -1,0 +1,759 @@
+/*
+ * hbbench-helper - the C side of hbbench, compiled by hbbench at run time
+ * (gcc -O2 -I contrib/c). It does the timed parts that must not go through
+ * the Go runtime: kill(2) followed by a reader spinning on hb_pid(), the raw
+ * pidfd and proc connector baselines, the bare fork/exec+wait loop, the peer
+ * check loops, the kill-all scan of the scale test, and the exit-flood
+ * generator.
+ *
+ *   hbbench-helper serve        commands on stdin, one reply line each on stdout
+ *   hbbench-helper flood SECS PROCS
+ *
+ * Every reply starts with "ok" or "err". Times are CLOCK_MONOTONIC ns.
+ */
+#define _GNU_SOURCE
+#include "hb_shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/netlink.h>
+
+extern char **environ;
+
+/* Proc connector constants (linux/connector.h, linux/cn_proc.h), spelled
+ * out so that old installed headers (without struct proc_input) do. */
+#define CN_IDX_PROC_ 1u
+#define CN_VAL_PROC_ 1u
+#define PROC_CN_MCAST_LISTEN_ 1u
+#define PROC_EVENT_EXIT_ 0x80000000u
+#define CN_FRAME_WHAT 36
+#define CN_FRAME_EXIT_PID 52
+#define CN_FRAME_EXIT_TGID 56
+#define CN_FRAME_LEN 76
+
+#define MAX_TABLES 8
+#define MAX_EXES 8
+#define TIMEOUT_NS 10000000000ull /* 10 s for any wait on hb */
+
+static struct hb_table tables[MAX_TABLES];
+static char *exes[MAX_EXES];
+static pid_t bare_child[MAX_EXES];
+static int devnull = -1;
+static int cnfd = -1;
+static int yield_mode = 1;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_us(long us)
+{
+	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static inline void relax(void)
+{
+	if (yield_mode)
+		sched_yield();
+	else
+		__builtin_ia32_pause();
+}
+
+/* spawn starts exe with stdio on /dev/null in its own process group, dying
+ * with this helper. vfork: the parent resumes once the child has exec'd, so
+ * on return the new process has started (the same point at which hb's
+ * ForkExec returns and the PID is stored). */
+static pid_t spawn(const char *exe)
+{
+	char *argv[2] = {(char *)exe, NULL};
+	pid_t pid = vfork();
+	if (pid == 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+		setpgid(0, 0);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		execve(exe, argv, environ);
+		_exit(127);
+	}
+	return pid;
+}
+
+static int reap(pid_t pid)
+{
+	int st;
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return st;
+}
+
+/* wait_change spins (or yields) until slot idx holds something else than
+ * old, or the deadline passes (then it returns old). */
+static uint32_t wait_change(const struct hb_table *t, int idx, uint32_t old, uint64_t deadline)
+{
+	unsigned n = 0;
+	for (;;) {
+		uint32_t v = hb_pid(t, idx);
+		if (v != old)
+			return v;
+		relax();
+		if ((++n & 255) == 0 && now_ns() > deadline)
+			return old;
+	}
+}
+
+/* wait_recorded waits until the slot's seqlocked record names pid as the last
+ * exit, and returns the snapshot. */
+static int wait_recorded(const struct hb_table *t, int idx, uint32_t pid, struct hb_slot_snapshot *s,
+			 uint64_t deadline)
+{
+	for (;;) {
+		if (hb_read(t, idx, s) == 0 && s->last_pid == pid)
+			return 0;
+		if (now_ns() > deadline)
+			return -1;
+		sched_yield();
+	}
+}
+
+static struct hb_table *table(int id)
+{
+	if (id < 0 || id >= MAX_TABLES || tables[id].slot_count == 0)
+		return NULL;
+	return &tables[id];
+}
+
+static const char *exe(int id)
+{
+	if (id < 0 || id >= MAX_EXES)
+		return NULL;
+	return exes[id];
+}
+
+static int cn_open(void)
+{
+	struct sockaddr_nl sa;
+	unsigned char req[16 + 20 + 8];
+	uint32_t u32;
+	uint16_t u16;
+	int rcv = 4 << 20;
+
+	if (cnfd >= 0)
+		return 0;
+	cnfd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_CONNECTOR);
+	if (cnfd < 0)
+		return -errno;
+	memset(&sa, 0, sizeof sa);
+	sa.nl_family = AF_NETLINK;
+	sa.nl_groups = CN_IDX_PROC_;
+	if (bind(cnfd, (struct sockaddr *)&sa, sizeof sa) < 0)
+		goto fail;
+	if (setsockopt(cnfd, SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+		setsockopt(cnfd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+	memset(req, 0, sizeof req);
+	u32 = sizeof req;
+	memcpy(req + 0, &u32, 4); /* nlmsg_len */
+	u16 = NLMSG_DONE;
+	memcpy(req + 4, &u16, 2); /* nlmsg_type */
+	u32 = CN_IDX_PROC_;
+	memcpy(req + 16, &u32, 4); /* cn_msg.id.idx */
+	u32 = CN_VAL_PROC_;
+	memcpy(req + 20, &u32, 4); /* cn_msg.id.val */
+	u16 = 8;
+	memcpy(req + 32, &u16, 2); /* cn_msg.len: struct proc_input */
+	u32 = PROC_CN_MCAST_LISTEN_;
+	memcpy(req + 36, &u32, 4);
+	u32 = PROC_EVENT_EXIT_;
+	memcpy(req + 40, &u32, 4);
+	if (send(cnfd, req, sizeof req, 0) < 0)
+		goto fail;
+	return 0;
+fail:
+	u32 = (uint32_t)errno;
+	close(cnfd);
+	cnfd = -1;
+	return -(int)u32;
+}
+
+/* cn_wait_exit reads connector events until the exit of the whole process
+ * pid (pid == tgid). Returns 0, or -errno / -ETIMEDOUT. */
+static int cn_wait_exit(pid_t pid)
+{
+	unsigned char buf[8192];
+	for (;;) {
+		struct pollfd p = {.fd = cnfd, .events = POLLIN};
+		int n = poll(&p, 1, 10000);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ETIMEDOUT : -errno;
+		ssize_t r = recv(cnfd, buf, sizeof buf, MSG_DONTWAIT);
+		if (r < 0) {
+			if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS)
+				continue;
+			return -errno;
+		}
+		if (r < CN_FRAME_LEN)
+			continue;
+		uint32_t what, epid, etgid;
+		memcpy(&what, buf + CN_FRAME_WHAT, 4);
+		memcpy(&epid, buf + CN_FRAME_EXIT_PID, 4);
+		memcpy(&etgid, buf + CN_FRAME_EXIT_TGID, 4);
+		if (what == PROC_EVENT_EXIT_ && etgid == (uint32_t)pid && epid == (uint32_t)pid)
+			return 0;
+	}
+}
+
+static void cn_drain(void)
+{
+	unsigned char buf[8192];
+	while (recv(cnfd, buf, sizeof buf, MSG_DONTWAIT) >= 0 || errno == ENOBUFS || errno == EINTR)
+		;
+}
+
+/* kill0 T SLOT PID: kill -9 PID, wait for the slot to change. */
+static void cmd_kill0(int tid, int idx, uint32_t pid)
+{
+	struct hb_table *t = table(tid);
+	struct hb_slot_snapshot s;
+	if (!t || hb_pid(t, idx) != pid) {
+		printf("err slot %d does not hold pid %u\n", idx, pid);
+		return;
+	}
+	uint64_t t0 = now_ns();
+	if (kill((pid_t)pid, SIGKILL) < 0) {
+		printf("err kill %u: %s\n", pid, strerror(errno));
+		return;
+	}
+	uint32_t v = wait_change(t, idx, pid, t0 + TIMEOUT_NS);
+	uint64_t t1 = now_ns();
+	if (v == pid) {
+		printf("err timeout: slot %d still holds %u\n", idx, pid);
+		return;
+	}
+	if (wait_recorded(t, idx, pid, &s, t1 + TIMEOUT_NS) < 0) {
+		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
+		return;
+	}
+	printf("ok t0=%llu t1=%llu seen=%u detected=%llu exits=%llu\n", (unsigned long long)t0,
+	       (unsigned long long)t1, v, (unsigned long long)s.last_exit_ns, (unsigned long long)s.exits);
+}
+
+/* respawn T SLOT PID: kill -9 PID, wait for the slot to change, then for a
+ * new non-zero PID. */
+static void cmd_respawn(int tid, int idx, uint32_t pid)
+{
+	struct hb_table *t = table(tid);
+	struct hb_slot_snapshot s, r;
+	if (!t || hb_pid(t, idx) != pid) {
+		printf("err slot %d does not hold pid %u\n", idx, pid);
+		return;
+	}
+	uint64_t t0 = now_ns();
+	if (kill((pid_t)pid, SIGKILL) < 0) {
+		printf("err kill %u: %s\n", pid, strerror(errno));
+		return;
+	}
+	uint32_t v = wait_change(t, idx, pid, t0 + TIMEOUT_NS);
+	uint64_t t1 = now_ns();
+	if (v == pid) {
+		printf("err timeout: slot %d still holds %u\n", idx, pid);
+		return;
+	}
+	uint32_t seen = v;
+	uint64_t t2 = t1;
+	if (v == 0) {
+		v = wait_change(t, idx, 0, t1 + TIMEOUT_NS);
+		t2 = now_ns();
+		if (v == 0) {
+			printf("err timeout: slot %d not respawned\n", idx);
+			return;
+		}
+	}
+	/* changed_ns now is the Spawned record's (hbd's next SetState comes
+	 * only after its Spawn call returned). */
+	if (hb_read(t, idx, &s) != 0)
+		memset(&s, 0, sizeof s);
+	if (wait_recorded(t, idx, pid, &r, t2 + TIMEOUT_NS) < 0 && s.last_pid != pid) {
+		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
+		return;
+	}
+	if (s.last_pid == pid)
+		r = s;
+	printf("ok t0=%llu t1=%llu t2=%llu seen=%u newpid=%u spawned=%llu detected=%llu gen=%llu exits=%llu\n",
+	       (unsigned long long)t0, (unsigned long long)t1, (unsigned long long)t2, seen, v,
+	       (unsigned long long)(s.pid == v ? s.changed_ns : 0), (unsigned long long)r.last_exit_ns,
+	       (unsigned long long)s.generation, (unsigned long long)r.exits);
+}
+
+/* rawpidfd EXE SETTLE_US: our own child, a blocking poll on its pidfd. */
+static void cmd_rawpidfd(int eid, long settle)
+{
+	const char *e = exe(eid);
+	if (!e) {
+		printf("err no exe %d\n", eid);
+		return;
+	}
+	pid_t pid = spawn(e);
+	if (pid < 0) {
+		printf("err spawn: %s\n", strerror(errno));
+		return;
+	}
+	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pfd < 0) {
+		int err = errno;
+		kill(pid, SIGKILL);
+		reap(pid);
+		printf("err pidfd_open: %s\n", strerror(err));
+		return;
+	}
+	sleep_us(settle);
+	struct pollfd p = {.fd = pfd, .events = POLLIN};
+	uint64_t t0 = now_ns();
+	kill(pid, SIGKILL);
+	int n;
+	while ((n = poll(&p, 1, 10000)) < 0 && errno == EINTR)
+		;
+	uint64_t t1 = now_ns();
+	close(pfd);
+	reap(pid);
+	if (n != 1) {
+		printf("err poll pidfd: %d\n", n);
+		return;
+	}
+	printf("ok t0=%llu t1=%llu\n", (unsigned long long)t0, (unsigned long long)t1);
+}
+
+/* rawcn EXE SETTLE_US: our own child, a proc connector listener (EXIT
+ * events only, filtered in the kernel) blocked in poll+recv. */
+static void cmd_rawcn(int eid, long settle)
+{
+	const char *e = exe(eid);
+	if (!e || cnfd < 0) {
+		printf("err no exe %d or no connector socket\n", eid);
+		return;
+	}
+	pid_t pid = spawn(e);
+	if (pid < 0) {
+		printf("err spawn: %s\n", strerror(errno));
+		return;
+	}
+	sleep_us(settle);
+	cn_drain();
+	uint64_t t0 = now_ns();
+	kill(pid, SIGKILL);
+	int rc = cn_wait_exit(pid);
+	uint64_t t1 = now_ns();
+	reap(pid);
+	if (rc < 0) {
+		printf("err connector: %s\n", strerror(-rc));
+		return;
+	}
+	printf("ok t0=%llu t1=%llu\n", (unsigned long long)t0, (unsigned long long)t1);
+}
+
+/* bare EXE SETTLE_US: the bare supervisor loop. The current child of EXE is
+ * killed, waited for, and a new one started; "started" is when vfork
+ * returns in the parent, i.e. the new process has exec'd and its PID is
+ * known (written) - the moment hb stores the PID in the slot. */
+static void cmd_bare(int eid, long settle)
+{
+	const char *e = exe(eid);
+	if (!e) {
+		printf("err no exe %d\n", eid);
+		return;
+	}
+	if (bare_child[eid] <= 0) {
+		bare_child[eid] = spawn(e);
+		if (bare_child[eid] < 0) {
+			printf("err spawn: %s\n", strerror(errno));
+			return;
+		}
+	}
+	sleep_us(settle);
+	pid_t old = bare_child[eid];
+	uint64_t t0 = now_ns();
+	kill(old, SIGKILL);
+	reap(old);
+	uint64_t t1 = now_ns();
+	pid_t pid = spawn(e);
+	uint64_t t2 = now_ns();
+	bare_child[eid] = pid;
+	if (pid < 0) {
+		printf("err spawn: %s\n", strerror(errno));
+		return;
+	}
+	printf("ok t0=%llu t1=%llu t2=%llu newpid=%d\n", (unsigned long long)t0, (unsigned long long)t1,
+	       (unsigned long long)t2, pid);
+}
+
+/* peer T SLOT PID FILE BATCHES NHB NKILL NFILE: ns per check for hb_pid,
+ * kill(pid, 0) and open+read+close of a small status file, in interleaved
+ * batches. */
+static void cmd_peer(int tid, int idx, pid_t pid, const char *file, int batches, long nhb, long nkill, long nfile)
+{
+	struct hb_table *t = table(tid);
+	if (!t || batches <= 0 || batches > 100000) {
+		printf("err bad peer arguments\n");
+		return;
+	}
+	double *res = calloc((size_t)batches * 3, sizeof *res);
+	if (!res) {
+		printf("err out of memory\n");
+		return;
+	}
+	volatile uint32_t sink = 0;
+	char buf[64];
+	for (int b = 0; b < batches; b++) {
+		uint32_t sum = 0;
+		uint64_t t0 = now_ns();
+		for (long i = 0; i < nhb; i++)
+			sum += hb_pid(t, idx);
+		uint64_t t1 = now_ns();
+		sink += sum;
+		if (sum == 0) {
+			free(res);
+			printf("err hb_pid read 0\n");
+			return;
+		}
+		res[b] = (double)(t1 - t0) / (double)nhb;
+
+		t0 = now_ns();
+		for (long i = 0; i < nkill; i++)
+			if (kill(pid, 0) != 0)
+				sink++;
+		t1 = now_ns();
+		res[batches + b] = (double)(t1 - t0) / (double)nkill;
+
+		t0 = now_ns();
+		for (long i = 0; i < nfile; i++) {
+			int fd = open(file, O_RDONLY | O_CLOEXEC);
+			if (fd >= 0) {
+				if (read(fd, buf, sizeof buf) > 0)
+					sink += (uint32_t)buf[0];
+				close(fd);
+			}
+		}
+		t1 = now_ns();
+		res[2 * batches + b] = (double)(t1 - t0) / (double)nfile;
+	}
+	static const char *names[3] = {"hb", "kill", "file"};
+	fputs("ok", stdout);
+	for (int k = 0; k < 3; k++) {
+		printf(" %s=", names[k]);
+		for (int b = 0; b < batches; b++)
+			printf(b ? ",%.4f" : "%.4f", res[k * batches + b]);
+	}
+	printf(" sink=%u\n", sink);
+	free(res);
+}
+
+/* killall T: kill -9 every PID in the table at once, then scan until every
+ * slot has changed (cleared) and holds a new PID (back). Prints, per slot,
+ * ns from the first kill to the first scan that saw each. */
+static void cmd_killall(int tid, long timeout_ms)
+{
+	struct hb_table *t = table(tid);
+	if (!t) {
+		printf("err no table %d\n", tid);
+		return;
+	}
+	uint32_t n = t->slot_count, k = 0;
+	uint32_t *old = calloc(n, sizeof *old);
+	int *idx = calloc(n, sizeof *idx);
+	uint64_t *cleared = calloc(n, sizeof *cleared), *back = calloc(n, sizeof *back);
+	if (!old || !idx || !cleared || !back) {
+		printf("err out of memory\n");
+		goto out;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t p = hb_pid(t, (int)i);
+		if (p) {
+			idx[k] = (int)i;
+			old[k++] = p;
+		}
+	}
+	uint64_t t0 = now_ns();
+	for (uint32_t j = 0; j < k; j++)
+		kill((pid_t)old[j], SIGKILL);
+	uint64_t tk = now_ns();
+	uint64_t deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
+	uint32_t nclear = 0, nback = 0;
+	while (nback < k) {
+		uint64_t now = now_ns();
+		for (uint32_t j = 0; j < k; j++) {
+			if (back[j])
+				continue;
+			uint32_t p = hb_pid(t, idx[j]);
+			if (p == old[j])
+				continue;
+			if (!cleared[j]) {
+				cleared[j] = now - t0;
+				nclear++;
+			}
+			if (p != 0) {
+				back[j] = now - t0;
+				nback++;
+			}
+		}
+		if (now > deadline)
+			break;
+		sched_yield();
+	}
+	printf("ok n=%u killns=%llu nclear=%u nback=%u clear=", k, (unsigned long long)(tk - t0), nclear, nback);
+	for (uint32_t j = 0; j < k; j++)
+		printf(j ? ",%llu" : "%llu", (unsigned long long)cleared[j]);
+	fputs(" back=", stdout);
+	for (uint32_t j = 0; j < k; j++)
+		printf(j ? ",%llu" : "%llu", (unsigned long long)back[j]);
+	putchar('\n');
+out:
+	free(old);
+	free(idx);
+	free(cleared);
+	free(back);
+}
+
+/* rawkillall EXE N SETTLE_US: the kernel floor of the scale test, without
+ * hb. Starts N children one after the other (vfork+exec), watches their
+ * pidfds in one epoll, kills them all at once and waits until every pidfd
+ * is readable. Prints the time to start them all, to send the kills, and
+ * per child the ns from the first kill to the epoll wake-up that saw it. */
+static void cmd_rawkillall(int eid, long n, long settle)
+{
+	const char *e = exe(eid);
+	if (!e || n < 1 || n > 65536) {
+		printf("err bad rawkillall arguments\n");
+		return;
+	}
+	pid_t *pids = calloc((size_t)n, sizeof *pids);
+	int *pfds = calloc((size_t)n, sizeof *pfds);
+	uint64_t *seen = calloc((size_t)n, sizeof *seen);
+	struct epoll_event *evs = calloc(256, sizeof *evs);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	long started = 0;
+	if (!pids || !pfds || !seen || !evs || ep < 0) {
+		printf("err out of memory\n");
+		goto out;
+	}
+	uint64_t ts = now_ns();
+	for (; started < n; started++) {
+		pids[started] = spawn(e);
+		if (pids[started] < 0)
+			break;
+		pfds[started] = (int)syscall(SYS_pidfd_open, pids[started], 0);
+		struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)started};
+		if (pfds[started] < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, pfds[started], &ev) < 0) {
+			kill(pids[started], SIGKILL);
+			reap(pids[started]);
+			break;
+		}
+	}
+	uint64_t tstart = now_ns() - ts;
+	if (started < n) {
+		printf("err started only %ld of %ld: %s\n", started, n, strerror(errno));
+		goto kill;
+	}
+	sleep_us(settle);
+	uint64_t t0 = now_ns();
+	for (long i = 0; i < n; i++)
+		kill(pids[i], SIGKILL);
+	uint64_t tk = now_ns() - t0;
+	long got = 0;
+	while (got < n) {
+		int k = epoll_wait(ep, evs, 256, 10000);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		uint64_t now = now_ns() - t0;
+		for (int j = 0; j < k; j++) {
+			uint64_t i = evs[j].data.u64;
+			if (!seen[i]) {
+				seen[i] = now;
+				got++;
+				epoll_ctl(ep, EPOLL_CTL_DEL, pfds[i], NULL);
+			}
+		}
+	}
+	printf("ok n=%ld got=%ld startns=%llu killns=%llu seen=", n, got, (unsigned long long)tstart, (unsigned long long)tk);
+	for (long i = 0; i < n; i++)
+		printf(i ? ",%llu" : "%llu", (unsigned long long)seen[i]);
+	putchar('\n');
+kill:
+	for (long i = 0; i < started; i++) {
+		kill(pids[i], SIGKILL);
+		reap(pids[i]);
+		close(pfds[i]);
+	}
+out:
+	if (ep >= 0)
+		close(ep);
+	free(pids);
+	free(pfds);
+	free(seen);
+	free(evs);
+}
+
+static void quit_children(void)
+{
+	for (int i = 0; i < MAX_EXES; i++)
+		if (bare_child[i] > 0) {
+			kill(bare_child[i], SIGKILL);
+			reap(bare_child[i]);
+			bare_child[i] = 0;
+		}
+}
+
+static int serve(void)
+{
+	char line[8192];
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	while (fgets(line, sizeof line, stdin)) {
+		char cmd[32], arg[4096];
+		int a, b;
+		long c, d, e, f, g;
+		unsigned u;
+		if (sscanf(line, "%31s", cmd) != 1)
+			continue;
+		if (!strcmp(cmd, "open") && sscanf(line, "%*s %d %4095s", &a, arg) == 2) {
+			if (a < 0 || a >= MAX_TABLES) {
+				printf("err bad table id\n");
+				continue;
+			}
+			hb_close(&tables[a]);
+			int rc = hb_open_path(arg, &tables[a]);
+			if (rc < 0)
+				printf("err open %s: %s\n", arg, hb_strerror(rc));
+			else
+				printf("ok slots=%u\n", tables[a].slot_count);
+		} else if (!strcmp(cmd, "close") && sscanf(line, "%*s %d", &a) == 1) {
+			if (a >= 0 && a < MAX_TABLES)
+				hb_close(&tables[a]);
+			printf("ok\n");
+		} else if (!strcmp(cmd, "exe") && sscanf(line, "%*s %d %4095s", &a, arg) == 2) {
+			if (a < 0 || a >= MAX_EXES) {
+				printf("err bad exe id\n");
+				continue;
+			}
+			free(exes[a]);
+			exes[a] = strdup(arg);
+			printf("ok\n");
+		} else if (!strcmp(cmd, "mode") && sscanf(line, "%*s %4095s", arg) == 1) {
+			yield_mode = strcmp(arg, "spin") != 0;
+			printf("ok mode=%s\n", yield_mode ? "yield" : "spin");
+		} else if (!strcmp(cmd, "cnopen")) {
+			int rc = cn_open();
+			if (rc < 0)
+				printf("err proc connector: %s\n", strerror(-rc));
+			else
+				printf("ok\n");
+		} else if (!strcmp(cmd, "kill0") && sscanf(line, "%*s %d %d %u", &a, &b, &u) == 3) {
+			cmd_kill0(a, b, u);
+		} else if (!strcmp(cmd, "respawn") && sscanf(line, "%*s %d %d %u", &a, &b, &u) == 3) {
+			cmd_respawn(a, b, u);
+		} else if (!strcmp(cmd, "rawpidfd") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
+			cmd_rawpidfd(a, c);
+		} else if (!strcmp(cmd, "rawcn") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
+			cmd_rawcn(a, c);
+		} else if (!strcmp(cmd, "bare") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
+			cmd_bare(a, c);
+		} else if (!strcmp(cmd, "peer") &&
+			   sscanf(line, "%*s %d %d %ld %4095s %ld %ld %ld %ld", &a, &b, &c, arg, &d, &e, &f, &g) == 8) {
+			cmd_peer(a, b, (pid_t)c, arg, (int)d, e, f, g);
+		} else if (!strcmp(cmd, "killall") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
+			cmd_killall(a, c);
+		} else if (!strcmp(cmd, "rawkillall") && sscanf(line, "%*s %d %ld %ld", &a, &c, &d) == 3) {
+			cmd_rawkillall(a, c, d);
+		} else if (!strcmp(cmd, "quit")) {
+			quit_children();
+			printf("ok\n");
+			return 0;
+		} else {
+			printf("err unknown or malformed command: %s", line);
+			if (!strchr(line, '\n'))
+				putchar('\n');
+		}
+	}
+	quit_children();
+	return 0;
+}
+
+/* flood SECS PROCS: PROCS processes, each creating and reaping short-lived
+ * children (vfork + _exit) as fast as it can for SECS seconds. Prints the
+ * number of exits. */
+static int flood(double secs, int procs)
+{
+	int fds[2];
+	uint64_t total = 0, t0 = now_ns(), end = t0 + (uint64_t)(secs * 1e9);
+	if (procs < 1 || procs > 256 || pipe(fds) < 0) {
+		printf("err bad flood arguments\n");
+		return 2;
+	}
+	for (int i = 0; i < procs; i++) {
+		pid_t w = fork();
+		if (w < 0) {
+			printf("err fork: %s\n", strerror(errno));
+			return 1;
+		}
+		if (w == 0) {
+			uint64_t n = 0;
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			close(fds[0]);
+			while (now_ns() < end) {
+				for (int j = 0; j < 16; j++) {
+					pid_t c = vfork();
+					if (c == 0)
+						_exit(0);
+					if (c > 0 && reap(c) >= 0)
+						n++;
+				}
+			}
+			if (write(fds[1], &n, sizeof n) != (ssize_t)sizeof n)
+				_exit(1);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	for (int i = 0; i < procs; i++) {
+		uint64_t n;
+		if (read(fds[0], &n, sizeof n) == (ssize_t)sizeof n)
+			total += n;
+	}
+	while (wait(NULL) > 0 || errno == EINTR)
+		;
+	printf("ok exits=%llu ns=%llu\n", (unsigned long long)total, (unsigned long long)(now_ns() - t0));
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (argc >= 2 && !strcmp(argv[1], "serve"))
+		return serve();
+	if (argc == 4 && !strcmp(argv[1], "flood"))
+		return flood(atof(argv[2]), atoi(argv[3]));
+	fputs("usage: hbbench-helper serve | flood SECS PROCS\n", stderr);
+	return 2;
+}

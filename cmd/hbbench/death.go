@@ -1,0 +1,282 @@
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+// Service names in the shared hbds.
+const (
+	svcC  = "c"  // bin/hbclient
+	svcGo = "go" // the Go client
+)
+
+// sharedHBD returns the shared hbd with detector det ("connector" or
+// "pidfd"), starting it on first use with the C client and, when built, the
+// Go client.
+func (e *env) sharedHBD(det string) (*hbdProc, error) {
+	if h := e.shared[det]; h != nil {
+		return h, nil
+	}
+	services := []svc{{name: svcC, command: []string{e.hbclient}}}
+	if e.goClient != "" {
+		services = append(services, svc{name: svcGo, command: []string{e.goClient}})
+	}
+	h, err := e.startHBD(hbdConfig{label: det, detector: det, slots: 16, services: services})
+	if err != nil {
+		return nil, err
+	}
+	if e.shared == nil {
+		e.shared = map[string]*hbdProc{}
+	}
+	e.shared[det] = h
+	if _, err := h.waitUp(len(services), 30*time.Second); err != nil {
+		return nil, err
+	}
+	hl, err := h.health()
+	if err != nil {
+		return nil, fmt.Errorf("hbd %s: health: %w", det, err)
+	}
+	if hl.Plugin == nil || hl.Plugin.Connector != (det == "connector") {
+		return nil, fmt.Errorf("hbd %s: plugin runs connector=%v, want %v", det, hl.Plugin != nil && hl.Plugin.Connector, det == "connector")
+	}
+	return h, nil
+}
+
+// stopShared stops the shared hbds.
+func (e *env) stopShared() {
+	for det, h := range e.shared {
+		h.stop()
+		delete(e.shared, det)
+	}
+}
+
+// hbTarget is one service of an hbd that a test kills again and again.
+type hbTarget struct {
+	h      *hbdProc
+	name   string
+	idx    int
+	last   uint32 // the PID killed last
+	kills  int
+	exits0 uint64 // slot exits counter before the first kill
+	api0   uint64 // hbd's exits count before the first kill
+	errs   int    // kills whose slot never changed, or never came back
+}
+
+func newTarget(h *hbdProc, name string) (*hbTarget, error) {
+	idx, err := h.slot(name)
+	if err != nil {
+		return nil, err
+	}
+	t := &hbTarget{h: h, name: name, idx: idx}
+	t.exits0 = h.table.Snapshot(idx).Exits
+	if t.api0, err = h.apiExits(name); err != nil {
+		return nil, fmt.Errorf("hbd %s: status of %s: %w", h.cfg.label, name, err)
+	}
+	return t, nil
+}
+
+// ready waits for a running incarnation other than the one killed last and
+// lets it (and hbd) settle; it returns its PID.
+func (t *hbTarget) ready(e *env) (uint32, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p := t.h.table.PID(t.idx)
+		if p != 0 && p != t.last {
+			time.Sleep(e.jitter())
+			if q := t.h.table.PID(t.idx); q != p {
+				continue // died meanwhile
+			}
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("hbd %s: service %s not running again 10 s after the kill of pid %d (slot pid %d)",
+				t.h.cfg.label, t.name, t.last, p)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// audit is the state of t after its kills: whether the service runs again,
+// and how many exits the slot and hbd counted since newTarget.
+type audit struct {
+	backErr   error
+	slotExits uint64
+	apiExits  uint64
+	apiErr    error
+}
+
+// ok reports whether every kill was counted once, in the slot and by hbd,
+// and the service runs again.
+func (a audit) ok(t *hbTarget) bool {
+	return a.backErr == nil && a.apiErr == nil && t.errs == 0 &&
+		a.slotExits == uint64(t.kills) && a.apiExits == uint64(t.kills)
+}
+
+func (t *hbTarget) audit(e *env) audit {
+	var a audit
+	_, a.backErr = t.ready(e)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.slotExits = t.h.table.Snapshot(t.idx).Exits - t.exits0
+		if a.slotExits >= uint64(t.kills) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var n uint64
+	n, a.apiErr = t.h.apiExits(t.name)
+	a.apiExits = n - t.api0
+	return a
+}
+
+// verify checks that every kill was counted as one exit, in the slot and by
+// hbd, and that the service runs again.
+func (t *hbTarget) verify(e *env, r *Report, test, label string) {
+	a := t.audit(e)
+	if a.backErr != nil {
+		r.check(test, label+": service back after the last kill", false, "%v", a.backErr)
+	} else {
+		r.check(test, label+": service back after the last kill", true, "pid %d", t.h.table.PID(t.idx))
+	}
+	r.check(test, label+": every kill recorded in the slot", a.slotExits == uint64(t.kills) && t.errs == 0,
+		"%d kills, slot exits +%d, %d kills not seen in the slot", t.kills, a.slotExits, t.errs)
+	if a.apiErr != nil {
+		r.check(test, label+": every kill seen by hbd", false, "%v", a.apiErr)
+	} else {
+		r.check(test, label+": every kill seen by hbd", a.apiExits == uint64(t.kills),
+			"%d kills, hbd exits +%d", t.kills, a.apiExits)
+	}
+}
+
+// runDeath: kill -9 → slot PID 0, for hb with each detector, against a raw
+// pidfd poll and a raw proc connector listener, interleaved round-robin.
+func runDeath(e *env, r *Report) error {
+	const test = "death"
+	type kind struct {
+		name   string
+		sample func() error
+	}
+	var (
+		kinds                   []kind
+		rawPidfd, rawCn         []float64
+		hbKill0                 = map[string][]float64{}
+		hbDetect                = map[string][]float64{}
+		hbSeen                  = map[string][]float64{}
+		targets                 = map[string]*hbTarget{}
+		settleUs                = func() int64 { return e.jitter().Microseconds() }
+		rawPidfdErrs, rawCnErrs int
+		missedZero              = map[string]int{}
+		detectors               = []string{"connector", "pidfd"}
+		hbName                  = func(det string) string { return "hb detector=" + det + ": kill→slot 0" }
+	)
+	kinds = append(kinds, kind{"raw pidfd", func() error {
+		rep, err := e.helper.call("rawpidfd %d %d", e.exeC, settleUs())
+		if err != nil {
+			rawPidfdErrs++
+			return err
+		}
+		rawPidfd = append(rawPidfd, float64(rep.u64("t1")-rep.u64("t0")))
+		return nil
+	}})
+	if e.cnErr == nil {
+		kinds = append(kinds, kind{"raw connector", func() error {
+			rep, err := e.helper.call("rawcn %d %d", e.exeC, settleUs())
+			if err != nil {
+				rawCnErrs++
+				return err
+			}
+			rawCn = append(rawCn, float64(rep.u64("t1")-rep.u64("t0")))
+			return nil
+		}})
+	} else {
+		r.Skipped = append(r.Skipped, fmt.Sprintf("death: raw connector baseline and hb detector=connector: %v", e.cnErr))
+		detectors = []string{"pidfd"}
+	}
+	for _, det := range detectors {
+		h, err := e.sharedHBD(det)
+		if err != nil {
+			return err
+		}
+		t, err := newTarget(h, svcC)
+		if err != nil {
+			return err
+		}
+		targets[det] = t
+		kinds = append(kinds, kind{"hb " + det, func() error {
+			pid, err := t.ready(e)
+			if err != nil {
+				return err
+			}
+			t.kills++
+			t.last = pid
+			rep, err := e.helper.call("kill0 %d %d %d", h.helperID, t.idx, pid)
+			if err != nil {
+				t.errs++
+				return err
+			}
+			t0, t1, det0 := rep.u64("t0"), rep.u64("t1"), rep.u64("detected")
+			if rep.u64("seen") != 0 {
+				missedZero[det]++ // the reader saw the next PID, not 0: cannot happen with a live reader
+			}
+			hbKill0[det] = append(hbKill0[det], float64(t1-t0))
+			if det0 >= t0 && det0 <= t1 {
+				hbDetect[det] = append(hbDetect[det], float64(det0-t0))
+				hbSeen[det] = append(hbSeen[det], float64(t1-det0))
+			}
+			return nil
+		}})
+	}
+	var firstErr error
+	fails := 0
+	for i := range e.opts.kills {
+		for k := range kinds {
+			kd := kinds[(i+k)%len(kinds)]
+			if err := kd.sample(); err != nil {
+				fails++
+				if firstErr == nil {
+					firstErr = fmt.Errorf("%s: %w", kd.name, err)
+				}
+				logf("death: %s: %v", kd.name, err)
+				if fails > 10 {
+					return fmt.Errorf("too many failed samples, first: %w", firstErr)
+				}
+			}
+		}
+	}
+
+	r.addSeries(test, "raw pidfd poll: kill→poll returns", "us", rawPidfd).Note = "baseline"
+	if e.cnErr == nil {
+		r.addSeries(test, "raw proc connector: kill→exit event read", "us", rawCn).Note = "baseline"
+	}
+	base := map[string]string{"connector": "raw proc connector: kill→exit event read", "pidfd": "raw pidfd poll: kill→poll returns"}
+	for _, det := range detectors {
+		res := r.addSeries(test, hbName(det), "us", hbKill0[det])
+		r.against(res, base[det])
+		res.Target = "≤1.25× raw p50, ≤2× raw p99"
+		meetsRatio(res, 1.25, 2)
+		// Where the time goes: detected is the plugin's own clock at the
+		// moment its detecting goroutine learnt of the exit (slot
+		// last_exit_ns), just before the slot store.
+		det0 := r.addSeries(test, "hb detector="+det+": kill→plugin detects", "us", hbDetect[det])
+		det0.Note = "breakdown: ≈ the slot store, before any reader"
+		r.against(det0, base[det])
+		r.addSeries(test, "hb detector="+det+": plugin detects→reader sees 0", "us", hbSeen[det]).Note = "breakdown"
+	}
+	for _, det := range detectors {
+		t := targets[det]
+		t.verify(e, r, test, "hb "+det)
+		// Timing, not correctness: a reader descheduled for longer than a
+		// respawn sees the next PID without seeing 0 (the slot exits count
+		// above proves the 0 was stored).
+		res := r.addValue(test, "hb detector="+det+": kills where the reader saw the next PID, not 0", "kills", float64(missedZero[det]))
+		res.Note = fmt.Sprintf("of %d; reader descheduled longer than a respawn", t.kills)
+		r.note("death, hb detector=%s: exits by detector (hbd log): %s", det, formatSources(t.h.exitSources()))
+	}
+	r.check(test, "baselines ran", rawPidfdErrs == 0 && rawCnErrs == 0, "%d raw pidfd and %d raw connector samples failed",
+		rawPidfdErrs, rawCnErrs)
+	if firstErr != nil {
+		return firstErr
+	}
+	return nil
+}

@@ -1,0 +1,35 @@
+// Command hbbench is hb's benchmark: it runs hbd as a real subprocess on
+// temporary configurations and measures, each against a baseline taken in
+// the same run with samples interleaved,
+//
+//   - death: kill -9 of a service until its slot's PID reads 0, seen by a
+//     C reader spinning on hb_pid(), for detector "connector" and "pidfd",
+//     against a raw pidfd poll and a raw proc connector listener;
+//   - respawn: kill -9 until the replacement's PID is in the slot, for a C
+//     client and a Go client, against a bare fork/exec+wait loop;
+//   - peer: the cost of one liveness check (Table.PID, hb_pid) against
+//     kill(pid, 0) and reading a small status file;
+//   - scale: N services in one hbd: start, kill all at once, RSS, idle CPU;
+//   - flood: an exit flood of unrelated processes while services are killed
+//     at random: missed exits, plugin CPU, resyncs.
+//
+// It prints a markdown report (or JSON with --json) and exits 1 if any exit
+// was missed or any slot was left wrong; timings never fail it.
+//
+//	hbbench [--quick|--long] [--only death,respawn,peer,scale,flood] [--json]
+//	        [--kills N] [--services N] [--flood-secs N] [--hbd PATH] ...
+//
+// The timed parts run in a small C helper (csrc/helper.c) that hbbench
+// compiles at start with $CC against contrib/c/hb_shm.h. hbd and hbclient
+// are looked for next to hbbench's own executable (make build puts all three
+// in bin/). Everything hbbench starts is stopped, and every table it made is
+// removed, when it ends, also on SIGINT/SIGTERM.
+package main
+
+import (
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}

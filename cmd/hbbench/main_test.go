@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    func(*options) bool
+		wantErr string
+	}{
+		{name: "defaults", args: nil, want: func(o *options) bool {
+			return o.kills == 200 && o.services == 1000 && o.floodSecs == 10 && len(o.only) == 5 && o.reader == "yield"
+		}},
+		{name: "quick presets", args: []string{"--quick"}, want: func(o *options) bool {
+			return o.kills == 10 && o.services == 50 && o.floodSecs == 2 && o.idleSecs == 1
+		}},
+		{name: "explicit flag beats preset", args: []string{"--quick", "--kills", "3"}, want: func(o *options) bool {
+			return o.kills == 3 && o.services == 50
+		}},
+		{name: "long presets", args: []string{"--long"}, want: func(o *options) bool { return o.kills == 1000 && o.floodSecs == 30 }},
+		{name: "only", args: []string{"--only", "death, peer"}, want: func(o *options) bool {
+			return len(o.only) == 2 && o.only["death"] && o.only["peer"]
+		}},
+		{name: "unknown test", args: []string{"--only", "death,speed"}, wantErr: `unknown test "speed"`},
+		{name: "quick and long", args: []string{"--quick", "--long"}, wantErr: "exclude each other"},
+		{name: "bad reader", args: []string{"--reader", "sleep"}, wantErr: "--reader"},
+		{name: "zero kills", args: []string{"--kills", "0"}, wantErr: "at least 1"},
+		{name: "stray argument", args: []string{"now"}, wantErr: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseFlags(%q) error = %v, want one containing %q", tt.args, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseFlags(%q): %v", tt.args, err)
+			}
+			if !tt.want(o) {
+				t.Errorf("parseFlags(%q) = %+v", tt.args, *o)
+			}
+		})
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	xs := make([]float64, 0, 200)
+	for i := 200; i >= 1; i-- {
+		xs = append(xs, float64(i))
+	}
+	got := summarize(xs)
+	want := summary{N: 200, P50: 100, P99: 198, Max: 200}
+	if got != want {
+		t.Errorf("summarize(1..200) = %+v, want %+v", got, want)
+	}
+	if got := summarize([]float64{7}); got != (summary{N: 1, P50: 7, P99: 7, Max: 7}) {
+		t.Errorf("summarize([7]) = %+v", got)
+	}
+	if got := summarize(nil); got != (summary{}) {
+		t.Errorf("summarize(nil) = %+v", got)
+	}
+}
+
+// buildTools builds hbbench, hbd and hbclient into one directory, the way
+// make build lays out bin/.
+func buildTools(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool in $PATH to build hbbench and hbd")
+	}
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		if cc, err = exec.LookPath("gcc"); err != nil {
+			t.Skip("no C compiler (cc or gcc) for hbclient and the helper")
+		}
+	}
+	dir := t.TempDir()
+	for _, pkg := range []string{".", "../hbd"} {
+		cmd := exec.Command(goTool, "build", "-o", dir+"/", pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	cmd := exec.Command(cc, "-std=c11", "-O2", "-o", filepath.Join(dir, "hbclient"), "../../contrib/c/hbclient.c")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("compile hbclient: %v\n%s", err, b)
+	}
+	return dir
+}
+
+// TestQuickRun runs the real benchmark with tiny counts and checks the JSON
+// it prints. Only shapes and correctness are checked, never timings. As
+// non-root the proc connector parts are present only if the connector works
+// here; the pidfd parts always run.
+func TestQuickRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--quick", "--only", "death,respawn,peer",
+		"--kills", "3", "--peer-batches", "3", "--settle", "2ms", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("hbbench ran in %v; stderr:\n%s", time.Since(start).Round(time.Millisecond), stderr.String())
+	if err != nil {
+		t.Fatalf("hbbench: %v\nstdout:\n%s", err, stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	if !rep.OK {
+		t.Errorf("report ok = false; checks: %+v", rep.Checks)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	m := rep.Meta
+	if m.Date == "" || m.Kernel == "" || m.Command == "" || m.Cores < 1 || len(m.LoadAvg) != 2 {
+		t.Errorf("meta incomplete: %+v", m)
+	}
+	if strings.Join(m.Tests, ",") != "death,respawn,peer" {
+		t.Errorf("meta.tests = %v, want death,respawn,peer", m.Tests)
+	}
+	det := "pidfd"
+	if m.Connector {
+		det = "connector"
+	}
+	want := []struct {
+		test, name string
+		baseline   bool // has ratios against a baseline
+	}{
+		{"death", "raw pidfd poll: kill→poll returns", false},
+		{"death", "hb detector=pidfd: kill→slot 0", true},
+		{"death", "hb detector=pidfd: kill→plugin detects", false},
+		{"respawn", "bare fork/exec+wait loop, C client (hbclient): kill→new child exec'd", false},
+		{"respawn", "hb detector=" + det + ", C client (hbclient): kill→new PID in slot", true},
+		{"peer", "C kill(pid, 0)", false},
+		{"peer", "C hb_pid()", true},
+		{"peer", "Go Table.PID", true},
+	}
+	if m.Connector {
+		want = append(want,
+			struct {
+				test, name string
+				baseline   bool
+			}{"death", "raw proc connector: kill→exit event read", false},
+			struct {
+				test, name string
+				baseline   bool
+			}{"death", "hb detector=connector: kill→slot 0", true})
+	}
+	for _, w := range want {
+		var got *Result
+		for _, res := range rep.Results {
+			if res.Test == w.test && res.Name == w.name {
+				got = res
+			}
+		}
+		if got == nil {
+			t.Errorf("no result %s / %q", w.test, w.name)
+			continue
+		}
+		if got.N == 0 || got.Unit == "" || got.P50 <= 0 || got.P50 > got.P99 || got.P99 > got.Max {
+			t.Errorf("%s / %q: bad distribution %+v", w.test, w.name, *got)
+		}
+		if w.baseline && (got.Baseline == "" || got.RatioP50 <= 0 || got.RatioP99 <= 0) {
+			t.Errorf("%s / %q: no ratio against a baseline: %+v", w.test, w.name, *got)
+		}
+	}
+	// Nothing left behind: no table of this run in /dev/shm.
+	prefix := fmt.Sprintf("hbbench-%d-", cmd.Process.Pid)
+	ents, _ := os.ReadDir("/dev/shm")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			t.Errorf("/dev/shm/%s left behind", e.Name())
+		}
+	}
+}
