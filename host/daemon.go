@@ -49,6 +49,7 @@ type Daemon struct {
 	// of an older connection ignores itself.
 	pluginGen uint64 // guarded by mu
 	evCancel  context.CancelFunc
+	evCtx     context.Context // the current event subscription's; guarded by mu
 }
 
 // newDaemon loads nothing; Run does.
@@ -83,6 +84,9 @@ func (d *Daemon) connect() error {
 			Args:     pluginArgs(h),
 			StateDir: h.StateDir,
 			Logger:   hclogFor(d.log),
+			// Until it serves, the plugin's stderr is its only way to say
+			// why it could not start (e.g. the table is another writer's).
+			Stderr: os.Stderr,
 		})
 		if err != nil {
 			return fmt.Errorf("start plugin: %w", err)
@@ -106,6 +110,7 @@ func (d *Daemon) connect() error {
 	if saved, ok := loadSeq(h.StateDir, info.PID); ok && saved <= info.LastSeq {
 		after = saved
 	}
+	d.lastSeq = after
 	evctx, evcancel := context.WithCancel(context.Background())
 	events, err := d.shim.Events(evctx, after)
 	if err != nil {
@@ -115,7 +120,7 @@ func (d *Daemon) connect() error {
 	if d.evCancel != nil {
 		d.evCancel()
 	}
-	d.evCancel = evcancel
+	d.evCancel, d.evCtx = evcancel, evctx
 	if err := d.reconcile(); err != nil {
 		return err
 	}
@@ -180,12 +185,21 @@ func (d *Daemon) reconcile() error {
 				d.armPromotion(s)
 			}
 			d.mirror(s)
-		case st == policy.StateStopped || st == policy.StateFatal || st == policy.StateExited:
+		case st == policy.StateStopped || st == policy.StateFatal:
 			s.m = policy.NewMachine(st) // down on purpose: keep it down
 			s.pid = 0
 		default:
 			// It died while nobody was deciding: apply the policy now.
+			// That includes exited: the plugin records every exit it does
+			// not respawn itself as exited, so exited here may be an exit
+			// hbd never saw. One hbd did see and kept down is kept down
+			// again, since the policy answers the same for the same status.
 			s.pid = 0
+			if sl.LastExitNs != 0 {
+				if now := shm.MonotonicNs(); now >= sl.LastExitNs {
+					s.lastExit = time.Now().Add(-time.Duration(now - sl.LastExitNs))
+				}
+			}
 			s.m = policy.NewMachine(policy.StateRunning)
 			d.decide(s, int(sl.LastStatus), time.Time{})
 		}
@@ -221,22 +235,63 @@ func (d *Daemon) dropOrphan(name string, sl shm.Slot) {
 // consume handles the plugin's event stream until it ends. Events with
 // Seq <= replayed happened before this connection and are only reported.
 func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64) {
-	for ev := range events {
-		d.mu.Lock()
-		if gen != d.pluginGen {
+	gap := false // events may have been dropped between two subscriptions
+	for {
+		for ev := range events {
+			d.mu.Lock()
+			if gen != d.pluginGen {
+				d.mu.Unlock()
+				return
+			}
+			if gap && ev.Seq > d.lastSeq+1 {
+				// Fell behind by more than the plugin keeps: take the
+				// services' state from the table instead.
+				d.log.Warn("missed plugin events; reconciling with the table", "from", d.lastSeq+1, "to", ev.Seq-1)
+				if err := d.reconcile(); err != nil {
+					d.log.Error("reconcile", "err", err)
+				}
+			}
+			gap = false
+			switch {
+			case ev.Seq <= replayed:
+				d.report(ev) // before this connection: already in the table
+			case ev.Seq <= d.lastSeq:
+				// handled before a resubscription
+			default:
+				d.handle(ev)
+			}
+			if ev.Seq > d.lastSeq {
+				d.lastSeq = ev.Seq
+				d.markSeqDirty()
+			}
 			d.mu.Unlock()
-			return
 		}
-		if ev.Seq > d.lastSeq || ev.Seq <= replayed {
-			d.lastSeq = max(d.lastSeq, ev.Seq)
-			d.markSeqDirty()
+		// The stream ended: the plugin died (watchPlugin takes over), hbd
+		// is closing, or this subscriber fell too far behind and the plugin
+		// dropped it. In the last case, resubscribe from the last event
+		// handled.
+		for {
+			d.mu.Lock()
+			if gen != d.pluginGen || d.closing {
+				d.mu.Unlock()
+				return
+			}
+			select {
+			case <-d.conn.Exited():
+				d.mu.Unlock()
+				return
+			default:
+			}
+			var err error
+			events, err = d.shim.Events(d.evCtx, d.lastSeq)
+			d.mu.Unlock()
+			if err == nil {
+				gap = true
+				break
+			}
+			d.log.Warn("resubscribe to plugin events", "err", err)
+			time.Sleep(100 * time.Millisecond)
 		}
-		if ev.Seq <= replayed {
-			d.report(ev)
-		} else {
-			d.handle(ev)
-		}
-		d.mu.Unlock()
 	}
 }
 

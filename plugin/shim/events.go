@@ -12,7 +12,7 @@ const ringSize = 4096
 
 // subBuffer is the live-event headroom of a subscriber's channel on top of
 // its replay.
-const subBuffer = 1024
+const subBuffer = 16384
 
 // eventLog numbers events, keeps the last ringSize of them and fans each out
 // to the subscribers. emit never blocks: a subscriber whose channel is full is

@@ -26,7 +26,7 @@ func (s *Shim) onExit(ex connector.Exit) {
 	}
 }
 
-// exitLoop runs finish for every exit, in detection order.
+// exitLoop runs finish for every exit.
 func (s *Shim) exitLoop() {
 	defer s.wg.Done()
 	for {
@@ -37,7 +37,15 @@ func (s *Shim) exitLoop() {
 			if !ok {
 				return
 			}
-			s.finish(ex)
+			// Each exit on its own goroutine: a kill of many services is
+			// reaped and respawned in parallel, not one fork/exec after
+			// another. Exits of one service cannot overlap: its next
+			// incarnation is watched only after this one's spawn event.
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.finish(ex)
+			}()
 		}
 	}
 }

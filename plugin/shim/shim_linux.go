@@ -219,7 +219,7 @@ func New(opts Options) (*Shim, error) {
 
 	s.adoptAll()
 	log.Info("shim started", "shm", s.shmPath, "slots", w.Len(), "connector", conn, "pidfd", pidfd,
-		"adopted", s.adopted, "table_adopted", w.Adopted())
+		"rcvbuf", watcher.Stats().ReadBuffer, "adopted", s.adopted, "table_adopted", w.Adopted())
 	return s, nil
 }
 
