@@ -350,8 +350,16 @@ func (d *Daemon) handle(ev plugin.Event) {
 		s.startedAt = time.Now()
 		s.adopted = false
 		s.down = make(chan struct{})
-		d.setState(s, policy.StateStarting, "respawned at once by the plugin")
 		d.log.Info("spawned", "service", s.cfg.Name, "pid", ev.PID, "generation", ev.Generation, "by", "plugin")
+		if s.state() == policy.StateStopping {
+			// The respawn raced a stop (the exit came before the plugin
+			// saw the Stop): the stop under way takes this incarnation
+			// down too, and stopOne waits for it. It stays stopping.
+			d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: ev.PID, Generation: ev.Generation,
+				Reason: "respawned by the plugin while stopping"})
+			return
+		}
+		d.setState(s, policy.StateStarting, "respawned at once by the plugin")
 		d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: ev.PID, Generation: ev.Generation,
 			Reason: "respawned by the plugin"})
 		d.armPromotion(s)

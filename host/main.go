@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/plugin/shim"
 )
@@ -247,23 +250,43 @@ wait:
 	return stopErr
 }
 
-// force makes stops immediate: every live service gets SIGKILL now.
+// force makes stops immediate: every live service gets SIGKILL now. The one
+// whose stop is under way is signalled (its Stop holds the service in the
+// plugin, and the plugin never respawns a stopping service); the others are
+// stopped with SIGKILL and no grace, so the plugin does not take their death
+// for a crash and respawn them (Spec.Respawn) on the way out.
 func (d *Daemon) force() {
 	d.mu.Lock()
 	d.forced = true
-	var live []string
+	var stopping, live []string
 	for _, name := range d.order {
-		if d.svcs[name].pid != 0 {
+		s := d.svcs[name]
+		switch {
+		case s.pid == 0:
+		case s.state() == policy.StateStopping:
+			stopping = append(stopping, name)
+		default:
 			live = append(live, name)
 		}
 	}
 	sh := d.shim
 	d.mu.Unlock()
-	for _, name := range live {
+	for _, name := range stopping {
 		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 		_ = sh.Signal(ctx, name, syscall.SIGKILL)
 		cancel()
 	}
+	var wg sync.WaitGroup
+	for _, name := range live {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+			defer cancel()
+			if err := sh.Stop(ctx, name, syscall.SIGKILL, 0); err != nil && !errors.Is(err, plugin.ErrNotRunning) {
+				d.log.Warn("forced stop", "service", name, "err", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // hclogFor gives go-plugin's host side a quiet logger on stderr.
@@ -275,7 +298,23 @@ const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|conn
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
+
+Environment (inherited from hbd):
+  HB_CONNECTOR_RCVBUF=BYTES   receive buffer of the proc connector socket
+                              (default 4 MiB; the kernel enforces a small
+                              minimum). A testing and tuning knob: a tiny
+                              buffer makes the kernel drop exit events
+                              (ENOBUFS), which the plugin survives by
+                              rescanning every watched process.
 `
+
+// ConnectorRcvbufEnv names the environment variable that sets the proc
+// connector's receive buffer in bytes (connector.Options.ReadBuffer) for
+// `hbd plugin`; hbd's environment is passed on to the plugin. Unset or 0
+// means connector.DefaultReadBuffer; a negative value keeps the system
+// default. It is a testing and tuning knob: the fault suite sets it tiny to
+// force event loss (ENOBUFS) and check that no watched exit is missed.
+const ConnectorRcvbufEnv = "HB_CONNECTOR_RCVBUF"
 
 // PluginMain is the entry point of `hbd plugin`.
 func PluginMain(args []string) int {
@@ -314,7 +353,15 @@ func PluginMain(args []string) int {
 		_ = lv.UnmarshalText([]byte(v))
 	}
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: lv})).With("pid", os.Getpid())
-	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log})
+	rcvbuf := 0
+	if v := os.Getenv(ConnectorRcvbufEnv); v != "" {
+		if rcvbuf, err = strconv.Atoi(strings.TrimSpace(v)); err != nil {
+			fmt.Fprintf(os.Stderr, "hbd plugin: %s=%q: not a number of bytes\n", ConnectorRcvbufEnv, v)
+			return 2
+		}
+	}
+	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log,
+		ReadBuffer: rcvbuf})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)

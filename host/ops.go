@@ -85,7 +85,9 @@ func (d *Daemon) Start(names []string) error {
 		s.failedStarts = 0
 		d.spawn(s, "started by request")
 		if st := s.state(); st == policy.StateFatal || st == policy.StateBackoff {
-			errs = append(errs, fmt.Errorf("service %q: %s", s.cfg.Name, s.reason))
+			// The service cannot start as configured here (no such
+			// program, bad user, ...): the request's fault, not hbd's.
+			errs = append(errs, fmt.Errorf("service %q: %s: %w", s.cfg.Name, s.reason, api.ErrConflict))
 		}
 	}
 	return errors.Join(errs...)

@@ -231,11 +231,27 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		return fail(errors.New("go-plugin gave no reattach information"))
 	}
 	pid := rc.Pid
-	if pidfd < 0 {
-		if pidfd, err = unix.PidfdOpen(pid, 0); err != nil {
-			return fail(fmt.Errorf("pidfd_open(%d): %w", pid, err))
+	// The watch needs a nonblocking pidfd, but the one clone gave shares its
+	// open file description with the copy os/exec keeps for cmd.Wait:
+	// O_NONBLOCK on it would make go-plugin's cmd.Wait (waitid P_PIDFD)
+	// fail with EAGAIN instead of reaping, leaving a dead plugin a zombie.
+	// So the watch gets a description of its own, opened while the
+	// clone-time pidfd shows the process alive (an unexited child's PID
+	// cannot have been reused).
+	wfd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return fail(fmt.Errorf("pidfd_open(%d): %w", pid, err))
+	}
+	if pidfd >= 0 {
+		gone := pidfdExited(pidfd)
+		_ = unix.Close(pidfd)
+		if gone {
+			_ = unix.Close(wfd)
+			pidfd = -1
+			return fail(fmt.Errorf("pid %d exited right after its handshake", pid))
 		}
 	}
+	pidfd = wfd
 	rec := record{
 		Protocol:        string(rc.Protocol),
 		ProtocolVersion: client.NegotiatedVersion(),
