@@ -856,8 +856,6 @@ backoff_max   = "1s"
 // for a moment; wait --down must see that moment, not wait for the next one.
 func TestWaitDownAcrossImmediateRespawn(t *testing.T) {
 	t.Parallel()
-	KnownBug(t, "host/api Client.Wait(--down) re-reads the status after the exit event, by which time hbd "+
-		"has already respawned the service (PID != 0), so it waits for a down that has already happened")
 	h := NewHarness(t, Options{LogLevel: "debug"})
 	h.WriteConfig(fmt.Sprintf("[service.v]\ncommand = [%q]\nstart_secs = \"100ms\"\n", h.HBClient))
 	d := h.Start()
@@ -1135,10 +1133,6 @@ func TestPluginDeathLeavesNoZombie(t *testing.T) {
 // hbd attached.
 func TestInheritOutput(t *testing.T) {
 	t.Parallel()
-	KnownBug(t, "plugin/shim stdio() gives the child os.Stderr.Fd(), but during go-plugin's Serve os.Stderr is "+
-		"go-plugin's stdio pipe, not descriptor 2 (the plugin log): the output is streamed to hbd and discarded "+
-		"(LaunchConfig SyncStderr io.Discard), and with no hbd attached nobody drains the pipe, so a service that "+
-		"writes 64 KiB blocks in write(2)")
 	h := NewHarness(t, Options{})
 	trigger, done := filepath.Join(h.Dir, "go"), filepath.Join(h.Dir, "wrote-all")
 	h.WriteConfig(fmt.Sprintf(`

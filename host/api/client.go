@@ -201,6 +201,13 @@ func (c *Client) Wait(ctx context.Context, name string, up bool) (ServiceStatus,
 					}
 					return st, fmt.Errorf("%w at %s: event stream ended", ErrUnreachable, c.path)
 				}
+				if !up && ev.Name == name && ev.Kind == EventExit {
+					// Down happened, even if a respawn already followed it
+					// by the time a Get could look.
+					st.PID, st.State = 0, "exited"
+					st.LastStatus, st.Generation = ev.Status, ev.Generation
+					return st, nil
+				}
 				if ev.Name == name || ev.Kind == EventReload {
 					break events
 				}

@@ -195,6 +195,12 @@ func Decide(p Policy, h History, ex ExitInfo, now time.Time) Decision {
 		}
 	}
 	ran := now.Sub(h.StartedAt)
+	ranText := round(ran).String()
+	if h.StartedAt.IsZero() {
+		// The start was not seen (an exit found after a restart of hbd):
+		// counted as a long run.
+		ran, ranText = max(p.StartSecs, 0), "an unknown time"
+	}
 	failed := ran < p.StartSecs
 	failures := 0
 	if failed {
@@ -213,9 +219,9 @@ func Decide(p Policy, h History, ex ExitInfo, now time.Time) Decision {
 		d := Decision{Action: ActionRespawn, Delay: max(p.RestartDelay, 0), NextState: StateStarting}
 		if d.Delay > 0 {
 			d.NextState = StateBackoff
-			d.Reason = fmt.Sprintf("exited with status %s after %s; restarting in %s", status, round(ran), d.Delay)
+			d.Reason = fmt.Sprintf("exited with status %s after %s; restarting in %s", status, ranText, d.Delay)
 		} else {
-			d.Reason = fmt.Sprintf("exited with status %s after %s; restarting", status, round(ran))
+			d.Reason = fmt.Sprintf("exited with status %s after %s; restarting", status, ranText)
 		}
 		return d
 	}
@@ -239,7 +245,7 @@ func Decide(p Policy, h History, ex ExitInfo, now time.Time) Decision {
 		NextState:    StateBackoff,
 		FailedStarts: failures,
 		Reason: fmt.Sprintf("exited with status %s after %s (start_secs %s): failed start %d%s; retrying in %s",
-			status, round(ran), p.StartSecs, failures, of, delay),
+			status, ranText, p.StartSecs, failures, of, delay),
 	}
 }
 

@@ -241,10 +241,11 @@ func (s *Shim) awaitNotRunning(ctx context.Context, svc *service) error {
 func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, error) {
 	switch mode {
 	case "", "inherit":
-		// Both streams go to the plugin's stderr, which plugin.Serve points
-		// at the plugin's log file. Not its stdout: that is go-plugin's pipe
-		// to the hbd that launched it, gone once that hbd exits.
-		return int(os.Stderr.Fd()), nil
+		// Both streams go to descriptor 2, which plugin.Serve points at the
+		// plugin's log file. Not os.Stdout/os.Stderr: while go-plugin
+		// serves, those are its pipes to the hbd that launched it, gone
+		// once that hbd exits.
+		return 2, nil
 	case "null":
 		return int(s.devnull.Fd()), nil
 	case "file":
