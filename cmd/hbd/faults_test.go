@@ -753,9 +753,9 @@ func hostileInputs(h *Harness) []hostileInput {
 		{"invalid UTF-8", "[service.a]\ncommand = \"\xff\xfe\"\n", "hb.toml:2:"},
 		{"binary garbage", string(garbage), "hb.toml:"},
 		{"huge array", svc + "[service.b]\ncommand = [" + many + "\"y\"]\nbogus = 1\n", `unknown key "bogus"`},
-		{"deeply nested arrays", svc + "bogus = " + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + "\n", `unknown key "bogus"`},
-		{"nested inline tables", svc + "bogus = " + strings.Repeat("{a=", 100) + "1" + strings.Repeat("}", 100) + "\n", `unknown key "bogus"`},
-		{"deep table header", svc + "[" + strings.TrimSuffix(strings.Repeat("x.", 500), ".") + "]\n", `unknown key "x"`},
+		{"deeply nested arrays", svc + "bogus = " + strings.Repeat("[", 5000) + strings.Repeat("]", 5000) + "\n", "nested more than"},
+		{"nested inline tables", svc + "bogus = " + strings.Repeat("{a=", 100) + "1" + strings.Repeat("}", 100) + "\n", "nested more than"},
+		{"deep table header", svc + "[" + strings.TrimSuffix(strings.Repeat("x.", 500), ".") + "]\n", "nested more than"},
 		{"very long line", "# " + strings.Repeat("#", 1<<20) + "\n" + svc + "comand = 1\n", "hb.toml:4:"},
 		{"very long value", "[service.a]\ncommand = [\"/nonexistent/" + strings.Repeat("v", 1<<20) + "\"]\nbogus = 1\n", `unknown key "bogus"`},
 		{"many errors", strings.Repeat("[service.\"bad name\"]\ncomand = 1\n", 2000), `bad name`},
@@ -863,9 +863,9 @@ start_secs = "100ms"
 	})
 }
 
-// TestFaultBadConfigKnownBugs shows hostile configurations that are not
-// handled yet (host/config is not the suite's to change).
-func TestFaultBadConfigKnownBugs(t *testing.T) {
+// TestFaultBadConfigLimits: hostile configurations that would make a naive
+// loader hang or exhaust memory are refused quickly with a clear error.
+func TestFaultBadConfigLimits(t *testing.T) {
 	t.Parallel()
 	h := NewHarness(t, Options{})
 	svc := fmt.Sprintf("[service.a]\ncommand = [%q]\n", h.HBClient)
@@ -879,16 +879,9 @@ func TestFaultBadConfigKnownBugs(t *testing.T) {
 		}
 	}
 	h.Run("deeply nested inline tables", func(t *testing.T) {
-		KnownBug(t, "the TOML decoder is quadratic and host/config's key-line scanner (newKeyLines, toml.Key.String "+
-			"per key) worse in the nesting depth of inline tables: 2,000 levels (8 KB) take about a minute, "+
-			"so hbd --check and every reload hang; host/config should refuse files nested deeper than, say, 64 "+
-			"before decoding")
 		check(t, svc+"bogus = "+strings.Repeat("{a=", 2000)+"1"+strings.Repeat("}", 2000)+"\n", "nest")
 	})
 	h.Run("include of a device", func(t *testing.T) {
-		KnownBug(t, "host/config reads includes with os.ReadFile and no size or type check: include = "+
-			"[\"/dev/zero\"] eats memory until hbd dies, and a FIFO blocks hbd --check and the reload for ever; "+
-			"includes should be regular files of bounded size")
 		check(t, "include = [\"/dev/zero\"]\n"+svc, "/dev/zero")
 	})
 }

@@ -661,3 +661,32 @@ func BenchmarkParse1000(b *testing.B) {
 		}
 	}
 }
+
+func TestLimits(t *testing.T) {
+	dir := t.TempDir()
+	deep := "[service.x]\ncommand = [\"true\"]\nenvironment = " + strings.Repeat("{a=", MaxNesting+1) + "\"v\"" + strings.Repeat("}", MaxNesting+1) + "\n"
+	if _, err := Parse(filepath.Join(dir, "deep.toml"), []byte(deep)); err == nil || !strings.Contains(err.Error(), "deep.toml:3: nested more than") {
+		t.Errorf("deep nesting: got %v; want an error at deep.toml:3", err)
+	}
+	dotted := "[service.x]\ncommand = [\"true\"]\n[" + strings.Repeat("a.", MaxNesting+1) + "b]\n"
+	if _, err := Parse(filepath.Join(dir, "dotted.toml"), []byte(dotted)); err == nil || !strings.Contains(err.Error(), "dotted.toml:3:") {
+		t.Errorf("dotted keys: got %v; want an error at dotted.toml:3", err)
+	}
+	// Strings and comments do not count.
+	ok := "# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ ......................................\n" +
+		"[service.x]\ncommand = [\"echo\", \"" + strings.Repeat("[{.", 40) + "\", '''\n" + strings.Repeat("[", 40) + "''']\n"
+	if _, err := Parse(filepath.Join(dir, "ok.toml"), []byte(ok)); err != nil {
+		t.Errorf("strings and comments: %v", err)
+	}
+	// An include that is not a regular file is refused without reading it.
+	main := filepath.Join(dir, "main.toml")
+	writeFile(t, main, "include = [\"/dev/zero\"]\n")
+	if _, err := Load(main); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("include /dev/zero: got %v", err)
+	}
+	big := filepath.Join(dir, "big.toml")
+	writeFile(t, big, "# "+strings.Repeat("x", MaxFileSize)+"\n")
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("big file: got %v", err)
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -23,7 +22,7 @@ import (
 // os error; every problem in the files themselves is reported at once as
 // [Errors]. Load does not look up users, groups or executables: see Check.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -46,7 +45,7 @@ type fileSystem interface {
 
 type osFS struct{}
 
-func (osFS) ReadFile(name string) ([]byte, error)  { return os.ReadFile(name) }
+func (osFS) ReadFile(name string) ([]byte, error)  { return readConfigFile(name) }
 func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
 
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
@@ -213,6 +212,10 @@ func (l *loader) unknown(src *source, r keyRef, svc, key, hint string) {
 // file decodes one file: the main one, or an include (services only).
 func (l *loader) file(name string, data []byte, main bool) {
 	var raw map[string]toml.Primitive
+	if line := checkNesting(data); line > 0 {
+		l.add(&Error{File: name, Line: line, Msg: fmt.Sprintf("nested more than %d levels deep", MaxNesting), Err: ErrSyntax})
+		return
+	}
 	doc := string(data)
 	md, err := toml.Decode(doc, &raw)
 	if err != nil {
