@@ -24,6 +24,7 @@ import (
 	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/plugin/shim"
+	"github.com/hbshim/hb/shm"
 )
 
 // DefaultConfig is the configuration file when neither -c nor $HB_CONFIG is given.
@@ -200,6 +201,13 @@ func (d *Daemon) shutdown(sigs <-chan os.Signal) error {
 	names := slices.Clone(d.order)
 	for _, s := range d.svcs {
 		s.cancelTimer()
+		if s.pid != 0 {
+			// Tell the plugin first, so that a service that exits on its
+			// own before its turn to be stopped is not respawned.
+			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+			_ = d.shim.SetState(ctx, s.cfg.Name, shm.StateStopping)
+			cancel()
+		}
 	}
 	d.mu.Unlock()
 	slices.Reverse(names)

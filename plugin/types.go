@@ -143,6 +143,8 @@ type Shim interface {
 	// Signal sends sig to the service's main process.
 	Signal(ctx context.Context, name string, sig syscall.Signal) error
 	// SetState records the host's view of the service's state in its slot.
+	// StateStopping also tells the plugin a stop is coming: the current
+	// incarnation's exit is not respawned by the plugin (Spec.Respawn).
 	SetState(ctx context.Context, name string, st shm.State) error
 	// Free releases the slot of a removed service. The service must not be running.
 	Free(ctx context.Context, name string) error

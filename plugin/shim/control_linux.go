@@ -165,6 +165,14 @@ func (s *Shim) SetState(ctx context.Context, name string, st shm.State) error {
 		return fmt.Errorf("set state %q: %w", name, plugin.ErrNotFound)
 	}
 	s.w.SetState(idx, st)
+	if st == shm.StateStopping {
+		// The host is about to stop it (e.g. hbd is shutting down and
+		// stops services one by one): an exit from now on is not
+		// respawned by the plugin.
+		if svc := s.svcs[name]; svc != nil && svc.cur != nil {
+			svc.cur.stopping.Store(true)
+		}
+	}
 	return nil
 }
 
