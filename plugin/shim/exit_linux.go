@@ -26,7 +26,13 @@ func (s *Shim) onExit(ex connector.Exit) {
 	}
 }
 
-// exitLoop runs finish for every exit.
+// exitWorkers is how many exits are reaped (and respawned) at once.
+const exitWorkers = 2
+
+// exitLoop runs finish for exits; exitWorkers of them share the queue, so
+// a kill of many services is reaped and respawned a few at a time without
+// starving the detectors of CPU. Exits of one service cannot overlap: its
+// next incarnation is watched only after this one's spawn event.
 func (s *Shim) exitLoop() {
 	defer s.wg.Done()
 	for {
@@ -37,15 +43,7 @@ func (s *Shim) exitLoop() {
 			if !ok {
 				return
 			}
-			// Each exit on its own goroutine: a kill of many services is
-			// reaped and respawned in parallel, not one fork/exec after
-			// another. Exits of one service cannot overlap: its next
-			// incarnation is watched only after this one's spawn event.
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.finish(ex)
-			}()
+			s.finish(ex)
 		}
 	}
 }

@@ -213,8 +213,10 @@ func New(opts Options) (*Shim, error) {
 	w.Beat()
 	startReaper(log)
 
-	s.wg.Add(2)
-	go s.exitLoop()
+	s.wg.Add(1 + exitWorkers)
+	for range exitWorkers {
+		go s.exitLoop()
+	}
 	go s.beatLoop()
 
 	s.adoptAll()
