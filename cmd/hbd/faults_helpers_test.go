@@ -115,38 +115,6 @@ func startHbdEnv(h *Harness, env ...string) *Hbd {
 	return d
 }
 
-// startProcessEnv is Harness.StartProcess with extra environment.
-func startProcessEnv(h *Harness, env []string, extra ...string) *Hbd {
-	h.T.Helper()
-	args := []string{"-c", h.Config}
-	if h.Opt.LogLevel != "" {
-		args = append(args, "--log-level", h.Opt.LogLevel)
-	}
-	cmd := exec.Command(h.HBD, append(args, extra...)...)
-	cmd.Env = append(os.Environ(), "HB_SHM="+h.Shm, "GORACE=halt_on_error=0 atexit_sleep_ms=0")
-	cmd.Env = append(cmd.Env, env...)
-	d := &Hbd{h: h, Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = d.out, d.out
-	if err := cmd.Start(); err != nil {
-		h.T.Fatalf("start hbd: %v", err)
-	}
-	d.PID = cmd.Process.Pid
-	h.hbds = append(h.hbds, d)
-	go func() {
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-		case errors.As(err, &ee):
-			d.code = ee.ExitCode()
-		default:
-			d.code = -2
-		}
-		close(d.done)
-	}()
-	return d
-}
-
 // procStat is what the suite reads from /proc/PID/stat.
 type procStat struct {
 	State        byte

@@ -356,12 +356,19 @@ func (h *Harness) Start() *Hbd {
 // and its plugin for the leftover scan.
 func (h *Harness) StartProcess(extra ...string) *Hbd {
 	h.T.Helper()
+	return startProcessEnv(h, nil, extra...)
+}
+
+// startProcessEnv is Harness.StartProcess with extra environment.
+func startProcessEnv(h *Harness, env []string, extra ...string) *Hbd {
+	h.T.Helper()
 	args := []string{"-c", h.Config}
 	if h.Opt.LogLevel != "" {
 		args = append(args, "--log-level", h.Opt.LogLevel)
 	}
 	cmd := exec.Command(h.HBD, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), "HB_SHM="+h.Shm, "GORACE=halt_on_error=0 atexit_sleep_ms=0")
+	cmd.Env = append(cmd.Env, env...)
 	d := &Hbd{h: h, Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	if err := cmd.Start(); err != nil {

@@ -3,57 +3,28 @@ package policy
 import (
 	"errors"
 	"fmt"
+
+	"github.com/hbshim/hb/shm"
 )
 
-// State is a service's state. The numbering is the shared-memory ABI's slot
-// state (DESIGN.md, slot offset 4), so shm.State(s) and policy.State(st) are
-// plain conversions.
-type State uint32
+// State is a service's state: the shared-memory ABI's slot state
+// (DESIGN.md, slot offset 4), so what hbd decides is what peers read.
+type State = shm.State
 
-// The states, numbered as in the shm ABI v1.
+// The states, as in the shm ABI v1.
 const (
-	StateFree     State = 0 // no service: the slot is unused
-	StateStopped  State = 1 // not running and not meant to run until started
-	StateStarting State = 2 // spawned; not yet up for StartSecs
-	StateRunning  State = 3 // up for at least StartSecs
-	StateBackoff  State = 4 // exited; waiting for a delay before the next start
-	StateExited   State = 5 // exited and the restart policy keeps it down
-	StateFatal    State = 6 // gave up: too many failed starts, or it cannot be spawned
-	StateStopping State = 7 // a stop was requested; waiting for the exit
+	StateFree     = shm.StateFree     // no service: the slot is unused
+	StateStopped  = shm.StateStopped  // not running and not meant to run until started
+	StateStarting = shm.StateStarting // spawned; not yet up for StartSecs
+	StateRunning  = shm.StateRunning  // up for at least StartSecs
+	StateBackoff  = shm.StateBackoff  // exited; waiting for a delay before the next start
+	StateExited   = shm.StateExited   // exited and the restart policy keeps it down
+	StateFatal    = shm.StateFatal    // gave up: too many failed starts, or it cannot be spawned
+	StateStopping = shm.StateStopping // a stop was requested; waiting for the exit
 )
 
-var stateNames = [...]string{
-	StateFree:     "free",
-	StateStopped:  "stopped",
-	StateStarting: "starting",
-	StateRunning:  "running",
-	StateBackoff:  "backoff",
-	StateExited:   "exited",
-	StateFatal:    "fatal",
-	StateStopping: "stopping",
-}
-
-// String returns the lower-case name of s ("running"), or "state(N)" for a
-// number outside the ABI.
-func (s State) String() string {
-	if int(s) < len(stateNames) {
-		return stateNames[s]
-	}
-	return fmt.Sprintf("state(%d)", uint32(s))
-}
-
-// Valid reports whether s is one of the ABI's states.
-func (s State) Valid() bool { return int(s) < len(stateNames) }
-
-// ParseState is the inverse of [State.String] for the ABI's states.
-func ParseState(name string) (State, error) {
-	for i, n := range stateNames {
-		if n == name {
-			return State(i), nil
-		}
-	}
-	return 0, fmt.Errorf("policy: unknown state %q", name)
-}
+// ParseState is the inverse of State.String.
+func ParseState(name string) (State, error) { return shm.ParseState(name) }
 
 // ErrInvalidTransition is matched (errors.Is) by every [*TransitionError].
 var ErrInvalidTransition = errors.New("invalid state transition")
