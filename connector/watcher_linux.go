@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -324,6 +325,11 @@ func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs u
 	case w.exits <- ex:
 	case <-w.done:
 	}
+	// The receiver was made runnable on this P. Let it run now: this
+	// goroutine is about to block in epoll_wait without giving the P up,
+	// and the receiver would wait until the runtime takes the P back
+	// (up to milliseconds when it is otherwise idle).
+	runtime.Gosched()
 }
 
 // connectorLoop reads exit events. For an event of a watched process (any

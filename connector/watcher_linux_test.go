@@ -275,13 +275,21 @@ func TestResyncAfterOverflow(t *testing.T) {
 			t.Errorf("key %d: OnExit ran while the process was not an unreaped zombie", k)
 		}
 	}
+	// OnResync is called after the rescan has reported what it found, so
+	// it may come just after the exits.
+	var resyncs []error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		rec.mu.Lock()
+		resyncs = append([]error(nil), rec.resyncs...)
+		rec.mu.Unlock()
+		if len(resyncs) > 0 {
+			break
+		}
+	}
 	st := w.Stats()
 	if st.Resyncs == 0 {
 		t.Errorf("Stats %+v: no resync", st)
 	}
-	rec.mu.Lock()
-	resyncs := append([]error(nil), rec.resyncs...)
-	rec.mu.Unlock()
 	if len(resyncs) == 0 || !errors.Is(resyncs[0], unix.ENOBUFS) {
 		t.Errorf("OnResync calls %v, want one with ENOBUFS", resyncs)
 	}
