@@ -321,15 +321,19 @@ func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs u
 	w.removeLocked(wt)
 	w.mu.Unlock()
 	w.fired.Add(1)
+	idle := len(w.exits) == 0 // the receiver is probably parked on it
 	select {
 	case w.exits <- ex:
 	case <-w.done:
 	}
-	// The receiver was made runnable on this P. Let it run now: this
-	// goroutine is about to block in epoll_wait without giving the P up,
-	// and the receiver would wait until the runtime takes the P back
-	// (up to milliseconds when it is otherwise idle).
-	runtime.Gosched()
+	if idle {
+		// The receiver was made runnable on this P. Let it run now: this
+		// goroutine is about to block in epoll_wait without giving the P
+		// up, and the receiver would wait until the runtime takes the P
+		// back (up to milliseconds when it is otherwise idle). Not when
+		// exits queue up (a mass kill): then detecting comes first.
+		runtime.Gosched()
+	}
 }
 
 // connectorLoop reads exit events. For an event of a watched process (any
