@@ -1,0 +1,29 @@
+// Package host is hbd, the process manager side of hb: it loads the
+// configuration (host/config), keeps one state machine per service and
+// applies the restart policy (host/policy), serves the control socket
+// (host/api), and drives the plugin (package plugin) that spawns and
+// watches the services.
+//
+// Lifecycle. Run listens on the control socket first (a second hbd on the
+// same socket stops there), then reattaches to a running plugin from
+// state_dir/plugin.json or launches a new one (`hbd plugin`, the same
+// binary in its own session), and reconciles every service with the
+// shared-memory table: a live slot is taken as is, never started twice; a
+// slot that died while nobody was deciding goes through the policy; a
+// service without a slot starts if autostart. A plugin that dies is
+// replaced at once and the new one adopts the live services. SIGHUP
+// reloads, SIGTERM/SIGINT stop everything (a second one forces), SIGQUIT
+// detaches and leaves plugin and services running.
+//
+// Exits. The plugin reports each exit after the slot already reads 0.
+// When the policy's answer is "respawn at once" the plugin has already
+// respawned the service (plugin.Spec.Respawn) and hbd only records it;
+// otherwise hbd decides (policy.Decide): back off, stay down, or give up.
+// Events are acted on in the plugin's order; a subscription the plugin
+// dropped for lagging is resumed from the last event handled.
+//
+// Concurrency. Daemon's service state is guarded by one mutex; plugin calls
+// made under it are short (Spawn, SetState), never a Stop, which waits for
+// the exit outside the lock. hbd never polls: timers exist only for a
+// pending backoff, a start_secs promotion, and saving the event position.
+package host
