@@ -73,7 +73,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 // every service in line with the table. Called with mu held.
 func (d *Daemon) connect() error {
 	h := d.cfg.HBD
-	conn, err := plugin.Reattach(h.StateDir, hclogFor(d.log))
+	conn, err := plugin.Reattach(h.StateDir, pluginLogger())
 	reattached := err == nil
 	if err != nil {
 		if !errors.Is(err, plugin.ErrNoPlugin) {
@@ -83,7 +83,7 @@ func (d *Daemon) connect() error {
 			Path:     d.exe,
 			Args:     pluginArgs(h),
 			StateDir: h.StateDir,
-			Logger:   hclogFor(d.log),
+			Logger:   pluginLogger(),
 			// Until it serves, the plugin's stderr is its only way to say
 			// why it could not start (e.g. the table is another writer's).
 			Stderr: os.Stderr,
@@ -566,10 +566,8 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 	if reason != "" {
 		s.reason = reason
 	}
-	if st == policy.StateBackoff {
-		// nextStart is set by schedule.
-	} else {
-		s.nextStart = time.Time{}
+	if st != policy.StateBackoff {
+		s.nextStart = time.Time{} // a backoff's is set by schedule
 	}
 	d.publish(api.Event{Kind: api.EventState, Name: s.cfg.Name, PID: s.pid, Generation: s.generation,
 		State: st.String(), Reason: reason})

@@ -297,8 +297,8 @@ func (d *Daemon) force() {
 	wg.Wait()
 }
 
-// hclogFor gives go-plugin's host side a quiet logger on stderr.
-func hclogFor(*slog.Logger) hclog.Logger {
+// pluginLogger gives go-plugin's host side a quiet logger on stderr.
+func pluginLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
 }
 

@@ -91,30 +91,6 @@ func (r *faultReport) note(k string, v any) {
 	r.notes = append(r.notes, fmt.Sprintf(" %s=%v", k, v))
 }
 
-// startHbdEnv is Harness.Start with extra environment for hbd (and so for
-// its plugin, which inherits it).
-func startHbdEnv(h *Harness, env ...string) *Hbd {
-	h.T.Helper()
-	d := startProcessEnv(h, env)
-	h.Eventually("hbd to answer on "+h.Socket, func() (bool, string) {
-		if d.Exited() {
-			h.T.Fatalf("hbd exited with status %d before it was ready:\n%s", d.code, d.Log())
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		hl, err := h.client.Health(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		if !hl.OK || hl.Plugin == nil {
-			return false, fmt.Sprintf("health %+v", hl)
-		}
-		h.Track(hl.Plugin.PID)
-		return true, ""
-	})
-	return d
-}
-
 // procStat is what the suite reads from /proc/PID/stat.
 type procStat struct {
 	State        byte

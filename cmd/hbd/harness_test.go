@@ -330,7 +330,14 @@ type Hbd struct {
 // check on its socket with a plugin; it fails the test if hbd exits first.
 func (h *Harness) Start() *Hbd {
 	h.T.Helper()
-	d := h.StartProcess()
+	return startHbdEnv(h)
+}
+
+// startHbdEnv is Harness.Start with extra environment for hbd (and so for
+// its plugin, which inherits it).
+func startHbdEnv(h *Harness, env ...string) *Hbd {
+	h.T.Helper()
+	d := startProcessEnv(h, env)
 	h.Eventually("hbd to answer on "+h.Socket, func() (bool, string) {
 		if d.Exited() {
 			h.T.Fatalf("hbd exited with status %d before it was ready:\n%s", d.code, d.Log())

@@ -67,9 +67,7 @@ func (s *Shim) finish(ex connector.Exit) {
 		// Already finished (by close, or a failed spawn).
 		return
 	}
-	// Belt and braces: onExit normally did this already; a CAS that finds
-	// 0 or another PID changes nothing.
-	s.w.ClearPID(inc.idx, uint32(inc.pid))
+	// The slot already reads 0: the Watcher ran onExit before it queued ex.
 
 	status := -1
 	if ex.HaveStatus {
