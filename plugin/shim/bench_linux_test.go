@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"os"
 	"sort"
 	"sync/atomic"
 	"syscall"
@@ -82,4 +83,44 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkSpawnProc: one spawnProc of /bin/sleep (until the spawner
+// returns), per spawner; the kill and reap are not timed.
+func BenchmarkSpawnProc(b *testing.B) {
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer null.Close()
+	devnull := int(null.Fd())
+	for name, spawn := range map[string]func(*procAttr) (int, int, error){
+		"forkexec": spawnForkExec,
+		"clone3": func(a *procAttr) (int, int, error) {
+			pid, pidfd, err, ok := spawnClone3(a)
+			if !ok {
+				b.Skip("clone3 is not usable here")
+			}
+			return pid, pidfd, err
+		},
+	} {
+		b.Run(name, func(b *testing.B) {
+			a := &procAttr{path: "/bin/sleep", argv: []string{"sleep", "1000"},
+				env: []string{"PATH=/usr/bin:/bin"}, files: [3]int{devnull, devnull, devnull}}
+			for range b.N {
+				reaper.spawnMu.RLock()
+				pid, pidfd, err := spawn(a)
+				reaper.spawnMu.RUnlock()
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				unix.Kill(pid, unix.SIGKILL)
+				var ci childInfo
+				waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
+				unix.Close(pidfd)
+				b.StartTimer()
+			}
+		})
+	}
 }

@@ -6,9 +6,17 @@
 //
 // # Spawning
 //
-// Spawn uses syscall.ForkExec (clone with CLONE_VFORK|CLONE_VM, so the cost
-// does not grow with the plugin's memory) with CLONE_PIDFD, never os/exec.
-// The child gets its own process group (its PID), stdin /dev/null, the
+// Spawn never uses os/exec. In cgo builds on linux/amd64 it uses hb's own
+// spawner (spawn_clone3_linux_amd64.c): clone3 with CLONE_VM|CLONE_VFORK
+// (the cost does not grow with the plugin's memory), CLONE_PIDFD and
+// CLONE_CLEAR_SIGHAND (the kernel resets the Go runtime's signal handlers,
+// not 60 rt_sigaction calls in the child), the child on a small stack of its
+// own making raw system calls only, and the parent resuming as soon as the
+// child has exec'd; a failed step reports its errno through the shared
+// memory. Elsewhere, or where clone3 is refused (kernels before 5.5,
+// seccomp), syscall.ForkExec with CLONE_PIDFD, which also waits for the new
+// program's first return to user space. Both restore the RLIMIT_NOFILE the
+// plugin was started with. The child gets its own process group (its PID), stdin /dev/null, the
 // Spec's credentials, directory and environment plus HB_SERVICE, HB_SLOT,
 // HB_SHM (the table's path, e.g. /dev/shm/hb) and HB_GENERATION. Command[0]
 // without a slash is looked up in the Spec's PATH (else the plugin's). Errors
@@ -20,7 +28,9 @@
 // and leave the slot with PID 0.
 //
 // The order is: fork+exec → shm Writer.Spawned (generation+1, start time,
-// state starting; the PID is stored last) → Watcher.Watch(key, pid, pidfd).
+// state starting; the PID is stored last; the start time is the boot-clock
+// tick read around the clone when it did not change, else read from
+// /proc/PID/stat) → Watcher.Watch(key, pid, pidfd).
 // A child that dies before Watch has a readable pidfd, which the Watcher
 // reports at once, so the exit is in effect subscribed to before the child
 // starts. The host moves the state to running with SetState.
@@ -53,7 +63,7 @@
 // path (never by a timer), peeks with waitid(P_ALL, WNOWAIT) and reaps with
 // wait4 every exited child that no exit path is waiting for, stopping at the
 // first tracked one (the exit path reaps it, then kicks the stray reaper
-// again). A child is tracked from fork until its exit is recorded; ForkExec
+// again). A child is tracked from fork until its exit is recorded; spawning
 // and the stray reaper exclude each other, so a child that dies at once is
 // never taken for a stray.
 //

@@ -15,7 +15,7 @@ import (
 // Shim (tracked), the lock that keeps a just-forked child from being taken for
 // a stray, and one stray-reaper goroutine shared by every open Shim.
 var reaper = struct {
-	// spawnMu is held shared from just before ForkExec until the new PID is
+	// spawnMu is held shared from just before the spawn until the new PID is
 	// tracked, and exclusively by the stray reaper while it peeks and reaps.
 	// Without it a child that exits before it is tracked would look like a
 	// stray and be reaped, and its status lost.

@@ -104,6 +104,9 @@ type service struct {
 	// spec is the Spec of the last spawn, for respawns by the plugin;
 	// written with op held, read by the exit path with op held (TryLock).
 	spec plugin.Spec
+	// exe is spec's executable as resolved for the last spawn (same
+	// locking as spec): a respawn by the plugin execs it directly.
+	exe string
 }
 
 // incarnation is one run of a service: one PID, one generation.

@@ -61,21 +61,27 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	return res, err
 }
 
-// start starts one incarnation of svc: ForkExec, slot, spawn event, watch.
+// start starts one incarnation of svc: spawnProc, slot, spawn event, watch.
 // It remembers spec for respawns by the plugin (Spec.Respawn). When exit is
 // not nil it is the previous incarnation's exit event, emitted (marked
 // Respawned) just before the spawn event; emitted says whether it was.
 // Called with svc.op held and no incarnation of svc running.
 func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
-	argv0, err := lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
-	if err != nil {
-		return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
-	}
-	if spec.Dir != "" {
-		if st, err := os.Stat(spec.Dir); err != nil {
-			return plugin.SpawnResult{}, emitted, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
-		} else if !st.IsDir() {
-			return plugin.SpawnResult{}, emitted, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
+	// A respawn by the plugin (exit != nil) runs the Spec of the last
+	// spawn again: its executable is already resolved, and exec itself
+	// reports one that has gone.
+	argv0 := svc.exe
+	if exit == nil || argv0 == "" {
+		argv0, err = lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
+		if err != nil {
+			return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
+		}
+		if spec.Dir != "" {
+			if st, err := os.Stat(spec.Dir); err != nil {
+				return plugin.SpawnResult{}, emitted, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
+			} else if !st.IsDir() {
+				return plugin.SpawnResult{}, emitted, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
+			}
 		}
 	}
 	var cred *syscall.Credential
@@ -103,22 +109,17 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	idx := svc.idx
 	gen := s.w.Snapshot(idx).Generation + 1
 	env := childEnv(spec.Env, spec.Name, idx, s.shmPath, gen)
-	pidfd := -1
-	attr := &syscall.ProcAttr{
-		Dir:   spec.Dir,
-		Env:   env,
-		Files: []uintptr{s.devnull.Fd(), uintptr(stdout), uintptr(stderr)},
-		Sys: &syscall.SysProcAttr{
-			Setpgid:    true,
-			Credential: cred,
-			PidFD:      &pidfd,
-		},
+	attr := &procAttr{
+		path: argv0, argv: spec.Command, env: env, dir: spec.Dir,
+		files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
 	}
 
 	// The stray reaper must not take the child for a stray before it is
 	// tracked (see reaper.spawnMu).
 	reaper.spawnMu.RLock()
-	pid, err := syscall.ForkExec(argv0, spec.Command, attr)
+	tick0 := bootTicks()
+	pid, pidfd, err := spawnProc(attr)
+	tick1 := bootTicks()
 	if err == nil {
 		trackPID(pid)
 	}
@@ -142,11 +143,16 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 		untrackPID(pid)
 		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
 	}
-	// The child cannot be reaped before finish runs, so /proc/PID stays
-	// readable (a zombie still has its start time).
-	startTime, err := shm.StartTime(pid)
-	if err != nil {
-		s.log.Warn("spawn: start time", "service", spec.Name, "pid", pid, "err", err)
+	// The kernel stamps the child's start time (in clock ticks since boot)
+	// inside clone: when the clock did not cross a tick boundary around
+	// spawnProc, that tick is the start time, and /proc need not be read.
+	// Otherwise read it: the child cannot be reaped before finish runs, so
+	// /proc/PID stays readable (a zombie still has its start time).
+	startTime := tick0
+	if tick0 != tick1 {
+		if startTime, err = shm.StartTime(pid); err != nil {
+			s.log.Warn("spawn: start time", "service", spec.Name, "pid", pid, "err", err)
+		}
 	}
 
 	inc := &incarnation{
@@ -159,7 +165,7 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	s.mu.Unlock()
 
 	s.w.Spawned(idx, uint32(pid), gen, startTime, shm.StateStarting, 0)
-	svc.spec = spec
+	svc.spec, svc.exe = spec, argv0
 	inc.started = time.Now()
 	if exit != nil {
 		exit.Respawned = true

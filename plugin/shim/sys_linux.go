@@ -167,3 +167,18 @@ func pidfdSignal(pidfd int, sig syscall.Signal) error {
 	}
 	return err
 }
+
+// userHZ is the unit of the start time in /proc/PID/stat (USER_HZ, 100 on
+// every Linux port).
+const userHZ = 100
+
+// bootTicks is CLOCK_BOOTTIME in USER_HZ ticks, rounded down as the kernel
+// rounds a process's start time: a process created between two calls that
+// return the same value has that start time.
+func bootTicks() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano()) / (1e9 / userHZ)
+}

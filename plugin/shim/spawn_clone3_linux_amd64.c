@@ -1,0 +1,181 @@
+//go:build cgo
+
+/*
+ * hb's spawner: clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD |
+ * CLONE_CLEAR_SIGHAND) with the child on its own small stack, then execve.
+ *
+ * Why not syscall.ForkExec: Go's child resets every signal handler the
+ * runtime installed, one rt_sigaction per signal (about 60 system calls),
+ * and the parent then waits on a close-on-exec pipe, whose write end is only
+ * released when the exec'd program first returns to user space, i.e. after
+ * the whole exec. Here the kernel clears the handlers in clone3 itself
+ * (CLONE_CLEAR_SIGHAND: handled signals become SIG_DFL, ignored ones stay
+ * ignored), and the parent resumes as soon as the child has exec'd
+ * (CLONE_VFORK resumes it when the child releases the shared memory, at
+ * exec's point of no return) or has failed: a failed step stores its errno
+ * in the request, which the parent sees because the memory is shared.
+ *
+ * The child runs only the code below, on a stack carved from the caller's
+ * frame (the caller is suspended until the child execs or exits, so that
+ * memory is free for it), and makes raw system calls only: no libc
+ * wrappers, which may touch thread state shared with the parent (errno, or
+ * glibc's set*id broadcast to every thread of the process).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <linux/sched.h>
+
+#include "spawn_clone3_linux_amd64.h"
+
+#ifndef CLONE_CLEAR_SIGHAND
+#define CLONE_CLEAR_SIGHAND 0x100000000ULL
+#endif
+
+/* The child's stack. It needs little: one frame of child_main. */
+#define HB_CHILD_STACK 32768
+
+static inline long raw_syscall4(long n, long a, long b, long c, long d)
+{
+	long ret;
+	register long r10 __asm__("r10") = d;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "0"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+#define sys1(n, a) raw_syscall4((n), (long)(a), 0, 0, 0)
+#define sys2(n, a, b) raw_syscall4((n), (long)(a), (long)(b), 0, 0)
+#define sys3(n, a, b, c) raw_syscall4((n), (long)(a), (long)(b), (long)(c), 0)
+#define sys4(n, a, b, c, d) raw_syscall4((n), (long)(a), (long)(b), (long)(c), (long)(d))
+
+/* clone3_run is clone3 whose child calls fn(arg) on args->stack and exits
+ * with its return value. In the parent it returns what clone3 returned. */
+static long clone3_run(struct clone_args *args, int (*fn)(void *), void *arg)
+{
+	long ret;
+	register void *r12 __asm__("r12") = (void *)fn;
+	register void *r13 __asm__("r13") = arg;
+	__asm__ volatile("syscall\n\t"
+			 "test %%rax, %%rax\n\t"
+			 "jnz 1f\n\t"
+			 /* Child: rsp is the top of args->stack. */
+			 "xor %%ebp, %%ebp\n\t"
+			 "mov %%r13, %%rdi\n\t"
+			 "call *%%r12\n\t"
+			 "mov %%eax, %%edi\n\t"
+			 "mov %[exit], %%eax\n\t"
+			 "syscall\n\t"
+			 "hlt\n\t"
+			 "1:\n\t"
+			 : "=a"(ret)
+			 : "0"((long)SYS_clone3), "D"(args), "S"(sizeof(*args)), "r"(r12), "r"(r13),
+			   [exit] "i"(SYS_exit)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+static int child_fail(struct hb_spawn_req *r, int step, long e)
+{
+	r->err = (int)-e;
+	r->step = step;
+	return 127;
+}
+
+static int child_main(void *arg)
+{
+	struct hb_spawn_req *r = arg;
+	int fd[3];
+	long e;
+	int i;
+
+	if (r->setpgid && (e = sys2(SYS_setpgid, 0, 0)) < 0)
+		return child_fail(r, HB_STEP_SETPGID, e);
+	if (r->cred) {
+		if (r->ngroups >= 0 && (e = sys2(SYS_setgroups, r->ngroups, r->groups)) < 0)
+			return child_fail(r, HB_STEP_SETGROUPS, e);
+		if ((e = sys1(SYS_setgid, r->gid)) < 0)
+			return child_fail(r, HB_STEP_SETGID, e);
+		if ((e = sys1(SYS_setuid, r->uid)) < 0)
+			return child_fail(r, HB_STEP_SETUID, e);
+	}
+	if (r->dir && (e = sys1(SYS_chdir, r->dir)) < 0)
+		return child_fail(r, HB_STEP_CHDIR, e);
+	if (r->set_nofile) {
+		struct rlimit lim = {.rlim_cur = r->nofile_cur, .rlim_max = r->nofile_max};
+		if ((e = sys4(SYS_prlimit64, 0, RLIMIT_NOFILE, &lim, 0)) < 0)
+			return child_fail(r, HB_STEP_RLIMIT, e);
+	}
+
+	/* Descriptors: a source below its target position would be
+	 * overwritten by an earlier dup3, so move those up first (above 2,
+	 * close-on-exec). Then place each one; a source already in place only
+	 * loses its close-on-exec flag. */
+	for (i = 0; i < 3; i++) {
+		fd[i] = r->fd[i];
+		if (fd[i] >= 0 && fd[i] < i) {
+			if ((e = sys3(SYS_fcntl, fd[i], F_DUPFD_CLOEXEC, 3)) < 0)
+				return child_fail(r, HB_STEP_FDS, e);
+			fd[i] = (int)e;
+		}
+	}
+	for (i = 0; i < 3; i++) {
+		if (fd[i] < 0)
+			e = sys1(SYS_close, i);
+		else if (fd[i] == i)
+			e = sys3(SYS_fcntl, i, F_SETFD, 0);
+		else
+			e = sys3(SYS_dup3, fd[i], i, 0);
+		if (e < 0 && fd[i] >= 0)
+			return child_fail(r, HB_STEP_FDS, e);
+	}
+
+	e = sys3(SYS_execve, r->path, r->argv, r->envp);
+	return child_fail(r, HB_STEP_EXEC, e);
+}
+
+long hb_spawn(struct hb_spawn_req *r)
+{
+	char stack[HB_CHILD_STACK] __attribute__((aligned(16)));
+	struct clone_args args;
+
+	r->pidfd = -1;
+	r->err = 0;
+	r->step = HB_STEP_NONE;
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND;
+	args.pidfd = (uint64_t)(uintptr_t)&r->pidfd;
+	args.exit_signal = SIGCHLD;
+	args.stack = (uint64_t)(uintptr_t)stack;
+	args.stack_size = sizeof(stack);
+	return clone3_run(&args, child_main, r);
+}
+
+static struct rlimit nofile_at_start;
+static int nofile_saved;
+
+/* Runs when the program is loaded, before the Go runtime starts (and raises
+ * the soft RLIMIT_NOFILE): services get the limit hb itself was given, as
+ * they do from syscall.ForkExec. */
+__attribute__((constructor)) static void save_nofile(void)
+{
+	nofile_saved = getrlimit(RLIMIT_NOFILE, &nofile_at_start) == 0;
+}
+
+int hb_nofile_at_start(uint64_t *cur, uint64_t *max)
+{
+	if (!nofile_saved)
+		return 0;
+	*cur = nofile_at_start.rlim_cur;
+	*max = nofile_at_start.rlim_max;
+	return 1;
+}

@@ -1,0 +1,169 @@
+//go:build cgo
+
+package shim
+
+/*
+#include <stdlib.h>
+#include "spawn_clone3_linux_amd64.h"
+*/
+import "C"
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// clone3Off is set once clone3 proved unusable here (a kernel before 5.5,
+// or a seccomp policy that refuses it): every spawn then uses ForkExec.
+var clone3Off atomic.Bool
+
+func clone3Usable() bool { return !clone3Off.Load() }
+
+// stepNames names the child's steps (HB_STEP_*) in errors.
+var stepNames = [...]string{"", "setpgid", "setgroups", "setgid", "setuid", "chdir", "setrlimit", "set up descriptors", "exec"}
+
+// spawnStepError is a failure of the child before exec: which step, and
+// the errno (matched by errors.Is).
+type spawnStepError struct {
+	step string
+	err  syscall.Errno
+}
+
+func (e *spawnStepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *spawnStepError) Unwrap() error { return e.err }
+
+// nofile is the RLIMIT_NOFILE the plugin was started with, when the Go
+// runtime has raised it since: services get the original, as from
+// syscall.ForkExec.
+var nofile = sync.OnceValues(func() (lim unix.Rlimit, restore bool) {
+	var cur, max C.uint64_t
+	if C.hb_nofile_at_start(&cur, &max) == 0 {
+		return lim, false
+	}
+	var now unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &now); err != nil {
+		return lim, false
+	}
+	lim = unix.Rlimit{Cur: uint64(cur), Max: uint64(max)}
+	return lim, lim != now
+})
+
+// spawnClone3 is spawnProc through hb_spawn (spawn_clone3_linux_amd64.c).
+// ok is false when clone3 cannot be used here; the caller then falls back
+// to ForkExec.
+func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
+	block, req := newSpawnReq(a)
+	defer C.free(block)
+
+	syscall.ForkLock.Lock()
+	ret := C.hb_spawn(req)
+	syscall.ForkLock.Unlock()
+	if ret < 0 {
+		e := syscall.Errno(-ret)
+		if e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG {
+			clone3Off.Store(true)
+			return 0, -1, nil, false
+		}
+		return 0, -1, e, true
+	}
+	pid, pidfd = int(ret), int(req.pidfd)
+	if req.err == 0 {
+		return pid, pidfd, nil, true
+	}
+	// The child failed before exec and has exited (127): reap it here.
+	e := syscall.Errno(req.err)
+	var ci childInfo
+	if pidfd >= 0 {
+		waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
+		unix.Close(pidfd)
+	} else {
+		waitid(unix.P_PID, pid, &ci, unix.WEXITED)
+	}
+	if step := int(req.step); step != C.HB_STEP_EXEC && step > 0 && step < len(stepNames) {
+		return 0, -1, &spawnStepError{step: stepNames[step], err: e}, true
+	}
+	return 0, -1, e, true
+}
+
+// newSpawnReq lays out the request and everything it points to in one C
+// allocation (freed by the caller): the child reads it after the Go
+// runtime has lost sight of this goroutine, so none of it may be Go memory.
+func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
+	const ptr = unsafe.Sizeof(uintptr(0))
+	reqSize := (unsafe.Sizeof(C.struct_hb_spawn_req{}) + 7) &^ 7
+	ngroups := 0
+	if a.cred != nil && !a.cred.NoSetGroups {
+		ngroups = len(a.cred.Groups)
+	}
+	groupsSize := (uintptr(ngroups)*4 + 7) &^ 7
+	strs := len(a.path) + 1 + len(a.dir) + 1
+	for _, s := range a.argv {
+		strs += len(s) + 1
+	}
+	for _, s := range a.env {
+		strs += len(s) + 1
+	}
+	argvOff := reqSize
+	envOff := argvOff + uintptr(len(a.argv)+1)*ptr
+	groupsOff := envOff + uintptr(len(a.env)+1)*ptr
+	strOff := groupsOff + groupsSize
+	total := strOff + uintptr(strs)
+
+	block := C.malloc(C.size_t(total))
+	if block == nil {
+		panic("hb: out of memory")
+	}
+	mem := unsafe.Slice((*byte)(block), total)
+	clear(mem[:strOff])
+	at := strOff
+	put := func(s string) *C.char {
+		p := (*C.char)(unsafe.Pointer(&mem[at]))
+		copy(mem[at:], s)
+		mem[at+uintptr(len(s))] = 0
+		at += uintptr(len(s)) + 1
+		return p
+	}
+	req := (*C.struct_hb_spawn_req)(block)
+	argv := unsafe.Slice((**C.char)(unsafe.Pointer(&mem[argvOff])), len(a.argv)+1)
+	for i, s := range a.argv {
+		argv[i] = put(s)
+	}
+	envp := unsafe.Slice((**C.char)(unsafe.Pointer(&mem[envOff])), len(a.env)+1)
+	for i, s := range a.env {
+		envp[i] = put(s)
+	}
+	req.path = put(a.path)
+	if a.dir != "" {
+		req.dir = put(a.dir)
+	}
+	req.argv = (**C.char)(unsafe.Pointer(&argv[0]))
+	req.envp = (**C.char)(unsafe.Pointer(&envp[0]))
+	for i, fd := range a.files {
+		req.fd[i] = C.int(fd)
+	}
+	req.setpgid = 1
+	if c := a.cred; c != nil {
+		req.cred = 1
+		req.uid, req.gid = C.uint32_t(c.Uid), C.uint32_t(c.Gid)
+		if ngroups > 0 {
+			groups := unsafe.Slice((*C.uint32_t)(unsafe.Pointer(&mem[groupsOff])), ngroups)
+			for i, g := range c.Groups {
+				groups[i] = C.uint32_t(g)
+			}
+			req.groups = &groups[0]
+		}
+		req.ngroups = C.int(ngroups)
+		if c.NoSetGroups {
+			req.ngroups = -1
+		}
+	}
+	if lim, restore := nofile(); restore {
+		req.set_nofile = 1
+		req.nofile_cur, req.nofile_max = C.uint64_t(lim.Cur), C.uint64_t(lim.Max)
+	}
+	return block, req
+}

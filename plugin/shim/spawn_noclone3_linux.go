@@ -1,0 +1,10 @@
+//go:build !(cgo && amd64)
+
+package shim
+
+// Without cgo on linux/amd64 there is no clone3 spawner: spawnProc uses
+// syscall.ForkExec.
+
+func clone3Usable() bool { return false }
+
+func spawnClone3(*procAttr) (pid, pidfd int, err error, ok bool) { return 0, -1, nil, false }

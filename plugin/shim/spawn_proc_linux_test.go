@@ -1,0 +1,286 @@
+package shim
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/shm"
+)
+
+// spawners are the spawnProc implementations usable here, by name.
+func spawners(t *testing.T) map[string]func(*procAttr) (int, int, error) {
+	m := map[string]func(*procAttr) (int, int, error){"forkexec": spawnForkExec}
+	if clone3Usable() {
+		m["clone3"] = func(a *procAttr) (int, int, error) {
+			pid, pidfd, err, ok := spawnClone3(a)
+			if !ok {
+				t.Skip("clone3 is not usable here")
+			}
+			return pid, pidfd, err
+		}
+	} else {
+		t.Logf("the clone3 spawner is not built or not usable here (spawner %q): testing forkexec only", spawner())
+	}
+	return m
+}
+
+// spawnWait spawns a and waits for its exit through the pidfd; it returns
+// the exit status.
+func spawnWait(t *testing.T, spawn func(*procAttr) (int, int, error), a *procAttr) int {
+	t.Helper()
+	reaper.spawnMu.RLock()
+	pid, pidfd, err := spawn(a)
+	reaper.spawnMu.RUnlock()
+	if err != nil {
+		t.Fatalf("spawn %v: %v", a.argv, err)
+	}
+	if pid <= 0 || pidfd < 0 {
+		t.Fatalf("spawn: pid %d, pidfd %d", pid, pidfd)
+	}
+	defer unix.Close(pidfd)
+	var ci childInfo
+	if err := waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED); err != nil {
+		t.Fatalf("waitid: %v", err)
+	}
+	if int(ci.Pid) != pid {
+		t.Fatalf("waitid reaped %d, spawned %d", ci.Pid, pid)
+	}
+	return ci.status()
+}
+
+// TestSpawnerParity runs one probe script under every spawner and checks
+// what the child saw: its descriptors (including a source descriptor that
+// another one overwrites), directory, environment, process group, signal
+// dispositions and mask, and RLIMIT_NOFILE. The two spawners must agree,
+// and both must match what hb promises.
+func TestSpawnerParity(t *testing.T) {
+	dir := t.TempDir()
+	fileA, err := os.Create(filepath.Join(dir, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fileA.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	// The child's 0 is fileA, and its 1 is what is at the plugin's 0:
+	// descriptor 0 is overwritten first, so the spawner must move it.
+	if err := unix.Dup2(int(devnull.Fd()), 0); err != nil {
+		t.Fatal(err)
+	}
+	script := `exec 3>"$OUT"
+echo "fd0=$(readlink /proc/$$/fd/0)" >&3
+echo "fd1=$(readlink /proc/$$/fd/1)" >&3
+echo "fd2=$(readlink /proc/$$/fd/2)" >&3
+echo "pwd=$(pwd -P)" >&3
+echo "pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$" >&3
+grep -E '^(SigBlk|SigIgn|SigCgt):' /proc/$$/status >&3
+echo "nofile=$(ulimit -Sn)/$(ulimit -Hn)" >&3
+env | grep -v '^PWD=' | sort >&3
+exit 7
+`
+	outs := map[string]string{}
+	for name, spawn := range spawners(t) {
+		out := filepath.Join(dir, name+".out")
+		st := spawnWait(t, spawn, &procAttr{
+			path: "/bin/sh", argv: []string{"sh", "-c", script},
+			env:   []string{"OUT=" + out, "HB_X=1", "PATH=/usr/bin:/bin"},
+			dir:   dir,
+			files: [3]int{int(fileA.Fd()), 0, 2},
+		})
+		if st != 7 {
+			t.Fatalf("%s: exit status %d, want 7", name, st)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := string(b)
+		for _, want := range []string{
+			"fd0=" + fileA.Name() + "\n", "fd1=/dev/null\n", "pwd=" + dir + "\n",
+			"SigBlk:\t0000000000000000\n", "HB_X=1\n", "OUT=" + out + "\n",
+		} {
+			if !strings.Contains(got, want) {
+				t.Errorf("%s: child saw\n%s\nwant a line %q", name, got, want)
+			}
+		}
+		// Own process group.
+		var pgid, pid string
+		for _, l := range strings.Split(got, "\n") {
+			if strings.HasPrefix(l, "pgid=") {
+				f := strings.Fields(l)
+				pgid, pid = strings.TrimPrefix(f[0], "pgid="), strings.TrimPrefix(f[1], "pid=")
+			}
+		}
+		if pgid == "" || pgid != pid {
+			t.Errorf("%s: pgid %q, pid %q: want its own process group", name, pgid, pid)
+		}
+		// Drop what differs by nature between runs.
+		var keep []string
+		for _, l := range strings.Split(got, "\n") {
+			if !strings.HasPrefix(l, "pgid=") && !strings.HasPrefix(l, "OUT=") {
+				keep = append(keep, l)
+			}
+		}
+		outs[name] = strings.Join(keep, "\n")
+		t.Logf("%s: child saw:\n%s", name, outs[name])
+	}
+	if a, b := outs["forkexec"], outs["clone3"]; b != "" && a != b {
+		t.Errorf("the spawners disagree:\nforkexec:\n%s\nclone3:\n%s", a, b)
+	}
+	if want := os.Getenv(nofileEnv); want != "" {
+		for name, out := range outs {
+			if !strings.Contains(out, "nofile="+want+"/") {
+				t.Errorf("%s: want the soft RLIMIT_NOFILE hb was started with (%s), child saw:\n%s", name, want, out)
+			}
+		}
+	}
+}
+
+// nofileEnv is set when TestSpawnerParity runs again under a lowered soft
+// RLIMIT_NOFILE (see TestSpawnerKeepsNofile).
+const nofileEnv = "HB_TEST_NOFILE"
+
+// TestSpawnerKeepsNofile runs TestSpawnerParity in a new test process
+// started with a soft RLIMIT_NOFILE below the hard one, which the Go
+// runtime raises at start: services must get the limit as it was.
+func TestSpawnerKeepsNofile(t *testing.T) {
+	if os.Getenv(nofileEnv) != "" {
+		t.Skip("already the re-run")
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max < 512 {
+		t.Skipf("RLIMIT_NOFILE %+v: cannot lower it to 256", lim)
+	}
+	cmd := exec.Command("/bin/sh", "-c", `ulimit -Sn 256 && exec "$@"`, "sh",
+		os.Args[0], "-test.run=^TestSpawnerParity$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), nofileEnv+"=256")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestSpawnerParity") {
+		t.Fatalf("TestSpawnerParity under ulimit -Sn 256: %v\n%s", err, out)
+	}
+}
+
+// TestSpawnerCredentials: as root, the child runs with the given uid, gid
+// and supplementary groups, under every spawner.
+func TestSpawnerCredentials(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("changing credentials needs root")
+	}
+	dir, err := os.MkdirTemp("", "hb-spawner-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	for name, spawn := range spawners(t) {
+		out := filepath.Join(dir, name+".ids")
+		st := spawnWait(t, spawn, &procAttr{
+			path: "/bin/sh", argv: []string{"sh", "-c", `echo "$(id -u) $(id -g) $(id -G)" > "$OUT"`},
+			env:   []string{"OUT=" + out, "PATH=/usr/bin:/bin"},
+			files: [3]int{2, 2, 2},
+			cred:  &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{65534, 4}},
+		})
+		if st != 0 {
+			t.Fatalf("%s: exit status %d", name, st)
+		}
+		b, _ := os.ReadFile(out)
+		if got, want := strings.TrimSpace(string(b)), "65534 65534 65534 4"; got != want && got != "65534 65534 4 65534" {
+			t.Errorf("%s: ids %q, want %q", name, got, want)
+		}
+	}
+}
+
+// TestSpawnerErrors: every failure before or in exec comes back as its
+// errno, with no child left behind.
+func TestSpawnerErrors(t *testing.T) {
+	dir := t.TempDir()
+	noexec := filepath.Join(dir, "noexec")
+	os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644)
+	garbage := filepath.Join(dir, "garbage")
+	os.WriteFile(garbage, []byte{0x7f, 'E', 'L', 'F', 0, 0, 0, 0}, 0o755)
+	cases := []struct {
+		name string
+		a    procAttr
+		want error
+	}{
+		{"missing", procAttr{path: filepath.Join(dir, "nope")}, syscall.ENOENT},
+		{"not executable", procAttr{path: noexec}, syscall.EACCES},
+		{"bad binary", procAttr{path: garbage}, syscall.ENOEXEC},
+		{"missing dir", procAttr{path: "/bin/true", dir: filepath.Join(dir, "nodir")}, syscall.ENOENT},
+		{"bad descriptor", procAttr{path: "/bin/true", files: [3]int{2, 2, 999}}, syscall.EBADF},
+	}
+	if os.Getuid() != 0 {
+		cases = append(cases, struct {
+			name string
+			a    procAttr
+			want error
+		}{"setuid", procAttr{path: "/bin/true", cred: &syscall.Credential{Uid: 0, Gid: 0}}, syscall.EPERM})
+	}
+	for name, spawn := range spawners(t) {
+		for _, c := range cases {
+			a := c.a
+			a.argv = []string{a.path}
+			if a.files == [3]int{} {
+				a.files = [3]int{2, 2, 2}
+			}
+			reaper.spawnMu.RLock()
+			pid, pidfd, err := spawn(&a)
+			reaper.spawnMu.RUnlock()
+			if err == nil {
+				unix.Close(pidfd)
+				t.Errorf("%s: %s: spawned pid %d, want %v", name, c.name, pid, c.want)
+				continue
+			}
+			if !errors.Is(err, c.want) {
+				t.Errorf("%s: %s: error %v, want %v", name, c.name, err, c.want)
+			}
+			// No zombie left: the failed child was reaped.
+			var ci childInfo
+			if err := waitid(unix.P_ALL, 0, &ci, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT); err == nil && ci.Pid != 0 {
+				t.Errorf("%s: %s: child %d left unreaped", name, c.name, ci.Pid)
+			}
+		}
+	}
+}
+
+// TestBootTicksStartTime: a spawn bracketed by two equal bootTicks has that
+// start time in /proc/PID/stat (what start relies on to skip reading it).
+func TestBootTicksStartTime(t *testing.T) {
+	decided := 0
+	for i := 0; i < 50; i++ {
+		reaper.spawnMu.RLock()
+		t0 := bootTicks()
+		pid, pidfd, err := spawnProc(&procAttr{path: "/bin/true", argv: []string{"true"}, files: [3]int{2, 2, 2}})
+		t1 := bootTicks()
+		reaper.spawnMu.RUnlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := shm.StartTime(pid) // unreaped: readable even after exit
+		var ci childInfo
+		waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
+		unix.Close(pidfd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st < t0 || st > t1 {
+			t.Fatalf("start time %d outside the ticks around the spawn [%d, %d]", st, t0, t1)
+		}
+		if t0 == t1 {
+			decided++
+		}
+	}
+	if decided == 0 {
+		t.Fatal("no spawn fell within one tick")
+	}
+}
