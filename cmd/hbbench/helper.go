@@ -25,7 +25,7 @@ func compileHelper(cc, includeDir, dir string) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(dir, "hbbench-helper")
-	cmd := exec.Command(cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-I", includeDir, "-o", out, src)
+	cmd := exec.Command(cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-I", includeDir, "-o", out, src, "-pthread")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("compile the C helper with %s: %w\n%s", cc, err, b)
 	}

@@ -4,9 +4,11 @@
 //
 //   - death: kill -9 of a service until its slot's PID reads 0, seen by a
 //     C reader spinning on hb_pid(), for detector "connector" and "pidfd",
-//     against a raw pidfd poll and a raw proc connector listener;
+//     against a raw pidfd poll and a raw proc connector listener, each a
+//     thread that stores 0 in a word the same reader spins on;
 //   - respawn: kill -9 until the replacement's PID is in the slot, for a C
-//     client and a Go client, against a bare fork/exec+wait loop;
+//     client and a Go client, against a bare fork/exec+wait supervisor
+//     thread that publishes the new PID the same way;
 //   - peer: the cost of one liveness check (Table.PID, hb_pid) against
 //     kill(pid, 0) and reading a small status file;
 //   - scale: N services in one hbd: start, kill all at once, RSS, idle CPU;

@@ -149,10 +149,10 @@ func TestQuickRun(t *testing.T) {
 		test, name string
 		baseline   bool // has ratios against a baseline
 	}{
-		{"death", "raw pidfd poll: kill→poll returns", false},
+		{"death", "raw pidfd waiter: kill→reader sees 0", false},
 		{"death", "hb detector=pidfd: kill→slot 0", true},
 		{"death", "hb detector=pidfd: kill→plugin detects", false},
-		{"respawn", "bare fork/exec+wait loop, C client (hbclient): kill→new child exec'd", false},
+		{"respawn", "bare supervisor thread (waitpid, vfork+exec), C client (hbclient): kill→reader sees new PID", false},
 		{"respawn", "hb detector=" + det + ", C client (hbclient): kill→new PID in slot", true},
 		{"peer", "C kill(pid, 0)", false},
 		{"peer", "C hb_pid()", true},
@@ -163,7 +163,7 @@ func TestQuickRun(t *testing.T) {
 			struct {
 				test, name string
 				baseline   bool
-			}{"death", "raw proc connector: kill→exit event read", false},
+			}{"death", "raw proc connector waiter: kill→reader sees 0", false},
 			struct {
 				test, name string
 				baseline   bool

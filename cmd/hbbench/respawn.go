@@ -5,9 +5,11 @@ import (
 )
 
 // runRespawn: kill -9 → the replacement's PID is in the slot, for the C and
-// the Go client, against a bare fork/exec+wait loop of the same program,
-// interleaved. "Started" is the same point for both: the new process has
-// exec'd and its PID is known to (and written by) its parent.
+// the Go client, against a bare fork/exec+wait supervisor of the same
+// program, interleaved. The bare supervisor is a thread of the helper that
+// publishes the new PID in a word; the killing thread reads it with the loop
+// it uses on the hb slot. "Started" is the same point for both: the new
+// process has exec'd and its PID is known to (and written by) its parent.
 func runRespawn(e *env, r *Report) error {
 	const test = "respawn"
 	det := "connector"
@@ -23,7 +25,7 @@ func runRespawn(e *env, r *Report) error {
 		svc   string
 		exe   int
 		t     *hbTarget
-		bare  []float64 // kill → new child exec'd
+		bare  []float64 // kill → reader sees the bare supervisor's new PID
 		reap  []float64 // kill → waitpid returned (bare)
 		hb    []float64 // kill → new PID in slot
 		zero  []float64 // kill → slot 0
@@ -47,7 +49,7 @@ func runRespawn(e *env, r *Report) error {
 			return err
 		}
 		t0 := rep.u64("t0")
-		c.reap = append(c.reap, float64(rep.u64("t1")-t0))
+		c.reap = append(c.reap, float64(rep.u64("reaped")-t0))
 		c.bare = append(c.bare, float64(rep.u64("t2")-t0))
 		return nil
 	}
@@ -112,13 +114,14 @@ func runRespawn(e *env, r *Report) error {
 		}
 	}
 	for _, c := range clients {
-		baseName := "bare fork/exec+wait loop, " + c.label + ": kill→new child exec'd"
+		baseName := "bare supervisor thread (waitpid, vfork+exec), " + c.label + ": kill→reader sees new PID"
 		r.addSeries(test, baseName, "ms", c.bare).Note = "baseline"
-		r.addSeries(test, "bare loop, "+c.label+": kill→waitpid returns", "ms", c.reap).Note = "breakdown"
+		reapName := "bare supervisor thread, " + c.label + ": kill→waitpid returns"
+		r.addSeries(test, reapName, "ms", c.reap).Note = "breakdown"
 		res := r.addSeries(test, "hb detector="+det+", "+c.label+": kill→new PID in slot", "ms", c.hb)
 		r.against(res, baseName)
 		if c.svc == svcC {
-			res.Target = "≤1.5× bare loop p50; below runit (3.0 ms)"
+			res.Target = "≤1.5× bare supervisor p50; below runit (3.0 ms)"
 			if res.Baseline != "" {
 				meets(res, res.RatioP50 <= 1.5 && res.P50 < 3.0)
 			}
@@ -126,7 +129,7 @@ func runRespawn(e *env, r *Report) error {
 		r.addSeries(test, "hb, "+c.label+": kill→slot 0", "ms", c.zero).Note = "breakdown"
 		d := r.addSeries(test, "hb, "+c.label+": kill→plugin detects", "ms", c.det)
 		d.Note = "breakdown"
-		r.against(d, "bare loop, "+c.label+": kill→waitpid returns")
+		r.against(d, reapName)
 		r.addSeries(test, "hb, "+c.label+": plugin detects→Spawned record (exit report, hbd policy, Spawn RPC, fork/exec)", "ms", c.spawn).Note = "breakdown"
 		r.addSeries(test, "hb, "+c.label+": Spawned record→reader sees new PID", "ms", c.seen).Note = "breakdown"
 		c.t.verify(e, r, test, "hb "+c.label)

@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,7 +53,6 @@ extern char **environ;
 
 static struct hb_table tables[MAX_TABLES];
 static char *exes[MAX_EXES];
-static pid_t bare_child[MAX_EXES];
 static int devnull = -1;
 static int cnfd = -1;
 static int yield_mode = 1;
@@ -306,10 +307,86 @@ static void cmd_respawn(int tid, int idx, uint32_t pid)
 	       (unsigned long long)s.generation, (unsigned long long)r.exits);
 }
 
-/* rawpidfd EXE SETTLE_US: our own child, a blocking poll on its pidfd. */
+/*
+ * The baselines run the way hb does: a waiter thread, not the killer, learns
+ * of the death and publishes it in a 32-bit word, and the killing thread
+ * reads that word with the same loop as it reads an hb slot (wait_change).
+ * So both sides pay for the same hand-over between threads and the same CPU
+ * taken by a reader that waits; the waiter's own wake-up time is reported
+ * as well.
+ */
+enum { WAIT_PIDFD, WAIT_CN };
+
+struct waiter {
+	int kind;
+	int fd;              /* WAIT_PIDFD: the pidfd */
+	pid_t pid;           /* the process to be killed */
+	_Atomic uint32_t word; /* pid, then 0 once the death is seen */
+	uint64_t woke;       /* when the waiter learnt of the death */
+	int rc;
+	pthread_t thread;
+};
+
+static void *waiter_main(void *arg)
+{
+	struct waiter *w = arg;
+	switch (w->kind) {
+	case WAIT_PIDFD: {
+		struct pollfd p = {.fd = w->fd, .events = POLLIN};
+		int n;
+		while ((n = poll(&p, 1, 10000)) < 0 && errno == EINTR)
+			;
+		w->woke = now_ns();
+		w->rc = n == 1 ? 0 : -ETIMEDOUT;
+		atomic_store_explicit(&w->word, 0, memory_order_release);
+		break;
+	}
+	case WAIT_CN:
+		w->rc = cn_wait_exit(w->pid);
+		w->woke = now_ns();
+		atomic_store_explicit(&w->word, 0, memory_order_release);
+		break;
+	}
+	return NULL;
+}
+
+/* wait_word is wait_change on a waiter's word. */
+static uint32_t wait_word(_Atomic uint32_t *word, uint32_t old, uint64_t deadline)
+{
+	unsigned n = 0;
+	for (;;) {
+		uint32_t v = atomic_load_explicit(word, memory_order_acquire);
+		if (v != old)
+			return v;
+		relax();
+		if ((++n & 255) == 0 && now_ns() > deadline)
+			return old;
+	}
+}
+
+/* raw_sample starts w's thread, lets it block, kills w->pid and waits for
+ * the word to leave the PID. It fills t0 (kill) and t1 (seen). */
+static int raw_sample(struct waiter *w, long settle, uint64_t *t0, uint64_t *t1)
+{
+	atomic_store(&w->word, (uint32_t)w->pid);
+	if (pthread_create(&w->thread, NULL, waiter_main, w) != 0)
+		return -EAGAIN;
+	sleep_us(settle);
+	*t0 = now_ns();
+	kill(w->pid, SIGKILL);
+	uint32_t v = wait_word(&w->word, (uint32_t)w->pid, *t0 + TIMEOUT_NS);
+	*t1 = now_ns();
+	if (v == (uint32_t)w->pid)
+		kill(w->pid, SIGKILL);
+	return 0;
+}
+
+/* rawpidfd EXE SETTLE_US: our own child, a waiter thread blocked in poll on
+ * its pidfd. */
 static void cmd_rawpidfd(int eid, long settle)
 {
 	const char *e = exe(eid);
+	uint64_t t0, t1;
 	if (!e) {
 		printf("err no exe %d\n", eid);
 		return;
@@ -327,28 +404,27 @@ static void cmd_rawpidfd(int eid, long settle)
 		printf("err pidfd_open: %s\n", strerror(err));
 		return;
 	}
-	sleep_us(settle);
-	struct pollfd p = {.fd = pfd, .events = POLLIN};
-	uint64_t t0 = now_ns();
-	kill(pid, SIGKILL);
-	int n;
-	while ((n = poll(&p, 1, 10000)) < 0 && errno == EINTR)
-		;
-	uint64_t t1 = now_ns();
+	struct waiter w = {.kind = WAIT_PIDFD, .fd = pfd, .pid = pid};
+	int rc = raw_sample(&w, settle, &t0, &t1);
+	if (rc == 0)
+		pthread_join(w.thread, NULL);
 	close(pfd);
 	reap(pid);
-	if (n != 1) {
-		printf("err poll pidfd: %d\n", n);
+	if (rc < 0 || w.rc < 0) {
+		printf("err poll pidfd: %s\n", strerror(rc < 0 ? -rc : -w.rc));
 		return;
 	}
-	printf("ok t0=%llu t1=%llu\n", (unsigned long long)t0, (unsigned long long)t1);
+	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
+	       (unsigned long long)w.woke);
 }
 
-/* rawcn EXE SETTLE_US: our own child, a proc connector listener (EXIT
- * events only, filtered in the kernel) blocked in poll+recv. */
+/* rawcn EXE SETTLE_US: our own child, a waiter thread listening to the proc
+ * connector (EXIT events only, filtered in the kernel), blocked in
+ * poll+recv. */
 static void cmd_rawcn(int eid, long settle)
 {
 	const char *e = exe(eid);
+	uint64_t t0, t1;
 	if (!e || cnfd < 0) {
 		printf("err no exe %d or no connector socket\n", eid);
 		return;
@@ -358,24 +434,59 @@ static void cmd_rawcn(int eid, long settle)
 		printf("err spawn: %s\n", strerror(errno));
 		return;
 	}
-	sleep_us(settle);
 	cn_drain();
-	uint64_t t0 = now_ns();
-	kill(pid, SIGKILL);
-	int rc = cn_wait_exit(pid);
-	uint64_t t1 = now_ns();
+	struct waiter w = {.kind = WAIT_CN, .pid = pid};
+	int rc = raw_sample(&w, settle, &t0, &t1);
+	if (rc == 0)
+		pthread_join(w.thread, NULL);
 	reap(pid);
-	if (rc < 0) {
-		printf("err connector: %s\n", strerror(-rc));
+	if (rc < 0 || w.rc < 0) {
+		printf("err connector: %s\n", strerror(rc < 0 ? -rc : -w.rc));
 		return;
 	}
-	printf("ok t0=%llu t1=%llu\n", (unsigned long long)t0, (unsigned long long)t1);
+	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
+	       (unsigned long long)w.woke);
 }
 
-/* bare EXE SETTLE_US: the bare supervisor loop. The current child of EXE is
- * killed, waited for, and a new one started; "started" is when vfork
- * returns in the parent, i.e. the new process has exec'd and its PID is
- * known (written) - the moment hb stores the PID in the slot. */
+/* The bare supervisor of one program: a thread that starts it, waits for
+ * it, starts it again, for ever, publishing each PID in word (0 between
+ * the death and the new start). Its children die with it (they are
+ * started with PR_SET_PDEATHSIG by this thread). */
+struct bare {
+	const char *exe;
+	pthread_t thread;
+	int started;
+	_Atomic uint32_t word;
+	_Atomic uint64_t reaped;  /* when waitpid returned */
+	_Atomic uint64_t spawned; /* when vfork returned */
+	_Atomic int rc;           /* -errno: the supervisor has stopped */
+};
+static struct bare bares[MAX_EXES];
+
+static void *bare_main(void *arg)
+{
+	struct bare *b = arg;
+	for (;;) {
+		pid_t pid = spawn(b->exe);
+		atomic_store(&b->spawned, now_ns());
+		if (pid < 0) {
+			atomic_store(&b->rc, -errno);
+			return NULL;
+		}
+		atomic_store_explicit(&b->word, (uint32_t)pid, memory_order_release);
+		if (reap(pid) < 0) {
+			atomic_store(&b->rc, -errno);
+			return NULL;
+		}
+		atomic_store(&b->reaped, now_ns());
+		atomic_store_explicit(&b->word, 0, memory_order_release);
+	}
+}
+
+/* bare EXE SETTLE_US: kill the bare supervisor's current child and read its
+ * word, with the loop used on an hb slot, until the new PID is there.
+ * "Started" is when vfork returns in the supervisor: the new process has
+ * exec'd and its PID is known, the moment hb stores the PID in the slot. */
 static void cmd_bare(int eid, long settle)
 {
 	const char *e = exe(eid);
@@ -383,28 +494,36 @@ static void cmd_bare(int eid, long settle)
 		printf("err no exe %d\n", eid);
 		return;
 	}
-	if (bare_child[eid] <= 0) {
-		bare_child[eid] = spawn(e);
-		if (bare_child[eid] < 0) {
-			printf("err spawn: %s\n", strerror(errno));
+	struct bare *b = &bares[eid];
+	if (!b->started) {
+		b->exe = e;
+		if (pthread_create(&b->thread, NULL, bare_main, b) != 0) {
+			printf("err pthread_create\n");
 			return;
 		}
+		b->started = 1;
 	}
+	uint32_t pid = wait_word(&b->word, 0, now_ns() + TIMEOUT_NS);
 	sleep_us(settle);
-	pid_t old = bare_child[eid];
-	uint64_t t0 = now_ns();
-	kill(old, SIGKILL);
-	reap(old);
-	uint64_t t1 = now_ns();
-	pid_t pid = spawn(e);
-	uint64_t t2 = now_ns();
-	bare_child[eid] = pid;
-	if (pid < 0) {
-		printf("err spawn: %s\n", strerror(errno));
+	if (atomic_load(&b->rc) < 0 || pid == 0) {
+		printf("err bare supervisor: %s\n", strerror(-atomic_load(&b->rc)));
 		return;
 	}
-	printf("ok t0=%llu t1=%llu t2=%llu newpid=%d\n", (unsigned long long)t0, (unsigned long long)t1,
-	       (unsigned long long)t2, pid);
+	uint64_t t0 = now_ns();
+	kill((pid_t)pid, SIGKILL);
+	uint32_t v = wait_word(&b->word, pid, t0 + TIMEOUT_NS);
+	uint64_t t1 = now_ns(), t2 = t1;
+	if (v == 0) {
+		v = wait_word(&b->word, 0, t1 + TIMEOUT_NS);
+		t2 = now_ns();
+	}
+	if (v == 0 || v == pid) {
+		printf("err bare supervisor: no new PID after killing %u\n", pid);
+		return;
+	}
+	printf("ok t0=%llu t1=%llu t2=%llu reaped=%llu spawned=%llu newpid=%u\n", (unsigned long long)t0,
+	       (unsigned long long)t1, (unsigned long long)t2, (unsigned long long)atomic_load(&b->reaped),
+	       (unsigned long long)atomic_load(&b->spawned), v);
 }
 
 /* peer T SLOT PID FILE BATCHES NHB NKILL NFILE: ns per check for hb_pid,
@@ -615,16 +734,6 @@ out:
 	free(evs);
 }
 
-static void quit_children(void)
-{
-	for (int i = 0; i < MAX_EXES; i++)
-		if (bare_child[i] > 0) {
-			kill(bare_child[i], SIGKILL);
-			reap(bare_child[i]);
-			bare_child[i] = 0;
-		}
-}
-
 static int serve(void)
 {
 	char line[8192];
@@ -686,7 +795,7 @@ static int serve(void)
 		} else if (!strcmp(cmd, "rawkillall") && sscanf(line, "%*s %d %ld %ld", &a, &c, &d) == 3) {
 			cmd_rawkillall(a, c, d);
 		} else if (!strcmp(cmd, "quit")) {
-			quit_children();
+			/* The bare supervisors' children die with their threads. */
 			printf("ok\n");
 			return 0;
 		} else {
@@ -695,7 +804,6 @@ static int serve(void)
 				putchar('\n');
 		}
 	}
-	quit_children();
 	return 0;
 }
 
