@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 )
 
 // Sentinel errors, matched with errors.Is.
@@ -166,13 +167,24 @@ type Options struct {
 	OnResync func(reason error)
 
 	// OnError is called with receive or epoll errors that the Watcher
-	// survives (it keeps working, backing off on a repeated error). Must not
-	// block. Nil means no callback.
+	// survives (it keeps working, backing off on a repeated error), and
+	// with failures to update the proc connector socket's filter (the
+	// socket is then left without one: every exit event is delivered); the
+	// latter can come from within Watch. Must not block. Nil means no
+	// callback.
 	OnError func(error)
 
 	// Logger receives rare diagnostics (detector choice, resyncs, errors);
 	// nothing is logged on the exit path. Nil discards.
 	Logger *slog.Logger
+
+	// NoFilter leaves the proc connector socket without the socket filter
+	// that has the kernel drop the exit events of unwatched processes (see
+	// the package documentation): every exit on the machine is then
+	// received and decoded, as when the watched set is too large for the
+	// filter. For diagnosis, and for tests that need unrelated exits to
+	// reach the socket, e.g. to overflow its receive buffer on purpose.
+	NoFilter bool
 
 	// hooks lets the package's tests stall the goroutines; nil in normal use.
 	hooks *testHooks
@@ -186,19 +198,36 @@ const DefaultExitQueue = 4096
 
 // Stats are cumulative counters of a Watcher.
 type Stats struct {
+	Frames  uint64 // datagrams read from the proc connector socket, whatever they hold (what passed the socket filter)
 	Events  uint64 // exit events received from the proc connector (any process, any thread)
 	Matched uint64 // of Events, those for a watched process (any of its threads)
 	Exits   uint64 // exits reported (OnExit calls)
 	Resyncs uint64 // ENOBUFS episodes, each followed by a rescan of every watched pidfd
-	Errors  uint64 // other receive/epoll errors passed to OnError
+	Errors  uint64 // other receive/epoll errors, and failed socket filter updates, passed to OnError
+
+	// FilterUpdates counts the socket filter programs attached to the proc
+	// connector socket, and their removals when the watched set grew too
+	// large for one program.
+	FilterUpdates uint64
 
 	Watching   int // processes watched now
 	ReadBuffer int // receive buffer the kernel granted (SO_RCVBUF), 0 without connector
+
+	// FilterTGIDs is the number of processes in the socket filter now
+	// attached to the proc connector socket, which has the kernel drop the
+	// exit events of every other process; -1 when no filter is attached
+	// (every exit event is delivered) or there is no connector. It lags
+	// behind the watched set: an addition by up to a few tens of
+	// milliseconds, a removal by about a second.
+	FilterTGIDs int
 }
 
-// testHooks are stall points for tests, called at the top of each loop.
+// testHooks are stall points for tests, called at the top of each loop, and
+// settings of the socket filter.
 type testHooks struct {
 	beforeRecv  func() // connector goroutine, before each receive
 	beforeEpoll func() // epoll goroutine, before each epoll_wait
 	exitQueue   int    // overrides DefaultExitQueue when > 0
+
+	filterEvery time.Duration // overrides filterInterval when != 0
 }

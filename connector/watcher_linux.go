@@ -70,12 +70,30 @@ type Watcher struct {
 	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
 	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
 
+	// The socket filter (see filter.go and updateFilter). A change of the
+	// watched set bumps setGen; the filter is then brought up to date at
+	// once by Watch, or later by the connector goroutine, woken by the
+	// socket's read deadline, so that bursts of changes cost one update.
+	filtering   bool          // a filter is kept on the socket; set before the goroutines start
+	filterEvery time.Duration // least time between two updates; set before the goroutines start
+	filterFixed bool          // filterPause is always filterEvery (tests); set before the goroutines start
+	filterPause time.Duration // least time from the last update to the next, guarded by mu
+	setGen      uint64        // bumped at each change of byPID, guarded by mu
+	filterGen   uint64        // setGen of the last update, guarded by mu
+	filterLast  time.Time     // when the last update was decided, guarded by mu
+	filterWake  time.Time     // read deadline set for a deferred update, zero if none; guarded by mu
+	filterMu    sync.Mutex    // serializes updates; taken before mu, never while holding it
+	filterOn    bool          // a program is attached; guarded by filterMu
+	filterSet   []uint32      // TGIDs of the update being made; guarded by filterMu
+
 	// Connector goroutine only.
 	pollOne  [1]unix.PollFd
 	rescan   []*watch
 	rescanFd []unix.PollFd
 
 	events, matched, fired, resyncs, errs atomic.Uint64
+	frames, filterUpdates                 atomic.Uint64
+	filterTGIDs                           atomic.Int64 // TGIDs in the attached program, -1 with none
 }
 
 // NewWatcher starts a Watcher: the epoll goroutine always, and the connector
@@ -92,7 +110,10 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		byKey: make(map[uint64]*watch),
 		byPID: make(map[int32]*watch),
 		byID:  make(map[uint64]*watch),
+
+		filterEvery: filterInterval,
 	}
+	w.filterTGIDs.Store(-1)
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
@@ -135,10 +156,14 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		return nil, fmt.Errorf("connector: epoll_ctl add eventfd: %w", err)
 	}
 
+	if w.nl != nil {
+		w.startFilter()
+	}
+
 	w.wg.Add(1)
 	go w.epollLoop()
 	if w.nl != nil {
-		w.log.Debug("proc connector subscribed", "rcvbuf", w.nl.rcvbuf)
+		w.log.Debug("proc connector subscribed", "rcvbuf", w.nl.rcvbuf, "filter", w.filtering)
 		w.wg.Add(1)
 		go w.connectorLoop()
 	}
@@ -174,23 +199,40 @@ func epollData(ev *unix.EpollEvent) uint64 {
 // once (through the pidfd), so a caller can watch a child it has just started
 // without missing its exit. Watch fails with ErrDuplicate if key, or pid, is
 // watched and not yet reported, and with ErrClosed after Close.
+//
+// With the proc connector, Watch also adds pid to the socket filter: at once
+// (a compile and a setsockopt, before Watch returns), unless the last update
+// was too recent (at least 10 ms, and 50 times what it took, separate two);
+// then the connector goroutine does it when due, together with every other
+// change made meanwhile. An exit that happens before the filter holds pid is
+// reported through the pidfd.
 func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
+	update, err := w.addWatch(key, pid, pidfd)
+	if update {
+		w.updateFilter()
+	}
+	return err
+}
+
+// addWatch does the work of Watch but for the filter update, which it asks
+// for by returning update.
+func (w *Watcher) addWatch(key uint64, pid, pidfd int) (update bool, err error) {
 	if pid <= 0 || pid > 1<<31-1 {
-		return fmt.Errorf("connector: watch key %d: invalid pid %d", key, pid)
+		return false, fmt.Errorf("connector: watch key %d: invalid pid %d", key, pid)
 	}
 	if pidfd < 0 {
-		return fmt.Errorf("connector: watch key %d pid %d: invalid pidfd %d", key, pid, pidfd)
+		return false, fmt.Errorf("connector: watch key %d pid %d: invalid pidfd %d", key, pid, pidfd)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
-		return fmt.Errorf("connector: watch key %d pid %d: %w", key, pid, ErrClosed)
+		return false, fmt.Errorf("connector: watch key %d pid %d: %w", key, pid, ErrClosed)
 	}
 	if old := w.byKey[key]; old != nil && old.state.Load() == stateArmed {
-		return fmt.Errorf("connector: watch key %d pid %d: key %w (pid %d)", key, pid, ErrDuplicate, old.pid)
+		return false, fmt.Errorf("connector: watch key %d pid %d: key %w (pid %d)", key, pid, ErrDuplicate, old.pid)
 	}
 	if old := w.byPID[int32(pid)]; old != nil && old.state.Load() == stateArmed {
-		return fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
+		return false, fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
 	}
 	w.nextID++
 	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID}
@@ -200,12 +242,19 @@ func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT}
 	setEpollData(&ev, wt.id)
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
-		return fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
+		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
+	if old := w.byPID[wt.pid]; old != nil {
+		// A reported (or unwatched) watch of a process that has not been
+		// reaped yet: its pid stays in the filter, so the set is unchanged.
+		w.byPID[wt.pid] = wt
+		w.byID[wt.id] = wt
+		return false, nil
+	}
 	w.byPID[wt.pid] = wt
 	w.byID[wt.id] = wt
-	return nil
+	return w.filterChangedLocked(true), nil
 }
 
 // Unwatch stops watching key; unknown keys are ignored. Once Unwatch returns
@@ -231,6 +280,7 @@ func (w *Watcher) removeLocked(wt *watch) {
 	}
 	if w.byPID[wt.pid] == wt {
 		delete(w.byPID, wt.pid)
+		w.filterChangedLocked(false)
 	}
 	if w.byID[wt.id] == wt {
 		delete(w.byID, wt.id)
@@ -254,12 +304,15 @@ func (w *Watcher) Stats() Stats {
 	n := len(w.byKey)
 	w.mu.Unlock()
 	s := Stats{
-		Events:   w.events.Load(),
-		Matched:  w.matched.Load(),
-		Exits:    w.fired.Load(),
-		Resyncs:  w.resyncs.Load(),
-		Errors:   w.errs.Load(),
-		Watching: n,
+		Frames:        w.frames.Load(),
+		Events:        w.events.Load(),
+		Matched:       w.matched.Load(),
+		Exits:         w.fired.Load(),
+		Resyncs:       w.resyncs.Load(),
+		Errors:        w.errs.Load(),
+		FilterUpdates: w.filterUpdates.Load(),
+		Watching:      n,
+		FilterTGIDs:   int(w.filterTGIDs.Load()),
 	}
 	if w.nl != nil {
 		s.ReadBuffer = w.nl.rcvbuf
@@ -356,6 +409,11 @@ func (w *Watcher) connectorLoop() {
 			if w.isDone() {
 				return
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Not an error: the wake-up for a filter update.
+				w.filterDue()
+				continue
+			}
 			if errors.Is(err, unix.ENOBUFS) {
 				w.resync(err)
 				lastErr, backoff = 0, 0
@@ -368,6 +426,7 @@ func (w *Watcher) connectorLoop() {
 			continue
 		}
 		lastErr, backoff = 0, 0
+		w.frames.Add(1)
 		w.handleDatagram(b)
 	}
 }

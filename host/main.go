@@ -314,6 +314,10 @@ Environment (inherited from hbd):
                               buffer makes the kernel drop exit events
                               (ENOBUFS), which the plugin survives by
                               rescanning every watched process.
+  HB_CONNECTOR_FILTER=off     deliver every exit on the machine to the proc
+                              connector socket (by default a socket filter
+                              passes only the exits of watched processes).
+                              A testing knob, like the one above.
 `
 
 // ConnectorRcvbufEnv names the environment variable that sets the proc
@@ -323,6 +327,12 @@ Environment (inherited from hbd):
 // default. It is a testing and tuning knob: the fault suite sets it tiny to
 // force event loss (ENOBUFS) and check that no watched exit is missed.
 const ConnectorRcvbufEnv = "HB_CONNECTOR_RCVBUF"
+
+// ConnectorFilterEnv names the environment variable that, set to "off",
+// keeps the proc connector socket unfiltered (shim.Options.NoFilter): every
+// exit on the machine reaches the plugin. A testing knob: with it, a flood
+// of unrelated exits can overflow the socket's buffer.
+const ConnectorFilterEnv = "HB_CONNECTOR_FILTER"
 
 // PluginMain is the entry point of `hbd plugin`.
 func PluginMain(args []string) int {
@@ -368,8 +378,17 @@ func PluginMain(args []string) int {
 			return 2
 		}
 	}
+	noFilter := false
+	switch v := strings.TrimSpace(os.Getenv(ConnectorFilterEnv)); v {
+	case "", "on":
+	case "off":
+		noFilter = true
+	default:
+		fmt.Fprintf(os.Stderr, "hbd plugin: %s=%q: want \"on\" or \"off\"\n", ConnectorFilterEnv, v)
+		return 2
+	}
 	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log,
-		ReadBuffer: rcvbuf})
+		ReadBuffer: rcvbuf, NoFilter: noFilter})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)

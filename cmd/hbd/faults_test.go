@@ -526,8 +526,9 @@ int main(void)
 `
 
 // TestFaultEventLoss: with the proc connector's receive buffer at the
-// kernel's minimum (HB_CONNECTOR_RCVBUF) and a flood of unrelated exits,
-// the kernel drops exit events (ENOBUFS); the plugin resyncs, and every kill
+// kernel's minimum (HB_CONNECTOR_RCVBUF), its socket filter off
+// (HB_CONNECTOR_FILTER=off) and a flood of unrelated exits, the kernel
+// drops exit events (ENOBUFS); the plugin resyncs, and every kill
 // of a watched service still counts one exit and is respawned. It does not
 // run in parallel: the flood is felt by every connector socket on the
 // machine.
@@ -544,7 +545,7 @@ func TestFaultEventLoss(t *testing.T) {
 		fmt.Fprintf(&cfg, "[service.%s]\ncommand = [%q]\nstart_secs = \"50ms\"\n\n", n, h.HBClient)
 	}
 	h.WriteConfig(cfg.String())
-	d := startHbdEnv(h, "HB_CONNECTOR_RCVBUF=1")
+	d := startHbdEnv(h, "HB_CONNECTOR_RCVBUF=1", "HB_CONNECTOR_FILTER=off")
 	var rcvbuf int
 	h.Eventually("the plugin to log its receive buffer", func() (bool, string) {
 		m := regexp.MustCompile(`"msg":"shim started".*"rcvbuf":(\d+)`).FindStringSubmatch(h.PluginLog())

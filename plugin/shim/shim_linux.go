@@ -50,6 +50,9 @@ type Options struct {
 	Logger *slog.Logger
 	// ReadBuffer is the proc connector's receive buffer (see connector.Options).
 	ReadBuffer int
+	// NoFilter keeps the proc connector socket unfiltered: every exit on
+	// the machine is delivered (see connector.Options.NoFilter).
+	NoFilter bool
 
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
@@ -191,6 +194,7 @@ func New(opts Options) (*Shim, error) {
 	watcher, err := connector.NewWatcher(connector.Options{
 		Detector:   opts.Detector,
 		ReadBuffer: opts.ReadBuffer,
+		NoFilter:   opts.NoFilter,
 		OnExit:     s.onExit,
 		OnResync: func(reason error) {
 			s.log.Warn("exit events were lost; every watched process was rescanned", "reason", reason)
