@@ -265,6 +265,7 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 	d.publish(api.Event{Kind: api.EventReload,
 		Reason: fmt.Sprintf("added %d, removed %d, changed %d", len(added), len(removed), len(changed))})
 	d.mu.Unlock()
+	releaseMemory()
 	return res, errors.Join(errs...)
 }
 

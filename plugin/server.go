@@ -40,6 +40,9 @@ type grpcServer struct {
 
 	impl Shim
 
+	// specs shares what received Specs have in common.
+	specs specStore
+
 	// quit is closed when Shutdown begins: Events streams end and new calls
 	// are refused with ErrShutdown.
 	quit     chan struct{}
@@ -167,7 +170,9 @@ func (s *grpcServer) Spawn(ctx context.Context, req *hbpb.SpawnRequest) (*hbpb.S
 	if req.GetSpec() == nil {
 		return nil, toStatus(fmt.Errorf("plugin: Spawn: %w: no spec", ErrBadSpec))
 	}
-	res, err := s.impl.Spawn(ctx, specFromProto(req.GetSpec()))
+	spec := specFromProto(req.GetSpec())
+	s.specs.share(&spec)
+	res, err := s.impl.Spawn(ctx, spec)
 	if err != nil {
 		return nil, toStatus(err)
 	}

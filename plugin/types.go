@@ -136,6 +136,9 @@ type Shim interface {
 	// Spawn allocates (or reuses) the slot named spec.Name, starts the
 	// process, stores its PID in the slot, then arms the exit watch (a child
 	// that died in between is caught at once: its pidfd is already readable).
+	// The implementation may keep spec (for respawns) but must not modify
+	// its slices: the plugin's server lets Specs share them (one copy of an
+	// environment common to many services).
 	Spawn(ctx context.Context, spec Spec) (SpawnResult, error)
 	// Stop sends sig to the service's process group and, if it has not exited
 	// after timeout, SIGKILL. It returns once the exit has been recorded.

@@ -57,9 +57,8 @@ type Config struct {
 	// main file's services in file order, then each included file's.
 	Order []string
 
-	src     *source           // main file, for line numbers; nil when built in code
-	hbdKeys map[string]keyRef // [hbd] keys as written, for line numbers
-	hbdLine int               // line of the [hbd] table, 0 if absent
+	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
+	hbdLine int         // line of the [hbd] table, 0 if absent
 }
 
 // HBD is the daemon's own settings, the [hbd] table.
@@ -83,7 +82,7 @@ type Service struct {
 
 	Command     []string          // argv; never empty once validated
 	Directory   string            // working directory, absolute; "" = hbd's
-	Environment map[string]string // added to (and overriding) the inherited environment
+	Environment map[string]string // added to (and overriding) the inherited environment; nil after Load when empty
 	User        string            // name or number; "" = hbd's user
 	Group       string            // name or number; "" = the user's primary group
 	Restart     policy.Restart
@@ -102,8 +101,7 @@ type Service struct {
 	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
 	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
 
-	src  *source           // defining file, for line numbers
-	keys map[string]keyRef // keys as written ("environment.X" too), for line numbers
+	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
 
 // DefaultHBD returns the [hbd] defaults. LogDir is StateDir + "/log".
@@ -182,13 +180,8 @@ func (s *Service) Env(base []string) []string {
 // the file that defines the service, the line of the [service.NAME] table
 // when the key is not written there, or 0 for a Service built in code.
 func (s *Service) KeyLine(key string) int {
-	if s.src == nil {
-		return s.Line
-	}
-	if p, ok := s.keys[key]; ok {
-		if l := s.src.line(p); l > 0 {
-			return l
-		}
+	if l := s.keys.line(key); l > 0 {
+		return l
 	}
 	return s.Line
 }
@@ -249,13 +242,8 @@ func Diff(prev, next *Config) (added, removed, changed []string) {
 // hbdKeyLine is the line of key in [hbd], of the [hbd] table when the key
 // is not written, or 0.
 func (c *Config) hbdKeyLine(key string) int {
-	if c.src == nil {
-		return 0
-	}
-	if p, ok := c.hbdKeys[key]; ok {
-		if l := c.src.line(p); l > 0 {
-			return l
-		}
+	if l := c.hbdKeys.line(key); l > 0 {
+		return l
 	}
 	return c.hbdLine
 }

@@ -57,7 +57,7 @@ func TestDefaults(t *testing.T) {
 		File:         "/etc/hb/hb.toml",
 		Line:         1,
 		Command:      []string{"/usr/bin/rx"},
-		Environment:  map[string]string{},
+		Environment:  nil, // none set
 		Restart:      policy.RestartAlways,
 		RestartDelay: 0,
 		StartSecs:    time.Second,

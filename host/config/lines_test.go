@@ -3,10 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/BurntSushi/toml"
+	"github.com/google/go-cmp/cmp"
 )
 
 // probeLines finds the line of every key of doc with the decoder itself
@@ -160,11 +163,16 @@ func TestLinesWithoutScanner(t *testing.T) {
 // Line lookups may run from several goroutines, also on the decoder
 // fallback (which writes the decoder's state under a lock).
 func TestConcurrentLineLookups(t *testing.T) {
-	cfg := mustParse(t, "hb.toml", "[hbd]\nslots = 8\n\n[service.a]\ncommand = \"a\"\nuser = \"x\"\n[service.b]\ncommand = \"b\"\n")
+	const doc = "[hbd]\nslots = 8\n\n[service.a]\ncommand = \"a\"\nuser = \"x\"\n[service.b]\ncommand = \"b\"\n"
 	for _, fallback := range []bool{false, true} {
+		cfg := mustParse(t, "hb.toml", doc)
 		if fallback {
-			cfg.src.lines = nil
-			cfg.Services["a"].src.lines = nil
+			var err error
+			if cfg, err = decode("hb.toml", []byte(doc), osFS{}); err != nil {
+				t.Fatal(err)
+			}
+			cfg.hbdKeys.src.lines = nil
+			cfg.Services["a"].keys.src.lines = nil
 		}
 		done := make(chan struct{})
 		for range 4 {
@@ -185,5 +193,100 @@ func TestConcurrentLineLookups(t *testing.T) {
 		for range 4 {
 			<-done
 		}
+	}
+}
+
+// A loaded Config keeps line numbers, not the decoder's state, when the
+// scanner indexed the file; with the decoder alone (the scanner gave up) it
+// keeps the decoder and answers the same.
+func TestSettledLines(t *testing.T) {
+	const doc = "[hbd]\nshm = \"x\"\nslots = 8\n\n[service.a]\ncommand = \"a\"\n" +
+		"environment = { PATH = \"/bin\", B = \"2\" }\nuser = \"x\"\n\n[service.b]\ncommand = \"b\"\n"
+	settled := mustParse(t, "hb.toml", doc)
+	lazy, err := decode("hb.toml", []byte(doc), osFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lazy.hbdKeys.src.lines = nil
+	for _, s := range lazy.Services {
+		s.keys.src.lines = nil
+	}
+	if settled.hbdKeys.src != nil || settled.Services["a"].keys.src != nil {
+		t.Fatal("Parse kept the decoder's state of a file the scanner indexed")
+	}
+	for _, key := range []string{"shm", "slots", "socket"} {
+		if got, want := settled.hbdKeyLine(key), lazy.hbdKeyLine(key); got != want {
+			t.Errorf("hbd key %s: line %d, want %d", key, got, want)
+		}
+	}
+	tests := []struct {
+		svc, key string
+		line     int
+		written  bool
+	}{
+		{"a", "command", 6, true},
+		{"a", "environment", 7, true},
+		{"a", "environment.PATH", 7, true},
+		{"a", "environment.B", 7, true},
+		{"a", "user", 8, true},
+		{"a", "group", 5, false},
+		{"b", "command", 11, true},
+		{"b", "user", 10, false},
+	}
+	for _, tt := range tests {
+		for name, cfg := range map[string]*Config{"settled": settled, "decoder": lazy} {
+			s := cfg.Services[tt.svc]
+			if got := s.KeyLine(tt.key); got != tt.line {
+				t.Errorf("%s: service %s: KeyLine(%q) = %d, want %d", name, tt.svc, tt.key, got, tt.line)
+			}
+			if got := s.keys.has(tt.key); got != tt.written {
+				t.Errorf("%s: service %s: key %q written = %v, want %v", name, tt.svc, tt.key, got, tt.written)
+			}
+		}
+	}
+}
+
+// A loaded Config holds the same values as decoded, in shared blocks: equal
+// strings are one copy, and no slice can grow into its neighbour.
+func TestCompact(t *testing.T) {
+	const doc = "[hbd]\nshm = \"x\"\n\n[service.a]\ncommand = [\"/bin/rx\", \"-q\"]\nstdout = \"null\"\n" +
+		"exit_codes = [0, 2]\nenvironment = { A = \"1\" }\n\n" +
+		"[service.b]\ncommand = \"/bin/rx -q\"\nstdout = \"null\"\n\n[service.c]\ncommand = \"c\"\nexit_codes = []\n"
+	cfg := mustParse(t, "hb.toml", doc)
+	raw, err := decode("hb.toml", []byte(doc), osFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(raw.HBD, cfg.HBD); diff != "" {
+		t.Errorf("HBD changed (-decoded +loaded):\n%s", diff)
+	}
+	if diff := cmp.Diff(raw.Order, cfg.Order); diff != "" {
+		t.Errorf("Order changed (-decoded +loaded):\n%s", diff)
+	}
+	for name, want := range raw.Services {
+		got := cfg.Services[name]
+		if len(want.Environment) == 0 {
+			want.Environment = nil
+		}
+		if diff := cmp.Diff(want, got, cmpService); diff != "" {
+			t.Errorf("service %s changed (-decoded +loaded):\n%s", name, diff)
+		}
+		if l := got.KeyLine("command"); l != want.KeyLine("command") {
+			t.Errorf("service %s: command on line %d, want %d", name, l, want.KeyLine("command"))
+		}
+	}
+	a, b, c := cfg.Services["a"], cfg.Services["b"], cfg.Services["c"]
+	if unsafe.StringData(a.Stdout) != unsafe.StringData(b.Stdout) ||
+		unsafe.StringData(a.Command[1]) != unsafe.StringData(b.Command[1]) {
+		t.Error("equal strings are not shared")
+	}
+	if c.ExitCodes == nil || len(c.ExitCodes) != 0 {
+		t.Errorf("exit_codes = [] loaded as %#v", c.ExitCodes)
+	}
+	// Appending to one service's slices leaves the others alone.
+	_ = append(a.Command, "x")
+	_ = append(a.ExitCodes, 99)
+	if !slices.Equal(b.Command, []string{"/bin/rx", "-q"}) || !slices.Equal(b.ExitCodes, []int{0}) {
+		t.Errorf("a neighbour changed: command %q, exit codes %v", b.Command, b.ExitCodes)
 	}
 }

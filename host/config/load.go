@@ -158,7 +158,21 @@ type loader struct {
 
 func badKey(service, key string) string { return service + "\x00" + key }
 
+// parse decodes and validates, then lets go of what only decoding needed
+// (see writtenKeys and compact).
 func parse(name string, data []byte, fsys fileSystem) (*Config, error) {
+	cfg, err := decode(name, data, fsys)
+	if err != nil {
+		return nil, err
+	}
+	cfg.settle()
+	cfg.compact()
+	return cfg, nil
+}
+
+// decode is parse without settle and compact: every key's line is still
+// found through the decoder's state.
+func decode(name string, data []byte, fsys fileSystem) (*Config, error) {
 	l := &loader{
 		fsys: fsys,
 		cfg: &Config{
@@ -228,9 +242,6 @@ func (l *loader) file(name string, data []byte, main bool) {
 		return
 	}
 	src := &source{file: name, md: md, lines: newKeyLines(doc, md)}
-	if main {
-		l.cfg.src = src
-	}
 	dir := filepath.Dir(name)
 	absDir := dir
 	if a, err := filepath.Abs(dir); err == nil {
@@ -344,7 +355,7 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 		return
 	}
 	c := l.cfg
-	c.hbdKeys = keys
+	c.hbdKeys = newWrittenKeys(src, keys)
 	c.hbdLine = src.line(r)
 	h := &c.HBD
 	for _, k := range names {
@@ -375,7 +386,7 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 		case "socket_group":
 			h.SocketGroup, err = wantID(v)
 		default:
-			delete(keys, k)
+			c.hbdKeys.remove(k)
 			l.unknown(src, kr, "", "hbd."+k, suggest(k, hbdKeyNames))
 			continue
 		}
@@ -430,7 +441,7 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 		return
 	}
 	s := DefaultService(name)
-	s.File, s.Line, s.src, s.keys = src.file, line, src, keys
+	s.File, s.Line, s.keys = src.file, line, newWrittenKeys(src, keys)
 	l.cfg.Services[name] = s
 	l.cfg.Order = append(l.cfg.Order, name)
 
@@ -484,7 +495,7 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 		case "log_max_bytes":
 			s.LogMaxBytes, err = wantSize(v)
 		default:
-			delete(keys, k)
+			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))
 			continue
 		}
@@ -504,7 +515,7 @@ func (l *loader) environment(src *source, s *Service, r keyRef) {
 	}
 	for _, k := range names {
 		vr := vars[k]
-		s.keys["environment."+k] = vr
+		s.keys.add("environment."+k, vr)
 		v, err := wantString(src.value(vr))
 		if err != nil {
 			l.addField(src, vr, s.Name, "environment."+k, err)

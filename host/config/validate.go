@@ -104,7 +104,7 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 		add("", ErrValue, "Name is %q but the service is listed as %q", s.Name, name)
 	}
 
-	_, written := s.keys["command"]
+	written := s.keys.has("command")
 	switch {
 	case len(s.Command) == 0 && !written:
 		add("", ErrMissing, "missing required key \"command\"")

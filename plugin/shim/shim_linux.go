@@ -383,10 +383,12 @@ func (s *Shim) emit(ev plugin.Event) plugin.Event {
 	return s.events.emit(ev)
 }
 
-// Events implements plugin.Shim. Each subscriber has its own buffered
-// channel; one that falls more than its buffer behind is dropped (its channel
-// is closed) rather than slowing the exit path, and should resubscribe with
-// the last Seq it received.
+// Events implements plugin.Shim. Each subscriber has its own buffer, which
+// grows with its backlog (up to subBuffer live events beyond its replay) and
+// shrinks back once it has caught up; one that falls further behind is
+// dropped (it receives what was queued for it, then its channel is closed)
+// rather than slowing the exit path, and should resubscribe with the last
+// Seq it received.
 func (s *Shim) Events(ctx context.Context, afterSeq uint64) (<-chan plugin.Event, error) {
 	return s.events.subscribe(ctx, afterSeq)
 }
