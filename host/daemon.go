@@ -155,13 +155,14 @@ func (d *Daemon) reconcile() error {
 	for _, sl := range slots {
 		byName[sl.Name] = sl
 	}
+	var autostart []*service
 	for _, name := range d.order {
 		s := d.svcs[name]
 		sl, ok := byName[name]
 		delete(byName, name)
 		if !ok {
 			if s.cfg.Autostart && !s.wantDown {
-				d.spawn(s, "autostart")
+				autostart = append(autostart, s)
 			}
 			continue
 		}
@@ -204,6 +205,7 @@ func (d *Daemon) reconcile() error {
 			d.decide(s, int(sl.LastStatus), time.Time{})
 		}
 	}
+	d.spawnMany(autostart, d.info.Slots-len(slots), "autostart")
 	for name, sl := range byName {
 		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
 		go d.dropOrphan(name, sl)
@@ -451,23 +453,83 @@ func (d *Daemon) spawn(s *service, why string) {
 		return
 	}
 	spec, err := d.specFor(s)
+	var res plugin.SpawnResult
 	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-		var res plugin.SpawnResult
-		res, err = d.shim.Spawn(ctx, spec)
-		cancel()
-		if err == nil {
-			s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
-			s.startedAt = time.Now()
-			s.adopted = false
-			s.down = make(chan struct{})
-			d.setState(s, policy.StateStarting, why)
-			d.log.Info("spawned", "service", s.cfg.Name, "pid", res.PID, "generation", res.Generation, "why", why)
-			d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: res.PID, Generation: res.Generation,
-				Reason: why})
-			d.armPromotion(s)
-			return
+		res, err = spawnRPC(d.shim, spec)
+	}
+	d.spawned(s, why, res, err)
+}
+
+// spawnParallel is how many Spawn calls hbd has in flight when it starts
+// many services together (autostart): each call mostly waits for the
+// kernel to exec, so a few at once use both the machine's CPUs.
+const spawnParallel = 4
+
+// spawnMany is spawn for several services at once, spawnParallel calls at a
+// time; the results are applied in the order of svcs. The plugin gives a new
+// service the first free slot as its Spawn arrives, so the slots of services
+// started together follow the order of svcs only roughly; when they might
+// not all fit in the table (free is the number of free slots), they are
+// started one by one, so that the first in order get the slots. Called with
+// mu held.
+func (d *Daemon) spawnMany(svcs []*service, free int, why string) {
+	if d.closing {
+		return
+	}
+	if len(svcs) < 2 || len(svcs) > free {
+		for _, s := range svcs {
+			d.spawn(s, why)
 		}
+		return
+	}
+	type result struct {
+		res plugin.SpawnResult
+		err error
+	}
+	results := make([]result, len(svcs))
+	sem := make(chan struct{}, spawnParallel)
+	var wg sync.WaitGroup
+	shim := d.shim
+	for i, s := range svcs {
+		s.cancelTimer()
+		spec, err := d.specFor(s)
+		if err != nil {
+			results[i].err = err
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			results[i].res, results[i].err = spawnRPC(shim, spec)
+		})
+	}
+	wg.Wait()
+	for i, s := range svcs {
+		d.spawned(s, why, results[i].res, results[i].err)
+	}
+}
+
+// spawnRPC is one Spawn call to the plugin.
+func spawnRPC(shim plugin.Shim, spec plugin.Spec) (plugin.SpawnResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	return shim.Spawn(ctx, spec)
+}
+
+// spawned records the outcome of a Spawn of s: starting, or the error's
+// consequence (fatal, or a backoff). Called with mu held.
+func (d *Daemon) spawned(s *service, why string, res plugin.SpawnResult, err error) {
+	if err == nil {
+		s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
+		s.startedAt = time.Now()
+		s.adopted = false
+		s.down = make(chan struct{})
+		d.setState(s, policy.StateStarting, why)
+		d.log.Info("spawned", "service", s.cfg.Name, "pid", res.PID, "generation", res.Generation, "why", why)
+		d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: res.PID, Generation: res.Generation,
+			Reason: why})
+		d.armPromotion(s)
+		return
 	}
 	reason := "spawn failed: " + err.Error()
 	d.log.Error("spawn failed", "service", s.cfg.Name, "err", err)
