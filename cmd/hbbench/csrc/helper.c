@@ -196,42 +196,6 @@ fail:
 	return -(int)u32;
 }
 
-/* cn_wait_exit reads connector events until the exit of the whole process
- * pid (pid == tgid). Returns 0, or -errno / -ETIMEDOUT. */
-static int cn_wait_exit(pid_t pid)
-{
-	unsigned char buf[8192];
-	for (;;) {
-		struct pollfd p = {.fd = cnfd, .events = POLLIN};
-		int n = poll(&p, 1, 10000);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ETIMEDOUT : -errno;
-		ssize_t r = recv(cnfd, buf, sizeof buf, MSG_DONTWAIT);
-		if (r < 0) {
-			if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS)
-				continue;
-			return -errno;
-		}
-		if (r < CN_FRAME_LEN)
-			continue;
-		uint32_t what, epid, etgid;
-		memcpy(&what, buf + CN_FRAME_WHAT, 4);
-		memcpy(&epid, buf + CN_FRAME_EXIT_PID, 4);
-		memcpy(&etgid, buf + CN_FRAME_EXIT_TGID, 4);
-		if (what == PROC_EVENT_EXIT_ && etgid == (uint32_t)pid && epid == (uint32_t)pid)
-			return 0;
-	}
-}
-
-static void cn_drain(void)
-{
-	unsigned char buf[8192];
-	while (recv(cnfd, buf, sizeof buf, MSG_DONTWAIT) >= 0 || errno == ENOBUFS || errno == EINTR)
-		;
-}
-
 /* kill0 T SLOT PID: kill -9 PID, wait for the slot to change. */
 static void cmd_kill0(int tid, int idx, uint32_t pid)
 {
@@ -308,46 +272,80 @@ static void cmd_respawn(int tid, int idx, uint32_t pid)
 }
 
 /*
- * The baselines run the way hb does: a waiter thread, not the killer, learns
- * of the death and publishes it in a 32-bit word, and the killing thread
- * reads that word with the same loop as it reads an hb slot (wait_change).
- * So both sides pay for the same hand-over between threads and the same CPU
- * taken by a reader that waits; the waiter's own wake-up time is reported
- * as well.
+ * The baselines run the way hb does: a long-lived waiter thread, not the
+ * killer, learns of the death and publishes it in a 32-bit word, and the
+ * killing thread reads that word with the same loop as it reads an hb slot
+ * (wait_change). So both sides pay for the same hand-over between threads,
+ * the same wake-up of a thread that slept since the last kill, and the same
+ * CPU taken by a reader that waits; the waiter's own wake-up time is
+ * reported as well. The pidfd waiter blocks in epoll_wait on an epoll set
+ * (as hb's does), the connector waiter in poll+recv on the socket.
  */
-enum { WAIT_PIDFD, WAIT_CN };
-
 struct waiter {
-	int kind;
-	int fd;              /* WAIT_PIDFD: the pidfd */
-	pid_t pid;           /* the process to be killed */
-	_Atomic uint32_t word; /* pid, then 0 once the death is seen */
-	uint64_t woke;       /* when the waiter learnt of the death */
-	int rc;
+	int kind; /* WAIT_PIDFD or WAIT_CN */
+	int epfd; /* WAIT_PIDFD */
 	pthread_t thread;
+	int started;
+	_Atomic uint32_t target; /* the PID being waited for; 0: none */
+	_Atomic uint32_t word;   /* target's PID, then 0 once its death is seen */
+	_Atomic uint64_t woke;   /* when the waiter learnt of the death */
+	_Atomic int rc;          /* -errno: the waiter has stopped */
 };
+enum { WAIT_PIDFD, WAIT_CN };
+static struct waiter waiters[2] = {{.kind = WAIT_PIDFD, .epfd = -1}, {.kind = WAIT_CN, .epfd = -1}};
+
+static void publish_death(struct waiter *w)
+{
+	atomic_store(&w->woke, now_ns());
+	atomic_store(&w->target, 0);
+	atomic_store_explicit(&w->word, 0, memory_order_release);
+}
 
 static void *waiter_main(void *arg)
 {
 	struct waiter *w = arg;
-	switch (w->kind) {
-	case WAIT_PIDFD: {
-		struct pollfd p = {.fd = w->fd, .events = POLLIN};
-		int n;
-		while ((n = poll(&p, 1, 10000)) < 0 && errno == EINTR)
-			;
-		w->woke = now_ns();
-		w->rc = n == 1 ? 0 : -ETIMEDOUT;
-		atomic_store_explicit(&w->word, 0, memory_order_release);
-		break;
+	unsigned char buf[8192];
+	for (;;) {
+		if (w->kind == WAIT_PIDFD) {
+			struct epoll_event ev;
+			int n = epoll_wait(w->epfd, &ev, 1, -1);
+			if (n < 0 && errno != EINTR) {
+				atomic_store(&w->rc, -errno);
+				return NULL;
+			}
+			if (n == 1 && atomic_load(&w->target) != 0)
+				publish_death(w);
+			continue;
+		}
+		struct pollfd p = {.fd = cnfd, .events = POLLIN};
+		if (poll(&p, 1, -1) < 0 && errno != EINTR) {
+			atomic_store(&w->rc, -errno);
+			return NULL;
+		}
+		ssize_t r;
+		while ((r = recv(cnfd, buf, sizeof buf, MSG_DONTWAIT)) >= 0 || errno == ENOBUFS || errno == EINTR) {
+			if (r < CN_FRAME_LEN)
+				continue;
+			uint32_t what, epid, etgid, t = atomic_load(&w->target);
+			memcpy(&what, buf + CN_FRAME_WHAT, 4);
+			memcpy(&epid, buf + CN_FRAME_EXIT_PID, 4);
+			memcpy(&etgid, buf + CN_FRAME_EXIT_TGID, 4);
+			if (t != 0 && what == PROC_EVENT_EXIT_ && etgid == t && epid == t)
+				publish_death(w);
+		}
 	}
-	case WAIT_CN:
-		w->rc = cn_wait_exit(w->pid);
-		w->woke = now_ns();
-		atomic_store_explicit(&w->word, 0, memory_order_release);
-		break;
-	}
-	return NULL;
+}
+
+static int start_waiter(struct waiter *w)
+{
+	if (w->started)
+		return atomic_load(&w->rc);
+	if (w->kind == WAIT_PIDFD && (w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+		return -errno;
+	if (pthread_create(&w->thread, NULL, waiter_main, w) != 0)
+		return -EAGAIN;
+	w->started = 1;
+	return 0;
 }
 
 /* wait_word is wait_change on a waiter's word. */
@@ -364,31 +362,35 @@ static uint32_t wait_word(_Atomic uint32_t *word, uint32_t old, uint64_t deadlin
 	}
 }
 
-/* raw_sample starts w's thread, lets it block, kills w->pid and waits for
+/* raw_sample arms w for pid, lets things settle, kills pid and waits for
  * the word to leave the PID. It fills t0 (kill) and t1 (seen). */
-static int raw_sample(struct waiter *w, long settle, uint64_t *t0, uint64_t *t1)
+static int raw_sample(struct waiter *w, pid_t pid, long settle, uint64_t *t0, uint64_t *t1)
 {
-	atomic_store(&w->word, (uint32_t)w->pid);
-	if (pthread_create(&w->thread, NULL, waiter_main, w) != 0)
-		return -EAGAIN;
+	atomic_store(&w->word, (uint32_t)pid);
+	atomic_store(&w->target, (uint32_t)pid);
 	sleep_us(settle);
 	*t0 = now_ns();
-	kill(w->pid, SIGKILL);
-	uint32_t v = wait_word(&w->word, (uint32_t)w->pid, *t0 + TIMEOUT_NS);
+	kill(pid, SIGKILL);
+	uint32_t v = wait_word(&w->word, (uint32_t)pid, *t0 + TIMEOUT_NS);
 	*t1 = now_ns();
-	if (v == (uint32_t)w->pid)
-		kill(w->pid, SIGKILL);
-	return 0;
+	atomic_store(&w->target, 0);
+	return v == (uint32_t)pid ? -ETIMEDOUT : 0;
 }
 
-/* rawpidfd EXE SETTLE_US: our own child, a waiter thread blocked in poll on
- * its pidfd. */
+/* rawpidfd EXE SETTLE_US: our own child, its pidfd in the pidfd waiter's
+ * epoll set. */
 static void cmd_rawpidfd(int eid, long settle)
 {
 	const char *e = exe(eid);
+	struct waiter *w = &waiters[WAIT_PIDFD];
 	uint64_t t0, t1;
+	int rc;
 	if (!e) {
 		printf("err no exe %d\n", eid);
+		return;
+	}
+	if ((rc = start_waiter(w)) < 0) {
+		printf("err pidfd waiter: %s\n", strerror(-rc));
 		return;
 	}
 	pid_t pid = spawn(e);
@@ -397,36 +399,40 @@ static void cmd_rawpidfd(int eid, long settle)
 		return;
 	}
 	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	if (pfd < 0) {
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT};
+	if (pfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, pfd, &ev) < 0) {
 		int err = errno;
 		kill(pid, SIGKILL);
 		reap(pid);
-		printf("err pidfd_open: %s\n", strerror(err));
+		printf("err pidfd: %s\n", strerror(err));
 		return;
 	}
-	struct waiter w = {.kind = WAIT_PIDFD, .fd = pfd, .pid = pid};
-	int rc = raw_sample(&w, settle, &t0, &t1);
-	if (rc == 0)
-		pthread_join(w.thread, NULL);
+	rc = raw_sample(w, pid, settle, &t0, &t1);
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, pfd, NULL);
 	close(pfd);
 	reap(pid);
-	if (rc < 0 || w.rc < 0) {
-		printf("err poll pidfd: %s\n", strerror(rc < 0 ? -rc : -w.rc));
+	if (rc < 0) {
+		printf("err pidfd waiter: %s\n", strerror(-rc));
 		return;
 	}
 	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
-	       (unsigned long long)w.woke);
+	       (unsigned long long)atomic_load(&w->woke));
 }
 
-/* rawcn EXE SETTLE_US: our own child, a waiter thread listening to the proc
- * connector (EXIT events only, filtered in the kernel), blocked in
- * poll+recv. */
+/* rawcn EXE SETTLE_US: our own child, watched by the connector waiter (EXIT
+ * events only, filtered in the kernel). */
 static void cmd_rawcn(int eid, long settle)
 {
 	const char *e = exe(eid);
+	struct waiter *w = &waiters[WAIT_CN];
 	uint64_t t0, t1;
+	int rc;
 	if (!e || cnfd < 0) {
 		printf("err no exe %d or no connector socket\n", eid);
+		return;
+	}
+	if ((rc = start_waiter(w)) < 0) {
+		printf("err connector waiter: %s\n", strerror(-rc));
 		return;
 	}
 	pid_t pid = spawn(e);
@@ -434,18 +440,14 @@ static void cmd_rawcn(int eid, long settle)
 		printf("err spawn: %s\n", strerror(errno));
 		return;
 	}
-	cn_drain();
-	struct waiter w = {.kind = WAIT_CN, .pid = pid};
-	int rc = raw_sample(&w, settle, &t0, &t1);
-	if (rc == 0)
-		pthread_join(w.thread, NULL);
+	rc = raw_sample(w, pid, settle, &t0, &t1);
 	reap(pid);
-	if (rc < 0 || w.rc < 0) {
-		printf("err connector: %s\n", strerror(rc < 0 ? -rc : -w.rc));
+	if (rc < 0) {
+		printf("err connector waiter: %s\n", strerror(-rc));
 		return;
 	}
 	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
-	       (unsigned long long)w.woke);
+	       (unsigned long long)atomic_load(&w->woke));
 }
 
 /* The bare supervisor of one program: a thread that starts it, waits for
