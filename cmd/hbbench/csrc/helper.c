@@ -196,6 +196,14 @@ fail:
 	return -(int)u32;
 }
 
+/* cn_drain drops what the connector socket holds. */
+static void cn_drain(void)
+{
+	unsigned char buf[8192];
+	while (recv(cnfd, buf, sizeof buf, MSG_DONTWAIT) >= 0 || errno == ENOBUFS || errno == EINTR)
+		;
+}
+
 /* kill0 T SLOT PID: kill -9 PID, wait for the slot to change. */
 static void cmd_kill0(int tid, int idx, uint32_t pid)
 {
@@ -290,9 +298,17 @@ struct waiter {
 	_Atomic uint32_t word;   /* target's PID, then 0 once its death is seen */
 	_Atomic uint64_t woke;   /* when the waiter learnt of the death */
 	_Atomic int rc;          /* -errno: the waiter has stopped */
+	/* WAIT_CN: the waiter reads the socket only while armed, so that the
+	 * other tests' exits do not wake it; unarmed, it waits on cond. */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int armed;
 };
 enum { WAIT_PIDFD, WAIT_CN };
-static struct waiter waiters[2] = {{.kind = WAIT_PIDFD, .epfd = -1}, {.kind = WAIT_CN, .epfd = -1}};
+static struct waiter waiters[2] = {
+	{.kind = WAIT_PIDFD, .epfd = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER},
+	{.kind = WAIT_CN, .epfd = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER},
+};
 
 static void publish_death(struct waiter *w)
 {
@@ -317,6 +333,10 @@ static void *waiter_main(void *arg)
 				publish_death(w);
 			continue;
 		}
+		pthread_mutex_lock(&w->mu);
+		while (!w->armed)
+			pthread_cond_wait(&w->cond, &w->mu);
+		pthread_mutex_unlock(&w->mu);
 		struct pollfd p = {.fd = cnfd, .events = POLLIN};
 		if (poll(&p, 1, -1) < 0 && errno != EINTR) {
 			atomic_store(&w->rc, -errno);
@@ -330,8 +350,12 @@ static void *waiter_main(void *arg)
 			memcpy(&what, buf + CN_FRAME_WHAT, 4);
 			memcpy(&epid, buf + CN_FRAME_EXIT_PID, 4);
 			memcpy(&etgid, buf + CN_FRAME_EXIT_TGID, 4);
-			if (t != 0 && what == PROC_EVENT_EXIT_ && etgid == t && epid == t)
+			if (t != 0 && what == PROC_EVENT_EXIT_ && etgid == t && epid == t) {
 				publish_death(w);
+				pthread_mutex_lock(&w->mu);
+				w->armed = 0;
+				pthread_mutex_unlock(&w->mu);
+			}
 		}
 	}
 }
@@ -440,7 +464,15 @@ static void cmd_rawcn(int eid, long settle)
 		printf("err spawn: %s\n", strerror(errno));
 		return;
 	}
+	cn_drain();
+	pthread_mutex_lock(&w->mu);
+	w->armed = 1;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
 	rc = raw_sample(w, pid, settle, &t0, &t1);
+	pthread_mutex_lock(&w->mu);
+	w->armed = 0;
+	pthread_mutex_unlock(&w->mu);
 	reap(pid);
 	if (rc < 0) {
 		printf("err connector waiter: %s\n", strerror(-rc));
