@@ -57,17 +57,9 @@ func attachRaw(fd int, prog []bpf.RawInstruction) error {
 // BPF (verifier, and JIT where enabled), and checks that it takes the
 // largest program compileExitFilter makes.
 func TestFilterKernel(t *testing.T) {
-	for _, tc := range capturedFilterCases(t) {
-		t.Run(tc.name, func(t *testing.T) {
-			prog, ok := compileExitFilter(tc.set)
-			if !ok {
-				t.Fatal("not compiled")
-			}
-			if got := kernelFilter(t, prog)(tc.frame); got != tc.pass {
-				t.Errorf("passes = %v, want %v", got, tc.pass)
-			}
-		})
-	}
+	runCapturedFilterCases(t, func(t testing.TB, prog []bpf.RawInstruction, frame []byte) bool {
+		return kernelFilter(t, prog)(frame)
+	})
 	t.Run("largest program", func(t *testing.T) {
 		exit := readFrame(t, "exit3.bin")
 		n := largestFit()
@@ -260,16 +252,7 @@ func TestResyncAfterOverflowFiltered(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 4
-	var kids []*child
-	var keys []uint64
-	for i := range n {
-		c := startSelf(t, "sleep", false)
-		rec.expect(uint64(i), c)
-		if err := w.Watch(uint64(i), c.pid, c.pidfd); err != nil {
-			t.Fatal(err)
-		}
-		kids, keys = append(kids, c), append(keys, uint64(i))
-	}
+	kids, keys := watchSleepers(t, w, rec, n)
 	if st := w.Stats(); st.FilterTGIDs != n+1 {
 		t.Fatalf("FilterTGIDs = %d, want %d", st.FilterTGIDs, n+1)
 	}

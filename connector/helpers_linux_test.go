@@ -376,3 +376,20 @@ func (g *gate) waitParked(t testing.TB) {
 		g.mu.Lock()
 	}
 }
+
+// watchSleepers starts n sleeping children, expected by rec, and watches
+// them under keys 0..n-1.
+func watchSleepers(t *testing.T, w *Watcher, rec *recorder, n int) ([]*child, []uint64) {
+	t.Helper()
+	var kids []*child
+	var keys []uint64
+	for i := range n {
+		c := startSelf(t, "sleep", false)
+		rec.expect(uint64(i), c)
+		if err := w.Watch(uint64(i), c.pid, c.pidfd); err != nil {
+			t.Fatal(err)
+		}
+		kids, keys = append(kids, c), append(keys, uint64(i))
+	}
+	return kids, keys
+}

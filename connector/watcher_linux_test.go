@@ -323,16 +323,7 @@ func TestFloodNoMissedExits(t *testing.T) {
 	rec := newRecorder()
 	w := newWatcher(t, rec.options(Options{Detector: DetectConnector, ReadBuffer: 1}))
 	const n = 12
-	var kids []*child
-	var keys []uint64
-	for i := range n {
-		c := startSelf(t, "sleep", false)
-		rec.expect(uint64(i), c)
-		if err := w.Watch(uint64(i), c.pid, c.pidfd); err != nil {
-			t.Fatal(err)
-		}
-		kids, keys = append(kids, c), append(keys, uint64(i))
-	}
+	kids, keys := watchSleepers(t, w, rec, n)
 	done := make(chan struct{})
 	floodErr := make(chan error, 1)
 	go func() {
