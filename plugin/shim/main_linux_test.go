@@ -32,6 +32,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// blockForever blocks until the process is killed. Not select{}: without
+// cgo the runtime would call that a deadlock and crash the child.
+func blockForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
 // runChild is the body of the test binary started as a child:
 //
 //	report     print "out-line" on stdout and "err-line" on stderr, write
@@ -62,9 +70,9 @@ func runChild(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		select {}
+		blockForever()
 	case "sleep":
-		select {}
+		blockForever()
 	case "exit":
 		n, _ := strconv.Atoi(os.Getenv("HB_EXIT_CODE"))
 		return n
@@ -94,7 +102,7 @@ func runChild(mode string) int {
 		if err := writeFileAtomic(os.Getenv("HB_TEST_OUT"), strconv.Itoa(res.PID)); err != nil {
 			return 2
 		}
-		select {}
+		blockForever()
 	}
 	fmt.Fprintf(os.Stderr, "unknown %s=%q\n", childModeEnv, mode)
 	return 2
