@@ -48,6 +48,13 @@
 // leaves the socket without filter: every exit is delivered.
 // Stats.FilterTGIDs and FilterUpdates show the filter's state.
 //
+// Children of the watching process, watched with WatchChild, are not in the
+// set: while there is one, the program passes every exit event whose parent
+// (exit.parent_tgid) is this process, a test that never changes. So spawning
+// and respawning children costs no filter update; only the first child, the
+// last one, and processes watched with Watch (adopted ones) change the
+// program.
+//
 // # Goroutines and concurrency contract
 //
 // A Watcher owns at most two goroutines: the connector goroutine (none with

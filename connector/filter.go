@@ -64,6 +64,14 @@ var filterLeafKeys = [...]int{4, 16}
 // instructions, about 3,300 TGIDs); the caller then attaches no filter.
 // tgids may be in any order and hold duplicates; it is not modified.
 func compileExitFilter(tgids []uint32) (prog []bpf.RawInstruction, ok bool) {
+	return compileExitFilterFor(tgids, 0)
+}
+
+// compileExitFilterFor is compileExitFilter that also accepts every exit
+// event whose parent process (exit.parent_tgid) is parent, unless parent is
+// 0. The watched children of the listening process need not be in tgids
+// then, so spawning and respawning them never changes the program.
+func compileExitFilterFor(tgids []uint32, parent uint32) (prog []bpf.RawInstruction, ok bool) {
 	if len(tgids) > filterMaxInsns {
 		return nil, false // every TGID costs at least one instruction
 	}
@@ -77,7 +85,7 @@ func compileExitFilter(tgids []uint32) (prog []bpf.RawInstruction, ok bool) {
 	keys = slices.Compact(keys)
 	for _, leaf := range filterLeafKeys {
 		c := filterCompiler{leafKeys: leaf, prog: make([]bpf.RawInstruction, 0, len(keys)*2+16)}
-		c.header()
+		c.header(parent)
 		if len(keys) == 0 {
 			c.emit(opRetK, 0, 0, filterDrop)
 		} else {
@@ -122,9 +130,16 @@ func (c *filterCompiler) emit(op uint16, jt, jf uint8, k uint32) {
 //	8: accept
 //	9: A = exit.process_tgid
 //
+// With a parent, 9 becomes
+//
+//	9: A = exit.parent_tgid
+//	10: if A != parent goto 12
+//	11: accept
+//	12: A = exit.process_tgid
+//
 // Checking the length first keeps every load inside the datagram (a load
 // past its end would end the program with a drop).
-func (c *filterCompiler) header() {
+func (c *filterCompiler) header(parent uint32) {
 	c.emit(opLdLen, 0, 0, 0)
 	c.emit(opJgeK, 0, 6, FrameLen)
 	c.emit(opLdAbsW, 0, 0, offCnIdx)
@@ -134,6 +149,11 @@ func (c *filterCompiler) header() {
 	c.emit(opLdAbsW, 0, 0, offWhat)
 	c.emit(opJeqK, 1, 0, loaded(procEventExit))
 	c.emit(opRetK, 0, 0, filterAccept)
+	if parent != 0 {
+		c.emit(opLdAbsW, 0, 0, offExitPT)
+		c.emit(opJeqK, 0, 1, loaded(parent))
+		c.emit(opRetK, 0, 0, filterAccept)
+	}
 	c.emit(opLdAbsW, 0, 0, offExitTG)
 }
 

@@ -2,6 +2,7 @@ package connector
 
 import (
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -143,13 +144,19 @@ func (w *Watcher) updateFilter() {
 		return
 	}
 	w.filterSet = w.filterSet[:0]
-	for pid := range w.byPID {
-		w.filterSet = append(w.filterSet, uint32(pid))
+	for pid, wt := range w.byPID {
+		if !wt.child {
+			w.filterSet = append(w.filterSet, uint32(pid))
+		}
+	}
+	var parent uint32
+	if w.children > 0 {
+		parent = uint32(os.Getpid())
 	}
 	w.mu.Unlock()
 
 	start := time.Now()
-	prog, ok := compileExitFilter(w.filterSet)
+	prog, ok := compileExitFilterFor(w.filterSet, parent)
 	var err error
 	switch {
 	case ok:

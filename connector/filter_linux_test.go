@@ -352,3 +352,68 @@ func BenchmarkFilterUpdate(b *testing.B) {
 		}
 	})
 }
+
+// TestFilterChildren: children watched with WatchChild pass the filter by
+// their parent, so watching and reporting them makes no filter update;
+// their own children (grandchildren here) stay out.
+func TestFilterChildren(t *testing.T) {
+	requireConnector(t)
+	shBin, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skipf("needs sh: %v", err)
+	}
+	trueBin, err := exec.LookPath("true")
+	if err != nil {
+		t.Skipf("needs true: %v", err)
+	}
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectConnector}))
+
+	const n = 20
+	var kids []*child
+	for i := range n {
+		c := startSelf(t, "sleep", false)
+		rec.expect(uint64(i), c)
+		if err := w.WatchChild(uint64(i), c.pid, c.pidfd); err != nil {
+			t.Fatal(err)
+		}
+		kids = append(kids, c)
+	}
+	st := w.Stats()
+	if st.FilterUpdates > 2 || st.FilterTGIDs != 0 {
+		t.Fatalf("after %d WatchChild: %d filter updates, %d TGIDs; want at most 2 (the empty set, then the parent) and none",
+			n, st.FilterUpdates, st.FilterTGIDs)
+	}
+	updates := st.FilterUpdates
+
+	// Grandchildren: a shell's children. The shell itself is a child and
+	// passes (one unmatched event at most).
+	const unrelated = 100
+	sh := startCmd(t, false, shBin, "-c", "i=0; while [ $i -lt "+strconv.Itoa(unrelated)+" ]; do "+trueBin+"; i=$((i+1)); done")
+	if got := sh.reap(); got != 0 {
+		t.Fatalf("shell loop exited %d", got)
+	}
+
+	keys := make([]uint64, n)
+	for i, c := range kids {
+		keys[i] = uint64(i)
+		c.kill(unix.SIGKILL)
+	}
+	collect(t, w, keys...) // reported by the connector or the pidfd, whichever first
+	for _, c := range kids {
+		c.reap()
+	}
+	// Every child's exit event reaches the socket, and the shell's; none of
+	// the grandchildren's.
+	waitFor(t, "every child's event to reach the socket", func() bool { return w.Stats().Events >= n })
+	st = w.Stats()
+	t.Logf("%+v", st)
+	if st.Events > n+1 {
+		t.Errorf("%d exit events reached the socket; want %d (the children's) and the shell's at most", st.Events, n)
+	}
+	// Removing the last child drops the parent from the filter: at most
+	// one update more, and only once due.
+	if st.FilterUpdates > updates+1 {
+		t.Errorf("%d filter updates while children came and went, want at most %d", st.FilterUpdates, updates+1)
+	}
+}

@@ -355,3 +355,40 @@ func BenchmarkCompileExitFilter(b *testing.B) {
 		}
 	}
 }
+
+// TestFilterParent: with a parent, an exit event passes by its parent's
+// TGID whatever its own; other exits still need their TGID in the set.
+func TestFilterParent(t *testing.T) {
+	frame := readFrame(t, "exit3.bin")
+	withParent := func(p uint32) []byte {
+		f := slices.Clone(frame)
+		binary.NativeEndian.PutUint32(f[offExitPT:], p)
+		return f
+	}
+	tgid := binary.NativeEndian.Uint32(frame[offExitTG:])
+	const us, other = 4242, 4343
+	cases := []struct {
+		name   string
+		set    []uint32
+		parent uint32
+		frame  []byte
+		pass   bool
+	}{
+		{"child of the parent, empty set", nil, us, withParent(us), true},
+		{"child of another, empty set", nil, us, withParent(other), false},
+		{"child of another, in the set", []uint32{tgid}, us, withParent(other), true},
+		{"no parent given: by the set only", nil, 0, withParent(us), false},
+		{"child of the parent, large set without it", largeSet(1000), us, withParent(us), true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			prog, ok := compileExitFilterFor(tc.set, tc.parent)
+			if !ok {
+				t.Fatal("not compiled")
+			}
+			if got := passes(t, filterVM(t, prog), tc.frame); got != tc.pass {
+				t.Errorf("passes = %v, want %v", got, tc.pass)
+			}
+		})
+	}
+}

@@ -34,6 +34,7 @@ type watch struct {
 	pid   int32
 	pidfd int
 	id    uint64 // epoll data; unique for the Watcher's life
+	child bool   // a child of this process (WatchChild): the socket filter passes it by its parent
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
 	// last is the wait status from the latest connector event for any thread
@@ -69,6 +70,10 @@ type Watcher struct {
 	byKey  map[uint64]*watch // key -> watch, guarded by mu
 	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
 	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
+	// children counts the watches in byPID made with WatchChild; while it is
+	// not 0 the socket filter passes every exit whose parent is this
+	// process. Guarded by mu.
+	children int
 
 	// The socket filter (see filter.go and updateFilter). A change of the
 	// watched set bumps setGen; the filter is then brought up to date at
@@ -207,16 +212,29 @@ func epollData(ev *unix.EpollEvent) uint64 {
 // change made meanwhile. An exit that happens before the filter holds pid is
 // reported through the pidfd.
 func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
-	update, err := w.addWatch(key, pid, pidfd)
+	update, err := w.addWatch(key, pid, pidfd, false)
 	if update {
 		w.updateFilter()
 	}
 	return err
 }
 
+// WatchChild is Watch for a child of the calling process. The socket filter
+// passes every exit whose parent is this process, so watching (and
+// unwatching) a child never changes the filter: spawns and respawns cost no
+// filter update. Watching with WatchChild a process that is not a child
+// costs its connector events (its pidfd still reports the exit).
+func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error {
+	update, err := w.addWatch(key, pid, pidfd, true)
+	if update {
+		w.updateFilter() // the first child: the filter starts passing children
+	}
+	return err
+}
+
 // addWatch does the work of Watch but for the filter update, which it asks
 // for by returning update.
-func (w *Watcher) addWatch(key uint64, pid, pidfd int) (update bool, err error) {
+func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool, err error) {
 	if pid <= 0 || pid > 1<<31-1 {
 		return false, fmt.Errorf("connector: watch key %d: invalid pid %d", key, pid)
 	}
@@ -235,7 +253,7 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int) (update bool, err error) 
 		return false, fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
 	}
 	w.nextID++
-	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID}
+	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID, child: child}
 	// One-shot: a pidfd turns readable once and stays so; one report is all
 	// that is needed, and a registration left behind by a misused pidfd can
 	// never spin the loop.
@@ -248,12 +266,23 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int) (update bool, err error) 
 	if old := w.byPID[wt.pid]; old != nil {
 		// A reported (or unwatched) watch of a process that has not been
 		// reaped yet: its pid stays in the filter, so the set is unchanged.
+		if old.child {
+			w.children--
+		}
+		if child {
+			w.children++
+		}
 		w.byPID[wt.pid] = wt
 		w.byID[wt.id] = wt
 		return false, nil
 	}
 	w.byPID[wt.pid] = wt
 	w.byID[wt.id] = wt
+	if child {
+		// The filter passes children by their parent while there is one.
+		w.children++
+		return w.children == 1 && w.filterChangedLocked(true), nil
+	}
 	return w.filterChangedLocked(true), nil
 }
 
@@ -280,7 +309,12 @@ func (w *Watcher) removeLocked(wt *watch) {
 	}
 	if w.byPID[wt.pid] == wt {
 		delete(w.byPID, wt.pid)
-		w.filterChangedLocked(false)
+		if wt.child {
+			w.children--
+		}
+		if !wt.child || w.children == 0 {
+			w.filterChangedLocked(false)
+		}
 	}
 	if w.byID[wt.id] == wt {
 		delete(w.byID, wt.id)

@@ -22,6 +22,9 @@ func NewWatcher(Options) (*Watcher, error) { return nil, errNotLinux }
 // Watch fails: not implemented on this platform.
 func (*Watcher) Watch(key uint64, pid, pidfd int) error { return errNotLinux }
 
+// WatchChild fails: not implemented on this platform.
+func (*Watcher) WatchChild(key uint64, pid, pidfd int) error { return errNotLinux }
+
 // Unwatch does nothing on this platform.
 func (*Watcher) Unwatch(key uint64) {}
 

@@ -178,7 +178,7 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 		Kind: plugin.EventSpawn, Name: spec.Name, Slot: idx, PID: pid,
 		Generation: gen, DetectedNs: startNs,
 	})
-	if err := s.watcher.Watch(inc.key, pid, pidfd); err != nil {
+	if err := s.watcher.WatchChild(inc.key, pid, pidfd); err != nil {
 		// Without a watch nobody would learn of the exit: undo the spawn.
 		s.abortSpawn(inc)
 		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
