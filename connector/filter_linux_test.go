@@ -252,7 +252,7 @@ func TestResyncAfterOverflowFiltered(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 4
-	kids, keys := watchSleepers(t, w, rec, n)
+	kids, keys := watchSleepers(t, w.Watch, rec, n)
 	if st := w.Stats(); st.FilterTGIDs != n+1 {
 		t.Fatalf("FilterTGIDs = %d, want %d", st.FilterTGIDs, n+1)
 	}
@@ -370,15 +370,7 @@ func TestFilterChildren(t *testing.T) {
 	w := newWatcher(t, rec.options(Options{Detector: DetectConnector}))
 
 	const n = 20
-	var kids []*child
-	for i := range n {
-		c := startSelf(t, "sleep", false)
-		rec.expect(uint64(i), c)
-		if err := w.WatchChild(uint64(i), c.pid, c.pidfd); err != nil {
-			t.Fatal(err)
-		}
-		kids = append(kids, c)
-	}
+	kids, keys := watchSleepers(t, w.WatchChild, rec, n)
 	st := w.Stats()
 	if st.FilterUpdates > 2 || st.FilterTGIDs != 0 {
 		t.Fatalf("after %d WatchChild: %d filter updates, %d TGIDs; want at most 2 (the empty set, then the parent) and none",
@@ -394,9 +386,7 @@ func TestFilterChildren(t *testing.T) {
 		t.Fatalf("shell loop exited %d", got)
 	}
 
-	keys := make([]uint64, n)
-	for i, c := range kids {
-		keys[i] = uint64(i)
+	for _, c := range kids {
 		c.kill(unix.SIGKILL)
 	}
 	collect(t, w, keys...) // reported by the connector or the pidfd, whichever first

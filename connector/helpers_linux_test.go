@@ -378,15 +378,15 @@ func (g *gate) waitParked(t testing.TB) {
 }
 
 // watchSleepers starts n sleeping children, expected by rec, and watches
-// them under keys 0..n-1.
-func watchSleepers(t *testing.T, w *Watcher, rec *recorder, n int) ([]*child, []uint64) {
+// them with watch (a Watcher's Watch or WatchChild) under keys 0..n-1.
+func watchSleepers(t *testing.T, watch func(key uint64, pid, pidfd int) error, rec *recorder, n int) ([]*child, []uint64) {
 	t.Helper()
 	var kids []*child
 	var keys []uint64
 	for i := range n {
 		c := startSelf(t, "sleep", false)
 		rec.expect(uint64(i), c)
-		if err := w.Watch(uint64(i), c.pid, c.pidfd); err != nil {
+		if err := watch(uint64(i), c.pid, c.pidfd); err != nil {
 			t.Fatal(err)
 		}
 		kids, keys = append(kids, c), append(keys, uint64(i))

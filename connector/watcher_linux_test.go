@@ -248,15 +248,7 @@ func TestResyncAfterOverflow(t *testing.T) {
 	epollGate.waitParked(t)
 
 	const n = 4
-	var kids []*child
-	for i := range n {
-		c := startSelf(t, "sleep", false)
-		rec.expect(uint64(i), c)
-		if err := w.Watch(uint64(i), c.pid, c.pidfd); err != nil {
-			t.Fatal(err)
-		}
-		kids = append(kids, c)
-	}
+	kids, _ := watchSleepers(t, w.Watch, rec, n)
 	// The burst: 64 threads ending at once, into a buffer that holds a
 	// handful of events.
 	f := startSelf(t, "flood", false, "HB_THREADS=64")
@@ -323,7 +315,7 @@ func TestFloodNoMissedExits(t *testing.T) {
 	rec := newRecorder()
 	w := newWatcher(t, rec.options(Options{Detector: DetectConnector, ReadBuffer: 1}))
 	const n = 12
-	kids, keys := watchSleepers(t, w, rec, n)
+	kids, keys := watchSleepers(t, w.Watch, rec, n)
 	done := make(chan struct{})
 	floodErr := make(chan error, 1)
 	go func() {
