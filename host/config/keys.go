@@ -88,3 +88,13 @@ func (w *writtenKeys) settle() {
 	slices.SortFunc(at, func(a, b keyAt) int { return strings.Compare(a.key, b.key) })
 	*w = writtenKeys{at: at}
 }
+
+// settle lets go of the decoder's state wherever the lines of the keys are
+// known without it (see writtenKeys). Called once, at the end of a
+// successful Load.
+func (c *Config) settle() {
+	c.hbdKeys.settle()
+	for _, s := range c.Services {
+		s.keys.settle()
+	}
+}

@@ -3,13 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"github.com/BurntSushi/toml"
-	"github.com/google/go-cmp/cmp"
 )
 
 // probeLines finds the line of every key of doc with the decoder itself
@@ -243,50 +240,5 @@ func TestSettledLines(t *testing.T) {
 				t.Errorf("%s: service %s: key %q written = %v, want %v", name, tt.svc, tt.key, got, tt.written)
 			}
 		}
-	}
-}
-
-// A loaded Config holds the same values as decoded, in shared blocks: equal
-// strings are one copy, and no slice can grow into its neighbour.
-func TestCompact(t *testing.T) {
-	const doc = "[hbd]\nshm = \"x\"\n\n[service.a]\ncommand = [\"/bin/rx\", \"-q\"]\nstdout = \"null\"\n" +
-		"exit_codes = [0, 2]\nenvironment = { A = \"1\" }\n\n" +
-		"[service.b]\ncommand = \"/bin/rx -q\"\nstdout = \"null\"\n\n[service.c]\ncommand = \"c\"\nexit_codes = []\n"
-	cfg := mustParse(t, "hb.toml", doc)
-	raw, err := decode("hb.toml", []byte(doc), osFS{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(raw.HBD, cfg.HBD); diff != "" {
-		t.Errorf("HBD changed (-decoded +loaded):\n%s", diff)
-	}
-	if diff := cmp.Diff(raw.Order, cfg.Order); diff != "" {
-		t.Errorf("Order changed (-decoded +loaded):\n%s", diff)
-	}
-	for name, want := range raw.Services {
-		got := cfg.Services[name]
-		if len(want.Environment) == 0 {
-			want.Environment = nil
-		}
-		if diff := cmp.Diff(want, got, cmpService); diff != "" {
-			t.Errorf("service %s changed (-decoded +loaded):\n%s", name, diff)
-		}
-		if l := got.KeyLine("command"); l != want.KeyLine("command") {
-			t.Errorf("service %s: command on line %d, want %d", name, l, want.KeyLine("command"))
-		}
-	}
-	a, b, c := cfg.Services["a"], cfg.Services["b"], cfg.Services["c"]
-	if unsafe.StringData(a.Stdout) != unsafe.StringData(b.Stdout) ||
-		unsafe.StringData(a.Command[1]) != unsafe.StringData(b.Command[1]) {
-		t.Error("equal strings are not shared")
-	}
-	if c.ExitCodes == nil || len(c.ExitCodes) != 0 {
-		t.Errorf("exit_codes = [] loaded as %#v", c.ExitCodes)
-	}
-	// Appending to one service's slices leaves the others alone.
-	_ = append(a.Command, "x")
-	_ = append(a.ExitCodes, 99)
-	if !slices.Equal(b.Command, []string{"/bin/rx", "-q"}) || !slices.Equal(b.ExitCodes, []int{0}) {
-		t.Errorf("a neighbour changed: command %q, exit codes %v", b.Command, b.ExitCodes)
 	}
 }

@@ -159,18 +159,17 @@ type loader struct {
 func badKey(service, key string) string { return service + "\x00" + key }
 
 // parse decodes and validates, then lets go of what only decoding needed
-// (see writtenKeys and compact).
+// (see writtenKeys).
 func parse(name string, data []byte, fsys fileSystem) (*Config, error) {
 	cfg, err := decode(name, data, fsys)
 	if err != nil {
 		return nil, err
 	}
 	cfg.settle()
-	cfg.compact()
 	return cfg, nil
 }
 
-// decode is parse without settle and compact: every key's line is still
+// decode is parse without settle: every key's line is still
 // found through the decoder's state.
 func decode(name string, data []byte, fsys fileSystem) (*Config, error) {
 	l := &loader{

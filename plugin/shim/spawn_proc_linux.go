@@ -14,16 +14,6 @@ type procAttr struct {
 	cred  *syscall.Credential // nil keeps the plugin's
 }
 
-// spawner names the spawner in use, for logs: "clone3" (the vfork-style
-// clone3 spawner of cgo builds on linux/amd64) or "forkexec"
-// (syscall.ForkExec).
-func spawner() string {
-	if clone3Usable() {
-		return "clone3"
-	}
-	return "forkexec"
-}
-
 // spawnProc starts a.path in its own process group and returns its PID and
 // a pidfd for it (O_CLOEXEC, owned by the caller). On return the process
 // has exec'd. An exec that fails is reported as its errno (the failed child

@@ -108,19 +108,49 @@ static int reap(pid_t pid)
 	return st;
 }
 
-/* wait_change spins (or yields) until slot idx holds something else than
- * old, or the deadline passes (then it returns old). */
-static uint32_t wait_change(const struct hb_table *t, int idx, uint32_t old, uint64_t deadline)
+/* wait_word spins (or yields) until *word holds something else than old,
+ * or the deadline passes (then it returns old). It is the one reader loop:
+ * on an hb slot (wait_change) and on a baseline's word alike. */
+static uint32_t wait_word(_Atomic uint32_t *word, uint32_t old, uint64_t deadline)
 {
 	unsigned n = 0;
 	for (;;) {
-		uint32_t v = hb_pid(t, idx);
+		uint32_t v = atomic_load_explicit(word, memory_order_acquire);
 		if (v != old)
 			return v;
 		relax();
 		if ((++n & 255) == 0 && now_ns() > deadline)
 			return old;
 	}
+}
+
+/* wait_change is wait_word on slot idx's PID word (what hb_pid reads). */
+static uint32_t wait_change(const struct hb_table *t, int idx, uint32_t old, uint64_t deadline)
+{
+	if ((unsigned)idx >= t->slot_count)
+		return 0;
+	return wait_word(hb__word(t, idx, 0), old, deadline);
+}
+
+/* kill_wait kills pid, the holder of slot idx, and waits for the slot to
+ * change: t0 is the kill, t1 the change seen. It returns the new value, or
+ * pid after printing the error reply. */
+static uint32_t kill_wait(const struct hb_table *t, int idx, uint32_t pid, uint64_t *t0, uint64_t *t1)
+{
+	if (!t || hb_pid(t, idx) != pid) {
+		printf("err slot %d does not hold pid %u\n", idx, pid);
+		return pid;
+	}
+	*t0 = now_ns();
+	if (kill((pid_t)pid, SIGKILL) < 0) {
+		printf("err kill %u: %s\n", pid, strerror(errno));
+		return pid;
+	}
+	uint32_t v = wait_change(t, idx, pid, *t0 + TIMEOUT_NS);
+	*t1 = now_ns();
+	if (v == pid)
+		printf("err timeout: slot %d still holds %u\n", idx, pid);
+	return v;
 }
 
 /* wait_recorded waits until the slot's seqlocked record names pid as the last
@@ -209,21 +239,10 @@ static void cmd_kill0(int tid, int idx, uint32_t pid)
 {
 	struct hb_table *t = table(tid);
 	struct hb_slot_snapshot s;
-	if (!t || hb_pid(t, idx) != pid) {
-		printf("err slot %d does not hold pid %u\n", idx, pid);
+	uint64_t t0, t1;
+	uint32_t v = kill_wait(t, idx, pid, &t0, &t1);
+	if (v == pid)
 		return;
-	}
-	uint64_t t0 = now_ns();
-	if (kill((pid_t)pid, SIGKILL) < 0) {
-		printf("err kill %u: %s\n", pid, strerror(errno));
-		return;
-	}
-	uint32_t v = wait_change(t, idx, pid, t0 + TIMEOUT_NS);
-	uint64_t t1 = now_ns();
-	if (v == pid) {
-		printf("err timeout: slot %d still holds %u\n", idx, pid);
-		return;
-	}
 	if (wait_recorded(t, idx, pid, &s, t1 + TIMEOUT_NS) < 0) {
 		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
 		return;
@@ -238,21 +257,10 @@ static void cmd_respawn(int tid, int idx, uint32_t pid)
 {
 	struct hb_table *t = table(tid);
 	struct hb_slot_snapshot s, r;
-	if (!t || hb_pid(t, idx) != pid) {
-		printf("err slot %d does not hold pid %u\n", idx, pid);
+	uint64_t t0, t1;
+	uint32_t v = kill_wait(t, idx, pid, &t0, &t1);
+	if (v == pid)
 		return;
-	}
-	uint64_t t0 = now_ns();
-	if (kill((pid_t)pid, SIGKILL) < 0) {
-		printf("err kill %u: %s\n", pid, strerror(errno));
-		return;
-	}
-	uint32_t v = wait_change(t, idx, pid, t0 + TIMEOUT_NS);
-	uint64_t t1 = now_ns();
-	if (v == pid) {
-		printf("err timeout: slot %d still holds %u\n", idx, pid);
-		return;
-	}
 	uint32_t seen = v;
 	uint64_t t2 = t1;
 	if (v == 0) {
@@ -370,20 +378,6 @@ static int start_waiter(struct waiter *w)
 		return -EAGAIN;
 	w->started = 1;
 	return 0;
-}
-
-/* wait_word is wait_change on a waiter's word. */
-static uint32_t wait_word(_Atomic uint32_t *word, uint32_t old, uint64_t deadline)
-{
-	unsigned n = 0;
-	for (;;) {
-		uint32_t v = atomic_load_explicit(word, memory_order_acquire);
-		if (v != old)
-			return v;
-		relax();
-		if ((++n & 255) == 0 && now_ns() > deadline)
-			return old;
-	}
 }
 
 /* raw_sample arms w for pid, lets things settle, kills pid and waits for
