@@ -108,20 +108,50 @@ static int reap(pid_t pid)
 	return st;
 }
 
-/* wait_word spins (or yields) until *word holds something else than old,
- * or the deadline passes (then it returns old). It is the one reader loop:
- * on an hb slot (wait_change) and on a baseline's word alike. */
+/* wait_words is the one reader loop: it spins (or yields) until each of
+ * the n words holds something else than its old value, noting in seen[i]
+ * when it first saw word i change and in val[i] its new value, or until the
+ * deadline passes. It returns how many words changed. It reads an hb slot
+ * (wait_change) and a baseline's word alike, and both at once when a raw
+ * waiter watches the same kill as hb. */
+static int wait_words(int n, _Atomic uint32_t *const *words, const uint32_t *old, uint32_t *val, uint64_t *seen,
+		      uint64_t deadline)
+{
+	unsigned spins = 0;
+	int left = n;
+	for (int i = 0; i < n; i++)
+		seen[i] = 0;
+	for (;;) {
+		for (int i = 0; i < n; i++) {
+			if (seen[i])
+				continue;
+			uint32_t v = atomic_load_explicit(words[i], memory_order_acquire);
+			if (v != old[i]) {
+				seen[i] = now_ns();
+				val[i] = v;
+				left--;
+			}
+		}
+		if (left == 0)
+			return n;
+		relax();
+		if ((++spins & 255) == 0 && now_ns() > deadline) {
+			for (int i = 0; i < n; i++)
+				if (!seen[i])
+					val[i] = old[i];
+			return n - left;
+		}
+	}
+}
+
+/* wait_word is wait_words on one word: it returns the new value, or old
+ * at the deadline. */
 static uint32_t wait_word(_Atomic uint32_t *word, uint32_t old, uint64_t deadline)
 {
-	unsigned n = 0;
-	for (;;) {
-		uint32_t v = atomic_load_explicit(word, memory_order_acquire);
-		if (v != old)
-			return v;
-		relax();
-		if ((++n & 255) == 0 && now_ns() > deadline)
-			return old;
-	}
+	uint32_t v;
+	uint64_t seen;
+	wait_words(1, &word, &old, &v, &seen, deadline);
+	return v;
 }
 
 /* wait_change is wait_word on slot idx's PID word (what hb_pid reads). */
@@ -232,23 +262,6 @@ static void cn_drain(void)
 	unsigned char buf[8192];
 	while (recv(cnfd, buf, sizeof buf, MSG_DONTWAIT) >= 0 || errno == ENOBUFS || errno == EINTR)
 		;
-}
-
-/* kill0 T SLOT PID: kill -9 PID, wait for the slot to change. */
-static void cmd_kill0(int tid, int idx, uint32_t pid)
-{
-	struct hb_table *t = table(tid);
-	struct hb_slot_snapshot s;
-	uint64_t t0, t1;
-	uint32_t v = kill_wait(t, idx, pid, &t0, &t1);
-	if (v == pid)
-		return;
-	if (wait_recorded(t, idx, pid, &s, t1 + TIMEOUT_NS) < 0) {
-		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
-		return;
-	}
-	printf("ok t0=%llu t1=%llu seen=%u detected=%llu exits=%llu\n", (unsigned long long)t0,
-	       (unsigned long long)t1, v, (unsigned long long)s.last_exit_ns, (unsigned long long)s.exits);
 }
 
 /* respawn T SLOT PID: kill -9 PID, wait for the slot to change, then for a
@@ -380,100 +393,133 @@ static int start_waiter(struct waiter *w)
 	return 0;
 }
 
-/* raw_sample arms w for pid, lets things settle, kills pid and waits for
- * the word to leave the PID. It fills t0 (kill) and t1 (seen). */
-static int raw_sample(struct waiter *w, pid_t pid, long settle, uint64_t *t0, uint64_t *t1)
+/* arm points waiter w at pid, which need not be our child: a pidfd in the
+ * pidfd waiter's epoll set, or the connector waiter reading its socket. It
+ * returns the pidfd (-1 for the connector waiter) or -errno. */
+static int arm(struct waiter *w, pid_t pid)
 {
+	int rc = start_waiter(w);
+	if (rc < 0)
+		return rc;
 	atomic_store(&w->word, (uint32_t)pid);
 	atomic_store(&w->target, (uint32_t)pid);
-	sleep_us(settle);
-	*t0 = now_ns();
-	kill(pid, SIGKILL);
-	uint32_t v = wait_word(&w->word, (uint32_t)pid, *t0 + TIMEOUT_NS);
-	*t1 = now_ns();
-	atomic_store(&w->target, 0);
-	return v == (uint32_t)pid ? -ETIMEDOUT : 0;
-}
-
-/* rawpidfd EXE SETTLE_US: our own child, its pidfd in the pidfd waiter's
- * epoll set. */
-static void cmd_rawpidfd(int eid, long settle)
-{
-	const char *e = exe(eid);
-	struct waiter *w = &waiters[WAIT_PIDFD];
-	uint64_t t0, t1;
-	int rc;
-	if (!e) {
-		printf("err no exe %d\n", eid);
-		return;
+	if (w->kind == WAIT_PIDFD) {
+		int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+		struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT};
+		if (pfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, pfd, &ev) < 0) {
+			rc = -errno;
+			if (pfd >= 0)
+				close(pfd);
+			atomic_store(&w->target, 0);
+			return rc;
+		}
+		return pfd;
 	}
-	if ((rc = start_waiter(w)) < 0) {
-		printf("err pidfd waiter: %s\n", strerror(-rc));
-		return;
-	}
-	pid_t pid = spawn(e);
-	if (pid < 0) {
-		printf("err spawn: %s\n", strerror(errno));
-		return;
-	}
-	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT};
-	if (pfd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, pfd, &ev) < 0) {
-		int err = errno;
-		kill(pid, SIGKILL);
-		reap(pid);
-		printf("err pidfd: %s\n", strerror(err));
-		return;
-	}
-	rc = raw_sample(w, pid, settle, &t0, &t1);
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, pfd, NULL);
-	close(pfd);
-	reap(pid);
-	if (rc < 0) {
-		printf("err pidfd waiter: %s\n", strerror(-rc));
-		return;
-	}
-	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
-	       (unsigned long long)atomic_load(&w->woke));
-}
-
-/* rawcn EXE SETTLE_US: our own child, watched by the connector waiter (EXIT
- * events only, filtered in the kernel). */
-static void cmd_rawcn(int eid, long settle)
-{
-	const char *e = exe(eid);
-	struct waiter *w = &waiters[WAIT_CN];
-	uint64_t t0, t1;
-	int rc;
-	if (!e || cnfd < 0) {
-		printf("err no exe %d or no connector socket\n", eid);
-		return;
-	}
-	if ((rc = start_waiter(w)) < 0) {
-		printf("err connector waiter: %s\n", strerror(-rc));
-		return;
-	}
-	pid_t pid = spawn(e);
-	if (pid < 0) {
-		printf("err spawn: %s\n", strerror(errno));
-		return;
-	}
+	if (cnfd < 0)
+		return -ENOTCONN;
 	cn_drain();
 	pthread_mutex_lock(&w->mu);
 	w->armed = 1;
 	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&w->mu);
-	rc = raw_sample(w, pid, settle, &t0, &t1);
+	return -1;
+}
+
+/* disarm undoes arm; pfd is what arm returned. */
+static void disarm(struct waiter *w, int pfd)
+{
+	atomic_store(&w->target, 0);
+	if (w->kind == WAIT_PIDFD) {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, pfd, NULL);
+		close(pfd);
+		return;
+	}
 	pthread_mutex_lock(&w->mu);
 	w->armed = 0;
 	pthread_mutex_unlock(&w->mu);
+}
+
+/* rawpidfd EXE SETTLE_US (kind WAIT_PIDFD), rawcn EXE SETTLE_US (WAIT_CN):
+ * our own child, watched by a raw waiter, killed and reaped. */
+static void cmd_raw(int kind, int eid, long settle)
+{
+	const char *e = exe(eid);
+	struct waiter *w = &waiters[kind];
+	if (!e) {
+		printf("err no exe %d\n", eid);
+		return;
+	}
+	pid_t pid = spawn(e);
+	if (pid < 0) {
+		printf("err spawn: %s\n", strerror(errno));
+		return;
+	}
+	int pfd = arm(w, pid);
+	if (pfd < -1) {
+		kill(pid, SIGKILL);
+		reap(pid);
+		printf("err arm waiter: %s\n", strerror(-pfd));
+		return;
+	}
+	sleep_us(settle);
+	uint64_t t0 = now_ns();
+	kill(pid, SIGKILL);
+	uint32_t v = wait_word(&w->word, (uint32_t)pid, t0 + TIMEOUT_NS);
+	uint64_t t1 = now_ns();
+	disarm(w, pfd);
 	reap(pid);
-	if (rc < 0) {
-		printf("err connector waiter: %s\n", strerror(-rc));
+	if (v == (uint32_t)pid) {
+		printf("err waiter timed out\n");
 		return;
 	}
 	printf("ok t0=%llu t1=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
 	       (unsigned long long)atomic_load(&w->woke));
+}
+
+/* kill0 T SLOT PID RAW: kill -9 PID, the holder of slot SLOT, and wait for
+ * the slot to change. RAW -1: alone; RAW 0 (pidfd) or 1 (connector): a raw
+ * waiter watches the same kill, and the reader waits for its word too, in
+ * the same loop, so that both see one death at one moment. */
+static void cmd_kill0(int tid, int idx, uint32_t pid, int raw)
+{
+	struct hb_table *t = table(tid);
+	struct hb_slot_snapshot s;
+	struct waiter *w = raw >= 0 && raw <= WAIT_CN ? &waiters[raw] : NULL;
+	int pfd = -1;
+	if (!t || (unsigned)idx >= t->slot_count || hb_pid(t, idx) != pid) {
+		printf("err slot %d does not hold pid %u\n", idx, pid);
+		return;
+	}
+	if (w && (pfd = arm(w, (pid_t)pid)) < -1) {
+		printf("err arm waiter: %s\n", strerror(-pfd));
+		return;
+	}
+	_Atomic uint32_t *words[2] = {hb__word(t, idx, 0), w ? &w->word : NULL};
+	uint32_t old[2] = {pid, pid}, val[2];
+	uint64_t seen[2] = {0, 0};
+	int n = w ? 2 : 1;
+	uint64_t t0 = now_ns();
+	if (kill((pid_t)pid, SIGKILL) < 0) {
+		printf("err kill %u: %s\n", pid, strerror(errno));
+		if (w)
+			disarm(w, pfd);
+		return;
+	}
+	int changed = wait_words(n, words, old, val, seen, t0 + TIMEOUT_NS);
+	if (w)
+		disarm(w, pfd);
+	if (changed < n) {
+		printf("err timeout: %s still holds %u\n", val[0] == pid ? "the slot" : "the raw waiter's word", pid);
+		return;
+	}
+	if (wait_recorded(t, idx, pid, &s, seen[0] + TIMEOUT_NS) < 0) {
+		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
+		return;
+	}
+	printf("ok t0=%llu t1=%llu seen=%u detected=%llu exits=%llu raw=%llu woke=%llu\n", (unsigned long long)t0,
+	       (unsigned long long)seen[0], val[0], (unsigned long long)s.last_exit_ns,
+	       (unsigned long long)s.exits, (unsigned long long)seen[1],
+	       (unsigned long long)(w ? atomic_load(&w->woke) : 0));
 }
 
 /* The bare supervisor of one program: a thread that starts it, waits for
@@ -805,14 +851,14 @@ static int serve(void)
 				printf("err proc connector: %s\n", strerror(-rc));
 			else
 				printf("ok\n");
-		} else if (!strcmp(cmd, "kill0") && sscanf(line, "%*s %d %d %u", &a, &b, &u) == 3) {
-			cmd_kill0(a, b, u);
+		} else if (!strcmp(cmd, "kill0") && sscanf(line, "%*s %d %d %u %ld", &a, &b, &u, &c) == 4) {
+			cmd_kill0(a, b, u, (int)c);
 		} else if (!strcmp(cmd, "respawn") && sscanf(line, "%*s %d %d %u", &a, &b, &u) == 3) {
 			cmd_respawn(a, b, u);
 		} else if (!strcmp(cmd, "rawpidfd") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
-			cmd_rawpidfd(a, c);
+			cmd_raw(WAIT_PIDFD, a, c);
 		} else if (!strcmp(cmd, "rawcn") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
-			cmd_rawcn(a, c);
+			cmd_raw(WAIT_CN, a, c);
 		} else if (!strcmp(cmd, "bare") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
 			cmd_bare(a, c);
 		} else if (!strcmp(cmd, "peer") &&
