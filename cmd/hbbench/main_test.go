@@ -149,7 +149,8 @@ func TestQuickRun(t *testing.T) {
 		test, name string
 		baseline   bool // has ratios against a baseline
 	}{
-		{"death", "raw pidfd waiter: kill→reader sees 0", false},
+		{"death", "raw pidfd waiter on the same kill: kill→reader sees 0", false},
+		{"death", "raw pidfd waiter on its own child: kill→reader sees 0", false},
 		{"death", "hb detector=pidfd: kill→slot 0", true},
 		{"death", "hb detector=pidfd: kill→plugin detects", false},
 		{"respawn", "bare supervisor thread (waitpid, vfork+exec), C client (hbclient): kill→reader sees new PID", false},
@@ -163,7 +164,7 @@ func TestQuickRun(t *testing.T) {
 			struct {
 				test, name string
 				baseline   bool
-			}{"death", "raw proc connector waiter: kill→reader sees 0", false},
+			}{"death", "raw proc connector waiter on the same kill: kill→reader sees 0", false},
 			struct {
 				test, name string
 				baseline   bool
