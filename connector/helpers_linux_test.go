@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +26,34 @@ func requireConnector(t testing.TB) {
 	if err := Available(); err != nil {
 		t.Skipf("needs the proc connector (root, or Linux 6.6+, in the initial user/pid/net namespaces): %v", err)
 	}
+}
+
+// requireTrace skips the test unless the exit tracepoint works here.
+func requireTrace(t testing.TB) {
+	t.Helper()
+	if err := TraceAvailable(); err != nil {
+		t.Skipf("needs the exit tracepoint (eBPF: CAP_BPF and CAP_PERFMON, Linux 6.16+); the pidfd tests cover this case: %v", err)
+	}
+}
+
+// exiting reports whether process pid has started to exit (PF_EXITING in
+// /proc/PID/stat) and has not been reaped.
+func exiting(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64) // field 9: flags
+	return err == nil && flags&0x4 != 0           // PF_EXITING
 }
 
 // child is a process started by a test, with a pidfd. The test reaps it.
@@ -204,15 +233,16 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // recorder collects OnExit calls, checking at each call that the process is
 // dead and not yet reaped (pidfds registered with expect).
 type recorder struct {
-	mu      sync.Mutex
-	calls   []Exit
-	pidfds  map[uint64]int
-	zombies map[uint64]bool // the process was an unreaped zombie during OnExit
-	resyncs []error
+	mu       sync.Mutex
+	calls    []Exit
+	pidfds   map[uint64]int
+	zombies  map[uint64]bool // the process was an unreaped zombie during OnExit
+	unreaped map[uint64]bool // ... or exiting (PF_EXITING), not reaped
+	resyncs  []error
 }
 
 func newRecorder() *recorder {
-	return &recorder{pidfds: map[uint64]int{}, zombies: map[uint64]bool{}}
+	return &recorder{pidfds: map[uint64]int{}, zombies: map[uint64]bool{}, unreaped: map[uint64]bool{}}
 }
 
 func (r *recorder) expect(key uint64, c *child) {
@@ -227,6 +257,7 @@ func (r *recorder) onExit(e Exit) {
 	r.calls = append(r.calls, e)
 	if fd, ok := r.pidfds[e.Key]; ok {
 		r.zombies[e.Key] = zombie(fd)
+		r.unreaped[e.Key] = r.zombies[e.Key] || exiting(e.PID)
 	}
 }
 
@@ -258,6 +289,12 @@ func (r *recorder) wasZombie(key uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.zombies[key]
+}
+
+func (r *recorder) wasUnreaped(key uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.unreaped[key]
 }
 
 func (r *recorder) options(opt Options) Options {

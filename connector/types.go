@@ -12,6 +12,10 @@ var (
 	// ErrUnavailable wraps every reason the proc connector cannot be used
 	// here (returned by Available, and by NewWatcher with DetectConnector).
 	ErrUnavailable = errors.New("proc connector unavailable")
+	// ErrTraceUnavailable wraps every reason the exit tracepoint cannot be
+	// used here (returned by TraceAvailable, and by NewWatcher with
+	// DetectTracepoint).
+	ErrTraceUnavailable = errors.New("exit tracepoint unavailable")
 	// ErrClosed is returned by Watch after Close.
 	ErrClosed = errors.New("watcher closed")
 	// ErrDuplicate is returned by Watch for a key, or a live process, that is
@@ -36,9 +40,15 @@ const (
 	// never produces it; it exists so that callers who also reap can label
 	// such exits with the same type.
 	SourceReaper Source = 4
+	// SourceTracepoint: the eBPF program on the sched_process_exit
+	// tracepoint saw the last thread of the process start to exit (the
+	// earliest detector; the process is then past running user code but
+	// not yet a zombie, and no status is known).
+	SourceTracepoint Source = 5
 )
 
-// String returns "connector", "pidfd", "resync", "reaper", or "source(N)".
+// String returns "connector", "pidfd", "resync", "reaper", "tracepoint", or
+// "source(N)".
 func (s Source) String() string {
 	switch s {
 	case SourceConnector:
@@ -49,6 +59,8 @@ func (s Source) String() string {
 		return "resync"
 	case SourceReaper:
 		return "reaper"
+	case SourceTracepoint:
+		return "tracepoint"
 	}
 	return fmt.Sprintf("source(%d)", uint8(s))
 }
@@ -58,17 +70,23 @@ type Detector int
 
 // Detectors. The zero value is DetectAuto.
 const (
-	// DetectAuto uses the proc connector when Available reports it works,
-	// and the pidfd epoll loop alone otherwise.
+	// DetectAuto uses every detector that works here: the exit tracepoint
+	// (for children, see WatchChild), the proc connector, and always the
+	// pidfd epoll loop.
 	DetectAuto Detector = iota
 	// DetectConnector requires the proc connector: NewWatcher fails (with
 	// ErrUnavailable) when it does not work here.
 	DetectConnector
 	// DetectPidfd uses the pidfd epoll loop only and opens no netlink socket.
 	DetectPidfd
+	// DetectTracepoint requires the exit tracepoint (NewWatcher fails with
+	// ErrTraceUnavailable when it cannot be loaded here) and uses the pidfd
+	// epoll loop beside it; it opens no netlink socket.
+	DetectTracepoint
 )
 
-// String returns "auto", "connector", "pidfd", or "detector(N)".
+// String returns "auto", "connector", "pidfd", "tracepoint", or
+// "detector(N)".
 func (d Detector) String() string {
 	switch d {
 	case DetectAuto:
@@ -77,11 +95,14 @@ func (d Detector) String() string {
 		return "connector"
 	case DetectPidfd:
 		return "pidfd"
+	case DetectTracepoint:
+		return "tracepoint"
 	}
 	return fmt.Sprintf("detector(%d)", int(d))
 }
 
-// ParseDetector parses "auto", "connector" or "pidfd" ("" means auto).
+// ParseDetector parses "auto", "connector", "pidfd" or "tracepoint" (""
+// means auto).
 func ParseDetector(s string) (Detector, error) {
 	switch s {
 	case "", "auto":
@@ -90,14 +111,16 @@ func ParseDetector(s string) (Detector, error) {
 		return DetectConnector, nil
 	case "pidfd":
 		return DetectPidfd, nil
+	case "tracepoint":
+		return DetectTracepoint, nil
 	}
-	return DetectAuto, fmt.Errorf("connector: unknown detector %q (want auto, connector or pidfd)", s)
+	return DetectAuto, fmt.Errorf("connector: unknown detector %q (want auto, connector, pidfd or tracepoint)", s)
 }
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Detector) MarshalText() ([]byte, error) {
 	switch d {
-	case DetectAuto, DetectConnector, DetectPidfd:
+	case DetectAuto, DetectConnector, DetectPidfd, DetectTracepoint:
 		return []byte(d.String()), nil
 	}
 	return nil, fmt.Errorf("connector: invalid detector %d", int(d))
@@ -209,6 +232,10 @@ type Stats struct {
 	// connector socket, and their removals when the watched set grew too
 	// large for one program.
 	FilterUpdates uint64
+
+	// Traced counts the records read from the exit tracepoint's ring
+	// buffer: exits of watched children (whichever detector reported them).
+	Traced uint64
 
 	Watching   int // processes watched now
 	ReadBuffer int // receive buffer the kernel granted (SO_RCVBUF), 0 without connector

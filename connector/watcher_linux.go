@@ -25,16 +25,21 @@ const (
 // haveStatus marks watch.last as holding a status.
 const haveStatus = 1 << 32
 
-// wakeID is the epoll data of the eventfd; watch ids start at 1.
-const wakeID = 0
+// Epoll data of the Watcher's own descriptors; watch ids start at 1.
+const (
+	wakeID  = 0          // the eventfd
+	traceID = ^uint64(0) // the exit tracepoint's ring buffer
+)
 
 // watch is one watched process.
 type watch struct {
-	key   uint64
-	pid   int32
-	pidfd int
-	id    uint64 // epoll data; unique for the Watcher's life
-	child bool   // a child of this process (WatchChild): the socket filter passes it by its parent
+	key    uint64
+	pid    int32
+	pidfd  int
+	id     uint64 // epoll data; unique for the Watcher's life
+	child  bool   // a child of this process (WatchChild): the socket filter passes it by its parent
+	traced bool   // in the exit tracepoint's map
+	since  uint64 // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
 	// last is the wait status from the latest connector event for any thread
@@ -56,7 +61,8 @@ type Watcher struct {
 	exits chan Exit
 	done  chan struct{} // closed by Close
 
-	nl   *nlSocket // nil without the connector
+	nl   *nlSocket  // nil without the connector
+	tr   *exitTrace // nil without the exit tracepoint
 	epfd int
 	evfd int // eventfd that wakes the epoll goroutine for Close
 
@@ -102,9 +108,10 @@ type Watcher struct {
 }
 
 // NewWatcher starts a Watcher: the epoll goroutine always, and the connector
-// goroutine unless opt.Detector is DetectPidfd or (DetectAuto) Available
-// fails. With DetectConnector, an unusable connector is an error wrapping
-// ErrUnavailable.
+// goroutine under DetectConnector, or DetectAuto when Available. The exit
+// tracepoint is loaded under DetectTracepoint, or DetectAuto when it can be.
+// With DetectConnector (DetectTracepoint), an unusable connector
+// (tracepoint) is an error wrapping ErrUnavailable (ErrTraceUnavailable).
 func NewWatcher(opt Options) (*Watcher, error) {
 	w := &Watcher{
 		opt:   opt,
@@ -128,8 +135,17 @@ func NewWatcher(opt Options) (*Watcher, error) {
 	}
 	w.exits = make(chan Exit, q)
 
+	if opt.Detector == DetectAuto || opt.Detector == DetectTracepoint {
+		var err error
+		if w.tr, err = openExitTrace(); err != nil {
+			if opt.Detector == DetectTracepoint {
+				return nil, err
+			}
+			w.log.Info("exit tracepoint not used", "reason", err)
+		}
+	}
 	switch opt.Detector {
-	case DetectPidfd:
+	case DetectPidfd, DetectTracepoint:
 	case DetectAuto, DetectConnector:
 		err := Available()
 		if err == nil {
@@ -137,6 +153,7 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		}
 		if err != nil {
 			if opt.Detector == DetectConnector {
+				w.closeFds()
 				return nil, err
 			}
 			w.log.Info("proc connector not used; detecting exits by pidfd only", "reason", err)
@@ -160,6 +177,15 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		w.closeFds()
 		return nil, fmt.Errorf("connector: epoll_ctl add eventfd: %w", err)
 	}
+	if w.tr != nil {
+		// Level-triggered: readable while records wait.
+		ev := unix.EpollEvent{Events: unix.EPOLLIN}
+		setEpollData(&ev, traceID)
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, w.tr.ring, &ev); err != nil {
+			w.closeFds()
+			return nil, fmt.Errorf("connector: epoll_ctl add the exit tracepoint's ring buffer: %w", err)
+		}
+	}
 
 	if w.nl != nil {
 		w.startFilter()
@@ -178,6 +204,9 @@ func NewWatcher(opt Options) (*Watcher, error) {
 func (w *Watcher) closeFds() {
 	if w.nl != nil {
 		_ = w.nl.close()
+	}
+	if w.tr != nil {
+		w.tr.close()
 	}
 	if w.epfd >= 0 {
 		_ = unix.Close(w.epfd)
@@ -224,6 +253,11 @@ func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
 // unwatching) a child never changes the filter: spawns and respawns cost no
 // filter update. Watching with WatchChild a process that is not a child
 // costs its connector events (its pidfd still reports the exit).
+//
+// Only children are watched by the exit tracepoint, which reports an exit
+// with no status (the caller reaps its child and learns it there), and as
+// soon as the process's last thread starts to exit: before it is a zombie,
+// so a waitid right after the report may have to wait for it.
 func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error {
 	update, err := w.addWatch(key, pid, pidfd, true)
 	if update {
@@ -253,7 +287,7 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 		return false, fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
 	}
 	w.nextID++
-	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID, child: child}
+	wt := &watch{key: key, pid: int32(pid), pidfd: pidfd, id: w.nextID, child: child, since: monotonicNs()}
 	// One-shot: a pidfd turns readable once and stays so; one report is all
 	// that is needed, and a registration left behind by a misused pidfd can
 	// never spin the loop.
@@ -263,6 +297,10 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
+	if child && w.tr != nil {
+		// A full map leaves this one to the other detectors.
+		wt.traced = w.tr.add(wt.pid) == nil
+	}
 	if old := w.byPID[wt.pid]; old != nil {
 		// A reported (or unwatched) watch of a process that has not been
 		// reaped yet: its pid stays in the filter, so the set is unchanged.
@@ -271,6 +309,9 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 		}
 		if child {
 			w.children++
+		}
+		if old.traced && !wt.traced {
+			w.tr.del(wt.pid)
 		}
 		w.byPID[wt.pid] = wt
 		w.byID[wt.id] = wt
@@ -309,6 +350,9 @@ func (w *Watcher) removeLocked(wt *watch) {
 	}
 	if w.byPID[wt.pid] == wt {
 		delete(w.byPID, wt.pid)
+		if wt.traced {
+			w.tr.del(wt.pid)
+		}
 		if wt.child {
 			w.children--
 		}
@@ -332,6 +376,9 @@ func (w *Watcher) Exits() <-chan Exit { return w.exits }
 // pidfd epoll loop (always true).
 func (w *Watcher) Active() (connector, pidfd bool) { return w.nl != nil, true }
 
+// Traced reports whether the exit tracepoint runs (for children).
+func (w *Watcher) Traced() bool { return w.tr != nil }
+
 // Stats returns the Watcher's counters.
 func (w *Watcher) Stats() Stats {
 	w.mu.Lock()
@@ -347,6 +394,9 @@ func (w *Watcher) Stats() Stats {
 		FilterUpdates: w.filterUpdates.Load(),
 		Watching:      n,
 		FilterTGIDs:   int(w.filterTGIDs.Load()),
+	}
+	if w.tr != nil {
+		s.Traced = w.tr.events.Load()
 	}
 	if w.nl != nil {
 		s.ReadBuffer = w.nl.rcvbuf
@@ -376,6 +426,9 @@ func (w *Watcher) Close() error {
 		w.wg.Wait()
 		_ = unix.Close(w.epfd)
 		_ = unix.Close(w.evfd)
+		if w.tr != nil {
+			w.tr.close()
+		}
 		close(w.exits)
 	})
 	return w.closeErr
@@ -609,6 +662,10 @@ func (w *Watcher) epollLoop() {
 				}
 				continue
 			}
+			if id == traceID {
+				w.tr.drain(w.traced)
+				continue
+			}
 			w.mu.Lock()
 			wt := w.byID[id]
 			w.mu.Unlock()
@@ -619,6 +676,21 @@ func (w *Watcher) epollLoop() {
 			w.fire(wt, SourcePidfd, ws, have, now)
 		}
 	}
+}
+
+// traced handles one exit tracepoint record: the last thread of process
+// tgid started to exit at ns. A watch made after ns is of a later process
+// that reuses the PID (the record waited in the ring while the first was
+// reaped), and is left alone.
+func (w *Watcher) traced(tgid int32, ns uint64) {
+	now := monotonicNs()
+	w.mu.Lock()
+	wt := w.byPID[tgid]
+	w.mu.Unlock()
+	if wt == nil || !wt.traced || wt.since >= ns {
+		return
+	}
+	w.fire(wt, SourceTracepoint, 0, false, now)
 }
 
 // monotonicNs is CLOCK_MONOTONIC in nanoseconds.

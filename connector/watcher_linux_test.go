@@ -91,13 +91,40 @@ func TestConnectorReportsExitCode(t *testing.T) {
 
 // detectors runs f for each detector that works here.
 func detectors(t *testing.T, f func(t *testing.T, d Detector)) {
-	for _, d := range []Detector{DetectConnector, DetectPidfd} {
+	for _, d := range []Detector{DetectConnector, DetectPidfd, DetectTracepoint} {
 		t.Run(d.String(), func(t *testing.T) {
-			if d == DetectConnector {
+			switch d {
+			case DetectConnector:
 				requireConnector(t)
+			case DetectTracepoint:
+				requireTrace(t)
 			}
 			f(t, d)
 		})
+	}
+}
+
+// watchFn is how tests under detector d watch their children: WatchChild
+// for the exit tracepoint, which watches children only; Watch otherwise.
+func watchFn(w *Watcher, d Detector) func(key uint64, pid, pidfd int) error {
+	if d == DetectTracepoint {
+		return w.WatchChild
+	}
+	return w.Watch
+}
+
+// checkUnreaped fails t unless OnExit for key ran before the process was
+// reaped: as a zombie, or (exit tracepoint) while its last thread exits.
+func checkUnreaped(t *testing.T, rec *recorder, key uint64, d Detector) {
+	t.Helper()
+	if d == DetectTracepoint {
+		if !rec.wasUnreaped(key) {
+			t.Error("OnExit ran when the process was neither exiting nor an unreaped zombie")
+		}
+		return
+	}
+	if !rec.wasZombie(key) {
+		t.Error("OnExit ran while the process was not an unreaped zombie")
 	}
 }
 
@@ -113,7 +140,7 @@ func TestThreadExitsNotReported(t *testing.T) {
 			t.Fatalf("child said %q", got)
 		}
 		rec.expect(1, c)
-		if err := w.Watch(1, c.pid, c.pidfd); err != nil {
+		if err := watchFn(w, d)(1, c.pid, c.pidfd); err != nil {
 			t.Fatal(err)
 		}
 		matched := w.Stats().Matched
@@ -140,9 +167,7 @@ func TestThreadExitsNotReported(t *testing.T) {
 		if e.Source == SourceConnector && e.Status != 3 {
 			t.Errorf("status %d, want 3", e.Status)
 		}
-		if !rec.wasZombie(1) {
-			t.Error("OnExit ran while the process was not an unreaped zombie")
-		}
+		checkUnreaped(t, rec, 1, d)
 		if got := c.reap(); got != 3 {
 			t.Errorf("waitid status %d, want 3", got)
 		}
@@ -190,7 +215,7 @@ func TestLeaderExitsFirst(t *testing.T) {
 				matched := w.Stats().Matched
 				c := startCmd(t, true, bin, how)
 				rec.expect(1, c)
-				if err := w.Watch(1, c.pid, c.pidfd); err != nil {
+				if err := watchFn(w, d)(1, c.pid, c.pidfd); err != nil {
 					t.Fatal(err)
 				}
 				if _, err := c.stdin.WriteString("go\n"); err != nil {
@@ -217,9 +242,7 @@ func TestLeaderExitsFirst(t *testing.T) {
 				if e.Source == SourceConnector && e.Status != 5 {
 					t.Errorf("status %d, want 5", e.Status)
 				}
-				if !rec.wasZombie(1) {
-					t.Error("OnExit ran while the process was not an unreaped zombie")
-				}
+				checkUnreaped(t, rec, 1, d)
 				if got := c.reap(); got != 5 {
 					t.Errorf("waitid status %d, want 5", got)
 				}
@@ -400,7 +423,7 @@ func TestWatchAlreadyExited(t *testing.T) {
 		c := startSelf(t, "exit3", false)
 		c.waitDead()
 		rec.expect(3, c)
-		if err := w.Watch(3, c.pid, c.pidfd); err != nil {
+		if err := watchFn(w, d)(3, c.pid, c.pidfd); err != nil {
 			t.Fatal(err)
 		}
 		e := collect(t, w, 3)[3]
@@ -409,9 +432,7 @@ func TestWatchAlreadyExited(t *testing.T) {
 		if e.PID != c.pid || (e.Source != SourcePidfd && e.Source != SourceConnector) {
 			t.Errorf("exit %+v, want one from the pidfd or the connector", e)
 		}
-		if !rec.wasZombie(3) {
-			t.Error("OnExit ran while the process was not an unreaped zombie")
-		}
+		checkUnreaped(t, rec, 3, d)
 		if got := c.reap(); got != 3 {
 			t.Errorf("waitid status %d, want 3", got)
 		}
@@ -424,10 +445,10 @@ func TestUnwatch(t *testing.T) {
 		rec := newRecorder()
 		w := newWatcher(t, rec.options(Options{Detector: d}))
 		a, b := startSelf(t, "sleep", false), startSelf(t, "sleep", false)
-		if err := w.Watch(1, a.pid, a.pidfd); err != nil {
+		if err := watchFn(w, d)(1, a.pid, a.pidfd); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.Watch(2, b.pid, b.pidfd); err != nil {
+		if err := watchFn(w, d)(2, b.pid, b.pidfd); err != nil {
 			t.Fatal(err)
 		}
 		w.Unwatch(1)
@@ -448,7 +469,7 @@ func TestUnwatch(t *testing.T) {
 		noExitQueued(t, w)
 		// The key can be used again.
 		c := startSelf(t, "sleep", false)
-		if err := w.Watch(1, c.pid, c.pidfd); err != nil {
+		if err := watchFn(w, d)(1, c.pid, c.pidfd); err != nil {
 			t.Fatal(err)
 		}
 		c.kill(unix.SIGKILL)
@@ -579,12 +600,16 @@ func TestCloseWithFullQueue(t *testing.T) {
 	}
 }
 
-// TestAutoDetector: DetectAuto uses the connector exactly when Available.
+// TestAutoDetector: DetectAuto uses the connector exactly when Available,
+// and the exit tracepoint exactly when TraceAvailable.
 func TestAutoDetector(t *testing.T) {
 	w := newWatcher(t, Options{})
 	conn, pidfd := w.Active()
 	if want := Available() == nil; conn != want || !pidfd {
 		t.Errorf("Active() = %v, %v; want %v, true (Available: %v)", conn, pidfd, want, Available())
+	}
+	if err := TraceAvailable(); w.Traced() != (err == nil) {
+		t.Errorf("Traced() = %v; TraceAvailable: %v", w.Traced(), err)
 	}
 	if conn && w.Stats().ReadBuffer < DefaultReadBuffer {
 		t.Logf("granted receive buffer %d < %d requested (not root?)", w.Stats().ReadBuffer, DefaultReadBuffer)

@@ -16,6 +16,12 @@ var errNotLinux = fmt.Errorf("connector: %w: not implemented on %s/%s", ErrUnava
 // Available reports why the proc connector cannot be used: it is Linux only.
 func Available() error { return errNotLinux }
 
+// TraceAvailable reports why the exit tracepoint cannot be used: it is
+// Linux only.
+func TraceAvailable() error {
+	return fmt.Errorf("connector: %w: not implemented on %s/%s", ErrTraceUnavailable, runtime.GOOS, runtime.GOARCH)
+}
+
 // NewWatcher fails: not implemented on this platform.
 func NewWatcher(Options) (*Watcher, error) { return nil, errNotLinux }
 
@@ -33,6 +39,9 @@ func (*Watcher) Exits() <-chan Exit { return nil }
 
 // Active reports no detector on this platform.
 func (*Watcher) Active() (connector, pidfd bool) { return false, false }
+
+// Traced reports no tracepoint on this platform.
+func (*Watcher) Traced() bool { return false }
 
 // Stats returns zero counters on this platform.
 func (*Watcher) Stats() Stats { return Stats{} }

@@ -313,7 +313,7 @@ func pluginLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
 }
 
-const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd --log FILE
+const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint --log FILE
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.

@@ -104,7 +104,7 @@ type Event struct {
 	Generation uint64
 	// Status is the exit code, or 128+signal; -1 when unknown. Exit events only.
 	Status int
-	// Source names the detector that saw the exit first: "connector", "pidfd", "resync", "reaper", "adopt".
+	// Source names the detector that saw the exit first: "tracepoint", "connector", "pidfd", "resync", "reaper", "adopt".
 	Source string
 	// DetectedNs is CLOCK_MONOTONIC at detection (exit) or at start (spawn).
 	DetectedNs uint64

@@ -40,7 +40,22 @@ func (e *env) sharedHBD(det string) (*hbdProc, error) {
 	if hl.Plugin == nil || hl.Plugin.Connector != (det == "connector") {
 		return nil, fmt.Errorf("hbd %s: plugin runs connector=%v, want %v", det, hl.Plugin != nil && hl.Plugin.Connector, det == "connector")
 	}
+	if det == "tracepoint" && h.countPluginLog(`"tracepoint":true`) == 0 {
+		return nil, fmt.Errorf("hbd %s: the plugin's log does not say the exit tracepoint runs", det)
+	}
 	return h, nil
+}
+
+// bestDetector is the fastest detector that works here: what hbd's "auto"
+// puts first.
+func (e *env) bestDetector() string {
+	switch {
+	case e.trErr == nil:
+		return "tracepoint"
+	case e.cnErr == nil:
+		return "connector"
+	}
+	return "pidfd"
 }
 
 // stopShared stops the shared hbds.
@@ -163,7 +178,9 @@ func runDeath(e *env, r *Report) error {
 		sample func() error
 	}
 	// rawKind is the helper's waiter index (helper.c: WAIT_PIDFD, WAIT_CN).
-	rawKind := map[string]int{"pidfd": 0, "connector": 1}
+	// The tracepoint has no raw listener to compare with: it is measured
+	// against the pidfd, the kernel's own exit notification.
+	rawKind := map[string]int{"pidfd": 0, "connector": 1, "tracepoint": 0}
 	var (
 		kinds      []kind
 		own        = map[string][]float64{} // raw waiter, own child: kill→reader sees 0
@@ -180,13 +197,21 @@ func runDeath(e *env, r *Report) error {
 		missedZero = map[string]int{}
 		detectors  = []string{"connector", "pidfd"}
 		hbName     = func(det string) string { return "hb detector=" + det + ": kill→slot 0" }
-		rawName    = map[string]string{"pidfd": "raw pidfd waiter", "connector": "raw proc connector waiter"}
+		rawName    = map[string]string{"pidfd": "raw pidfd waiter", "connector": "raw proc connector waiter", "tracepoint": "raw pidfd waiter"}
 	)
 	if e.cnErr != nil {
 		r.Skipped = append(r.Skipped, fmt.Sprintf("death: raw connector baseline and hb detector=connector: %v", e.cnErr))
 		detectors = []string{"pidfd"}
 	}
+	if e.trErr != nil {
+		r.Skipped = append(r.Skipped, fmt.Sprintf("death: hb detector=tracepoint: %v", e.trErr))
+	} else {
+		detectors = append([]string{"tracepoint"}, detectors...)
+	}
 	for _, det := range detectors {
+		if det == "tracepoint" {
+			continue // same own-child reference as pidfd
+		}
 		kinds = append(kinds, kind{rawName[det] + ", own child", func() error {
 			rep, err := e.helper.call("raw%s %d %d", map[string]string{"pidfd": "pidfd", "connector": "cn"}[det], e.exeC, settleUs())
 			if err != nil {
@@ -258,9 +283,21 @@ func runDeath(e *env, r *Report) error {
 	// A raw waiter stores 0 in a word, which the killing thread reads with
 	// the loop it uses on an hb slot (see helper.c); the waiter's own
 	// wake-up is the kernel's part alone.
+	ownName := func(det string) string {
+		if det == "tracepoint" {
+			det = "pidfd"
+		}
+		return rawName[det] + " on its own child: kill→reader sees 0"
+	}
 	for _, det := range detectors {
-		sameName := rawName[det] + " on the same kill: kill→reader sees 0"
-		ownName := rawName[det] + " on its own child: kill→reader sees 0"
+		if det == "tracepoint" {
+			continue
+		}
+		r.addSeries(test, ownName(det), "us", own[det]).Note = "reference: nothing else wakes at the death"
+		r.addSeries(test, rawName[det]+" on its own child: kill→waiter wakes", "us", ownWoke[det]).Note = "breakdown"
+	}
+	for _, det := range detectors {
+		sameName := rawName[det] + " on the same kill as hb detector=" + det + ": kill→reader sees 0"
 		r.addSeries(test, sameName, "us", same[det]).Note = "baseline"
 		res := r.addSeries(test, hbName(det), "us", hbKill0[det])
 		r.against(res, sameName)
@@ -273,10 +310,8 @@ func runDeath(e *env, r *Report) error {
 		// last_exit_ns), just before the slot store.
 		r.addSeries(test, "hb detector="+det+": kill→plugin detects", "us", hbDetect[det]).Note = "breakdown: ≈ the slot store, before any reader"
 		r.addSeries(test, "hb detector="+det+": plugin detects→reader sees 0", "us", hbSeen[det]).Note = "breakdown"
-		r.addSeries(test, ownName, "us", own[det]).Note = "reference: nothing else wakes at the death"
-		r.addSeries(test, rawName[det]+" on its own child: kill→waiter wakes", "us", ownWoke[det]).Note = "breakdown"
 		ref := r.addSeries(test, hbName(det)+", against the waiter's own child", "us", hbKill0[det])
-		r.against(ref, ownName)
+		r.against(ref, ownName(det))
 		ref.Note = "reference"
 	}
 	for _, det := range detectors {

@@ -27,7 +27,7 @@ type svc struct {
 // hbdConfig is what a benchmark hbd runs.
 type hbdConfig struct {
 	label    string // for messages and file names
-	detector string // auto, connector, pidfd
+	detector string // auto, connector, pidfd, tracepoint
 	slots    int
 	services []svc
 }

@@ -142,14 +142,17 @@ func TestQuickRun(t *testing.T) {
 		t.Errorf("meta.tests = %v, want death,respawn,peer", m.Tests)
 	}
 	det := "pidfd"
-	if m.Connector {
+	switch {
+	case m.Tracepoint:
+		det = "tracepoint"
+	case m.Connector:
 		det = "connector"
 	}
 	want := []struct {
 		test, name string
 		baseline   bool // has ratios against a baseline
 	}{
-		{"death", "raw pidfd waiter on the same kill: kill→reader sees 0", false},
+		{"death", "raw pidfd waiter on the same kill as hb detector=pidfd: kill→reader sees 0", false},
 		{"death", "raw pidfd waiter on its own child: kill→reader sees 0", false},
 		{"death", "hb detector=pidfd: kill→slot 0", true},
 		{"death", "hb detector=pidfd: kill→plugin detects", false},
@@ -164,7 +167,7 @@ func TestQuickRun(t *testing.T) {
 			struct {
 				test, name string
 				baseline   bool
-			}{"death", "raw proc connector waiter on the same kill: kill→reader sees 0", false},
+			}{"death", "raw proc connector waiter on the same kill as hb detector=connector: kill→reader sees 0", false},
 			struct {
 				test, name string
 				baseline   bool

@@ -30,6 +30,7 @@ type Meta struct {
 	Command   string   `json:"command"`
 	Root      bool     `json:"root"`
 	Connector bool     `json:"connector"` // the proc connector works here
+	Tracepoint bool    `json:"tracepoint"` // the exit tracepoint (eBPF) works here
 	Reader    string   `json:"reader"`    // spin or yield
 	Tests     []string `json:"tests"`
 	Kills     int      `json:"kills"`
@@ -155,8 +156,8 @@ func (r *Report) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "# hbbench\n\n")
 	fmt.Fprintf(w, "- date: %s\n- kernel: %s\n- cpu: %s (%d cores)\n- go: %s; %s\n- command: `%s`\n",
 		m.Date, m.Kernel, m.CPU, m.Cores, m.GoVersion, m.HBD, m.Command)
-	fmt.Fprintf(w, "- root: %v; proc connector here: %v; hb reader: C, %s loop on hb_pid()\n- wall time: %.1f s; load average at start / end: %s\n\n",
-		m.Root, m.Connector, m.Reader, m.Seconds, strings.Join(m.LoadAvg, " / "))
+	fmt.Fprintf(w, "- root: %v; proc connector here: %v; exit tracepoint here: %v; hb reader: C, %s loop on hb_pid()\n- wall time: %.1f s; load average at start / end: %s\n\n",
+		m.Root, m.Connector, m.Tracepoint, m.Reader, m.Seconds, strings.Join(m.LoadAvg, " / "))
 	fmt.Fprintf(w, "| test | what | n | p50 | p99 | max | unit | vs baseline | ratio p50 | ratio p99 | target | met |\n")
 	fmt.Fprintf(w, "|---|---|--:|--:|--:|--:|---|---|--:|--:|---|---|\n")
 	for _, res := range r.Results {

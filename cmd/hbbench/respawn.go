@@ -12,10 +12,7 @@ import (
 // process has exec'd and its PID is known to (and written by) its parent.
 func runRespawn(e *env, r *Report) error {
 	const test = "respawn"
-	det := "connector"
-	if e.cnErr != nil {
-		det = "pidfd"
-	}
+	det := e.bestDetector()
 	h, err := e.sharedHBD(det)
 	if err != nil {
 		return err

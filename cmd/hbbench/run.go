@@ -176,6 +176,7 @@ type env struct {
 	helper    *helper
 	root      bool
 	cnErr     error // why the proc connector cannot be used, nil if it can
+	trErr     error // why the exit tracepoint cannot be used, nil if it can
 	seq       int
 	tableIDs  int
 	rng       *rand.Rand
@@ -283,6 +284,7 @@ func bench(o *options) int {
 		r.Meta.HBD = strings.TrimSpace(string(b))
 	}
 	r.Meta.Connector = e.cnErr == nil
+	r.Meta.Tracepoint = e.trErr == nil
 
 	type test struct {
 		name string
@@ -396,6 +398,7 @@ func setup(o *options, r *Report) (*env, error) {
 		}
 	}
 	e.cnErr = connector.Available()
+	e.trErr = connector.TraceAvailable()
 	if e.helper, err = startHelper(e.helperBin); err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ type Event struct {
 	Generation uint64 `json:"generation,omitempty"`
 	// Status is the exit code or 128+signal (-1 unknown); exit events only.
 	Status int `json:"status"`
-	// Source names the detector that saw an exit first: connector, pidfd, resync, reaper.
+	// Source names the detector that saw an exit first: tracepoint, connector, pidfd, resync, reaper.
 	Source string `json:"source,omitempty"`
 	// State is the new state, for state events (and the state after spawn/exit when known).
 	State  string `json:"state,omitempty"`

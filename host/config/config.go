@@ -13,9 +13,10 @@ import (
 
 // Values of [HBD].Detector.
 const (
-	DetectorAuto      = "auto"      // proc connector when it works here, else pidfd alone
-	DetectorConnector = "connector" // require the proc connector (pidfd stays on as the safety net)
-	DetectorPidfd     = "pidfd"     // pidfd alone
+	DetectorAuto       = "auto"       // every detector that works here: exit tracepoint, proc connector, pidfd
+	DetectorConnector  = "connector"  // require the proc connector (pidfd stays on as the safety net)
+	DetectorPidfd      = "pidfd"      // pidfd alone
+	DetectorTracepoint = "tracepoint" // require the exit tracepoint (eBPF; pidfd stays on as the safety net)
 )
 
 // Values of [Service].Stdout and Stderr.
@@ -68,7 +69,7 @@ type HBD struct {
 	StateDir    string // plugin reattach info and other state
 	LogDir      string // service logs (stdout/stderr = "file")
 	Slots       int    // capacity of the shared-memory table
-	Detector    string // DetectorAuto, DetectorConnector or DetectorPidfd
+	Detector    string // DetectorAuto, DetectorConnector, DetectorPidfd or DetectorTracepoint
 	SocketGroup string // group (name or number) allowed on the socket besides root; "" = root only
 }
 

@@ -285,7 +285,7 @@ backoff_max = "nope"
 	want := []string{
 		`hb.toml:3: service "b": key "start_secs": "fast" is not a duration`,
 		`hb.toml:6: key "hbd.slots": 0 is out of range 1..65536`,
-		`hb.toml:7: key "hbd.detector": want "auto", "connector" or "pidfd", got "x"`,
+		`hb.toml:7: key "hbd.detector": want "auto", "connector", "pidfd" or "tracepoint", got "x"`,
 		`hb.toml:9: service "a": missing required key "command"`,
 		`hb.toml:10: service "a": unknown key "comand" (did you mean "command"?)`,
 		`hb.toml:12: service "a": key "backoff_max": "nope" is not a duration`,

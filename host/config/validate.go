@@ -47,9 +47,9 @@ func (c *Config) validate(bad map[string]bool) Errors {
 		hbd("slots", "%d is out of range 1..%d", h.Slots, MaxSlots)
 	}
 	switch h.Detector {
-	case DetectorAuto, DetectorConnector, DetectorPidfd:
+	case DetectorAuto, DetectorConnector, DetectorPidfd, DetectorTracepoint:
 	default:
-		hbd("detector", "want \"auto\", \"connector\" or \"pidfd\", got %q", h.Detector)
+		hbd("detector", "want \"auto\", \"connector\", \"pidfd\" or \"tracepoint\", got %q", h.Detector)
 	}
 	if strings.ContainsAny(h.SocketGroup, "\x00:") {
 		hbd("socket_group", "%q is not a group name", h.SocketGroup)

@@ -258,6 +258,26 @@ func (h *harness) nextOf(name string) plugin.Event {
 
 func (h *harness) slot(i int) shm.Slot { return h.s.w.Snapshot(i) }
 
+// exiting reports whether process pid has started to exit (PF_EXITING in
+// /proc/PID/stat, field 9) and is not reaped yet.
+func exiting(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	return err == nil && flags&0x4 != 0 // PF_EXITING
+}
+
 // gone reports whether pid no longer exists, not even as a zombie.
 func gone(pid int) bool {
 	_, err := os.Stat("/proc/" + strconv.Itoa(pid))

@@ -227,7 +227,7 @@ func New(opts Options) (*Shim, error) {
 	go s.beatLoop()
 
 	s.adoptAll()
-	log.Info("shim started", "shm", s.shmPath, "slots", w.Len(), "connector", conn, "pidfd", pidfd,
+	log.Info("shim started", "shm", s.shmPath, "slots", w.Len(), "tracepoint", watcher.Traced(), "connector", conn, "pidfd", pidfd,
 		"rcvbuf", watcher.Stats().ReadBuffer, "adopted", s.adopted, "table_adopted", w.Adopted())
 	return s, nil
 }

@@ -23,11 +23,12 @@ import (
 type clearRecord struct {
 	idx, pid int
 	cleared  bool
-	zombie   bool // the process was still unreaped (waitable) at that moment
+	zombie   bool // the process was still unreaped: waitable, or (exit tracepoint) exiting
 }
 
 // recordClears returns Options whose fast-path hook records, for each clear,
-// whether the process was still an unreaped zombie — the property that makes
+// whether the process was still unreaped — an exiting process (the exit
+// tracepoint reports it that early) or a zombie — the property that makes
 // "slot 0 before reaping" safe against PID reuse.
 func recordClears(opts Options) (Options, func() []clearRecord) {
 	var mu sync.Mutex
@@ -36,7 +37,8 @@ func recordClears(opts Options) (Options, func() []clearRecord) {
 		var ci childInfo
 		err := waitid(unix.P_PID, pid, &ci, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT)
 		mu.Lock()
-		recs = append(recs, clearRecord{idx: idx, pid: pid, cleared: cleared, zombie: err == nil && int(ci.Pid) == pid})
+		unreaped := err == nil && int(ci.Pid) == pid || exiting(pid)
+		recs = append(recs, clearRecord{idx: idx, pid: pid, cleared: cleared, zombie: unreaped})
 		mu.Unlock()
 	}
 	return opts, func() []clearRecord {
@@ -94,7 +96,7 @@ func TestSpawnKillRespawn(t *testing.T) {
 			}
 
 			// kill -9: the slot goes to 0 first, while the process is
-			// still an unreaped zombie.
+			// still unreaped (exiting, or a zombie).
 			killed := time.Now()
 			if err := unix.Kill(res.PID, unix.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -120,7 +122,7 @@ func TestSpawnKillRespawn(t *testing.T) {
 			}
 			recs := clears()
 			if len(recs) != 1 || !recs[0].cleared || !recs[0].zombie || recs[0].pid != res.PID || recs[0].idx != res.Slot {
-				t.Errorf("fast path records = %+v; want one clear of pid %d while it was an unreaped zombie", recs, res.PID)
+				t.Errorf("fast path records = %+v; want one clear of pid %d while it was unreaped", recs, res.PID)
 			}
 
 			// Respawn: same slot, generation 2.

@@ -1,0 +1,328 @@
+package connector
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The exit tracepoint detector.
+//
+// The kernel tears a process down in do_exit: it unmaps the memory, closes
+// the files, leaves the cgroup, and only then (exit_notify) wakes pidfd
+// pollers and sends the proc connector's exit event. On small virtual
+// machines the teardown alone takes hundreds of microseconds. The
+// sched_process_exit tracepoint fires near the start of do_exit, once the
+// exiting thread is the last live one of its group (group_dead): from there
+// the process cannot run user code again.
+//
+// A small eBPF program attached to that raw tracepoint looks the exiting
+// thread group up in a hash map of watched TGIDs and, on a hit, writes the
+// TGID into a ring buffer. The ring buffer's descriptor sits in the
+// Watcher's epoll set beside the pidfds, so the epoll goroutine learns of
+// the death without any extra thread. The program reads the tracepoint's
+// second argument (group_dead, in the kernel since 6.16); where the
+// tracepoint has no such argument the verifier rejects the program and the
+// detector is reported unavailable. Loading it needs CAP_BPF and
+// CAP_PERFMON (root).
+//
+// The detector carries no exit status (its callers reap their children,
+// which gives the status), so only children (WatchChild) are put in the
+// map; other processes keep the connector's status.
+
+// eBPF helper function numbers (include/uapi/linux/bpf.h).
+const (
+	bpfFuncMapLookupElem     = 1
+	bpfFuncKtimeGetNs        = 5
+	bpfFuncGetCurrentPidTgid = 14
+	bpfFuncRingbufOutput     = 130
+)
+
+// traceRingSize is the ring buffer's data size: 24 bytes per record with
+// its header, so 2730 exits can wait for the epoll goroutine. A full ring drops records;
+// those exits are then reported by the pidfds (slower, never lost).
+const traceRingSize = 64 << 10
+
+// traceMapSize bounds the watched TGIDs in the map. Beyond it a Watch is
+// left to the other detectors.
+const traceMapSize = 1 << 16
+
+// exitTrace is the loaded program, its maps, the attachment and the
+// consumer's view of the ring buffer.
+type exitTrace struct {
+	watched int // hash map fd: TGID (u32) -> 1 (u32)
+	ring    int // ring buffer map fd
+	prog    int
+	link    int // raw tracepoint fd; closing it detaches the program
+
+	consumerPage []byte // rw: consumer position at offset 0
+	dataPages    []byte // ro: producer position at offset 0, data from one page on (mapped twice)
+	pageSize     int
+	events       atomic.Uint64 // records read
+}
+
+// bpfInsn is struct bpf_insn.
+type bpfInsn struct {
+	code uint8
+	regs uint8 // dst in the low nibble, src in the high one
+	off  int16
+	imm  int32
+}
+
+func insn(code uint8, dst, src uint8, off int16, imm int32) bpfInsn {
+	return bpfInsn{code: code, regs: dst | src<<4, off: off, imm: imm}
+}
+
+// ldMapFd is the two-instruction load of a map's address by descriptor.
+func ldMapFd(dst uint8, fd int) []bpfInsn {
+	return []bpfInsn{insn(0x18, dst, unix.BPF_PSEUDO_MAP_FD, 0, int32(fd)), {}}
+}
+
+// exitProgram is the eBPF program:
+//
+//	if (!ctx->group_dead) return 0;
+//	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+//	if (!bpf_map_lookup_elem(watched, &tgid)) return 0;
+//	struct { u64 tgid, ns; } rec = { tgid, bpf_ktime_get_ns() };
+//	bpf_ringbuf_output(ring, &rec, 16, 0);
+//	return 0;
+//
+// The time (CLOCK_MONOTONIC) lets the consumer tell the exiting process
+// from a later one that reuses its PID (see traceRecord).
+func exitProgram(watched, ring int) []bpfInsn {
+	const (
+		movX  = 0xbf // r_dst = r_src (64 bit)
+		movK  = 0xb7 // r_dst = imm
+		ldxDW = 0x79 // r_dst = *(u64 *)(r_src + off)
+		stxW  = 0x63 // *(u32 *)(r_dst + off) = r_src
+		stxDW = 0x7b // *(u64 *)(r_dst + off) = r_src
+		addK  = 0x07 // r_dst += imm
+		rshK  = 0x77 // r_dst >>= imm
+		jeqK  = 0x15 // if r_dst == imm goto pc+off
+		call  = 0x85
+		exit  = 0x95
+	)
+	p := []bpfInsn{
+		insn(movX, 6, 1, 0, 0),  // 0: r6 = ctx
+		insn(ldxDW, 1, 6, 8, 0), // 1: r1 = ctx->args[1] (group_dead)
+		insn(jeqK, 1, 0, 20, 0), // 2: if r1 == 0 goto out (23)
+		insn(call, 0, 0, 0, bpfFuncGetCurrentPidTgid),
+		insn(rshK, 0, 0, 0, 32),  // 4: r0 >>= 32 (tgid)
+		insn(movX, 7, 0, 0, 0),   // 5: r7 = tgid
+		insn(stxW, 10, 7, -4, 0), // 6: key at fp-4
+	}
+	p = append(p, ldMapFd(1, watched)...) // 7-8: r1 = watched
+	p = append(p,
+		insn(movX, 2, 10, 0, 0), // 9: r2 = fp
+		insn(addK, 2, 0, 0, -4), // 10: r2 = &key
+		insn(call, 0, 0, 0, bpfFuncMapLookupElem),
+		insn(jeqK, 0, 0, 10, 0), // 12: if r0 == 0 goto out (23)
+		insn(call, 0, 0, 0, bpfFuncKtimeGetNs),
+		insn(stxDW, 10, 0, -8, 0),  // 14: rec.ns at fp-8
+		insn(stxDW, 10, 7, -16, 0), // 15: rec.tgid at fp-16
+	)
+	p = append(p, ldMapFd(1, ring)...) // 16-17: r1 = ring
+	p = append(p,
+		insn(movX, 2, 10, 0, 0),  // 18: r2 = fp
+		insn(addK, 2, 0, 0, -16), // 19: r2 = &rec
+		insn(movK, 3, 0, 0, 16),  // 20: r3 = 16
+		insn(movK, 4, 0, 0, 0),   // 21: r4 = 0 (wake the consumer if it has caught up)
+		insn(call, 0, 0, 0, bpfFuncRingbufOutput),
+		insn(movK, 0, 0, 0, 0), // 23 out: r0 = 0
+		insn(exit, 0, 0, 0, 0),
+	)
+	return p
+}
+
+func bpfCall(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, error) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
+		if e == unix.EINTR || e == unix.EAGAIN && cmd == unix.BPF_PROG_LOAD {
+			continue
+		}
+		if e != 0 {
+			return -1, e
+		}
+		return int(r), nil
+	}
+}
+
+func bpfMapCreate(typ, key, value, max, flags uint32) (int, error) {
+	attr := struct{ typ, key, value, max, flags uint32 }{typ, key, value, max, flags}
+	return bpfCall(unix.BPF_MAP_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+}
+
+type bpfElemAttr struct {
+	fd    uint32
+	_     uint32
+	key   uint64
+	value uint64
+	flags uint64
+}
+
+// openExitTrace loads and attaches the program. Every failure wraps
+// ErrTraceUnavailable and says which step failed.
+func openExitTrace() (_ *exitTrace, err error) {
+	t := &exitTrace{watched: -1, ring: -1, prog: -1, link: -1, pageSize: os.Getpagesize()}
+	defer func() {
+		if err != nil {
+			t.close()
+		}
+	}()
+	fail := func(step string, e error) error {
+		if errors.Is(e, unix.EPERM) || errors.Is(e, unix.EACCES) {
+			return fmt.Errorf("%w: %s: %v (needs CAP_BPF and CAP_PERFMON)", ErrTraceUnavailable, step, e)
+		}
+		return fmt.Errorf("%w: %s: %v", ErrTraceUnavailable, step, e)
+	}
+	if t.watched, err = bpfMapCreate(unix.BPF_MAP_TYPE_HASH, 4, 4, traceMapSize, unix.BPF_F_NO_PREALLOC); err != nil {
+		return nil, fail("create the watched-TGID map", err)
+	}
+	if t.ring, err = bpfMapCreate(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, traceRingSize, 0); err != nil {
+		return nil, fail("create the ring buffer", err)
+	}
+	prog := exitProgram(t.watched, t.ring)
+	license := []byte("GPL\x00")
+	logBuf := make([]byte, 4096)
+	load := struct {
+		typ, cnt           uint32
+		insns, license     uint64
+		logLevel, logSize  uint32
+		logBuf             uint64
+		kernVersion, flags uint32
+	}{
+		typ: unix.BPF_PROG_TYPE_RAW_TRACEPOINT, cnt: uint32(len(prog)),
+		insns:    uint64(uintptr(unsafe.Pointer(&prog[0]))),
+		license:  uint64(uintptr(unsafe.Pointer(&license[0]))),
+		logLevel: 1, logSize: uint32(len(logBuf)), logBuf: uint64(uintptr(unsafe.Pointer(&logBuf[0]))),
+	}
+	t.prog, err = bpfCall(unix.BPF_PROG_LOAD, unsafe.Pointer(&load), unsafe.Sizeof(load))
+	runtime.KeepAlive(prog)
+	runtime.KeepAlive(license)
+	if err != nil {
+		if msg := verifierMessage(logBuf); msg != "" {
+			err = fmt.Errorf("%v: verifier: %s", err, msg)
+		}
+		return nil, fail("load the program (sched_process_exit needs its group_dead argument, Linux 6.16 or later)", err)
+	}
+	name := []byte("sched_process_exit\x00")
+	open := struct {
+		name uint64
+		prog uint32
+		_    uint32
+	}{name: uint64(uintptr(unsafe.Pointer(&name[0]))), prog: uint32(t.prog)}
+	t.link, err = bpfCall(unix.BPF_RAW_TRACEPOINT_OPEN, unsafe.Pointer(&open), unsafe.Sizeof(open))
+	runtime.KeepAlive(name)
+	if err != nil {
+		return nil, fail("attach to raw tracepoint sched_process_exit", err)
+	}
+	if t.consumerPage, err = unix.Mmap(t.ring, 0, t.pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		t.consumerPage = nil
+		return nil, fail("map the ring buffer's consumer page", err)
+	}
+	if t.dataPages, err = unix.Mmap(t.ring, int64(t.pageSize), t.pageSize+2*traceRingSize, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		t.dataPages = nil
+		return nil, fail("map the ring buffer", err)
+	}
+	return t, nil
+}
+
+// verifierMessage returns the last line of the verifier's log.
+func verifierMessage(b []byte) string {
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	s := string(b[:n])
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
+	}
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '\n' {
+			return s[i+1:]
+		}
+	}
+	return s
+}
+
+// add puts tgid in the map. It fails with E2BIG when the map is full.
+func (t *exitTrace) add(tgid int32) error {
+	k, v := uint32(tgid), uint32(1)
+	a := bpfElemAttr{fd: uint32(t.watched), key: uint64(uintptr(unsafe.Pointer(&k))), value: uint64(uintptr(unsafe.Pointer(&v)))}
+	_, err := bpfCall(unix.BPF_MAP_UPDATE_ELEM, unsafe.Pointer(&a), unsafe.Sizeof(a))
+	runtime.KeepAlive(&k)
+	runtime.KeepAlive(&v)
+	return err
+}
+
+// del removes tgid from the map; a missing key is not an error.
+func (t *exitTrace) del(tgid int32) {
+	k := uint32(tgid)
+	a := bpfElemAttr{fd: uint32(t.watched), key: uint64(uintptr(unsafe.Pointer(&k)))}
+	_, _ = bpfCall(unix.BPF_MAP_DELETE_ELEM, unsafe.Pointer(&a), unsafe.Sizeof(a))
+	runtime.KeepAlive(&k)
+}
+
+// drain calls fn with every record in the ring, the exiting TGID and the
+// CLOCK_MONOTONIC time of the tracepoint, and releases them. It reads
+// nothing the producer has not committed.
+func (t *exitTrace) drain(fn func(tgid int32, ns uint64)) {
+	cons := (*uint64)(unsafe.Pointer(&t.consumerPage[0]))
+	prod := (*uint64)(unsafe.Pointer(&t.dataPages[0]))
+	data := t.dataPages[t.pageSize:]
+	const mask = traceRingSize - 1
+	c := atomic.LoadUint64(cons)
+	for {
+		p := atomic.LoadUint64(prod)
+		if c >= p {
+			return
+		}
+		for c < p {
+			off := c & mask
+			hdr := atomic.LoadUint32((*uint32)(unsafe.Pointer(&data[off])))
+			if hdr&unix.BPF_RINGBUF_BUSY_BIT != 0 {
+				atomic.StoreUint64(cons, c)
+				return // still being written; its commit wakes us again
+			}
+			n := uint64(hdr &^ (unix.BPF_RINGBUF_BUSY_BIT | unix.BPF_RINGBUF_DISCARD_BIT))
+			if hdr&unix.BPF_RINGBUF_DISCARD_BIT == 0 && n >= 16 {
+				rec := data[off+unix.BPF_RINGBUF_HDR_SZ:]
+				t.events.Add(1)
+				fn(int32(*(*uint32)(unsafe.Pointer(&rec[0]))), *(*uint64)(unsafe.Pointer(&rec[8])))
+			}
+			c += (n + unix.BPF_RINGBUF_HDR_SZ + 7) &^ 7
+		}
+		atomic.StoreUint64(cons, c)
+	}
+}
+
+func (t *exitTrace) close() {
+	if t.dataPages != nil {
+		_ = unix.Munmap(t.dataPages)
+	}
+	if t.consumerPage != nil {
+		_ = unix.Munmap(t.consumerPage)
+	}
+	for _, fd := range []int{t.link, t.prog, t.ring, t.watched} {
+		if fd >= 0 {
+			_ = unix.Close(fd)
+		}
+	}
+}
+
+// TraceAvailable reports whether the exit tracepoint detector can be used
+// here: it loads and attaches the program once, then removes it. The error
+// wraps ErrTraceUnavailable and names the step that failed.
+func TraceAvailable() error {
+	t, err := openExitTrace()
+	if err != nil {
+		return err
+	}
+	t.close()
+	return nil
+}
