@@ -36,6 +36,9 @@ const (
 	FlagConnector uint32 = 1 << 0
 	// FlagPidfd is set while the pidfd safety net is active.
 	FlagPidfd uint32 = 1 << 1
+	// FlagTracepoint is set while the exit tracepoint (eBPF) detector is
+	// active. Added within ABI v1: readers ignore bits they do not know.
+	FlagTracepoint uint32 = 1 << 2
 )
 
 // Slot flags (slot offset 12).

@@ -511,7 +511,8 @@ func mustState(s State) {
 	}
 }
 
-// SetHeaderFlags stores the header flags (FlagConnector, FlagPidfd).
+// SetHeaderFlags stores the header flags (FlagConnector, FlagPidfd,
+// FlagTracepoint).
 func (w *Writer) SetHeaderFlags(f uint32) {
 	if w.base == nil {
 		return

@@ -21,22 +21,22 @@ type Report struct {
 
 // Meta describes the run.
 type Meta struct {
-	Date      string   `json:"date"`
-	Kernel    string   `json:"kernel"`
-	CPU       string   `json:"cpu"`
-	Cores     int      `json:"cores"`
-	GoVersion string   `json:"go_version"`
-	HBD       string   `json:"hbd"` // hbd --version
-	Command   string   `json:"command"`
-	Root      bool     `json:"root"`
-	Connector bool     `json:"connector"` // the proc connector works here
-	Tracepoint bool    `json:"tracepoint"` // the exit tracepoint (eBPF) works here
-	Reader    string   `json:"reader"`    // spin or yield
-	Tests     []string `json:"tests"`
-	Kills     int      `json:"kills"`
-	Services  int      `json:"services"`
-	FloodSecs float64  `json:"flood_secs"`
-	Seconds   float64  `json:"seconds"` // wall time of the whole run
+	Date       string   `json:"date"`
+	Kernel     string   `json:"kernel"`
+	CPU        string   `json:"cpu"`
+	Cores      int      `json:"cores"`
+	GoVersion  string   `json:"go_version"`
+	HBD        string   `json:"hbd"` // hbd --version
+	Command    string   `json:"command"`
+	Root       bool     `json:"root"`
+	Connector  bool     `json:"connector"`  // the proc connector works here
+	Tracepoint bool     `json:"tracepoint"` // the exit tracepoint (eBPF) works here
+	Reader     string   `json:"reader"`     // spin or yield
+	Tests      []string `json:"tests"`
+	Kills      int      `json:"kills"`
+	Services   int      `json:"services"`
+	FloodSecs  float64  `json:"flood_secs"`
+	Seconds    float64  `json:"seconds"` // wall time of the whole run
 	// LoadAvg is /proc/loadavg at the start and at the end: other work on
 	// the machine shows here.
 	LoadAvg []string `json:"loadavg"`

@@ -66,6 +66,7 @@
 /* Header flags: exit detectors the writer runs. */
 #define HB_FLAG_CONNECTOR (1u << 0)
 #define HB_FLAG_PIDFD (1u << 1)
+#define HB_FLAG_TRACEPOINT (1u << 2) /* exit tracepoint (eBPF); unknown bits are ignored */
 /* Slot flags. */
 #define HB_SLOT_ADOPTED (1u << 0) /* not the writer's child */
 

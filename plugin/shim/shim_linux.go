@@ -216,6 +216,9 @@ func New(opts Options) (*Shim, error) {
 	if pidfd {
 		flags |= shm.FlagPidfd
 	}
+	if watcher.Traced() {
+		flags |= shm.FlagTracepoint
+	}
 	w.SetHeaderFlags(flags)
 	w.Beat()
 	startReaper(log)

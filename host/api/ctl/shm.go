@@ -37,9 +37,10 @@ type writerView struct {
 	Status string `json:"status"`
 	// BeatAgeMs is how long ago the writer last beat (it beats every
 	// second); -1 if it never did.
-	BeatAgeMs int64 `json:"beat_age_ms"`
-	Connector bool  `json:"connector"`
-	Pidfd     bool  `json:"pidfd"`
+	BeatAgeMs  int64 `json:"beat_age_ms"`
+	Tracepoint bool  `json:"tracepoint"`
+	Connector  bool  `json:"connector"`
+	Pidfd      bool  `json:"pidfd"`
 }
 
 type shmSlot struct {
@@ -100,7 +101,7 @@ func runShm(_ context.Context, c *cli, args []string) int {
 		Header: shmHeader{Version: h.Version, SlotCount: h.SlotCount, WriterPID: h.WriterPID, Flags: h.Flags,
 			CreatedNs: h.CreatedNs, WriterBeatNs: h.WriterBeatNs},
 		Writer: writerView{Status: writerStatus(h.WriterPID), BeatAgeMs: -1,
-			Connector: h.Flags&shm.FlagConnector != 0, Pidfd: h.Flags&shm.FlagPidfd != 0},
+			Tracepoint: h.Flags&shm.FlagTracepoint != 0, Connector: h.Flags&shm.FlagConnector != 0, Pidfd: h.Flags&shm.FlagPidfd != 0},
 		Slots: []shmSlot{},
 	}
 	if h.WriterBeatNs != 0 {
@@ -117,6 +118,9 @@ func runShm(_ context.Context, c *cli, args []string) int {
 	}
 
 	var det []string
+	if v.Writer.Tracepoint {
+		det = append(det, "tracepoint")
+	}
 	if v.Writer.Connector {
 		det = append(det, "connector")
 	}
