@@ -4,8 +4,23 @@
 //
 // # Detectors
 //
-// Two detectors run side by side, and exactly one of them reports each exit:
+// Up to three detectors run side by side, and exactly one of them reports
+// each exit:
 //
+//   - The exit tracepoint, the earliest (see trace_linux.go): an eBPF program
+//     on the sched_process_exit raw tracepoint, which fires once the last
+//     live thread of a process has entered do_exit (group_dead), before the
+//     kernel tears the process down. It looks the TGID up in a hash map of
+//     watched children and writes a record into a ring buffer that the epoll
+//     goroutine waits on beside the pidfds. The proc connector's event and a
+//     pidfd's readiness both come only after the teardown (exit_notify),
+//     which takes hundreds of microseconds on small virtual machines. The
+//     tracepoint knows no exit status and sees the process before it is a
+//     zombie, so it watches children only (WatchChild): their parent reaps
+//     them and learns the status there. It needs CAP_BPF and CAP_PERFMON and
+//     Linux 6.16+ (the tracepoint's group_dead argument); see
+//     TraceAvailable. Each record carries its time, and a watch made after
+//     it ignores it: the PID may be a new process's by then.
 //   - The proc connector (NETLINK_CONNECTOR, group CN_IDX_PROC), the fast
 //     path. The socket subscribes with the 8-byte proc_input{LISTEN,
 //     PROC_EVENT_EXIT}, so the kernel queues exit events only (Linux 6.6+
@@ -27,8 +42,9 @@
 // which would hide such losses, is never set.
 //
 // The Watcher never reaps a process and never closes a pidfd it was given.
-// An exit is reported while the process is still a zombie, so its PID cannot
-// have been reused; the caller (its parent) reaps it afterwards.
+// An exit is reported before the process is reaped — while it exits (the
+// tracepoint) or as a zombie (the others) — so its PID cannot have been
+// reused; the caller (its parent) reaps it afterwards.
 //
 // # Socket filter
 //
@@ -58,10 +74,11 @@
 // # Goroutines and concurrency contract
 //
 // A Watcher owns at most two goroutines: the connector goroutine (none with
-// DetectPidfd, or when the connector is unavailable under DetectAuto) and
-// one epoll goroutine for all pidfds — not one goroutine or thread per
-// process. Both may detect the same exit; a compare-and-swap on the watch
-// makes exactly one of them report it.
+// DetectPidfd or DetectTracepoint, or when the connector is unavailable
+// under DetectAuto) and one epoll goroutine for all pidfds and the exit
+// tracepoint's ring buffer — not one goroutine or thread per process. Each
+// may detect the same exit; a compare-and-swap on the watch makes exactly
+// one of them report it.
 //
 // Reporting an exit, on the goroutine that detected it, is in this order:
 //
