@@ -143,3 +143,39 @@ func TestTracepointUnavailableError(t *testing.T) {
 		t.Fatalf("NewWatcher(DetectTracepoint) = %v, want ErrTraceUnavailable", err)
 	}
 }
+
+// TestTracepointChildrenSkipConnector: with both the exit tracepoint and the
+// proc connector, the socket filter drops the connector events of traced
+// children (the tracepoint reports them first): only the exit of a process
+// watched with Watch reaches the socket.
+func TestTracepointChildrenSkipConnector(t *testing.T) {
+	requireTrace(t)
+	requireConnector(t)
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectAuto}))
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	c.kill(unix.SIGKILL)
+	if e := collect(t, w, 1)[1]; e.Source != SourceTracepoint {
+		t.Errorf("child's exit %+v, want one from the tracepoint", e)
+	}
+	c.reap()
+	// A sentinel watched by PID: once its event is in, any event of the
+	// child, sent before it, would be too.
+	s := startSelf(t, "sleep", false)
+	rec.expect(2, s)
+	if err := w.Watch(2, s.pid, s.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the sentinel in the socket filter", func() bool { return w.Stats().FilterTGIDs == 1 })
+	s.kill(unix.SIGKILL)
+	collect(t, w, 2)
+	waitFor(t, "the sentinel's exit event", func() bool { return w.Stats().Events >= 1 })
+	s.reap()
+	if st := w.Stats(); st.Events != 1 {
+		t.Errorf("stats %+v: want exactly 1 exit event (the sentinel's)", st)
+	}
+}

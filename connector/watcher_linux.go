@@ -38,7 +38,7 @@ type watch struct {
 	pidfd  int
 	id     uint64 // epoll data; unique for the Watcher's life
 	child  bool   // a child of this process (WatchChild): the socket filter passes it by its parent
-	traced bool   // in the exit tracepoint's map
+	traced bool   // in the exit tracepoint's map (a child): the socket filter need not pass it
 	since  uint64 // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
@@ -46,6 +46,11 @@ type watch struct {
 	// of the process, with haveStatus set; 0 when none (or after a resync).
 	last atomic.Uint64
 }
+
+// byParent reports whether the socket filter passes wt's events by their
+// parent: a child the exit tracepoint does not watch (it reports children
+// first, and their parent reaps them for the status).
+func (wt *watch) byParent() bool { return wt.child && !wt.traced }
 
 // status returns the stored connector status, if any.
 func (wt *watch) status() (uint32, bool) {
@@ -76,9 +81,9 @@ type Watcher struct {
 	byKey  map[uint64]*watch // key -> watch, guarded by mu
 	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
 	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
-	// children counts the watches in byPID made with WatchChild; while it is
-	// not 0 the socket filter passes every exit whose parent is this
-	// process. Guarded by mu.
+	// children counts the watches in byPID made with WatchChild and not in
+	// the exit tracepoint's map (byParent); while it is not 0 the socket
+	// filter passes every exit whose parent is this process. Guarded by mu.
 	children int
 
 	// The socket filter (see filter.go and updateFilter). A change of the
@@ -304,10 +309,10 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 	if old := w.byPID[wt.pid]; old != nil {
 		// A reported (or unwatched) watch of a process that has not been
 		// reaped yet: its pid stays in the filter, so the set is unchanged.
-		if old.child {
+		if old.byParent() {
 			w.children--
 		}
-		if child {
+		if wt.byParent() {
 			w.children++
 		}
 		if old.traced && !wt.traced {
@@ -319,10 +324,13 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 	}
 	w.byPID[wt.pid] = wt
 	w.byID[wt.id] = wt
-	if child {
+	if wt.byParent() {
 		// The filter passes children by their parent while there is one.
 		w.children++
 		return w.children == 1 && w.filterChangedLocked(true), nil
+	}
+	if child {
+		return false, nil // traced: the filter drops its connector events
 	}
 	return w.filterChangedLocked(true), nil
 }
@@ -353,10 +361,10 @@ func (w *Watcher) removeLocked(wt *watch) {
 		if wt.traced {
 			w.tr.del(wt.pid)
 		}
-		if wt.child {
+		if wt.byParent() {
 			w.children--
 		}
-		if !wt.child || w.children == 0 {
+		if !wt.child || wt.byParent() && w.children == 0 {
 			w.filterChangedLocked(false)
 		}
 	}
