@@ -102,7 +102,7 @@ func (d *Daemon) connect() error {
 	}
 	d.info = info
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
-		"connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
+		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
 
 	// Events after this point are acted on; those up to info.LastSeq are
 	// already reflected in the table and are only reported.

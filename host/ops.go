@@ -284,6 +284,6 @@ func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	if err != nil {
 		return api.PluginInfo{}, err
 	}
-	return api.PluginInfo{PID: i.PID, Shm: i.ShmName, Slots: i.Slots, Connector: i.Connector, Pidfd: i.Pidfd,
+	return api.PluginInfo{PID: i.PID, Shm: i.ShmName, Slots: i.Slots, Tracepoint: i.Tracepoint, Connector: i.Connector, Pidfd: i.Pidfd,
 		Adopted: i.Adopted, LastSeq: i.LastSeq, Version: i.Version}, nil
 }

@@ -109,27 +109,29 @@ func spawnResultFromProto(p *hbpb.SpawnResponse) SpawnResult {
 
 func infoToProto(i Info) *hbpb.InfoResponse {
 	return &hbpb.InfoResponse{
-		Pid:       int64(i.PID),
-		ShmName:   i.ShmName,
-		Slots:     int64(i.Slots),
-		Connector: i.Connector,
-		Pidfd:     i.Pidfd,
-		Adopted:   int64(i.Adopted),
-		LastSeq:   i.LastSeq,
-		Version:   i.Version,
+		Pid:        int64(i.PID),
+		ShmName:    i.ShmName,
+		Slots:      int64(i.Slots),
+		Connector:  i.Connector,
+		Pidfd:      i.Pidfd,
+		Tracepoint: i.Tracepoint,
+		Adopted:    int64(i.Adopted),
+		LastSeq:    i.LastSeq,
+		Version:    i.Version,
 	}
 }
 
 func infoFromProto(p *hbpb.InfoResponse) Info {
 	return Info{
-		PID:       int(p.GetPid()),
-		ShmName:   p.GetShmName(),
-		Slots:     int(p.GetSlots()),
-		Connector: p.GetConnector(),
-		Pidfd:     p.GetPidfd(),
-		Adopted:   int(p.GetAdopted()),
-		LastSeq:   p.GetLastSeq(),
-		Version:   p.GetVersion(),
+		PID:        int(p.GetPid()),
+		ShmName:    p.GetShmName(),
+		Slots:      int(p.GetSlots()),
+		Connector:  p.GetConnector(),
+		Pidfd:      p.GetPidfd(),
+		Tracepoint: p.GetTracepoint(),
+		Adopted:    int(p.GetAdopted()),
+		LastSeq:    p.GetLastSeq(),
+		Version:    p.GetVersion(),
 	}
 }
 

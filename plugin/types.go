@@ -118,14 +118,15 @@ type Event struct {
 
 // Info describes a running plugin.
 type Info struct {
-	PID       int
-	ShmName   string
-	Slots     int
-	Connector bool // the proc connector is the fast detector
-	Pidfd     bool // the pidfd epoll safety net is active
-	Adopted   int  // clients adopted from the table when this plugin started
-	LastSeq   uint64
-	Version   string
+	PID        int
+	ShmName    string
+	Slots      int
+	Tracepoint bool // the exit tracepoint (eBPF) detector runs: the earliest, for children
+	Connector  bool // the proc connector is the fast detector
+	Pidfd      bool // the pidfd epoll safety net is active
+	Adopted    int  // clients adopted from the table when this plugin started
+	LastSeq    uint64
+	Version    string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

@@ -40,8 +40,8 @@ func (e *env) sharedHBD(det string) (*hbdProc, error) {
 	if hl.Plugin == nil || hl.Plugin.Connector != (det == "connector") {
 		return nil, fmt.Errorf("hbd %s: plugin runs connector=%v, want %v", det, hl.Plugin != nil && hl.Plugin.Connector, det == "connector")
 	}
-	if det == "tracepoint" && h.countPluginLog(`"tracepoint":true`) == 0 {
-		return nil, fmt.Errorf("hbd %s: the plugin's log does not say the exit tracepoint runs", det)
+	if hl.Plugin.Tracepoint != (det == "tracepoint") {
+		return nil, fmt.Errorf("hbd %s: plugin runs tracepoint=%v, want %v", det, hl.Plugin.Tracepoint, det == "tracepoint")
 	}
 	return h, nil
 }

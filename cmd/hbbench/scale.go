@@ -113,7 +113,7 @@ func runScale(e *env, r *Report) error {
 	hl, err := h.health()
 	var res *Result
 	if err == nil && hl.Plugin != nil {
-		r.note("scale: plugin connector=%v pidfd=%v", hl.Plugin.Connector, hl.Plugin.Pidfd)
+		r.note("scale: plugin tracepoint=%v connector=%v pidfd=%v", hl.Plugin.Tracepoint, hl.Plugin.Connector, hl.Plugin.Pidfd)
 	}
 
 	// Let the start-up work (state promotions, log lines) finish.

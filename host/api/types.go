@@ -104,14 +104,15 @@ type Health struct {
 
 // PluginInfo describes the running hb plugin (GET /v1/health).
 type PluginInfo struct {
-	PID       int    `json:"pid"`
-	Shm       string `json:"shm"`       // shm table name (/dev/shm/<shm>)
-	Slots     int    `json:"slots"`     // table capacity
-	Connector bool   `json:"connector"` // the proc connector is the fast exit detector
-	Pidfd     bool   `json:"pidfd"`     // the pidfd safety net is active
-	Adopted   int    `json:"adopted"`   // clients adopted when the plugin started
-	LastSeq   uint64 `json:"last_seq"`  // sequence number of the plugin's last event
-	Version   string `json:"version,omitempty"`
+	PID        int    `json:"pid"`
+	Shm        string `json:"shm"`        // shm table name (/dev/shm/<shm>)
+	Slots      int    `json:"slots"`      // table capacity
+	Tracepoint bool   `json:"tracepoint"` // the exit tracepoint (eBPF) detector runs
+	Connector  bool   `json:"connector"`  // the proc connector is the fast exit detector
+	Pidfd      bool   `json:"pidfd"`      // the pidfd safety net is active
+	Adopted    int    `json:"adopted"`    // clients adopted when the plugin started
+	LastSeq    uint64 `json:"last_seq"`   // sequence number of the plugin's last event
+	Version    string `json:"version,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

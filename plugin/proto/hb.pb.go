@@ -199,6 +199,7 @@ type InfoResponse struct {
 	Adopted       int64                  `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
 	LastSeq       uint64                 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	Version       string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Tracepoint    bool                   `protobuf:"varint,9,opt,name=tracepoint,proto3" json:"tracepoint,omitempty"` // the exit tracepoint (eBPF) detector runs
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,6 +288,13 @@ func (x *InfoResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetTracepoint() bool {
+	if x != nil {
+		return x.Tracepoint
+	}
+	return false
 }
 
 // Spec mirrors plugin.Spec.
@@ -1439,7 +1447,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xd4\x01\n" +
+	"\vInfoRequest\"\xf4\x01\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1448,7 +1456,10 @@ const file_hb_proto_rawDesc = "" +
 	"\x05pidfd\x18\x05 \x01(\bR\x05pidfd\x12\x18\n" +
 	"\aadopted\x18\x06 \x01(\x03R\aadopted\x12\x19\n" +
 	"\blast_seq\x18\a \x01(\x04R\alastSeq\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\"\xcc\x02\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x1e\n" +
+	"\n" +
+	"tracepoint\x18\t \x01(\bR\n" +
+	"tracepoint\"\xcc\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +

@@ -134,6 +134,11 @@ func reapStrays(log *slog.Logger) {
 		for errors.Is(err, unix.EINTR) {
 			pid, err = unix.Wait4(int(ci.Pid), &ws, unix.WNOHANG, nil)
 		}
+		if errors.Is(err, unix.ECHILD) {
+			// The exit path reaped and untracked it between the peek and
+			// isTracked (it reaps without spawnMu): nothing was lost.
+			continue
+		}
 		if err != nil || pid == 0 {
 			log.Warn("stray reaper: wait4", "pid", ci.Pid, "err", err)
 			return

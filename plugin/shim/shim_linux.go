@@ -277,14 +277,15 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 	defer s.leave()
 	conn, pidfd := s.watcher.Active()
 	return plugin.Info{
-		PID:       os.Getpid(),
-		ShmName:   s.opts.ShmName,
-		Slots:     s.w.Len(),
-		Connector: conn,
-		Pidfd:     pidfd,
-		Adopted:   s.adopted,
-		LastSeq:   s.events.lastSeq(),
-		Version:   Version,
+		PID:        os.Getpid(),
+		ShmName:    s.opts.ShmName,
+		Slots:      s.w.Len(),
+		Tracepoint: s.watcher.Traced(),
+		Connector:  conn,
+		Pidfd:      pidfd,
+		Adopted:    s.adopted,
+		LastSeq:    s.events.lastSeq(),
+		Version:    Version,
 	}, nil
 }
 

@@ -358,6 +358,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 		fmt.Fprintf(c.Stdout, "hbd %s (pid %d, %s): %s\n", c.o.socket, h.PID, h.Version, state)
 		if p := h.Plugin; p != nil {
 			var det []string
+			if p.Tracepoint {
+				det = append(det, "tracepoint")
+			}
 			if p.Connector {
 				det = append(det, "connector")
 			}
