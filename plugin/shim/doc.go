@@ -30,7 +30,7 @@
 // The order is: fork+exec → shm Writer.Spawned (generation+1, start time,
 // state starting; the PID is stored last; the start time is the boot-clock
 // tick read around the clone when it did not change, else read from
-// /proc/PID/stat) → Watcher.Watch(key, pid, pidfd).
+// /proc/PID/stat) → Watcher.WatchChild(key, pid, pidfd).
 // A child that dies before Watch has a readable pidfd, which the Watcher
 // reports at once, so the exit is in effect subscribed to before the child
 // starts. The host moves the state to running with SetState.
@@ -40,9 +40,12 @@
 // Watcher.OnExit → onExit, on the detecting goroutine: Writer.ClearPID
 // (compare-and-swap PID → 0), nothing else. The watch key carries the slot
 // index (index<<32 | low 32 bits of the generation), so there is no lookup,
-// lock, allocation or log line before the store. The process is still an
-// unreaped zombie at that moment and a zombie's PID cannot be reused, so a
-// non-zero slot never names a recycled process (DESIGN invariant 1).
+// lock, allocation or log line before the store. The process is not reaped
+// at that moment — it is still exiting (the exit tracepoint reports it as
+// its last thread enters the kernel's exit path) or an unreaped zombie (the
+// connector and the pidfds) — and its PID cannot be reused before it is
+// reaped, so a non-zero slot never names a recycled process (DESIGN
+// invariant 1).
 //
 // Then, on the exit goroutine reading Watcher.Exits (finish): if Stop is under
 // way, SIGKILL the rest of the process group while the zombie still pins the

@@ -15,8 +15,8 @@ import (
 // onExit is the exit fast path, called by the Watcher on the goroutine that
 // detected the exit. It stores 0 in the slot and nothing else: no lookup (the
 // slot index is in the key), no lock, no allocation, no logging. The process
-// is still an unreaped zombie here, so its PID cannot have been reused: the
-// slot never names a recycled process (DESIGN invariant 1). Everything else
+// is not reaped yet here (still exiting, or a zombie), so its PID cannot have
+// been reused: the slot never names a recycled process (DESIGN invariant 1). Everything else
 // happens in finish, after the Exit is queued on Watcher.Exits.
 func (s *Shim) onExit(ex connector.Exit) {
 	idx := int(ex.Key >> 32)
