@@ -179,3 +179,97 @@ func TestTracepointChildrenSkipConnector(t *testing.T) {
 		t.Errorf("stats %+v: want exactly 1 exit event (the sentinel's)", st)
 	}
 }
+
+// fakeRing is an exitTrace whose ring buffer is plain memory laid out as
+// the kernel maps it: a consumer page, then a producer page followed by the
+// data area mapped twice (here: written twice).
+type fakeRing struct {
+	t    *exitTrace
+	prod uint64
+}
+
+func newFakeRing() *fakeRing {
+	ps := 4096
+	t := &exitTrace{pageSize: ps, consumerPage: make([]byte, ps), dataPages: make([]byte, ps+2*traceRingSize)}
+	return &fakeRing{t: t}
+}
+
+// put writes one record at the producer position: hdr flags (busy,
+// discard) plus a 16-byte body {tgid, ns}, and publishes it unless busy.
+func (f *fakeRing) put(tgid uint32, ns uint64, flags uint32) {
+	data := f.t.dataPages[f.t.pageSize:]
+	off := f.prod & (traceRingSize - 1)
+	var rec [24]byte
+	*(*uint32)(unsafe.Pointer(&rec[0])) = 16 | flags
+	*(*uint32)(unsafe.Pointer(&rec[8])) = tgid
+	*(*uint64)(unsafe.Pointer(&rec[16])) = ns
+	for i, b := range rec {
+		data[off+uint64(i)] = b
+		data[(off+uint64(i)+traceRingSize)%(2*traceRingSize)] = b // the second mapping
+	}
+	f.prod += 24
+	*(*uint64)(unsafe.Pointer(&f.t.dataPages[0])) = f.prod
+}
+
+func (f *fakeRing) consumer() uint64 { return *(*uint64)(unsafe.Pointer(&f.t.consumerPage[0])) }
+
+func (f *fakeRing) drain() (got []uint32) {
+	f.t.drain(func(tgid int32, ns uint64) {
+		if ns != uint64(tgid)*10 {
+			panic("record body read wrong")
+		}
+		got = append(got, uint32(tgid))
+	})
+	return got
+}
+
+// TestTraceDrain: the ring buffer consumer reads committed records in
+// order, across the end of the data area, skips discarded ones, stops at a
+// record still being written, and advances the consumer position past
+// exactly what it read.
+func TestTraceDrain(t *testing.T) {
+	f := newFakeRing()
+	if got := f.drain(); len(got) != 0 {
+		t.Fatalf("empty ring gave %v", got)
+	}
+	f.put(1, 10, 0)
+	f.put(2, 20, unix.BPF_RINGBUF_DISCARD_BIT)
+	f.put(3, 30, 0)
+	if got := f.drain(); len(got) != 2 || got[0] != 1 || got[1] != 3 {
+		t.Fatalf("got %v, want [1 3]", got)
+	}
+	if f.consumer() != 72 {
+		t.Fatalf("consumer at %d, want 72", f.consumer())
+	}
+	// Fill up to just before the end of the data area, then wrap.
+	var want []uint32
+	for i := uint32(4); f.prod+24 <= traceRingSize+24*3; i++ {
+		f.put(i, uint64(i)*10, 0)
+		want = append(want, i)
+		if len(want) == 1000 { // drain now and then, as the epoll loop does
+			if got := f.drain(); len(got) != len(want) {
+				t.Fatalf("drained %d records, want %d", len(got), len(want))
+			}
+			want = want[:0]
+		}
+	}
+	if got := f.drain(); len(got) != len(want) || got[len(got)-1] != want[len(want)-1] {
+		t.Fatalf("across the wrap: got %d records ending %v, want %d ending %d", len(got), got[len(got)-1:], len(want), want[len(want)-1])
+	}
+	if f.consumer() != f.prod {
+		t.Fatalf("consumer %d, producer %d", f.consumer(), f.prod)
+	}
+	// A busy record stops the drain; the records after it wait for it.
+	busyAt := f.prod
+	f.put(7000, 70000, unix.BPF_RINGBUF_BUSY_BIT)
+	f.put(7001, 70010, 0)
+	if got := f.drain(); len(got) != 0 || f.consumer() != busyAt {
+		t.Fatalf("past a busy record: got %v, consumer %d, want none and %d", got, f.consumer(), busyAt)
+	}
+	// Its commit clears the busy bit.
+	data := f.t.dataPages[f.t.pageSize:]
+	*(*uint32)(unsafe.Pointer(&data[busyAt&(traceRingSize-1)])) = 16
+	if got := f.drain(); len(got) != 2 || got[0] != 7000 || got[1] != 7001 {
+		t.Fatalf("after the commit: got %v, want [7000 7001]", got)
+	}
+}
