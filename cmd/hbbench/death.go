@@ -139,10 +139,17 @@ func (t *hbTarget) audit(e *env) audit {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	var n uint64
-	n, a.apiErr = t.h.apiExits(t.name)
-	a.apiExits = n - t.api0
-	return a
+	// hbd learns of an exit after the slot records it (the plugin records,
+	// respawns, then reports), so its count may lag for a moment.
+	for {
+		var n uint64
+		n, a.apiErr = t.h.apiExits(t.name)
+		a.apiExits = n - t.api0
+		if a.apiErr != nil || a.apiExits >= uint64(t.kills) || time.Now().After(deadline) {
+			return a
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // verify checks that every kill was counted as one exit, in the slot and by
