@@ -140,9 +140,10 @@ func exitProgram(watched, ring int) []bpfInsn {
 }
 
 func bpfCall(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, error) {
-	for {
+	for tries := 1; ; tries++ {
 		r, _, e := unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
-		if e == unix.EINTR || e == unix.EAGAIN && cmd == unix.BPF_PROG_LOAD {
+		// The verifier can be interrupted (EAGAIN on program loads).
+		if e == unix.EINTR || e == unix.EAGAIN && cmd == unix.BPF_PROG_LOAD && tries < 5 {
 			continue
 		}
 		if e != 0 {
