@@ -66,10 +66,12 @@ type Watcher struct {
 	exits chan Exit
 	done  chan struct{} // closed by Close
 
-	nl   *nlSocket  // nil without the connector
-	tr   *exitTrace // nil without the exit tracepoint
-	epfd int
-	evfd int // eventfd that wakes the epoll goroutine for Close
+	nl *nlSocket  // nil without the connector
+	tr *exitTrace // nil without the exit tracepoint
+	// onTrace is w.traced, made once: a method value allocates.
+	onTrace func(tgid int32, ns uint64)
+	epfd    int
+	evfd    int // eventfd that wakes the epoll goroutine for Close
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -131,6 +133,7 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		filterEvery: filterInterval,
 	}
 	w.filterTGIDs.Store(-1)
+	w.onTrace = w.traced
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
@@ -671,7 +674,7 @@ func (w *Watcher) epollLoop() {
 				continue
 			}
 			if id == traceID {
-				w.tr.drain(w.traced)
+				w.tr.drain(w.onTrace)
 				continue
 			}
 			w.mu.Lock()
