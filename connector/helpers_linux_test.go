@@ -56,6 +56,20 @@ func exiting(pid int) bool {
 	return err == nil && flags&0x4 != 0           // PF_EXITING
 }
 
+// startKillable starts a child that waits to be killed: "sleep" (one
+// thread) or "threads" (nine threads, started before it returns).
+func startKillable(t testing.TB, mode string) *child {
+	t.Helper()
+	if mode != "threads" {
+		return startSelf(t, "sleep", false)
+	}
+	c := startSelf(t, "threads", true, "HB_THREADS=8")
+	if got := c.readLine(); got != "ready" {
+		t.Fatalf("child said %q", got)
+	}
+	return c
+}
+
 // child is a process started by a test, with a pidfd. The test reaps it.
 type child struct {
 	t      testing.TB

@@ -33,15 +33,7 @@ func TestTracepointReportsKill(t *testing.T) {
 			if conn, _ := w.Active(); conn {
 				t.Error("DetectTracepoint opened the proc connector")
 			}
-			var c *child
-			if mode == "threads" {
-				c = startSelf(t, "threads", true, "HB_THREADS=8")
-				if got := c.readLine(); got != "ready" {
-					t.Fatalf("child said %q", got)
-				}
-			} else {
-				c = startSelf(t, "sleep", false)
-			}
+			c := startKillable(t, mode)
 			decoy := startSelf(t, "sleep", false)
 			rec.expect(1, c)
 			if err := w.WatchChild(1, c.pid, decoy.pidfd); err != nil {

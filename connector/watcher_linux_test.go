@@ -30,15 +30,7 @@ func TestConnectorReportsKill(t *testing.T) {
 			hooks, g := stalledEpoll()
 			rec := newRecorder()
 			w := newWatcher(t, rec.options(Options{Detector: DetectConnector, hooks: hooks}), g)
-			var c *child
-			if mode == "threads" {
-				c = startSelf(t, "threads", true, "HB_THREADS=8")
-				if got := c.readLine(); got != "ready" {
-					t.Fatalf("child said %q", got)
-				}
-			} else {
-				c = startSelf(t, "sleep", false)
-			}
+			c := startKillable(t, mode)
 			rec.expect(1, c)
 			if err := w.Watch(1, c.pid, c.pidfd); err != nil {
 				t.Fatal(err)
