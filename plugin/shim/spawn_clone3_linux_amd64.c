@@ -98,6 +98,16 @@ static int child_main(void *arg)
 	long e;
 	int i;
 
+	/* The child inherits the signal mask of the thread that called
+	 * hb_spawn. A service starts with no signal blocked, whatever that
+	 * thread had, as services of other supervisors do (a Go thread's mask
+	 * is empty unless hbd was started with signals blocked, so the
+	 * syscall.ForkExec fallback normally agrees). */
+	{
+		unsigned long none = 0;
+		if ((e = sys4(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, sizeof(none))) < 0)
+			return child_fail(r, HB_STEP_SIGMASK, e);
+	}
 	if (r->setpgid && (e = sys2(SYS_setpgid, 0, 0)) < 0)
 		return child_fail(r, HB_STEP_SETPGID, e);
 	if (r->cred) {

@@ -24,7 +24,7 @@ var clone3Off atomic.Bool
 func clone3Usable() bool { return !clone3Off.Load() }
 
 // stepNames names the child's steps (HB_STEP_*) in errors.
-var stepNames = [...]string{"", "setpgid", "setgroups", "setgid", "setuid", "chdir", "setrlimit", "set up descriptors", "exec"}
+var stepNames = [...]string{"", "setpgid", "setgroups", "setgid", "setuid", "chdir", "setrlimit", "set up descriptors", "exec", "signal mask"}
 
 // spawnStepError is a failure of the child before exec: which step, and
 // the errno (matched by errors.Is).

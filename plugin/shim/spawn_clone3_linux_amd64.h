@@ -41,6 +41,7 @@ enum {
 	HB_STEP_RLIMIT,
 	HB_STEP_FDS,
 	HB_STEP_EXEC,
+	HB_STEP_SIGMASK,
 };
 
 /* hb_spawn starts req->path in a new process and returns its PID once the

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -83,7 +84,7 @@ echo "fd1=$(readlink /proc/$$/fd/1)" >&3
 echo "fd2=$(readlink /proc/$$/fd/2)" >&3
 echo "pwd=$(pwd -P)" >&3
 echo "pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$" >&3
-grep -E '^(SigBlk|SigIgn|SigCgt):' /proc/$$/status >&3
+while IFS= read -r l; do case $l in SigBlk:*|SigIgn:*|SigCgt:*) echo "$l" >&3;; esac; done </proc/$$/status
 echo "nofile=$(ulimit -Sn)/$(ulimit -Hn)" >&3
 env | grep -v '^PWD=' | sort >&3
 exit 7
@@ -282,5 +283,50 @@ func TestBootTicksStartTime(t *testing.T) {
 	}
 	if decided == 0 {
 		t.Fatal("no spawn fell within one tick")
+	}
+}
+
+// TestSpawnerEmptySigmask: a service started by the clone3 spawner has no
+// signal blocked even when the spawning thread has every signal blocked.
+// The probe is grep, exec'd directly: a shell would clear its mask itself.
+// (syscall.ForkExec, the fallback, passes on the thread's mask, which on a
+// Go thread is empty unless hbd itself was started with signals blocked.)
+func TestSpawnerEmptySigmask(t *testing.T) {
+	spawn, ok := spawners(t)["clone3"]
+	if !ok {
+		t.Skip("the clone3 spawner is not used here")
+	}
+	grep, err := exec.LookPath("grep")
+	if err != nil {
+		t.Skip("needs grep")
+	}
+	out, err := os.Create(filepath.Join(t.TempDir(), "mask"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	var st int
+	func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var all, old unix.Sigset_t
+		for i := range all.Val {
+			all.Val[i] = ^uint64(0)
+		}
+		if err := unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+		st = spawnWait(t, spawn, &procAttr{
+			path: grep, argv: []string{"grep", "^SigBlk:", "/proc/self/status"},
+			files: [3]int{-1, int(out.Fd()), 2},
+		})
+	}()
+	b, err := os.ReadFile(out.Name())
+	if err != nil || st != 0 {
+		t.Fatalf("exit status %d, %v", st, err)
+	}
+	if got := string(b); got != "SigBlk:\t0000000000000000\n" {
+		t.Errorf("child's mask: %q, want none blocked", got)
 	}
 }
