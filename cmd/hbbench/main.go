@@ -3,9 +3,12 @@
 // the same run with samples interleaved,
 //
 //   - death: kill -9 of a service until its slot's PID reads 0, seen by a
-//     C reader spinning on hb_pid(), for detector "connector" and "pidfd",
-//     against a raw pidfd poll and a raw proc connector listener, each a
-//     thread that stores 0 in a word the same reader spins on;
+//     C reader spinning on hb_pid(), for detector "tracepoint" (where it
+//     loads), "connector" and "pidfd", against a raw pidfd poll or a raw
+//     proc connector listener woken by the same kill, each a thread that
+//     stores 0 in a word the same reader waits on in the same loop (and,
+//     as a reference, against the same waiters on the helper's own
+//     children);
 //   - respawn: kill -9 until the replacement's PID is in the slot, for a C
 //     client and a Go client, against a bare fork/exec+wait supervisor
 //     thread that publishes the new PID the same way;
