@@ -93,7 +93,7 @@ func ldMapFd(dst uint8, fd int) []bpfInsn {
 //	return 0;
 //
 // The time (CLOCK_MONOTONIC) lets the consumer tell the exiting process
-// from a later one that reuses its PID (see traceRecord).
+// from a later one that reuses its PID (see Watcher.traced).
 func exitProgram(watched, ring int) []bpfInsn {
 	const (
 		movX  = 0xbf // r_dst = r_src (64 bit)

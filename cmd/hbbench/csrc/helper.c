@@ -164,24 +164,35 @@ static uint32_t wait_change(const struct hb_table *t, int idx, uint32_t old, uin
 }
 
 /* kill_wait kills pid, the holder of slot idx, and waits for the slot to
- * change: t0 is the kill, t1 the change seen. It returns the new value, or
- * pid after printing the error reply. */
-static uint32_t kill_wait(const struct hb_table *t, int idx, uint32_t pid, uint64_t *t0, uint64_t *t1)
+ * change, and for *raw too when raw is not NULL (a raw waiter's word on the
+ * same kill), in one loop: t0 is the kill, t1 the slot's change seen, *traw
+ * the raw word's. It returns the slot's new value, or pid after printing
+ * the error reply. */
+static uint32_t kill_wait(const struct hb_table *t, int idx, uint32_t pid, _Atomic uint32_t *raw, uint64_t *t0,
+			  uint64_t *t1, uint64_t *traw)
 {
-	if (!t || hb_pid(t, idx) != pid) {
+	if (!t || (unsigned)idx >= t->slot_count || hb_pid(t, idx) != pid) {
 		printf("err slot %d does not hold pid %u\n", idx, pid);
 		return pid;
 	}
+	_Atomic uint32_t *words[2] = {hb__word(t, idx, 0), raw};
+	uint32_t old[2] = {pid, pid}, val[2];
+	uint64_t seen[2] = {0, 0};
+	int n = raw ? 2 : 1;
 	*t0 = now_ns();
 	if (kill((pid_t)pid, SIGKILL) < 0) {
 		printf("err kill %u: %s\n", pid, strerror(errno));
 		return pid;
 	}
-	uint32_t v = wait_change(t, idx, pid, *t0 + TIMEOUT_NS);
-	*t1 = now_ns();
-	if (v == pid)
-		printf("err timeout: slot %d still holds %u\n", idx, pid);
-	return v;
+	int changed = wait_words(n, words, old, val, seen, *t0 + TIMEOUT_NS);
+	*t1 = seen[0];
+	if (traw)
+		*traw = seen[1];
+	if (changed < n) {
+		printf("err timeout: %s still holds %u\n", val[0] == pid ? "the slot" : "the raw waiter's word", pid);
+		return pid;
+	}
+	return val[0];
 }
 
 /* wait_recorded waits until the slot's seqlocked record names pid as the last
@@ -272,7 +283,7 @@ static void cmd_respawn(int tid, int idx, uint32_t pid)
 	struct hb_table *t = table(tid);
 	struct hb_slot_snapshot s, r;
 	uint64_t t0, t1;
-	uint32_t v = kill_wait(t, idx, pid, &t0, &t1);
+	uint32_t v = kill_wait(t, idx, pid, NULL, &t0, &t1, NULL);
 	if (v == pid)
 		return;
 	uint32_t seen = v;
@@ -487,39 +498,23 @@ static void cmd_kill0(int tid, int idx, uint32_t pid, int raw)
 	struct hb_slot_snapshot s;
 	struct waiter *w = raw >= 0 && raw <= WAIT_CN ? &waiters[raw] : NULL;
 	int pfd = -1;
-	if (!t || (unsigned)idx >= t->slot_count || hb_pid(t, idx) != pid) {
-		printf("err slot %d does not hold pid %u\n", idx, pid);
-		return;
-	}
 	if (w && (pfd = arm(w, (pid_t)pid)) < -1) {
 		printf("err arm waiter: %s\n", strerror(-pfd));
 		return;
 	}
-	_Atomic uint32_t *words[2] = {hb__word(t, idx, 0), w ? &w->word : NULL};
-	uint32_t old[2] = {pid, pid}, val[2];
-	uint64_t seen[2] = {0, 0};
-	int n = w ? 2 : 1;
-	uint64_t t0 = now_ns();
-	if (kill((pid_t)pid, SIGKILL) < 0) {
-		printf("err kill %u: %s\n", pid, strerror(errno));
-		if (w)
-			disarm(w, pfd);
-		return;
-	}
-	int changed = wait_words(n, words, old, val, seen, t0 + TIMEOUT_NS);
+	uint64_t t0, t1, traw = 0;
+	uint32_t v = kill_wait(t, idx, pid, w ? &w->word : NULL, &t0, &t1, &traw);
 	if (w)
 		disarm(w, pfd);
-	if (changed < n) {
-		printf("err timeout: %s still holds %u\n", val[0] == pid ? "the slot" : "the raw waiter's word", pid);
+	if (v == pid)
 		return;
-	}
-	if (wait_recorded(t, idx, pid, &s, seen[0] + TIMEOUT_NS) < 0) {
+	if (wait_recorded(t, idx, pid, &s, t1 + TIMEOUT_NS) < 0) {
 		printf("err timeout: exit of %u not recorded in slot %d\n", pid, idx);
 		return;
 	}
 	printf("ok t0=%llu t1=%llu seen=%u detected=%llu exits=%llu raw=%llu woke=%llu\n", (unsigned long long)t0,
-	       (unsigned long long)seen[0], val[0], (unsigned long long)s.last_exit_ns,
-	       (unsigned long long)s.exits, (unsigned long long)seen[1],
+	       (unsigned long long)t1, v, (unsigned long long)s.last_exit_ns,
+	       (unsigned long long)s.exits, (unsigned long long)traw,
 	       (unsigned long long)(w ? atomic_load(&w->woke) : 0));
 }
 
