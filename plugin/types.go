@@ -51,9 +51,12 @@ type Respawn struct {
 // Wants reports whether an exit with status after a run of runFor is
 // respawned by the plugin.
 func (r Respawn) Wants(runFor time.Duration, status int) bool {
-	if !r.Enabled || runFor < r.StartSecs {
-		return false
-	}
+	return r.Enabled && runFor >= r.StartSecs && r.WantsStatus(status)
+}
+
+// WantsStatus reports whether the policy respawns an exit with status
+// (-1: unknown), leaving aside Enabled and StartSecs.
+func (r Respawn) WantsStatus(status int) bool {
 	if !r.OnFailure {
 		return true
 	}

@@ -36,13 +36,13 @@ func (s *Shim) adopt(sl shm.Slot) {
 	// Hold off the stray reaper: if the process happens to be our child
 	// (a plugin restarted in the same process) it must stay unreaped until
 	// tracked.
-	reaper.spawnMu.RLock()
+	beginSpawn()
 	pidfd, ps, err := openVerified(pid, sl.StartTime)
 	child := err == nil && ps.PPID == os.Getpid()
 	if child {
 		trackPID(pid)
 	}
-	reaper.spawnMu.RUnlock()
+	endSpawn()
 	if err != nil {
 		s.w.ClearPID(sl.Index, sl.PID)
 		now := shm.MonotonicNs()

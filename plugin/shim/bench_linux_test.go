@@ -60,9 +60,9 @@ func BenchmarkRawPidfd(b *testing.B) {
 	lat := make([]time.Duration, 0, b.N)
 	for range b.N {
 		pidfd := -1
-		reaper.spawnMu.RLock()
+		beginSpawn()
 		pid, err := syscall.ForkExec("/bin/sleep", []string{"sleep", "1000"}, &syscall.ProcAttr{Sys: &syscall.SysProcAttr{PidFD: &pidfd}})
-		reaper.spawnMu.RUnlock()
+		endSpawn()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -108,9 +108,9 @@ func BenchmarkSpawnProc(b *testing.B) {
 			a := &procAttr{path: "/bin/sleep", argv: []string{"sleep", "1000"},
 				env: []string{"PATH=/usr/bin:/bin"}, files: [3]int{devnull, devnull, devnull}}
 			for range b.N {
-				reaper.spawnMu.RLock()
+				beginSpawn()
 				pid, pidfd, err := spawn(a)
-				reaper.spawnMu.RUnlock()
+				endSpawn()
 				if err != nil {
 					b.Fatal(err)
 				}

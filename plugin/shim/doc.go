@@ -62,13 +62,27 @@
 // call exec.Cmd.Wait, os.Process.Wait or start children with os/exec or
 // os.StartProcess (DESIGN invariant 2). The plugin is a child subreaper
 // (PR_SET_CHILD_SUBREAPER), so descendants that double-fork come back to it;
-// one stray-reaper goroutine per process, woken by SIGCHLD and by the exit
-// path (never by a timer), peeks with waitid(P_ALL, WNOWAIT) and reaps with
-// wait4 every exited child that no exit path is waiting for, stopping at the
+// one stray-reaper goroutine per process, kicked by the exit path after
+// every exit and by the shim's beat, peeks with waitid(P_ALL, WNOWAIT) and
+// reaps with wait4 every exited child that no exit path is waiting for,
+// stopping at the
 // first tracked one (the exit path reaps it, then kicks the stray reaper
-// again). A child is tracked from fork until its exit is recorded; spawning
-// and the stray reaper exclude each other, so a child that dies at once is
-// never taken for a stray.
+// again). A child is tracked from fork until its exit is recorded, and the
+// stray reaper reaps nothing while a spawn is under way (it is kicked again
+// when the last one ends), so a child that dies at once is never taken for a
+// stray; it never makes a spawn wait. SIGCHLD is not caught (see reapLoop):
+// a stray's zombie waits for the next beat at most.
+//
+// # Respawn by the plugin
+//
+// When the service's policy lets the plugin respawn it (plugin.Respawn), the
+// exit path sets the next incarnation up (locks, attributes, environment)
+// as soon as the exit is detected — the exit tracepoint reports it while the
+// process is still being torn down — and then makes one call into C that
+// waits for the zombie, reaps it and spawns the replacement on the same
+// thread, as a bare supervisor's waitpid-then-vfork loop does. The new PID
+// goes into the slot before anything else (the old exit's record, events,
+// watch).
 //
 // # Adoption
 //
@@ -109,8 +123,9 @@
 //
 // The only timer is the 1 s beat: it stores writer_beat_ns in the table
 // (readers use it to see that the watcher is alive) and trims log files of
-// running services. Nothing on the exit path waits for it; everything else is
-// driven by the kernel (pidfd epoll, proc connector, SIGCHLD) or by calls.
+// running services, and kicks the stray reaper. Nothing on the exit path
+// waits for it; everything else is driven by the kernel (exit tracepoint,
+// pidfd epoll, proc connector) or by calls.
 //
 // # Concurrency
 //

@@ -48,16 +48,21 @@ func (s *Shim) exitLoop() {
 	}
 }
 
-// finish is the exit slow path: reap, record, report. The slot already reads
-// 0 (onExit). Steps, in order:
-//  1. if Stop is under way, SIGKILL what is left of the process group while
+// finish is the exit slow path: reap, record, report, respawn. The slot
+// already reads 0 (onExit). Steps, in order:
+//  1. when the plugin respawns the service itself (Spec.Respawn), set the
+//     respawn up first (locks, the next incarnation's attributes), so that
+//     the replacement starts the moment the old one is reaped;
+//  2. if Stop is under way, SIGKILL what is left of the process group while
 //     the zombie still pins the group ID;
-//  2. reap exactly once with waitid(P_PIDFD) — the only wait on a spawned
-//     child anywhere in the process (DESIGN invariant 2); an adopted process
+//  3. reap exactly once with waitid(P_PIDFD) — the only wait on a spawned
+//     child anywhere in the process (DESIGN invariant 2) — and start the
+//     replacement on the same thread (reapRespawn); an adopted process
 //     that is not our child keeps the connector's status, or -1;
-//  3. record the exit in the slot (RecordExit), stop watching, close the
+//  4. record the exit in the slot (RecordExit), stop watching, close the
 //     pidfd;
-//  4. wake Stop, emit EventExit, hand the PID back to the stray reaper.
+//  5. wake Stop; record the replacement (its PID in the slot) and emit
+//     EventExit then EventSpawn, or EventExit alone.
 func (s *Shim) finish(ex connector.Exit) {
 	s.mu.Lock()
 	inc := s.incs[ex.Key]
@@ -73,6 +78,10 @@ func (s *Shim) finish(ex connector.Exit) {
 	if ex.HaveStatus {
 		status = ex.Status
 	}
+	plan := s.planRespawn(inc)
+	if plan != nil {
+		defer plan.release()
+	}
 	inc.mu.Lock()
 	if inc.stopping.Load() && inc.child && !inc.reaped {
 		// Members of the group may outlive the leader; the leader's zombie
@@ -81,26 +90,50 @@ func (s *Shim) finish(ex connector.Exit) {
 		// its group ID is not ours to signal now.)
 		killGroup(inc.pid, unix.SIGKILL)
 	}
-	reaped := false
+	var r reaped
+	pidfd := inc.pidfd
 	if inc.child {
-		st, ok, err := reapPidfd(inc.pidfd, reapWait)
+		var a *procAttr
+		var pol plugin.Respawn
+		if plan != nil {
+			a, pol = &plan.attr, plan.spec.Respawn
+		}
+		// A spawn is open from here until the replacement is in the
+		// slot: the stray reaper's kick, if it has one, comes after.
+		beginSpawn()
+		r = reapRespawn(pidfd, reapWait, a, pol, &inc.stopping)
+		if r.tried && r.spawnErr == nil {
+			trackPID(r.c.pid)
+		}
+	}
+	inc.pidfd = -1 // closed below: nothing uses it once reaped is set
+	inc.reaped = true
+	inc.mu.Unlock()
+	// A replacement started by reapRespawn goes into the slot first.
+	spawned := r.tried && r.spawnErr == nil
+	var next *incarnation
+	if spawned {
+		var err error
+		if next, err = s.started(plan.startPlan, r.c); err != nil {
+			s.log.Warn("respawn", "service", inc.svc.name, "err", err)
+		}
+	}
+	if inc.child {
+		endSpawn()
 		switch {
-		case ok:
-			status, reaped = st, true
-		case errors.Is(err, unix.ECHILD):
+		case r.ok:
+			status = r.status
+		case errors.Is(r.err, unix.ECHILD):
 			// Reaped elsewhere, or not ours after all: keep the connector's word.
-		case err != nil:
-			s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", err)
+		case r.err != nil:
+			s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", r.err)
 		default:
 			s.log.Warn("reap: exited process is not waitable yet; left to the stray reaper",
 				"service", inc.svc.name, "pid", inc.pid)
 		}
 	}
 	s.watcher.Unwatch(inc.key)
-	unix.Close(inc.pidfd)
-	inc.pidfd = -1
-	inc.reaped = true
-	inc.mu.Unlock()
+	unix.Close(pidfd)
 
 	state := shm.StateExited
 	if inc.stopping.Load() {
@@ -120,7 +153,17 @@ func (s *Shim) finish(ex connector.Exit) {
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
 	}
-	if !s.respawn(inc, status, &ev) {
+	emitted := false
+	switch {
+	case next != nil:
+		var err error
+		if _, emitted, err = s.announce(next, &ev); err != nil {
+			s.log.Warn("respawn", "service", inc.svc.name, "err", err)
+		}
+	case plan != nil && !spawned:
+		emitted = s.respawn(plan, r, status, &ev)
+	}
+	if !emitted {
 		s.emit(ev)
 	}
 	if inc.child {
@@ -129,39 +172,86 @@ func (s *Shim) finish(ex connector.Exit) {
 		untrackPID(inc.pid)
 	}
 	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
-		"source", ex.Source.String(), "reaped", reaped)
+		"source", ex.Source.String(), "reaped", r.ok)
 }
 
-// respawn starts the next incarnation at once when the service's Spec asks
-// for it (plugin.Respawn) — the host's policy would decide the same, so the
-// round trip to the host is skipped. It never competes with the host: a stop
-// under way, or any Spawn, Stop or Free holding the service, or a closing
-// shim, leaves the exit to the host. It reports whether exit was emitted.
-func (s *Shim) respawn(inc *incarnation, status int, exit *plugin.Event) bool {
+// respawnPlan is a respawn by the plugin, set up before the exit is reaped.
+// It holds the Shim's life lock (shared) and the service's op lock until
+// release.
+type respawnPlan struct {
+	*startPlan
+	s   *Shim
+	old *incarnation // the one that exited
+}
+
+func (p *respawnPlan) release() {
+	p.svc.op.Unlock()
+	p.s.life.RUnlock()
+}
+
+// planRespawn sets up the next incarnation of inc's service when the
+// plugin is to start it itself (plugin.Respawn) — the host's policy would
+// decide the same, so the round trip to the host is skipped. It never
+// competes with the host: a stop under way, or any Spawn, Stop or Free
+// holding the service, or a closing shim, leaves the exit to the host, as
+// does an exit before StartSecs. The exit status is checked once known
+// (respawn). nil: no respawn by the plugin.
+func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	svc := inc.svc
 	if inc.stopping.Load() || inc.started.IsZero() {
-		return false
+		return nil
 	}
 	if !s.life.TryRLock() {
-		return false
+		return nil
 	}
-	defer s.life.RUnlock()
 	if s.closed.Load() || !svc.op.TryLock() {
-		return false
+		s.life.RUnlock()
+		return nil
 	}
-	defer svc.op.Unlock()
-	if svc.freed || !svc.spec.Respawn.Wants(time.Since(inc.started), status) {
-		return false
-	}
+	p := &respawnPlan{s: s, old: inc}
+	pol := svc.spec.Respawn
 	s.mu.Lock()
 	current := svc.cur == inc
 	s.mu.Unlock()
-	if !current {
+	if current && !svc.freed && pol.Enabled && time.Since(inc.started) >= pol.StartSecs {
+		var err error
+		if p.startPlan, err = s.planStart(svc, svc.spec, true); err != nil {
+			s.log.Warn("respawn", "service", svc.name, "err", err)
+		}
+	}
+	if p.startPlan == nil {
+		svc.op.Unlock()
+		s.life.RUnlock()
+		return nil
+	}
+	return p
+}
+
+// respawn starts the planned incarnation when reapRespawn did not try to
+// and the policy wants status respawned, or reports why reapRespawn's try
+// failed. exit is emitted, marked Respawned, just before the new
+// incarnation's spawn event; respawn reports whether it was.
+func (s *Shim) respawn(p *respawnPlan, r reaped, status int, exit *plugin.Event) bool {
+	if r.tried {
+		s.log.Warn("respawn", "service", p.svc.name, "err", p.spawnError(r.spawnErr))
 		return false
 	}
-	_, emitted, err := s.start(svc, svc.spec, exit)
+	if !p.spec.Respawn.WantsStatus(status) || p.old.stopping.Load() {
+		return false
+	}
+	c, err := spawnTracked(&p.attr)
 	if err != nil {
-		s.log.Warn("respawn", "service", svc.name, "err", err)
+		s.log.Warn("respawn", "service", p.svc.name, "err", p.spawnError(err))
+		return false
+	}
+	inc, err := s.started(p.startPlan, c)
+	if err != nil {
+		s.log.Warn("respawn", "service", p.svc.name, "err", err)
+		return false
+	}
+	_, emitted, err := s.announce(inc, exit)
+	if err != nil {
+		s.log.Warn("respawn", "service", p.svc.name, "err", err)
 	}
 	return emitted
 }

@@ -24,7 +24,8 @@ const Version = "1"
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
-// alive) and trims log files. Nothing on the exit path depends on it.
+// alive), trims log files and has the stray reaper look for re-parented
+// descendants that exited. Nothing on the exit path depends on it.
 const beatInterval = time.Second
 
 // reapWait bounds how long the exit path waits for a detected exit's zombie
@@ -123,6 +124,7 @@ type incarnation struct {
 	adopted   bool      // not spawned by this shim
 	child     bool      // our child: we reap it with waitid
 	started   time.Time // spawn time (monotonic); zero when adopted
+	startNs   uint64    // spawn time (shm.MonotonicNs); zero when adopted
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
 
@@ -247,6 +249,7 @@ func (s *Shim) beatLoop() {
 		case <-t.C:
 		}
 		s.w.Beat()
+		kickReaper() // strays that exited since the last exit of a service
 		s.mu.Lock()
 		var logs []*logFile
 		for _, svc := range s.svcs {

@@ -27,8 +27,11 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/sched.h>
@@ -168,6 +171,92 @@ long hb_spawn(struct hb_spawn_req *r)
 	args.stack = (uint64_t)(uintptr_t)stack;
 	args.stack_size = sizeof(stack);
 	return clone3_run(&args, child_main, r);
+}
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+static long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static uint64_t boot_ns(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_BOOTTIME, &ts) != 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* wait_readable sleeps in poll until fd is readable or ms have passed. */
+static void wait_readable(int fd, int ms)
+{
+	long deadline = now_ms() + ms;
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		long left = deadline - now_ms();
+		if (poll(&p, 1, left < 0 ? 0 : (int)left) >= 0 || errno != EINTR)
+			return;
+	}
+}
+
+static int wanted(const struct hb_reap_req *r, int status)
+{
+	int i;
+
+	if (!r->on_failure || status < 0)
+		return 1;
+	for (i = 0; i < r->ncodes; i++)
+		if (r->codes[i] == status)
+			return 0;
+	return 1;
+}
+
+void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
+{
+	siginfo_t si;
+	int attempt;
+
+	r->reaped = 0;
+	r->status = -1;
+	r->err = 0;
+	r->spawned = 0;
+	for (attempt = 0; attempt < 2; attempt++) {
+		memset(&si, 0, sizeof(si));
+		if (syscall(SYS_waitid, P_PIDFD, r->pidfd, &si, WEXITED | WNOHANG, NULL) < 0) {
+			if (errno == EINTR) {
+				attempt--;
+				continue;
+			}
+			r->err = errno;
+			return;
+		}
+		if (si.si_pid != 0)
+			break;
+		if (attempt == 0)
+			wait_readable(r->pidfd, r->wait_ms);
+	}
+	if (si.si_pid == 0)
+		return;
+	r->reaped = 1;
+	switch (si.si_code) {
+	case CLD_EXITED:
+		r->status = si.si_status;
+		break;
+	case CLD_KILLED:
+	case CLD_DUMPED:
+		r->status = 128 + si.si_status;
+		break;
+	}
+	if (r->respawn && wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+		r->spawn_t0 = boot_ns();
+		r->spawned = hb_spawn(r->spawn);
+		r->spawn_t1 = boot_ns();
+	}
 }
 
 static struct rlimit nofile_at_start;

@@ -12,9 +12,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin"
 )
 
 // clone3Off is set once clone3 proved unusable here (a kernel before 5.5,
@@ -53,8 +56,8 @@ var nofile = sync.OnceValues(func() (lim unix.Rlimit, restore bool) {
 })
 
 // spawnClone3 is spawnProc through hb_spawn (spawn_clone3_linux_amd64.c).
-// ok is false when clone3 cannot be used here; the caller then falls back
-// to ForkExec.
+// ok is false when
+// clone3 cannot be used here; the caller then falls back to ForkExec.
 func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 	block, req := newSpawnReq(a)
 	defer C.free(block)
@@ -62,6 +65,11 @@ func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 	syscall.ForkLock.Lock()
 	ret := C.hb_spawn(req)
 	syscall.ForkLock.Unlock()
+	return clone3Result(ret, req)
+}
+
+// clone3Result interprets what hb_spawn returned for req.
+func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err error, ok bool) {
 	if ret < 0 {
 		e := syscall.Errno(-ret)
 		if e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG {
@@ -87,6 +95,68 @@ func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 		return 0, -1, &spawnStepError{step: stepNames[step], err: e}, true
 	}
 	return 0, -1, e, true
+}
+
+// reapRespawnClone3 is reapRespawn through hb_reap_respawn. It does not
+// hold syscall.ForkLock, which would stop every other spawn for as long as
+// the zombie takes: ForkLock only matters for descriptors created without
+// close-on-exec, and the plugin creates none (Go's os and net packages,
+// netlink, epoll, eventfd, pidfds, BPF objects and the table all open theirs
+// close-on-exec). ok is false when clone3 proved unusable here before
+// anything was reaped.
+func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Respawn, stop *atomic.Bool) (r reaped, ok bool) {
+	block, req := newSpawnReq(a)
+	defer C.free(block)
+	codes := make([]C.int, len(pol.ExitCodes))
+	for i, c := range pol.ExitCodes {
+		codes[i] = C.int(c)
+	}
+	// The request and the exit codes are C memory: the Go runtime may not
+	// hand C pointers into Go memory that outlive the call.
+	rr := (*C.struct_hb_reap_req)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_hb_reap_req{}))))
+	if rr == nil {
+		panic("hb: out of memory")
+	}
+	defer C.free(unsafe.Pointer(rr))
+	var cc unsafe.Pointer
+	if len(codes) > 0 {
+		cc = C.calloc(C.size_t(len(codes)), C.size_t(unsafe.Sizeof(C.int(0))))
+		if cc == nil {
+			panic("hb: out of memory")
+		}
+		defer C.free(cc)
+		copy(unsafe.Slice((*C.int)(cc), len(codes)), codes)
+	}
+	rr.pidfd = C.int(pidfd)
+	rr.wait_ms = C.int(wait.Milliseconds())
+	rr.respawn = 1
+	if pol.OnFailure {
+		rr.on_failure = 1
+	}
+	rr.ncodes = C.int(len(codes))
+	rr.codes = (*C.int)(cc)
+	rr.spawn = req
+
+	// stop is Go memory with no pointers in it (an atomic.Bool is one
+	// uint32), passed for the call only, as cgo allows.
+	C.hb_reap_respawn(rr, (*C.uint32_t)(unsafe.Pointer(stop)))
+	r.status, r.ok = int(rr.status), rr.reaped != 0
+	if rr.err != 0 {
+		r.err = syscall.Errno(rr.err)
+	}
+	if rr.spawned == 0 {
+		return r, true
+	}
+	r.tried = true
+	r.c.tick0, r.c.tick1 = uint64(rr.spawn_t0)/(1e9/userHZ), uint64(rr.spawn_t1)/(1e9/userHZ)
+	pid, pidfd, err, usable := clone3Result(rr.spawned, req)
+	if !usable {
+		// clone3 refused here: the caller spawns with the fallback.
+		r.tried = false
+		return r, true
+	}
+	r.c.pid, r.c.pidfd, r.spawnErr = pid, pidfd, err
+	return r, true
 }
 
 // newSpawnReq lays out the request and everything it points to in one C

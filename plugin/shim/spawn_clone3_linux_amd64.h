@@ -50,6 +50,32 @@ enum {
  * return is -errno of clone3 itself (no child). */
 long hb_spawn(struct hb_spawn_req *req);
 
+/* One reap of an exited child, and the respawn that follows it when the
+ * service's policy wants one. */
+struct hb_reap_req {
+	int pidfd;         /* the exited child's pidfd */
+	int wait_ms;       /* how long to wait for its zombie */
+	int respawn;       /* non-zero: start spawn once reaped, if the status is wanted */
+	int on_failure;    /* respawn only a status not in codes (always when < 0) */
+	int ncodes;
+	const int *codes;
+	struct hb_spawn_req *spawn;
+
+	/* Results. */
+	int reaped;        /* non-zero: the child was reaped */
+	int status;        /* exit code, 128+signal, or -1 (not reaped) */
+	int err;           /* errno of waitid; 0 */
+	long spawned;      /* what hb_spawn returned; 0: no respawn was attempted */
+	uint64_t spawn_t0, spawn_t1; /* CLOCK_BOOTTIME ns just before and after hb_spawn */
+};
+
+/* hb_reap_respawn waits up to req->wait_ms for the child behind req->pidfd
+ * to become a zombie, reaps it (waitid P_PIDFD), and, when asked, the
+ * status is wanted and *stop (read atomically) is still 0, spawns
+ * req->spawn at once: the replacement starts from the same thread, with no
+ * other work in between. */
+void hb_reap_respawn(struct hb_reap_req *req, const uint32_t *stop);
+
 /* hb_nofile_at_start reports RLIMIT_NOFILE as it was when the program was
  * loaded, before any runtime raised it; 0 when it could not be read. */
 int hb_nofile_at_start(uint64_t *cur, uint64_t *max);

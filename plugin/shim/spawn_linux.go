@@ -67,20 +67,49 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 // Respawned) just before the spawn event; emitted says whether it was.
 // Called with svc.op held and no incarnation of svc running.
 func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
-	// A respawn by the plugin (exit != nil) runs the Spec of the last
-	// spawn again: its executable is already resolved, and exec itself
-	// reports one that has gone.
+	p, err := s.planStart(svc, spec, exit != nil)
+	if err != nil {
+		return plugin.SpawnResult{}, false, err
+	}
+	c, err := spawnTracked(&p.attr)
+	if err != nil {
+		return plugin.SpawnResult{}, false, p.spawnError(err)
+	}
+	inc, err := s.started(p, c)
+	if err != nil {
+		return plugin.SpawnResult{}, false, err
+	}
+	return s.announce(inc, exit)
+}
+
+// startPlan is an incarnation about to be started: what spawnProc needs,
+// worked out beforehand.
+type startPlan struct {
+	svc   *service
+	spec  plugin.Spec
+	argv0 string // resolved executable
+	idx   int
+	gen   uint64
+	attr  procAttr
+}
+
+// planStart works out how to start the next incarnation of svc. A respawn
+// by the plugin runs the Spec of the last spawn again: its executable is
+// already resolved, and exec itself reports one that has gone. Called with
+// svc.op held.
+func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPlan, error) {
 	argv0 := svc.exe
-	if exit == nil || argv0 == "" {
+	if !respawn || argv0 == "" {
+		var err error
 		argv0, err = lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
 		if err != nil {
-			return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
+			return nil, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
 		}
 		if spec.Dir != "" {
 			if st, err := os.Stat(spec.Dir); err != nil {
-				return plugin.SpawnResult{}, emitted, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
+				return nil, badSpec(unwrapPath(err), "spawn %q: dir %q", spec.Name, spec.Dir)
 			} else if !st.IsDir() {
-				return plugin.SpawnResult{}, emitted, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
+				return nil, badSpec(syscall.ENOTDIR, "spawn %q: dir %q", spec.Name, spec.Dir)
 			}
 		}
 	}
@@ -99,40 +128,39 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	}
 	stdout, err := s.stdio(svc, spec, spec.Stdout, "out")
 	if err != nil {
-		return plugin.SpawnResult{}, emitted, err
+		return nil, err
 	}
 	stderr, err := s.stdio(svc, spec, spec.Stderr, "err")
 	if err != nil {
-		return plugin.SpawnResult{}, emitted, err
+		return nil, err
 	}
-
 	idx := svc.idx
 	gen := s.w.Snapshot(idx).Generation + 1
-	env := childEnv(spec.Env, spec.Name, idx, s.shmPath, gen)
-	attr := &procAttr{
-		path: argv0, argv: spec.Command, env: env, dir: spec.Dir,
-		files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
-	}
+	return &startPlan{
+		svc: svc, spec: spec, argv0: argv0, idx: idx, gen: gen,
+		attr: procAttr{
+			path: argv0, argv: spec.Command, env: childEnv(spec.Env, spec.Name, idx, s.shmPath, gen), dir: spec.Dir,
+			files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
+		},
+	}, nil
+}
 
-	// The stray reaper must not take the child for a stray before it is
-	// tracked (see reaper.spawnMu).
-	reaper.spawnMu.RLock()
-	tick0 := bootTicks()
-	pid, pidfd, err := spawnProc(attr)
-	tick1 := bootTicks()
-	if err == nil {
-		trackPID(pid)
+// spawnError is the error of a failed spawnProc of p: a bad Spec when exec
+// refused the executable or a setting.
+func (p *startPlan) spawnError(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC),
+		errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EPERM),
+		errors.Is(err, syscall.EINVAL):
+		return badSpec(err, "spawn %q: exec %q", p.spec.Name, p.argv0)
 	}
-	reaper.spawnMu.RUnlock()
-	if err != nil {
-		switch {
-		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC),
-			errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EPERM),
-			errors.Is(err, syscall.EINVAL):
-			return plugin.SpawnResult{}, emitted, badSpec(err, "spawn %q: exec %q", spec.Name, argv0)
-		}
-		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: exec %q: %w", spec.Name, argv0, err)
-	}
+	return fmt.Errorf("spawn %q: exec %q: %w", p.spec.Name, p.argv0, err)
+}
+
+// started records the child c that p started as svc's current incarnation
+// and puts it in the slot (PID stored last). announce must follow.
+func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
+	svc, spec, idx, gen, pid, pidfd := p.svc, p.spec, p.idx, p.gen, c.pid, c.pidfd
 	startNs := shm.MonotonicNs()
 	if pidfd < 0 {
 		// The kernel gave no pidfd (pre-5.2): without it there is no safe
@@ -141,15 +169,16 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 		var ws unix.WaitStatus
 		unix.Wait4(pid, &ws, 0, nil)
 		untrackPID(pid)
-		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
+		return nil, fmt.Errorf("spawn %q: the kernel returned no pidfd", spec.Name)
 	}
 	// The kernel stamps the child's start time (in clock ticks since boot)
 	// inside clone: when the clock did not cross a tick boundary around
-	// spawnProc, that tick is the start time, and /proc need not be read.
+	// the spawn, that tick is the start time, and /proc need not be read.
 	// Otherwise read it: the child cannot be reaped before finish runs, so
 	// /proc/PID stays readable (a zombie still has its start time).
-	startTime := tick0
-	if tick0 != tick1 {
+	startTime := c.tick0
+	if c.tick0 != c.tick1 {
+		var err error
 		if startTime, err = shm.StartTime(pid); err != nil {
 			s.log.Warn("spawn: start time", "service", spec.Name, "pid", pid, "err", err)
 		}
@@ -165,8 +194,19 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	s.mu.Unlock()
 
 	s.w.Spawned(idx, uint32(pid), gen, startTime, shm.StateStarting, 0)
-	svc.spec, svc.exe = spec, argv0
+	svc.spec, svc.exe = spec, p.argv0
 	inc.started = time.Now()
+	inc.startNs = startNs
+	return inc, nil
+}
+
+// announce emits the spawn event of inc, which started just put in the
+// slot, and arms its watch. When exit is not nil it is the previous
+// incarnation's exit event, emitted (marked Respawned) just before the
+// spawn event; emitted says whether it was.
+func (s *Shim) announce(inc *incarnation, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
+	svc, idx, gen, pid, pidfd := inc.svc, inc.idx, inc.gen, inc.pid, inc.pidfd
+	spec := svc.spec
 	if exit != nil {
 		exit.Respawned = true
 		s.emit(*exit)
@@ -176,7 +216,7 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	// overtake it in the event stream.
 	s.emit(plugin.Event{
 		Kind: plugin.EventSpawn, Name: spec.Name, Slot: idx, PID: pid,
-		Generation: gen, DetectedNs: startNs,
+		Generation: gen, DetectedNs: inc.startNs,
 	})
 	if err := s.watcher.WatchChild(inc.key, pid, pidfd); err != nil {
 		// Without a watch nobody would learn of the exit: undo the spawn.
@@ -184,7 +224,7 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
 	}
 	s.log.Debug("spawned", "service", spec.Name, "pid", pid, "slot", idx, "generation", gen)
-	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: startTime}, emitted, nil
+	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: inc.startTime}, emitted, nil
 }
 
 // abortSpawn kills and reaps a child whose watch could not be armed, and

@@ -2,16 +2,21 @@ package shim
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -36,9 +41,9 @@ func spawners(t *testing.T) map[string]func(*procAttr) (int, int, error) {
 // the exit status.
 func spawnWait(t *testing.T, spawn func(*procAttr) (int, int, error), a *procAttr) int {
 	t.Helper()
-	reaper.spawnMu.RLock()
+	beginSpawn()
 	pid, pidfd, err := spawn(a)
-	reaper.spawnMu.RUnlock()
+	endSpawn()
 	if err != nil {
 		t.Fatalf("spawn %v: %v", a.argv, err)
 	}
@@ -234,9 +239,9 @@ func TestSpawnerErrors(t *testing.T) {
 			if a.files == [3]int{} {
 				a.files = [3]int{2, 2, 2}
 			}
-			reaper.spawnMu.RLock()
+			beginSpawn()
 			pid, pidfd, err := spawn(&a)
-			reaper.spawnMu.RUnlock()
+			endSpawn()
 			if err == nil {
 				unix.Close(pidfd)
 				t.Errorf("%s: %s: spawned pid %d, want %v", name, c.name, pid, c.want)
@@ -254,19 +259,19 @@ func TestSpawnerErrors(t *testing.T) {
 	}
 }
 
-// TestBootTicksStartTime: a spawn bracketed by two equal bootTicks has that
-// start time in /proc/PID/stat (what start relies on to skip reading it).
+// TestBootTicksStartTime: a spawn whose two bootTicks (child.tick0, tick1)
+// are equal has that start time in /proc/PID/stat (what start relies on to
+// skip reading it).
 func TestBootTicksStartTime(t *testing.T) {
 	decided := 0
 	for i := 0; i < 50; i++ {
-		reaper.spawnMu.RLock()
-		t0 := bootTicks()
-		pid, pidfd, err := spawnProc(&procAttr{path: "/bin/true", argv: []string{"true"}, files: [3]int{2, 2, 2}})
-		t1 := bootTicks()
-		reaper.spawnMu.RUnlock()
+		beginSpawn()
+		c, err := spawnProc(&procAttr{path: "/bin/true", argv: []string{"true"}, files: [3]int{2, 2, 2}})
+		endSpawn()
 		if err != nil {
 			t.Fatal(err)
 		}
+		pid, pidfd, t0, t1 := c.pid, c.pidfd, c.tick0, c.tick1
 		st, err := shm.StartTime(pid) // unreaped: readable even after exit
 		var ci childInfo
 		waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
@@ -328,5 +333,132 @@ func TestSpawnerEmptySigmask(t *testing.T) {
 	}
 	if got := string(b); got != "SigBlk:\t0000000000000000\n" {
 		t.Errorf("child's mask: %q, want none blocked", got)
+	}
+}
+
+// TestReapRespawn: reapRespawn reaps an exited child exactly once and starts
+// the replacement only when the policy wants the status and no stop was
+// set; with the clone3 spawner the replacement is started by the same call.
+func TestReapRespawn(t *testing.T) {
+	sleeper := &procAttr{path: "/bin/sleep", argv: []string{"sleep", "1000"}, files: [3]int{2, 2, 2}}
+	exit0 := &procAttr{path: "/bin/true", argv: []string{"true"}, files: [3]int{2, 2, 2}}
+	always := plugin.Respawn{Enabled: true}
+	onFailure := plugin.Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0}}
+	for _, tc := range []struct {
+		name       string
+		first      *procAttr
+		kill       bool
+		a          *procAttr // nil: reap only
+		pol        plugin.Respawn
+		stop       bool
+		wantStatus int
+		wantSpawn  bool
+	}{
+		{"killed, always", sleeper, true, sleeper, always, false, 137, true},
+		{"killed, on failure", sleeper, true, sleeper, onFailure, false, 137, true},
+		{"exit 0, on failure", exit0, false, sleeper, onFailure, false, 0, false},
+		{"killed, stop set", sleeper, true, sleeper, always, true, 137, false},
+		{"reap only", sleeper, true, nil, always, false, 137, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			beginSpawn()
+			c, err := spawnProc(tc.first)
+			if err == nil {
+				trackPID(c.pid)
+			}
+			endSpawn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer untrackPID(c.pid)
+			if tc.kill {
+				unix.Kill(c.pid, unix.SIGKILL)
+			}
+			var stop atomic.Bool
+			stop.Store(tc.stop)
+			beginSpawn()
+			r := reapRespawn(c.pidfd, 5*time.Second, tc.a, tc.pol, &stop)
+			if r.tried && r.spawnErr == nil {
+				trackPID(r.c.pid)
+			}
+			endSpawn()
+			unix.Close(c.pidfd)
+			if !r.ok || r.err != nil || r.status != tc.wantStatus {
+				t.Fatalf("reaped %v, err %v, status %d; want reaped, status %d", r.ok, r.err, r.status, tc.wantStatus)
+			}
+			if !gone(c.pid) {
+				t.Errorf("pid %d is still there after the reap", c.pid)
+			}
+			if !clone3Usable() {
+				// The ForkExec fallback never spawns here: finish does.
+				tc.wantSpawn = false
+			}
+			if r.tried != tc.wantSpawn {
+				t.Fatalf("respawn tried: %v; want %v", r.tried, tc.wantSpawn)
+			}
+			if !r.tried {
+				return
+			}
+			if r.spawnErr != nil {
+				t.Fatalf("respawn: %v", r.spawnErr)
+			}
+			defer untrackPID(r.c.pid)
+			defer unix.Close(r.c.pidfd)
+			// The replacement runs the new program, and is ours to reap.
+			waitFor(t, "the replacement to exec", func() bool {
+				b, err := os.ReadFile("/proc/" + strconv.Itoa(r.c.pid) + "/cmdline")
+				return err == nil && strings.HasPrefix(string(b), "sleep\x00")
+			})
+			unix.Kill(r.c.pid, unix.SIGKILL)
+			var ci childInfo
+			if err := waitid(unix.P_PIDFD, r.c.pidfd, &ci, unix.WEXITED); err != nil || int(ci.Pid) != r.c.pid {
+				t.Errorf("reap of the replacement: pid %d, err %v; want pid %d", ci.Pid, err, r.c.pid)
+			}
+		})
+	}
+}
+
+// TestStrayReaperWaitsForSpawns: while a spawn is under way the stray
+// reaper leaves an untracked zombie alone (it could be a child not yet
+// tracked); the end of the last spawn has it reaped.
+func TestStrayReaperWaitsForSpawns(t *testing.T) {
+	startReaper(slog.New(slog.DiscardHandler))
+	defer stopReaper()
+	reaped := make(chan int, 4)
+	reaper.mu.Lock()
+	reaper.reaped = func(pid, st int) { reaped <- pid }
+	reaper.mu.Unlock()
+	t.Cleanup(func() { reaper.mu.Lock(); reaper.reaped = nil; reaper.mu.Unlock() })
+
+	beginSpawn()
+	c, err := spawnProc(&procAttr{path: "/bin/true", argv: []string{"true"}, files: [3]int{2, 2, 2}})
+	if err != nil {
+		endSpawn()
+		t.Fatal(err)
+	}
+	unix.Close(c.pidfd)
+	// Not tracked: once it has exited it looks like a stray.
+	waitFor(t, "the child to exit", func() bool {
+		var ci childInfo
+		return waitid(unix.P_PID, c.pid, &ci, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT) == nil && int(ci.Pid) == c.pid
+	})
+	kickReaper()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case pid := <-reaped:
+		t.Fatalf("pid %d reaped as a stray while a spawn was under way", pid)
+	default:
+	}
+	if gone(c.pid) {
+		t.Fatalf("pid %d reaped while a spawn was under way", c.pid)
+	}
+	endSpawn()
+	select {
+	case pid := <-reaped:
+		if pid != c.pid {
+			t.Errorf("reaped %d; want %d", pid, c.pid)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("pid %d not reaped after the spawn ended", c.pid)
 	}
 }
