@@ -2,6 +2,9 @@ package connector
 
 import (
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -264,4 +267,67 @@ func TestTraceDrain(t *testing.T) {
 	if got := f.drain(); len(got) != 2 || got[0] != 7000 || got[1] != 7001 {
 		t.Fatalf("after the commit: got %v, want [7000 7001]", got)
 	}
+}
+
+// fifoThreads lists the threads of this process that run SCHED_FIFO, with
+// their priorities (fields 40 and 41 of /proc/self/task/TID/stat).
+func fifoThreads(t testing.TB) map[int]int {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]int{}
+	for _, d := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + d.Name() + "/stat")
+		if err != nil {
+			continue // ended meanwhile
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		// f[0] is field 3; rt_priority is field 40, policy field 41.
+		if len(f) > 38 && f[38] == "1" {
+			tid, _ := strconv.Atoi(d.Name())
+			out[tid], _ = strconv.Atoi(f[37])
+		}
+	}
+	return out
+}
+
+// TestTracepointReaderPriority: with Options.Priority the exit tracepoint's
+// reader runs on a thread of its own at that SCHED_FIFO priority, and the
+// thread ends with the Watcher; without it no thread of the process is
+// real-time.
+func TestTracepointReaderPriority(t *testing.T) {
+	requireTrace(t)
+	if n := len(fifoThreads(t)); n != 0 {
+		t.Fatalf("%d SCHED_FIFO threads before the test", n)
+	}
+	plain := newWatcher(t, Options{Detector: DetectTracepoint})
+	w := newWatcher(t, Options{Detector: DetectTracepoint, Priority: 3})
+	waitFor(t, "the reader to run SCHED_FIFO", func() bool { return w.Stats().RealTime })
+	if plain.Stats().RealTime {
+		t.Error("a Watcher without Priority reports a real-time reader")
+	}
+	fifo := fifoThreads(t)
+	if len(fifo) != 1 {
+		t.Fatalf("SCHED_FIFO threads %v; want exactly one", fifo)
+	}
+	for tid, prio := range fifo {
+		if prio != 3 {
+			t.Errorf("thread %d: priority %d; want 3", tid, prio)
+		}
+	}
+	// It still reports exits.
+	c := startSelf(t, "sleep", false)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	c.kill(unix.SIGKILL)
+	collect(t, w, 1)
+	c.reap()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the real-time thread to end with the Watcher", func() bool { return len(fifoThreads(t)) == 0 })
 }

@@ -165,6 +165,13 @@ type Exit struct {
 type Options struct {
 	// Detector selects the detectors (default DetectAuto).
 	Detector Detector
+	// Priority, when 1..99 and the exit tracepoint is on, makes the
+	// goroutine that reads its ring buffer (and stores the 0 through
+	// OnExit) run on an OS thread of its own with that SCHED_FIFO
+	// priority, so a burst of ordinary processes (an exit flood) cannot
+	// keep it off a CPU for tens of milliseconds. It needs CAP_SYS_NICE;
+	// without it the thread stays ordinary (logged once). 0: ordinary.
+	Priority int
 
 	// ReadBuffer is the proc connector socket's receive buffer in bytes.
 	// 0 means DefaultReadBuffer; a negative value keeps the system default.
@@ -236,6 +243,8 @@ type Stats struct {
 	// Traced counts the records read from the exit tracepoint's ring
 	// buffer: exits of watched children (whichever detector reported them).
 	Traced uint64
+	// RealTime: the exit tracepoint's reader runs at Options.Priority.
+	RealTime bool
 
 	Watching   int // processes watched now
 	ReadBuffer int // receive buffer the kernel granted (SO_RCVBUF), 0 without connector

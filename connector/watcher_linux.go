@@ -112,6 +112,7 @@ type Watcher struct {
 	events, matched, fired, resyncs, errs atomic.Uint64
 	frames, filterUpdates                 atomic.Uint64
 	filterTGIDs                           atomic.Int64 // TGIDs in the attached program, -1 with none
+	rt                                    atomic.Bool  // the epoll goroutine's thread runs SCHED_FIFO (Options.Priority)
 }
 
 // NewWatcher starts a Watcher: the epoll goroutine always, and the connector
@@ -408,6 +409,7 @@ func (w *Watcher) Stats() Stats {
 	}
 	if w.tr != nil {
 		s.Traced = w.tr.events.Load()
+		s.RealTime = w.rt.Load()
 	}
 	if w.nl != nil {
 		s.ReadBuffer = w.nl.rcvbuf
@@ -647,6 +649,24 @@ func (w *Watcher) survive(err error, repeated bool, backoff time.Duration) time.
 // event for it, if any.
 func (w *Watcher) epollLoop() {
 	defer w.wg.Done()
+	if p := w.opt.Priority; p > 0 && w.tr != nil {
+		// Locked, and never unlocked: the thread ends with the goroutine
+		// (or, if it is the main thread, the runtime parks it for good)
+		// rather than serving other goroutines; it is made ordinary again
+		// first.
+		runtime.LockOSThread()
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(p)}
+		if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+			w.log.Info("exit tracepoint reader left at an ordinary priority", "priority", p, "err", err)
+		} else {
+			w.rt.Store(true)
+			w.log.Info("exit tracepoint reader runs SCHED_FIFO", "priority", p)
+			defer func() {
+				_ = unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: 0 /* SCHED_OTHER */}, 0)
+				w.rt.Store(false)
+			}()
+		}
+	}
 	var (
 		events  [128]unix.EpollEvent
 		lastErr syscall.Errno

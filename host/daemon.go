@@ -135,6 +135,7 @@ func pluginArgs(h config.HBD) []string {
 		"--shm", h.Shm,
 		"--slots", fmt.Sprint(h.Slots),
 		"--detector", h.Detector,
+		"--detector-priority", fmt.Sprint(h.DetectorPriority),
 		"--log", h.StateDir + "/plugin.log",
 	}
 }

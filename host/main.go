@@ -313,7 +313,8 @@ func pluginLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
 }
 
-const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint --log FILE
+const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
+                  [--detector-priority 0..99] --log FILE
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
@@ -352,6 +353,7 @@ func PluginMain(args []string) int {
 	shmName := fs.String("shm", "hb", "")
 	slots := fs.Int("slots", 1024, "")
 	det := fs.String("detector", "auto", "")
+	prio := fs.Int("detector-priority", 0, "")
 	logPath := fs.String("log", "", "")
 	level := fs.String("log-level", "info", "")
 	if err := fs.Parse(args); err != nil {
@@ -365,6 +367,10 @@ func PluginMain(args []string) int {
 	detector, err := connector.ParseDetector(*det)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
+		return 2
+	}
+	if *prio < 0 || *prio > 99 {
+		fmt.Fprintf(os.Stderr, "hbd plugin: --detector-priority %d: out of range 0..99\n", *prio)
 		return 2
 	}
 	var logOut io.Writer = os.Stderr
@@ -399,7 +405,7 @@ func PluginMain(args []string) int {
 		return 2
 	}
 	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log,
-		ReadBuffer: rcvbuf, NoFilter: noFilter})
+		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)

@@ -59,8 +59,8 @@ func runFlood(e *env, r *Report) error {
 		genDone <- strings.TrimSpace(line)
 	}()
 
-	var zero, back []float64
-	kills, late, failed := 0, 0, 0
+	var zero, back, det []float64
+	kills, late, lateSeen, failed := 0, 0, 0, 0
 	lateNs := o.lateMs * 1e6
 	var genLine string
 loop:
@@ -94,6 +94,17 @@ loop:
 		zero = append(zero, float64(t1-t0))
 		back = append(back, float64(t2-t0))
 		if float64(t1-t0) > lateNs {
+			lateSeen++
+		}
+		// When the plugin stored the 0: it stamps the detection (the
+		// slot's last_exit_ns) just before the store. The reader itself
+		// competes with the flood for a CPU and may see it later.
+		d := t1 - t0
+		if dn := rep.u64("detected"); dn >= t0 && dn <= t1 {
+			d = dn - t0
+		}
+		det = append(det, float64(d))
+		if float64(d) > lateNs {
 			late++
 		}
 	}
@@ -119,7 +130,8 @@ loop:
 	} else {
 		r.check(test, "flood generator ran", false, "output %q", genLine)
 	}
-	r.addSeries(test, "kill→slot 0 during the flood", "ms", zero)
+	r.addSeries(test, "kill→slot 0 during the flood (the plugin's store: its detection stamp)", "ms", det)
+	r.addSeries(test, "kill→slot 0 during the flood, as the reader saw it", "ms", zero).Note = "breakdown"
 	r.addSeries(test, "kill→new PID in slot during the flood", "ms", back)
 	res := r.addValue(test, "plugin CPU during the flood", "% of a core", pct[1])
 	res.Note = fmt.Sprintf("%.0f ms CPU in %.1f s", ms[1], wall)
@@ -151,10 +163,12 @@ loop:
 	r.check(test, "no missed exit: every kill → slot 0 → respawn, counted once by slot and hbd", wrong == 0 && failed == 0,
 		"%d kills of %d services; %d failed kill/respawn waits; %d services with a wrong count %s",
 		kills, len(targets), failed, wrong, strings.Join(details, "; "))
-	res = r.addValue(test, fmt.Sprintf("late exits (kill→slot 0 > %g ms)", o.lateMs), "kills", float64(late))
+	res = r.addValue(test, fmt.Sprintf("late exits (kill→the plugin's store of 0 > %g ms)", o.lateMs), "kills", float64(late))
 	res.Note = fmt.Sprintf("of %d", kills)
 	res.Target = "0"
 	meets(res, late == 0)
+	r.addValue(test, fmt.Sprintf("kills whose 0 the reader saw > %g ms after the kill", o.lateMs), "kills", float64(lateSeen)).Note =
+		fmt.Sprintf("of %d; breakdown", kills)
 	r.note("flood: %d kills; exits by detector (hbd log): %s; resync log lines %d", kills, formatSources(src), resyncs)
 	return nil
 }

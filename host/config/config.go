@@ -11,6 +11,11 @@ import (
 	"github.com/hbshim/hb/host/policy"
 )
 
+// DefaultDetectorPriority is [HBD].DetectorPriority's default: the lowest
+// real-time priority, above every ordinary process and below any real-time
+// one.
+const DefaultDetectorPriority = 1
+
 // Values of [HBD].Detector.
 const (
 	DetectorAuto       = "auto"       // every detector that works here: exit tracepoint, proc connector, pidfd
@@ -64,13 +69,17 @@ type Config struct {
 
 // HBD is the daemon's own settings, the [hbd] table.
 type HBD struct {
-	Shm         string // name of the table under /dev/shm
-	Socket      string // control socket path
-	StateDir    string // plugin reattach info and other state
-	LogDir      string // service logs (stdout/stderr = "file")
-	Slots       int    // capacity of the shared-memory table
-	Detector    string // DetectorAuto, DetectorConnector, DetectorPidfd or DetectorTracepoint
-	SocketGroup string // group (name or number) allowed on the socket besides root; "" = root only
+	Shm      string // name of the table under /dev/shm
+	Socket   string // control socket path
+	StateDir string // plugin reattach info and other state
+	LogDir   string // service logs (stdout/stderr = "file")
+	Slots    int    // capacity of the shared-memory table
+	Detector string // DetectorAuto, DetectorConnector, DetectorPidfd or DetectorTracepoint
+	// DetectorPriority is the SCHED_FIFO priority (1..99) of the thread
+	// that reads the exit tracepoint's ring buffer; 0 leaves it an
+	// ordinary thread.
+	DetectorPriority int
+	SocketGroup      string // group (name or number) allowed on the socket besides root; "" = root only
 }
 
 // Service is one [service.NAME] table with defaults filled in.
@@ -114,6 +123,8 @@ func DefaultHBD() HBD {
 		LogDir:   "/run/hb/log",
 		Slots:    1024,
 		Detector: DetectorAuto,
+
+		DetectorPriority: DefaultDetectorPriority,
 	}
 }
 

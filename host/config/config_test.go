@@ -48,6 +48,8 @@ func TestDefaults(t *testing.T) {
 		LogDir:   "/run/hb/log",
 		Slots:    1024,
 		Detector: "auto",
+
+		DetectorPriority: 1,
 	}
 	if diff := cmp.Diff(wantHBD, cfg.HBD); diff != "" {
 		t.Errorf("HBD (-want +got):\n%s", diff)
@@ -92,6 +94,7 @@ state_dir = "state"
 log_dir = "/var/log/hb"
 slots = 64
 detector = "pidfd"
+detector_priority = 0
 socket_group = 27
 
 [service.rx]
@@ -129,6 +132,8 @@ user = "1000"
 		Slots:       64,
 		Detector:    "pidfd",
 		SocketGroup: "27",
+
+		DetectorPriority: 0,
 	}
 	if diff := cmp.Diff(wantHBD, cfg.HBD); diff != "" {
 		t.Errorf("HBD (-want +got):\n%s", diff)
@@ -166,7 +171,7 @@ user = "1000"
 	if diff := cmp.Diff([]string{"rx", "tx"}, cfg.Order); diff != "" {
 		t.Errorf("Order (-want +got):\n%s", diff)
 	}
-	for key, want := range map[string]int{"command": 12, "environment.EMPTY": 14, "log_backups": 29, "nope": 11} {
+	for key, want := range map[string]int{"command": 13, "environment.EMPTY": 15, "log_backups": 30, "nope": 12} {
 		if got := cfg.Services["rx"].KeyLine(key); got != want {
 			t.Errorf("KeyLine(%q) = %d, want %d", key, got, want)
 		}

@@ -176,6 +176,16 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, key: `key "hbd.slots"`, err: ErrValue, msg: "65537 is out of range 1..65536",
 		},
 		{
+			name: "detector priority out of range",
+			toml: "[hbd]\ndetector_priority = 100\n",
+			line: 2, key: `key "hbd.detector_priority"`, err: ErrValue, msg: "100 is out of range 0..99",
+		},
+		{
+			name: "detector priority not a number",
+			toml: "[hbd]\ndetector_priority = \"high\"\n",
+			line: 2, key: `key "hbd.detector_priority"`, err: ErrType, msg: "want an integer",
+		},
+		{
 			name: "bad detector",
 			toml: "[hbd]\ndetector = \"netlink\"\n",
 			line: 2, key: `key "hbd.detector"`, err: ErrValue, msg: `got "netlink"`,

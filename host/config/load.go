@@ -51,7 +51,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "socket_group"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -378,6 +378,15 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 					err = valueErr("%d is out of range 1..%d", n, MaxSlots)
 				} else {
 					h.Slots = int(n)
+				}
+			}
+		case "detector_priority":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 0 || n > 99 {
+					err = valueErr("%d is out of range 0..99 (0: an ordinary thread)", n)
+				} else {
+					h.DetectorPriority = int(n)
 				}
 			}
 		case "detector":

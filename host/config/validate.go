@@ -43,6 +43,9 @@ func (c *Config) validate(bad map[string]bool) Errors {
 	if h.LogDir == "" {
 		hbd("log_dir", "empty path")
 	}
+	if h.DetectorPriority < 0 || h.DetectorPriority > 99 {
+		hbd("detector_priority", "%d is out of range 0..99 (0: an ordinary thread)", h.DetectorPriority)
+	}
 	if h.Slots < 1 || h.Slots > MaxSlots {
 		hbd("slots", "%d is out of range 1..%d", h.Slots, MaxSlots)
 	}

@@ -47,6 +47,8 @@ type Options struct {
 	Slots int
 	// Detector selects the exit detectors (default connector.DetectAuto).
 	Detector connector.Detector
+	// DetectorPriority is connector.Options.Priority.
+	DetectorPriority int
 	// Logger receives the shim's diagnostics; nil discards them.
 	Logger *slog.Logger
 	// ReadBuffer is the proc connector's receive buffer (see connector.Options).
@@ -195,6 +197,7 @@ func New(opts Options) (*Shim, error) {
 	s.shmPath = w.Path()
 	watcher, err := connector.NewWatcher(connector.Options{
 		Detector:   opts.Detector,
+		Priority:   opts.DetectorPriority,
 		ReadBuffer: opts.ReadBuffer,
 		NoFilter:   opts.NoFilter,
 		OnExit:     s.onExit,
