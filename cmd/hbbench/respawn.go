@@ -127,7 +127,7 @@ func runRespawn(e *env, r *Report) error {
 		d := r.addSeries(test, "hb, "+c.label+": kill→plugin detects", "ms", c.det)
 		d.Note = "breakdown"
 		r.against(d, reapName)
-		r.addSeries(test, "hb, "+c.label+": plugin detects→Spawned record (exit report, hbd policy, Spawn RPC, fork/exec)", "ms", c.spawn).Note = "breakdown"
+		r.addSeries(test, "hb, "+c.label+": plugin detects→Spawned record (wait for the zombie, reap, fork/exec; hbd hears of it after)", "ms", c.spawn).Note = "breakdown"
 		r.addSeries(test, "hb, "+c.label+": Spawned record→reader sees new PID", "ms", c.seen).Note = "breakdown"
 		c.t.verify(e, r, test, "hb "+c.label)
 		r.check(test, "hb "+c.label+": generation +1 at every respawn", c.gens == 0, "%d respawns did not add exactly one", c.gens)
