@@ -201,7 +201,9 @@ func NewWatcher(opt Options) (*Watcher, error) {
 	}
 
 	w.wg.Add(1)
-	go w.epollLoop()
+	started := make(chan struct{})
+	go w.epollLoop(started)
+	<-started // its priority is settled: Stats.RealTime is final
 	if w.nl != nil {
 		w.log.Debug("proc connector subscribed", "rcvbuf", w.nl.rcvbuf, "filter", w.filtering)
 		w.wg.Add(1)
@@ -647,7 +649,7 @@ func (w *Watcher) survive(err error, repeated bool, backoff time.Duration) time.
 // epollLoop waits on every watched pidfd. A readable pidfd means the whole
 // process has exited; it is reported with the status of the latest connector
 // event for it, if any.
-func (w *Watcher) epollLoop() {
+func (w *Watcher) epollLoop(started chan<- struct{}) {
 	defer w.wg.Done()
 	if p := w.opt.Priority; p > 0 && w.tr != nil {
 		// Locked, and never unlocked: the thread ends with the goroutine
@@ -667,6 +669,7 @@ func (w *Watcher) epollLoop() {
 			}()
 		}
 	}
+	close(started)
 	var (
 		events  [128]unix.EpollEvent
 		lastErr syscall.Errno

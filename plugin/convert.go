@@ -116,8 +116,10 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		Pidfd:      i.Pidfd,
 		Tracepoint: i.Tracepoint,
 		Adopted:    int64(i.Adopted),
-		LastSeq:    i.LastSeq,
-		Version:    i.Version,
+
+		DetectorPriority: int64(i.DetectorPriority),
+		LastSeq:          i.LastSeq,
+		Version:          i.Version,
 	}
 }
 
@@ -130,8 +132,10 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		Pidfd:      p.GetPidfd(),
 		Tracepoint: p.GetTracepoint(),
 		Adopted:    int(p.GetAdopted()),
-		LastSeq:    p.GetLastSeq(),
-		Version:    p.GetVersion(),
+
+		DetectorPriority: int(p.GetDetectorPriority()),
+		LastSeq:          p.GetLastSeq(),
+		Version:          p.GetVersion(),
 	}
 }
 

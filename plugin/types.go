@@ -125,11 +125,14 @@ type Info struct {
 	ShmName    string
 	Slots      int
 	Tracepoint bool // the exit tracepoint (eBPF) detector runs: the earliest, for children
-	Connector  bool // the proc connector is the fast detector
-	Pidfd      bool // the pidfd epoll safety net is active
-	Adopted    int  // clients adopted from the table when this plugin started
-	LastSeq    uint64
-	Version    string
+	// DetectorPriority is the SCHED_FIFO priority the tracepoint's reader
+	// runs at; 0 when it is an ordinary thread.
+	DetectorPriority int
+	Connector        bool // the proc connector is the fast detector
+	Pidfd            bool // the pidfd epoll safety net is active
+	Adopted          int  // clients adopted from the table when this plugin started
+	LastSeq          uint64
+	Version          string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

@@ -31,7 +31,7 @@ func TestConvertRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(res, spawnResultFromProto(spawnResultToProto(res))); diff != "" {
 		t.Errorf("SpawnResult (-want +got):\n%s", diff)
 	}
-	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1"}
+	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", DetectorPriority: 2}
 	if diff := cmp.Diff(info, infoFromProto(infoToProto(info))); diff != "" {
 		t.Errorf("Info (-want +got):\n%s", diff)
 	}

@@ -567,8 +567,14 @@ func TestVersionAndHealth(t *testing.T) {
 
 	out, errOut, code = hbctl(t, sock, "health")
 	want(t, []string{"health"}, code, 0, out, errOut)
-	if !strings.Contains(out, ": ok\n") || !strings.Contains(out, "detectors connector+pidfd") {
+	if !strings.Contains(out, ": ok\n") || !strings.Contains(out, "detectors connector+pidfd,") {
 		t.Errorf("health:\n%s", out)
+	}
+	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, DetectorPriority: 1}, nil)
+	out, errOut, code = hbctl(t, sock, "health")
+	want(t, []string{"health"}, code, 0, out, errOut)
+	if !strings.Contains(out, "detectors tracepoint+connector+pidfd (tracepoint reader SCHED_FIFO 1),") {
+		t.Errorf("health with a real-time reader:\n%s", out)
 	}
 	b.SetPluginInfo(api.PluginInfo{}, errors.New("plugin exited"))
 	out, errOut, code = hbctl(t, sock, "health", "--json")

@@ -57,6 +57,16 @@ func TestStatusTableAndPeekAgree(t *testing.T) {
 		t.Fatalf("status lists %d services, want %d: %+v", got, len(names), sts)
 	}
 	health := h.Health()
+	// With the tracepoint and the privilege for it, its reader runs at the
+	// default real-time priority; otherwise it is an ordinary thread.
+	if want := 0; health.Plugin.Tracepoint && os.Geteuid() == 0 {
+		want = 1
+		if health.Plugin.DetectorPriority != want {
+			t.Errorf("tracepoint reader priority %d, want %d", health.Plugin.DetectorPriority, want)
+		}
+	} else if health.Plugin.DetectorPriority != want {
+		t.Errorf("reader priority %d without the tracepoint, want %d", health.Plugin.DetectorPriority, want)
+	}
 
 	tbl := h.Table()
 	hdr := tbl.Header()

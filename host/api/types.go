@@ -108,11 +108,14 @@ type PluginInfo struct {
 	Shm        string `json:"shm"`        // shm table name (/dev/shm/<shm>)
 	Slots      int    `json:"slots"`      // table capacity
 	Tracepoint bool   `json:"tracepoint"` // the exit tracepoint (eBPF) detector runs
-	Connector  bool   `json:"connector"`  // the proc connector is the fast exit detector
-	Pidfd      bool   `json:"pidfd"`      // the pidfd safety net is active
-	Adopted    int    `json:"adopted"`    // clients adopted when the plugin started
-	LastSeq    uint64 `json:"last_seq"`   // sequence number of the plugin's last event
-	Version    string `json:"version,omitempty"`
+	// DetectorPriority is the SCHED_FIFO priority of the tracepoint's
+	// reader; 0: an ordinary thread.
+	DetectorPriority int    `json:"detector_priority"`
+	Connector        bool   `json:"connector"` // the proc connector is the fast exit detector
+	Pidfd            bool   `json:"pidfd"`     // the pidfd safety net is active
+	Adopted          int    `json:"adopted"`   // clients adopted when the plugin started
+	LastSeq          uint64 `json:"last_seq"`  // sequence number of the plugin's last event
+	Version          string `json:"version,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

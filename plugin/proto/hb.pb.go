@@ -190,18 +190,19 @@ func (*InfoRequest) Descriptor() ([]byte, []int) {
 }
 
 type InfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           int64                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	ShmName       string                 `protobuf:"bytes,2,opt,name=shm_name,json=shmName,proto3" json:"shm_name,omitempty"`
-	Slots         int64                  `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
-	Connector     bool                   `protobuf:"varint,4,opt,name=connector,proto3" json:"connector,omitempty"`
-	Pidfd         bool                   `protobuf:"varint,5,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
-	Adopted       int64                  `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	Version       string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
-	Tracepoint    bool                   `protobuf:"varint,9,opt,name=tracepoint,proto3" json:"tracepoint,omitempty"` // the exit tracepoint (eBPF) detector runs
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Pid              int64                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	ShmName          string                 `protobuf:"bytes,2,opt,name=shm_name,json=shmName,proto3" json:"shm_name,omitempty"`
+	Slots            int64                  `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
+	Connector        bool                   `protobuf:"varint,4,opt,name=connector,proto3" json:"connector,omitempty"`
+	Pidfd            bool                   `protobuf:"varint,5,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
+	Adopted          int64                  `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
+	LastSeq          uint64                 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	Version          string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Tracepoint       bool                   `protobuf:"varint,9,opt,name=tracepoint,proto3" json:"tracepoint,omitempty"`                                      // the exit tracepoint (eBPF) detector runs
+	DetectorPriority int64                  `protobuf:"varint,10,opt,name=detector_priority,json=detectorPriority,proto3" json:"detector_priority,omitempty"` // SCHED_FIFO priority of the tracepoint's reader; 0: ordinary
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -295,6 +296,13 @@ func (x *InfoResponse) GetTracepoint() bool {
 		return x.Tracepoint
 	}
 	return false
+}
+
+func (x *InfoResponse) GetDetectorPriority() int64 {
+	if x != nil {
+		return x.DetectorPriority
+	}
+	return 0
 }
 
 // Spec mirrors plugin.Spec.
@@ -1447,7 +1455,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xf4\x01\n" +
+	"\vInfoRequest\"\xa1\x02\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1459,7 +1467,9 @@ const file_hb_proto_rawDesc = "" +
 	"\aversion\x18\b \x01(\tR\aversion\x12\x1e\n" +
 	"\n" +
 	"tracepoint\x18\t \x01(\bR\n" +
-	"tracepoint\"\xcc\x02\n" +
+	"tracepoint\x12+\n" +
+	"\x11detector_priority\x18\n" +
+	" \x01(\x03R\x10detectorPriority\"\xcc\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +

@@ -282,16 +282,21 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 	}
 	defer s.leave()
 	conn, pidfd := s.watcher.Active()
+	prio := 0
+	if s.watcher.Stats().RealTime {
+		prio = s.opts.DetectorPriority
+	}
 	return plugin.Info{
-		PID:        os.Getpid(),
-		ShmName:    s.opts.ShmName,
-		Slots:      s.w.Len(),
-		Tracepoint: s.watcher.Traced(),
-		Connector:  conn,
-		Pidfd:      pidfd,
-		Adopted:    s.adopted,
-		LastSeq:    s.events.lastSeq(),
-		Version:    Version,
+		DetectorPriority: prio,
+		PID:              os.Getpid(),
+		ShmName:          s.opts.ShmName,
+		Slots:            s.w.Len(),
+		Tracepoint:       s.watcher.Traced(),
+		Connector:        conn,
+		Pidfd:            pidfd,
+		Adopted:          s.adopted,
+		LastSeq:          s.events.lastSeq(),
+		Version:          Version,
 	}, nil
 }
 

@@ -370,8 +370,12 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 			if len(det) == 0 {
 				det = append(det, "none")
 			}
-			fmt.Fprintf(c.Stdout, "plugin pid %d, table /dev/shm/%s (%d slots), detectors %s, adopted %d\n",
-				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), p.Adopted)
+			rt := ""
+			if p.DetectorPriority > 0 {
+				rt = fmt.Sprintf(" (tracepoint reader SCHED_FIFO %d)", p.DetectorPriority)
+			}
+			fmt.Fprintf(c.Stdout, "plugin pid %d, table /dev/shm/%s (%d slots), detectors %s%s, adopted %d\n",
+				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), rt, p.Adopted)
 		}
 	}
 	if !h.OK {
