@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -422,16 +423,22 @@ func (d *Daemon) schedule(s *service, delay time.Duration) {
 func (d *Daemon) armPromotion(s *service) {
 	s.cancelTimer()
 	gen := s.generation
-	promote := func() {
+	promote := func(mirror bool) {
 		if s.generation != gen || s.pid == 0 || s.state() != policy.StateStarting {
 			return
 		}
 		s.failedStarts = 0
 		d.setState(s, policy.StateRunning, "up for "+s.cfg.StartSecs.String())
-		d.mirror(s)
+		if mirror {
+			d.mirror(s)
+		}
 	}
 	if s.cfg.StartSecs <= 0 {
-		promote()
+		// The plugin wrote "running" into the slot at the spawn
+		// (Spec.RunningAtSpawn) if it is recent enough: no call needed,
+		// which at every respawn had cost the plugin a fifth of its CPU
+		// in an exit flood.
+		promote(!d.pluginSetsRunning())
 		return
 	}
 	seq := s.timerSeq
@@ -440,9 +447,18 @@ func (d *Daemon) armPromotion(s *service) {
 		defer d.mu.Unlock()
 		if s.timerSeq == seq {
 			s.timer = nil
-			promote()
+			promote(true)
 		}
 	})
+}
+
+// pluginSetsRunning reports whether the plugin writes "running" into a slot
+// at the spawn when the Spec asks (Spec.RunningAtSpawn: plugin Version 2 and
+// later). A plugin reattached across an upgrade of hbd may be older.
+// Called with mu held.
+func (d *Daemon) pluginSetsRunning() bool {
+	v, err := strconv.Atoi(d.info.Version)
+	return err == nil && v >= 2
 }
 
 // spawn starts a new incarnation of s. A spawn that cannot work (no such
@@ -597,7 +613,9 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	}
 	return plugin.Spec{
 		Respawn: respawn,
-		Name:    c.Name, Command: argv, Dir: c.Directory, Env: env,
+		// promote's immediate case, done by the plugin in the slot.
+		RunningAtSpawn: p.StartSecs <= 0,
+		Name:           c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,

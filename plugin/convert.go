@@ -34,6 +34,7 @@ func specToProto(s Spec) *hbpb.Spec {
 			ExitCodes:   toInt64s(s.Respawn.ExitCodes),
 			StartSecsNs: int64(s.Respawn.StartSecs),
 		},
+		RunningAtSpawn: s.RunningAtSpawn,
 	}
 }
 
@@ -86,6 +87,7 @@ func specFromProto(p *hbpb.Spec) Spec {
 			ExitCodes: fromInt64s(p.GetRespawn().GetExitCodes()),
 			StartSecs: time.Duration(p.GetRespawn().GetStartSecsNs()),
 		},
+		RunningAtSpawn: p.GetRunningAtSpawn(),
 	}
 }
 

@@ -32,6 +32,11 @@ type Spec struct {
 	// Respawn lets the plugin restart the service itself the moment it
 	// exits, when the host's policy would do so anyway.
 	Respawn Respawn
+	// RunningAtSpawn: the host counts an incarnation as running the moment
+	// it is spawned (start_secs 0), so its slot reads StateRunning from the
+	// spawn on rather than StateStarting; the host has nothing to correct
+	// afterwards (plugins of Version 2 and later).
+	RunningAtSpawn bool
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on

@@ -597,8 +597,28 @@ start_secs = "0s"
 [service.steady]
 command    = "sleep infinity"
 start_secs = "100ms"
+
+[service.instant]
+command    = "sleep infinity"
+start_secs = "0s"
 `, h.HBClient, h.HBClient))
 	h.Start()
+
+	// start_secs 0: running from the spawn on, in the slot as in hbd, and
+	// again after a respawn by the plugin (which writes it there itself).
+	for gen := uint64(1); gen <= 2; gen++ {
+		st := h.WaitService("instant", fmt.Sprintf("generation %d running", gen), func(st api.ServiceStatus) bool {
+			return IsRunning(st) && st.Generation == gen
+		})
+		if s := h.Slot("instant"); s.State != shm.StateRunning || int(s.PID) != st.PID || s.Generation != gen {
+			t.Errorf("instant slot, generation %d: %+v; want running, pid %d", gen, s, st.PID)
+		}
+		if gen == 1 {
+			if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	isFatal := func(st api.ServiceStatus) bool { return st.State == "fatal" }
 	st := h.WaitService("crash", "fatal", isFatal)

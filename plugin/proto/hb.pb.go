@@ -307,22 +307,23 @@ func (x *InfoResponse) GetDetectorPriority() int64 {
 
 // Spec mirrors plugin.Spec.
 type Spec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Command       []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
-	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
-	Env           []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
-	Uid           int64                  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"` // -1 keeps the plugin's user
-	Gid           int64                  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"` // -1 keeps the plugin's group
-	Groups        []int64                `protobuf:"varint,7,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Stdout        string                 `protobuf:"bytes,8,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr        string                 `protobuf:"bytes,9,opt,name=stderr,proto3" json:"stderr,omitempty"`
-	LogDir        string                 `protobuf:"bytes,10,opt,name=log_dir,json=logDir,proto3" json:"log_dir,omitempty"`
-	LogMaxBytes   int64                  `protobuf:"varint,11,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
-	LogBackups    int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
-	Respawn       *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Command        []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
+	Dir            string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Env            []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	Uid            int64                  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"` // -1 keeps the plugin's user
+	Gid            int64                  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"` // -1 keeps the plugin's group
+	Groups         []int64                `protobuf:"varint,7,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Stdout         string                 `protobuf:"bytes,8,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr         string                 `protobuf:"bytes,9,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	LogDir         string                 `protobuf:"bytes,10,opt,name=log_dir,json=logDir,proto3" json:"log_dir,omitempty"`
+	LogMaxBytes    int64                  `protobuf:"varint,11,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
+	LogBackups     int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
+	Respawn        *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
+	RunningAtSpawn bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"` // start_secs 0: the slot reads running from the spawn on
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Spec) Reset() {
@@ -444,6 +445,13 @@ func (x *Spec) GetRespawn() *Respawn {
 		return x.Respawn
 	}
 	return nil
+}
+
+func (x *Spec) GetRunningAtSpawn() bool {
+	if x != nil {
+		return x.RunningAtSpawn
+	}
+	return false
 }
 
 // Respawn lets the plugin restart a service by itself, without a round trip
@@ -1469,7 +1477,7 @@ const file_hb_proto_rawDesc = "" +
 	"tracepoint\x18\t \x01(\bR\n" +
 	"tracepoint\x12+\n" +
 	"\x11detector_priority\x18\n" +
-	" \x01(\x03R\x10detectorPriority\"\xcc\x02\n" +
+	" \x01(\x03R\x10detectorPriority\"\xf6\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1485,7 +1493,8 @@ const file_hb_proto_rawDesc = "" +
 	"\rlog_max_bytes\x18\v \x01(\x03R\vlogMaxBytes\x12\x1f\n" +
 	"\vlog_backups\x18\f \x01(\x03R\n" +
 	"logBackups\x12(\n" +
-	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\"\x85\x01\n" +
+	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\x12(\n" +
+	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +

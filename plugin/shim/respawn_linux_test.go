@@ -7,7 +7,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
 )
 
 // TestRespawnByPlugin: with Spec.Respawn the plugin starts the next
@@ -34,8 +36,9 @@ func TestRespawnByPlugin(t *testing.T) {
 			if sp.Kind != plugin.EventSpawn || sp.Generation != first.Generation+1 || sp.PID == first.PID {
 				t.Fatalf("event after the exit %+v; want the spawn of generation %d", sp, first.Generation+1)
 			}
-			if sl := h.slot(first.Slot); int(sl.PID) != sp.PID || sl.Generation != sp.Generation || sl.Exits != 1 {
-				t.Fatalf("slot %+v; want pid %d generation %d exits 1", sl, sp.PID, sp.Generation)
+			if sl := h.slot(first.Slot); int(sl.PID) != sp.PID || sl.Generation != sp.Generation || sl.Exits != 1 ||
+				sl.State != shm.StateStarting {
+				t.Fatalf("slot %+v; want pid %d generation %d exits 1, starting", sl, sp.PID, sp.Generation)
 			}
 
 			// A requested stop is never respawned.
@@ -91,5 +94,28 @@ func TestRespawnWants(t *testing.T) {
 				t.Errorf("Wants(%v, %d) = %v; want %v", tc.runFor, tc.status, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRunningAtSpawn: with Spec.RunningAtSpawn (start_secs 0) the slot reads
+// running from the spawn on, for the host's spawn and for the plugin's own
+// respawn alike, so the host has no state to correct.
+func TestRunningAtSpawn(t *testing.T) {
+	h := newHarness(t, connector.DetectPidfd, "")
+	spec := h.childSpec("up", "sleep")
+	spec.Respawn = plugin.Respawn{Enabled: true}
+	spec.RunningAtSpawn = true
+	first := h.spawn(spec)
+	if sl := h.slot(first.Slot); sl.State != shm.StateRunning || int(sl.PID) != first.PID {
+		t.Fatalf("after the spawn: slot %+v; want running, pid %d", sl, first.PID)
+	}
+	h.next(plugin.EventSpawn, "up")
+	if err := unix.Kill(first.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	h.next(plugin.EventExit, "up")
+	sp := h.next(plugin.EventSpawn, "up")
+	if sl := h.slot(first.Slot); sl.State != shm.StateRunning || int(sl.PID) != sp.PID || sl.Exits != 1 {
+		t.Fatalf("after the respawn: slot %+v; want running, pid %d, exits 1", sl, sp.PID)
 	}
 }

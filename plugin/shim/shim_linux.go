@@ -19,8 +19,8 @@ import (
 
 var _ plugin.Shim = (*Shim)(nil)
 
-// Version is reported in plugin.Info.
-const Version = "1"
+// Version is reported in plugin.Info. 2: honours Spec.RunningAtSpawn.
+const Version = "2"
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is

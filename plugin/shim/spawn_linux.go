@@ -193,7 +193,11 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	s.incs[inc.key] = inc
 	s.mu.Unlock()
 
-	s.w.Spawned(idx, uint32(pid), gen, startTime, shm.StateStarting, 0)
+	state := shm.StateStarting
+	if spec.RunningAtSpawn {
+		state = shm.StateRunning
+	}
+	s.w.Spawned(idx, uint32(pid), gen, startTime, state, 0)
 	svc.spec, svc.exe = spec, p.argv0
 	inc.started = time.Now()
 	inc.startNs = startNs
