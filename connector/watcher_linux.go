@@ -251,13 +251,7 @@ func epollData(ev *unix.EpollEvent) uint64 {
 // then the connector goroutine does it when due, together with every other
 // change made meanwhile. An exit that happens before the filter holds pid is
 // reported through the pidfd.
-func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
-	update, err := w.addWatch(key, pid, pidfd, false)
-	if update {
-		w.updateFilter()
-	}
-	return err
-}
+func (w *Watcher) Watch(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, false) }
 
 // WatchChild is Watch for a child of the calling process. The socket filter
 // passes every exit whose parent is this process, so watching (and
@@ -269,10 +263,15 @@ func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
 // with no status (the caller reaps its child and learns it there), and as
 // soon as the process's last thread starts to exit: before it is a zombie,
 // so a waitid right after the report may have to wait for it.
-func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error {
-	update, err := w.addWatch(key, pid, pidfd, true)
+func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, true) }
+
+// watch is Watch and WatchChild: addWatch, then the filter update it asks
+// for (a new process, or the first child: the filter starts passing
+// children).
+func (w *Watcher) watch(key uint64, pid, pidfd int, child bool) error {
+	update, err := w.addWatch(key, pid, pidfd, child)
 	if update {
-		w.updateFilter() // the first child: the filter starts passing children
+		w.updateFilter()
 	}
 	return err
 }

@@ -97,14 +97,12 @@ func (s *Shim) finish(ex connector.Exit) {
 		var pol plugin.Respawn
 		if plan != nil {
 			a, pol = &plan.attr, plan.spec.Respawn
+			// A spawn is open from here until the replacement is in
+			// the slot: the stray reaper's kick, if it has one, comes
+			// after.
+			beginSpawn()
 		}
-		// A spawn is open from here until the replacement is in the
-		// slot: the stray reaper's kick, if it has one, comes after.
-		beginSpawn()
 		r = reapRespawn(pidfd, reapWait, a, pol, &inc.stopping)
-		if r.tried && r.spawnErr == nil {
-			trackPID(r.c.pid)
-		}
 	}
 	inc.pidfd = -1 // closed below: nothing uses it once reaped is set
 	inc.reaped = true
@@ -113,13 +111,16 @@ func (s *Shim) finish(ex connector.Exit) {
 	spawned := r.tried && r.spawnErr == nil
 	var next *incarnation
 	if spawned {
+		trackPID(r.c.pid)
 		var err error
 		if next, err = s.started(plan.startPlan, r.c); err != nil {
 			s.log.Warn("respawn", "service", inc.svc.name, "err", err)
 		}
 	}
-	if inc.child {
+	if plan != nil && inc.child {
 		endSpawn()
+	}
+	if inc.child {
 		switch {
 		case r.ok:
 			status = r.status
@@ -239,17 +240,7 @@ func (s *Shim) respawn(p *respawnPlan, r reaped, status int, exit *plugin.Event)
 	if !p.spec.Respawn.WantsStatus(status) || p.old.stopping.Load() {
 		return false
 	}
-	c, err := spawnTracked(&p.attr)
-	if err != nil {
-		s.log.Warn("respawn", "service", p.svc.name, "err", p.spawnError(err))
-		return false
-	}
-	inc, err := s.started(p.startPlan, c)
-	if err != nil {
-		s.log.Warn("respawn", "service", p.svc.name, "err", err)
-		return false
-	}
-	_, emitted, err := s.announce(inc, exit)
+	_, emitted, err := s.launch(p.startPlan, exit)
 	if err != nil {
 		s.log.Warn("respawn", "service", p.svc.name, "err", err)
 	}

@@ -204,6 +204,7 @@ static void wait_readable(int fd, int ms)
 	}
 }
 
+/* wanted is plugin.Respawn.WantsStatus. */
 static int wanted(const struct hb_reap_req *r, int status)
 {
 	int i;
@@ -252,7 +253,7 @@ void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
 		r->status = 128 + si.si_status;
 		break;
 	}
-	if (r->respawn && wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+	if (wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
 		r->spawn_t0 = boot_ns();
 		r->spawned = hb_spawn(r->spawn);
 		r->spawn_t1 = boot_ns();

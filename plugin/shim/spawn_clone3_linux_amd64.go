@@ -56,8 +56,8 @@ var nofile = sync.OnceValues(func() (lim unix.Rlimit, restore bool) {
 })
 
 // spawnClone3 is spawnProc through hb_spawn (spawn_clone3_linux_amd64.c).
-// ok is false when
-// clone3 cannot be used here; the caller then falls back to ForkExec.
+// ok is false when clone3 cannot be used here; the caller then falls back
+// to ForkExec.
 func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 	block, req := newSpawnReq(a)
 	defer C.free(block)
@@ -107,39 +107,31 @@ func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err e
 func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Respawn, stop *atomic.Bool) (r reaped, ok bool) {
 	block, req := newSpawnReq(a)
 	defer C.free(block)
-	codes := make([]C.int, len(pol.ExitCodes))
-	for i, c := range pol.ExitCodes {
-		codes[i] = C.int(c)
-	}
-	// The request and the exit codes are C memory: the Go runtime may not
-	// hand C pointers into Go memory that outlive the call.
-	rr := (*C.struct_hb_reap_req)(C.calloc(1, C.size_t(unsafe.Sizeof(C.struct_hb_reap_req{}))))
-	if rr == nil {
-		panic("hb: out of memory")
-	}
-	defer C.free(unsafe.Pointer(rr))
-	var cc unsafe.Pointer
-	if len(codes) > 0 {
-		cc = C.calloc(C.size_t(len(codes)), C.size_t(unsafe.Sizeof(C.int(0))))
-		if cc == nil {
+	// rr may be Go memory, passed for the call only, as long as what it
+	// points to is not: the request and the exit codes are C memory.
+	var rr C.struct_hb_reap_req
+	if n := len(pol.ExitCodes); n > 0 {
+		codes := (*C.int)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.int(0)))))
+		if codes == nil {
 			panic("hb: out of memory")
 		}
-		defer C.free(cc)
-		copy(unsafe.Slice((*C.int)(cc), len(codes)), codes)
+		defer C.free(unsafe.Pointer(codes))
+		cs := unsafe.Slice(codes, n)
+		for i, c := range pol.ExitCodes {
+			cs[i] = C.int(c)
+		}
+		rr.codes, rr.ncodes = codes, C.int(n)
 	}
 	rr.pidfd = C.int(pidfd)
 	rr.wait_ms = C.int(wait.Milliseconds())
-	rr.respawn = 1
 	if pol.OnFailure {
 		rr.on_failure = 1
 	}
-	rr.ncodes = C.int(len(codes))
-	rr.codes = (*C.int)(cc)
 	rr.spawn = req
 
-	// stop is Go memory with no pointers in it (an atomic.Bool is one
-	// uint32), passed for the call only, as cgo allows.
-	C.hb_reap_respawn(rr, (*C.uint32_t)(unsafe.Pointer(stop)))
+	// stop, too, is Go memory with no pointers in it (an atomic.Bool is
+	// one uint32).
+	C.hb_reap_respawn(&rr, (*C.uint32_t)(unsafe.Pointer(stop)))
 	r.status, r.ok = int(rr.status), rr.reaped != 0
 	if rr.err != 0 {
 		r.err = syscall.Errno(rr.err)

@@ -55,7 +55,6 @@ long hb_spawn(struct hb_spawn_req *req);
 struct hb_reap_req {
 	int pidfd;         /* the exited child's pidfd */
 	int wait_ms;       /* how long to wait for its zombie */
-	int respawn;       /* non-zero: start spawn once reaped, if the status is wanted */
 	int on_failure;    /* respawn only a status not in codes (always when < 0) */
 	int ncodes;
 	const int *codes;
@@ -70,8 +69,8 @@ struct hb_reap_req {
 };
 
 /* hb_reap_respawn waits up to req->wait_ms for the child behind req->pidfd
- * to become a zombie, reaps it (waitid P_PIDFD), and, when asked, the
- * status is wanted and *stop (read atomically) is still 0, spawns
+ * to become a zombie, reaps it (waitid P_PIDFD), and, when the status is
+ * wanted and *stop (read atomically) is still 0, spawns
  * req->spawn at once: the replacement starts from the same thread, with no
  * other work in between. */
 void hb_reap_respawn(struct hb_reap_req *req, const uint32_t *stop);

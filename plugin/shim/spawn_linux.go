@@ -71,6 +71,12 @@ func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res pl
 	if err != nil {
 		return plugin.SpawnResult{}, false, err
 	}
+	return s.launch(p, exit)
+}
+
+// launch spawns what p planned, records it (started) and announces it,
+// with exit as for start.
+func (s *Shim) launch(p *startPlan, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
 	c, err := spawnTracked(&p.attr)
 	if err != nil {
 		return plugin.SpawnResult{}, false, p.spawnError(err)

@@ -70,12 +70,13 @@ type reaped struct {
 
 // reapRespawn reaps the exited child behind pidfd as reapPidfd does and,
 // when a is not nil, pol wants the exit status respawned and stop has not
-// been set meanwhile, starts a at once. The caller holds a spawn open
-// (beginSpawn) around it, and tracks the new child before ending it. With the clone3 spawner the zombie wait, the reap and the
-// spawn are one call into C on one thread, like a bare supervisor's
-// waitpid-then-vfork loop: nothing else runs between the zombie and the
-// replacement. When it could not try (no clone3 here, or the child was not
-// reaped), the caller spawns, if it still wants to.
+// been set meanwhile, starts a at once. With a, the caller holds a spawn
+// open (beginSpawn) around it and tracks the new child before ending it.
+// With the clone3 spawner the zombie wait, the reap and the spawn are one
+// call into C on one thread, like a bare supervisor's waitpid-then-vfork
+// loop: nothing else runs between the zombie and the replacement. When it
+// could not try (no clone3 here, or the child was not reaped), the caller
+// spawns, if it still wants to.
 func reapRespawn(pidfd int, wait time.Duration, a *procAttr, pol plugin.Respawn, stop *atomic.Bool) reaped {
 	if a != nil && clone3Usable() {
 		if r, ok := reapRespawnClone3(pidfd, wait, a, pol, stop); ok {
