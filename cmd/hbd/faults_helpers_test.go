@@ -78,6 +78,15 @@ func (r *faultReport) fault(t *testing.T, f func()) {
 	}
 }
 
+// attack is fault for a hostile input or action: it prints what is tried
+// as the suite tries it (`make faults` shows each attack as it runs), then
+// runs f and its checks as one injected fault.
+func (r *faultReport) attack(t *testing.T, what string, f func()) {
+	t.Helper()
+	t.Logf("ATTACK %s: %s", r.name, what)
+	r.fault(t, f)
+}
+
 func (r *faultReport) addInputs(n int) { r.mu.Lock(); r.inputs += n; r.mu.Unlock() }
 
 func (r *faultReport) addRestarted(n int) { r.mu.Lock(); r.restarted += n; r.mu.Unlock() }
@@ -347,7 +356,13 @@ func publicCopy(t *testing.T, dir, src string) string {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(dir, filepath.Base(src))
-	if err := os.WriteFile(dst, b, 0o755); err != nil {
+	// The write descriptor must not leak into a child forked meanwhile by
+	// another test: a child holding it open until its exec makes the exec
+	// of dst fail with ETXTBSY. os/exec forks under ForkLock's read side.
+	syscall.ForkLock.Lock()
+	err = os.WriteFile(dst, b, 0o755)
+	syscall.ForkLock.Unlock()
+	if err != nil {
 		t.Fatal(err)
 	}
 	return dst
