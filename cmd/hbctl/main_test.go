@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -486,6 +487,28 @@ func TestShm(t *testing.T) {
 	if s := v.Slots[1]; s.Name != "tx" || s.PID != 0 || s.State != "backoff" || s.Exits != 1 || s.LastStatus != 137 || !s.Adopted {
 		t.Errorf("tx slot %+v", s)
 	}
+
+	// A writer whose process exists but whose beat is old is stalled, not alive.
+	f, err := os.OpenFile(table, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old [8]byte
+	binary.LittleEndian.PutUint64(old[:], shm.MonotonicNs()-uint64(10*time.Second))
+	if _, err := f.WriteAt(old[:], 40); err != nil { // writer_beat_ns
+		t.Fatal(err)
+	}
+	f.Close()
+	args = []string{"shm", "--path", table, "--json"}
+	out, errOut, code = hbctl(t, nosock, args...)
+	want(t, args, code, 0, out, errOut)
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if v.Writer.Status != "stalled" {
+		t.Errorf("writer with a 10 s old beat: status %q, want stalled", v.Writer.Status)
+	}
+	w.Beat()
 
 	args = []string{"shm", "tx", "--path", table}
 	out, errOut, code = hbctl(t, nosock, args...)

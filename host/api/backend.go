@@ -3,11 +3,10 @@ package api
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/hbshim/hb/host/signame"
 )
 
 // Backend is what the server serves: the manager implements it. Every method
@@ -49,32 +48,16 @@ type PluginInfoer interface {
 	PluginInfo(ctx context.Context) (PluginInfo, error)
 }
 
-// ParseSignal parses a signal given as a name with or without the SIG prefix,
-// in any case ("HUP", "sighup", "SIGHUP"), or as a number ("1").
+// ParseSignal parses a signal as the control API accepts it (signame.Parse:
+// a name with or without SIG in any case, or a number 1..64, nothing
+// around it). Its errors wrap ErrBadRequest.
 func ParseSignal(s string) (syscall.Signal, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	if t == "" {
-		return 0, fmt.Errorf("%w: empty signal", ErrBadRequest)
+	sig, err := signame.Parse(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s", ErrBadRequest, strings.TrimPrefix(err.Error(), signame.ErrSyntax.Error()+": "))
 	}
-	if n, err := strconv.Atoi(t); err == nil {
-		if n <= 0 || n > 64 {
-			return 0, fmt.Errorf("%w: signal %d out of range 1..64", ErrBadRequest, n)
-		}
-		return syscall.Signal(n), nil
-	}
-	if !strings.HasPrefix(t, "SIG") {
-		t = "SIG" + t
-	}
-	if sig := unix.SignalNum(t); sig != 0 {
-		return sig, nil
-	}
-	return 0, fmt.Errorf("%w: unknown signal %q", ErrBadRequest, s)
+	return sig, nil
 }
 
 // SignalName returns "HUP" for SIGHUP, or the number for signals without a name.
-func SignalName(sig syscall.Signal) string {
-	if n := unix.SignalName(sig); n != "" {
-		return strings.TrimPrefix(n, "SIG")
-	}
-	return strconv.Itoa(int(sig))
-}
+func SignalName(sig syscall.Signal) string { return signame.Name(sig) }

@@ -16,7 +16,7 @@
 //	POST /v1/services/{name}/start    ServiceStatus afterwards (any body is ignored)
 //	POST /v1/services/{name}/stop     ServiceStatus afterwards, once the process has exited
 //	POST /v1/services/{name}/restart  ServiceStatus afterwards
-//	POST /v1/services/{name}/signal   body {"signal":"HUP"} ("SIGHUP", "hup", 1 or "1"); ServiceStatus
+//	POST /v1/services/{name}/signal   body {"signal":"HUP"} ("SIGHUP", "hup", 1 or "1", nothing around it); ServiceStatus
 //	POST /v1/start                    body {"names":["a","b"]} or {"all":true}; [ServiceStatus...]
 //	POST /v1/stop                     same; {"all":true} stops in reverse config order
 //	POST /v1/restart                  same
@@ -30,7 +30,8 @@
 // allowed, 404 no such service or route, 405 wrong method (with Allow), 409
 // the service's state forbids it (e.g. signal a stopped service), 413 body
 // over 64 KiB, 422 reload rejected (details: one line per configuration
-// error), 500 anything else. Backend errors are mapped with errors.Is on
+// error), 500 anything else, 503 an event stream over the limits
+// (MaxEventStreams open in all, MaxEventStreamsPerUID per peer uid). Backend errors are mapped with errors.Is on
 // ErrNotFound, ErrBadRequest, ErrConflict and ErrInvalidConfig; the Client's
 // *APIError matches the same sentinels.
 //

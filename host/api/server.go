@@ -36,6 +36,12 @@ const (
 	SocketMode = 0o660
 	// maxSocketPath is the room in sockaddr_un.sun_path, less the NUL.
 	maxSocketPath = 107
+	// MaxEventStreams is how many GET /v1/events streams may be open at
+	// once, and MaxEventStreamsPerUID how many of them one peer uid may
+	// hold (root included), so no client can exhaust them for the others.
+	// A stream over either limit is answered 503.
+	MaxEventStreams       = 64
+	MaxEventStreamsPerUID = 16
 )
 
 // Server serves the control API on a unix socket. It is safe for concurrent
@@ -56,6 +62,10 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	streamsMu sync.Mutex
+	streams   map[uint32]int // open event streams per peer uid; guarded by streamsMu
+	nstreams  int            // their sum; guarded by streamsMu
 }
 
 // Listen creates the socket at path and serves backend on it until Close.
@@ -491,6 +501,13 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 // before the response header is sent, so a client that has the header sees
 // every event from then on.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	uid := peerFrom(r.Context()).uid
+	if err := s.openStream(uid); err != nil {
+		s.log.Warn("api: event stream refused", "peer_uid", uid, "err", err)
+		writeError(w, http.StatusServiceUnavailable, err.Error(), nil)
+		return
+	}
+	defer s.closeStream(uid)
 	ctx := r.Context()
 	ch := s.backend.Subscribe(ctx)
 	rc := http.NewResponseController(w)
@@ -517,6 +534,33 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// openStream counts an event stream for uid, or says which limit it is over.
+func (s *Server) openStream(uid uint32) error {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams == nil {
+		s.streams = map[uint32]int{}
+	}
+	switch {
+	case s.streams[uid] >= MaxEventStreamsPerUID:
+		return fmt.Errorf("too many event streams: uid %d already holds %d (the limit per uid); close one (each hbctl events or wait holds one)", uid, s.streams[uid])
+	case s.nstreams >= MaxEventStreams:
+		return fmt.Errorf("too many event streams: %d are open (the limit); close one (each hbctl events or wait holds one)", s.nstreams)
+	}
+	s.streams[uid]++
+	s.nstreams++
+	return nil
+}
+
+func (s *Server) closeStream(uid uint32) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams[uid]--; s.streams[uid] == 0 {
+		delete(s.streams, uid)
+	}
+	s.nstreams--
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {

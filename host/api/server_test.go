@@ -715,7 +715,10 @@ func TestParseSignal(t *testing.T) {
 		{"HUP", syscall.SIGHUP, false},
 		{"hup", syscall.SIGHUP, false},
 		{"SIGTERM", syscall.SIGTERM, false},
-		{" sigkill ", syscall.SIGKILL, false},
+		{"sigkill", syscall.SIGKILL, false},
+		{" sigkill ", 0, true},
+		{"9 ", 0, true},
+		{"+9", 0, true},
 		{"10", syscall.SIGUSR1, false},
 		{"0", 0, true},
 		{"65", 0, true},
@@ -767,5 +770,46 @@ func TestInvalidConfig(t *testing.T) {
 	}
 	if api.InvalidConfig(nil) != nil {
 		t.Error("InvalidConfig(nil) != nil")
+	}
+}
+
+// TestEventStreamLimit: one peer uid may hold MaxEventStreamsPerUID event
+// streams; the next is answered 503 and saying why, and closing one lets a
+// new one in.
+func TestEventStreamLimit(t *testing.T) {
+	b := apitest.New("rx")
+	_, c := serve(t, b, "")
+	cancels := make([]context.CancelFunc, 0, api.MaxEventStreamsPerUID)
+	for i := 0; i < api.MaxEventStreamsPerUID; i++ {
+		ctx, cancel := context.WithCancel(ctxT(t))
+		cancels = append(cancels, cancel)
+		if _, err := c.Events(ctx); err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+	}
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}()
+	_, err := c.Events(ctxT(t))
+	var ae *api.APIError
+	if !errors.As(err, &ae) || ae.Status != 503 || !strings.Contains(err.Error(), "too many event streams") {
+		t.Fatalf("stream %d: %v, want a 503 naming the limit", api.MaxEventStreamsPerUID+1, err)
+	}
+	cancels[0]()
+	if err := b.WaitSubscribers(ctxT(t), api.MaxEventStreamsPerUID-1); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	for {
+		_, err := c.Events(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &ae) || ae.Status != 503 || ctx.Err() != nil {
+			t.Fatalf("after closing one stream: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

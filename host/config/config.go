@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hbshim/hb/host/policy"
+	"github.com/hbshim/hb/host/signame"
 )
 
 // DefaultDetectorPriority is [HBD].DetectorPriority's default: the lowest
@@ -42,7 +43,7 @@ const (
 	// bytes with the terminating NUL).
 	SocketPathMax = 107
 	// MaxSignal is the largest stop_signal number (SIGRTMAX on Linux).
-	MaxSignal = 64
+	MaxSignal = signame.Max
 )
 
 // Config is a loaded, validated configuration: the main file plus its

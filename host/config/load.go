@@ -14,7 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/hbshim/hb/host/policy"
-	"golang.org/x/sys/unix"
+	"github.com/hbshim/hb/host/signame"
 )
 
 // Load reads, decodes and validates the configuration at path and the files
@@ -659,24 +659,13 @@ func wantSignal(v any) (syscall.Signal, error) {
 	return 0, typeErr("a signal name such as \"TERM\" or a number", v)
 }
 
-// ParseSignal parses a signal as stop_signal accepts it: a name with or
-// without the SIG prefix, in any case ("TERM", "SIGTERM", "int"), or a
-// number 1..64.
+// ParseSignal parses a signal as stop_signal accepts it (signame.Parse).
 func ParseSignal(s string) (syscall.Signal, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 1 || n > MaxSignal {
-			return 0, valueErr("signal %d is out of range 1..%d", n, MaxSignal)
-		}
-		return syscall.Signal(n), nil
+	sig, err := signame.Parse(s)
+	if err != nil {
+		return 0, valueErr("%s", strings.TrimPrefix(err.Error(), signame.ErrSyntax.Error()+": "))
 	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	if sig := unix.SignalNum(name); sig != 0 {
-		return sig, nil
-	}
-	return 0, valueErr("unknown signal %q (use a name such as \"TERM\", \"INT\", \"HUP\", or a number)", s)
+	return sig, nil
 }
 
 // sizeUnits are log_max_bytes suffixes, case-insensitive; all are powers of 1024.

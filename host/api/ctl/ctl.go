@@ -134,7 +134,9 @@ takes a Go duration (500ms, 10s, 2m); 0 or none waits for ever. Exits 4 on
 timeout, 1 if a service does not exist.`},
 		{name: "shm", synopsis: "[--name TABLE] [--json] [NAME...]", run: runShm, flags: shmFlags, help: `Read the shared-memory table /dev/shm/TABLE directly, as any peer does (TABLE
 defaults to $HB_SHM, else hb). Works when hbd is down. Shows the writer (the
-hb plugin) and whether it is alive, then every used slot, or those named.`},
+hb plugin) and whether it is alive, stalled (its process exists but has not
+refreshed writer_beat_ns for 3 s: stopped, hung or starved, so the table may
+be stale), gone or stopped, then every used slot, or those named.`},
 		{name: "health", synopsis: "[--json]", run: runHealth, flags: jsonFlag, help: `Ask hbd whether it and its plugin are healthy. Exits 1 if not.`},
 		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
 		{name: "help", synopsis: "[COMMAND]", run: runHelp, help: `Print the usage, or a command's.`},

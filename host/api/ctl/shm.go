@@ -32,8 +32,9 @@ type shmHeader struct {
 
 // writerView is what hbctl makes of the header's writer fields.
 type writerView struct {
-	// Status is "alive", "gone" (writer_pid names no process), or "stopped"
-	// (writer_pid 0: clean shutdown).
+	// Status is "alive", "stalled" (the process exists but has not beaten
+	// for staleBeat: stopped, hung or starved), "gone" (writer_pid names no
+	// process), or "stopped" (writer_pid 0: clean shutdown).
 	Status string `json:"status"`
 	// BeatAgeMs is how long ago the writer last beat (it beats every
 	// second); -1 if it never did.
@@ -100,7 +101,7 @@ func runShm(_ context.Context, c *cli, args []string) int {
 		Path: t.Path(),
 		Header: shmHeader{Version: h.Version, SlotCount: h.SlotCount, WriterPID: h.WriterPID, Flags: h.Flags,
 			CreatedNs: h.CreatedNs, WriterBeatNs: h.WriterBeatNs},
-		Writer: writerView{Status: writerStatus(h.WriterPID), BeatAgeMs: -1,
+		Writer: writerView{Status: writerStatus(h.WriterPID, h.WriterBeatNs, now), BeatAgeMs: -1,
 			Tracepoint: h.Flags&shm.FlagTracepoint != 0, Connector: h.Flags&shm.FlagConnector != 0, Pidfd: h.Flags&shm.FlagPidfd != 0},
 		Slots: []shmSlot{},
 	}
@@ -172,13 +173,22 @@ func beatAge(now, then uint64) time.Duration {
 	return time.Duration(now - then)
 }
 
-// writerStatus tells whether the writer process named by the header exists.
-func writerStatus(pid uint32) string {
+// staleBeat is how old writer_beat_ns may be before hbctl calls a writer
+// stalled: three of the writer's one-second beats.
+const staleBeat = 3 * time.Second
+
+// writerStatus tells whether the writer process named by the header exists
+// and still beats (beatNs is its last beat, now the current CLOCK_MONOTONIC;
+// a writer that never beat is judged by its process alone).
+func writerStatus(pid uint32, beatNs, now uint64) string {
 	if pid == 0 {
 		return "stopped"
 	}
-	if err := unix.Kill(int(pid), 0); err == nil || errors.Is(err, unix.EPERM) {
-		return "alive"
+	if err := unix.Kill(int(pid), 0); err != nil && !errors.Is(err, unix.EPERM) {
+		return "gone"
 	}
-	return "gone"
+	if beatNs != 0 && beatAge(now, beatNs) > staleBeat {
+		return "stalled"
+	}
+	return "alive"
 }
