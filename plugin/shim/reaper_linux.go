@@ -3,8 +3,12 @@ package shim
 import (
 	"errors"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,4 +187,106 @@ func reapStrays(log *slog.Logger) {
 			hook(pid, ci.status())
 		}
 	}
+}
+
+// drainTimeout bounds how long a clean close waits for the processes that
+// outlived their service's stop (see drainStrays) before it kills them, and
+// then again for the kill to take.
+const drainTimeout = 3 * time.Second
+
+// drainStrays is a clean close's last step, once every service is stopped:
+// the plugin is a subreaper, so whatever its services left behind (a
+// service's children that were still dying when its main process was
+// reaped, daemons that double-forked) is its child now, and it must reap
+// them before it exits — else they outlive hb, or end as zombies of an init
+// that may never reap them. It sends SIGTERM to each group that still has
+// members, waits for each stray (pidfd, no polling) up to timeout, SIGKILLs
+// what is still running, and waits once more. Only
+// children in groups (the process groups of the shim's services) are its
+// strays: another child of the process is none of its business.
+func drainStrays(log *slog.Logger, timeout time.Duration, groups map[int]struct{}) {
+	for g := range groups {
+		killGroup(g, unix.SIGTERM)
+	}
+	for round := 0; round < 2; round++ {
+		left := waitStrays(groups, timeout)
+		if len(left) == 0 {
+			return
+		}
+		for _, pid := range left {
+			if round == 0 {
+				log.Warn("killing a process that outlived its service's stop", "pid", pid, "cmdline", procCmdline(pid))
+				unix.Kill(pid, unix.SIGKILL)
+			} else {
+				log.Error("a process outlived its service's stop and SIGKILL", "pid", pid, "cmdline", procCmdline(pid))
+			}
+		}
+	}
+}
+
+// waitStrays reaps the children of this process in groups as they exit,
+// until none is left or timeout passes, and returns the PIDs still running
+// then.
+func waitStrays(groups map[int]struct{}, timeout time.Duration) []int {
+	deadline := time.Now().Add(timeout)
+	for {
+		var fds []unix.PollFd
+		var live []int
+		for _, pid := range strayChildren(groups) {
+			var ws unix.WaitStatus
+			if p, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); p == pid || errors.Is(err, unix.ECHILD) {
+				continue // reaped now, or by someone else meanwhile
+			}
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				continue // gone between the list and the open: the next pass reaps it
+			}
+			fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+			live = append(live, pid)
+		}
+		if len(live) == 0 {
+			return nil
+		}
+		ms := int(time.Until(deadline) / time.Millisecond)
+		if ms > 0 {
+			unix.Poll(fds, ms) // EINTR or a readable pidfd: look again
+		}
+		for _, fd := range fds {
+			unix.Close(int(fd.Fd))
+		}
+		if ms <= 0 {
+			return live
+		}
+	}
+}
+
+// strayChildren lists this process's children (zombies included) whose
+// process group is one of groups.
+func strayChildren(groups map[int]struct{}) []int {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			if st, err := readProcStat(pid); err == nil {
+				if _, ok := groups[st.PGRP]; ok {
+					out = append(out, pid)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// procCmdline is /proc/PID/cmdline with spaces for NULs, for log lines.
+func procCmdline(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }

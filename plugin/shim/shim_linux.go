@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -75,10 +76,14 @@ type Shim struct {
 	shmPath string
 	adopted int // clients adopted by New; set before New returns
 
-	// mu guards svcs and incs. It is never taken on the exit fast path.
+	// mu guards svcs, incs and groups. It is never taken on the exit fast path.
 	mu   sync.Mutex
 	svcs map[string]*service     // by name
 	incs map[uint64]*incarnation // by watch key, while watched
+	// groups are the process groups of the incarnations this shim spawned
+	// or adopted (each leads its own), kept while the group has members
+	// (the beat prunes empty ones): a clean close reaps their strays.
+	groups map[int]struct{}
 
 	quit chan struct{} // closed by close
 	// life is held shared by every method that uses the table or the
@@ -178,6 +183,7 @@ func New(opts Options) (*Shim, error) {
 		events: newEventLog(),
 		svcs:   map[string]*service{},
 		incs:   map[uint64]*incarnation{},
+		groups: map[int]struct{}{},
 		quit:   make(chan struct{}),
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -264,6 +270,11 @@ func (s *Shim) beatLoop() {
 			}
 			if svc.stderr != nil {
 				logs = append(logs, svc.stderr)
+			}
+		}
+		for g := range s.groups {
+			if errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
+				delete(s.groups, g)
 			}
 		}
 		s.mu.Unlock()
@@ -382,6 +393,12 @@ func (s *Shim) close(clean bool) error {
 		}
 		s.mu.Unlock()
 		stopReaper()
+		if clean {
+			s.mu.Lock()
+			groups := maps.Clone(s.groups)
+			s.mu.Unlock()
+			drainStrays(s.log, drainTimeout, groups)
+		}
 		if err := s.w.Close(clean); err != nil {
 			errs = append(errs, err)
 		}

@@ -450,3 +450,43 @@ func TestCloseUnblocksStop(t *testing.T) {
 	var ws unix.WaitStatus
 	unix.Wait4(res.PID, &ws, 0, nil)
 }
+
+// TestCleanShutdownReapsStrays: what a service left behind in its process
+// group (a child that outlived the main process's own exit, one that
+// ignores SIGTERM, the zombies of a stopped group) has the plugin as its
+// parent (a subreaper); a clean shutdown stops it (SIGTERM, SIGKILL after
+// drainTimeout) and reaps it before it returns, so nothing outlives the
+// plugin, not even as a zombie of init.
+func TestCleanShutdownReapsStrays(t *testing.T) {
+	h := newHarness(t, connector.DetectPidfd, "")
+	pidFile := tempPath(t, "gc")
+	h.spawn(plugin.Spec{
+		Name: "leaver",
+		Command: []string{"/bin/sh", "-c",
+			`/bin/sleep 1000 & a=$!; /bin/sh -c 'trap "" TERM; exec /bin/sleep 1000' & ` +
+				`echo $a $! > ` + pidFile + `.tmp; mv ` + pidFile + `.tmp ` + pidFile + `; exit 0`},
+		Env: []string{"PATH=/usr/bin:/bin"}, UID: -1, GID: -1, Stdout: "null", Stderr: "null",
+	})
+	var calm, deaf int
+	if _, err := fmt.Sscan(readFile(t, pidFile), &calm, &deaf); err != nil {
+		t.Fatal(err)
+	}
+	h.next(plugin.EventExit, "leaver")
+	for _, pid := range []int{calm, deaf} {
+		waitFor(t, "the stray to be the plugin's child", func() bool {
+			st, err := readProcStat(pid)
+			return err == nil && st.PPID == os.Getpid()
+		})
+	}
+	h.cancel()
+	if err := h.s.Shutdown(context.Background(), true); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for _, pid := range []int{calm, deaf} {
+		if !gone(pid) {
+			st, _ := readProcStat(pid)
+			t.Errorf("pid %d (%s) outlived the clean shutdown: state %c, parent %d", pid, procCmdline(pid), st.State, st.PPID)
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+}

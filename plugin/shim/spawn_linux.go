@@ -197,6 +197,7 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	s.mu.Lock()
 	svc.cur = inc
 	s.incs[inc.key] = inc
+	s.groups[pid] = struct{}{}
 	s.mu.Unlock()
 
 	state := shm.StateStarting
