@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -34,7 +35,24 @@ func TestMain(m *testing.M) {
 
 // blockForever blocks until the process is killed. Not select{}: without
 // cgo the runtime would call that a deadlock and crash the child.
+// testParentEnv names the test binary that started a helper (its PID).
+const testParentEnv = "HB_TEST_PARENT"
+
+// blockForever blocks until the test binary that started this helper
+// ($HB_TEST_PARENT) exits, so that no helper outlives the test run, not even
+// one whose test failed before it stopped its services.
 func blockForever() {
+	if pid, err := strconv.Atoi(os.Getenv(testParentEnv)); err == nil {
+		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+			for {
+				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+				if n, err := unix.Poll(fds, -1); n > 0 || (err != nil && err != unix.EINTR) {
+					os.Exit(0)
+				}
+			}
+		}
+		os.Exit(0) // the test binary is gone already
+	}
 	for {
 		time.Sleep(time.Hour)
 	}
@@ -198,10 +216,14 @@ func self(t testing.TB) string {
 
 // childSpec is a Spec running the test binary in mode.
 func (h *harness) childSpec(name, mode string, env ...string) plugin.Spec {
+	base := append(os.Environ(), childModeEnv+"="+mode)
+	if os.Getenv(testParentEnv) == "" {
+		base = append(base, testParentEnv+"="+strconv.Itoa(os.Getpid()))
+	}
 	return plugin.Spec{
 		Name:    name,
 		Command: []string{self(h.t), "-test.run=^$"},
-		Env:     append(append(os.Environ(), childModeEnv+"="+mode), env...),
+		Env:     append(base, env...),
 		UID:     -1,
 		GID:     -1,
 		Stdout:  "null",
@@ -332,3 +354,30 @@ func newFDs(before, after map[string]string) []string {
 }
 
 func tempPath(t testing.TB, name string) string { return filepath.Join(t.TempDir(), name) }
+
+// TestHelpersDieWithTheTestBinary: a blocking helper exits once the process
+// named by HB_TEST_PARENT (the test binary) has exited, so a failed test
+// leaves no helper running after the run.
+func TestHelpersDieWithTheTestBinary(t *testing.T) {
+	parent := exec.Command("/bin/sleep", "0.2")
+	if err := parent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	helper := exec.Command(self(t), "-test.run=^$")
+	helper.Env = append(os.Environ(), childModeEnv+"=sleep", testParentEnv+"="+strconv.Itoa(parent.Process.Pid))
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- helper.Wait() }()
+	parent.Wait()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("helper: %v, want exit 0", err)
+		}
+	case <-time.After(30 * time.Second):
+		helper.Process.Kill()
+		t.Fatal("the helper outlived the process named by " + testParentEnv)
+	}
+}

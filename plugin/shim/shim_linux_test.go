@@ -490,3 +490,33 @@ func TestCleanShutdownReapsStrays(t *testing.T) {
 		}
 	}
 }
+
+// TestSpawnedChildHoldsNoPluginFD: once Spawn returns, the child holds
+// none of the plugin's descriptors beyond 0, 1 and 2, not even for the
+// moment between the parent's resumption and the kernel's close-on-exec
+// (a child holding the table's descriptor holds its flock).
+func TestSpawnedChildHoldsNoPluginFD(t *testing.T) {
+	h := newHarness(t, connector.DetectPidfd, "")
+	spec := plugin.Spec{Name: "fds", Command: []string{"/bin/sleep", "1000"}, UID: -1, GID: -1,
+		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: "null", Stderr: "null"}
+	for i := 0; i < 300; i++ {
+		res := h.spawn(spec)
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", res.PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if n, _ := strconv.Atoi(e.Name()); n > 2 {
+				l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", res.PID, e.Name()))
+				t.Errorf("spawn %d: child %d holds fd %d (%s) right after Spawn returned", i, res.PID, n, l)
+			}
+		}
+		if err := h.s.Stop(context.Background(), "fds", unix.SIGKILL, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		h.next(plugin.EventExit, "fds")
+		if t.Failed() {
+			return
+		}
+	}
+}

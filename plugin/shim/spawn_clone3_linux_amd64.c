@@ -38,6 +38,10 @@
 
 #include "spawn_clone3_linux_amd64.h"
 
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
 #ifndef CLONE_CLEAR_SIGHAND
 #define CLONE_CLEAR_SIGHAND 0x100000000ULL
 #endif
@@ -151,6 +155,15 @@ static int child_main(void *arg)
 		if (e < 0 && fd[i] >= 0)
 			return child_fail(r, HB_STEP_FDS, e);
 	}
+
+	/* Nothing else of the plugin's goes with the child. Close-on-exec
+	 * alone is not enough: CLONE_VFORK resumes the parent at exec's point
+	 * of no return, before the kernel closes those descriptors, so for a
+	 * moment the new process would still hold the table's descriptor and
+	 * its flock (a plugin started right then found the table "locked by
+	 * another writer"). Kernels before 5.9 lack close_range (ENOSYS):
+	 * close-on-exec is all they get. */
+	sys3(SYS_close_range, 3, ~0U, 0);
 
 	e = sys3(SYS_execve, r->path, r->argv, r->envp);
 	return child_fail(r, HB_STEP_EXEC, e);
