@@ -35,12 +35,13 @@ start_secs = "100ms"
 	before := h.WaitRunning("steady")
 	h.WaitSlot("crash", "respawned at least once", func(s shm.Slot) bool { return s.Exits > 0 })
 
-	// respawns: a few thousand respawns by the plugin, where the hole was
-	// seen after a few hundred to a few thousand. watchFor bounds the time
-	// (the loop runs at a few hundred to a few thousand respawns a second,
-	// depending on the machine's load). stuckAfter: a slot that reads 0
-	// with no new exit for this long was left down (a respawn takes
-	// microseconds to milliseconds).
+	// respawns: how many respawns by the plugin are watched. A service left
+	// down was seen after a few hundred to a few tens of thousands of them
+	// (the window was a few microseconds per respawn), so many are needed
+	// to show it. watchFor bounds the time (the loop runs at one to three
+	// thousand respawns a second here, and keeps about one core busy
+	// meanwhile). stuckAfter: a slot that reads 0 with no new exit for
+	// this long was left down (a respawn takes well under a millisecond).
 	const (
 		respawns   = 30000
 		watchFor   = 20 * time.Second
