@@ -15,9 +15,9 @@ import (
 // is away (SIGKILLed), thousands of times in a row, and is never left down:
 // its slot never reads PID 0 with no new exit for longer than stuckAfter.
 // The next hbd reattaches to the same plugin, supervises the loop, and stops
-// it cleanly.
+// it cleanly. Not parallel: the loop keeps about one core busy for ten
+// seconds or so, which the suite's timing-sensitive tests should not share.
 func TestFaultCrashLoopHeadless(t *testing.T) {
-	t.Parallel()
 	rep := newFaultReport(t, "crash-loop-headless")
 	h := NewHarness(t, Options{})
 	h.WriteConfig(`
