@@ -221,8 +221,8 @@ func (p *respawnPlan) release() {
 // competes with the host: a stop under way, or any Spawn, Stop or Free
 // holding the service, or a closing shim, leaves the exit to the host, as
 // does an exit before StartSecs. The exit path of the incarnation before
-// never holds the service here (see exitLoop). The exit status is checked once known
-// (respawn). nil: no respawn by the plugin.
+// never holds the service here (see exitLoop). The exit status is checked
+// once known (respawn). nil: no respawn by the plugin.
 func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	svc := inc.svc
 	if inc.stopping.Load() || inc.started.IsZero() {
