@@ -84,6 +84,14 @@
 // goes into the slot before anything else (the old exit's record, events,
 // watch).
 //
+// The exit path holds the service (as Spawn, Stop and Free do) from the
+// respawn's set-up until the replacement is its current incarnation, and
+// lets go before the replacement's watch is armed. A replacement that
+// exits at once (a crash loop) is taken by the other exit worker while the
+// first is still finishing, and is respawned in turn: an exit is left to
+// the host only when a host call holds the service or the policy says so,
+// so a crash loop goes on while hbd is away.
+//
 // # Adoption
 //
 // A plugin that dies leaves its clients running (they are re-parented) and

@@ -31,8 +31,18 @@ const exitWorkers = 2
 
 // exitLoop runs finish for exits; exitWorkers of them share the queue, so
 // a kill of many services is reaped and respawned a few at a time without
-// starving the detectors of CPU. Exits of one service cannot overlap: its
-// next incarnation is watched only after this one's spawn event.
+// starving the detectors of CPU.
+//
+// Exits of one service can overlap. The replacement a finish starts is
+// watched before that finish returns, and one that exits at once (a crash
+// loop) is taken by the other worker while the first is still in its tail.
+// Invariant: by the time a replacement's watch is armed, the exit path that
+// started it no longer holds the service's op lock (announce releases it
+// just before WatchChild). So the op lock, when a finish cannot take it in
+// planRespawn, is held by a host call (Spawn, Stop, Free), which then owns
+// the decision, never by the exit path of the incarnation before. Were it
+// held up to the end of finish, the other worker would leave the exit to
+// the host, and with hbd away nobody would ever respawn the service.
 func (s *Shim) exitLoop() {
 	defer s.wg.Done()
 	for {
@@ -158,7 +168,7 @@ func (s *Shim) finish(ex connector.Exit) {
 	switch {
 	case next != nil:
 		var err error
-		if _, emitted, err = s.announce(next, &ev); err != nil {
+		if _, emitted, err = s.announce(next, &ev, plan.releaseOp); err != nil {
 			s.log.Warn("respawn", "service", inc.svc.name, "err", err)
 		}
 	case plan != nil && !spawned:
@@ -166,6 +176,9 @@ func (s *Shim) finish(ex connector.Exit) {
 	}
 	if !emitted {
 		s.emit(ev)
+	}
+	if s.opts.onRespawned != nil && plan != nil && emitted {
+		s.opts.onRespawned(plan.idx, plan.gen)
 	}
 	if inc.child {
 		// After reaping: from here the stray reaper may take the PID (if it
@@ -177,16 +190,28 @@ func (s *Shim) finish(ex connector.Exit) {
 }
 
 // respawnPlan is a respawn by the plugin, set up before the exit is reaped.
-// It holds the Shim's life lock (shared) and the service's op lock until
-// release.
+// It holds the Shim's life lock (shared) until release, and the service's
+// op lock until releaseOp or release, whichever comes first. It is used by
+// the finish that made it only.
 type respawnPlan struct {
 	*startPlan
-	s   *Shim
-	old *incarnation // the one that exited
+	s      *Shim
+	old    *incarnation // the one that exited
+	opHeld bool         // svc.op is held
+}
+
+// releaseOp lets go of the service's op lock: the replacement is in the
+// slot and is the service's current incarnation, and its watch is about to
+// be armed (see exitLoop).
+func (p *respawnPlan) releaseOp() {
+	if p.opHeld {
+		p.opHeld = false
+		p.svc.op.Unlock()
+	}
 }
 
 func (p *respawnPlan) release() {
-	p.svc.op.Unlock()
+	p.releaseOp()
 	p.s.life.RUnlock()
 }
 
@@ -195,8 +220,9 @@ func (p *respawnPlan) release() {
 // decide the same, so the round trip to the host is skipped. It never
 // competes with the host: a stop under way, or any Spawn, Stop or Free
 // holding the service, or a closing shim, leaves the exit to the host, as
-// does an exit before StartSecs. The exit status is checked once known
-// (respawn). nil: no respawn by the plugin.
+// does an exit before StartSecs. The exit path of the incarnation before
+// never holds the service here (see exitLoop). The exit status is checked
+// once known (respawn). nil: no respawn by the plugin.
 func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	svc := inc.svc
 	if inc.stopping.Load() || inc.started.IsZero() {
@@ -225,6 +251,7 @@ func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 		s.life.RUnlock()
 		return nil
 	}
+	p.opHeld = true
 	return p
 }
 
@@ -240,7 +267,7 @@ func (s *Shim) respawn(p *respawnPlan, r reaped, status int, exit *plugin.Event)
 	if !p.spec.Respawn.WantsStatus(status) || p.old.stopping.Load() {
 		return false
 	}
-	_, emitted, err := s.launch(p.startPlan, exit)
+	_, emitted, err := s.launch(p.startPlan, exit, p.releaseOp)
 	if err != nil {
 		s.log.Warn("respawn", "service", p.svc.name, "err", err)
 	}

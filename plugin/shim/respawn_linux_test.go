@@ -2,6 +2,8 @@ package shim
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,5 +119,57 @@ func TestRunningAtSpawn(t *testing.T) {
 	sp := h.next(plugin.EventSpawn, "up")
 	if sl := h.slot(first.Slot); sl.State != shm.StateRunning || int(sl.PID) != sp.PID || sl.Exits != 1 {
 		t.Fatalf("after the respawn: slot %+v; want running, pid %d, exits 1", sl, sp.PID)
+	}
+}
+
+// TestRespawnOfAReplacementThatExitsAtOnce: the replacement the plugin
+// started for an exit exits before the exit path that started it has
+// returned, and the other exit worker takes that exit. It is respawned too:
+// the exit path that started the replacement has let go of the service by
+// the time the replacement's exit can be seen, so the other worker is not
+// turned away and the exit is not left to a host that may be gone.
+func TestRespawnOfAReplacementThatExitsAtOnce(t *testing.T) {
+	for _, det := range detectors {
+		t.Run(det.String(), func(t *testing.T) {
+			var shim atomic.Pointer[Shim]
+			var once sync.Once
+			dir := t.TempDir()
+			h := openHarness(t, Options{ShmName: "t", ShmDir: dir, Slots: 16, Detector: det,
+				onRespawned: func(idx int, gen uint64) {
+					once.Do(func() {
+						// Hold this exit path until the replacement's exit
+						// (generation gen) is recorded by the other worker.
+						s := shim.Load()
+						deadline := time.Now().Add(10 * time.Second)
+						for s.w.Snapshot(idx).Exits < gen {
+							if time.Now().After(deadline) {
+								t.Errorf("the exit of generation %d was not recorded while its respawner waited: %+v",
+									gen, s.w.Snapshot(idx))
+								return
+							}
+							time.Sleep(time.Millisecond)
+						}
+					})
+				}}, dir)
+			shim.Store(h.s)
+
+			spec := plugin.Spec{Name: "loop", Command: []string{"/bin/false"}, UID: -1, GID: -1,
+				Stdout: "null", Stderr: "null", Respawn: plugin.Respawn{Enabled: true}, RunningAtSpawn: true}
+			first := h.spawn(spec)
+			h.next(plugin.EventSpawn, "loop")
+			for gen := first.Generation; gen < first.Generation+2; gen++ {
+				ex := h.next(plugin.EventExit, "loop")
+				if ex.Generation != gen || !ex.Respawned {
+					t.Fatalf("exit event %+v; want generation %d, respawned by the plugin (slot %+v)",
+						ex, gen, h.slot(first.Slot))
+				}
+				if sp := h.nextOf("loop"); sp.Kind != plugin.EventSpawn || sp.Generation != gen+1 {
+					t.Fatalf("event after the exit of generation %d: %+v; want the spawn of generation %d", gen, sp, gen+1)
+				}
+			}
+			if err := h.s.Stop(context.Background(), "loop", unix.SIGKILL, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

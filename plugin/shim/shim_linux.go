@@ -61,6 +61,10 @@ type Options struct {
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
 	onCleared func(idx, pid int, cleared bool)
+	// onRespawned, when set (tests only), runs on the exit path once the
+	// plugin's own respawn of slot idx (generation gen) is announced and
+	// watched, before that exit path returns.
+	onRespawned func(idx int, gen uint64)
 }
 
 // Shim spawns services, records them in the shared-memory table, learns of

@@ -57,26 +57,24 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}
-	res, _, err := s.start(svc, spec, nil)
+	return s.start(svc, spec)
+}
+
+// start starts one incarnation of svc for the host: spawnProc, slot, spawn
+// event, watch. It remembers spec for respawns by the plugin
+// (Spec.Respawn). Called with svc.op held and no incarnation of svc running.
+func (s *Shim) start(svc *service, spec plugin.Spec) (res plugin.SpawnResult, err error) {
+	p, err := s.planStart(svc, spec, false)
+	if err != nil {
+		return plugin.SpawnResult{}, err
+	}
+	res, _, err = s.launch(p, nil, nil)
 	return res, err
 }
 
-// start starts one incarnation of svc: spawnProc, slot, spawn event, watch.
-// It remembers spec for respawns by the plugin (Spec.Respawn). When exit is
-// not nil it is the previous incarnation's exit event, emitted (marked
-// Respawned) just before the spawn event; emitted says whether it was.
-// Called with svc.op held and no incarnation of svc running.
-func (s *Shim) start(svc *service, spec plugin.Spec, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
-	p, err := s.planStart(svc, spec, exit != nil)
-	if err != nil {
-		return plugin.SpawnResult{}, false, err
-	}
-	return s.launch(p, exit)
-}
-
 // launch spawns what p planned, records it (started) and announces it,
-// with exit as for start.
-func (s *Shim) launch(p *startPlan, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
+// with exit and unlock as for announce.
+func (s *Shim) launch(p *startPlan, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
 	c, err := spawnTracked(&p.attr)
 	if err != nil {
 		return plugin.SpawnResult{}, false, p.spawnError(err)
@@ -85,7 +83,7 @@ func (s *Shim) launch(p *startPlan, exit *plugin.Event) (res plugin.SpawnResult,
 	if err != nil {
 		return plugin.SpawnResult{}, false, err
 	}
-	return s.announce(inc, exit)
+	return s.announce(inc, exit, unlock)
 }
 
 // startPlan is an incarnation about to be started: what spawnProc needs,
@@ -214,10 +212,12 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 // announce emits the spawn event of inc, which started just put in the
 // slot, and arms its watch. When exit is not nil it is the previous
 // incarnation's exit event, emitted (marked Respawned) just before the
-// spawn event; emitted says whether it was.
-func (s *Shim) announce(inc *incarnation, exit *plugin.Event) (res plugin.SpawnResult, emitted bool, err error) {
+// spawn event; emitted says whether it was. unlock, when not nil, is
+// called just before the watch is armed: the exit path's respawn lets go
+// of the service there (see exitLoop). Called with svc.op held.
+func (s *Shim) announce(inc *incarnation, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
 	svc, idx, gen, pid, pidfd := inc.svc, inc.idx, inc.gen, inc.pid, inc.pidfd
-	spec := svc.spec
+	spec := svc.spec // written under svc.op: read while it is held
 	if exit != nil {
 		exit.Respawned = true
 		s.emit(*exit)
@@ -229,6 +229,12 @@ func (s *Shim) announce(inc *incarnation, exit *plugin.Event) (res plugin.SpawnR
 		Kind: plugin.EventSpawn, Name: spec.Name, Slot: idx, PID: pid,
 		Generation: gen, DetectedNs: inc.startNs,
 	})
+	if unlock != nil {
+		// From here a host call may hold the service; it finds inc
+		// current and running (its PID is in the slot until the watch
+		// reports its exit).
+		unlock()
+	}
 	if err := s.watcher.WatchChild(inc.key, pid, pidfd); err != nil {
 		// Without a watch nobody would learn of the exit: undo the spawn.
 		s.abortSpawn(inc)
