@@ -44,8 +44,7 @@
 // at that moment — it is still exiting (the exit tracepoint reports it as
 // its last thread enters the kernel's exit path) or an unreaped zombie (the
 // connector and the pidfds) — and its PID cannot be reused before it is
-// reaped, so a non-zero slot never names a recycled process (DESIGN
-// invariant 1).
+// reaped, so a non-zero slot never names a recycled process (docs/design.md#invariant-1).
 //
 // Then, on the exit goroutine reading Watcher.Exits (finish): if Stop is under
 // way, SIGKILL the rest of the process group while the zombie still pins the
@@ -60,7 +59,7 @@
 // Wait status is per process, so ownership of waiting is too. The exit path
 // reaps the children it spawned, by pidfd; nothing in the plugin process may
 // call exec.Cmd.Wait, os.Process.Wait or start children with os/exec or
-// os.StartProcess (DESIGN invariant 2). The plugin is a child subreaper
+// os.StartProcess (docs/design.md#invariant-2). The plugin is a child subreaper
 // (PR_SET_CHILD_SUBREAPER), so descendants that double-fork come back to it;
 // one stray-reaper goroutine per process, kicked by the exit path after
 // every exit and by the shim's beat, peeks with waitid(P_ALL, WNOWAIT) and
@@ -87,7 +86,7 @@
 // # Adoption
 //
 // A plugin that dies leaves its clients running (they are re-parented) and
-// their PIDs in the table (DESIGN invariant 7). New adopts every used slot
+// their PIDs in the table (docs/design.md#invariant-7). New adopts every used slot
 // with a PID: if /proc/PID/stat's start time equals the slot's, it opens a
 // pidfd (and checks the start time again, so the pidfd cannot name a process
 // that took the PID over), watches it, sets the slot's adopted flag and emits
