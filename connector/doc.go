@@ -30,7 +30,8 @@
 //     otherwise (a thread ended, the leader ended before its threads, a thread
 //     called exec) nothing is reported and the status is kept for later.
 //     The connector works only in the initial user, pid and network
-//     namespaces (see Available).
+//     namespaces (see Available); it needs no privilege on Linux 6.6+ and
+//     CAP_NET_ADMIN before.
 //   - A pidfd epoll loop, the loss-free safety net, which always runs: a
 //     pidfd turns readable only when the whole process has exited.
 //
