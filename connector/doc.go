@@ -13,8 +13,7 @@
 //     kernel tears the process down. It looks the TGID up in a hash map of
 //     watched children and writes a record into a ring buffer that the epoll
 //     goroutine waits on beside the pidfds. The proc connector's event and a
-//     pidfd's readiness both come only after the teardown (exit_notify),
-//     which takes hundreds of microseconds on small virtual machines. The
+//     pidfd's readiness both come only after the teardown (exit_notify). The
 //     tracepoint knows no exit status and sees the process before it is a
 //     zombie, so it watches children only (WatchChild): their parent reaps
 //     them and learns the status there. It needs CAP_BPF and CAP_PERFMON and
@@ -31,7 +30,8 @@
 //     otherwise (a thread ended, the leader ended before its threads, a thread
 //     called exec) nothing is reported and the status is kept for later.
 //     The connector works only in the initial user, pid and network
-//     namespaces (see Available).
+//     namespaces (see Available); it needs no privilege on Linux 6.6+ and
+//     CAP_NET_ADMIN before.
 //   - A pidfd epoll loop, the loss-free safety net, which always runs: a
 //     pidfd turns readable only when the whole process has exited.
 //
@@ -114,17 +114,12 @@
 //
 // # Costs
 //
-// Per datagram the connector goroutine makes one non-blocking recvfrom
-// (recvfrom(2) on the socket through syscall.RawConn, without allocation);
-// when the queue runs empty one more recvfrom returns EAGAIN and the
-// goroutine parks in the runtime poller. Decoding and the lookup of the
-// process id among the watches take tens of nanoseconds; only events of
-// watched processes cost more (a clock read and one poll(2)). With the
-// socket filter on, exits of unwatched processes cost the Watcher nothing;
-// the kernel runs the filter (a few dozen instructions for a thousand
-// watched processes) in the exiting task. A filter update (compile, then
-// setsockopt, where the kernel checks and JIT-compiles the program) costs
-// from about 0.1 ms for a few processes to about 1 ms for a thousand.
+// Per datagram the connector goroutine makes one non-blocking recvfrom,
+// without allocation, and parks in the runtime poller when the queue is
+// empty; only events of watched processes cost a clock read and one poll(2).
+// With the socket filter on, exits of unwatched processes cost the Watcher
+// nothing (the kernel runs the filter in the exiting task). Measured costs
+// are in docs/perf-notes.md.
 //
 // # Debugging
 //

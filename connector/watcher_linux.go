@@ -489,9 +489,7 @@ func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs u
 		// for a tracepoint report either: the process is still being torn
 		// down, the receiver can only wait for its zombie, and running it
 		// here, on the CPU where the kernel woke this thread (often the
-		// dying process's), delays that teardown (respawn 1.59× → 1.51×
-		// the bare supervisor for a C client, 1.57× → 1.45× for a Go one,
-		// means of 8 A/B pairs of hbbench --only respawn).
+		// dying process's), delays that teardown (docs/perf-notes.md).
 		runtime.Gosched()
 	}
 }

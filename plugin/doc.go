@@ -20,7 +20,9 @@
 //
 // Only gRPC is offered (go-plugin defaults to net/rpc). AutoMTLS, SecureConfig
 // and GRPCBrokerMultiplex are not used: go-plugin forbids reattaching with
-// them. The socket lives in the state directory, which is 0700.
+// them. The socket lives in the state directory, which Launch creates with
+// mode 0700 when it is missing; its protection is that directory's (see
+// docs/security.md).
 //
 // # Lifecycle
 //

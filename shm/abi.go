@@ -137,7 +137,7 @@ type Header struct {
 	SlotCount  uint32
 	// WriterPID is the writer's process ID; 0 after a clean shutdown.
 	WriterPID uint32
-	// Flags holds FlagConnector and FlagPidfd.
+	// Flags holds FlagConnector, FlagPidfd and FlagTracepoint.
 	Flags uint32
 	// CreatedNs is CLOCK_REALTIME when the table was first created (kept on adopt).
 	CreatedNs uint64

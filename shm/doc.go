@@ -10,26 +10,18 @@
 //
 // # ABI v1
 //
-// The layout is fixed and shared with readers in other languages
-// (contrib/c/hb_shm.h); the repository README ("Shared-memory ABI") has the
-// full tables. In short, all integers native-endian and naturally aligned:
+// The layout (header, slots, flag bits, states, write order) is shared with
+// readers in other languages (contrib/c/hb_shm.h) and is described once, in
+// docs/abi.md; testdata/table-v1.golden pins it byte for byte. The contracts
+// this package keeps:
 //
-//	header (128 bytes at offset 0)
-//	  0 magic "HBSHM\0\0\0"   8 version=1   12 header_size=128   16 slot_size=128
-//	 20 slot_count   24 writer_pid (0 after a clean shutdown)   28 flags (bit0 connector, bit1 pidfd)
-//	 32 created_ns (CLOCK_REALTIME)   40 writer_beat_ns (CLOCK_MONOTONIC, refreshed every second)
-//	slot i (128 bytes at offset 128 + 128*i)
-//	  0 pid (atomic; 0 = not running)   4 state   8 seq (seqlock over bytes 4-127)   12 flags (bit0 adopted)
-//	 16 generation   24 start_time   32 changed_ns   40 exits   48 last_status (i32, -1 none)
-//	 52 last_pid   56 last_exit_ns   64 name[48] (NUL-padded)   112-127 reserved, zero
-//
-// Write order. An exit stores pid = 0 first (ClearPID, a compare-and-swap so
-// the exit of an old incarnation never clears a newer one), then updates the
-// other fields under the seqlock (seq odd, fields, seq even). A spawn updates
-// the fields under the seqlock, then stores the pid last. The pid goes to 0
-// before the exit is reported or the zombie reaped, so a non-zero pid never
-// names a recycled process. A slot keeps its index while its service exists:
-// look a name up once (Lookup), then poll PID(i).
+//   - An exit stores pid = 0 first (ClearPID, a compare-and-swap, so the exit
+//     of an old incarnation never clears a newer one), before the exit is
+//     reported or the process reaped, so a non-zero pid never names a
+//     recycled process; the other fields follow under the seqlock.
+//   - A spawn fills the fields under the seqlock and stores the pid last.
+//   - A slot keeps its index while its service exists: look a name up once
+//     (Lookup), then read PID(i).
 //
 // # Concurrency
 //

@@ -56,7 +56,7 @@ type Result struct {
 	Baseline string  `json:"baseline,omitempty"`
 	RatioP50 float64 `json:"ratio_p50,omitempty"`
 	RatioP99 float64 `json:"ratio_p99,omitempty"`
-	// Target is DESIGN.md's target for this figure; Meets says whether
+	// Target is the target (docs/benchmark.md) for this figure; Meets says whether
 	// this run met it (informational: timings never fail the run).
 	Target string `json:"target,omitempty"`
 	Meets  *bool  `json:"meets_target,omitempty"`

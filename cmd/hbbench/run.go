@@ -29,7 +29,7 @@ var allTests = []string{"death", "respawn", "peer", "scale", "flood"}
 
 const usage = `Usage: hbbench [flags]
 
-Measures hb against baselines taken in the same run (see DESIGN.md's
+Measures hb against baselines taken in the same run (see docs/benchmark.md for the
 performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 

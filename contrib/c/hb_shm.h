@@ -15,19 +15,13 @@
  *     hb_close(&t);
  *
  * The table is written by one process (the hb plugin) and never shrinks, so
- * a mapping stays valid for as long as it is held. Layout (native-endian):
- *
- *   header, 128 bytes at 0:  0 magic "HBSHM\0\0\0", 8 version, 12 header_size,
- *     16 slot_size, 20 slot_count, 24 writer_pid, 28 flags, 32 created_ns,
- *     40 writer_beat_ns
- *   slot i, 128 bytes at 128 + 128*i:  0 pid, 4 state, 8 seq, 12 flags,
- *     16 generation, 24 start_time, 32 changed_ns, 40 exits, 48 last_status,
- *     52 last_pid, 56 last_exit_ns, 64 name[48]
- *
- * pid is written atomically (0 before an exit is reported; the new PID last
- * at a spawn); bytes 4-127 of a slot are guarded by the seqlock seq (odd while
- * being written). This reader uses only 4-byte atomic loads on the slots, so
- * it never writes to the read-only mapping, even where 8-byte atomics would.
+ * a mapping stays valid for as long as it is held. Its layout is described in
+ * docs/abi.md (shm/testdata/table-v1.golden pins it). pid is written
+ * atomically (0 before an exit is reported; the new PID last at a spawn);
+ * bytes 4-127 of a slot are guarded by the seqlock seq (odd while being
+ * written). This reader uses only 4-byte atomic loads on the slots, so it
+ * never writes to the read-only mapping, even where 8-byte atomics would.
+ * It does not check the file's owner: see docs/security.md.
  */
 #ifndef HB_SHM_H
 #define HB_SHM_H

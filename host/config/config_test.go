@@ -649,7 +649,7 @@ func TestIncludeOfTheMainFileByAbsolutePath(t *testing.T) {
 	}
 }
 
-// BenchmarkParse1000 loads one file of 1000 services (DESIGN.md: 1000
+// BenchmarkParse1000 loads one file of 1000 services (docs/benchmark.md: 1000
 // services must start in under 2 s).
 func BenchmarkParse1000(b *testing.B) {
 	var doc strings.Builder

@@ -8,7 +8,7 @@ import (
 )
 
 // State is a service's state: the shared-memory ABI's slot state
-// (DESIGN.md, slot offset 4), so what hbd decides is what peers read.
+// (docs/abi.md, slot offset 4), so what hbd decides is what peers read.
 type State = shm.State
 
 // The states, as in the shm ABI v1.

@@ -15,7 +15,7 @@ import (
 var errReused = errors.New("pid reused (start time differs)")
 
 // adoptAll takes over the clients a previous plugin left in the table
-// (DESIGN invariant 7). A slot whose process still runs (same PID and same
+// (docs/design.md#invariant-7). A slot whose process still runs (same PID and same
 // start time) is watched again through a new pidfd and flagged adopted; a
 // slot whose process is gone, or whose PID now names another process, is
 // cleared and reported as an exit with Source "adopt" and status -1.

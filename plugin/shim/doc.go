@@ -7,21 +7,19 @@
 // # Spawning
 //
 // Spawn never uses os/exec. In cgo builds on linux/amd64 it uses hb's own
-// spawner (spawn_clone3_linux_amd64.c): clone3 with CLONE_VM|CLONE_VFORK
-// (the cost does not grow with the plugin's memory), CLONE_PIDFD and
-// CLONE_CLEAR_SIGHAND (the kernel resets the Go runtime's signal handlers,
-// not 60 rt_sigaction calls in the child), the child on a small stack of its
-// own making raw system calls only, and the parent resuming as soon as the
-// child has exec'd; a failed step reports its errno through the shared
+// spawner (spawn_clone3_linux_amd64.c): clone3 with CLONE_VM|CLONE_VFORK,
+// CLONE_PIDFD and CLONE_CLEAR_SIGHAND, the child on a small stack of its own
+// making raw system calls only, the parent resuming once the child has
+// exec'd; a failed step in the child reports its errno through shared
 // memory. Elsewhere, or where clone3 is refused (kernels before 5.5,
-// seccomp), syscall.ForkExec with CLONE_PIDFD, which also waits for the new
-// program's first return to user space. Both restore the RLIMIT_NOFILE the
-// plugin was started with. The child gets its own process group (its PID), stdin /dev/null, the
-// Spec's credentials, directory and environment plus HB_SERVICE, HB_SLOT,
-// HB_SHM (the table's path, e.g. /dev/shm/hb) and HB_GENERATION. Command[0]
-// without a slash is looked up in the Spec's PATH (else the plugin's). Errors
-// the host should show the user (missing or non-executable program, bad
-// directory, bad stdout mode) wrap plugin.ErrBadSpec and read like
+// seccomp), syscall.ForkExec with CLONE_PIDFD, with the same behaviour. Both
+// restore the RLIMIT_NOFILE the plugin was started with. The child gets its
+// own process group (its PID), stdin /dev/null, the Spec's credentials,
+// directory and environment plus HB_SERVICE, HB_SLOT, HB_SHM (the table's
+// path, e.g. /dev/shm/hb) and HB_GENERATION. Command[0] without a slash is
+// looked up in the Spec's PATH (else the plugin's). Errors the host should
+// show the user (missing or non-executable program, bad directory, bad
+// stdout mode) wrap plugin.ErrBadSpec and read like
 //
 //	spawn "rx": exec "/nope": no such file or directory
 //
@@ -30,10 +28,10 @@
 // The order is: fork+exec → shm Writer.Spawned (generation+1, start time,
 // state starting; the PID is stored last; the start time is the boot-clock
 // tick read around the clone when it did not change, else read from
-// /proc/PID/stat) → Watcher.WatchChild(key, pid, pidfd).
-// A child that dies before Watch has a readable pidfd, which the Watcher
-// reports at once, so the exit is in effect subscribed to before the child
-// starts. The host moves the state to running with SetState.
+// /proc/PID/stat) → Watcher.WatchChild(key, pid, pidfd). A child that dies before the watch has a readable pidfd, which the
+// Watcher reports at once, so the exit is in effect subscribed to before the
+// child starts (docs/design.md#invariant-2). The host moves the state to
+// running with SetState, unless Spec.RunningAtSpawn had the spawn write it.
 //
 // # The exit path
 //
@@ -44,8 +42,8 @@
 // at that moment — it is still exiting (the exit tracepoint reports it as
 // its last thread enters the kernel's exit path) or an unreaped zombie (the
 // connector and the pidfds) — and its PID cannot be reused before it is
-// reaped, so a non-zero slot never names a recycled process (DESIGN
-// invariant 1).
+// reaped, so a non-zero slot never names a recycled process
+// (docs/design.md#invariant-1).
 //
 // Then, on the exit goroutine reading Watcher.Exits (finish): if Stop is under
 // way, SIGKILL the rest of the process group while the zombie still pins the
@@ -60,13 +58,12 @@
 // Wait status is per process, so ownership of waiting is too. The exit path
 // reaps the children it spawned, by pidfd; nothing in the plugin process may
 // call exec.Cmd.Wait, os.Process.Wait or start children with os/exec or
-// os.StartProcess (DESIGN invariant 2). The plugin is a child subreaper
+// os.StartProcess (docs/design.md#invariant-2). The plugin is a child subreaper
 // (PR_SET_CHILD_SUBREAPER), so descendants that double-fork come back to it;
 // one stray-reaper goroutine per process, kicked by the exit path after
 // every exit and by the shim's beat, peeks with waitid(P_ALL, WNOWAIT) and
 // reaps with wait4 every exited child that no exit path is waiting for,
-// stopping at the
-// first tracked one (the exit path reaps it, then kicks the stray reaper
+// stopping at the first tracked one (the exit path reaps it, then kicks the stray reaper
 // again). A child is tracked from fork until its exit is recorded, and the
 // stray reaper reaps nothing while a spawn is under way (it is kicked again
 // when the last one ends), so a child that dies at once is never taken for a
@@ -95,8 +92,8 @@
 // # Adoption
 //
 // A plugin that dies leaves its clients running (they are re-parented) and
-// their PIDs in the table (DESIGN invariant 7). New adopts every used slot
-// with a PID: if /proc/PID/stat's start time equals the slot's, it opens a
+// their PIDs in the table (docs/design.md#invariant-7). New adopts every
+// used slot with a PID: if /proc/PID/stat's start time equals the slot's, it opens a
 // pidfd (and checks the start time again, so the pidfd cannot name a process
 // that took the PID over), watches it, sets the slot's adopted flag and emits
 // EventAdopt; Info.Adopted counts them. Otherwise the slot is cleared and an
@@ -108,21 +105,18 @@
 // # Log files
 //
 // With Stdout/Stderr "file", the child writes straight into
-// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe,
-// no copying goroutine. A pipe would lose the output of adopted clients when
-// the plugin restarts (the reader is gone: SIGPIPE or EPIPE for them) and
-// would block a data-plane process whenever the plugin is slow to drain it;
-// a file loses nothing and never blocks. Rotation:
+// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe
+// and no copying goroutine, so output is never lost when the plugin
+// restarts and a slow plugin never blocks a service. Rotation:
 //   - at each spawn, a file larger than LogMaxBytes is renamed to NAME….log.1
 //     (older backups shift, LogBackups are kept) and a new one is opened;
 //   - on the 1 s beat, the file of a running incarnation that has grown past
 //     LogMaxBytes is trimmed in place: its head is copied to .1, then cut out
-//     with fallocate(FALLOC_FL_COLLAPSE_RANGE). O_APPEND writes land after
-//     the cut, so nothing is lost or duplicated and the file keeps its name
-//     (tail -F keeps working). The cut is block-aligned, so a line may
-//     straddle .1 and the live file. Filesystems without range collapse
-//     (tmpfs, btrfs, …) rotate at the next spawn only, so a long-running,
-//     chatty incarnation can grow its file past the limit there.
+//     with fallocate(FALLOC_FL_COLLAPSE_RANGE). Nothing is lost or
+//     duplicated and the file keeps its name (tail -F keeps working). The cut
+//     is block-aligned, so a line may straddle .1 and the live file.
+//     Filesystems without range collapse (tmpfs, btrfs, …) rotate at the
+//     next spawn only.
 //
 // An adopted incarnation's log is not trimmed (the new plugin learns the log
 // settings only with the next Spawn).

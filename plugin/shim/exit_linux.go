@@ -16,7 +16,7 @@ import (
 // detected the exit. It stores 0 in the slot and nothing else: no lookup (the
 // slot index is in the key), no lock, no allocation, no logging. The process
 // is not reaped yet here (still exiting, or a zombie), so its PID cannot have
-// been reused: the slot never names a recycled process (DESIGN invariant 1). Everything else
+// been reused: the slot never names a recycled process (docs/design.md#invariant-1). Everything else
 // happens in finish, after the Exit is queued on Watcher.Exits.
 func (s *Shim) onExit(ex connector.Exit) {
 	idx := int(ex.Key >> 32)
@@ -66,7 +66,7 @@ func (s *Shim) exitLoop() {
 //  2. if Stop is under way, SIGKILL what is left of the process group while
 //     the zombie still pins the group ID;
 //  3. reap exactly once with waitid(P_PIDFD) — the only wait on a spawned
-//     child anywhere in the process (DESIGN invariant 2) — and start the
+//     child anywhere in the process (docs/design.md#invariant-2) — and start the
 //     replacement on the same thread (reapRespawn); an adopted process
 //     that is not our child keeps the connector's status, or -1;
 //  4. record the exit in the slot (RecordExit), stop watching, close the

@@ -120,9 +120,8 @@ func stopReaper() {
 // double-forked daemons outlive it), and from the shim's beat. SIGCHLD is
 // not caught: the plugin gets one for every exit of a service, at the very
 // moment the exit path is reaping and respawning it, and waking goroutines
-// for it then took CPU from that (respawn 1.52× → 1.37× the bare supervisor,
-// means of 5 runs each of hbbench --only respawn). A stray's zombie waits
-// for the next beat at most; it holds no memory, only its PID.
+// for it would take CPU from that (docs/perf-notes.md). A stray's zombie
+// waits for the next beat at most; it holds no memory, only its PID.
 func reapLoop(stop, done, kick chan struct{}, log *slog.Logger) {
 	defer close(done)
 	for {

@@ -36,7 +36,7 @@ func badSpec(err error, format string, args ...any) error {
 // Spawn implements plugin.Shim. Order: fork+exec (vfork-style, with a pidfd)
 // → Spawned in the slot (PID stored last) → Watch. A child that dies before
 // Watch leaves a readable pidfd, so the watch fires at once: the exit is
-// subscribed to, in effect, before the child starts (DESIGN invariant 2).
+// subscribed to, in effect, before the child starts (docs/design.md#invariant-2).
 // On any error the slot is left with PID 0.
 func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult, error) {
 	if err := s.enter(); err != nil {
