@@ -130,6 +130,27 @@ func waitTableBack(h *Harness, want map[string]int) {
 	})
 }
 
+// checkRepairReported waits for health (the plugin's shm_repairs) and the
+// plugin's log to report a repair of the table saying what.
+func checkRepairReported(h *Harness, what string) {
+	h.T.Helper()
+	h.Eventually("health to report the table's repair ("+what+")", func() (bool, string) {
+		hl := h.Health()
+		if hl.Plugin == nil || !hl.OK {
+			return false, fmt.Sprintf("%+v", hl)
+		}
+		for _, r := range hl.Plugin.ShmRepairs {
+			if strings.Contains(r, what) {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("shm_repairs %q", hl.Plugin.ShmRepairs)
+	})
+	if !strings.Contains(h.PluginLog(), what) {
+		h.T.Errorf("plugin.log does not report the repair (%s)", what)
+	}
+}
+
 // TestFaultShmUnlinked: the table's name is removed under a running plugin,
 // which publishes it again with the same slots; then the name is removed and
 // the plugin killed before it can look: the new plugin finds no table,
@@ -143,6 +164,7 @@ func TestFaultShmUnlinked(t *testing.T) {
 	all := []string{"sleeper", "shell"}
 	h.Start()
 	census := watchInstances(h)
+	defer func() { rep.note("census_scans", census.Stop(t)) }()
 	before := h.WaitRunning(all...)
 	pids := map[string]int{}
 	for n, st := range before {
@@ -155,9 +177,7 @@ func TestFaultShmUnlinked(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitTableBack(h, pids)
-		h.Eventually("the plugin to report the repair in its log", func() (bool, string) {
-			return strings.Contains(h.PluginLog(), "had been removed"), "plugin.log"
-		})
+		checkRepairReported(h, "had been removed")
 		if got := pluginPID(h); got != plugin {
 			t.Errorf("plugin changed: %d -> %d", plugin, got)
 		}
@@ -182,7 +202,6 @@ func TestFaultShmUnlinked(t *testing.T) {
 		h.waitReaped(old, "the killed plugin")
 		rep.addRestarted(countRestarted(h, before, all...))
 	})
-	rep.note("census_scans", census.Stop(t))
 }
 
 // TestFaultShmTruncated: the table is truncated to 0 bytes under a running
@@ -217,6 +236,7 @@ func TestFaultShmTruncated(t *testing.T) {
 			now[n] = h.ServiceStatus(n).PID
 		}
 		waitTableBack(h, now)
+		checkRepairReported(h, "was truncated to 0 bytes")
 		if st, err := os.Stat(h.ShmPath); err != nil || st.Size() != int64(shm.HeaderSize+h.Opt.Slots*shm.SlotSize) {
 			t.Errorf("table size after the repair: %v %v", st, err)
 		}

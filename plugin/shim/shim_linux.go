@@ -341,7 +341,10 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 	if s.watcher.Stats().RealTime {
 		prio = s.opts.DetectorPriority
 	}
+	repairs, problem := s.TableHealth()
 	return plugin.Info{
+		ShmRepairs:       repairs,
+		ShmProblem:       problem,
 		DetectorPriority: prio,
 		PID:              os.Getpid(),
 		ShmName:          s.opts.ShmName,
