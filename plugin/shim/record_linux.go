@@ -51,6 +51,7 @@ func (s *Shim) kickRecord() {
 func (s *Shim) recordLoop() {
 	defer s.wg.Done()
 	var last []byte
+	var lastErr string // logged once until it changes
 	for {
 		select {
 		case <-s.quit:
@@ -62,10 +63,13 @@ func (s *Shim) recordLoop() {
 			continue
 		}
 		if err := writeRecordFile(s.opts.StateDir, b); err != nil {
-			s.log.Error("cannot write the adoption record; a plugin that starts with an empty table could start services a second time", "err", err)
+			if err.Error() != lastErr {
+				lastErr = err.Error()
+				s.log.Error("cannot write the adoption record; a plugin that starts with an empty table could start services a second time", "err", err)
+			}
 			continue
 		}
-		last = b
+		last, lastErr = b, ""
 	}
 }
 
