@@ -84,6 +84,53 @@ func TestFaultShmSquat(t *testing.T) {
 			t.Errorf("the squatted file was touched: %+v -> %+v", before, after)
 		}
 	})
+
+	h2 := NewHarness(t, Options{})
+	h2.WriteConfig(shmServices)
+	d := h2.Start()
+	census := watchInstances(h2)
+	defer func() { rep.note("census_scans", census.Stop(t)) }()
+	all := []string{"sleeper", "shell"}
+	running := h2.WaitRunning(all...)
+	plugin := pluginPID(h2)
+	rep.attack(t, "the plugin dies; meanwhile uid 65534 replaces "+h2.ShmPath+" with a forged table", func() {
+		rep.addInputs(1)
+		h2.Kill(plugin, syscall.SIGSTOP)
+		if err := os.Remove(h2.ShmPath); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(h2.ShmPath, forgedTable(t), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(h2.ShmPath, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		h2.Kill(plugin, syscall.SIGKILL)
+		h2.Eventually("hbd to say why the new plugin cannot start", func() (bool, string) {
+			for _, l := range Lines(d.Log(), `msg="restart plugin"`) {
+				if strings.Contains(l, "owned by uid 65534") && strings.Contains(l, "rm "+h2.ShmPath) {
+					if strings.Contains(l, "not compiled for this architecture") {
+						t.Errorf("hbd's error hides the cause behind go-plugin's text: %s", l)
+					}
+					return true, ""
+				}
+			}
+			return false, tail(d.Log(), 5)
+		})
+		// The operator follows the advice: the next plugin makes a new
+		// table and adopts the services from the state directory's record.
+		if err := os.Remove(h2.ShmPath); err != nil {
+			t.Fatal(err)
+		}
+		plugin = waitNewPlugin(h2, plugin)
+		for name, b := range running {
+			st := h2.WaitService(name, "adopted", func(st api.ServiceStatus) bool { return st.Adopted || st.PID != b.PID })
+			if st.PID != b.PID || !IsRunning(st) {
+				t.Errorf("%s after the squat was removed: %+v; want pid %d, running", name, st, b.PID)
+			}
+		}
+		rep.addRestarted(countRestarted(h2, running, all...))
+	})
 }
 
 // shmServices is the configuration of the unlinked and truncated tests.
