@@ -138,6 +138,7 @@ func pluginArgs(h config.HBD) []string {
 		"--detector", h.Detector,
 		"--detector-priority", fmt.Sprint(h.DetectorPriority),
 		"--log", h.StateDir + "/plugin.log",
+		"--state-dir", h.StateDir,
 	}
 }
 

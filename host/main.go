@@ -314,7 +314,7 @@ func pluginLogger() hclog.Logger {
 }
 
 const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
-                  [--detector-priority 0..99] --log FILE
+                  [--detector-priority 0..99] --log FILE [--state-dir DIR]
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
@@ -355,6 +355,7 @@ func PluginMain(args []string) int {
 	det := fs.String("detector", "auto", "")
 	prio := fs.Int("detector-priority", 0, "")
 	logPath := fs.String("log", "", "")
+	stateDir := fs.String("state-dir", "", "")
 	level := fs.String("log-level", "info", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -404,7 +405,7 @@ func PluginMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "hbd plugin: %s=%q: want \"on\" or \"off\"\n", ConnectorFilterEnv, v)
 		return 2
 	}
-	impl, err := shim.New(shim.Options{ShmName: *shmName, Slots: *slots, Detector: detector, Logger: log,
+	impl, err := shim.New(shim.Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
 		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)

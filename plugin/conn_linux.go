@@ -202,6 +202,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 	pidfd := -1
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
 
+	lastWords := &fatalLine{w: cfg.Stderr}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		Plugins:          pluginSet(nil, nil),
@@ -209,7 +210,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		SkipHostEnv:      true, // cmd.Env already has it, with cfg.Env winning
 		Logger:           logger,
-		Stderr:           cfg.Stderr,
+		Stderr:           lastWords,
 		SyncStdout:       io.Discard,
 		SyncStderr:       io.Discard,
 		StartTimeout:     timeout,
@@ -218,6 +219,11 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		client.Kill()
 		if pidfd >= 0 {
 			_ = unix.Close(pidfd)
+		}
+		if why := lastWords.last(); why != "" {
+			// The plugin said why it exited; go-plugin's text about
+			// architectures and handshakes would hide it.
+			return nil, fmt.Errorf("plugin: launch %s: the plugin exited before serving: %s", path, why)
 		}
 		return nil, fmt.Errorf("plugin: launch %s: %w", path, err)
 	}
@@ -592,4 +598,43 @@ func removeSocket(stateDir, path string) {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
 		_ = os.Remove(path)
 	}
+}
+
+// fatalLine passes the plugin's stderr on to w (nil: discarded) and keeps
+// the last line starting with "hbd plugin: ", the plugin's own account of a
+// failed start.
+type fatalLine struct {
+	w    io.Writer
+	mu   sync.Mutex
+	part []byte // an unfinished line
+	line string
+}
+
+func (f *fatalLine) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	f.part = append(f.part, p...)
+	for {
+		i := bytes.IndexByte(f.part, '\n')
+		if i < 0 {
+			break
+		}
+		if l := string(bytes.TrimSpace(f.part[:i])); strings.HasPrefix(l, "hbd plugin: ") {
+			f.line = strings.TrimPrefix(l, "hbd plugin: ")
+		}
+		f.part = f.part[i+1:]
+	}
+	if len(f.part) > 64<<10 {
+		f.part = f.part[:0]
+	}
+	f.mu.Unlock()
+	if f.w == nil {
+		return len(p), nil
+	}
+	return f.w.Write(p)
+}
+
+func (f *fatalLine) last() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.line
 }

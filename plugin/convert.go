@@ -122,6 +122,8 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		DetectorPriority: int64(i.DetectorPriority),
 		LastSeq:          i.LastSeq,
 		Version:          i.Version,
+		ShmRepairs:       i.ShmRepairs,
+		ShmProblem:       i.ShmProblem,
 	}
 }
 
@@ -138,6 +140,8 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		DetectorPriority: int(p.GetDetectorPriority()),
 		LastSeq:          p.GetLastSeq(),
 		Version:          p.GetVersion(),
+		ShmRepairs:       p.GetShmRepairs(),
+		ShmProblem:       p.GetShmProblem(),
 	}
 }
 

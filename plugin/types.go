@@ -138,6 +138,12 @@ type Info struct {
 	Adopted          int  // clients adopted from the table when this plugin started
 	LastSeq          uint64
 	Version          string
+	// ShmRepairs are the repairs of the table the plugin made (a file
+	// truncated under it, its name removed), newest last, at most 8.
+	ShmRepairs []string
+	// ShmProblem is what the plugin cannot repair in the table ("" if
+	// nothing): e.g. another file under the table's name.
+	ShmProblem string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

@@ -180,6 +180,7 @@ var (
 	ErrSymlink    = errors.New("is a symlink")
 	ErrNotRegular = errors.New("not a regular file")
 	ErrOwner      = errors.New("owned by another user")
+	ErrNoSpace    = errors.New("no space for the table")
 	ErrMode       = errors.New("writable by group or others")
 	ErrBadMagic   = errors.New("bad magic: not an hb table")
 	ErrVersion    = errors.New("unsupported ABI version")

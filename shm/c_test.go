@@ -177,3 +177,39 @@ func TestCReadConsistency(t *testing.T) {
 	}
 	t.Logf("writer: %d cycles; readcheck: %s", cycles, strings.TrimSpace(string(out)))
 }
+
+// TestCReadersRefuseSquat: a table file that another user created (any local
+// user can create /dev/shm/NAME before hb does, with forged slots) is refused
+// by the C readers, hb_open_path and hbpeek, with EPERM and a message naming
+// the owner and the fix; hbpeek accepts it once told that uid is hb's (-u,
+// HB_SHM_OWNER).
+func TestCReadersRefuseSquat(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown a table to another user")
+	}
+	peek := buildC(t, "../contrib/c/hbpeek.c")
+	check := buildC(t, "testdata/readcheck.c")
+	p := writeFile(t, t.TempDir(), "hb", image(t, 4), 0o644)
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Skipf("chown: %v", err)
+	}
+	out, err := exec.Command(check, p, "0", "1").CombinedOutput()
+	if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "not owned by root") {
+		t.Errorf("readcheck (hb_open_path) of uid 65534's table: %v, %q; want exit 1, not owned by root", err, out)
+	}
+	_, stderr, err := runPeek(t, peek, nil, "-p", p)
+	if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 ||
+		!strings.Contains(stderr, "owned by uid 65534") || !strings.Contains(stderr, "rm "+p) {
+		t.Errorf("hbpeek -p of uid 65534's table: %v, %q; want exit 1 naming uid 65534 and rm %s", err, stderr, p)
+	}
+	t.Logf("hbpeek refuses: %s", strings.TrimSpace(stderr))
+	if _, stderr, err := runPeek(t, peek, nil, "-u", "65534", "-p", p); err != nil {
+		t.Errorf("hbpeek -u 65534: %v %s", err, stderr)
+	}
+	if _, stderr, err := runPeek(t, peek, []string{"HB_SHM_OWNER=65534"}, "-p", p); err != nil {
+		t.Errorf("HB_SHM_OWNER=65534 hbpeek: %v %s", err, stderr)
+	}
+	if _, _, err := runPeek(t, peek, nil, "-u", "x1", "-p", p); err == nil {
+		t.Error("hbpeek -u x1 accepted")
+	}
+}

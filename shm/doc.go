@@ -39,10 +39,26 @@
 //
 // Tables are opened with O_NOFOLLOW|O_CLOEXEC. Readers refuse symlinks
 // (ErrSymlink), non-regular files (ErrNotRegular), files writable by group or
-// others (ErrMode) and bad headers (ErrBadMagic, ErrVersion, ErrLayout); the
-// writer also refuses a file owned by another user (ErrOwner). New tables are
-// created with mode 0644 regardless of the umask and appear under their name
-// only once their header is complete.
+// others (ErrMode), bad headers (ErrBadMagic, ErrVersion, ErrLayout) and files
+// owned by anyone but root and the user hb runs as (ErrOwner): /dev/shm is
+// writable by every local user, who could create the table's name before hb
+// does and forge its slots. Open and OpenPath accept root and the caller's
+// effective user; OpenOwned and OpenPathOwned name the writer's user. The
+// writer refuses a file owned by another user (ErrOwner), naming the file,
+// its owner and mode and how to remove it. New tables are created with mode
+// 0644 regardless of the umask, their pages allocated (a full file system
+// fails Create with ErrNoSpace) and appear under their name only once their
+// header is complete.
+//
+// # Repairs
+//
+// The Writer keeps the table in private memory (its Table) and stores every
+// update there first, then into each mapped file. A file truncated under the
+// writer makes a store fault; the fault is caught (debug.SetPanicOnFault) and
+// the store skipped, and Check, which the writer calls with its beat, gives
+// the file back its size, pages and contents. If the table's name was removed,
+// Check publishes a new file with the contents under it; the removed file
+// keeps receiving every update for the readers that still map it.
 //
 // # Debugging
 //

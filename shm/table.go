@@ -33,23 +33,37 @@ type Table struct {
 // Open maps the table /dev/shm/name read-only, or the table at name when it
 // is an absolute path (as services get it in $HB_SHM). See OpenPath.
 func Open(name string) (*Table, error) {
+	return OpenOwned(name, uint32(unix.Geteuid()))
+}
+
+// OpenOwned is Open for a table written by hb running as owner: it accepts a
+// table file owned by root or by owner (see OpenPathOwned).
+func OpenOwned(name string, owner uint32) (*Table, error) {
 	if strings.HasPrefix(name, "/") {
-		return OpenPath(name) // $HB_SHM as given to services: the table's full path
+		return OpenPathOwned(name, owner) // $HB_SHM as given to services: the table's full path
 	}
 	if err := ValidTableName(name); err != nil {
 		return nil, err
 	}
-	return OpenPath(filepath.Join(DefaultDir, name))
+	return OpenPathOwned(filepath.Join(DefaultDir, name), owner)
 }
 
-// OpenPath maps the table at path read-only (PROT_READ, MAP_SHARED). It
-// refuses a symlink (ErrSymlink), anything but a regular file
-// (ErrNotRegular), a file writable by group or others (ErrMode, since anyone
-// could then forge liveness) and a bad header (ErrBadMagic, ErrVersion,
-// ErrLayout). The file descriptor is closed before OpenPath returns; the
-// mapping stays valid until Close, even if the writer exits or the file is
-// removed.
+// OpenPath maps the table at path read-only if it is owned by root or by the
+// caller's effective user; see OpenPathOwned.
 func OpenPath(path string) (*Table, error) {
+	return OpenPathOwned(path, uint32(unix.Geteuid()))
+}
+
+// OpenPathOwned maps the table at path read-only (PROT_READ, MAP_SHARED). It
+// refuses a symlink (ErrSymlink), anything but a regular file
+// (ErrNotRegular), a file owned by anyone but root or owner (ErrOwner: any
+// local user may create a file in /dev/shm before hb does and forge the
+// slots), a file writable by group or others (ErrMode, since anyone could
+// then forge liveness) and a bad header (ErrBadMagic, ErrVersion,
+// ErrLayout). An ErrOwner error names the file's owner and what to do. The
+// file descriptor is closed before OpenPathOwned returns; the mapping stays
+// valid until Close, even if the writer exits or the file is removed.
+func OpenPathOwned(path string, owner uint32) (*Table, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, openError(path, err)
@@ -59,7 +73,11 @@ func OpenPath(path string) (*Table, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("shm: open %s: fstat: %w", path, err)
 	}
-	if err := checkFile(&st, false); err != nil {
+	if err := checkFile(&st, owner, false); err != nil {
+		if errors.Is(err, ErrOwner) {
+			return nil, fmt.Errorf("shm: open %s: %w: not a table hb made; if no hb runs, remove it (rm %s); "+
+				"if hb runs as that user, name it as the table's owner (OpenOwned, hbpeek -u)", path, err, path)
+		}
 		return nil, fmt.Errorf("shm: open %s: %w", path, err)
 	}
 	t, err := mapTable(fd, path, st.Size, unix.PROT_READ)
@@ -78,15 +96,16 @@ func openError(path string, err error) error {
 }
 
 // checkFile vets an open table file: regular, not writable by group or
-// others and, for the writer, owned by the effective user.
-func checkFile(st *unix.Stat_t, writer bool) error {
+// others and owned by owner or, for a reader, by root.
+func checkFile(st *unix.Stat_t, owner uint32, writer bool) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%w (mode %#o)", ErrNotRegular, st.Mode&unix.S_IFMT)
 	}
-	if writer {
-		if euid := unix.Geteuid(); st.Uid != uint32(euid) {
-			return fmt.Errorf("%w (uid %d, we are %d)", ErrOwner, st.Uid, euid)
-		}
+	if writer && st.Uid != owner {
+		return fmt.Errorf("%w (uid %d, we are %d)", ErrOwner, st.Uid, owner)
+	}
+	if !writer && st.Uid != 0 && st.Uid != owner {
+		return fmt.Errorf("%w (uid %d, mode %04o; accepted: root and uid %d)", ErrOwner, st.Uid, st.Mode&0o7777, owner)
 	}
 	if st.Mode&0o022 != 0 {
 		return fmt.Errorf("%w (mode %04o)", ErrMode, st.Mode&0o7777)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,12 +51,22 @@ type hooks struct {
 // Free and ClearPID) names a free slot: indexes come from Alloc, so that is a
 // bug in the caller.
 type Writer struct {
+	// Table is the shadow: the writer's own copy of the table in private
+	// memory. Every update is stored there first and then in each mapped
+	// file, and every read of the writer (Used, Snapshot, PID...) is served
+	// from it, so a table file truncated under the writer never faults a read
+	// and can be restored from it.
 	*Table
 
-	fd      int // the table file, open O_RDWR and flock'ed LOCK_EX; closed by Close
+	// files are the mapped table files, oldest first; the last is the one
+	// the table's name should point to. Readers that mapped an older file
+	// (before its name was removed and Check made a new one) keep getting
+	// every update. Replaced (copy on write) with mu held; loaded lock-free
+	// by ClearPID.
+	files   atomic.Pointer[[]*tableFile]
+	dir     string
+	size    int
 	adopted bool
-	dev     uint64 // device and inode of the table file, for Unlink
-	ino     uint64
 	pid     uint32        // written to header writer_pid
 	mono    func() uint64 // CLOCK_MONOTONIC ns (changed_ns, writer_beat_ns)
 	real    func() uint64 // CLOCK_REALTIME ns (created_ns)
@@ -76,14 +87,17 @@ const maxCreateTries = 8
 //
 // If the file does not exist, a new table with opt.Slots slots is built in an
 // unnamed file (mode 0644 regardless of umask: readable by all, writable by
-// the owner only), locked, and then linked to its name, so a reader never sees
-// a half-written header. If it exists, it is adopted: it must be a regular
-// file (not a symlink: ErrSymlink, ErrNotRegular), owned by the effective user
-// (ErrOwner), not writable by group or others (ErrMode), not locked by a live
-// writer (ErrBusy), and carry a compatible ABI v1 header (ErrBadMagic,
-// ErrVersion, ErrLayout). Adopting keeps every slot, its index, created_ns and
-// the existing capacity (opt.Slots is ignored). Either way writer_pid becomes
-// this process and writer_beat_ns is set.
+// the owner only), its pages allocated (fallocate: a full file system fails
+// here, with ErrNoSpace, not later with SIGBUS), locked, and then linked to
+// its name, so a reader never sees a half-written header. If it exists, it is
+// adopted: it must be a regular file (not a symlink: ErrSymlink,
+// ErrNotRegular), owned by the effective user (ErrOwner), not writable by
+// group or others (ErrMode), not locked by a live writer (ErrBusy), and carry
+// a compatible ABI v1 header (ErrBadMagic, ErrVersion, ErrLayout); a file
+// refused for its owner, mode or header is named in the error with its owner
+// and mode and how to remove it. Adopting keeps every slot, its index,
+// created_ns and the existing capacity (opt.Slots is ignored). Either way
+// writer_pid becomes this process and writer_beat_ns is set.
 func Create(name string, opt Options) (*Writer, error) {
 	if err := ValidTableName(name); err != nil {
 		return nil, err
@@ -100,10 +114,11 @@ func Create(name string, opt Options) (*Writer, error) {
 	if slots < 0 || slots > MaxSlots {
 		return nil, fmt.Errorf("shm: create %s: %w: %d slots, want 1..%d", path, ErrLayout, slots, MaxSlots)
 	}
-	w := &Writer{fd: -1, pid: uint32(os.Getpid()), mono: MonotonicNs, real: realtimeNs}
+	w := &Writer{dir: dir, pid: uint32(os.Getpid()), mono: MonotonicNs, real: realtimeNs}
 	if h := opt.hooks; h != nil {
 		w.pid, w.mono, w.real, w.noTmp = h.pid, h.mono, h.real, h.noTmpfile
 	}
+	w.files.Store(&[]*tableFile{})
 	for range maxCreateTries {
 		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err == nil {
@@ -113,9 +128,9 @@ func Create(name string, opt Options) (*Writer, error) {
 			return w, nil
 		}
 		if !errors.Is(err, unix.ENOENT) {
-			return nil, openError(path, err)
+			return nil, squatError(path, openError(path, err))
 		}
-		err = w.create(dir, path, slots)
+		err = w.create(path, slots)
 		if err == nil {
 			return w, nil
 		}
@@ -126,61 +141,218 @@ func Create(name string, opt Options) (*Writer, error) {
 	return nil, fmt.Errorf("shm: create %s: the file kept appearing and vanishing (%d tries)", path, maxCreateTries)
 }
 
-// create builds a new table and publishes it at path. It returns errExist if
-// path was created by someone else meanwhile.
-func (w *Writer) create(dir, path string, slots int) (err error) {
-	fd, tmp, err := openUnnamed(dir, w.noTmp)
-	if err != nil {
-		return fmt.Errorf("shm: create %s: %w", path, err)
+// squatError adds to err, an error about the file at path that the writer
+// refuses, the file's owner and mode and how to get it out of the way.
+func squatError(path string, err error) error {
+	if !errors.Is(err, ErrOwner) && !errors.Is(err, ErrMode) && !errors.Is(err, ErrSymlink) &&
+		!errors.Is(err, ErrNotRegular) && !errors.Is(err, ErrBadMagic) {
+		return err
 	}
-	var mem []byte
-	defer func() {
-		if tmp != "" {
-			unix.Unlink(tmp)
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil {
+		return err
+	}
+	return fmt.Errorf("%w; %s is owned by uid %d, mode %04o (type %#o), and was not made by hb running as uid %d: "+
+		"if no hb runs, remove it (rm %s) and start hbd again",
+		err, path, st.Uid, st.Mode&0o7777, st.Mode&unix.S_IFMT, unix.Geteuid(), path)
+}
+
+// tableFile is one mapped table file of a Writer.
+type tableFile struct {
+	fd   int // open O_RDWR and flock'ed LOCK_EX; closed by Close
+	mem  []byte
+	base unsafe.Pointer
+	dev  uint64
+	ino  uint64
+	// bad is set when a store faulted (the file was truncated); stores
+	// skip the file until Check has restored it.
+	bad atomic.Bool
+}
+
+// faulted recovers the panic of a memory fault (debug.SetPanicOnFault) and
+// marks f bad; any other panic goes on.
+func (f *tableFile) faulted() {
+	if r := recover(); r != nil {
+		if _, ok := r.(interface{ Addr() uintptr }); ok {
+			f.bad.Store(true)
+			return
 		}
+		panic(r)
+	}
+}
+
+// st32 and st64 store v at byte off of the file. A fault (the file was
+// truncated under the mapping) marks the file bad instead of killing the
+// process with SIGBUS.
+func (f *tableFile) st32(off int, v uint32) {
+	if f.bad.Load() {
+		return
+	}
+	defer f.faulted()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	atomic.StoreUint32((*uint32)(unsafe.Add(f.base, off)), v)
+}
+
+func (f *tableFile) st64(off int, v uint64) {
+	if f.bad.Load() {
+		return
+	}
+	defer f.faulted()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	atomic.StoreUint64((*uint64)(unsafe.Add(f.base, off)), v)
+}
+
+// cas32 is CompareAndSwapUint32 at byte off of the file, with st32's fault handling.
+func (f *tableFile) cas32(off int, old, v uint32) {
+	if f.bad.Load() {
+		return
+	}
+	defer f.faulted()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	atomic.CompareAndSwapUint32((*uint32)(unsafe.Add(f.base, off)), old, v)
+}
+
+// close unmaps and closes f; dev and ino stay (Unlink). Stores skip it.
+func (f *tableFile) close() error {
+	f.bad.Store(true)
+	err := unix.Munmap(f.mem)
+	if cerr := unix.Close(f.fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// st32 and st64 store v at byte off of the shadow and then of every file.
+func (w *Writer) st32(off int, v uint32) {
+	atomic.StoreUint32(w.u32(off), v)
+	for _, f := range *w.files.Load() {
+		f.st32(off, v)
+	}
+}
+
+func (w *Writer) st64(off int, v uint64) {
+	atomic.StoreUint64(w.u64(off), v)
+	for _, f := range *w.files.Load() {
+		f.st64(off, v)
+	}
+}
+
+// newShadow allocates the private copy of a table of size bytes.
+func newShadow(path string, size int) (*Table, error) {
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes of private memory: %w", size, err)
+	}
+	return &Table{mem: mem, base: unsafe.Pointer(&mem[0]), path: path}, nil
+}
+
+// allocate gives the first size bytes of fd their pages (fallocate), so that
+// a store into the mapping never meets a full file system. A file system
+// without fallocate is left as it is.
+func allocate(fd int, path string, size int) error {
+	err := unix.Fallocate(fd, 0, 0, int64(size))
+	switch {
+	case err == nil, errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS):
+		return nil
+	case errors.Is(err, unix.ENOSPC):
+		return fmt.Errorf("%w: cannot allocate the %d bytes of %s in %s (fallocate: %v): free space there, "+
+			"or lower the table's slots", ErrNoSpace, size, filepath.Base(path), filepath.Dir(path), err)
+	default:
+		return fmt.Errorf("fallocate %d bytes: %w", size, err)
+	}
+}
+
+// newFile builds an unnamed, allocated, locked and mapped file of w.size
+// bytes in w.dir. tmp is its temporary name ("" for O_TMPFILE), which the
+// caller removes after publishing.
+func (w *Writer) newFile(path string) (f *tableFile, tmp string, err error) {
+	fd, tmp, err := openUnnamed(w.dir, w.noTmp)
+	if err != nil {
+		return nil, "", err
+	}
+	defer func() {
 		if err != nil {
-			if mem != nil {
-				unix.Munmap(mem)
+			if tmp != "" {
+				unix.Unlink(tmp)
 			}
 			unix.Close(fd)
 		}
 	}()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("shm: create %s: fstat: %w", path, err)
+		return nil, "", fmt.Errorf("fstat: %w", err)
 	}
 	if err := unix.Fchmod(fd, 0o644); err != nil {
-		return fmt.Errorf("shm: create %s: fchmod: %w", path, err)
+		return nil, "", fmt.Errorf("fchmod: %w", err)
 	}
-	size := HeaderSize + slots*SlotSize
-	if err := unix.Ftruncate(fd, int64(size)); err != nil {
-		return fmt.Errorf("shm: create %s: ftruncate %d: %w", path, size, err)
+	if err := unix.Ftruncate(fd, int64(w.size)); err != nil {
+		return nil, "", fmt.Errorf("ftruncate %d: %w", w.size, err)
 	}
-	mem, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		mem = nil
-		return fmt.Errorf("shm: create %s: mmap %d bytes: %w", path, size, err)
+	if err := allocate(fd, path, w.size); err != nil {
+		return nil, "", err
 	}
-	t := &Table{mem: mem, base: unsafe.Pointer(&mem[0]), n: slots, path: path}
-	copy(mem[hdrMagic:hdrMagic+8], Magic[:])
-	atomic.StoreUint32(t.u32(hdrVersion), Version)
-	atomic.StoreUint32(t.u32(hdrHeaderSize), HeaderSize)
-	atomic.StoreUint32(t.u32(hdrSlotSize), SlotSize)
-	atomic.StoreUint32(t.u32(hdrSlotCount), uint32(slots))
-	atomic.StoreUint32(t.u32(hdrWriterPID), w.pid)
-	atomic.StoreUint64(t.u64(hdrCreatedNs), w.real())
-	atomic.StoreUint64(t.u64(hdrBeatNs), w.mono())
-	// Lock before publishing so that no other writer can adopt it first.
+	// Locked before it has a name, so that no other writer can adopt it first.
 	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return fmt.Errorf("shm: create %s: flock: %w", path, err)
+		return nil, "", fmt.Errorf("flock: %w", err)
 	}
-	if err := publish(fd, tmp, path); err != nil {
+	mem, err := unix.Mmap(fd, 0, w.size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, "", fmt.Errorf("mmap %d bytes: %w", w.size, err)
+	}
+	return &tableFile{fd: fd, mem: mem, base: unsafe.Pointer(&mem[0]), dev: uint64(st.Dev), ino: uint64(st.Ino)}, tmp, nil
+}
+
+// addFile appends f to w.files. The caller holds mu (or owns w alone).
+func (w *Writer) addFile(f *tableFile) {
+	old := *w.files.Load()
+	files := append(append(make([]*tableFile, 0, len(old)+1), old...), f)
+	w.files.Store(&files)
+}
+
+// create builds a new table and publishes it at path. It returns errExist if
+// path was created by someone else meanwhile.
+func (w *Writer) create(path string, slots int) (err error) {
+	w.size = HeaderSize + slots*SlotSize
+	t, err := newShadow(path, w.size)
+	if err != nil {
+		return fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	f, tmp, err := w.newFile(path)
+	if err != nil {
+		t.Close()
+		return fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	defer func() {
+		if tmp != "" {
+			unix.Unlink(tmp)
+		}
+		if err != nil {
+			f.close()
+			t.Close()
+			w.Table = nil
+			w.files.Store(&[]*tableFile{})
+		}
+	}()
+	t.n = slots
+	w.Table = t
+	w.addFile(f)
+	for k, b := range Magic {
+		t.mem[hdrMagic+k] = b
+	}
+	copy(f.mem[hdrMagic:hdrMagic+8], Magic[:])
+	w.st32(hdrVersion, Version)
+	w.st32(hdrHeaderSize, HeaderSize)
+	w.st32(hdrSlotSize, SlotSize)
+	w.st32(hdrSlotCount, uint32(slots))
+	w.st32(hdrWriterPID, w.pid)
+	w.st64(hdrCreatedNs, w.real())
+	w.st64(hdrBeatNs, w.mono())
+	if err := publish(f.fd, tmp, path); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return errExist
 		}
 		return fmt.Errorf("shm: create %s: link: %w", path, err)
 	}
-	w.Table, w.fd, w.dev, w.ino = t, fd, uint64(st.Dev), uint64(st.Ino)
 	w.names = make([]string, slots)
 	w.index = make(map[string]int)
 	return nil
@@ -227,21 +399,27 @@ func publish(fd int, tmp, path string) error {
 
 // adopt takes over the existing table open as fd; it closes fd on failure.
 func (w *Writer) adopt(fd int, path string) (err error) {
+	var f *tableFile
 	defer func() {
 		if err != nil {
 			if w.Table != nil {
 				w.Table.Close()
 				w.Table = nil
 			}
-			unix.Close(fd)
-			err = fmt.Errorf("shm: adopt %s: %w", path, err)
+			if f != nil {
+				f.close()
+			} else {
+				unix.Close(fd)
+			}
+			w.files.Store(&[]*tableFile{})
+			err = squatError(path, fmt.Errorf("shm: adopt %s: %w", path, err))
 		}
 	}()
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("fstat: %w", err)
 	}
-	if err := checkFile(&st, true); err != nil {
+	if err := checkFile(&st, uint32(unix.Geteuid()), true); err != nil {
 		return err
 	}
 	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
@@ -254,11 +432,23 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 		}
 		return fmt.Errorf("flock: %w", err)
 	}
-	t, err := mapTable(fd, path, st.Size, unix.PROT_READ|unix.PROT_WRITE)
+	mt, err := mapTable(fd, path, st.Size, unix.PROT_READ|unix.PROT_WRITE)
 	if err != nil {
 		return err
 	}
+	f = &tableFile{fd: fd, mem: mt.mem, base: mt.base, dev: uint64(st.Dev), ino: uint64(st.Ino)}
+	w.size = len(mt.mem)
+	if err := allocate(fd, path, w.size); err != nil {
+		return err
+	}
+	t, err := newShadow(path, w.size)
+	if err != nil {
+		return err
+	}
+	copyWords(t.mem, mt.mem)
+	t.n = mt.n
 	w.Table = t
+	w.addFile(f)
 	w.names = make([]string, t.n)
 	w.index = make(map[string]int)
 	for i := range t.n {
@@ -266,19 +456,25 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 			return err
 		}
 	}
-	atomic.StoreUint32(t.u32(hdrWriterPID), w.pid)
-	atomic.StoreUint64(t.u64(hdrBeatNs), w.mono())
-	w.fd, w.adopted, w.dev, w.ino = fd, true, uint64(st.Dev), uint64(st.Ino)
+	w.st32(hdrWriterPID, w.pid)
+	w.st64(hdrBeatNs, w.mono())
+	w.adopted = true
 	return nil
+}
+
+// copyWords copies src to dst with atomic 4-byte loads and stores.
+func copyWords(dst, src []byte) {
+	for k := 0; k+4 <= len(dst) && k+4 <= len(src); k += 4 {
+		atomic.StoreUint32((*uint32)(unsafe.Pointer(&dst[k])), atomic.LoadUint32((*uint32)(unsafe.Pointer(&src[k]))))
+	}
 }
 
 // adoptSlot repairs what a writer that died inside an update left behind in
 // slot i (an odd seq, a half-freed slot) and records the slot's name.
 func (w *Writer) adoptSlot(i int) error {
 	off := slotOff(i)
-	seq := w.u32(off + slSeq)
-	if s := atomic.LoadUint32(seq); s&1 != 0 {
-		atomic.StoreUint32(seq, s+1)
+	if s := atomic.LoadUint32(w.u32(off + slSeq)); s&1 != 0 {
+		w.st32(off+slSeq, s+1)
 	}
 	if atomic.LoadUint32(w.u32(off+slState)) == uint32(StateFree) {
 		for k := slPID; k < SlotSize; k += 4 {
@@ -307,11 +503,121 @@ func (w *Writer) adoptSlot(i int) error {
 // creating a new one.
 func (w *Writer) Adopted() bool { return w.adopted }
 
+// restore writes the shadow into f: the header, then each slot inside its
+// seqlock (the seq of every file moves with the shadow's), then its PID. A
+// PID the exit fast path cleared meanwhile is cleared in f again (ClearPID
+// clears the shadow before the files; restore stores f's PID before it
+// rereads the shadow's). The caller holds mu.
+func (w *Writer) restore(f *tableFile) {
+	for k := 0; k < HeaderSize; k += 4 {
+		f.st32(k, atomic.LoadUint32(w.u32(k)))
+	}
+	for i := range w.n {
+		off := slotOff(i)
+		w.begin(off)
+		for k := slState; k < SlotSize; k += 4 {
+			if k != slSeq {
+				f.st32(off+k, atomic.LoadUint32(w.u32(off+k)))
+			}
+		}
+		w.end(off)
+		pid := atomic.LoadUint32(w.u32(off + slPID))
+		f.st32(off+slPID, pid)
+		if pid != 0 && atomic.LoadUint32(w.u32(off+slPID)) != pid {
+			f.cas32(off+slPID, pid, 0)
+		}
+	}
+}
+
+// Check looks for what others did to the table files and repairs it; the
+// writer calls it with its beat. A file truncated under the writer (a store
+// into it faulted, or fstat shows it short) gets its size and pages back and
+// the shadow's contents. If the table's name no longer names the writer's
+// newest file (removed, or unlinked and replaced by nothing), a new file with
+// the shadow's contents is published under the name, and every older file
+// keeps receiving updates for the readers that mapped it. Each repair is
+// described in the returned notes; err says what could not be repaired (a
+// full file system, or the name taken by another file, which is left alone).
+func (w *Writer) Check() (notes []string, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.base == nil {
+		return nil, nil
+	}
+	var errs []error
+	files := *w.files.Load()
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Fstat(f.fd, &st); err != nil {
+			errs = append(errs, fmt.Errorf("shm: %s: fstat: %w", w.path, err))
+			continue
+		}
+		if st.Size >= int64(w.size) && !f.bad.Load() {
+			continue
+		}
+		if err := unix.Ftruncate(f.fd, int64(w.size)); err != nil {
+			errs = append(errs, fmt.Errorf("shm: %s: restore the size of the truncated table (%d of %d bytes): ftruncate: %w", w.path, st.Size, w.size, err))
+			continue
+		}
+		if err := allocate(f.fd, w.path, w.size); err != nil {
+			errs = append(errs, fmt.Errorf("shm: %s: restore the truncated table: %w", w.path, err))
+			continue
+		}
+		f.bad.Store(false)
+		w.restore(f)
+		notes = append(notes, fmt.Sprintf("%s (inode %d) was truncated to %d bytes; its size and contents were restored", w.path, f.ino, st.Size))
+	}
+	cur := files[len(files)-1]
+	var st unix.Stat_t
+	switch err := unix.Lstat(w.path, &st); {
+	case err == nil && uint64(st.Dev) == cur.dev && uint64(st.Ino) == cur.ino:
+	case err == nil:
+		errs = append(errs, fmt.Errorf("shm: %s names another file now (uid %d, mode %04o, inode %d; ours is inode %d): "+
+			"new readers do not see this table; remove that file (rm %s) and it is put back within a second",
+			w.path, st.Uid, st.Mode&0o7777, st.Ino, cur.ino, w.path))
+	case errors.Is(err, unix.ENOENT):
+		if err := w.relink(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		notes = append(notes, fmt.Sprintf("%s had been removed; the table was published there again (the readers of the removed file still get every update)", w.path))
+	default:
+		errs = append(errs, fmt.Errorf("shm: %s: lstat: %w", w.path, err))
+	}
+	return notes, errors.Join(errs...)
+}
+
+// maxFiles bounds how many table files a Writer keeps mapped (the name
+// removed maxFiles-1 times).
+const maxFiles = 16
+
+// relink publishes a new file with the shadow's contents at w.path. The
+// caller holds mu.
+func (w *Writer) relink() error {
+	if len(*w.files.Load()) >= maxFiles {
+		return fmt.Errorf("shm: %s has been removed %d times; not publishing it again", w.path, maxFiles-1)
+	}
+	f, tmp, err := w.newFile(w.path)
+	if err != nil {
+		return fmt.Errorf("shm: %s was removed; publishing it again: %w", w.path, err)
+	}
+	if tmp != "" {
+		defer unix.Unlink(tmp)
+	}
+	w.addFile(f)
+	w.restore(f)
+	if err := publish(f.fd, tmp, w.path); err != nil {
+		// f stays among the files (ClearPID may be using it); a later
+		// Check tries again with another file.
+		return fmt.Errorf("shm: %s was removed; publishing it again: link: %w", w.path, err)
+	}
+	return nil
+}
+
 // begin and end bracket an update of the seqlock-protected bytes 4–127 of the
 // slot at off: seq is odd in between. The caller holds mu.
 func (w *Writer) begin(off int) {
-	seq := w.u32(off + slSeq)
-	atomic.StoreUint32(seq, atomic.LoadUint32(seq)+1)
+	w.st32(off+slSeq, atomic.LoadUint32(w.u32(off+slSeq))+1)
 }
 
 func (w *Writer) end(off int) { w.begin(off) }
@@ -319,11 +625,11 @@ func (w *Writer) end(off int) { w.begin(off) }
 // zeroSlot zeroes every word of the slot at off but seq, state first. The
 // caller holds mu and has called begin.
 func (w *Writer) zeroSlot(off int) {
-	atomic.StoreUint32(w.u32(off+slState), 0)
+	w.st32(off+slState, 0)
 	for k := slFlags; k < SlotSize; k += 4 {
-		atomic.StoreUint32(w.u32(off+k), 0)
+		w.st32(off+k, 0)
 	}
-	atomic.StoreUint32(w.u32(off+slPID), 0)
+	w.st32(off+slPID, 0)
 }
 
 // storeName writes name NUL-padded into the slot at off with atomic 4-byte
@@ -333,7 +639,7 @@ func (w *Writer) storeName(off int, name string) {
 	copy(b[:NameMax], name)
 	words := (*[nameWords]uint32)(unsafe.Pointer(&b))
 	for k, v := range words {
-		atomic.StoreUint32(w.u32(off+slName+4*k), v)
+		w.st32(off+slName+4*k, v)
 	}
 }
 
@@ -370,13 +676,13 @@ func (w *Writer) Alloc(service string) (int, error) {
 			continue
 		}
 		off := slotOff(i)
-		atomic.StoreUint32(w.u32(off+slPID), 0)
+		w.st32(off+slPID, 0)
 		w.begin(off)
 		w.zeroSlot(off)
 		w.storeName(off, service)
-		atomic.StoreUint32(w.u32(off+slLastStatus), ^uint32(0)) // -1: no exit yet
-		atomic.StoreUint64(w.u64(off+slChangedNs), w.mono())
-		atomic.StoreUint32(w.u32(off+slState), uint32(StateStopped)) // last: marks the slot used
+		w.st32(off+slLastStatus, ^uint32(0)) // -1: no exit yet
+		w.st64(off+slChangedNs, w.mono())
+		w.st32(off+slState, uint32(StateStopped)) // last: marks the slot used
 		w.end(off)
 		w.names[i], w.index[service] = service, i
 		return i, nil
@@ -435,13 +741,13 @@ func (w *Writer) Spawned(i int, pid uint32, gen, startTime uint64, state State, 
 	defer w.mu.Unlock()
 	off := w.mustSlot(i, true)
 	w.begin(off)
-	atomic.StoreUint64(w.u64(off+slGeneration), gen)
-	atomic.StoreUint64(w.u64(off+slStartTime), startTime)
-	atomic.StoreUint32(w.u32(off+slState), uint32(state))
-	atomic.StoreUint64(w.u64(off+slChangedNs), w.mono())
-	atomic.StoreUint32(w.u32(off+slFlags), flags)
+	w.st64(off+slGeneration, gen)
+	w.st64(off+slStartTime, startTime)
+	w.st32(off+slState, uint32(state))
+	w.st64(off+slChangedNs, w.mono())
+	w.st32(off+slFlags, flags)
 	w.end(off)
-	atomic.StoreUint32(w.u32(off+slPID), pid)
+	w.st32(off+slPID, pid)
 }
 
 // ClearPID sets slot i's PID to 0 if it is pid (compare-and-swap), so the
@@ -453,7 +759,14 @@ func (w *Writer) ClearPID(i int, pid uint32) bool {
 	if pid == 0 || uint(i) >= uint(w.n) {
 		return false
 	}
-	return atomic.CompareAndSwapUint32(w.u32(slotOff(i)+slPID), pid, 0)
+	off := slotOff(i) + slPID
+	if !atomic.CompareAndSwapUint32(w.u32(off), pid, 0) {
+		return false
+	}
+	for _, f := range *w.files.Load() {
+		f.cas32(off, pid, 0)
+	}
+	return true
 }
 
 // RecordExit records the exit of pid from slot i. It first clears the PID
@@ -471,14 +784,13 @@ func (w *Writer) RecordExit(i int, pid uint32, status int32, exitNs uint64, stat
 	newer := atomic.LoadUint32(w.u32(off+slPID)) != 0
 	w.begin(off)
 	if !newer {
-		atomic.StoreUint32(w.u32(off+slState), uint32(state))
-		atomic.StoreUint64(w.u64(off+slChangedNs), w.mono())
+		w.st32(off+slState, uint32(state))
+		w.st64(off+slChangedNs, w.mono())
 	}
-	atomic.StoreUint32(w.u32(off+slLastStatus), uint32(status))
-	atomic.StoreUint32(w.u32(off+slLastPID), pid)
-	atomic.StoreUint64(w.u64(off+slLastExitNs), exitNs)
-	exits := w.u64(off + slExits)
-	atomic.StoreUint64(exits, atomic.LoadUint64(exits)+1)
+	w.st32(off+slLastStatus, uint32(status))
+	w.st32(off+slLastPID, pid)
+	w.st64(off+slLastExitNs, exitNs)
+	w.st64(off+slExits, atomic.LoadUint64(w.u64(off+slExits))+1)
 	w.end(off)
 }
 
@@ -490,8 +802,8 @@ func (w *Writer) SetState(i int, s State) {
 	defer w.mu.Unlock()
 	off := w.mustSlot(i, true)
 	w.begin(off)
-	atomic.StoreUint32(w.u32(off+slState), uint32(s))
-	atomic.StoreUint64(w.u64(off+slChangedNs), w.mono())
+	w.st32(off+slState, uint32(s))
+	w.st64(off+slChangedNs, w.mono())
 	w.end(off)
 }
 
@@ -501,7 +813,7 @@ func (w *Writer) SetFlags(i int, flags uint32) {
 	defer w.mu.Unlock()
 	off := w.mustSlot(i, true)
 	w.begin(off)
-	atomic.StoreUint32(w.u32(off+slFlags), flags)
+	w.st32(off+slFlags, flags)
 	w.end(off)
 }
 
@@ -517,7 +829,7 @@ func (w *Writer) SetHeaderFlags(f uint32) {
 	if w.base == nil {
 		return
 	}
-	atomic.StoreUint32(w.u32(hdrFlags), f)
+	w.st32(hdrFlags, f)
 }
 
 // Beat stores CLOCK_MONOTONIC in writer_beat_ns. The writer calls it at least
@@ -526,19 +838,23 @@ func (w *Writer) Beat() {
 	if w.base == nil {
 		return
 	}
-	atomic.StoreUint64(w.u64(hdrBeatNs), w.mono())
+	w.st64(hdrBeatNs, w.mono())
 }
 
-// Unlink removes the table's name if it still names this table (it may be
-// called before or after Close). The mapping
-// stays valid for every process that has it until each unmaps it; a later
-// Create makes a new table.
+// Unlink removes the table's name if it still names this table's newest file
+// (it may be called before or after Close). The mapping stays valid for every
+// process that has it until each unmaps it; a later Create makes a new table.
 func (w *Writer) Unlink() error {
+	files := *w.files.Load()
+	if len(files) == 0 {
+		return fmt.Errorf("shm: unlink %s: no table file", w.path)
+	}
+	cur := files[len(files)-1]
 	var there unix.Stat_t
 	if err := unix.Lstat(w.path, &there); err != nil {
 		return fmt.Errorf("shm: unlink %s: %w", w.path, err)
 	}
-	if uint64(there.Dev) != w.dev || uint64(there.Ino) != w.ino {
+	if uint64(there.Dev) != cur.dev || uint64(there.Ino) != cur.ino {
 		return fmt.Errorf("shm: unlink %s: names another file now", w.path)
 	}
 	if err := unix.Unlink(w.path); err != nil {
@@ -560,12 +876,14 @@ func (w *Writer) Close(clean bool) error {
 		return nil
 	}
 	if clean {
-		atomic.StoreUint32(w.u32(hdrWriterPID), 0)
+		w.st32(hdrWriterPID, 0)
 	}
+	path := w.path
 	err := w.Table.Close()
-	if cerr := unix.Close(w.fd); cerr != nil && err == nil {
-		err = fmt.Errorf("shm: close %s: %w", w.path, cerr)
+	for _, f := range *w.files.Load() {
+		if cerr := f.close(); cerr != nil && err == nil {
+			err = fmt.Errorf("shm: close %s: %w", path, cerr)
+		}
 	}
-	w.fd = -1
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -281,7 +282,7 @@ func TestReader(t *testing.T) {
 		t.Errorf("TrySnapshot = %+v, %v", s, ok)
 	}
 	// A slot left mid-update (odd seq) by a dead writer: TrySnapshot gives up.
-	seq := w.u32(slotOff(c) + slSeq)
+	seq := (*uint32)(unsafe.Add((*w.files.Load())[0].base, slotOff(c)+slSeq)) // in the file, not the writer's shadow
 	orig := *seq
 	*seq = orig | 1
 	if _, ok := r.TrySnapshot(c, 100); ok {
@@ -539,9 +540,17 @@ func TestBadFiles(t *testing.T) {
 		if _, err := Create("hb", Options{Dir: dir}); !errors.Is(err, ErrOwner) {
 			t.Errorf("Create: %v, want ErrOwner", err)
 		}
-		r, err := OpenPath(p) // a reader does not care who wrote it
+		// Anyone may create a file in /dev/shm first: a reader accepts
+		// only root and the owner it is told of.
+		if r, err := OpenPath(p); !errors.Is(err, ErrOwner) || !strings.Contains(err.Error(), "uid 65534") {
+			t.Errorf("OpenPath of another user's table: %v, want ErrOwner naming uid 65534", err)
+			if err == nil {
+				r.Close()
+			}
+		}
+		r, err := OpenPathOwned(p, 65534)
 		if err != nil {
-			t.Errorf("OpenPath of another user's table: %v", err)
+			t.Errorf("OpenPathOwned(65534) of uid 65534's table: %v", err)
 		} else {
 			r.Close()
 		}

@@ -138,15 +138,19 @@ static inline uint32_t hb_pid(const struct hb_table *t, int idx)
 	return atomic_load_explicit(hb__word(t, idx, 0), memory_order_acquire);
 }
 
-/* hb_open_path maps the table at path read-only. Returns 0, or -errno:
+/* hb_open_path_owner maps the table at path read-only if the file is owned by
+ * root or by owner (the user hb runs as). Returns 0, or -errno:
  *   -ELOOP            path is a symlink
  *   -EINVAL           not a regular file, or bad sizes (header_size,
  *                     slot_size, slot_count, file size)
- *   -EPERM            writable by group or others (anyone could forge it)
+ *   -EPERM            owned by another user (any local user can create a file
+ *                     in /dev/shm before hb does and forge the slots), or
+ *                     writable by group or others (anyone could forge it);
+ *                     stat the path to tell which and to name the owner
  *   -EBADMSG          bad magic: not an hb table
  *   -EPROTONOSUPPORT  ABI version other than 1
  *   or the errno of open, fstat or mmap. */
-static inline int hb_open_path(const char *path, struct hb_table *t)
+static inline int hb_open_path_owner(const char *path, uid_t owner, struct hb_table *t)
 {
 	struct stat st;
 	unsigned char *p;
@@ -166,7 +170,7 @@ static inline int hb_open_path(const char *path, struct hb_table *t)
 		close(fd);
 		return -EINVAL;
 	}
-	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+	if ((st.st_uid != 0 && st.st_uid != owner) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
 		close(fd);
 		return -EPERM;
 	}
@@ -195,22 +199,37 @@ static inline int hb_open_path(const char *path, struct hb_table *t)
 	return 0;
 }
 
-/* hb_open maps /dev/shm/NAME read-only (NAME as for shm_open, without the
- * leading '/': not empty, no '/', not "." or ".."). Errors as hb_open_path,
- * plus -EINVAL for a bad name. */
-static inline int hb_open(const char *name, struct hb_table *t)
+/* hb_open_path maps the table at path read-only if it is owned by root or by
+ * the caller's effective user: hb_open_path_owner(path, geteuid(), t). */
+static inline int hb_open_path(const char *path, struct hb_table *t)
+{
+	return hb_open_path_owner(path, geteuid(), t);
+}
+
+/* hb_open_owner maps /dev/shm/NAME read-only (NAME as for shm_open, without
+ * the leading '/': not empty, no '/', not "." or ".."), or NAME itself if it
+ * is a full path, if the file is owned by root or by owner. Errors as
+ * hb_open_path_owner, plus -EINVAL for a bad name. */
+static inline int hb_open_owner(const char *name, uid_t owner, struct hb_table *t)
 {
 	char path[sizeof HB_SHM_DIR + NAME_MAX];
 	size_t n = strlen(name);
 
 	memset(t, 0, sizeof *t);
 	if (name[0] == '/') /* a full path, as $HB_SHM gives it to services */
-		return hb_open_path(name, t);
+		return hb_open_path_owner(name, owner, t);
 	if (n == 0 || n > NAME_MAX || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
 		return -EINVAL;
 	memcpy(path, HB_SHM_DIR, sizeof HB_SHM_DIR - 1);
 	memcpy(path + sizeof HB_SHM_DIR - 1, name, n + 1);
-	return hb_open_path(path, t);
+	return hb_open_path_owner(path, owner, t);
+}
+
+/* hb_open is hb_open_owner(name, geteuid(), t): it accepts a table owned by
+ * root or by the caller's effective user. */
+static inline int hb_open(const char *name, struct hb_table *t)
+{
+	return hb_open_owner(name, geteuid(), t);
 }
 
 /* hb_close unmaps the table; hb_pid then returns 0. */
@@ -361,7 +380,7 @@ static inline const char *hb_strerror(int rc)
 {
 	switch (-rc) {
 	case ELOOP: return "is a symlink";
-	case EPERM: return "writable by group or others";
+	case EPERM: return "not owned by root or hb's user, or writable by group or others: not a table hb made";
 	case EBADMSG: return "bad magic: not an hb table";
 	case EPROTONOSUPPORT: return "unsupported ABI version";
 	case EINVAL: return "not a regular file, bad name or bad table layout";

@@ -1,10 +1,14 @@
 /*
  * hbpeek - print an hb shared-memory liveness table.
  *
- * usage: hbpeek [-H] [-s SERVICE] [-p PATH] [NAME]
+ * usage: hbpeek [-H] [-s SERVICE] [-p PATH] [-u UID] [NAME]
  *   NAME        table under /dev/shm (default: $HB_SHM, else "hb")
  *   -p PATH     read the table file at PATH instead of /dev/shm/NAME
  *   -s SERVICE  print only SERVICE's slot line (exit 1 if it has none)
+ *   -u UID      accept a table owned by UID (the user hb runs as; default:
+ *               $HB_SHM_OWNER, else hbpeek's effective user); a table owned
+ *               by root is always accepted, any other is refused, since any
+ *               local user can create /dev/shm/NAME before hb does
  *   -H          do not print the header line
  *   -h          print this help and exit 0
  *
@@ -32,13 +36,51 @@
 
 static void usage(FILE *f)
 {
-	fputs("usage: hbpeek [-H] [-s SERVICE] [-p PATH] [NAME]\n"
+	fputs("usage: hbpeek [-H] [-s SERVICE] [-p PATH] [-u UID] [NAME]\n"
 	      "  NAME        table under /dev/shm (default: $HB_SHM, else \"hb\")\n"
 	      "  -p PATH     read the table file at PATH\n"
 	      "  -s SERVICE  print only SERVICE's slot line\n"
+	      "  -u UID      accept a table owned by UID besides root\n"
+	      "              (default: $HB_SHM_OWNER, else our effective uid)\n"
 	      "  -H          omit the header line\n"
 	      "  -h          print this help\n",
 	      f);
+}
+
+/* parse_uid parses a decimal uid; -1 if s is not one. */
+static long parse_uid(const char *s)
+{
+	char *end;
+	long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end || v < 0 || (uid_t)v != v || v == (long)(uid_t)-1)
+		return -1;
+	return v;
+}
+
+/* refused explains an -EPERM from hb_open*: who owns path, its mode, the fix. */
+static void refused(const char *path, uid_t owner)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0) {
+		fprintf(stderr, "hbpeek: %s: %s\n", path, hb_strerror(-EPERM));
+		return;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		fprintf(stderr, "hbpeek: %s: refused: mode %04o is writable by group or others (anyone could forge it); "
+				"if no hb runs, remove it (rm %s)\n",
+			path, (unsigned)(st.st_mode & 07777), path);
+	else
+		fprintf(stderr, "hbpeek: %s: refused: owned by uid %lu (mode %04o), not by root or uid %lu: "
+				"not a table hb made; if no hb runs, remove it (rm %s); "
+				"if hb runs as uid %lu, say so with -u %lu or HB_SHM_OWNER=%lu\n",
+			path, (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), (unsigned long)owner, path,
+			(unsigned long)st.st_uid, (unsigned long)st.st_uid, (unsigned long)st.st_uid);
 }
 
 static void print_slot(const struct hb_slot_snapshot *s)
@@ -56,8 +98,10 @@ int main(int argc, char **argv)
 	struct hb_slot_snapshot *slots;
 	int opt, rc, header = 1;
 	uint32_t used = 0;
+	uid_t owner = geteuid();
+	const char *owner_s = getenv("HB_SHM_OWNER");
 
-	while ((opt = getopt(argc, argv, "Hhp:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "Hhp:s:u:")) != -1) {
 		switch (opt) {
 		case 'H':
 			header = 0;
@@ -67,6 +111,9 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			service = optarg;
+			break;
+		case 'u':
+			owner_s = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -82,16 +129,28 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (owner_s && *owner_s) {
+		long v = parse_uid(owner_s);
+		if (v < 0) {
+			fprintf(stderr, "hbpeek: owner %s (-u or HB_SHM_OWNER): not a numeric uid\n", owner_s);
+			return 2;
+		}
+		owner = (uid_t)v;
+	}
 	if (!path) {
 		if (!name)
 			name = getenv("HB_SHM");
 		if (!name || !*name)
 			name = HB_DEFAULT_NAME;
-		rc = hb_open(name, &t);
-		snprintf(where, sizeof where, "%s%s", HB_SHM_DIR, name);
+		rc = hb_open_owner(name, owner, &t);
+		snprintf(where, sizeof where, "%s%s", name[0] == '/' ? "" : HB_SHM_DIR, name);
 		path = where;
 	} else {
-		rc = hb_open_path(path, &t);
+		rc = hb_open_path_owner(path, owner, &t);
+	}
+	if (rc == -EPERM) {
+		refused(path, owner);
+		return 1;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "hbpeek: %s: %s\n", path, hb_strerror(rc));

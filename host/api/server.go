@@ -575,6 +575,9 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		h.Plugin = &info
+		if info.ShmProblem != "" {
+			h.OK, h.Error = false, "plugin: table: "+info.ShmProblem
+		}
 	}
 	writeJSON(w, http.StatusOK, h)
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -461,8 +462,14 @@ func TestHealth(t *testing.T) {
 	info := api.PluginInfo{PID: 42, Shm: "hb", Slots: 1024, Connector: true, Pidfd: true}
 	b.SetPluginInfo(info, nil)
 	h, err := c.Health(ctx)
-	if err != nil || !h.OK || h.Plugin == nil || *h.Plugin != info {
+	if err != nil || !h.OK || h.Plugin == nil || !reflect.DeepEqual(*h.Plugin, info) {
 		t.Fatalf("Health: %+v, %v", h, err)
+	}
+	bad := info
+	bad.ShmProblem = "/dev/shm/hb names another file now"
+	b.SetPluginInfo(bad, nil)
+	if h, err := c.Health(ctx); err != nil || h.OK || !strings.Contains(h.Error, "names another file") {
+		t.Errorf("Health with a table problem: %+v, %v; want not ok, naming it", h, err)
 	}
 	b.SetPluginInfo(info, errors.New("plugin exited"))
 	h, err = c.Health(ctx)

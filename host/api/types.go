@@ -116,6 +116,12 @@ type PluginInfo struct {
 	Adopted          int    `json:"adopted"`   // clients adopted when the plugin started
 	LastSeq          uint64 `json:"last_seq"`  // sequence number of the plugin's last event
 	Version          string `json:"version,omitempty"`
+	// ShmRepairs are the plugin's repairs of the table (a file truncated
+	// under it, its name removed), newest last, at most 8.
+	ShmRepairs []string `json:"shm_repairs,omitempty"`
+	// ShmProblem is what the plugin cannot repair in the table; health is
+	// not ok while it is set.
+	ShmProblem string `json:"shm_problem,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

@@ -201,6 +201,8 @@ type InfoResponse struct {
 	Version          string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
 	Tracepoint       bool                   `protobuf:"varint,9,opt,name=tracepoint,proto3" json:"tracepoint,omitempty"`                                      // the exit tracepoint (eBPF) detector runs
 	DetectorPriority int64                  `protobuf:"varint,10,opt,name=detector_priority,json=detectorPriority,proto3" json:"detector_priority,omitempty"` // SCHED_FIFO priority of the tracepoint's reader; 0: ordinary
+	ShmRepairs       []string               `protobuf:"bytes,11,rep,name=shm_repairs,json=shmRepairs,proto3" json:"shm_repairs,omitempty"`                    // repairs of the table the plugin made (truncated, name removed), newest last
+	ShmProblem       string                 `protobuf:"bytes,12,opt,name=shm_problem,json=shmProblem,proto3" json:"shm_problem,omitempty"`                    // what the plugin cannot repair in the table ("" if nothing)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -303,6 +305,20 @@ func (x *InfoResponse) GetDetectorPriority() int64 {
 		return x.DetectorPriority
 	}
 	return 0
+}
+
+func (x *InfoResponse) GetShmRepairs() []string {
+	if x != nil {
+		return x.ShmRepairs
+	}
+	return nil
+}
+
+func (x *InfoResponse) GetShmProblem() string {
+	if x != nil {
+		return x.ShmProblem
+	}
+	return ""
 }
 
 // Spec mirrors plugin.Spec.
@@ -1463,7 +1479,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xa1\x02\n" +
+	"\vInfoRequest\"\xe3\x02\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1477,7 +1493,11 @@ const file_hb_proto_rawDesc = "" +
 	"tracepoint\x18\t \x01(\bR\n" +
 	"tracepoint\x12+\n" +
 	"\x11detector_priority\x18\n" +
-	" \x01(\x03R\x10detectorPriority\"\xf6\x02\n" +
+	" \x01(\x03R\x10detectorPriority\x12\x1f\n" +
+	"\vshm_repairs\x18\v \x03(\tR\n" +
+	"shmRepairs\x12\x1f\n" +
+	"\vshm_problem\x18\f \x01(\tR\n" +
+	"shmProblem\"\xf6\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +

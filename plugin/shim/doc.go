@@ -102,6 +102,31 @@
 // its status is the proc connector's when that saw the exit first, else -1.
 // The generation continues from the slot's.
 //
+// The table is the first source of adoption; Options.StateDir/RecordFile
+// (incarnations.json: name, slot, PID, generation and start time of every
+// running incarnation, rewritten with O_EXCL|O_NOFOLLOW and renamed into
+// place after each spawn and exit and on the beat) is the second. A plugin
+// that finds the table without a running incarnation the record names (the
+// table's name was removed while no plugin ran, and New made an empty one)
+// puts it back into the table if /proc/PID/stat still shows the recorded
+// start time, and adopts it like the others: a service whose previous
+// incarnation still runs is never started a second time. A record in a state
+// directory not owned by the plugin's user, or writable by group or others,
+// is not used.
+//
+// # The table under attack
+//
+// The table is a file anyone with the owner's rights can truncate or remove.
+// The Writer keeps a private copy of it (shm.Writer) and the beat calls
+// shm.Writer.Check: a table truncated under the plugin (a store into it
+// would raise SIGBUS; the Writer turns that fault into a skipped store) gets
+// its size, pages and contents back; a table whose name was removed is
+// published again under its name, and readers still mapping the removed file
+// keep receiving every update. Each repair is logged and reported in
+// Info.ShmRepairs; what cannot be repaired (another file under the table's
+// name, a full file system) in Info.ShmProblem, which makes hbd's health not
+// ok.
+//
 // # Log files
 //
 // With Stdout/Stderr "file", the child writes straight into
@@ -124,8 +149,9 @@
 // # Timers
 //
 // The only timer is the 1 s beat: it stores writer_beat_ns in the table
-// (readers use it to see that the watcher is alive) and trims log files of
-// running services, and kicks the stray reaper. Nothing on the exit path
+// (readers use it to see that the watcher is alive), checks and repairs the
+// table files, trims log files of running services, kicks the adoption
+// record's writer and the stray reaper. Nothing on the exit path
 // waits for it; everything else is driven by the kernel (exit tracepoint,
 // pidfd epoll, proc connector) or by calls.
 //

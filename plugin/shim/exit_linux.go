@@ -151,6 +151,7 @@ func (s *Shim) finish(ex connector.Exit) {
 		state = shm.StateStopped
 	}
 	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), ex.DetectedNs, state)
+	s.kickRecord()
 	close(inc.done)
 
 	ev := plugin.Event{

@@ -43,6 +43,10 @@ type Options struct {
 	// ShmDir is the directory of the table (default /dev/shm; tests use a
 	// temporary directory).
 	ShmDir string
+	// StateDir, when set, holds RecordFile, the second source of adoption
+	// (see RecordFile). It must be owned by the effective user and not
+	// writable by group or others.
+	StateDir string
 	// Slots is the table's capacity when it is created (default
 	// shm.DefaultSlots); an existing table keeps its own.
 	Slots int
@@ -88,6 +92,13 @@ type Shim struct {
 	// or adopted (each leads its own), kept while the group has members
 	// (the beat prunes empty ones): a clean close reaps their strays.
 	groups map[int]struct{}
+
+	recordKick chan struct{} // wakes recordLoop; nil without StateDir
+
+	// shmMu guards shmNotes and shmErr, the last Check of the table.
+	shmMu    sync.Mutex
+	shmNotes []string
+	shmErr   string
 
 	quit chan struct{} // closed by close
 	// life is held shared by every method that uses the table or the
@@ -190,6 +201,9 @@ func New(opts Options) (*Shim, error) {
 		groups: map[int]struct{}{},
 		quit:   make(chan struct{}),
 	}
+	if opts.StateDir != "" {
+		s.recordKick = make(chan struct{}, 1)
+	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("shim: prctl(PR_SET_CHILD_SUBREAPER): %w", err)
 	}
@@ -244,9 +258,15 @@ func New(opts Options) (*Shim, error) {
 	}
 	go s.beatLoop()
 
+	restored := s.restoreRecords()
 	s.adoptAll()
+	if s.recordKick != nil {
+		s.wg.Add(1)
+		go s.recordLoop()
+		s.kickRecord()
+	}
 	log.Info("shim started", "shm", s.shmPath, "slots", w.Len(), "tracepoint", watcher.Traced(), "connector", conn, "pidfd", pidfd,
-		"rcvbuf", watcher.Stats().ReadBuffer, "adopted", s.adopted, "table_adopted", w.Adopted())
+		"rcvbuf", watcher.Stats().ReadBuffer, "adopted", s.adopted, "table_adopted", w.Adopted(), "restored_from_record", restored)
 	return s, nil
 }
 
@@ -262,6 +282,8 @@ func (s *Shim) beatLoop() {
 		case <-t.C:
 		}
 		s.w.Beat()
+		s.checkTable()
+		s.kickRecord()
 		kickReaper() // strays that exited since the last exit of a service
 		s.mu.Lock()
 		var logs []*logFile
@@ -290,6 +312,39 @@ func (s *Shim) beatLoop() {
 	}
 }
 
+// checkTable repairs the table files (shm.Writer.Check: truncated, name
+// removed) and keeps what it found for Info; it logs each repair, and an
+// error each time it changes.
+func (s *Shim) checkTable() {
+	notes, err := s.w.Check()
+	for _, n := range notes {
+		s.log.Warn("table repaired", "what", n)
+	}
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.shmMu.Lock()
+	changed := msg != s.shmErr
+	s.shmNotes = append(s.shmNotes, notes...)
+	if len(s.shmNotes) > 8 {
+		s.shmNotes = s.shmNotes[len(s.shmNotes)-8:]
+	}
+	s.shmErr = msg
+	s.shmMu.Unlock()
+	if changed && err != nil {
+		s.log.Error("table", "err", err)
+	}
+}
+
+// TableHealth returns the repairs of the table the plugin made (newest last,
+// at most 8) and what it could not repair ("" if nothing).
+func (s *Shim) TableHealth() (repairs []string, problem string) {
+	s.shmMu.Lock()
+	defer s.shmMu.Unlock()
+	return append([]string(nil), s.shmNotes...), s.shmErr
+}
+
 // Info implements plugin.Shim.
 func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 	if err := s.enter(); err != nil {
@@ -301,7 +356,10 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 	if s.watcher.Stats().RealTime {
 		prio = s.opts.DetectorPriority
 	}
+	repairs, problem := s.TableHealth()
 	return plugin.Info{
+		ShmRepairs:       repairs,
+		ShmProblem:       problem,
 		DetectorPriority: prio,
 		PID:              os.Getpid(),
 		ShmName:          s.opts.ShmName,

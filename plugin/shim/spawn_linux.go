@@ -203,6 +203,7 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 		state = shm.StateRunning
 	}
 	s.w.Spawned(idx, uint32(pid), gen, startTime, state, 0)
+	s.kickRecord()
 	svc.spec, svc.exe = spec, p.argv0
 	inc.started = time.Now()
 	inc.startNs = startNs
@@ -264,6 +265,7 @@ func (s *Shim) abortSpawn(inc *incarnation) {
 	inc.mu.Unlock()
 	now := shm.MonotonicNs()
 	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), now, shm.StateExited)
+	s.kickRecord()
 	close(inc.done)
 	s.emit(plugin.Event{
 		Kind: plugin.EventExit, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid,
