@@ -494,21 +494,37 @@ func TestCleanShutdownReapsStrays(t *testing.T) {
 // TestSpawnedChildHoldsNoPluginFD: once Spawn returns, the child holds
 // none of the plugin's descriptors beyond 0, 1 and 2, not even for the
 // moment between the parent's resumption and the kernel's close-on-exec
-// (a child holding the table's descriptor holds its flock).
+// (a child holding the table's descriptor holds its flock). A descriptor
+// of the child counts as the plugin's when it is the same open file as one
+// of the plugin's (dev and inode): the new program's own (the dynamic
+// loader's, say) are not.
 func TestSpawnedChildHoldsNoPluginFD(t *testing.T) {
 	h := newHarness(t, connector.DetectPidfd, "")
 	spec := plugin.Spec{Name: "fds", Command: []string{"/bin/sleep", "1000"}, UID: -1, GID: -1,
 		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: "null", Stderr: "null"}
+	type file struct{ dev, ino uint64 }
+	files := func(pid int, from int) map[file]string {
+		m := map[file]string{}
+		dir := fmt.Sprintf("/proc/%d/fd", pid)
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if n, _ := strconv.Atoi(e.Name()); n < from {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(dir+"/"+e.Name(), &st) == nil {
+				l, _ := os.Readlink(dir + "/" + e.Name())
+				m[file{st.Dev, st.Ino}] = e.Name() + " " + l
+			}
+		}
+		return m
+	}
 	for i := 0; i < 300; i++ {
 		res := h.spawn(spec)
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", res.PID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range ents {
-			if n, _ := strconv.Atoi(e.Name()); n > 2 {
-				l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", res.PID, e.Name()))
-				t.Errorf("spawn %d: child %d holds fd %d (%s) right after Spawn returned", i, res.PID, n, l)
+		child := files(res.PID, 3)
+		for f, what := range files(os.Getpid(), 0) {
+			if c, ok := child[f]; ok {
+				t.Errorf("spawn %d: child %d holds the plugin's fd %s as its fd %s right after Spawn returned", i, res.PID, what, c)
 			}
 		}
 		if err := h.s.Stop(context.Background(), "fds", unix.SIGKILL, 5*time.Second); err != nil {
