@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +40,10 @@ type logFile struct {
 	noCollapse bool
 	// noSpace: the last trim failed with ENOSPC; guarded by mu.
 	noSpace bool
+	// wasFull is full's last answer; dirName is dir. Both are read
+	// without mu.
+	wasFull atomic.Bool
+	dirName atomic.Pointer[string]
 }
 
 func newLogFile(dir, name string, max int64, backups int) *logFile {
@@ -68,6 +73,7 @@ func (l *logFile) configure(dir, name string, max int64, backups int) {
 		l.closeLocked()
 	}
 	l.dir, l.name, l.max, l.backups = dir, name, max, backups
+	l.dirName.Store(&dir)
 }
 
 // path is the file's name for messages.
@@ -221,9 +227,12 @@ func (l *logFile) rotateLocked() error {
 //     and the truncation (microseconds) is lost.
 //
 // A trim that finds no room for name.1 leaves the live file as it is and
-// fails with ENOSPC (see full).
+// fails with ENOSPC (see full). A log that a spawn is opening or rotating
+// is left for the next beat: the beat's work waits for no spawn.
 func (l *logFile) check() error {
-	l.mu.Lock()
+	if !l.mu.TryLock() {
+		return nil
+	}
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return nil
@@ -335,10 +344,19 @@ func (l *logFile) copyLocked(st *unix.Stat_t, dst string, n int64) error {
 // full reports whether the filesystem the log file is on has no room left
 // (no block available, or the last trim failed with ENOSPC): the service's
 // writes then fail and its output is lost. It never blocks on anything but
-// the filesystem itself.
+// the filesystem itself; a log busy with a spawn reports what the last look
+// found.
 func (l *logFile) full() bool {
-	l.mu.Lock()
+	if !l.mu.TryLock() {
+		return l.wasFull.Load()
+	}
 	defer l.mu.Unlock()
+	full := l.fullLocked()
+	l.wasFull.Store(full)
+	return full
+}
+
+func (l *logFile) fullLocked() bool {
 	if l.f == nil {
 		return false
 	}
@@ -354,9 +372,10 @@ func (l *logFile) full() bool {
 
 // logDir is log_dir as last configured.
 func (l *logFile) logDir() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.dir
+	if p := l.dirName.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // close releases the shim's descriptors; running incarnations keep theirs.
