@@ -34,7 +34,8 @@ func wantUntouched(t *testing.T, path, content string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil || string(b) != content {
-		t.Errorf("victim %s: %q, %v; want it untouched (%q)", path, b, err, content)
+		head := b[:min(len(b), 64)]
+		t.Errorf("victim %s: %d bytes starting %q, %v; want it untouched (%q)", path, len(b), head, err, content)
 	}
 }
 
