@@ -312,6 +312,23 @@ func (d *Daemon) report(ev plugin.Event) {
 		d.log.Info("adopted by the plugin", "service", ev.Name, "pid", ev.PID)
 		d.publish(api.Event{Kind: api.EventAdopt, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
 			Time: time.Unix(0, ev.TimeUnixNs)})
+	case plugin.EventLog:
+		d.logProblem(ev)
+	}
+}
+
+// logProblem records what a log event says about its service's log files
+// (ServiceStatus.LogError). Called with mu held.
+func (d *Daemon) logProblem(ev plugin.Event) {
+	s := d.svcs[ev.Name]
+	if s == nil || s.logError == ev.Message {
+		return
+	}
+	s.logError = ev.Message
+	if ev.Message != "" {
+		d.log.Warn("log files", "service", ev.Name, "problem", ev.Message)
+	} else {
+		d.log.Info("log files writable again", "service", ev.Name)
 	}
 }
 
@@ -343,7 +360,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		d.decide(s, ev.Status, s.startedAt)
-	case plugin.EventAdopt:
+	case plugin.EventAdopt, plugin.EventLog:
 		d.report(ev)
 	case plugin.EventSpawn:
 		// hbd's own spawns are recorded when Spawn returns; a newer

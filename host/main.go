@@ -128,10 +128,16 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("find own executable: %w", err)
 	}
 	h := cfg.HBD
-	for _, dir := range []string{h.StateDir, h.LogDir} {
+	for _, dir := range []string{h.StateDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
+	}
+	// The plugin writes the services' logs there as hbd's user: a log_dir
+	// that anyone else can change is refused before anything is started or
+	// attached to, so nothing running is lost.
+	if err := shim.PrepareLogDir(h.LogDir); err != nil {
+		return err
 	}
 	d := newDaemon(cfg, log, exe)
 

@@ -24,6 +24,9 @@ type service struct {
 	lastExit   time.Time
 	reason     string
 	adopted    bool
+	// logError is the plugin's last word on the service's log files
+	// (plugin.EventLog): why they cannot be written, "" when they can.
+	logError string
 
 	failedStarts int
 	nextStart    time.Time
@@ -88,6 +91,7 @@ func (s *service) status() api.ServiceStatus {
 		Adopted:      s.adopted,
 		NextStart:    s.nextStart,
 		FailedStarts: s.failedStarts,
+		LogError:     s.logError,
 	}
 	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()

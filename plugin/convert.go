@@ -193,6 +193,7 @@ func eventToProto(e Event) *hbpb.Event {
 		TimeUnixNs: e.TimeUnixNs,
 		Adopted:    e.Adopted,
 		Respawned:  e.Respawned,
+		Message:    e.Message,
 	}
 }
 
@@ -210,5 +211,6 @@ func eventFromProto(p *hbpb.Event) Event {
 		TimeUnixNs: p.GetTimeUnixNs(),
 		Adopted:    p.GetAdopted(),
 		Respawned:  p.GetRespawned(),
+		Message:    p.GetMessage(),
 	}
 }

@@ -86,6 +86,10 @@ const (
 	EventExit EventKind = 2
 	// EventAdopt: a new plugin found a live client in the table and watches it.
 	EventAdopt EventKind = 3
+	// EventLog: the service's log files became unwritable (Message says
+	// why: its log_dir is full) or writable again (Message empty). Sent
+	// once per change; hosts that do not know it ignore it.
+	EventLog EventKind = 4
 )
 
 func (k EventKind) String() string {
@@ -96,6 +100,8 @@ func (k EventKind) String() string {
 		return "exit"
 	case EventAdopt:
 		return "adopt"
+	case EventLog:
+		return "log"
 	}
 	return "unknown"
 }
@@ -122,6 +128,9 @@ type Event struct {
 	// Respawned (exit events): the plugin has already started the next
 	// incarnation (Spec.Respawn); its EventSpawn follows.
 	Respawned bool
+	// Message (log events) says what is wrong with the service's log
+	// files; empty when the problem has cleared.
+	Message string
 }
 
 // Info describes a running plugin.

@@ -54,6 +54,9 @@ type ServiceStatus struct {
 	NextStart time.Time `json:"next_start,omitzero"`
 	// FailedStarts counts consecutive starts that failed or exited too quickly.
 	FailedStarts int `json:"failed_starts"`
+	// LogError says why the service's log files cannot be written (its
+	// log_dir is full, so its output is being lost); absent when they can.
+	LogError string `json:"log_error,omitempty"`
 }
 
 // Event is one line of GET /v1/events.

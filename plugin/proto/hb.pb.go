@@ -108,6 +108,7 @@ const (
 	EventKind_EVENT_KIND_SPAWN       EventKind = 1
 	EventKind_EVENT_KIND_EXIT        EventKind = 2
 	EventKind_EVENT_KIND_ADOPT       EventKind = 3
+	EventKind_EVENT_KIND_LOG         EventKind = 4 // a service's log files became unwritable (message says why) or writable again (message empty)
 )
 
 // Enum value maps for EventKind.
@@ -117,12 +118,14 @@ var (
 		1: "EVENT_KIND_SPAWN",
 		2: "EVENT_KIND_EXIT",
 		3: "EVENT_KIND_ADOPT",
+		4: "EVENT_KIND_LOG",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
 		"EVENT_KIND_SPAWN":       1,
 		"EVENT_KIND_EXIT":        2,
 		"EVENT_KIND_ADOPT":       3,
+		"EVENT_KIND_LOG":         4,
 	}
 )
 
@@ -1276,6 +1279,7 @@ type Event struct {
 	TimeUnixNs    int64                  `protobuf:"varint,10,opt,name=time_unix_ns,json=timeUnixNs,proto3" json:"time_unix_ns,omitempty"`
 	Adopted       bool                   `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
 	Respawned     bool                   `protobuf:"varint,12,opt,name=respawned,proto3" json:"respawned,omitempty"` // exit: the plugin respawned the service at once (a spawn event follows)
+	Message       string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`      // log: what is wrong with the service's log files; empty once it is not
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1392,6 +1396,13 @@ func (x *Event) GetRespawned() bool {
 		return x.Respawned
 	}
 	return false
+}
+
+func (x *Event) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 type ShutdownRequest struct {
@@ -1573,7 +1584,7 @@ const file_hb_proto_rawDesc = "" +
 	"\fListResponse\x12!\n" +
 	"\x05slots\x18\x01 \x03(\v2\v.hb.v1.SlotR\x05slots\",\n" +
 	"\rEventsRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xc4\x02\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xde\x02\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x10.hb.v1.EventKindR\x04kind\x12\x12\n" +
@@ -1591,7 +1602,8 @@ const file_hb_proto_rawDesc = "" +
 	" \x01(\x03R\n" +
 	"timeUnixNs\x12\x18\n" +
 	"\aadopted\x18\v \x01(\bR\aadopted\x12\x1c\n" +
-	"\trespawned\x18\f \x01(\bR\trespawned\"'\n" +
+	"\trespawned\x18\f \x01(\bR\trespawned\x12\x18\n" +
+	"\amessage\x18\r \x01(\tR\amessage\"'\n" +
 	"\x0fShutdownRequest\x12\x14\n" +
 	"\x05clean\x18\x01 \x01(\bR\x05clean\"\x12\n" +
 	"\x10ShutdownResponse*\xe2\x01\n" +
@@ -1603,12 +1615,13 @@ const file_hb_proto_rawDesc = "" +
 	"\x15SERVICE_STATE_BACKOFF\x10\x04\x12\x18\n" +
 	"\x14SERVICE_STATE_EXITED\x10\x05\x12\x17\n" +
 	"\x13SERVICE_STATE_FATAL\x10\x06\x12\x1a\n" +
-	"\x16SERVICE_STATE_STOPPING\x10\a*h\n" +
+	"\x16SERVICE_STATE_STOPPING\x10\a*|\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_KIND_SPAWN\x10\x01\x12\x13\n" +
 	"\x0fEVENT_KIND_EXIT\x10\x02\x12\x14\n" +
-	"\x10EVENT_KIND_ADOPT\x10\x032\xdf\x03\n" +
+	"\x10EVENT_KIND_ADOPT\x10\x03\x12\x12\n" +
+	"\x0eEVENT_KIND_LOG\x10\x042\xdf\x03\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
 	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +

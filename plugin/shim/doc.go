@@ -130,18 +130,46 @@
 // # Log files
 //
 // With Stdout/Stderr "file", the child writes straight into
-// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe
-// and no copying goroutine, so output is never lost when the plugin
-// restarts and a slow plugin never blocks a service. Rotation:
+// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe,
+// no copying goroutine. A pipe would lose the output of adopted clients when
+// the plugin restarts (the reader is gone: SIGPIPE or EPIPE for them) and
+// would block a data-plane process whenever the plugin is slow to drain it;
+// a file loses nothing and never blocks.
+//
+// The plugin writes there as its own user (root), so LogDir must be a
+// directory nobody else can change (see logdir_linux.go; PrepareLogDir is
+// the check hbd runs at start, and every spawn runs it again): reached from
+// / without a symlink, owned by the plugin's euid and not writable by group
+// or others, every directory above it root's or the plugin's and not
+// writable by others unless sticky; missing ones are created 0755. Every log
+// name is opened relative to LogDir's descriptor with O_NOFOLLOW|O_NONBLOCK
+// (a planted symlink is refused, a FIFO fails at once instead of waiting for
+// a reader), and only a regular file with one link, owned by the plugin's
+// euid, is written; renames and removals are renameat/unlinkat on the same
+// descriptor. A refused file fails the spawn with an ErrUnsafeLogDir error
+// (a plugin.ErrBadSpec) that names it and the fix.
+//
+// Rotation:
 //   - at each spawn, a file larger than LogMaxBytes is renamed to NAME….log.1
 //     (older backups shift, LogBackups are kept) and a new one is opened;
-//   - on the 1 s beat, the file of a running incarnation that has grown past
-//     LogMaxBytes is trimmed in place: its head is copied to .1, then cut out
-//     with fallocate(FALLOC_FL_COLLAPSE_RANGE). Nothing is lost or
-//     duplicated and the file keeps its name (tail -F keeps working). The cut
-//     is block-aligned, so a line may straddle .1 and the live file.
-//     Filesystems without range collapse (tmpfs, btrfs, …) rotate at the
-//     next spawn only.
+//   - on the 1 s beat (in a goroutine of its own: a slow log_dir never delays
+//     writer_beat_ns), the file of a running incarnation that has grown past
+//     LogMaxBytes is trimmed in place and keeps its name (tail -F keeps
+//     working): its head is copied to .1 (through NAME….log.rotating, made
+//     anew with O_EXCL), then cut out with
+//     fallocate(FALLOC_FL_COLLAPSE_RANGE). O_APPEND writes land after the
+//     cut, so nothing is lost or duplicated. The cut is block-aligned, so a
+//     line may straddle .1 and the live file. Filesystems without range
+//     collapse (tmpfs, where log_dir is by default, btrfs, …) are trimmed by
+//     copying the whole file to .1 and truncating it: the copy catches up
+//     with the writer first, and what it writes between the copy's last read
+//     and the truncation (microseconds) is lost.
+//
+// A log_dir with no room left (its filesystem has no block available, or a
+// trim failed with ENOSPC) is said once in the plugin's log per directory,
+// and each service writing there gets a plugin.EventLog naming the problem
+// (and another, with an empty Message, once there is room again); hbd shows
+// it in the service's status.
 //
 // An adopted incarnation's log is not trimmed (the new plugin learns the log
 // settings only with the next Spawn).

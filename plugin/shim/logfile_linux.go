@@ -6,8 +6,10 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,28 +20,41 @@ const (
 	defaultLogBackups  = 3
 )
 
-// logFile is one service stream's log (NAME.out.log or NAME.err.log). The
-// child writes straight into it through an O_APPEND descriptor; the shim
-// keeps its own descriptor on the same open file to measure it and hands a
-// copy to each incarnation. See doc.go for the rotation scheme.
+// logFile is one service stream's log (NAME.out.log or NAME.err.log in
+// log_dir). The child writes straight into it through an O_APPEND
+// descriptor; the shim keeps its own descriptor on the same open file to
+// measure it and hands a copy to each incarnation. See doc.go for the
+// rotation scheme and logdir_linux.go for how the directory and its files are
+// opened: every name is resolved relative to dirfd, no symlink is followed,
+// no open blocks, and only regular files are written.
 type logFile struct {
-	mu       sync.Mutex
-	path     string   // guarded by mu
-	max      int64    // rotate once the file is larger; guarded by mu
-	backups  int      // rotated files kept; guarded by mu
-	f        *os.File // nil until first use; guarded by mu
-	noShrink bool     // the filesystem cannot collapse ranges: rotate at spawn only; guarded by mu
+	mu      sync.Mutex
+	dir     string   // log_dir; guarded by mu
+	name    string   // NAME.out.log or NAME.err.log; guarded by mu
+	max     int64    // rotate once the file is larger; guarded by mu
+	backups int      // rotated files kept; guarded by mu
+	dirfd   int      // log_dir (O_PATH) that f was opened in; -1 with f nil; guarded by mu
+	f       *os.File // nil until first use; guarded by mu
+	// noCollapse: the filesystem cannot collapse ranges (tmpfs, btrfs, …),
+	// so the beat trims by copy and truncate; guarded by mu.
+	noCollapse bool
+	// noSpace: the last trim failed with ENOSPC; guarded by mu.
+	noSpace bool
+	// wasFull is full's last answer; dirName is dir. Both are read
+	// without mu.
+	wasFull atomic.Bool
+	dirName atomic.Pointer[string]
 }
 
-func newLogFile(path string, max int64, backups int) *logFile {
-	l := &logFile{}
-	l.configure(path, max, backups)
+func newLogFile(dir, name string, max int64, backups int) *logFile {
+	l := &logFile{dirfd: -1}
+	l.configure(dir, name, max, backups)
 	return l
 }
 
-// configure applies a (possibly changed) Spec. A new path takes effect at
-// the next fd call.
-func (l *logFile) configure(path string, max int64, backups int) {
+// configure applies a (possibly changed) Spec. A new directory or name takes
+// effect at the next spawnFD.
+func (l *logFile) configure(dir, name string, max int64, backups int) {
 	switch {
 	case max == 0:
 		max = defaultLogMaxBytes
@@ -54,24 +69,27 @@ func (l *logFile) configure(path string, max int64, backups int) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if path != l.path && l.f != nil {
-		l.f.Close()
-		l.f = nil
-		l.noShrink = false
+	if dir != l.dir || name != l.name {
+		l.closeLocked()
 	}
-	l.path, l.max, l.backups = path, max, backups
+	l.dir, l.name, l.max, l.backups = dir, name, max, backups
+	l.dirName.Store(&dir)
 }
 
+// path is the file's name for messages.
+func (l *logFile) path() string { return filepath.Join(l.dir, l.name) }
+
 // spawnFD returns the descriptor a new incarnation writes to, rotating the
-// file first (by rename) if it has grown past its limit. The descriptor
-// stays owned by the logFile.
+// file first (by rename) if it has grown past its limit. The directory is
+// walked and vetted again (a log_dir made unsafe since the last spawn is
+// refused), and a log file that is no longer under its name is reopened. The
+// descriptor stays owned by the logFile. Nothing here blocks: every open is
+// O_NONBLOCK and only regular files are accepted.
 func (l *logFile) spawnFD() (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil {
-		if err := l.openLocked(); err != nil {
-			return -1, err
-		}
+	if err := l.openLocked(); err != nil {
+		return -1, err
 	}
 	if size, err := l.sizeLocked(); err != nil {
 		return -1, err
@@ -83,148 +101,298 @@ func (l *logFile) spawnFD() (int, error) {
 	return int(l.f.Fd()), nil
 }
 
+// openLocked walks to log_dir (creating what is missing) and makes f the
+// file under the log's name, keeping the open one when it still is.
 func (l *logFile) openLocked() error {
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	dfd, err := openLogDir(l.dir, true)
 	if err != nil {
-		return fmt.Errorf("log file: %w", err)
+		return err
 	}
-	l.f = f
+	if l.f != nil {
+		if sameFile(dfd, l.dirfd) && l.underNameLocked() {
+			unix.Close(dfd)
+			return nil
+		}
+		l.closeLocked()
+	}
+	f, err := openLogAt(dfd, l.dir, l.name)
+	if err != nil {
+		unix.Close(dfd)
+		return err
+	}
+	l.dirfd, l.f = dfd, f
 	return nil
 }
 
-func (l *logFile) sizeLocked() (int64, error) {
-	st, err := l.f.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("log file: %w", err)
-	}
-	return st.Size(), nil
+// sameFile reports whether descriptors a and b name the same inode.
+func sameFile(a, b int) bool {
+	var sa, sb unix.Stat_t
+	return unix.Fstat(a, &sa) == nil && unix.Fstat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
-// backupName is path.n (path itself for n == 0).
+// underNameLocked reports whether f is still the file named name in dirfd.
+func (l *logFile) underNameLocked() bool {
+	var sn, sf unix.Stat_t
+	return unix.Fstatat(l.dirfd, l.name, &sn, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		unix.Fstat(int(l.f.Fd()), &sf) == nil && sn.Dev == sf.Dev && sn.Ino == sf.Ino
+}
+
+func (l *logFile) sizeLocked() (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("log file %s: %w", l.path(), err)
+	}
+	return st.Size, nil
+}
+
+// backupName is name.n (name itself for n == 0).
 func (l *logFile) backupName(n int) string {
 	if n == 0 {
-		return l.path
+		return l.name
 	}
-	return l.path + "." + strconv.Itoa(n)
+	return l.name + "." + strconv.Itoa(n)
 }
 
-// shiftLocked renames path.(k) to path.(k+1) for k = backups-1 … 1 and drops
-// the oldest, making room for a new path.1.
-func (l *logFile) shiftLocked() error {
-	if l.backups == 0 {
-		return nil
+// tmpName is the name the beat's trim copies the head of the file to before
+// it becomes name.1.
+func (l *logFile) tmpName() string { return l.name + ".rotating" }
+
+// renameLocked renames from to to in log_dir; renameat follows neither.
+func (l *logFile) renameLocked(from, to string) error {
+	if err := unix.Renameat(l.dirfd, from, l.dirfd, to); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("log rotate %s: rename %s to %s: %w", l.path(), from, to, err)
 	}
+	return nil
+}
+
+// removeLocked removes name from log_dir (a symlink itself, never its target).
+func (l *logFile) removeLocked(name string) error {
+	if err := unix.Unlinkat(l.dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("log rotate %s: remove %s: %w", l.path(), name, err)
+	}
+	return nil
+}
+
+// shiftLocked renames name.(k) to name.(k+1) for k = backups-1 … 1, the
+// oldest being replaced, making room for a new name.1.
+func (l *logFile) shiftLocked() error {
 	for k := l.backups - 1; k >= 1; k-- {
-		err := os.Rename(l.backupName(k), l.backupName(k+1))
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("log rotate: %w", err)
+		if err := l.renameLocked(l.backupName(k), l.backupName(k+1)); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// rotateLocked moves the current file to path.1 and opens a new, empty one.
+// rotateLocked moves the current file to name.1 and opens a new, empty one.
 // A running incarnation that holds the old file keeps writing to it (now
-// path.1); nothing it writes is lost.
+// name.1); nothing it writes is lost.
 func (l *logFile) rotateLocked() error {
 	if err := l.shiftLocked(); err != nil {
 		return err
 	}
 	var err error
 	if l.backups == 0 {
-		err = os.Remove(l.path)
+		err = l.removeLocked(l.name)
 	} else {
-		err = os.Rename(l.path, l.backupName(1))
+		err = l.renameLocked(l.name, l.backupName(1))
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("log rotate: %w", err)
+	if err != nil {
+		return err
 	}
 	l.f.Close()
 	l.f = nil
-	return l.openLocked()
+	f, err := openLogAt(l.dirfd, l.dir, l.name)
+	if err != nil {
+		unix.Close(l.dirfd)
+		l.dirfd = -1
+		return err
+	}
+	l.f = f
+	return nil
 }
 
-// check runs on the beat: when the file a running incarnation writes to has
-// grown past its limit, the head of the file is copied to path.1 and then
-// cut out of the live file with fallocate(FALLOC_FL_COLLAPSE_RANGE). The
-// writer's O_APPEND writes land past the cut, so nothing is lost or
-// duplicated, and the file keeps its name (tail -F keeps working). The cut is
-// block-aligned, so a line may straddle path.1 and the live file. Filesystems
-// without range collapse (tmpfs, btrfs, …) fall back to rotation at the next
-// spawn.
+// check runs on the beat, off the beat's own goroutine: when the file a
+// running incarnation writes to has grown past its limit, its head is copied
+// to name.1 (through the temporary name.rotating, created anew with O_EXCL)
+// and then removed from the live file, which keeps its name (tail -F keeps
+// working):
+//   - with fallocate(FALLOC_FL_COLLAPSE_RANGE) where the filesystem has it
+//     (ext4, xfs): the writer's O_APPEND writes land past the cut, so nothing
+//     is lost or duplicated. The cut is block-aligned, so a line may straddle
+//     name.1 and the live file;
+//   - elsewhere (tmpfs, where log_dir is by default, btrfs, …) by copying the
+//     whole file and truncating it to 0: the copy runs until it has caught up
+//     with the writer, and what the writer adds between the copy's last read
+//     and the truncation (microseconds) is lost.
+//
+// A trim that finds no room for name.1 leaves the live file as it is and
+// fails with ENOSPC (see full). A log that a spawn is opening or rotating
+// is left for the next beat: the beat's work waits for no spawn.
 func (l *logFile) check() error {
-	l.mu.Lock()
+	if !l.mu.TryLock() {
+		return nil
+	}
 	defer l.mu.Unlock()
-	if l.f == nil || l.noShrink {
+	if l.f == nil {
 		return nil
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
-		return fmt.Errorf("log file %s: %w", l.path, err)
+		return fmt.Errorf("log file %s: %w", l.path(), err)
 	}
 	if st.Size <= l.max {
+		l.noSpace = false
 		return nil
 	}
-	bs := int64(st.Blksize)
-	if bs <= 0 {
-		bs = 4096
-	}
-	// The collapsed range must end before EOF.
-	n := (st.Size - 1) / bs * bs
-	if n <= 0 {
-		return nil
-	}
-	tmp := l.path + ".rotating"
-	if err := copyHead(l.path, tmp, n); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("log rotate %s: %w", l.path, err)
-	}
-	err := unix.Fallocate(int(l.f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, n)
-	if err != nil {
-		os.Remove(tmp)
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-			l.noShrink = true
-			return nil
-		}
-		return fmt.Errorf("log rotate %s: collapse range: %w", l.path, err)
-	}
-	if err := l.shiftLocked(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if l.backups == 0 {
-		return os.Remove(tmp)
-	}
-	if err := os.Rename(tmp, l.backupName(1)); err != nil {
-		return fmt.Errorf("log rotate: %w", err)
-	}
-	return nil
+	err := l.trimLocked(&st)
+	l.noSpace = errors.Is(err, unix.ENOSPC)
+	return err
 }
 
-// copyHead copies the first n bytes of src into a new file dst.
-func copyHead(src, dst string, n int64) error {
-	in, err := os.Open(src)
+func (l *logFile) trimLocked(st *unix.Stat_t) error {
+	tmp := l.tmpName()
+	if !l.noCollapse {
+		bs := int64(st.Blksize)
+		if bs <= 0 {
+			bs = 4096
+		}
+		// The collapsed range must end before EOF.
+		n := (st.Size - 1) / bs * bs
+		if n <= 0 {
+			return nil
+		}
+		if l.backups > 0 {
+			if err := l.copyLocked(st, tmp, n); err != nil {
+				l.removeLocked(tmp)
+				return fmt.Errorf("log rotate %s: %w", l.path(), err)
+			}
+		}
+		err := unix.Fallocate(int(l.f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, n)
+		if err == nil {
+			return l.finishTrimLocked()
+		}
+		l.removeLocked(tmp)
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+			return fmt.Errorf("log rotate %s: collapse range: %w", l.path(), err)
+		}
+		l.noCollapse = true
+	}
+	if l.backups > 0 {
+		if err := l.copyLocked(st, tmp, -1); err != nil {
+			l.removeLocked(tmp)
+			return fmt.Errorf("log rotate %s: %w", l.path(), err)
+		}
+	}
+	if err := unix.Ftruncate(int(l.f.Fd()), 0); err != nil {
+		l.removeLocked(tmp)
+		return fmt.Errorf("log rotate %s: truncate: %w", l.path(), err)
+	}
+	return l.finishTrimLocked()
+}
+
+// finishTrimLocked makes the trim's copy name.1.
+func (l *logFile) finishTrimLocked() error {
+	if l.backups == 0 {
+		return nil
+	}
+	if err := l.shiftLocked(); err != nil {
+		l.removeLocked(l.tmpName())
+		return err
+	}
+	return l.renameLocked(l.tmpName(), l.backupName(1))
+}
+
+// copyLocked copies the first n bytes of the log file (the file st
+// describes, opened again under its name and checked to be it) into dst,
+// made anew. With n < 0 it copies to the end, again and again until the
+// file has not grown since the last read, so that a truncation right after
+// loses as little as possible.
+func (l *logFile) copyLocked(st *unix.Stat_t, dst string, n int64) error {
+	in, err := openExisting(l.dirfd, l.dir, l.name, st)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	out, err := createAt(l.dirfd, l.dir, dst)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, io.LimitReader(in, n)); err != nil {
+	if n >= 0 {
+		_, err = io.Copy(out, io.LimitReader(in, n))
+	} else {
+		var copied, m int64
+		for range 16 {
+			m, err = io.Copy(out, in)
+			copied += m
+			if err != nil {
+				break
+			}
+			var now unix.Stat_t
+			if err = unix.Fstat(int(l.f.Fd()), &now); err != nil || now.Size <= copied {
+				break
+			}
+		}
+	}
+	if err != nil {
 		out.Close()
 		return err
 	}
 	return out.Close()
 }
 
-// close releases the shim's descriptor; running incarnations keep theirs.
+// full reports whether the filesystem the log file is on has no room left
+// (no block available, or the last trim failed with ENOSPC): the service's
+// writes then fail and its output is lost. It never blocks on anything but
+// the filesystem itself; a log busy with a spawn reports what the last look
+// found.
+func (l *logFile) full() bool {
+	if !l.mu.TryLock() {
+		return l.wasFull.Load()
+	}
+	defer l.mu.Unlock()
+	full := l.fullLocked()
+	l.wasFull.Store(full)
+	return full
+}
+
+func (l *logFile) fullLocked() bool {
+	if l.f == nil {
+		return false
+	}
+	if l.noSpace {
+		return true
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(l.f.Fd()), &fs); err != nil {
+		return false
+	}
+	return fs.Blocks > 0 && fs.Bavail == 0
+}
+
+// logDir is log_dir as last configured.
+func (l *logFile) logDir() string {
+	if p := l.dirName.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// close releases the shim's descriptors; running incarnations keep theirs.
 func (l *logFile) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closeLocked()
+}
+
+func (l *logFile) closeLocked() {
 	if l.f != nil {
 		l.f.Close()
 		l.f = nil
 	}
+	if l.dirfd >= 0 {
+		unix.Close(l.dirfd)
+		l.dirfd = -1
+	}
+	l.noCollapse, l.noSpace = false, false
 }

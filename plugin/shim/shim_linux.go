@@ -101,6 +101,8 @@ type Shim struct {
 	shmErr   string
 
 	quit chan struct{} // closed by close
+	// logKick: the beat asks logLoop to trim log files.
+	logKick chan struct{}
 	// life is held shared by every method that uses the table or the
 	// watcher (enter/leave) and exclusively by close, which must not unmap
 	// the table under them.
@@ -108,7 +110,7 @@ type Shim struct {
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
-	wg        sync.WaitGroup // beat and exit loops
+	wg        sync.WaitGroup // beat, log and exit loops
 }
 
 // service is one named service known to this shim (spawned by it, or found
@@ -133,6 +135,8 @@ type service struct {
 	// exe is spec's executable as resolved for the last spawn (same
 	// locking as spec): a respawn by the plugin execs it directly.
 	exe string
+	// logProblem is what the last EventLog said; used by logLoop only.
+	logProblem string
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -193,13 +197,14 @@ func New(opts Options) (*Shim, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Shim{
-		opts:   opts,
-		log:    log,
-		events: newEventLog(),
-		svcs:   map[string]*service{},
-		incs:   map[uint64]*incarnation{},
-		groups: map[int]struct{}{},
-		quit:   make(chan struct{}),
+		opts:    opts,
+		log:     log,
+		events:  newEventLog(),
+		svcs:    map[string]*service{},
+		incs:    map[uint64]*incarnation{},
+		groups:  map[int]struct{}{},
+		quit:    make(chan struct{}),
+		logKick: make(chan struct{}, 1),
 	}
 	if opts.StateDir != "" {
 		s.recordKick = make(chan struct{}, 1)
@@ -252,11 +257,12 @@ func New(opts Options) (*Shim, error) {
 	w.Beat()
 	startReaper(log)
 
-	s.wg.Add(1 + exitWorkers)
+	s.wg.Add(2 + exitWorkers)
 	for range exitWorkers {
 		go s.exitLoop()
 	}
 	go s.beatLoop()
+	go s.logLoop()
 
 	restored := s.restoreRecords()
 	s.adoptAll()
@@ -270,7 +276,9 @@ func New(opts Options) (*Shim, error) {
 	return s, nil
 }
 
-// beatLoop runs the shim's one timer (see beatInterval).
+// beatLoop runs the shim's one timer (see beatInterval). It hands log
+// trimming to logLoop and never waits for it: a slow filesystem under
+// log_dir must not hold up writer_beat_ns.
 func (s *Shim) beatLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(beatInterval)
@@ -285,18 +293,50 @@ func (s *Shim) beatLoop() {
 		s.checkTable()
 		s.kickRecord()
 		kickReaper() // strays that exited since the last exit of a service
+		select {
+		case s.logKick <- struct{}{}:
+		default: // logLoop is still at the last beat's work
+		}
+	}
+}
+
+// logLoop trims the log files of running services (logFile.check) each
+// time the beat kicks it, and reports a log_dir that is full: once in the
+// plugin's log per directory when it fills up (and again when it has room),
+// and to the host as an EventLog per service when that service's state
+// changes (hbctl status shows it).
+func (s *Shim) logLoop() {
+	defer s.wg.Done()
+	fullDirs := map[string]bool{}
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-s.logKick:
+		}
+		type svcLogs struct {
+			svc  *service
+			logs []*logFile
+		}
+		var work []svcLogs
 		s.mu.Lock()
-		var logs []*logFile
 		for _, svc := range s.svcs {
-			if svc.cur == nil || svc.cur.exited() {
-				continue // only a running incarnation makes its log grow
-			}
+			w := svcLogs{svc: svc}
 			if svc.stdout != nil {
-				logs = append(logs, svc.stdout)
+				w.logs = append(w.logs, svc.stdout)
 			}
 			if svc.stderr != nil {
-				logs = append(logs, svc.stderr)
+				w.logs = append(w.logs, svc.stderr)
 			}
+			if len(w.logs) == 0 {
+				continue
+			}
+			if svc.cur == nil || svc.cur.exited() {
+				if svc.logProblem == "" {
+					continue // only a running incarnation makes its log grow
+				}
+			}
+			work = append(work, w)
 		}
 		for g := range s.groups {
 			if errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
@@ -304,11 +344,35 @@ func (s *Shim) beatLoop() {
 			}
 		}
 		s.mu.Unlock()
-		for _, l := range logs {
-			if err := l.check(); err != nil {
-				s.log.Warn("log rotation", "err", err)
+		nowFull := map[string]bool{}
+		for _, w := range work {
+			problem := ""
+			for _, l := range w.logs {
+				if err := l.check(); err != nil && !errors.Is(err, unix.ENOSPC) {
+					s.log.Warn("log rotation", "service", w.svc.name, "err", err)
+				}
+				if l.full() {
+					dir := l.logDir()
+					nowFull[dir] = true
+					problem = "log_dir " + dir + " is full: the service's output is lost until space is freed there"
+				}
+			}
+			if problem != w.svc.logProblem {
+				w.svc.logProblem = problem
+				s.emit(plugin.Event{Kind: plugin.EventLog, Name: w.svc.name, Slot: w.svc.idx, Message: problem})
 			}
 		}
+		for dir := range nowFull {
+			if !fullDirs[dir] {
+				s.log.Error("log_dir is full: services' output written there is lost until space is freed", "log_dir", dir)
+			}
+		}
+		for dir := range fullDirs {
+			if !nowFull[dir] {
+				s.log.Info("log_dir has room again", "log_dir", dir)
+			}
+		}
+		fullDirs = nowFull
 	}
 }
 

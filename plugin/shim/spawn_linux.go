@@ -320,25 +320,27 @@ func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, 
 	if spec.LogDir == "" {
 		return -1, badSpec(errors.New("no log directory"), "spawn %q: std%s \"file\"", spec.Name, stream)
 	}
-	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
-		return -1, badSpec(unwrapPath(err), "spawn %q: log dir %q", spec.Name, spec.LogDir)
-	}
-	path := filepath.Join(spec.LogDir, spec.Name+"."+stream+".log")
+	name := spec.Name + "." + stream + ".log"
 	s.mu.Lock()
 	lf := &svc.stdout
 	if stream == "err" {
 		lf = &svc.stderr
 	}
 	if *lf == nil {
-		*lf = newLogFile(path, spec.LogMaxBytes, spec.LogBackups)
+		*lf = newLogFile(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
 	} else {
-		(*lf).configure(path, spec.LogMaxBytes, spec.LogBackups)
+		(*lf).configure(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
 	}
 	l := *lf
 	s.mu.Unlock()
+	// Only this service's op and l.mu are held here, and nothing in
+	// spawnFD waits for another process (see logdir_linux.go).
 	fd, err := l.spawnFD()
 	if err != nil {
-		return -1, fmt.Errorf("spawn %q: %w", spec.Name, err)
+		if errors.Is(err, ErrUnsafeLogDir) {
+			return -1, badSpec(err, "spawn %q: std%s \"file\"", spec.Name, stream)
+		}
+		return -1, fmt.Errorf("spawn %q: std%s \"file\": %w", spec.Name, stream, err)
 	}
 	return fd, nil
 }

@@ -119,6 +119,9 @@ func reason(st api.ServiceStatus, now time.Time) string {
 	if st.Reason != "" {
 		parts = append(parts, st.Reason)
 	}
+	if st.LogError != "" {
+		parts = append(parts, st.LogError)
+	}
 	if !st.NextStart.IsZero() {
 		if d := st.NextStart.Sub(now); d > 0 {
 			parts = append(parts, "next start in "+roundDuration(d).String())
