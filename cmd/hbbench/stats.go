@@ -29,14 +29,6 @@ func rank(s []float64, p float64) float64 {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// series collects samples in one unit.
-type series struct {
-	name    string
-	samples []float64
-}
-
-func (s *series) add(v float64) { s.samples = append(s.samples, v) }
-
 // nsTo converts nanoseconds to unit ("ns", "us", "ms", "s").
 func nsTo(ns float64, unit string) float64 {
 	switch unit {

@@ -390,16 +390,6 @@ func compileC(t *testing.T, dir, name, src string) string {
 	return out
 }
 
-// statusByName indexes hbctl status --json.
-func statusByName(h *Harness) map[string]api.ServiceStatus {
-	h.T.Helper()
-	out := map[string]api.ServiceStatus{}
-	for _, st := range h.Status() {
-		out[st.Name] = st
-	}
-	return out
-}
-
 // fileState is what "untouched" means for a file: content, mode, owner,
 // modification time and the target of a symlink.
 type fileState struct {

@@ -152,7 +152,7 @@ func buildBinaries() (Bins, string, error) {
 		HBPeek: filepath.Join(tmp, "hbpeek"), HBClient: filepath.Join(tmp, "hbclient")}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return b, "", fmt.Errorf("the go command is not on PATH: %w", err)
 	}
 	cc := os.Getenv("CC")
 	if cc == "" {

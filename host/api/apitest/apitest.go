@@ -26,7 +26,6 @@ type Backend struct {
 	subs     map[chan api.Event]struct{}
 	subsCh   chan struct{} // closed and replaced whenever subs changes
 	calls    []string
-	signals  []string
 	fail     map[string]error
 	reload   func() (api.ReloadResult, error)
 	plugin   *api.PluginInfo
