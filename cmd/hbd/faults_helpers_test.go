@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/shm"
 )
 
