@@ -327,7 +327,7 @@ func (w *Writer) create(path string, slots int) (err error) {
 			unix.Unlink(tmp)
 		}
 		if err != nil {
-			f.close()
+			_ = f.close()
 			t.Close()
 			w.Table = nil
 			w.files.Store(&[]*tableFile{})
@@ -407,7 +407,7 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 				w.Table = nil
 			}
 			if f != nil {
-				f.close()
+				_ = f.close()
 			} else {
 				unix.Close(fd)
 			}

@@ -110,7 +110,7 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.pid, err)
 		}
 		// The group may have been left by the main process: kill it too.
-		inc.signal(unix.SIGKILL, false)
+		_ = inc.signal(unix.SIGKILL, false)
 		select {
 		case <-inc.done:
 		case <-ctx.Done():

@@ -264,7 +264,7 @@ func (l *logFile) trimLocked(st *unix.Stat_t) error {
 		}
 		if l.backups > 0 {
 			if err := l.copyLocked(st, tmp, n); err != nil {
-				l.removeLocked(tmp)
+				_ = l.removeLocked(tmp)
 				return fmt.Errorf("log rotate %s: %w", l.path(), err)
 			}
 		}
@@ -272,7 +272,7 @@ func (l *logFile) trimLocked(st *unix.Stat_t) error {
 		if err == nil {
 			return l.finishTrimLocked()
 		}
-		l.removeLocked(tmp)
+		_ = l.removeLocked(tmp)
 		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
 			return fmt.Errorf("log rotate %s: collapse range: %w", l.path(), err)
 		}
@@ -280,7 +280,7 @@ func (l *logFile) trimLocked(st *unix.Stat_t) error {
 	}
 	if l.backups > 0 {
 		if err := l.copyLocked(st, tmp, -1); err != nil {
-			l.removeLocked(tmp)
+			_ = l.removeLocked(tmp)
 			return fmt.Errorf("log rotate %s: %w", l.path(), err)
 		}
 	}

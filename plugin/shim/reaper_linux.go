@@ -205,7 +205,7 @@ const drainTimeout = 3 * time.Second
 // strays: another child of the process is none of its business.
 func drainStrays(log *slog.Logger, timeout time.Duration, groups map[int]struct{}) {
 	for g := range groups {
-		killGroup(g, unix.SIGTERM)
+		_ = killGroup(g, unix.SIGTERM)
 	}
 	for round := 0; round < 2; round++ {
 		left := waitStrays(groups, timeout)

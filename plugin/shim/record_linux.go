@@ -127,7 +127,7 @@ func writeRecordFile(dir string, b []byte) error {
 		err = unix.Renameat(dfd, tmp, dfd, RecordFile)
 	}
 	if err != nil {
-		unix.Unlinkat(dfd, tmp, 0)
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return fmt.Errorf("%s: %w", filepath.Join(dir, RecordFile), err)
 	}
 	return nil

@@ -86,7 +86,7 @@ func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err e
 	e := syscall.Errno(req.err)
 	var ci childInfo
 	if pidfd >= 0 {
-		waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
+		_ = waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
 		unix.Close(pidfd)
 	} else {
 		waitid(unix.P_PID, pid, &ci, unix.WEXITED)
