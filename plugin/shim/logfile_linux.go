@@ -285,7 +285,7 @@ func (l *logFile) trimLocked(st *unix.Stat_t) error {
 		}
 	}
 	if err := unix.Ftruncate(int(l.f.Fd()), 0); err != nil {
-		l.removeLocked(tmp)
+		_ = l.removeLocked(tmp)
 		return fmt.Errorf("log rotate %s: truncate: %w", l.path(), err)
 	}
 	return l.finishTrimLocked()
@@ -297,7 +297,7 @@ func (l *logFile) finishTrimLocked() error {
 		return nil
 	}
 	if err := l.shiftLocked(); err != nil {
-		l.removeLocked(l.tmpName())
+		_ = l.removeLocked(l.tmpName())
 		return err
 	}
 	return l.renameLocked(l.tmpName(), l.backupName(1))

@@ -89,7 +89,7 @@ func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err e
 		_ = waitid(unix.P_PIDFD, pidfd, &ci, unix.WEXITED)
 		unix.Close(pidfd)
 	} else {
-		waitid(unix.P_PID, pid, &ci, unix.WEXITED)
+		_ = waitid(unix.P_PID, pid, &ci, unix.WEXITED)
 	}
 	if step := int(req.step); step != C.HB_STEP_EXEC && step > 0 && step < len(stepNames) {
 		return 0, -1, &spawnStepError{step: stepNames[step], err: e}, true

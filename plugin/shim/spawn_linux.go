@@ -253,7 +253,7 @@ func (s *Shim) abortSpawn(inc *incarnation) {
 	s.mu.Unlock()
 	s.w.ClearPID(inc.idx, uint32(inc.pid))
 	inc.mu.Lock()
-	killGroup(inc.pid, unix.SIGKILL)
+	_ = killGroup(inc.pid, unix.SIGKILL)
 	var ci childInfo
 	status := -1
 	if err := waitid(unix.P_PIDFD, inc.pidfd, &ci, unix.WEXITED); err == nil {
