@@ -128,7 +128,18 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("find own executable: %w", err)
 	}
 	h := cfg.HBD
-	for _, dir := range []string{h.StateDir, h.LogDir} {
+	// The state directory first: it must be hbd's own (see
+	// plugin.PrepareStateDir), and one hbd holds it for its whole life.
+	stateDir, err := plugin.PrepareStateDir(h.StateDir)
+	if err != nil {
+		return fmt.Errorf("[hbd] state_dir: %w", err)
+	}
+	lock, err := plugin.LockStateDir(stateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	for _, dir := range []string{h.LogDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
