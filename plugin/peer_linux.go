@@ -93,7 +93,7 @@ func (g *hostGate) admit(ctx context.Context, method string) error {
 	}
 	if g.holder != 0 && g.conns[g.holder] > 0 && !(g.holderFD >= 0 && pidfdExited(g.holderFD)) {
 		g.log.Warn("refused a second host: another hbd is connected", "pid", hi.pid, "uid", hi.uid, "host_pid", g.holder, "method", method)
-		return toStatus(fmt.Errorf("plugin: %s: %w: hbd pid %d is connected to this plugin; refusing pid %d", method, ErrHostConnected, g.holder, hi.pid))
+		return toStatus(fmt.Errorf("plugin: %s: %w (hbd pid %d); refusing pid %d", method, ErrHostConnected, g.holder, hi.pid))
 	}
 	if g.holderFD >= 0 {
 		_ = unix.Close(g.holderFD)
