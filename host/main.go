@@ -128,17 +128,11 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("find own executable: %w", err)
 	}
 	h := cfg.HBD
-	// The state directory first: it must be hbd's own (see
-	// plugin.PrepareStateDir), and one hbd holds it for its whole life.
+	// The state directory must be hbd's own (see plugin.PrepareStateDir).
 	stateDir, err := plugin.PrepareStateDir(h.StateDir)
 	if err != nil {
 		return fmt.Errorf("[hbd] state_dir: %w", err)
 	}
-	lock, err := plugin.LockStateDir(stateDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
 	for _, dir := range []string{h.LogDir} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
@@ -158,6 +152,13 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer srv.Close()
+	// One hbd per state directory, for its whole life: a second hbd with
+	// another socket stops here, before it could reach the plugin.
+	lock, err := plugin.LockStateDir(stateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 
 	d.mu.Lock()
 	err = d.connect()

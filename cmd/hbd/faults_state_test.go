@@ -9,14 +9,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hbshim/hb/shm"
 )
@@ -73,24 +71,14 @@ func umaskHbd(t *testing.T, h *Harness, umask string) {
 	h.HBD = wrapper
 }
 
-// waitStartOrExit waits until hbd d exits or answers on socket, and reports
-// whether it exited.
-func waitStartOrExit(h *Harness, d *Hbd, socket string) (exited bool) {
+// waitStartOrExit waits until hbd d exits or logs that it is ready, and
+// reports whether it exited.
+func waitStartOrExit(h *Harness, d *Hbd) (exited bool) {
 	h.T.Helper()
-	var answered bool
-	h.Eventually("hbd to exit or answer on "+socket, func() (bool, string) {
-		if d.Exited() {
-			return true, ""
-		}
-		c, err := net.DialTimeout("unix", socket, time.Second)
-		if err == nil {
-			c.Close()
-			answered = true
-			return true, ""
-		}
-		return false, err.Error()
+	h.Eventually("hbd to exit or be ready", func() (bool, string) {
+		return d.Exited() || strings.Contains(d.Log(), "hbd ready"), ""
 	})
-	return !answered
+	return !strings.Contains(d.Log(), "hbd ready")
 }
 
 // TestFaultPluginSocket: the plugin's gRPC socket runs any command as root
@@ -213,7 +201,7 @@ start_secs = "100ms"
 		}
 		defer os.Chmod(h.StateDir, 0o700)
 		d := h.StartProcess()
-		if !waitStartOrExit(h, d, h.Socket) {
+		if !waitStartOrExit(h, d) {
 			t.Errorf("hbd started on a group-writable state_dir:\n%s", tail(d.Log(), 10))
 			return
 		}
@@ -235,7 +223,7 @@ start_secs = "100ms"
 			}
 			defer os.Chown(h.StateDir, 0, 0)
 			d := h.StartProcess()
-			if !waitStartOrExit(h, d, h.Socket) {
+			if !waitStartOrExit(h, d) {
 				t.Errorf("hbd started on a state_dir owned by uid 65534:\n%s", tail(d.Log(), 10))
 				return
 			}
@@ -275,7 +263,7 @@ start_secs = "100ms"
 		h.Config = config2
 		second := h.StartProcess()
 		h.Config = saved
-		if !waitStartOrExit(h, second, socket2) {
+		if !waitStartOrExit(h, second) {
 			t.Errorf("a second hbd started on %s beside hbd %d:\n%s", h.StateDir, first.PID, tail(second.Log(), 10))
 			second.Signal(syscall.SIGQUIT) // leave the plugin to the first
 			second.Wait()
