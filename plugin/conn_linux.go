@@ -56,8 +56,9 @@ type LaunchConfig struct {
 	// Env is added to hbd's environment (later entries win).
 	Env []string
 	// StateDir holds plugin.json and the plugin's unix socket (created 0700
-	// if missing). Keep it off /tmp, whose cleaners may delete the socket of
-	// a long-running plugin.
+	// if missing; refused unless it passes PrepareStateDir's checks). Keep
+	// it off /tmp, whose cleaners may delete the socket of a long-running
+	// plugin.
 	StateDir string
 	// Logger receives go-plugin's host-side log. nil: discarded.
 	Logger hclog.Logger
