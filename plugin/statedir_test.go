@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hbshim/hb/shm"
 )
@@ -144,4 +146,49 @@ func TestLockStateDirOnePerDir(t *testing.T) {
 		t.Fatalf("LockStateDir after Release: %v", err)
 	}
 	again.Release()
+}
+
+// The plugin serves one host process at a time: another process's Reattach
+// is refused with ErrHostConnected and leaves the plugin running; once the
+// first host has let go, it attaches.
+func TestReattachWhileAnotherHostIsConnected(t *testing.T) {
+	t.Parallel()
+	conn, dir := launch(t)
+	reattach := func() (string, int) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"=reattach", dirEnv+"="+dir)
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out)), cmd.ProcessState.ExitCode()
+	}
+	out, code := reattach()
+	if code != 3 || !strings.Contains(out, "another hbd is connected to the plugin (hbd pid "+strconv.Itoa(os.Getpid())+")") {
+		t.Fatalf("second host's Reattach: exit %d: %s; want ErrHostConnected naming pid %d", code, out, os.Getpid())
+	}
+	select {
+	case <-conn.Exited():
+		t.Fatal("the plugin was killed by the refused Reattach")
+	default:
+	}
+	if _, err := conn.Shim().List(context.Background()); err != nil {
+		t.Fatalf("the first host after the refused Reattach: %v", err)
+	}
+	if err := conn.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin notices the closed connection on its own time.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, code = reattach()
+		if code == 0 || code != 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code != 0 || !strings.HasPrefix(out, "attached ") {
+		t.Fatalf("Reattach after the first host detached: exit %d: %s", code, out)
+	}
 }
