@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
@@ -77,7 +78,13 @@ func (d *Daemon) connect() error {
 	conn, err := plugin.Reattach(h.StateDir, pluginLogger())
 	reattached := err == nil
 	if err != nil {
-		if !errors.Is(err, plugin.ErrNoPlugin) {
+		switch {
+		case errors.Is(err, plugin.ErrHostConnected):
+			return err
+		case errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, plugin.ErrNoPlugin):
+			d.log.Warn("not reattaching to the recorded plugin; starting a new one", "err", err)
+		default:
 			d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
 		}
 		conn, err = plugin.Launch(plugin.LaunchConfig{

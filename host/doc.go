@@ -4,8 +4,11 @@
 // (host/api), and drives the plugin (package plugin) that spawns and
 // watches the services.
 //
-// Lifecycle. Run listens on the control socket first (a second hbd on the
-// same socket stops there), then reattaches to a running plugin from
+// Lifecycle. Run vets state_dir (hbd's own, see plugin.PrepareStateDir),
+// listens on the control socket (a second hbd on the same socket stops
+// there), takes the state directory's lock (a second hbd on the same
+// state_dir with another socket stops there, naming the first's PID), then
+// reattaches to a running plugin from
 // state_dir/plugin.json or launches a new one (`hbd plugin`, the same
 // binary in its own session), and reconciles every service with the
 // shared-memory table: a live slot is taken as is, never started twice; a

@@ -128,10 +128,10 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("find own executable: %w", err)
 	}
 	h := cfg.HBD
-	for _, dir := range []string{h.StateDir} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", dir, err)
-		}
+	// The state directory must be hbd's own (see plugin.PrepareStateDir).
+	stateDir, err := plugin.PrepareStateDir(h.StateDir)
+	if err != nil {
+		return fmt.Errorf("[hbd] state_dir: %w", err)
 	}
 	// The plugin writes the services' logs there as hbd's user: a log_dir
 	// that anyone else can change is refused before anything is started or
@@ -153,6 +153,13 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer srv.Close()
+	// One hbd per state directory, for its whole life: a second hbd with
+	// another socket stops here, before it could reach the plugin.
+	lock, err := plugin.LockStateDir(stateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 
 	d.mu.Lock()
 	err = d.connect()

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -55,8 +56,9 @@ type LaunchConfig struct {
 	// Env is added to hbd's environment (later entries win).
 	Env []string
 	// StateDir holds plugin.json and the plugin's unix socket (created 0700
-	// if missing). Keep it off /tmp, whose cleaners may delete the socket of
-	// a long-running plugin.
+	// if missing; refused unless it passes PrepareStateDir's checks). Keep
+	// it off /tmp, whose cleaners may delete the socket of a long-running
+	// plugin.
 	StateDir string
 	// Logger receives go-plugin's host-side log. nil: discarded.
 	Logger hclog.Logger
@@ -176,7 +178,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("plugin: launch: state directory %s: %w", cfg.StateDir, err)
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+	if stateDir, err = PrepareStateDir(stateDir); err != nil {
 		return nil, fmt.Errorf("plugin: launch: %w", err)
 	}
 	path := cfg.Path
@@ -265,9 +267,15 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		Addr:            rc.Addr.String(),
 		PID:             pid,
 		Exe:             procExe(pid),
-		Args:            slices.Clone(cfg.Args),
+		Args:            append([]string{}, cfg.Args...),
 	}
 	if rec.StartTime, err = shm.StartTime(pid); err != nil {
+		return fail(err)
+	}
+	if err := rec.check(); err != nil {
+		return fail(fmt.Errorf("pid %d: %v", pid, err))
+	}
+	if err := checkSocketFile(rec.Addr); err != nil {
 		return fail(err)
 	}
 	w, err := newExitWatch(pid, pidfd, logger)
@@ -292,8 +300,12 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 // plugin (same start time, executable and arguments), that the socket is
 // served by that PID, and that the plugin answers a health check.
 //
-// Every failure wraps ErrNoPlugin, and then no plugin of that record is
-// running: when the process is ours but cannot be used (unreachable, another
+// The state directory must pass CheckStateDir and the record must name
+// every identity field; a record that does not is stale, and its PID is
+// never signalled. When the plugin is serving another live hbd process,
+// the error wraps ErrHostConnected (not ErrNoPlugin) and the plugin is left
+// running. Every other failure wraps ErrNoPlugin, and then no plugin of that
+// record is running: when the process is ours but cannot be used (unreachable, another
 // protocol version, not answering), Reattach SIGKILLs it (through its pidfd)
 // and waits for it to die, so a fresh Launch never runs beside it. The
 // services it started live on and the new plugin adopts them. A stale record
@@ -310,10 +322,16 @@ func Reattach(stateDir string, logger hclog.Logger) (*Conn, error) {
 		return nil, fmt.Errorf("plugin: reattach: %w: state directory: %v", ErrNoPlugin, err)
 	}
 	file := filepath.Join(stateDir, StateFile)
-	rec, err := readRecord(file)
+	if err := CheckStateDir(stateDir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("plugin: reattach: %w: %w", ErrNoPlugin, err)
+		}
+		return nil, fmt.Errorf("plugin: reattach: %w", err)
+	}
+	rec, err := readRecord(stateDir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("plugin: reattach: %w: %s does not exist", ErrNoPlugin, file)
+			return nil, fmt.Errorf("plugin: reattach: %w: %s does not exist: %w", ErrNoPlugin, file, fs.ErrNotExist)
 		}
 		return nil, fmt.Errorf("plugin: reattach: %w: %v", ErrNoPlugin, err)
 	}
@@ -322,8 +340,10 @@ func Reattach(stateDir string, logger hclog.Logger) (*Conn, error) {
 		removeSocket(stateDir, rec.Addr)
 		return nil, fmt.Errorf("plugin: reattach: %w: %s: %s", ErrNoPlugin, file, why)
 	}
-	if rec.PID <= 0 {
-		return stale("no pid")
+	// No process is looked at, let alone signalled, on an incomplete
+	// record: only a verified start time ties the PID to the plugin.
+	if err := rec.check(); err != nil {
+		return stale(err.Error() + "; not touching pid " + strconv.Itoa(rec.PID))
 	}
 	pidfd, err := unix.PidfdOpen(rec.PID, unix.PIDFD_NONBLOCK)
 	if err != nil {
@@ -394,6 +414,12 @@ func Reattach(stateDir string, logger hclog.Logger) (*Conn, error) {
 	if _, err := grpc_health_v1.NewHealthClient(gc.Conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{
 		Service: goplugin.GRPCServiceName,
 	}); err != nil {
+		if rerr := fromStatus("health check", err); errors.Is(rerr, ErrHostConnected) {
+			// Serving another hbd is no fault of the plugin's: leave it be.
+			_ = gc.Conn.Close()
+			w.close()
+			return nil, fmt.Errorf("plugin: reattach to pid %d: %w; stop the other hbd first", rec.PID, rerr)
+		}
 		return unusable(fmt.Errorf("health check: %w", err))
 	}
 	c, err := newConn(client, proto, w, stateDir, logger)
@@ -455,13 +481,11 @@ func checkIdentity(rec record, pidfd int) error {
 	if err != nil {
 		return fmt.Errorf("pid %d: %v", rec.PID, err)
 	}
-	if rec.StartTime != 0 && st != rec.StartTime {
+	if rec.StartTime == 0 || st != rec.StartTime {
 		return fmt.Errorf("pid %d was reused (start time %d, recorded %d)", rec.PID, st, rec.StartTime)
 	}
-	if rec.Exe != "" {
-		if exe := procExe(rec.PID); exe != rec.Exe {
-			return fmt.Errorf("pid %d runs %q, recorded %q", rec.PID, exe, rec.Exe)
-		}
+	if exe := procExe(rec.PID); rec.Exe == "" || exe != rec.Exe {
+		return fmt.Errorf("pid %d runs %q, recorded %q", rec.PID, exe, rec.Exe)
 	}
 	args, err := procArgs(rec.PID)
 	if err != nil {
@@ -500,6 +524,26 @@ func procArgs(pid int) ([]string, error) {
 	return argv[1:], nil
 }
 
+// checkSocketFile verifies that the plugin's socket at path is a socket
+// owned by this euid that nobody else may connect to (mode 0600 or
+// stricter), as Serve creates it.
+func checkSocketFile(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("plugin socket %s: %w", path, err)
+	}
+	euid := uint32(unix.Geteuid())
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFSOCK:
+		return fmt.Errorf("plugin socket %s: not a socket", path)
+	case st.Uid != euid:
+		return fmt.Errorf("plugin socket %s: owned by uid %d, not %d", path, st.Uid, euid)
+	case st.Mode&0o077 != 0:
+		return fmt.Errorf("plugin socket %s: mode %04o lets group or others connect, want 0600", path, st.Mode&0o7777)
+	}
+	return nil
+}
+
 // checkPeer verifies that the unix socket at addr is served by pid.
 func checkPeer(addr *net.UnixAddr, pid int) error {
 	conn, err := net.DialUnix("unix", nil, addr)
@@ -527,16 +571,35 @@ func checkPeer(addr *net.UnixAddr, pid int) error {
 	return nil
 }
 
-func readRecord(file string) (record, error) {
+// readRecord reads stateDir/plugin.json (see readRecordFile).
+func readRecord(stateDir string) (record, error) {
 	var rec record
-	b, err := os.ReadFile(file)
+	b, err := readRecordFile(stateDir)
 	if err != nil {
 		return rec, err
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("%s: %w", file, err)
+		return rec, fmt.Errorf("%s: %w", filepath.Join(stateDir, StateFile), err)
 	}
 	return rec, nil
+}
+
+// check reports the first identity field rec lacks. Every one is required:
+// a record that leaves one out cannot tell its plugin from another process.
+func (rec record) check() error {
+	switch {
+	case rec.PID <= 0:
+		return errors.New("no pid")
+	case rec.StartTime == 0:
+		return errors.New("no start_time: the pid's identity cannot be verified")
+	case rec.Exe == "":
+		return errors.New("no exe: the pid's identity cannot be verified")
+	case rec.Args == nil:
+		return errors.New("no args: the pid's identity cannot be verified")
+	case rec.Addr == "":
+		return errors.New("no addr")
+	}
+	return nil
 }
 
 // writeRecord replaces stateDir/plugin.json atomically (temporary file,
@@ -582,11 +645,10 @@ func writeRecord(stateDir string, rec record) error {
 // removeRecord removes stateDir/plugin.json if it still records pid (a
 // newer plugin's record is left alone).
 func removeRecord(stateDir string, pid int) {
-	file := filepath.Join(stateDir, StateFile)
-	if rec, err := readRecord(file); err == nil && rec.PID != pid {
+	if rec, err := readRecord(stateDir); err == nil && rec.PID != pid {
 		return
 	}
-	_ = os.Remove(file)
+	_ = os.Remove(filepath.Join(stateDir, StateFile))
 }
 
 // removeSocket removes a dead plugin's socket file, only inside stateDir

@@ -130,7 +130,7 @@ func TestLaunchRoundTrip(t *testing.T) {
 		t.Errorf("Info = %+v, want PID %d (Conn.PID), version test, %d slots", info, conn.PID(), fakeSlots)
 	}
 
-	rec, err := readRecord(filepath.Join(dir, StateFile))
+	rec, err := readRecord(dir)
 	if err != nil {
 		t.Fatalf("plugin.json: %v", err)
 	}
@@ -535,7 +535,7 @@ func TestReattachKillsUnusablePlugin(t *testing.T) {
 			conn, dir := launch(t)
 			defer conn.Detach()
 			file := filepath.Join(dir, StateFile)
-			rec, err := readRecord(file)
+			rec, err := readRecord(dir)
 			if err != nil {
 				t.Fatal(err)
 			}

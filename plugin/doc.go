@@ -20,9 +20,21 @@
 //
 // Only gRPC is offered (go-plugin defaults to net/rpc). AutoMTLS, SecureConfig
 // and GRPCBrokerMultiplex are not used: go-plugin forbids reattaching with
-// them. The socket lives in the state directory, which Launch creates with
-// mode 0700 when it is missing; its protection is that directory's (see
-// docs/security.md).
+// them.
+//
+// # Who may connect
+//
+// The state directory is hbd's own: PrepareStateDir creates it 0700, or
+// refuses one that another user owns, that group or others may write, or
+// below a directory others may write (not sticky). plugin.json is read
+// without following symlinks and only as a regular file of hbd's uid. The
+// plugin's socket lives there and is created 0600 (Serve binds it under
+// umask 0177). Every connection is checked with SO_PEERCRED: only hbd's
+// uid (the plugin's euid) gets a gRPC transport; others are closed and
+// logged ("refused a connection to the plugin socket"; see docs/security.md). And the plugin
+// serves one hbd process at a time: while one is connected and alive, calls
+// from any other process fail with ErrHostConnected. LockStateDir gives
+// one hbd the state directory for its life (flock on hbd.lock).
 //
 // # Lifecycle
 //
@@ -34,10 +46,13 @@
 //
 // Conn.Detach closes the host's side without stopping the plugin; hbd does
 // this before it exits for a restart or upgrade. Reattach reads plugin.json,
-// checks that the PID is alive and is that plugin (start time, executable,
-// arguments — never trusting a bare PID), that the socket is served by it
-// (SO_PEERCRED), and that it answers; then it connects. Every Reattach failure
-// wraps ErrNoPlugin and guarantees no plugin of that record is left running:
+// requires every identity field (a record without one is stale and its PID
+// is never signalled), checks that the PID is alive and is that plugin
+// (start time, executable, arguments — never trusting a bare PID), that the
+// socket is served by it (SO_PEERCRED), and that it answers; then it
+// connects. A plugin serving another live hbd is left alone (the error wraps
+// ErrHostConnected). Every other Reattach failure wraps ErrNoPlugin and
+// guarantees no plugin of that record is left running:
 // a live plugin that cannot be used (another protocol version, an
 // unreachable socket) is SIGKILLed through its pidfd first. Its services live
 // on, and the plugin hbd launches next adopts them from the table. So a host

@@ -35,6 +35,9 @@ var (
 	// the connection broke. The host should check Conn.Exited and relaunch or
 	// reattach.
 	ErrUnavailable = errors.New("plugin unavailable")
+	// ErrHostConnected: the plugin serves one hbd at a time, and another hbd
+	// process is connected to it (gRPC FailedPrecondition).
+	ErrHostConnected = errors.New("another hbd is connected to the plugin")
 	// ErrNoPlugin: Reattach found no plugin to attach to (no plugin.json, the
 	// recorded process is dead, or it is not ours). Launch a new one.
 	ErrNoPlugin = errors.New("no plugin to reattach")
@@ -56,6 +59,7 @@ var wireErrors = []struct {
 	{ErrFull, codes.ResourceExhausted, "FULL"},
 	{ErrBadSpec, codes.InvalidArgument, "BAD_SPEC"},
 	{ErrShutdown, codes.Unavailable, "SHUTDOWN"},
+	{ErrHostConnected, codes.FailedPrecondition, "HOST_CONNECTED"},
 	// The table's own errors, when an implementation passes them through.
 	{shm.ErrNotFound, codes.NotFound, "NOT_FOUND"},
 	{shm.ErrFull, codes.ResourceExhausted, "FULL"},

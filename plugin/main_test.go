@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,6 +42,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runPlugin())
 	case "host":
 		os.Exit(runHost())
+	case "reattach":
+		os.Exit(runReattach())
 	}
 	os.Exit(m.Run())
 }
@@ -80,6 +83,23 @@ func runHost() int {
 		return 1
 	}
 	fmt.Println(conn.PID())
+	return 0
+}
+
+// runReattach reattaches to the plugin in $HB_PLUGIN_TEST_DIR, prints
+// Reattach's error (or "attached PID"), and detaches. It exits 0 only if it
+// attached.
+func runReattach() int {
+	conn, err := Reattach(os.Getenv(dirEnv), nil)
+	if err != nil {
+		fmt.Println(err)
+		if errors.Is(err, ErrHostConnected) {
+			return 3
+		}
+		return 1
+	}
+	fmt.Println("attached", conn.PID())
+	_ = conn.Detach()
 	return 0
 }
 

@@ -361,11 +361,23 @@ func Serve(impl Shim, logOutput io.Writer) error {
 		}
 	}()
 
+	// go-plugin creates the listener itself, then builds the gRPC server
+	// (GRPCServer below), then serves: the socket is born 0600 under
+	// socketUmask, and the process umask (which the services inherit) is
+	// restored before anything is served.
+	gate := newHostGate(logger)
+	oldUmask := unix.Umask(socketUmask)
+	var restoreOnce sync.Once
+	restore := func() { restoreOnce.Do(func() { unix.Umask(oldUmask) }) }
+	defer restore()
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         pluginSet(impl, srv),
-		GRPCServer:      goplugin.DefaultGRPCServer,
-		Logger:          logger,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			restore()
+			return grpc.NewServer(append(opts, gate.serverOptions()...)...)
+		},
+		Logger: logger,
 	})
 
 	// goplugin.Serve returns as soon as the listener closes; a graceful

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -423,4 +424,14 @@ func readFileState(t *testing.T, path string) fileState {
 	}
 	fs.Content = string(b)
 	return fs
+}
+
+// statusByName indexes hbctl status --json.
+func statusByName(h *Harness) map[string]api.ServiceStatus {
+	h.T.Helper()
+	out := map[string]api.ServiceStatus{}
+	for _, st := range h.Status() {
+		out[st.Name] = st
+	}
+	return out
 }
