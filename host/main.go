@@ -24,6 +24,7 @@ import (
 	"github.com/hbshim/hb/host/config"
 	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/logdir"
 	"github.com/hbshim/hb/plugin/shim"
 	"github.com/hbshim/hb/shm"
 )
@@ -136,7 +137,7 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	// The plugin writes the services' logs there as hbd's user: a log_dir
 	// that anyone else can change is refused before anything is started or
 	// attached to, so nothing running is lost.
-	if err := shim.PrepareLogDir(h.LogDir); err != nil {
+	if err := logdir.Prepare(h.LogDir); err != nil {
 		return err
 	}
 	d := newDaemon(cfg, log, exe)

@@ -137,7 +137,7 @@
 // a file loses nothing and never blocks.
 //
 // The plugin writes there as its own user (root), so LogDir must be a
-// directory nobody else can change (see logdir_linux.go; PrepareLogDir is
+// directory nobody else can change (see package logdir; logdir.Prepare is
 // the check hbd runs at start, and every spawn runs it again): reached from
 // / without a symlink, owned by the plugin's euid and not writable by group
 // or others, every directory above it root's or the plugin's and not
@@ -146,7 +146,7 @@
 // (a planted symlink is refused, a FIFO fails at once instead of waiting for
 // a reader), and only a regular file with one link, owned by the plugin's
 // euid, is written; renames and removals are renameat/unlinkat on the same
-// descriptor. A refused file fails the spawn with an ErrUnsafeLogDir error
+// descriptor. A refused file fails the spawn with an logdir.ErrUnsafe error
 // (a plugin.ErrBadSpec) that names it and the fix.
 //
 // Rotation:

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin/logdir"
 )
 
 // Defaults for plugin.Spec's log settings.
@@ -24,7 +26,7 @@ const (
 // log_dir). The child writes straight into it through an O_APPEND
 // descriptor; the shim keeps its own descriptor on the same open file to
 // measure it and hands a copy to each incarnation. See doc.go for the
-// rotation scheme and logdir_linux.go for how the directory and its files are
+// rotation scheme and package logdir for how the directory and its files are
 // opened: every name is resolved relative to dirfd, no symlink is followed,
 // no open blocks, and only regular files are written.
 type logFile struct {
@@ -104,7 +106,7 @@ func (l *logFile) spawnFD() (int, error) {
 // openLocked walks to log_dir (creating what is missing) and makes f the
 // file under the log's name, keeping the open one when it still is.
 func (l *logFile) openLocked() error {
-	dfd, err := openLogDir(l.dir, true)
+	dfd, err := logdir.Open(l.dir, true)
 	if err != nil {
 		return err
 	}
@@ -115,7 +117,7 @@ func (l *logFile) openLocked() error {
 		}
 		l.closeLocked()
 	}
-	f, err := openLogAt(dfd, l.dir, l.name)
+	f, err := logdir.OpenFile(dfd, l.dir, l.name)
 	if err != nil {
 		unix.Close(dfd)
 		return err
@@ -202,7 +204,7 @@ func (l *logFile) rotateLocked() error {
 	}
 	l.f.Close()
 	l.f = nil
-	f, err := openLogAt(l.dirfd, l.dir, l.name)
+	f, err := logdir.OpenFile(l.dirfd, l.dir, l.name)
 	if err != nil {
 		unix.Close(l.dirfd)
 		l.dirfd = -1
@@ -309,12 +311,12 @@ func (l *logFile) finishTrimLocked() error {
 // file has not grown since the last read, so that a truncation right after
 // loses as little as possible.
 func (l *logFile) copyLocked(st *unix.Stat_t, dst string, n int64) error {
-	in, err := openExisting(l.dirfd, l.dir, l.name, st)
+	in, err := logdir.OpenExisting(l.dirfd, l.dir, l.name, st)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := createAt(l.dirfd, l.dir, dst)
+	out, err := logdir.Create(l.dirfd, l.dir, dst)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/logdir"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -334,10 +335,10 @@ func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, 
 	l := *lf
 	s.mu.Unlock()
 	// Only this service's op and l.mu are held here, and nothing in
-	// spawnFD waits for another process (see logdir_linux.go).
+	// spawnFD waits for another process (see package logdir).
 	fd, err := l.spawnFD()
 	if err != nil {
-		if errors.Is(err, ErrUnsafeLogDir) {
+		if errors.Is(err, logdir.ErrUnsafe) {
 			return -1, badSpec(err, "spawn %q: std%s \"file\"", spec.Name, stream)
 		}
 		return -1, fmt.Errorf("spawn %q: std%s \"file\": %w", spec.Name, stream, err)

@@ -1,4 +1,7 @@
-package shim
+// Package logdir opens hb's log directory and the log files in it the way a
+// root process must: without following a symlink, without blocking, and only
+// where nobody but the plugin's user can change the directory's entries.
+package logdir
 
 import (
 	"errors"
@@ -34,15 +37,15 @@ import (
 //     same descriptor, which never follow the last component.
 //
 // A directory that fails a check is refused with an error that names it and
-// says how to fix it (PrepareLogDir at hbd's start; every spawn that opens
+// says how to fix it (Prepare at hbd's start; every spawn that opens
 // or rotates a log file checks again).
 
-// PrepareLogDir creates dir (absolute) and the directories above it that are
+// Prepare creates dir (absolute) and the directories above it that are
 // missing (mode 0755), and checks that dir is fit for a root process to write its
 // services' logs in (see the rules above). hbd calls it at start; the error
 // names the directory and the fix.
-func PrepareLogDir(dir string) error {
-	fd, err := openLogDir(dir, true)
+func Prepare(dir string) error {
+	fd, err := Open(dir, true)
 	if err != nil {
 		return err
 	}
@@ -50,20 +53,20 @@ func PrepareLogDir(dir string) error {
 	return nil
 }
 
-// logDirError is a log directory, or a file in it, that the plugin refuses
-// to write to. It matches ErrUnsafeLogDir.
-type logDirError struct {
+// unsafeError is a log directory, or a file in it, that the plugin refuses
+// to write to. It matches ErrUnsafe.
+type unsafeError struct {
 	dir string // the log_dir setting
 	msg string // what is wrong
 	fix string // a command or setting that fixes it; may be empty
 }
 
-// ErrUnsafeLogDir is matched by the errors of a log directory, or a file in
+// ErrUnsafe is matched by the errors of a log directory, or a file in
 // it, that someone other than the plugin's user could have planted or could
 // change.
-var ErrUnsafeLogDir = errors.New("unsafe log directory")
+var ErrUnsafe = errors.New("unsafe log directory")
 
-func (e *logDirError) Error() string {
+func (e *unsafeError) Error() string {
 	s := "log_dir " + e.dir + ": " + e.msg
 	if e.fix != "" {
 		s += "; fix: " + e.fix
@@ -71,7 +74,7 @@ func (e *logDirError) Error() string {
 	return s
 }
 
-func (e *logDirError) Is(target error) bool { return target == ErrUnsafeLogDir }
+func (e *unsafeError) Is(target error) bool { return target == ErrUnsafe }
 
 // ownerName is how a fix command names uid.
 func ownerName(uid int) string {
@@ -81,12 +84,12 @@ func ownerName(uid int) string {
 	return strconv.Itoa(uid)
 }
 
-// openLogDir opens dir as an O_PATH descriptor, walking from / without
+// Open opens dir as an O_PATH descriptor, walking from / without
 // following symlinks and vetting each component (vetDir); with create set,
 // missing components are made (mode 0755, whatever the umask).
-func openLogDir(dir string, create bool) (int, error) {
+func Open(dir string, create bool) (int, error) {
 	if !filepath.IsAbs(dir) {
-		return -1, &logDirError{dir: dir, msg: "not an absolute path"}
+		return -1, &unsafeError{dir: dir, msg: "not an absolute path"}
 	}
 	dir = filepath.Clean(dir)
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -154,7 +157,7 @@ func componentError(dir, next string, parent int, name string, err error) error 
 			if next != dir {
 				what = next
 			}
-			e := &logDirError{dir: dir, msg: what + " is a symlink"}
+			e := &unsafeError{dir: dir, msg: what + " is a symlink"}
 			if target, rerr := os.Readlink(next); rerr == nil {
 				e.msg += " (to " + target + ")"
 			}
@@ -167,7 +170,7 @@ func componentError(dir, next string, parent int, name string, err error) error 
 			return e
 		case unix.S_IFDIR:
 		default:
-			return &logDirError{dir: dir, msg: next + " is not a directory", fix: "remove it, or choose another log_dir"}
+			return &unsafeError{dir: dir, msg: next + " is not a directory", fix: "remove it, or choose another log_dir"}
 		}
 	}
 	return fmt.Errorf("log_dir %s: %s: %w", dir, next, err)
@@ -186,7 +189,7 @@ func vetDir(dir, cur string, fd int, last bool) error {
 	fix := fmt.Sprintf("chown %s %s && chmod go-w %s", ownerName(euid), cur, cur)
 	if last {
 		if uid != euid || mode&0o022 != 0 {
-			return &logDirError{dir: dir, fix: fix, msg: fmt.Sprintf(
+			return &unsafeError{dir: dir, fix: fix, msg: fmt.Sprintf(
 				"owned by uid %d with mode %04o; the plugin (uid %d) writes its services' logs there itself, "+
 					"so it must be owned by uid %d and not writable by group or others "+
 					"(whoever can change its entries can make the plugin write to any file)",
@@ -195,23 +198,23 @@ func vetDir(dir, cur string, fd int, last bool) error {
 		return nil
 	}
 	if uid != 0 && uid != euid {
-		return &logDirError{dir: dir, fix: fix, msg: fmt.Sprintf(
+		return &unsafeError{dir: dir, fix: fix, msg: fmt.Sprintf(
 			"%s above it is owned by uid %d (mode %04o); every directory above log_dir must be owned by root or uid %d",
 			cur, uid, mode, euid)}
 	}
 	if mode&0o022 != 0 && mode&unix.S_ISVTX == 0 {
-		return &logDirError{dir: dir, fix: "chmod go-w " + cur, msg: fmt.Sprintf(
+		return &unsafeError{dir: dir, fix: "chmod go-w " + cur, msg: fmt.Sprintf(
 			"%s above it is writable by group or others (mode %04o) and not sticky: anyone who can write it can replace log_dir",
 			cur, mode)}
 	}
 	return nil
 }
 
-// openLogAt opens the log file name in the directory dirfd (log_dir dir)
+// OpenFile opens the log file name in the directory dirfd (log_dir dir)
 // for appending, creating it (0644) if it does not exist. It follows no
 // symlink and never blocks, and accepts only what vetLogFile accepts. The
 // descriptor it returns is blocking again (the child inherits it).
-func openLogAt(dirfd int, dir, name string) (*os.File, error) {
+func OpenFile(dirfd int, dir, name string) (*os.File, error) {
 	var st unix.Stat_t
 	// Look before opening: opening a device can act on it.
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
@@ -262,21 +265,21 @@ func vetLogFile(dir, name string, st *unix.Stat_t) error {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 	case unix.S_IFLNK:
-		return &logDirError{dir: dir, fix: fix, msg: path + " is a symlink; the plugin never writes a log through a link"}
+		return &unsafeError{dir: dir, fix: fix, msg: path + " is a symlink; the plugin never writes a log through a link"}
 	case unix.S_IFIFO:
-		return &logDirError{dir: dir, fix: fix, msg: path + " is a named pipe (FIFO), not a regular file"}
+		return &unsafeError{dir: dir, fix: fix, msg: path + " is a named pipe (FIFO), not a regular file"}
 	case unix.S_IFDIR:
-		return &logDirError{dir: dir, fix: fix, msg: path + " is a directory, not a regular file"}
+		return &unsafeError{dir: dir, fix: fix, msg: path + " is a directory, not a regular file"}
 	case unix.S_IFCHR, unix.S_IFBLK:
-		return &logDirError{dir: dir, fix: fix, msg: path + " is a device, not a regular file"}
+		return &unsafeError{dir: dir, fix: fix, msg: path + " is a device, not a regular file"}
 	default:
-		return &logDirError{dir: dir, fix: fix, msg: fmt.Sprintf("%s is not a regular file (type %#o)", path, st.Mode&unix.S_IFMT)}
+		return &unsafeError{dir: dir, fix: fix, msg: fmt.Sprintf("%s is not a regular file (type %#o)", path, st.Mode&unix.S_IFMT)}
 	}
 	if euid := os.Geteuid(); int(st.Uid) != euid {
-		return &logDirError{dir: dir, fix: fix, msg: fmt.Sprintf("%s is owned by uid %d, not by the plugin's uid %d, which creates its log files itself", path, st.Uid, euid)}
+		return &unsafeError{dir: dir, fix: fix, msg: fmt.Sprintf("%s is owned by uid %d, not by the plugin's uid %d, which creates its log files itself", path, st.Uid, euid)}
 	}
 	if st.Nlink != 1 {
-		return &logDirError{dir: dir, fix: fix, msg: fmt.Sprintf("%s has %d names (hard links); the plugin writes only to a file that has no other", path, st.Nlink)}
+		return &unsafeError{dir: dir, fix: fix, msg: fmt.Sprintf("%s has %d names (hard links); the plugin writes only to a file that has no other", path, st.Nlink)}
 	}
 	return nil
 }
@@ -296,9 +299,9 @@ func openFileError(dirfd int, dir, name string, err error) error {
 	return fmt.Errorf("log file %s: %w", path, err)
 }
 
-// openExisting opens name in dirfd read-only (no symlink followed, never
+// OpenExisting opens name in dirfd read-only (no symlink followed, never
 // blocking) and checks that it is the file want describes.
-func openExisting(dirfd int, dir, name string, want *unix.Stat_t) (*os.File, error) {
+func OpenExisting(dirfd int, dir, name string, want *unix.Stat_t) (*os.File, error) {
 	fd, err := openAt(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, openFileError(dirfd, dir, name, err)
@@ -315,9 +318,9 @@ func openExisting(dirfd int, dir, name string, want *unix.Stat_t) (*os.File, err
 	return os.NewFile(uintptr(fd), filepath.Join(dir, name)), nil
 }
 
-// createAt makes name in dirfd anew (removing what had that name) and opens
+// Create makes name in dirfd anew (removing what had that name) and opens
 // it for writing; O_EXCL: a name planted meanwhile fails it.
-func createAt(dirfd int, dir, name string) (*os.File, error) {
+func Create(dirfd int, dir, name string) (*os.File, error) {
 	if err := unix.Unlinkat(dirfd, name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return nil, fmt.Errorf("log file %s: remove: %w", filepath.Join(dir, name), err)
 	}
