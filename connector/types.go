@@ -274,6 +274,7 @@ type Stats struct {
 type testHooks struct {
 	beforeRecv  func() // connector goroutine, before each receive
 	beforeEpoll func() // epoll goroutine, before each epoll_wait
+	beforePidfd func() // pidfd goroutine (when the reader runs real-time), before each epoll_wait
 	exitQueue   int    // overrides DefaultExitQueue when > 0
 
 	filterEvery time.Duration // overrides filterInterval when != 0

@@ -722,8 +722,13 @@ func (w *Watcher) waitLoop(epfd int) {
 		backoff time.Duration
 	)
 	for {
-		if h := w.opt.hooks; h != nil && h.beforeEpoll != nil {
-			h.beforeEpoll()
+		if h := w.opt.hooks; h != nil {
+			if f := h.beforeEpoll; f != nil && epfd == w.epfd {
+				f()
+			}
+			if f := h.beforePidfd; f != nil && epfd != w.epfd {
+				f()
+			}
 		}
 		n, err := unix.EpollWait(epfd, events[:], -1)
 		if err != nil {
