@@ -73,12 +73,18 @@
 //
 // # Goroutines and concurrency contract
 //
-// A Watcher owns at most two goroutines: the connector goroutine (none with
+// A Watcher owns at most three goroutines: the connector goroutine (none with
 // DetectPidfd or DetectTracepoint, or when the connector is unavailable
 // under DetectAuto) and one epoll goroutine for all pidfds and the exit
-// tracepoint's ring buffer — not one goroutine or thread per process. Each
-// may detect the same exit; a compare-and-swap on the watch makes exactly
-// one of them report it.
+// tracepoint's ring buffer — not one goroutine or thread per process. When
+// the tracepoint's reader runs real-time (Options.Priority), the pidfds get
+// an epoll set and goroutine of their own on ordinary threads: real-time
+// threads of higher priority that keep every CPU busy (busy-polling
+// data-plane stages) never let the reader run, while the fair scheduler
+// still gives ordinary threads a share (real-time throttling), so the
+// pidfds report the exit then. Each goroutine may detect the same exit; a
+// compare-and-swap on the watch makes exactly one of them report it, and
+// the caller's OnExit runs once.
 //
 // Reporting an exit, on the goroutine that detected it, is in this order:
 //

@@ -331,3 +331,37 @@ func TestTracepointReaderPriority(t *testing.T) {
 	}
 	waitFor(t, "the real-time thread to end with the Watcher", func() bool { return len(fifoThreads(t)) == 0 })
 }
+
+// TestTracepointStarvedReader: with Options.Priority the pidfds are waited
+// on by a goroutine of their own, so an exit is still reported while the
+// real-time reader cannot run (a busy real-time thread of higher priority
+// holds its CPU; here its loop is stalled), through the pidfd, exactly once.
+// The reader, let go afterwards, reports nothing more.
+func TestTracepointStarvedReader(t *testing.T) {
+	requireTrace(t)
+	reader := newGate()
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint, Priority: 1,
+		hooks: &testHooks{beforeEpoll: reader.wait}}), reader)
+	reader.waitParked(t)
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	c.kill(unix.SIGKILL)
+	e := collect(t, w, 1)[1]
+	if e.Source != SourcePidfd {
+		t.Errorf("exit %+v: source %v, want pidfd (the reader is stalled)", e, e.Source)
+	}
+	reader.release()
+	waitFor(t, "the reader to drain the tracepoint's record", func() bool { return w.Stats().Traced >= 1 })
+	c.reap()
+	noExitQueued(t, w)
+	if n := rec.count(1); n != 1 {
+		t.Errorf("OnExit ran %d times; want 1", n)
+	}
+	if st := w.Stats(); st.Exits != 1 {
+		t.Errorf("stats %+v: want Exits 1", st)
+	}
+}

@@ -171,6 +171,17 @@ type Options struct {
 	// priority, so a burst of ordinary processes (an exit flood) cannot
 	// keep it off a CPU for tens of milliseconds. It needs CAP_SYS_NICE;
 	// without it the thread stays ordinary (logged once). 0: ordinary.
+	//
+	// What it costs: a real-time thread of higher (or equal) priority that
+	// keeps a CPU busy keeps this one off it for as long as it spins, and
+	// real-time throttling (kernel.sched_rt_runtime_us) stops every
+	// real-time thread, this one included, when it gives the fair class its
+	// share. So with Priority set the pidfds are waited on by a goroutine
+	// of their own on ordinary threads, which the fair scheduler always
+	// serves (50 ms per second under the default throttling): under such
+	// load an exit is reported by its pidfd, within about a second, rather
+	// than when the load ends. Without real-time load the reader reports
+	// first, as before, and the pidfd goroutine is not woken.
 	Priority int
 
 	// ReadBuffer is the proc connector socket's receive buffer in bytes.
@@ -263,6 +274,7 @@ type Stats struct {
 type testHooks struct {
 	beforeRecv  func() // connector goroutine, before each receive
 	beforeEpoll func() // epoll goroutine, before each epoll_wait
+	beforePidfd func() // pidfd goroutine (when the reader runs real-time), before each epoll_wait
 	exitQueue   int    // overrides DefaultExitQueue when > 0
 
 	filterEvery time.Duration // overrides filterInterval when != 0

@@ -70,8 +70,14 @@ type Watcher struct {
 	tr *exitTrace // nil without the exit tracepoint
 	// onTrace is w.traced, made once: a method value allocates.
 	onTrace func(tgid int32, ns uint64)
-	epfd    int
-	evfd    int // eventfd that wakes the epoll goroutine for Close
+	epfd    int // the epoll goroutine's set: the eventfd, the ring buffer, and the pidfds unless pfd is its own
+	// pfd is the epoll set of the watched pidfds. It is epfd, except when
+	// the exit tracepoint's reader runs real-time (Options.Priority): then
+	// the pidfds have a set of their own, waited on by an ordinary
+	// goroutine (pidfdLoop), so that real-time threads of higher priority
+	// that keep every CPU busy cannot keep the safety net from running.
+	pfd  int
+	evfd int // eventfd that wakes the epoll goroutines for Close
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -126,6 +132,7 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		log:   opt.Logger,
 		done:  make(chan struct{}),
 		epfd:  -1,
+		pfd:   -1,
 		evfd:  -1,
 		byKey: make(map[uint64]*watch),
 		byPID: make(map[int32]*watch),
@@ -186,6 +193,18 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		w.closeFds()
 		return nil, fmt.Errorf("connector: epoll_ctl add eventfd: %w", err)
 	}
+	w.pfd = w.epfd
+	if w.tr != nil && opt.Priority > 0 {
+		if w.pfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+			w.closeFds()
+			return nil, fmt.Errorf("connector: epoll_create1 for the pidfds: %w", err)
+		}
+		// The eventfd stays readable once written: Close wakes both sets.
+		if err := unix.EpollCtl(w.pfd, unix.EPOLL_CTL_ADD, w.evfd, &ev); err != nil {
+			w.closeFds()
+			return nil, fmt.Errorf("connector: epoll_ctl add eventfd: %w", err)
+		}
+	}
 	if w.tr != nil {
 		// Level-triggered: readable while records wait.
 		ev := unix.EpollEvent{Events: unix.EPOLLIN}
@@ -204,6 +223,10 @@ func NewWatcher(opt Options) (*Watcher, error) {
 	started := make(chan struct{})
 	go w.epollLoop(started)
 	<-started // its priority is settled: Stats.RealTime is final
+	if w.pfd != w.epfd {
+		w.wg.Add(1)
+		go w.pidfdLoop()
+	}
 	if w.nl != nil {
 		w.log.Debug("proc connector subscribed", "rcvbuf", w.nl.rcvbuf, "filter", w.filtering)
 		w.wg.Add(1)
@@ -218,6 +241,9 @@ func (w *Watcher) closeFds() {
 	}
 	if w.tr != nil {
 		w.tr.close()
+	}
+	if w.pfd >= 0 && w.pfd != w.epfd {
+		_ = unix.Close(w.pfd)
 	}
 	if w.epfd >= 0 {
 		_ = unix.Close(w.epfd)
@@ -303,7 +329,7 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 	// never spin the loop.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT}
 	setEpollData(&ev, wt.id)
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
+	if err := unix.EpollCtl(w.pfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
 		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
@@ -375,7 +401,7 @@ func (w *Watcher) removeLocked(wt *watch) {
 	}
 	if w.byID[wt.id] == wt {
 		delete(w.byID, wt.id)
-		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
+		_ = unix.EpollCtl(w.pfd, unix.EPOLL_CTL_DEL, wt.pidfd, nil)
 	}
 }
 
@@ -438,6 +464,9 @@ func (w *Watcher) Close() error {
 			w.closeErr = fmt.Errorf("connector: wake epoll loop: %w", err)
 		}
 		w.wg.Wait()
+		if w.pfd != w.epfd {
+			_ = unix.Close(w.pfd)
+		}
 		_ = unix.Close(w.epfd)
 		_ = unix.Close(w.evfd)
 		if w.tr != nil {
@@ -643,9 +672,10 @@ func (w *Watcher) survive(err error, repeated bool, backoff time.Duration) time.
 	return min(2*backoff, time.Second)
 }
 
-// epollLoop waits on every watched pidfd. A readable pidfd means the whole
-// process has exited; it is reported with the status of the latest connector
-// event for it, if any.
+// epollLoop waits on the exit tracepoint's ring buffer and, unless they have
+// a set of their own (Watcher.pfd), on every watched pidfd. A readable pidfd
+// means the whole process has exited; it is reported with the status of the
+// latest connector event for it, if any.
 func (w *Watcher) epollLoop(started chan<- struct{}) {
 	defer w.wg.Done()
 	if p := w.opt.Priority; p > 0 && w.tr != nil {
@@ -667,16 +697,38 @@ func (w *Watcher) epollLoop(started chan<- struct{}) {
 		}
 	}
 	close(started)
+	w.waitLoop(w.epfd)
+}
+
+// pidfdLoop waits on the watched pidfds, on an ordinary thread, when the
+// epoll goroutine runs real-time (see Watcher.pfd). It reports an exit
+// only when the tracepoint's reader has not: the watch's compare-and-swap
+// in fire makes exactly one of them report it. In normal operation the
+// reader has reported the exit, and removed the pidfd from this set, before
+// the pidfd turns readable, so this goroutine is not even woken.
+func (w *Watcher) pidfdLoop() {
+	defer w.wg.Done()
+	w.waitLoop(w.pfd)
+}
+
+// waitLoop serves one epoll set until Close: the eventfd, the ring buffer
+// and pidfds, whichever epfd holds.
+func (w *Watcher) waitLoop(epfd int) {
 	var (
 		events  [128]unix.EpollEvent
 		lastErr syscall.Errno
 		backoff time.Duration
 	)
 	for {
-		if h := w.opt.hooks; h != nil && h.beforeEpoll != nil {
-			h.beforeEpoll()
+		if h := w.opt.hooks; h != nil {
+			if f := h.beforeEpoll; f != nil && epfd == w.epfd {
+				f()
+			}
+			if f := h.beforePidfd; f != nil && epfd != w.epfd {
+				f()
+			}
 		}
-		n, err := unix.EpollWait(w.epfd, events[:], -1)
+		n, err := unix.EpollWait(epfd, events[:], -1)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
