@@ -11,21 +11,17 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/host/config"
 	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/plugin/logdir"
-	"github.com/hbshim/hb/plugin/shim"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -325,112 +321,4 @@ func (d *Daemon) force() {
 // pluginLogger gives go-plugin's host side a quiet logger on stderr.
 func pluginLogger() hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
-}
-
-const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
-                  [--detector-priority 0..99] --log FILE [--state-dir DIR]
-
-The hb plugin: hbd starts it (the same binary, in its own session) and talks
-to it over go-plugin gRPC. It is not meant to be run by hand.
-
-Environment (inherited from hbd):
-  HB_CONNECTOR_RCVBUF=BYTES   receive buffer of the proc connector socket
-                              (default 4 MiB; the kernel enforces a small
-                              minimum). A testing and tuning knob: a tiny
-                              buffer makes the kernel drop exit events
-                              (ENOBUFS), which the plugin survives by
-                              rescanning every watched process.
-  HB_CONNECTOR_FILTER=off     deliver every exit on the machine to the proc
-                              connector socket (by default a socket filter
-                              passes only the exits of watched processes).
-                              A testing knob, like the one above.
-`
-
-// ConnectorRcvbufEnv names the environment variable that sets the proc
-// connector's receive buffer in bytes (connector.Options.ReadBuffer) for
-// `hbd plugin`; hbd's environment is passed on to the plugin. Unset or 0
-// means connector.DefaultReadBuffer; a negative value keeps the system
-// default. It is a testing and tuning knob: the fault suite sets it tiny to
-// force event loss (ENOBUFS) and check that no watched exit is missed.
-const ConnectorRcvbufEnv = "HB_CONNECTOR_RCVBUF"
-
-// ConnectorFilterEnv names the environment variable that, set to "off",
-// keeps the proc connector socket unfiltered (shim.Options.NoFilter): every
-// exit on the machine reaches the plugin. A testing knob: with it, a flood
-// of unrelated exits can overflow the socket's buffer.
-const ConnectorFilterEnv = "HB_CONNECTOR_FILTER"
-
-// PluginMain is the entry point of `hbd plugin`.
-func PluginMain(args []string) int {
-	fs := flag.NewFlagSet("hbd plugin", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	shmName := fs.String("shm", "hb", "")
-	slots := fs.Int("slots", 1024, "")
-	det := fs.String("detector", "auto", "")
-	prio := fs.Int("detector-priority", 0, "")
-	logPath := fs.String("log", "", "")
-	stateDir := fs.String("state-dir", "", "")
-	level := fs.String("log-level", "info", "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Print(pluginUsage)
-			return 0
-		}
-		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n\n%s", err, pluginUsage)
-		return 2
-	}
-	detector, err := connector.ParseDetector(*det)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
-		return 2
-	}
-	if *prio < 0 || *prio > 99 {
-		fmt.Fprintf(os.Stderr, "hbd plugin: --detector-priority %d: out of range 0..99\n", *prio)
-		return 2
-	}
-	var logOut io.Writer = os.Stderr
-	if *logPath != "" {
-		f, err := os.OpenFile(*logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
-			return 1
-		}
-		logOut = f
-	}
-	var lv slog.Level
-	_ = lv.UnmarshalText([]byte(strings.ToLower(*level)))
-	if v := os.Getenv(plugin.LogLevelEnv); v != "" {
-		_ = lv.UnmarshalText([]byte(v))
-	}
-	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: lv})).With("pid", os.Getpid())
-	rcvbuf := 0
-	if v := os.Getenv(ConnectorRcvbufEnv); v != "" {
-		if rcvbuf, err = strconv.Atoi(strings.TrimSpace(v)); err != nil {
-			fmt.Fprintf(os.Stderr, "hbd plugin: %s=%q: not a number of bytes\n", ConnectorRcvbufEnv, v)
-			return 2
-		}
-	}
-	noFilter := false
-	switch v := strings.TrimSpace(os.Getenv(ConnectorFilterEnv)); v {
-	case "", "on":
-	case "off":
-		noFilter = true
-	default:
-		fmt.Fprintf(os.Stderr, "hbd plugin: %s=%q: want \"on\" or \"off\"\n", ConnectorFilterEnv, v)
-		return 2
-	}
-	impl, err := shim.New(shim.Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
-		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio})
-	if err != nil {
-		log.Error("plugin start failed", "err", err)
-		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
-		return 1
-	}
-	if err := plugin.Serve(impl, logOut); err != nil {
-		log.Error("plugin serve", "err", err)
-		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
-		return 1
-	}
-	log.Info("plugin exiting")
-	return 0
 }

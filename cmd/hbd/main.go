@@ -16,11 +16,12 @@ import (
 	"os"
 
 	"github.com/hbshim/hb/host"
+	"github.com/hbshim/hb/plugin/shim"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "plugin" {
-		os.Exit(host.PluginMain(os.Args[2:]))
+		os.Exit(shim.Main(os.Args[2:]))
 	}
 	os.Exit(host.Main(os.Args[1:]))
 }
