@@ -64,7 +64,7 @@ func probe() (err error, definite bool) {
 	if err != nil {
 		return err, errors.Is(err, ErrUnavailable)
 	}
-	defer s.close()
+	defer func() { _ = s.close() }()
 	if err := selfTest(s); err != nil {
 		return err, errors.Is(err, ErrUnavailable)
 	}

@@ -149,7 +149,7 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer func() { _ = srv.Close() }() // its errors at exit change nothing
 	// One hbd per state directory, for its whole life: a second hbd with
 	// another socket stops here, before it could reach the plugin.
 	lock, err := plugin.LockStateDir(stateDir)

@@ -550,7 +550,7 @@ func checkPeer(addr *net.UnixAddr, pid int) error {
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr.Name, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return err

@@ -284,7 +284,7 @@ func (s *grpcServer) Shutdown(ctx context.Context, req *hbpb.ShutdownRequest) (*
 // keptStdio holds the process's original stdout and stderr files: go-plugin
 // replaces the os.Stdout/os.Stderr variables, and an unreferenced *os.File
 // would be finalized and its descriptor (1 or 2) closed and later reused.
-var keptStdio []*os.File
+var keptStdio []*os.File //nolint:unused // only written: being reachable is its purpose
 
 // Serve runs the plugin side: it serves impl to the hbd that started this
 // process and returns after the gRPC server has stopped (a Shutdown call,

@@ -98,7 +98,7 @@ func (s *Shim) finish(ex connector.Exit) {
 		// keeps its PID (the group ID) from being reused until we reap it.
 		// (A non-child's zombie is reaped by someone else at any time, so
 		// its group ID is not ours to signal now.)
-		killGroup(inc.pid, unix.SIGKILL)
+		_ = killGroup(inc.pid, unix.SIGKILL)
 	}
 	var r reaped
 	pidfd := inc.pidfd
