@@ -8,6 +8,8 @@ TEST_TIMEOUT ?= 240s
 CONFIG       ?= contrib/examples/hb.toml
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+GOLANGCI_LINT_VERSION      := v2.15.0
+GOLANGCI_LINT              := $(BIN)/golangci-lint
 
 .DEFAULT_GOAL := help
 
@@ -48,18 +50,34 @@ run: build ## run hbd on the bundled example (state in ./run)
 	$(BIN)/hbd -c $(CONFIG)
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint (.golangci.yml)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GOLANGCI_LINT) run ./...
 
-.PHONY: proto
-proto: ## regenerate plugin/proto from hb.proto (needs protoc)
+$(GOLANGCI_LINT): # golangci-lint at the pinned version, built into bin/
+	@mkdir -p $(BIN)
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@$(GOLANGCI_LINT) version | grep -q ' $(GOLANGCI_LINT_VERSION:v%=%) ' || { echo "bin/golangci-lint is not $(GOLANGCI_LINT_VERSION): rm it and run make lint"; exit 1; }
+
+PROTOC_OPTS := --go_opt=paths=source_relative --go-grpc_opt=paths=source_relative
+
+.PHONY: proto-tools
+proto-tools: # the pinned protoc plugins, built into bin/
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I plugin/proto \
-	  --go_out=plugin/proto --go_opt=paths=source_relative \
-	  --go-grpc_out=plugin/proto --go-grpc_opt=paths=source_relative \
-	  plugin/proto/hb.proto
+
+.PHONY: proto
+proto: proto-tools ## regenerate plugin/proto from hb.proto (needs protoc)
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I plugin/proto --go_out=plugin/proto --go-grpc_out=plugin/proto \
+	  $(PROTOC_OPTS) plugin/proto/hb.proto
+
+.PHONY: check-protos
+check-protos: proto-tools ## regenerate plugin/proto into a scratch directory and fail if it differs from the committed code
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp plugin/proto/hb.proto "$$tmp"/ && \
+	  PATH=$(CURDIR)/$(BIN):$$PATH protoc -I "$$tmp" --go_out="$$tmp" --go-grpc_out="$$tmp" $(PROTOC_OPTS) "$$tmp"/hb.proto && \
+	  diff -u plugin/proto/hb.pb.go "$$tmp"/hb.pb.go && diff -u plugin/proto/hb_grpc.pb.go "$$tmp"/hb_grpc.pb.go && \
+	  echo "plugin/proto matches hb.proto"
 
 .PHONY: clean
 clean: ## remove build outputs
