@@ -97,6 +97,7 @@ func TestParseStartTime(t *testing.T) {
 		{"plain", "42 (hbclient)" + tail, 123456, false},
 		{"spaces", "42 (a b c)" + tail, 123456, false},
 		{"parens", "42 (x) S 1 (y))" + tail, 123456, false},
+		{"two-letter state", "42 (x) SS 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 123456 20", 0, true},
 		{"empty comm", "42 ()" + tail, 123456, false},
 		{"no paren", "42 hbclient S 1", 0, true},
 		{"short", "42 (x) S 1 2 3", 0, true},
@@ -104,9 +105,12 @@ func TestParseStartTime(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseStartTime([]byte(tt.stat))
-			if (err != nil) != tt.err || got != tt.want {
-				t.Errorf("parseStartTime(%q) = %d, %v; want %d, error %v", tt.stat, got, err, tt.want, tt.err)
+			st, err := ParseStat([]byte(tt.stat))
+			if got := st.StartTime; (err != nil) != tt.err || got != tt.want {
+				t.Errorf("ParseStat(%q).StartTime = %d, %v; want %d, error %v", tt.stat, got, err, tt.want, tt.err)
+			}
+			if err == nil && (st.State != 'S' || st.PPID != 1 || st.PGRP != 2 || st.UTime != 11 || st.STime != 12) {
+				t.Errorf("ParseStat(%q) = %+v; want state S, ppid 1, pgrp 2, utime 11, stime 12", tt.stat, st)
 			}
 		})
 	}

@@ -10,28 +10,10 @@ import (
 	"github.com/hbshim/hb/shm"
 )
 
-// procStat is a process's CPU time (utime+stime) in clock ticks.
+// procCPUTicks is a process's CPU time (utime+stime) in clock ticks.
 func procCPUTicks(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command (which may contain spaces), from field 3.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command field", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64) // field 14
-	st, err2 := strconv.ParseUint(f[12], 10, 64) // field 15
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
-	}
-	return ut + st, nil
+	st, err := shm.ReadStat(pid)
+	return st.UTime + st.STime, err
 }
 
 // clkTck is USER_HZ, 100 on every Linux architecture hb runs on.

@@ -3,14 +3,13 @@ package shim
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/shm"
 )
 
 // is64bit is 1 on 64-bit hosts, where the signal-specific part of siginfo_t
@@ -108,42 +107,10 @@ func pollReadable(fd int, d time.Duration) bool {
 }
 
 // procStat is the part of /proc/PID/stat the shim needs.
-type procStat struct {
-	State     byte   // field 3: R, S, D, Z, ...
-	PPID      int    // field 4
-	PGRP      int    // field 5
-	StartTime uint64 // field 22, clock ticks since boot
-}
+type procStat = shm.Stat
 
-// readProcStat parses /proc/PID/stat. The command name (field 2) may hold
-// spaces and parentheses, so parsing starts after its last ')'.
-func readProcStat(pid int) (procStat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return procStat{}, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3
-	if len(f) < 20 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
-	}
-	var ps procStat
-	ps.State = f[0][0]
-	if ps.PPID, err = strconv.Atoi(f[1]); err != nil {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: ppid: %w", pid, err)
-	}
-	if ps.PGRP, err = strconv.Atoi(f[2]); err != nil {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: pgrp: %w", pid, err)
-	}
-	if ps.StartTime, err = strconv.ParseUint(f[19], 10, 64); err != nil {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
-	}
-	return ps, nil
-}
+// readProcStat parses /proc/PID/stat (shm.ReadStat, hb's one parser of it).
+func readProcStat(pid int) (procStat, error) { return shm.ReadStat(pid) }
 
 // killGroup sends sig to process group pgid; a group that no longer exists
 // is not an error.
