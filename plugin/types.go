@@ -2,10 +2,10 @@ package plugin
 
 import (
 	"context"
-	"slices"
 	"syscall"
 	"time"
 
+	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -62,10 +62,7 @@ func (r Respawn) Wants(runFor time.Duration, status int) bool {
 // WantsStatus reports whether the policy respawns an exit with status
 // (-1: unknown), leaving aside Enabled and StartSecs.
 func (r Respawn) WantsStatus(status int) bool {
-	if !r.OnFailure {
-		return true
-	}
-	return status < 0 || !slices.Contains(r.ExitCodes, status)
+	return policy.Restarts(r.OnFailure, r.ExitCodes, status)
 }
 
 // SpawnResult is what Spawn started.

@@ -89,9 +89,17 @@ func (p Policy) WantsRestart(status int) bool {
 	case RestartAlways:
 		return true
 	case RestartOnFailure:
-		return status < 0 || !slices.Contains(p.ExitCodes, status)
+		return Restarts(true, p.ExitCodes, status)
 	}
 	return false
+}
+
+// Restarts is hb's one rule for the statuses a restart mode restarts: every
+// status, or with onFailure one that is unknown (-1) or not in exitCodes.
+// The plugin applies it through plugin.Respawn.WantsStatus, and the C
+// spawner's copy is tested against that.
+func Restarts(onFailure bool, exitCodes []int, status int) bool {
+	return !onFailure || status < 0 || !slices.Contains(exitCodes, status)
 }
 
 // History is what the host remembers of the incarnation that just exited.

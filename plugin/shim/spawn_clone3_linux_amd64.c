@@ -217,8 +217,9 @@ static void wait_readable(int fd, int ms)
 	}
 }
 
-/* wanted is plugin.Respawn.WantsStatus. */
-static int wanted(const struct hb_reap_req *r, int status)
+/* hb_wanted is plugin.Respawn.WantsStatus (policy.Restarts), in C for the
+ * reap-and-respawn step; a test checks the two agree. */
+int hb_wanted(const struct hb_reap_req *r, int status)
 {
 	int i;
 
@@ -266,7 +267,7 @@ void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
 		r->status = 128 + si.si_status;
 		break;
 	}
-	if (wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+	if (hb_wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
 		r->spawn_t0 = boot_ns();
 		r->spawned = hb_spawn(r->spawn);
 		r->spawn_t1 = boot_ns();

@@ -229,3 +229,21 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 	}
 	return block, req
 }
+
+// cWantsStatus is the C spawner's copy of pol.WantsStatus (hb_wanted), for
+// the test that keeps the two in agreement.
+func cWantsStatus(pol plugin.Respawn, status int) bool {
+	var rr C.struct_hb_reap_req
+	if n := len(pol.ExitCodes); n > 0 {
+		codes := (*C.int)(C.malloc(C.size_t(n) * C.size_t(unsafe.Sizeof(C.int(0)))))
+		defer C.free(unsafe.Pointer(codes))
+		for i, c := range pol.ExitCodes {
+			unsafe.Slice(codes, n)[i] = C.int(c)
+		}
+		rr.codes, rr.ncodes = codes, C.int(n)
+	}
+	if pol.OnFailure {
+		rr.on_failure = 1
+	}
+	return C.hb_wanted(&rr, C.int(status)) != 0
+}

@@ -50,6 +50,12 @@ enum {
  * return is -errno of clone3 itself (no child). */
 long hb_spawn(struct hb_spawn_req *req);
 
+struct hb_reap_req;
+
+/* hb_wanted: whether the policy in r respawns an exit with status (-1:
+ * unknown); plugin.Respawn.WantsStatus in Go. */
+int hb_wanted(const struct hb_reap_req *r, int status);
+
 /* One reap of an exited child, and the respawn that follows it when the
  * service's policy wants one. */
 struct hb_reap_req {
