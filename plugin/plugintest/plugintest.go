@@ -53,6 +53,7 @@ type svc struct {
 	lastStatus int32
 	lastExitNs uint64
 	adopted    bool
+	startedAt  time.Time
 }
 
 // New returns a Shim with an empty table of slots slots.
@@ -170,7 +171,7 @@ func (f *Shim) freeSlot() int {
 // start makes a new incarnation of s; f.mu is held.
 func (f *Shim) start(name string, s *svc) plugin.SpawnResult {
 	f.nextPID++
-	s.pid, s.gen, s.adopted = f.nextPID, s.gen+1, false
+	s.pid, s.gen, s.adopted, s.startedAt = f.nextPID, s.gen+1, false, time.Now()
 	s.state = shm.StateStarting
 	if f.specs[name].RunningAtSpawn {
 		s.state = shm.StateRunning
@@ -185,7 +186,7 @@ func (f *Shim) exit(name string, s *svc, status int, source string, respawn bool
 	pid := s.pid
 	s.pid, s.exits, s.lastStatus, s.lastExitNs = 0, s.exits+1, int32(status), shm.MonotonicNs()
 	spec := f.specs[name]
-	respawn = respawn && s.state != shm.StateStopping && spec.Respawn.WantsStatus(status) && spec.Respawn.Enabled
+	respawn = respawn && s.state != shm.StateStopping && !s.adopted && spec.Respawn.Wants(time.Since(s.startedAt), status)
 	if s.state != shm.StateStopping {
 		s.state = shm.StateExited
 	}
