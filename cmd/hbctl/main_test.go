@@ -643,9 +643,15 @@ func TestBinarySmoke(t *testing.T) {
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// SIGINT once it has subscribed (its handler is installed by then).
+	// SIGINT once it prints: its stream is open (an interrupt before that
+	// is an interrupted command, status 130).
 	if err := b.WaitSubscribers(ctxT(t), 1); err != nil {
 		t.Fatal(err)
+	}
+	b.Emit(api.Event{Kind: "spawn", Name: "rx", PID: 7})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if !strings.Contains(line, "rx pid 7") {
+		t.Fatalf("hbctl watch printed %q (%v)", line, err)
 	}
 	if err := w.Process.Signal(os.Interrupt); err != nil {
 		t.Fatal(err)
