@@ -35,6 +35,8 @@ type harness struct {
 	dir   string
 	dials atomic.Int32
 	log   *lockedBuffer
+	// beforeDial, if set before connect, runs at the start of each dial.
+	beforeDial func()
 }
 
 // lockedBuffer collects the daemon's log, shown when a test fails.
@@ -72,6 +74,9 @@ func newHarness(t *testing.T, seed func(f *plugintest.Shim), services ...string)
 	h.d = newDaemon(cfg, slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug})), "/nonexistent/hbd")
 	h.d.dial = func(config.HBD) (pluginConn, bool, error) {
 		h.dials.Add(1)
+		if h.beforeDial != nil {
+			h.beforeDial()
+		}
 		return h.f.Conn(), false, nil
 	}
 	t.Cleanup(func() {
@@ -340,8 +345,9 @@ func TestFailedStarts(t *testing.T) {
 	})
 	t.Run("spawn error", func(t *testing.T) {
 		t.Parallel()
-		// Two services in a table of one slot: the second cannot get one,
-		// which no retry can fix.
+		// Two services, one free slot (the others hold slots of services
+		// no longer configured, freed only after the start): the second
+		// cannot get one, which no retry can fix.
 		h := newHarness(t, nil, svcTOML("a", `start_secs = "0s"`), svcTOML("b", `start_secs = "0s"`))
 		for i := range testSlots - 1 {
 			h.f.Seed(fmt.Sprintf("other%d", i), 0, shm.StateStopped, 0)
@@ -574,4 +580,39 @@ func TestListWhileSpawnStalled(t *testing.T) {
 			h.waitState("b", "running")
 		})
 	}
+}
+
+// Readers never wait for a plugin launch (or reattach) either.
+func TestListWhilePluginLaunches(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, svcTOML("a", `start_secs = "0s"`))
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h.beforeDial = func() {
+		once.Do(func() { close(arrived) })
+		<-release
+	}
+	done := make(chan error, 1)
+	go func() {
+		h.d.mu.Lock()
+		defer h.d.mu.Unlock()
+		done <- h.d.connect()
+	}()
+	<-arrived
+	answered := make(chan []api.ServiceStatus, 1)
+	go func() { answered <- h.d.List() }()
+	select {
+	case list := <-answered:
+		if len(list) != 1 || list[0].State != "stopped" {
+			t.Errorf("List during the launch = %+v, want a stopped", list)
+		}
+	case <-time.After(bound):
+		close(release)
+		t.Fatalf("List did not answer within %v while the plugin was launching", bound)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.waitState("a", "running")
 }
