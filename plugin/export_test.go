@@ -1,11 +1,12 @@
 package plugin
 
-// Internals the external tests (package plugin_test) use.
+// Record is plugin.json's content, for the external tests.
 type Record = record
 
 // Sentinels are the errors that must survive the process boundary.
 var Sentinels = []error{ErrNotFound, ErrRunning, ErrNotRunning, ErrFull, ErrBadSpec, ErrShutdown, ErrUnavailable}
 
+// ReadRecord and WriteRecord read and write plugin.json, for the external tests.
 var (
 	ReadRecord  = readRecord
 	WriteRecord = writeRecord
