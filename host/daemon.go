@@ -26,18 +26,21 @@ const rpcTimeout = 10 * time.Second
 
 // Daemon is the host process manager: it owns the configuration, the
 // per-service state machines and the restart policy, and drives the plugin.
-// It implements api.Backend. All service state is guarded by mu; plugin
-// calls made while holding mu are short (Spawn, SetState), never a Stop.
+// It implements api.Backend. All service state is guarded by mu (see
+// stateLock): a change holds it throughout, a plugin call on a change's way
+// is made with mu's view released, so readers never wait for the plugin.
 type Daemon struct {
 	log     *slog.Logger
 	exe     string // executable re-run as the plugin
 	cfgPath string
+	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
+	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
 
-	mu       sync.Mutex
+	mu       stateLock
 	cfg      *config.Config      // guarded by mu
 	svcs     map[string]*service // guarded by mu
 	order    []string            // config order; guarded by mu
-	conn     *plugin.Conn        // current plugin; guarded by mu
+	conn     pluginConn          // current plugin; guarded by mu
 	shim     plugin.Shim         // conn.Shim(); guarded by mu
 	info     plugin.Info         // guarded by mu
 	closing  bool                // shutting down or detaching: no respawns; guarded by mu
@@ -54,6 +57,50 @@ type Daemon struct {
 	evCtx     context.Context // the current event subscription's; guarded by mu
 }
 
+// stateLock is the Daemon's lock, in two parts. op serialises the changes:
+// a change (an event, a request, a timer, a reconnection) holds it from
+// start to end, plugin calls included, so changes never interleave. view
+// guards the memory of the state: a change holds it too, except while it
+// waits for the plugin (Spawn, a launch or reattach, Info, Events, List,
+// SetState through outside), when it writes nothing. A reader (List, Get,
+// Names, Signal, PluginInfo) takes view only, so it sees the state between
+// two steps of a change and never waits for the plugin.
+type stateLock struct {
+	op   sync.Mutex
+	view sync.RWMutex
+}
+
+// Lock begins a change.
+func (l *stateLock) Lock() { l.op.Lock(); l.view.Lock() }
+
+// Unlock ends a change.
+func (l *stateLock) Unlock() { l.view.Unlock(); l.op.Unlock() }
+
+// RLock begins a read; it never waits for a plugin call.
+func (l *stateLock) RLock() { l.view.RLock() }
+
+// RUnlock ends a read.
+func (l *stateLock) RUnlock() { l.view.RUnlock() }
+
+// outside runs call, a plugin call of the change under way, with view
+// released: readers proceed meanwhile. call may read the state but must not
+// write it. Called with the lock held.
+func (l *stateLock) outside(call func()) {
+	l.view.Unlock()
+	defer l.view.Lock()
+	call()
+}
+
+// pluginConn is the daemon's connection to a plugin process: a
+// *plugin.Conn, or in tests a plugintest.Conn.
+type pluginConn interface {
+	Shim() plugin.Shim
+	PID() int
+	Exited() <-chan struct{}
+	Detach() error
+	Kill(ctx context.Context, clean bool) error
+}
+
 // newDaemon loads nothing; Run does.
 func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 	d := &Daemon{
@@ -68,43 +115,60 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		d.svcs[name] = newService(cfg.Services[name])
 	}
 	d.order = slices.Clone(cfg.Order)
+	d.dial = d.dialPlugin
 	return d
+}
+
+// dialPlugin reattaches to the plugin recorded in the state directory, or
+// launches a new one.
+func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
+	conn, err := plugin.Reattach(h.StateDir, pluginLogger())
+	if err == nil {
+		return conn, true, nil
+	}
+	switch {
+	case errors.Is(err, plugin.ErrHostConnected):
+		return nil, false, err
+	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, plugin.ErrNoPlugin):
+		d.log.Warn("not reattaching to the recorded plugin; starting a new one", "err", err)
+	default:
+		d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
+	}
+	conn, err = plugin.Launch(plugin.LaunchConfig{
+		Path:     d.exe,
+		Args:     pluginArgs(h),
+		StateDir: h.StateDir,
+		Logger:   pluginLogger(),
+		// Until it serves, the plugin's stderr is its only way to say
+		// why it could not start (e.g. the table is another writer's).
+		Stderr: os.Stderr,
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("start plugin: %w", err)
+	}
+	return conn, false, nil
 }
 
 // connect attaches to the running plugin or starts a new one, then brings
 // every service in line with the table. Called with mu held.
 func (d *Daemon) connect() error {
 	h := d.cfg.HBD
-	conn, err := plugin.Reattach(h.StateDir, pluginLogger())
-	reattached := err == nil
+	var (
+		conn       pluginConn
+		reattached bool
+		err        error
+	)
+	d.mu.outside(func() { conn, reattached, err = d.dial(h) })
 	if err != nil {
-		switch {
-		case errors.Is(err, plugin.ErrHostConnected):
-			return err
-		case errors.Is(err, fs.ErrNotExist):
-		case errors.Is(err, plugin.ErrNoPlugin):
-			d.log.Warn("not reattaching to the recorded plugin; starting a new one", "err", err)
-		default:
-			d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
-		}
-		conn, err = plugin.Launch(plugin.LaunchConfig{
-			Path:     d.exe,
-			Args:     pluginArgs(h),
-			StateDir: h.StateDir,
-			Logger:   pluginLogger(),
-			// Until it serves, the plugin's stderr is its only way to say
-			// why it could not start (e.g. the table is another writer's).
-			Stderr: os.Stderr,
-		})
-		if err != nil {
-			return fmt.Errorf("start plugin: %w", err)
-		}
+		return err
 	}
 	d.conn, d.shim = conn, conn.Shim()
 	d.pluginGen++
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	info, err := d.shim.Info(ctx)
+	var info plugin.Info
+	d.mu.outside(func() { info, err = d.shim.Info(ctx) })
 	if err != nil {
 		return fmt.Errorf("plugin info: %w", err)
 	}
@@ -120,7 +184,8 @@ func (d *Daemon) connect() error {
 	}
 	d.lastSeq = after
 	evctx, evcancel := context.WithCancel(context.Background())
-	events, err := d.shim.Events(evctx, after)
+	var events <-chan plugin.Event
+	d.mu.outside(func() { events, err = d.shim.Events(evctx, after) })
 	if err != nil {
 		evcancel()
 		return fmt.Errorf("plugin events: %w", err)
@@ -157,7 +222,9 @@ func pluginArgs(h config.HBD) []string {
 func (d *Daemon) reconcile() error {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	slots, err := d.shim.List(ctx)
+	var slots []shm.Slot
+	var err error
+	d.mu.outside(func() { slots, err = d.shim.List(ctx) })
 	if err != nil {
 		return fmt.Errorf("plugin list: %w", err)
 	}
@@ -295,7 +362,7 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 			default:
 			}
 			var err error
-			events, err = d.shim.Events(d.evCtx, d.lastSeq)
+			d.mu.outside(func() { events, err = d.shim.Events(d.evCtx, d.lastSeq) })
 			d.mu.Unlock()
 			if err == nil {
 				gap = true
@@ -497,7 +564,7 @@ func (d *Daemon) spawn(s *service, why string) {
 	spec, err := d.specFor(s)
 	var res plugin.SpawnResult
 	if err == nil {
-		res, err = spawnRPC(d.shim, spec)
+		d.mu.outside(func() { res, err = spawnRPC(d.shim, spec) })
 	}
 	d.spawned(s, why, res, err)
 }
@@ -513,7 +580,7 @@ const spawnParallel = 4
 // started together follow the order of svcs only roughly; when they might
 // not all fit in the table (free is the number of free slots), they are
 // started one by one, so that the first in order get the slots. Called with
-// mu held.
+// mu held; the calls are made outside it.
 func (d *Daemon) spawnMany(svcs []*service, free int, why string) {
 	if d.closing {
 		return
@@ -529,23 +596,27 @@ func (d *Daemon) spawnMany(svcs []*service, free int, why string) {
 		err error
 	}
 	results := make([]result, len(svcs))
-	sem := make(chan struct{}, spawnParallel)
-	var wg sync.WaitGroup
-	shim := d.shim
+	specs := make([]plugin.Spec, len(svcs))
 	for i, s := range svcs {
 		s.cancelTimer()
-		spec, err := d.specFor(s)
-		if err != nil {
-			results[i].err = err
-			continue
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			results[i].res, results[i].err = spawnRPC(shim, spec)
-		})
+		specs[i], results[i].err = d.specFor(s)
 	}
-	wg.Wait()
+	shim := d.shim
+	d.mu.outside(func() {
+		sem := make(chan struct{}, spawnParallel)
+		var wg sync.WaitGroup
+		for i := range svcs {
+			if results[i].err != nil {
+				continue
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				results[i].res, results[i].err = spawnRPC(shim, specs[i])
+			})
+		}
+		wg.Wait()
+	})
 	for i, s := range svcs {
 		d.spawned(s, why, results[i].res, results[i].err)
 	}
@@ -687,14 +758,16 @@ func (d *Daemon) mirror(s *service) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
-	if err := d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state())); err != nil && !errors.Is(err, plugin.ErrNotFound) {
+	var err error
+	d.mu.outside(func() { err = d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state())) })
+	if err != nil && !errors.Is(err, plugin.ErrNotFound) {
 		d.log.Warn("record state in table", "service", s.cfg.Name, "err", err)
 	}
 }
 
 // watchPlugin replaces a plugin that died: the new plugin adopts every live
 // client from the table and reports those that died meanwhile.
-func (d *Daemon) watchPlugin(gen uint64, conn *plugin.Conn) {
+func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 	<-conn.Exited()
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -25,8 +25,16 @@
 // Events are acted on in the plugin's order; a subscription the plugin
 // dropped for lagging is resumed from the last event handled.
 //
-// Concurrency. Daemon's service state is guarded by one mutex; plugin calls
-// made under it are short (Spawn, SetState), never a Stop, which waits for
-// the exit outside the lock. hbd never polls: timers exist only for a
-// pending backoff, a start_secs promotion, and saving the event position.
+// Concurrency. Daemon's state is guarded by one lock in two parts
+// (stateLock). Changes (a plugin event, a control request, a timer, a
+// plugin replacement) are serialised and each holds the lock from start to
+// end, including the plugin calls on its way: the plugin launch or
+// reattach, Info, Events, List, Spawn (spawnMany's parallel ones too) and
+// SetState. A Stop is never made under it: stopOne waits for the exit with
+// the lock released. During those calls the change writes nothing and lets
+// readers in: List, Get, Names, Signal and PluginInfo answer while a Spawn
+// or a plugin launch is under way, and show the state as it was before that
+// call. Free (Reload, shutdown) and shutdown's SetState are still made with
+// readers held out. hbd never polls: timers exist only for a pending
+// backoff, a start_secs promotion, and saving the event position.
 package host

@@ -18,8 +18,8 @@ var _ api.PluginInfoer = (*Daemon)(nil)
 
 // List returns every service in config order.
 func (d *Daemon) List() []api.ServiceStatus {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	out := make([]api.ServiceStatus, 0, len(d.order))
 	for _, name := range d.order {
 		out = append(out, d.svcs[name].status())
@@ -29,15 +29,15 @@ func (d *Daemon) List() []api.ServiceStatus {
 
 // Names returns every service name in config order.
 func (d *Daemon) Names() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	return append([]string(nil), d.order...)
 }
 
 // Get returns one service.
 func (d *Daemon) Get(name string) (api.ServiceStatus, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	s := d.svcs[name]
 	if s == nil {
 		return api.ServiceStatus{}, notFound(name)
@@ -176,10 +176,10 @@ func (d *Daemon) Restart(names []string) error {
 
 // Signal sends sig to the service's main process.
 func (d *Daemon) Signal(name string, sig syscall.Signal) error {
-	d.mu.Lock()
+	d.mu.RLock()
 	s := d.svcs[name]
 	sh := d.shim
-	d.mu.Unlock()
+	d.mu.RUnlock()
 	if s == nil {
 		return notFound(name)
 	}
@@ -274,9 +274,9 @@ func (d *Daemon) Subscribe(ctx context.Context) <-chan api.Event { return d.bus.
 
 // PluginInfo describes the plugin for /v1/health.
 func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
-	d.mu.Lock()
+	d.mu.RLock()
 	sh := d.shim
-	d.mu.Unlock()
+	d.mu.RUnlock()
 	if sh == nil {
 		return api.PluginInfo{}, errors.New("no plugin")
 	}

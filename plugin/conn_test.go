@@ -1,4 +1,4 @@
-package plugin
+package plugin_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -25,10 +26,10 @@ const bound = 30 * time.Second
 
 // launch starts the test binary as a plugin in a fresh state directory. At
 // cleanup the process is SIGKILLed through a pidfd if it is still there.
-func launch(t *testing.T) (*Conn, string) {
+func launch(t *testing.T) (*plugin.Conn, string) {
 	t.Helper()
 	dir := t.TempDir()
-	conn, err := Launch(pluginConfig(dir))
+	conn, err := plugin.Launch(pluginConfig(dir))
 	if err != nil {
 		t.Fatalf("Launch: %v", err)
 	}
@@ -71,7 +72,7 @@ func waitFor(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-func recv(t *testing.T, ch <-chan Event) Event {
+func recv(t *testing.T, ch <-chan plugin.Event) plugin.Event {
 	t.Helper()
 	select {
 	case ev, ok := <-ch:
@@ -82,11 +83,11 @@ func recv(t *testing.T, ch <-chan Event) Event {
 	case <-time.After(bound):
 		t.Fatalf("no event after %v", bound)
 	}
-	return Event{}
+	return plugin.Event{}
 }
 
 // waitEventsClosed drains ch until it is closed.
-func waitEventsClosed(t *testing.T, ch <-chan Event) {
+func waitEventsClosed(t *testing.T, ch <-chan plugin.Event) {
 	t.Helper()
 	timeout := time.After(bound)
 	for {
@@ -111,7 +112,7 @@ func readLog(t *testing.T, dir string) string {
 }
 
 // eventKey drops the fields that vary from run to run.
-func eventKey(ev Event) Event {
+func eventKey(ev plugin.Event) plugin.Event {
 	ev.TimeUnixNs = 0
 	return ev
 }
@@ -127,10 +128,10 @@ func TestLaunchRoundTrip(t *testing.T) {
 		t.Fatalf("Info: %v", err)
 	}
 	if info.PID != conn.PID() || info.Version != "test" || info.Slots != fakeSlots {
-		t.Errorf("Info = %+v, want PID %d (Conn.PID), version test, %d slots", info, conn.PID(), fakeSlots)
+		t.Errorf("Info = %+v, want PID %d (plugin.Conn.PID), version test, %d slots", info, conn.PID(), fakeSlots)
 	}
 
-	rec, err := readRecord(dir)
+	rec, err := plugin.ReadRecord(dir)
 	if err != nil {
 		t.Fatalf("plugin.json: %v", err)
 	}
@@ -138,7 +139,7 @@ func TestLaunchRoundTrip(t *testing.T) {
 		filepath.Dir(rec.Addr) != dir || !cmp.Equal(rec.Args, pluginArgs) {
 		t.Errorf("plugin.json = %+v: want pid %d, grpc over a unix socket in %s, start time, args %q", rec, conn.PID(), dir, pluginArgs)
 	}
-	if fi, err := os.Stat(filepath.Join(dir, StateFile)); err != nil || fi.Mode().Perm() != 0o600 {
+	if fi, err := os.Stat(filepath.Join(dir, plugin.StateFile)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("plugin.json mode: %v, %v; want 0600", fi.Mode(), err)
 	}
 
@@ -146,15 +147,15 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Events: %v", err)
 	}
-	spec := Spec{Name: "rx", Command: []string{"/bin/rx", "-q"}, UID: -1, GID: -1, Stdout: "null", Stderr: "file"}
+	spec := plugin.Spec{Name: "rx", Command: []string{"/bin/rx", "-q"}, UID: -1, GID: -1, Stdout: "null", Stderr: "file"}
 	res, err := sh.Spawn(ctx, spec)
 	if err != nil {
 		t.Fatalf("Spawn: %v", err)
 	}
-	if diff := cmp.Diff(SpawnResult{Slot: 0, PID: 40001, Generation: 1, StartTime: 1001}, res); diff != "" {
+	if diff := cmp.Diff(plugin.SpawnResult{Slot: 0, PID: 40001, Generation: 1, StartTime: 1001}, res); diff != "" {
 		t.Errorf("Spawn result (-want +got):\n%s", diff)
 	}
-	wantSpawn := Event{Seq: 1, Kind: EventSpawn, Name: "rx", Slot: 0, PID: 40001, Generation: 1, Status: -1}
+	wantSpawn := plugin.Event{Seq: 1, Kind: plugin.EventSpawn, Name: "rx", Slot: 0, PID: 40001, Generation: 1, Status: -1}
 	if diff := cmp.Diff(wantSpawn, eventKey(recv(t, events))); diff != "" {
 		t.Errorf("spawn event (-want +got):\n%s", diff)
 	}
@@ -177,7 +178,7 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if err := sh.Stop(ctx, "rx", syscall.SIGTERM, time.Second); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	wantExit := Event{Seq: 2, Kind: EventExit, Name: "rx", PID: 40001, Generation: 1, Status: 128 + 15, Source: "pidfd"}
+	wantExit := plugin.Event{Seq: 2, Kind: plugin.EventExit, Name: "rx", PID: 40001, Generation: 1, Status: 128 + 15, Source: "pidfd"}
 	if diff := cmp.Diff(wantExit, eventKey(recv(t, events))); diff != "" {
 		t.Errorf("exit event (-want +got):\n%s", diff)
 	}
@@ -190,7 +191,7 @@ func TestLaunchRoundTrip(t *testing.T) {
 	}
 	waitFor(t, conn.Exited(), "Exited after Kill")
 	waitEventsClosed(t, events)
-	if _, err := os.Stat(filepath.Join(dir, StateFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, plugin.StateFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("plugin.json after Kill: %v, want it removed", err)
 	}
 	if _, err := os.Stat(rec.Addr); !errors.Is(err, os.ErrNotExist) {
@@ -204,16 +205,13 @@ func TestLaunchRoundTrip(t *testing.T) {
 	}
 }
 
-// sentinels are the errors that must survive the process boundary.
-var sentinels = []error{ErrNotFound, ErrRunning, ErrNotRunning, ErrFull, ErrBadSpec, ErrShutdown, ErrUnavailable}
-
 func TestErrorsCrossTheBoundary(t *testing.T) {
 	t.Parallel()
 	conn, _ := launch(t)
 	sh := conn.Shim()
 	ctx := t.Context()
 	for _, name := range []string{"a", "b", "c", "d"} {
-		if _, err := sh.Spawn(ctx, Spec{Name: name, Command: []string{"x"}}); err != nil {
+		if _, err := sh.Spawn(ctx, plugin.Spec{Name: name, Command: []string{"x"}}); err != nil {
 			t.Fatalf("Spawn %s: %v", name, err)
 		}
 	}
@@ -230,57 +228,60 @@ func TestErrorsCrossTheBoundary(t *testing.T) {
 		{
 			name: "stop unknown",
 			call: func() error { return sh.Stop(ctx, "nope", syscall.SIGTERM, time.Second) },
-			want: ErrNotFound,
-			msg:  `fake: stop "nope": unknown service`,
+			want: plugin.ErrNotFound,
+			msg:  `plugintest: stop "nope": unknown service`,
 		},
 		{
 			name: "set state unknown",
 			call: func() error { return sh.SetState(ctx, "nope", shm.StateFatal) },
-			want: ErrNotFound,
-			msg:  `fake: set state "nope": unknown service`,
+			want: plugin.ErrNotFound,
+			msg:  `plugintest: set state "nope": unknown service`,
 		},
 		{
 			name: "spawn running",
-			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "a", Command: []string{"x"}}); return err },
-			want: ErrRunning,
-			msg:  `fake: spawn "a": service is running (pid 40001)`,
+			call: func() error { _, err := sh.Spawn(ctx, plugin.Spec{Name: "a", Command: []string{"x"}}); return err },
+			want: plugin.ErrRunning,
+			msg:  `plugintest: spawn "a": service is running (pid 40001)`,
 		},
 		{
 			name: "free running",
 			call: func() error { return sh.Free(ctx, "a") },
-			want: ErrRunning,
-			msg:  `fake: free "a": service is running`,
+			want: plugin.ErrRunning,
+			msg:  `plugintest: free "a": service is running`,
 		},
 		{
 			name: "signal stopped",
 			call: func() error { return sh.Signal(ctx, "b", syscall.SIGHUP) },
-			want: ErrNotRunning,
-			msg:  `fake: signal "b" with hangup: service is not running`,
+			want: plugin.ErrNotRunning,
+			msg:  `plugintest: signal "b" with hangup: service is not running`,
 		},
 		{
 			name: "table full",
-			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "e", Command: []string{"x"}}); return err },
-			want: ErrFull,
-			msg:  `fake: spawn "e": slot table is full`,
+			call: func() error { _, err := sh.Spawn(ctx, plugin.Spec{Name: "e", Command: []string{"x"}}); return err },
+			want: plugin.ErrFull,
+			msg:  `plugintest: spawn "e": slot table is full`,
 		},
 		{
 			name: "empty command",
-			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "b"}); return err },
-			want: ErrBadSpec,
-			msg:  `fake: spawn "b": invalid spec: empty command`,
+			call: func() error { _, err := sh.Spawn(ctx, plugin.Spec{Name: "b"}); return err },
+			want: plugin.ErrBadSpec,
+			msg:  `plugintest: spawn "b": invalid spec: empty command`,
 		},
 		{
 			// shm.ErrBadName passed through by the implementation.
 			name: "bad name",
-			call: func() error { _, err := sh.Spawn(ctx, Spec{Name: "no/slash", Command: []string{"x"}}); return err },
-			want: ErrBadSpec,
+			call: func() error {
+				_, err := sh.Spawn(ctx, plugin.Spec{Name: "no/slash", Command: []string{"x"}})
+				return err
+			},
+			want: plugin.ErrBadSpec,
 		},
 		{
 			// Refused subscriptions are returned by Events itself.
 			name: "events from the future",
 			call: func() error { _, err := sh.Events(ctx, 99); return err },
-			want: ErrBadSpec,
-			msg:  `fake: events after 99: invalid spec: last is 5`,
+			want: plugin.ErrBadSpec,
+			msg:  `plugintest: events after 99: invalid spec: last is 5`,
 		},
 	}
 	for _, tt := range tests {
@@ -289,14 +290,14 @@ func TestErrorsCrossTheBoundary(t *testing.T) {
 			if err == nil {
 				t.Fatalf("no error, want %v", tt.want)
 			}
-			for _, s := range sentinels {
+			for _, s := range plugin.Sentinels {
 				if got := errors.Is(err, s); got != (s == tt.want) {
 					t.Errorf("errors.Is(%q, %q) = %v, want %v", err, s, got, !got)
 				}
 			}
-			var re *RemoteError
+			var re *plugin.RemoteError
 			if !errors.As(err, &re) {
-				t.Errorf("error %q (%T) is not a *RemoteError", err, err)
+				t.Errorf("error %q (%T) is not a *plugin.RemoteError", err, err)
 			}
 			if tt.msg != "" && err.Error() != tt.msg {
 				t.Errorf("message = %q, want %q", err.Error(), tt.msg)
@@ -311,7 +312,7 @@ func TestEventsReplay(t *testing.T) {
 	sh := conn.Shim()
 	ctx := t.Context()
 	for _, name := range []string{"a", "b", "c"} {
-		if _, err := sh.Spawn(ctx, Spec{Name: name, Command: []string{"x"}}); err != nil {
+		if _, err := sh.Spawn(ctx, plugin.Spec{Name: name, Command: []string{"x"}}); err != nil {
 			t.Fatalf("Spawn %s: %v", name, err)
 		}
 	}
@@ -336,11 +337,11 @@ func TestEventsReplay(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Events(after 3): %v", err)
 	}
-	if _, err := sh.Spawn(ctx, Spec{Name: "d", Command: []string{"x"}}); err != nil {
+	if _, err := sh.Spawn(ctx, plugin.Spec{Name: "d", Command: []string{"x"}}); err != nil {
 		t.Fatalf("Spawn d: %v", err)
 	}
-	for _, ch := range []<-chan Event{events, late} {
-		if ev := recv(t, ch); ev.Seq != 4 || ev.Name != "d" || ev.Kind != EventSpawn {
+	for _, ch := range []<-chan plugin.Event{events, late} {
+		if ev := recv(t, ch); ev.Seq != 4 || ev.Name != "d" || ev.Kind != plugin.EventSpawn {
 			t.Errorf("live event %+v, want seq 4 spawn d", ev)
 		}
 	}
@@ -351,7 +352,7 @@ func TestEventsReplay(t *testing.T) {
 	if err := sh.Stop(ctx, "d", syscall.SIGKILL, time.Second); err != nil {
 		t.Fatalf("Stop d: %v", err)
 	}
-	if ev := recv(t, late); ev.Seq != 5 || ev.Kind != EventExit {
+	if ev := recv(t, late); ev.Seq != 5 || ev.Kind != plugin.EventExit {
 		t.Errorf("event after cancel %+v, want seq 5 exit", ev)
 	}
 }
@@ -360,7 +361,7 @@ func TestDetachReattach(t *testing.T) {
 	t.Parallel()
 	conn, dir := launch(t)
 	ctx := t.Context()
-	if _, err := conn.Shim().Spawn(ctx, Spec{Name: "rx", Command: []string{"x"}}); err != nil {
+	if _, err := conn.Shim().Spawn(ctx, plugin.Spec{Name: "rx", Command: []string{"x"}}); err != nil {
 		t.Fatalf("Spawn: %v", err)
 	}
 	pid := conn.PID()
@@ -370,11 +371,11 @@ func TestDetachReattach(t *testing.T) {
 	if err := conn.Detach(); err != nil {
 		t.Errorf("second Detach: %v", err)
 	}
-	if _, err := conn.Shim().Info(ctx); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("Info on a detached Conn: %v, want ErrUnavailable", err)
+	if _, err := conn.Shim().Info(ctx); !errors.Is(err, plugin.ErrUnavailable) {
+		t.Errorf("Info on a detached Conn: %v, want plugin.ErrUnavailable", err)
 	}
 
-	again, err := Reattach(dir, nil)
+	again, err := plugin.Reattach(dir, nil)
 	if err != nil {
 		t.Fatalf("Reattach: %v", err)
 	}
@@ -383,11 +384,11 @@ func TestDetachReattach(t *testing.T) {
 	}
 	info, err := again.Shim().Info(ctx)
 	if err != nil || info.PID != pid {
-		t.Fatalf("Info after Reattach = %+v, %v; want PID %d", info, err, pid)
+		t.Fatalf("Info after plugin.Reattach = %+v, %v; want PID %d", info, err, pid)
 	}
 	slots, err := again.Shim().List(ctx)
 	if err != nil || len(slots) != 1 || slots[0].Name != "rx" {
-		t.Fatalf("List after Reattach = %+v, %v; want the service spawned before", slots, err)
+		t.Fatalf("List after plugin.Reattach = %+v, %v; want the service spawned before", slots, err)
 	}
 	events, err := again.Shim().Events(ctx, 0)
 	if err != nil {
@@ -401,7 +402,7 @@ func TestDetachReattach(t *testing.T) {
 	if err := again.Detach(); err != nil {
 		t.Fatalf("Detach reattached: %v", err)
 	}
-	third, err := Reattach(dir, nil)
+	third, err := plugin.Reattach(dir, nil)
 	if err != nil {
 		t.Fatalf("second Reattach: %v", err)
 	}
@@ -409,8 +410,8 @@ func TestDetachReattach(t *testing.T) {
 		t.Fatalf("Kill: %v", err)
 	}
 	waitFor(t, third.Exited(), "Exited after Kill")
-	if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
-		t.Errorf("Reattach after Kill: %v, want ErrNoPlugin", err)
+	if _, err := plugin.Reattach(dir, nil); !errors.Is(err, plugin.ErrNoPlugin) {
+		t.Errorf("Reattach after Kill: %v, want plugin.ErrNoPlugin", err)
 	}
 }
 
@@ -426,7 +427,7 @@ func TestExitedAfterSIGKILL(t *testing.T) {
 					t.Fatal(err)
 				}
 				var err error
-				if conn, err = Reattach(dir, nil); err != nil {
+				if conn, err = plugin.Reattach(dir, nil); err != nil {
 					t.Fatalf("Reattach: %v", err)
 				}
 			}
@@ -444,13 +445,13 @@ func TestExitedAfterSIGKILL(t *testing.T) {
 			}
 			waitFor(t, conn.Exited(), "Exited after SIGKILL")
 			waitEventsClosed(t, events)
-			if _, err := conn.Shim().Info(ctx); !errors.Is(err, ErrUnavailable) {
-				t.Errorf("Info on a dead plugin: %v, want ErrUnavailable", err)
+			if _, err := conn.Shim().Info(ctx); !errors.Is(err, plugin.ErrUnavailable) {
+				t.Errorf("Info on a dead plugin: %v, want plugin.ErrUnavailable", err)
 			}
-			if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
-				t.Errorf("Reattach to a dead plugin: %v, want ErrNoPlugin", err)
+			if _, err := plugin.Reattach(dir, nil); !errors.Is(err, plugin.ErrNoPlugin) {
+				t.Errorf("Reattach to a dead plugin: %v, want plugin.ErrNoPlugin", err)
 			}
-			if _, err := os.Stat(filepath.Join(dir, StateFile)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(dir, plugin.StateFile)); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("stale plugin.json: %v, want it removed", err)
 			}
 			if err := conn.Detach(); err != nil {
@@ -477,24 +478,24 @@ func TestReattachNoPlugin(t *testing.T) {
 	}{
 		{name: "no record"},
 		{name: "corrupt record", record: `{"pid": `},
-		{name: "dead pid", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: dead.Process.Pid, StartTime: 1})},
+		{name: "dead pid", record: recordJSON(t, plugin.Record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: dead.Process.Pid, StartTime: 1})},
 		// A live process that is not the plugin (this test process, with
 		// another start time): never touched, only refused.
-		{name: "reused pid", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart + 1})},
-		{name: "other program", record: recordJSON(t, record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart, Exe: "/usr/sbin/not-hbd"})},
+		{name: "reused pid", record: recordJSON(t, plugin.Record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart + 1})},
+		{name: "other program", record: recordJSON(t, plugin.Record{Protocol: "grpc", ProtocolVersion: 1, Network: "unix", Addr: "/nonexistent", PID: os.Getpid(), StartTime: ownStart, Exe: "/usr/sbin/not-hbd"})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			file := filepath.Join(dir, StateFile)
+			file := filepath.Join(dir, plugin.StateFile)
 			if tt.record != "" {
 				if err := os.WriteFile(file, []byte(tt.record), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
-			conn, err := Reattach(dir, nil)
-			if !errors.Is(err, ErrNoPlugin) {
-				t.Fatalf("Reattach = %v, %v; want ErrNoPlugin", conn, err)
+			conn, err := plugin.Reattach(dir, nil)
+			if !errors.Is(err, plugin.ErrNoPlugin) {
+				t.Fatalf("Reattach = %v, %v; want plugin.ErrNoPlugin", conn, err)
 			}
 			if tt.record != "" && !strings.Contains(tt.name, "corrupt") {
 				if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
@@ -505,7 +506,7 @@ func TestReattachNoPlugin(t *testing.T) {
 	}
 }
 
-func recordJSON(t *testing.T, rec record) string {
+func recordJSON(t *testing.T, rec plugin.Record) string {
 	t.Helper()
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -520,10 +521,10 @@ func TestReattachKillsUnusablePlugin(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name   string
-		mutate func(t *testing.T, rec *record)
+		mutate func(t *testing.T, rec *plugin.Record)
 	}{
-		{"other protocol version", func(_ *testing.T, rec *record) { rec.ProtocolVersion = 99 }},
-		{"socket gone", func(t *testing.T, rec *record) {
+		{"other protocol version", func(_ *testing.T, rec *plugin.Record) { rec.ProtocolVersion = 99 }},
+		{"socket gone", func(t *testing.T, rec *plugin.Record) {
 			if err := os.Remove(rec.Addr); err != nil {
 				t.Fatal(err)
 			}
@@ -534,19 +535,19 @@ func TestReattachKillsUnusablePlugin(t *testing.T) {
 			t.Parallel()
 			conn, dir := launch(t)
 			defer conn.Detach()
-			file := filepath.Join(dir, StateFile)
-			rec, err := readRecord(dir)
+			file := filepath.Join(dir, plugin.StateFile)
+			rec, err := plugin.ReadRecord(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
 			tt.mutate(t, &rec)
-			if err := writeRecord(dir, rec); err != nil {
+			if err := plugin.WriteRecord(dir, rec); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Reattach(dir, nil); !errors.Is(err, ErrNoPlugin) {
-				t.Fatalf("Reattach: %v, want ErrNoPlugin", err)
+			if _, err := plugin.Reattach(dir, nil); !errors.Is(err, plugin.ErrNoPlugin) {
+				t.Fatalf("Reattach: %v, want plugin.ErrNoPlugin", err)
 			}
-			waitFor(t, conn.Exited(), "plugin killed by Reattach")
+			waitFor(t, conn.Exited(), "plugin killed by plugin.Reattach")
 			if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("plugin.json: %v, want it removed", err)
 			}
@@ -576,7 +577,7 @@ func TestPluginSurvivesHost(t *testing.T) {
 	}
 	killAtCleanup(t, pid)
 
-	conn, err := Reattach(dir, nil)
+	conn, err := plugin.Reattach(dir, nil)
 	if err != nil {
 		t.Fatalf("Reattach: %v", err)
 	}
@@ -638,9 +639,54 @@ func TestKillTwice(t *testing.T) {
 }
 
 func TestServeRefusesWithoutHost(t *testing.T) {
-	t.Setenv(Handshake.MagicCookieKey, "")
-	err := Serve(newFakeShim(nil), nil)
-	if err == nil || !strings.Contains(err.Error(), Handshake.MagicCookieKey) {
-		t.Errorf("Serve without the cookie: %v, want an error naming %s", err, Handshake.MagicCookieKey)
+	t.Setenv(plugin.Handshake.MagicCookieKey, "")
+	err := plugin.Serve(newTestShim(nil), nil)
+	if err == nil || !strings.Contains(err.Error(), plugin.Handshake.MagicCookieKey) {
+		t.Errorf("Serve without the cookie: %v, want an error naming %s", err, plugin.Handshake.MagicCookieKey)
+	}
+}
+
+// The plugin serves one host process at a time: another process's Reattach
+// is refused with ErrHostConnected and leaves the plugin running; once the
+// first host has let go, it attaches.
+func TestReattachWhileAnotherHostIsConnected(t *testing.T) {
+	t.Parallel()
+	conn, dir := launch(t)
+	reattach := func() (string, int) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"=reattach", dirEnv+"="+dir)
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out)), cmd.ProcessState.ExitCode()
+	}
+	out, code := reattach()
+	if code != 3 || !strings.Contains(out, "another hbd is connected to the plugin (hbd pid "+strconv.Itoa(os.Getpid())+")") {
+		t.Fatalf("second host's Reattach: exit %d: %s; want ErrHostConnected naming pid %d", code, out, os.Getpid())
+	}
+	select {
+	case <-conn.Exited():
+		t.Fatal("the plugin was killed by the refused Reattach")
+	default:
+	}
+	if _, err := conn.Shim().List(context.Background()); err != nil {
+		t.Fatalf("the first host after the refused Reattach: %v", err)
+	}
+	if err := conn.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin notices the closed connection on its own time.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, code = reattach()
+		if code == 0 || code != 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code != 0 || !strings.HasPrefix(out, "attached ") {
+		t.Fatalf("Reattach after the first host detached: exit %d: %s", code, out)
 	}
 }

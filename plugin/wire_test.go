@@ -90,7 +90,7 @@ func TestStatusMapping(t *testing.T) {
 			if tt.want != nil && !errors.Is(back, tt.want) {
 				t.Errorf("errors.Is(%q, %q) = false", back, tt.want)
 			}
-			for _, s := range sentinels {
+			for _, s := range Sentinels {
 				if s != tt.want && errors.Is(back, s) {
 					t.Errorf("errors.Is(%q, %q) = true, want false", back, s)
 				}

@@ -8,50 +8,33 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/host/api/apitest"
+	"github.com/hbshim/hb/host/api/ctl"
 	"github.com/hbshim/hb/shm"
 )
 
 // asHbctl makes the test binary run main() instead of the tests: it is
-// hbctl when no separately built binary is available.
+// hbctl for the binary smoke test when the go tool is not at hand.
 const asHbctl = "HBCTL_TEST_AS_MAIN"
 
-// hbctlBin is hbctl built by TestMain; "" runs the test binary as hbctl.
-var hbctlBin string
-
-// TestMain builds hbctl (a plain build: a race-enabled binary takes a tenth
-// of a second just to start, and these tests run it a hundred times). If
-// the go tool is not at hand, the test binary itself serves as hbctl.
+// TestMain lets the test binary serve as hbctl (asHbctl).
 func TestMain(m *testing.M) {
 	if os.Getenv(asHbctl) == "1" {
 		main()
 		return
 	}
-	dir, err := os.MkdirTemp("", "hbctl-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin := filepath.Join(dir, "hbctl")
-	if goTool, err := exec.LookPath("go"); err == nil {
-		if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err == nil {
-			hbctlBin = bin
-		} else {
-			fmt.Fprintf(os.Stderr, "building hbctl failed, running the test binary as hbctl: %v\n%s", err, out)
-		}
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // testTimeout bounds waits for a state; never a performance threshold.
@@ -63,34 +46,80 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// command returns an hbctl command with HB_SOCKET set to sock.
-func command(t *testing.T, sock string, args ...string) *exec.Cmd {
-	t.Helper()
-	bin, env := hbctlBin, []string{"HB_SOCKET=" + sock, "HB_SHM="}
-	if bin == "" {
-		bin, env = os.Args[0], append(env, asHbctl+"=1", "GORACE=atexit_sleep_ms=0")
+// env is hbctl's environment: HB_SOCKET is sock, HB_SHM is empty.
+func env(sock string) func(string) string {
+	return func(k string) string {
+		if k == "HB_SOCKET" {
+			return sock
+		}
+		return ""
 	}
-	cmd := exec.CommandContext(ctxT(t), bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	return cmd
+}
+
+// run is one hbctl run in this process, as ctl.Main would do it.
+type run struct {
+	args   []string
+	cancel context.CancelFunc // what SIGINT does to hbctl
+	done   chan int           // receives the exit status
+	out    *io.PipeReader     // stdout
+	errb   *lockedBuffer
+}
+
+// lockedBuffer is a bytes.Buffer safe to write while a test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// start runs hbctl with args against sock in the background.
+func start(t *testing.T, sock string, args ...string) *run {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	pr, pw := io.Pipe()
+	r := &run{args: args, cancel: cancel, done: make(chan int, 1), out: pr, errb: &lockedBuffer{}}
+	go func() {
+		code := ctl.Run(ctx, args, ctl.Env{Stdout: pw, Stderr: r.errb, Getenv: env(sock)})
+		pw.Close()
+		r.done <- code
+	}()
+	t.Cleanup(cancel)
+	return r
+}
+
+// wait returns hbctl's stdout (all that is left of it) and exit status.
+func (r *run) wait(t *testing.T) (string, int) {
+	t.Helper()
+	out, err := io.ReadAll(r.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-r.done:
+		return string(out), code
+	case <-time.After(testTimeout):
+		t.Fatalf("hbctl %q did not return within %v", r.args, testTimeout)
+		return "", 0
+	}
 }
 
 // hbctl runs hbctl to completion.
 func hbctl(t *testing.T, sock string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := command(t, sock, args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	default:
-		t.Fatalf("hbctl %q: %v", args, err)
-	}
-	return out.String(), errb.String(), code
+	r := start(t, sock, args...)
+	out, code := r.wait(t)
+	return out, r.errb.String(), code
 }
 
 func serve(t *testing.T, b api.Backend) string {
@@ -268,47 +297,35 @@ func TestWait(t *testing.T) {
 	sock := serve(t, b)
 	ctx := ctxT(t)
 
-	// start runs `hbctl wait ...` and returns once it has subscribed.
-	start := func(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	// begin runs `hbctl wait ...` and returns once it has subscribed.
+	begin := func(args ...string) *run {
 		t.Helper()
-		cmd := command(t, sock, args...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		r := start(t, sock, args...)
 		if err := b.WaitSubscribers(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
-		return cmd, &out, &errb
+		return r
 	}
-	finish := func(cmd *exec.Cmd, out, errb *bytes.Buffer, wantCode int) {
+	finish := func(r *run, wantCode int) string {
 		t.Helper()
-		err := cmd.Wait()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		want(t, cmd.Args[1:], code, wantCode, out.String(), errb.String())
+		out, code := r.wait(t)
+		want(t, r.args, code, wantCode, out, r.errb.String())
 		if err := b.WaitSubscribers(ctx, 0); err != nil {
 			t.Fatal(err)
 		}
+		return out
 	}
 
-	cmd, out, errb := start("wait", "dpi", "--up")
+	r := begin("wait", "dpi", "--up")
 	b.Update("dpi", func(s *api.ServiceStatus) { s.State, s.PID = "starting", 4242 })
 	b.Update("dpi", func(s *api.ServiceStatus) { s.State = "running" })
-	finish(cmd, out, errb, 0)
-	if out.String() != "dpi: up (running, pid 4242)\n" {
+	if out := finish(r, 0); out != "dpi: up (running, pid 4242)\n" {
 		t.Errorf("stdout %q", out)
 	}
 
-	cmd, out, errb = start("wait", "--down", "dpi")
+	r = begin("wait", "--down", "dpi")
 	b.Update("dpi", func(s *api.ServiceStatus) { s.State, s.PID = "exited", 0 })
-	finish(cmd, out, errb, 0)
+	finish(r, 0)
 
 	// Already down: no event needed.
 	args := []string{"wait", "dpi", "tx", "--down"}
@@ -345,13 +362,13 @@ func TestWatch(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		args     []string
-		end      func(cmd *exec.Cmd)
+		end      func(r *run)
 		wantCode int
 		check    func(t *testing.T, lines []string)
 	}{
 		{
 			name: "json until interrupted", args: []string{"watch", "--json"},
-			end: func(cmd *exec.Cmd) { cmd.Process.Signal(os.Interrupt) }, wantCode: 0,
+			end: func(r *run) { r.cancel() }, wantCode: 0, // SIGINT cancels the command
 			check: func(t *testing.T, lines []string) {
 				var ev api.Event
 				if err := json.Unmarshal([]byte(lines[0]), &ev); err != nil || ev.Kind != "exit" || ev.Name != "rx" || ev.Status != 137 {
@@ -361,7 +378,7 @@ func TestWatch(t *testing.T) {
 		},
 		{
 			name: "text, hbd goes away", args: []string{"watch", "rx"},
-			end: func(*exec.Cmd) { srv.Close() }, wantCode: 3,
+			end: func(*run) { srv.Close() }, wantCode: 3,
 			check: func(t *testing.T, lines []string) {
 				if !strings.Contains(lines[0], " exit   rx pid 7 gen 2 status 137(KILL) via connector") {
 					t.Errorf("first line %q", lines[0])
@@ -370,23 +387,14 @@ func TestWatch(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := command(t, path, tc.args...)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var errb bytes.Buffer
-			cmd.Stderr = &errb
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
+			r := start(t, path, tc.args...)
 			if err := b.WaitSubscribers(ctx, 1); err != nil {
 				t.Fatal(err)
 			}
 			b.Emit(api.Event{Kind: "spawn", Name: "other", PID: 1})
 			b.Emit(api.Event{Kind: "exit", Name: "rx", PID: 7, Generation: 2, Status: 137, Source: "connector"})
 			b.Emit(api.Event{Kind: "state", Name: "rx", State: "backoff", Reason: "exited with 137"})
-			sc := bufio.NewScanner(stdout)
+			sc := bufio.NewScanner(r.out)
 			var lines []string
 			for len(lines) < 2 && sc.Scan() {
 				if strings.Contains(sc.Text(), "other") && len(tc.args) > 1 && tc.args[1] == "rx" {
@@ -397,20 +405,12 @@ func TestWatch(t *testing.T) {
 				}
 			}
 			if len(lines) < 2 {
-				t.Fatalf("watch printed %q; stderr %s", lines, errb.String())
+				t.Fatalf("watch printed %q; stderr %s", lines, r.errb.String())
 			}
 			tc.check(t, lines)
-			tc.end(cmd)
-			for sc.Scan() {
-			}
-			err = cmd.Wait()
-			code := 0
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				code = ee.ExitCode()
-			}
-			if code != tc.wantCode {
-				t.Errorf("exit %d (%v), want %d; stderr %s", code, err, tc.wantCode, errb.String())
+			tc.end(r)
+			if _, code := r.wait(t); code != tc.wantCode {
+				t.Errorf("exit %d, want %d; stderr %s", code, tc.wantCode, r.errb.String())
 			}
 			if err := b.WaitSubscribers(ctx, 0); err != nil {
 				t.Fatal(err)
@@ -605,5 +605,61 @@ func TestVersionAndHealth(t *testing.T) {
 	var h api.Health
 	if err := json.Unmarshal([]byte(out), &h); err != nil || h.OK || !strings.Contains(h.Error, "plugin exited") {
 		t.Errorf("health --json: %+v %v\n%s", h, err, out)
+	}
+}
+
+// The built binary, once: main wires ctl.Main to the process's arguments,
+// streams and environment, and SIGINT ends a watch with status 0.
+func TestBinarySmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbctl")
+	}
+	b := newBackend(t)
+	sock := serve(t, b)
+	bin, extra := filepath.Join(t.TempDir(), "hbctl"), []string{}
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Logf("go build failed, running the test binary as hbctl: %v\n%s", err, out)
+		bin, extra = os.Args[0], []string{asHbctl + "=1", "GORACE=atexit_sleep_ms=0"}
+	}
+	cmd := func(args ...string) *exec.Cmd {
+		c := exec.CommandContext(ctxT(t), bin, args...)
+		c.Env = append(append(os.Environ(), "HB_SOCKET="+sock, "HB_SHM="), extra...)
+		return c
+	}
+	out, err := cmd("status", "rx").Output()
+	if err != nil || !strings.HasPrefix(string(out), "NAME") || !strings.Contains(string(out), "rx") {
+		t.Errorf("hbctl status rx: %v\n%s", err, out)
+	}
+	if err := cmd("stop", "nope").Run(); err == nil {
+		t.Errorf("hbctl stop nope: exit 0, want 1")
+	} else if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Errorf("hbctl stop nope: %v, want exit status 1", err)
+	}
+	w := cmd("watch")
+	stdout, err := w.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// SIGINT once it prints: its stream is open (an interrupt before that
+	// is an interrupted command, status 130).
+	if err := b.WaitSubscribers(ctxT(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	b.Emit(api.Event{Kind: "spawn", Name: "rx", PID: 7})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if !strings.Contains(line, "rx pid 7") {
+		t.Fatalf("hbctl watch printed %q (%v)", line, err)
+	}
+	if err := w.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(stdout); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Wait(); err != nil {
+		t.Errorf("hbctl watch after SIGINT: %v, want exit status 0", err)
 	}
 }
