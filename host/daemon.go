@@ -520,12 +520,12 @@ func (d *Daemon) armPromotion(s *service) {
 			return
 		}
 		s.failedStarts = 0
-		d.setState(s, policy.StateRunning, "up for "+s.cfg.StartSecs.String())
+		d.setState(s, policy.StateRunning, "up for "+s.cfg.StartWindow.String())
 		if mirror {
 			d.mirror(s)
 		}
 	}
-	if s.cfg.StartSecs <= 0 {
+	if s.cfg.StartWindow <= 0 {
 		// The plugin wrote "running" into the slot at the spawn
 		// (Spec.RunningAtSpawn) if it is recent enough: no call needed,
 		// which at every respawn had cost the plugin a fifth of its CPU
@@ -534,7 +534,7 @@ func (d *Daemon) armPromotion(s *service) {
 		return
 	}
 	seq := s.timerSeq
-	s.timer = time.AfterFunc(s.cfg.StartSecs, func() {
+	s.timer = time.AfterFunc(s.cfg.StartWindow, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if s.timerSeq == seq {
@@ -702,15 +702,15 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	respawn := plugin.Respawn{
 		// Only what the policy answers with "respawn at once": the plugin
 		// does it without a round trip. Never while hbd wants it down.
-		Enabled:   p.Restart != policy.RestartNever && p.RestartDelay <= 0 && !s.wantDown && !d.closing,
-		OnFailure: p.Restart == policy.RestartOnFailure,
-		ExitCodes: p.ExitCodes,
-		StartSecs: p.StartSecs,
+		Enabled:     p.Restart != policy.RestartNever && p.RestartDelay <= 0 && !s.wantDown && !d.closing,
+		OnFailure:   p.Restart == policy.RestartOnFailure,
+		ExitCodes:   p.ExitCodes,
+		StartWindow: p.StartWindow,
 	}
 	return plugin.Spec{
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
-		RunningAtSpawn: p.StartSecs <= 0,
+		RunningAtSpawn: p.StartWindow <= 0,
 		Name:           c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
@@ -777,11 +777,11 @@ func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 	d.log.Error("plugin died; starting a new one to adopt the services", "pid", conn.PID())
 	_ = conn.Detach()
 	for attempt := 1; ; attempt++ {
-		if err := d.connect(); err == nil {
+		err := d.connect()
+		if err == nil {
 			return
-		} else {
-			d.log.Error("restart plugin", "attempt", attempt, "err", err)
 		}
+		d.log.Error("restart plugin", "attempt", attempt, "err", err)
 		d.mu.Unlock()
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))
 		d.mu.Lock()

@@ -32,7 +32,7 @@ func specToProto(s Spec) *hbpb.Spec {
 			Enabled:     s.Respawn.Enabled,
 			OnFailure:   s.Respawn.OnFailure,
 			ExitCodes:   toInt64s(s.Respawn.ExitCodes),
-			StartSecsNs: int64(s.Respawn.StartSecs),
+			StartSecsNs: int64(s.Respawn.StartWindow),
 		},
 		RunningAtSpawn: s.RunningAtSpawn,
 	}
@@ -82,10 +82,10 @@ func specFromProto(p *hbpb.Spec) Spec {
 		LogMaxBytes: p.GetLogMaxBytes(),
 		LogBackups:  int(p.GetLogBackups()),
 		Respawn: Respawn{
-			Enabled:   p.GetRespawn().GetEnabled(),
-			OnFailure: p.GetRespawn().GetOnFailure(),
-			ExitCodes: fromInt64s(p.GetRespawn().GetExitCodes()),
-			StartSecs: time.Duration(p.GetRespawn().GetStartSecsNs()),
+			Enabled:     p.GetRespawn().GetEnabled(),
+			OnFailure:   p.GetRespawn().GetOnFailure(),
+			ExitCodes:   fromInt64s(p.GetRespawn().GetExitCodes()),
+			StartWindow: time.Duration(p.GetRespawn().GetStartSecsNs()),
 		},
 		RunningAtSpawn: p.GetRunningAtSpawn(),
 	}

@@ -40,27 +40,27 @@ type Spec struct {
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on
-// its own: an exit after a run of at least StartSecs whose status the policy
+// its own: an exit after a run of at least StartWindow whose status the policy
 // wants restarted (any status, or with OnFailure one not in ExitCodes) is
 // respawned at once, with no round trip to the host. The host enables it
 // only when its policy would respawn such an exit without delay; everything
 // else (failed starts, backoff, giving up) stays the host's decision. Exits
 // during a Stop are never respawned.
 type Respawn struct {
-	Enabled   bool
-	OnFailure bool
-	ExitCodes []int
-	StartSecs time.Duration
+	Enabled     bool
+	OnFailure   bool
+	ExitCodes   []int
+	StartWindow time.Duration
 }
 
 // Wants reports whether an exit with status after a run of runFor is
 // respawned by the plugin.
 func (r Respawn) Wants(runFor time.Duration, status int) bool {
-	return r.Enabled && runFor >= r.StartSecs && r.WantsStatus(status)
+	return r.Enabled && runFor >= r.StartWindow && r.WantsStatus(status)
 }
 
 // WantsStatus reports whether the policy respawns an exit with status
-// (-1: unknown), leaving aside Enabled and StartSecs.
+// (-1: unknown), leaving aside Enabled and StartWindow.
 func (r Respawn) WantsStatus(status int) bool {
 	return policy.Restarts(r.OnFailure, r.ExitCodes, status)
 }

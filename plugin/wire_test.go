@@ -21,7 +21,7 @@ func TestConvertRoundTrip(t *testing.T) {
 		Name: "rx", Command: []string{"/bin/rx", "-v"}, Dir: "/srv", Env: []string{"A=1", "B=2"},
 		UID: -1, GID: 4294967294, Groups: []int{10, 20}, Stdout: "file", Stderr: "inherit",
 		LogDir: "/var/log/hb", LogMaxBytes: 1 << 40, LogBackups: 7, RunningAtSpawn: true,
-		Respawn: Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0, 2}, StartSecs: 1500 * time.Millisecond},
+		Respawn: Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0, 2}, StartWindow: 1500 * time.Millisecond},
 	}
 	if diff := cmp.Diff(spec, specFromProto(specToProto(spec))); diff != "" {
 		t.Errorf("Spec (-want +got):\n%s", diff)

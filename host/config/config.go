@@ -97,10 +97,10 @@ type Service struct {
 	User        string            // name or number; "" = hbd's user
 	Group       string            // name or number; "" = the user's primary group
 	Restart     policy.Restart
-	// RestartDelay, StartSecs, StartRetries, BackoffMax and ExitCodes are
+	// RestartDelay, StartWindow, StartRetries, BackoffMax and ExitCodes are
 	// the restart policy; see the policy package.
 	RestartDelay time.Duration
-	StartSecs    time.Duration
+	StartWindow  time.Duration
 	StartRetries int
 	BackoffMax   time.Duration
 	ExitCodes    []int
@@ -138,7 +138,7 @@ func DefaultService(name string) *Service {
 		Environment:  map[string]string{},
 		Restart:      p.Restart,
 		RestartDelay: p.RestartDelay,
-		StartSecs:    p.StartSecs,
+		StartWindow:  p.StartWindow,
 		StartRetries: p.StartRetries,
 		BackoffMax:   p.BackoffMax,
 		ExitCodes:    p.ExitCodes,
@@ -157,7 +157,7 @@ func (s *Service) Policy() policy.Policy {
 	return policy.Policy{
 		Restart:      s.Restart,
 		RestartDelay: s.RestartDelay,
-		StartSecs:    s.StartSecs,
+		StartWindow:  s.StartWindow,
 		StartRetries: s.StartRetries,
 		BackoffMax:   s.BackoffMax,
 		ExitCodes:    slices.Clone(s.ExitCodes),
@@ -210,7 +210,7 @@ func (s *Service) Equal(o *Service) bool {
 		s.Group == o.Group &&
 		s.Restart == o.Restart &&
 		s.RestartDelay == o.RestartDelay &&
-		s.StartSecs == o.StartSecs &&
+		s.StartWindow == o.StartWindow &&
 		s.StartRetries == o.StartRetries &&
 		s.BackoffMax == o.BackoffMax &&
 		slices.Equal(s.ExitCodes, o.ExitCodes) &&

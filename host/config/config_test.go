@@ -62,7 +62,7 @@ func TestDefaults(t *testing.T) {
 		Environment:  nil, // none set
 		Restart:      policy.RestartAlways,
 		RestartDelay: 0,
-		StartSecs:    time.Second,
+		StartWindow:  time.Second,
 		StartRetries: 5,
 		BackoffMax:   30 * time.Second,
 		ExitCodes:    []int{0},
@@ -149,7 +149,7 @@ user = "1000"
 		Group:        "65534",
 		Restart:      policy.RestartOnFailure,
 		RestartDelay: 250 * time.Millisecond,
-		StartSecs:    0,
+		StartWindow:  0,
 		StartRetries: 0,
 		BackoffMax:   time.Minute,
 		ExitCodes:    []int{0, 2, 143},

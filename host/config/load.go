@@ -481,7 +481,7 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 		case "restart_delay":
 			s.RestartDelay, err = wantDuration(v)
 		case "start_secs":
-			s.StartSecs, err = wantDuration(v)
+			s.StartWindow, err = wantDuration(v)
 		case "backoff_max":
 			s.BackoffMax, err = wantDuration(v)
 		case "stop_timeout":

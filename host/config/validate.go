@@ -149,7 +149,7 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 		v   int64
 	}{
 		{"restart_delay", int64(s.RestartDelay)},
-		{"start_secs", int64(s.StartSecs)},
+		{"start_secs", int64(s.StartWindow)},
 		{"backoff_max", int64(s.BackoffMax)},
 		{"stop_timeout", int64(s.StopTimeout)},
 	} {

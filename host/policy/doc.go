@@ -8,11 +8,11 @@
 //
 // # Restart rules
 //
-// A run shorter than the policy's StartSecs is a failed start. Consecutive
+// A run shorter than the policy's StartWindow is a failed start. Consecutive
 // failed starts back off exponentially ([Backoff]) from
 // max(RestartDelay, [MinBackoff]), doubling, capped at BackoffMax; after
 // StartRetries of them in a row the service goes fatal (0 = never give up).
-// A run of at least StartSecs resets the count, so a service that was stable
+// A run of at least StartWindow resets the count, so a service that was stable
 // for a while and then crashes is respawned after RestartDelay only (0 = at
 // once), never after a stale, grown backoff. Whether an exit is followed by a
 // restart at all is the Restart mode: always, on-failure (status not in

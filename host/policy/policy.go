@@ -55,11 +55,11 @@ const MinBackoff = 100 * time.Millisecond
 type Policy struct {
 	Restart Restart
 	// RestartDelay is the wait before respawning after a run of at least
-	// StartSecs (0 = at once), and the floor of the failed-start backoff.
+	// StartWindow (0 = at once), and the floor of the failed-start backoff.
 	RestartDelay time.Duration
-	// StartSecs is how long an incarnation must stay up to count as started;
+	// StartWindow is how long an incarnation must stay up to count as started;
 	// a shorter run is a failed start. 0 = every run counts as started.
-	StartSecs time.Duration
+	StartWindow time.Duration
 	// StartRetries is how many failed starts in a row make the service
 	// fatal. 0 = never give up.
 	StartRetries int
@@ -74,7 +74,7 @@ type Policy struct {
 func DefaultPolicy() Policy {
 	return Policy{
 		Restart:      RestartAlways,
-		StartSecs:    time.Second,
+		StartWindow:  time.Second,
 		StartRetries: 5,
 		BackoffMax:   30 * time.Second,
 		ExitCodes:    []int{0},
@@ -156,7 +156,7 @@ type Decision struct {
 	// StateFatal or StateStopped.
 	NextState State
 	// FailedStarts is the failed-start count to keep in History for the next
-	// incarnation: 0 after a run of at least StartSecs or a requested stop.
+	// incarnation: 0 after a run of at least StartWindow or a requested stop.
 	FailedStarts int
 	// Reason is one line for logs and status output.
 	Reason string
@@ -188,7 +188,7 @@ func Backoff(p Policy, failedStarts int) time.Duration {
 //
 //   - A requested stop (ex.Expected) is ActionStopped, never a respawn.
 //   - If the Restart mode does not want a restart for ex.Status: ActionStay.
-//   - A run of at least StartSecs: ActionRespawn after RestartDelay, failed
+//   - A run of at least StartWindow: ActionRespawn after RestartDelay, failed
 //     starts reset to 0.
 //   - A shorter run is a failed start: failed starts + 1; ActionFatal once it
 //     reaches StartRetries (when > 0), else ActionRespawn after
@@ -207,9 +207,9 @@ func Decide(p Policy, h History, ex ExitInfo, now time.Time) Decision {
 	if h.StartedAt.IsZero() {
 		// The start was not seen (an exit found after a restart of hbd):
 		// counted as a long run.
-		ran, ranText = max(p.StartSecs, 0), "an unknown time"
+		ran, ranText = max(p.StartWindow, 0), "an unknown time"
 	}
-	failed := ran < p.StartSecs
+	failed := ran < p.StartWindow
 	failures := 0
 	if failed {
 		failures = max(h.FailedStarts, 0) + 1
@@ -253,19 +253,19 @@ func Decide(p Policy, h History, ex ExitInfo, now time.Time) Decision {
 		NextState:    StateBackoff,
 		FailedStarts: failures,
 		Reason: fmt.Sprintf("exited with status %s after %s (start_secs %s): failed start %d%s; retrying in %s",
-			status, ranText, p.StartSecs, failures, of, delay),
+			status, ranText, p.StartWindow, failures, of, delay),
 	}
 }
 
 // FastRespawn reports whether an unrequested exit with this status after a
 // run of runFor is respawned at once whatever the history: the run counts as
-// started (runFor >= StartSecs), the Restart mode wants a restart, and
+// started (runFor >= StartWindow), the Restart mode wants a restart, and
 // RestartDelay is 0. When it is true, Decide returns ActionRespawn with no
 // delay and StateStarting, so the plugin may respawn without asking the host.
 // It is conservative: a failed start is never fast, because only the host
 // knows how many came before.
 func FastRespawn(p Policy, runFor time.Duration, status int) bool {
-	return runFor >= p.StartSecs && p.RestartDelay <= 0 && p.WantsRestart(status)
+	return runFor >= p.StartWindow && p.RestartDelay <= 0 && p.WantsRestart(status)
 }
 
 func statusText(s int) string {

@@ -87,7 +87,7 @@ func TestDecide(t *testing.T) {
 	forever := DefaultPolicy()
 	forever.StartRetries = 0
 	instant := DefaultPolicy()
-	instant.StartSecs = 0
+	instant.StartWindow = 0
 
 	tests := []struct {
 		name    string
@@ -237,13 +237,13 @@ func TestDecide(t *testing.T) {
 // Decide's next state is always reachable from the state the service was in
 // when it exited.
 func TestDecideNextStateIsAllowed(t *testing.T) {
-	policies := map[string]Policy{"default": DefaultPolicy(), "never": {Restart: RestartNever, StartSecs: time.Second}}
+	policies := map[string]Policy{"default": DefaultPolicy(), "never": {Restart: RestartNever, StartWindow: time.Second}}
 	for pname, p := range policies {
 		for _, from := range []State{StateStarting, StateRunning, StateStopping} {
 			for _, ran := range []time.Duration{0, 10 * time.Millisecond, time.Second, time.Hour} {
 				for _, failures := range []int{0, 3, 4, 10} {
 					ex := ExitInfo{Status: 1, Expected: from == StateStopping}
-					if from == StateRunning && ran < p.StartSecs {
+					if from == StateRunning && ran < p.StartWindow {
 						continue // running implies it was up for start_secs
 					}
 					d := Decide(p, History{StartedAt: t0, FailedStarts: failures}, ex, t0.Add(ran))
@@ -296,7 +296,7 @@ func TestFastRespawn(t *testing.T) {
 				if tt.want && !fast {
 					t.Errorf("FastRespawn true but Decide(failures=%d) = %+v", failures, d)
 				}
-				if !tt.want && fast && failures == 0 && tt.runFor >= tt.p.StartSecs {
+				if !tt.want && fast && failures == 0 && tt.runFor >= tt.p.StartWindow {
 					t.Errorf("FastRespawn false for a stable run but Decide = %+v", d)
 				}
 			}

@@ -15,8 +15,8 @@ type State = shm.State
 const (
 	StateFree     = shm.StateFree     // no service: the slot is unused
 	StateStopped  = shm.StateStopped  // not running and not meant to run until started
-	StateStarting = shm.StateStarting // spawned; not yet up for StartSecs
-	StateRunning  = shm.StateRunning  // up for at least StartSecs
+	StateStarting = shm.StateStarting // spawned; not yet up for StartWindow
+	StateRunning  = shm.StateRunning  // up for at least StartWindow
 	StateBackoff  = shm.StateBackoff  // exited; waiting for a delay before the next start
 	StateExited   = shm.StateExited   // exited and the restart policy keeps it down
 	StateFatal    = shm.StateFatal    // gave up: too many failed starts, or it cannot be spawned

@@ -221,7 +221,7 @@ func (p *respawnPlan) release() {
 // decide the same, so the round trip to the host is skipped. It never
 // competes with the host: a stop under way, or any Spawn, Stop or Free
 // holding the service, or a closing shim, leaves the exit to the host, as
-// does an exit before StartSecs. The exit path of the incarnation before
+// does an exit before StartWindow. The exit path of the incarnation before
 // never holds the service here (see exitLoop). The exit status is checked
 // once known (respawn). nil: no respawn by the plugin.
 func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
@@ -241,7 +241,7 @@ func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	s.mu.Lock()
 	current := svc.cur == inc
 	s.mu.Unlock()
-	if current && !svc.freed && pol.Enabled && time.Since(inc.started) >= pol.StartSecs {
+	if current && !svc.freed && pol.Enabled && time.Since(inc.started) >= pol.StartWindow {
 		var err error
 		if p.startPlan, err = s.planStart(svc, svc.spec, true); err != nil {
 			s.log.Warn("respawn", "service", svc.name, "err", err)

@@ -62,7 +62,7 @@ func TestRespawnByPlugin(t *testing.T) {
 				code string
 			}{
 				{"ok", plugin.Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0}}, "0"},
-				{"quick", plugin.Respawn{Enabled: true, StartSecs: time.Hour}, "1"},
+				{"quick", plugin.Respawn{Enabled: true, StartWindow: time.Hour}, "1"},
 				{"off", plugin.Respawn{}, "1"},
 			} {
 				spec := h.childSpec(tc.name, "exit", "HB_EXIT_CODE="+tc.code)
@@ -86,7 +86,7 @@ func TestRespawnWants(t *testing.T) {
 	}{
 		{"disabled", plugin.Respawn{}, time.Hour, 1, false},
 		{"always", plugin.Respawn{Enabled: true}, 0, 0, true},
-		{"too quick", plugin.Respawn{Enabled: true, StartSecs: time.Second}, time.Millisecond, 1, false},
+		{"too quick", plugin.Respawn{Enabled: true, StartWindow: time.Second}, time.Millisecond, 1, false},
 		{"on-failure success", plugin.Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0, 2}}, 0, 2, false},
 		{"on-failure failure", plugin.Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0}}, 0, 137, true},
 		{"on-failure unknown", plugin.Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0}}, 0, -1, true},
