@@ -59,40 +59,65 @@ func (s *Shim) exitLoop() {
 }
 
 // finish is the exit slow path: reap, record, report, respawn. The slot
-// already reads 0 (onExit). Steps, in order:
-//  1. when the plugin respawns the service itself (Spec.Respawn), set the
-//     respawn up first (locks, the next incarnation's attributes), so that
-//     the replacement starts the moment the old one is reaped;
-//  2. if Stop is under way, SIGKILL what is left of the process group while
-//     the zombie still pins the group ID;
-//  3. reap exactly once with waitid(P_PIDFD) — the only wait on a spawned
-//     child anywhere in the process (docs/design.md#invariant-2) — and start the
-//     replacement on the same thread (reapRespawn); an adopted process
-//     that is not our child keeps the connector's status, or -1;
-//  4. record the exit in the slot (RecordExit), stop watching, close the
-//     pidfd;
-//  5. wake Stop; record the replacement (its PID in the slot) and emit
-//     EventExit then EventSpawn, or EventExit alone.
+// already reads 0 (onExit). One exit's path, in order:
+//  1. planRespawn: when the plugin respawns the service itself
+//     (Spec.Respawn), set the respawn up first (locks, the next
+//     incarnation's attributes), so that the replacement starts the moment
+//     the old one is reaped;
+//  2. reapExited: if Stop is under way, SIGKILL what is left of the process
+//     group while the zombie still pins the group ID; reap exactly once
+//     with waitid(P_PIDFD) — the only wait on a spawned child anywhere in
+//     the process (docs/design.md#invariant-2) — and start the replacement
+//     on the same thread (reapRespawn);
+//  3. startedReplacement: the replacement's PID goes into the slot;
+//  4. exitStatus: the reaped status, else the connector's, else -1 (an
+//     adopted process that is not our child);
+//  5. recordExit: stop watching, close the pidfd, record the exit in the
+//     slot, wake Stop;
+//  6. report: emit EventExit then the replacement's EventSpawn, or start
+//     the replacement now if reapRespawn did not (respawn), or EventExit
+//     alone.
 func (s *Shim) finish(ex connector.Exit) {
-	s.mu.Lock()
-	inc := s.incs[ex.Key]
-	delete(s.incs, ex.Key)
-	s.mu.Unlock()
+	inc := s.takeIncarnation(ex.Key)
 	if inc == nil {
-		// Already finished (by close, or a failed spawn).
-		return
-	}
-	// The slot already reads 0: the Watcher ran onExit before it queued ex.
-
-	status := -1
-	if ex.HaveStatus {
-		status = ex.Status
+		return // already finished (by close, or a failed spawn)
 	}
 	plan := s.planRespawn(inc)
 	if plan != nil {
 		defer plan.release()
 	}
+	r, pidfd := s.reapExited(inc, plan)
+	next := s.startedReplacement(inc, plan, r)
+	status := s.exitStatus(inc, ex, r)
+	s.recordExit(inc, pidfd, status, ex.DetectedNs)
+	s.report(inc, ex, status, plan, r, next)
+	if inc.child {
+		// After reaping: from here the stray reaper may take the PID (if it
+		// was not reaped above) and look past it for strays.
+		untrackPID(inc.pid)
+	}
+	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
+		"source", ex.Source.String(), "reaped", r.ok)
+}
+
+// takeIncarnation removes the incarnation watched under key from the live
+// set and returns it; nil when another path (close, a failed spawn) has
+// already taken it. Exactly one finish runs per incarnation.
+func (s *Shim) takeIncarnation(key uint64) *incarnation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inc := s.incs[key]
+	delete(s.incs, key)
+	return inc
+}
+
+// reapExited reaps inc (our child) once and, with a plan, starts the
+// replacement on the same thread. It returns the reap's result and inc's
+// pidfd, which the caller closes: from here nothing else uses it, since
+// inc.reaped is set.
+func (s *Shim) reapExited(inc *incarnation, plan *respawnPlan) (reaped, int) {
 	inc.mu.Lock()
+	defer inc.mu.Unlock()
 	if inc.stopping.Load() && inc.child && !inc.reaped {
 		// Members of the group may outlive the leader; the leader's zombie
 		// keeps its PID (the group ID) from being reused until we reap it.
@@ -107,20 +132,24 @@ func (s *Shim) finish(ex connector.Exit) {
 		var pol plugin.Respawn
 		if plan != nil {
 			a, pol = &plan.attr, plan.spec.Respawn
-			// A spawn is open from here until the replacement is in
-			// the slot: the stray reaper's kick, if it has one, comes
-			// after.
+			// A spawn is open from here until the replacement is in the
+			// slot (startedReplacement): the stray reaper's kick, if it
+			// has one, comes after.
 			beginSpawn()
 		}
 		r = reapRespawn(pidfd, reapWait, a, pol, &inc.stopping)
 	}
-	inc.pidfd = -1 // closed below: nothing uses it once reaped is set
+	inc.pidfd = -1
 	inc.reaped = true
-	inc.mu.Unlock()
-	// A replacement started by reapRespawn goes into the slot first.
-	spawned := r.tried && r.spawnErr == nil
+	return r, pidfd
+}
+
+// startedReplacement puts the replacement reapRespawn started (if any) in
+// the slot and returns it as the service's current incarnation, and closes
+// the spawn reapExited opened.
+func (s *Shim) startedReplacement(inc *incarnation, plan *respawnPlan, r reaped) *incarnation {
 	var next *incarnation
-	if spawned {
+	if r.spawned() {
 		trackPID(r.c.pid)
 		var err error
 		if next, err = s.started(plan.startPlan, r.c); err != nil {
@@ -130,30 +159,51 @@ func (s *Shim) finish(ex connector.Exit) {
 	if plan != nil && inc.child {
 		endSpawn()
 	}
-	if inc.child {
-		switch {
-		case r.ok:
-			status = r.status
-		case errors.Is(r.err, unix.ECHILD):
-			// Reaped elsewhere, or not ours after all: keep the connector's word.
-		case r.err != nil:
-			s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", r.err)
-		default:
-			s.log.Warn("reap: exited process is not waitable yet; left to the stray reaper",
-				"service", inc.svc.name, "pid", inc.pid)
-		}
+	return next
+}
+
+// exitStatus is inc's wait status as reaped, else as the connector saw it,
+// else -1.
+func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped) int {
+	status := -1
+	if ex.HaveStatus {
+		status = ex.Status
 	}
+	if !inc.child {
+		return status
+	}
+	switch {
+	case r.ok:
+		status = r.status
+	case errors.Is(r.err, unix.ECHILD):
+		// Reaped elsewhere, or not ours after all: keep the connector's word.
+	case r.err != nil:
+		s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", r.err)
+	default:
+		s.log.Warn("reap: exited process is not waitable yet; left to the stray reaper",
+			"service", inc.svc.name, "pid", inc.pid)
+	}
+	return status
+}
+
+// recordExit ends inc's watch, closes its pidfd, records the exit in the
+// slot (stopped when Stop asked for it, else exited) and wakes Stop.
+func (s *Shim) recordExit(inc *incarnation, pidfd, status int, detectedNs uint64) {
 	s.watcher.Unwatch(inc.key)
 	unix.Close(pidfd)
-
 	state := shm.StateExited
 	if inc.stopping.Load() {
 		state = shm.StateStopped
 	}
-	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), ex.DetectedNs, state)
+	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), detectedNs, state)
 	s.kickRecord()
 	close(inc.done)
+}
 
+// report emits inc's EventExit: marked Respawned just before the spawn
+// event of the replacement (started by reapRespawn, or now by respawn), or
+// alone.
+func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *respawnPlan, r reaped, next *incarnation) {
 	ev := plugin.Event{
 		Kind:       plugin.EventExit,
 		Name:       inc.svc.name,
@@ -172,7 +222,7 @@ func (s *Shim) finish(ex connector.Exit) {
 		if _, emitted, err = s.announce(next, &ev, plan.releaseOp); err != nil {
 			s.log.Warn("respawn", "service", inc.svc.name, "err", err)
 		}
-	case plan != nil && !spawned:
+	case plan != nil && !r.spawned():
 		emitted = s.respawn(plan, r, status, &ev)
 	}
 	if !emitted {
@@ -181,13 +231,6 @@ func (s *Shim) finish(ex connector.Exit) {
 	if s.opts.onRespawned != nil && plan != nil && emitted {
 		s.opts.onRespawned(plan.idx, plan.gen)
 	}
-	if inc.child {
-		// After reaping: from here the stray reaper may take the PID (if it
-		// was not reaped above) and look past it for strays.
-		untrackPID(inc.pid)
-	}
-	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
-		"source", ex.Source.String(), "reaped", r.ok)
 }
 
 // respawnPlan is a respawn by the plugin, set up before the exit is reaped.

@@ -68,6 +68,9 @@ type reaped struct {
 	spawnErr error
 }
 
+// spawned reports whether the respawn was tried and started a replacement.
+func (r reaped) spawned() bool { return r.tried && r.spawnErr == nil }
+
 // reapRespawn reaps the exited child behind pidfd as reapPidfd does and,
 // when a is not nil, pol wants the exit status respawned and stop has not
 // been set meanwhile, starts a at once. With a, the caller holds a spawn

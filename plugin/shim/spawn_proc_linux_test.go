@@ -378,7 +378,7 @@ func TestReapRespawn(t *testing.T) {
 			stop.Store(tc.stop)
 			beginSpawn()
 			r := reapRespawn(c.pidfd, 5*time.Second, tc.a, tc.pol, &stop)
-			if r.tried && r.spawnErr == nil {
+			if r.spawned() {
 				trackPID(r.c.pid)
 			}
 			endSpawn()
