@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -545,12 +544,11 @@ func (d *Daemon) armPromotion(s *service) {
 }
 
 // pluginSetsRunning reports whether the plugin writes "running" into a slot
-// at the spawn when the Spec asks (Spec.RunningAtSpawn: plugin Version 2 and
-// later). A plugin reattached across an upgrade of hbd may be older.
+// at the spawn when the Spec asks (Spec.RunningAtSpawn: plugin FeatureVersion
+// FeatureRunningAtSpawn and later). A plugin reattached across an upgrade of hbd may be older.
 // Called with mu held.
 func (d *Daemon) pluginSetsRunning() bool {
-	v, err := strconv.Atoi(d.info.Version)
-	return err == nil && v >= 2
+	return d.info.FeatureVersion >= plugin.FeatureRunningAtSpawn
 }
 
 // spawn starts a new incarnation of s. A spawn that cannot work (no such

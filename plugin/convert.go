@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"strconv"
 	"time"
 
 	hbpb "github.com/hbshim/hb/plugin/proto"
@@ -122,6 +123,7 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		DetectorPriority: int64(i.DetectorPriority),
 		LastSeq:          i.LastSeq,
 		Version:          i.Version,
+		FeatureVersion:   uint32(i.FeatureVersion),
 		ShmRepairs:       i.ShmRepairs,
 		ShmProblem:       i.ShmProblem,
 	}
@@ -140,9 +142,23 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		DetectorPriority: int(p.GetDetectorPriority()),
 		LastSeq:          p.GetLastSeq(),
 		Version:          p.GetVersion(),
+		FeatureVersion:   featureVersion(p),
 		ShmRepairs:       p.GetShmRepairs(),
 		ShmProblem:       p.GetShmProblem(),
 	}
+}
+
+// featureVersion is p's feature version; a plugin from before the field
+// sent it, in decimal, as its version (and had no build version there).
+func featureVersion(p *hbpb.InfoResponse) int {
+	if v := p.GetFeatureVersion(); v != 0 {
+		return int(v)
+	}
+	v, err := strconv.Atoi(p.GetVersion())
+	if err != nil || v < 0 {
+		return 0
+	}
+	return v
 }
 
 func slotToProto(s shm.Slot) *hbpb.Slot {

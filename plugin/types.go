@@ -35,7 +35,7 @@ type Spec struct {
 	// RunningAtSpawn: the host counts an incarnation as running the moment
 	// it is spawned (start_secs 0), so its slot reads StateRunning from the
 	// spawn on rather than StateStarting; the host has nothing to correct
-	// afterwards (plugins of Version 2 and later).
+	// afterwards (plugins of FeatureVersion FeatureRunningAtSpawn and later).
 	RunningAtSpawn bool
 }
 
@@ -72,6 +72,13 @@ type SpawnResult struct {
 	Generation uint64
 	StartTime  uint64 // field 22 of /proc/PID/stat
 }
+
+// Feature versions: what a plugin honours, so that hbd attached to a plugin
+// started by an older hbd asks only for what it can do.
+const (
+	// FeatureRunningAtSpawn: the plugin honours Spec.RunningAtSpawn.
+	FeatureRunningAtSpawn = 2
+)
 
 // EventKind says what an Event reports.
 type EventKind uint8
@@ -143,7 +150,10 @@ type Info struct {
 	Pidfd            bool // the pidfd epoll safety net is active
 	Adopted          int  // clients adopted from the table when this plugin started
 	LastSeq          uint64
-	Version          string
+	// Version is the plugin's build version (as hbd's); FeatureVersion is
+	// what it honours: see the Feature constants.
+	Version        string
+	FeatureVersion int
 	// ShmRepairs are the repairs of the table the plugin made (a file
 	// truncated under it, its name removed), newest last, at most 8.
 	ShmRepairs []string

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	hbpb "github.com/hbshim/hb/plugin/proto"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -33,9 +34,13 @@ func TestConvertRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(res, spawnResultFromProto(spawnResultToProto(res))); diff != "" {
 		t.Errorf("SpawnResult (-want +got):\n%s", diff)
 	}
-	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", DetectorPriority: 2}
+	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", FeatureVersion: 7, DetectorPriority: 2}
 	if diff := cmp.Diff(info, infoFromProto(infoToProto(info))); diff != "" {
 		t.Errorf("Info (-want +got):\n%s", diff)
+	}
+	// A plugin from before feature_version sent its feature version as its version.
+	if got := infoFromProto(&hbpb.InfoResponse{Version: "2"}); got.FeatureVersion != FeatureRunningAtSpawn {
+		t.Errorf("an old plugin's version \"2\" read as feature version %d, want %d", got.FeatureVersion, FeatureRunningAtSpawn)
 	}
 	slot := shm.Slot{
 		Index: 5, PID: 4194304, State: shm.StateStopping, Flags: shm.SlotAdopted, Generation: 9, StartTime: 10,

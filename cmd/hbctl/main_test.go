@@ -574,12 +574,12 @@ func TestHelpAndUsage(t *testing.T) {
 
 func TestVersionAndHealth(t *testing.T) {
 	b := newBackend(t)
-	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, Connector: true, Pidfd: true, Version: "v9"}, nil)
+	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, Connector: true, Pidfd: true, Version: "v9", FeatureVersion: 2}, nil)
 	sock := serve(t, b)
 
 	out, errOut, code := hbctl(t, sock, "version")
 	want(t, []string{"version"}, code, 0, out, errOut)
-	if !strings.HasPrefix(out, "hbctl ") || !strings.Contains(out, fmt.Sprintf("(pid %d) at %s", os.Getpid(), sock)) || !strings.Contains(out, "plugin v9 (pid 77)") {
+	if !strings.HasPrefix(out, "hbctl ") || !strings.Contains(out, fmt.Sprintf("(pid %d) at %s", os.Getpid(), sock)) || !strings.Contains(out, "plugin v9 (features 2, pid 77)") {
 		t.Errorf("version:\n%s", out)
 	}
 	out, errOut, code = hbctl(t, filepath.Join(t.TempDir(), "none.sock"), "version")

@@ -114,11 +114,12 @@ type PluginInfo struct {
 	// DetectorPriority is the SCHED_FIFO priority of the tracepoint's
 	// reader; 0: an ordinary thread.
 	DetectorPriority int    `json:"detector_priority"`
-	Connector        bool   `json:"connector"` // the proc connector is the fast exit detector
-	Pidfd            bool   `json:"pidfd"`     // the pidfd safety net is active
-	Adopted          int    `json:"adopted"`   // clients adopted when the plugin started
-	LastSeq          uint64 `json:"last_seq"`  // sequence number of the plugin's last event
-	Version          string `json:"version,omitempty"`
+	Connector        bool   `json:"connector"`                 // the proc connector is the fast exit detector
+	Pidfd            bool   `json:"pidfd"`                     // the pidfd safety net is active
+	Adopted          int    `json:"adopted"`                   // clients adopted when the plugin started
+	LastSeq          uint64 `json:"last_seq"`                  // sequence number of the plugin's last event
+	Version          string `json:"version,omitempty"`         // the plugin's build version
+	FeatureVersion   int    `json:"feature_version,omitempty"` // what the plugin honours
 	// ShmRepairs are the plugin's repairs of the table (a file truncated
 	// under it, its name removed), newest last, at most 8.
 	ShmRepairs []string `json:"shm_repairs,omitempty"`

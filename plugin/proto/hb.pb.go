@@ -201,11 +201,12 @@ type InfoResponse struct {
 	Pidfd            bool                   `protobuf:"varint,5,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
 	Adopted          int64                  `protobuf:"varint,6,opt,name=adopted,proto3" json:"adopted,omitempty"`
 	LastSeq          uint64                 `protobuf:"varint,7,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	Version          string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Version          string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`                                             // the plugin's build version (plugins before feature_version: the feature version in decimal)
 	Tracepoint       bool                   `protobuf:"varint,9,opt,name=tracepoint,proto3" json:"tracepoint,omitempty"`                                      // the exit tracepoint (eBPF) detector runs
 	DetectorPriority int64                  `protobuf:"varint,10,opt,name=detector_priority,json=detectorPriority,proto3" json:"detector_priority,omitempty"` // SCHED_FIFO priority of the tracepoint's reader; 0: ordinary
 	ShmRepairs       []string               `protobuf:"bytes,11,rep,name=shm_repairs,json=shmRepairs,proto3" json:"shm_repairs,omitempty"`                    // repairs of the table the plugin made (truncated, name removed), newest last
 	ShmProblem       string                 `protobuf:"bytes,12,opt,name=shm_problem,json=shmProblem,proto3" json:"shm_problem,omitempty"`                    // what the plugin cannot repair in the table ("" if nothing)
+	FeatureVersion   uint32                 `protobuf:"varint,13,opt,name=feature_version,json=featureVersion,proto3" json:"feature_version,omitempty"`       // what the plugin honours (plugin.Feature*); 0: read version
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -322,6 +323,13 @@ func (x *InfoResponse) GetShmProblem() string {
 		return x.ShmProblem
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetFeatureVersion() uint32 {
+	if x != nil {
+		return x.FeatureVersion
+	}
+	return 0
 }
 
 // Spec mirrors plugin.Spec.
@@ -1490,7 +1498,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xe3\x02\n" +
+	"\vInfoRequest\"\x8c\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1508,7 +1516,8 @@ const file_hb_proto_rawDesc = "" +
 	"\vshm_repairs\x18\v \x03(\tR\n" +
 	"shmRepairs\x12\x1f\n" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
-	"shmProblem\"\xf6\x02\n" +
+	"shmProblem\x12'\n" +
+	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xf6\x02\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +

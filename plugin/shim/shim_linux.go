@@ -14,14 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
 )
 
 var _ plugin.Shim = (*Shim)(nil)
 
-// Version is reported in plugin.Info. 2: honours Spec.RunningAtSpawn.
-const Version = "2"
+// FeatureVersion is what this plugin honours, reported in plugin.Info.
+const FeatureVersion = plugin.FeatureRunningAtSpawn
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
@@ -433,7 +434,8 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		Pidfd:            pidfd,
 		Adopted:          s.adopted,
 		LastSeq:          s.events.lastSeq(),
-		Version:          Version,
+		Version:          api.BuildVersion(),
+		FeatureVersion:   FeatureVersion,
 	}, nil
 }
 

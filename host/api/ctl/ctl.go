@@ -337,7 +337,7 @@ func runVersion(ctx context.Context, c *cli, args []string) int {
 	}
 	fmt.Fprintf(c.Stdout, "hbd   %s (pid %d) at %s\n", h.Version, h.PID, c.o.socket)
 	if p := h.Plugin; p != nil {
-		fmt.Fprintf(c.Stdout, "plugin %s (pid %d)\n", p.Version, p.PID)
+		fmt.Fprintf(c.Stdout, "plugin %s (features %d, pid %d)\n", p.Version, p.FeatureVersion, p.PID)
 	}
 	return ExitOK
 }
