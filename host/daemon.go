@@ -121,7 +121,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 // dialPlugin reattaches to the plugin recorded in the state directory, or
 // launches a new one.
 func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
-	conn, err := plugin.Reattach(h.StateDir, pluginLogger())
+	conn, err := plugin.Reattach(h.StateDir, d.pluginLogger())
 	if err == nil {
 		return conn, true, nil
 	}
@@ -138,7 +138,7 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 		Path:     d.exe,
 		Args:     pluginArgs(h),
 		StateDir: h.StateDir,
-		Logger:   pluginLogger(),
+		Logger:   d.pluginLogger(),
 		// Until it serves, the plugin's stderr is its only way to say
 		// why it could not start (e.g. the table is another writer's).
 		Stderr: os.Stderr,

@@ -318,7 +318,8 @@ func (d *Daemon) force() {
 	wg.Wait()
 }
 
-// pluginLogger gives go-plugin's host side a quiet logger on stderr.
-func pluginLogger() hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: "hbd.plugin", Output: os.Stderr, Level: hclog.Warn})
+// pluginLogger gives go-plugin's host side hbd's own logger, at warnings
+// and above.
+func (d *Daemon) pluginLogger() hclog.Logger {
+	return plugin.HCLogger(d.log, hclog.Warn).Named("go-plugin")
 }

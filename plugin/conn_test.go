@@ -640,7 +640,7 @@ func TestKillTwice(t *testing.T) {
 
 func TestServeRefusesWithoutHost(t *testing.T) {
 	t.Setenv(plugin.Handshake.MagicCookieKey, "")
-	err := plugin.Serve(newTestShim(nil), nil)
+	err := plugin.Serve(newTestShim(nil), nil, nil)
 	if err == nil || !strings.Contains(err.Error(), plugin.Handshake.MagicCookieKey) {
 		t.Errorf("Serve without the cookie: %v, want an error naming %s", err, plugin.Handshake.MagicCookieKey)
 	}

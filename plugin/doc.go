@@ -77,8 +77,9 @@
 // The plugin never logs to the stderr it inherited: that is a pipe to an
 // hbd that may be gone, and a write to a broken pipe on descriptor 1 or 2
 // kills a Go program unless SIGPIPE is handled. Serve therefore takes the
-// plugin's own log writer (a file), writes go-plugin's and gRPC's log there
-// as hclog JSON, points descriptor 2 at that file when it is an *os.File (so
+// plugin's own log writer (a file) and logger, writes go-plugin's and gRPC's
+// log through that logger (HCLogger: one JSON format in plugin.log, "pid"
+// always a service's, "plugin_pid" the plugin's own), points descriptor 2 at that file when it is an *os.File (so
 // the standard log package and runtime crash reports go there too), and
 // catches SIGPIPE (caught, not ignored, so the services it execs get the
 // default disposition). Descriptor 1 stays the pipe go-plugin's handshake

@@ -55,7 +55,7 @@ func runPlugin() int {
 	}
 	f := newTestShim(logf)
 	inheritedStdout = os.Stdout // plugin.Serve replaces os.Stdout
-	err = plugin.Serve(f, logf)
+	err = plugin.Serve(f, logf, nil)
 	fmt.Fprintf(logf, "serve returned: %v\n", err)
 	if err != nil {
 		return 1

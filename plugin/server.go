@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -292,9 +293,10 @@ var keptStdio []*os.File //nolint:unused // only written: being reachable is its
 // once (with clean=false when the host did not ask). The caller then exits.
 //
 // Serve must be called before anything writes to stdout: go-plugin's
-// handshake line goes there. logOutput receives go-plugin's and gRPC's log as
-// hclog JSON (level from HB_PLUGIN_LOG_LEVEL, default info). If it is an
-// *os.File, descriptor 2 is pointed at it too, so the standard log package,
+// handshake line goes there. go-plugin's and gRPC's log goes through log
+// (the plugin's own logger, so one format and one set of keys), or, when
+// log is nil, to logOutput as slog JSON at the level of HB_PLUGIN_LOG_LEVEL
+// (default info). If logOutput is an *os.File, descriptor 2 is pointed at it too, so the standard log package,
 // gRPC's logger and Go runtime crash reports land in the plugin's log instead
 // of the pipe to hbd. SIGPIPE is caught, so a write to a pipe whose reader
 // (a dead hbd) is gone fails with EPIPE instead of killing the plugin: the
@@ -302,7 +304,7 @@ var keptStdio []*os.File //nolint:unused // only written: being reachable is its
 //
 // Serve returns an error without serving when the process was not started by
 // hbd (the handshake cookie is missing), and impl.Shutdown's error otherwise.
-func Serve(impl Shim, logOutput io.Writer) error {
+func Serve(impl Shim, logOutput io.Writer, log *slog.Logger) error {
 	if impl == nil {
 		return errors.New("plugin: Serve: nil Shim")
 	}
@@ -326,18 +328,12 @@ func Serve(impl Shim, logOutput io.Writer) error {
 		}
 	}
 
-	level := hclog.Info
-	if v := os.Getenv(LogLevelEnv); v != "" {
-		if l := hclog.LevelFromString(strings.TrimSpace(v)); l != hclog.NoLevel {
-			level = l
-		}
+	if log == nil {
+		var lv slog.Level
+		_ = lv.UnmarshalText([]byte(strings.TrimSpace(os.Getenv(LogLevelEnv))))
+		log = slog.New(slog.NewJSONHandler(logOutput, &slog.HandlerOptions{Level: lv}))
 	}
-	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       "hb-plugin",
-		Output:     logOutput,
-		JSONFormat: true,
-		Level:      level,
-	})
+	logger := HCLogger(log, hclog.Trace).Named("go-plugin")
 
 	srv := newGRPCServer(impl)
 

@@ -90,7 +90,7 @@ func Main(args []string) int {
 	if v := os.Getenv(plugin.LogLevelEnv); v != "" {
 		_ = lv.UnmarshalText([]byte(v))
 	}
-	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: lv})).With("pid", os.Getpid())
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: lv})).With("plugin_pid", os.Getpid())
 	rcvbuf := 0
 	if v := os.Getenv(ConnectorRcvbufEnv); v != "" {
 		if rcvbuf, err = strconv.Atoi(strings.TrimSpace(v)); err != nil {
@@ -114,7 +114,7 @@ func Main(args []string) int {
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
 		return 1
 	}
-	if err := plugin.Serve(impl, logOut); err != nil {
+	if err := plugin.Serve(impl, logOut, log); err != nil {
 		log.Error("plugin serve", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
 		return 1
