@@ -757,7 +757,13 @@ func (d *Daemon) mirror(s *service) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
 	var err error
-	d.mu.outside(func() { err = d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state())) })
+	d.mu.outside(func() { err = d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state()), s.generation) })
+	if errors.Is(err, plugin.ErrStale) {
+		// The plugin has seen the incarnation exit (or replaced it) since:
+		// its event is on the way, and the decision it brings is mirrored.
+		d.log.Debug("state not recorded: the slot has moved on", "service", s.cfg.Name, "err", err)
+		return
+	}
 	if err != nil && !errors.Is(err, plugin.ErrNotFound) {
 		d.log.Warn("record state in table", "service", s.cfg.Name, "err", err)
 	}

@@ -226,7 +226,7 @@ func (d *Daemon) shutdown(sigs <-chan os.Signal) error {
 			// Tell the plugin first, so that a service that exits on its
 			// own before its turn to be stopped is not respawned.
 			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			_ = d.shim.SetState(ctx, s.cfg.Name, shm.StateStopping)
+			_ = d.shim.SetState(ctx, s.cfg.Name, shm.StateStopping, 0)
 			cancel()
 		}
 	}

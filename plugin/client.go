@@ -82,8 +82,8 @@ func (c *grpcClient) Signal(ctx context.Context, name string, sig syscall.Signal
 	return c.fail("Signal", err)
 }
 
-func (c *grpcClient) SetState(ctx context.Context, name string, st shm.State) error {
-	_, err := c.rpc.SetState(ctx, &hbpb.SetStateRequest{Name: name, State: hbpb.ServiceState(st)})
+func (c *grpcClient) SetState(ctx context.Context, name string, st shm.State, gen uint64) error {
+	_, err := c.rpc.SetState(ctx, &hbpb.SetStateRequest{Name: name, State: hbpb.ServiceState(st), Generation: gen})
 	return c.fail("SetState", err)
 }
 

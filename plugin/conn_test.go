@@ -160,7 +160,7 @@ func TestLaunchRoundTrip(t *testing.T) {
 		t.Errorf("spawn event (-want +got):\n%s", diff)
 	}
 
-	if err := sh.SetState(ctx, "rx", shm.StateRunning); err != nil {
+	if err := sh.SetState(ctx, "rx", shm.StateRunning, res.Generation); err != nil {
 		t.Fatalf("SetState: %v", err)
 	}
 	if err := sh.Signal(ctx, "rx", syscall.SIGHUP); err != nil {
@@ -233,7 +233,7 @@ func TestErrorsCrossTheBoundary(t *testing.T) {
 		},
 		{
 			name: "set state unknown",
-			call: func() error { return sh.SetState(ctx, "nope", shm.StateFatal) },
+			call: func() error { return sh.SetState(ctx, "nope", shm.StateFatal, 0) },
 			want: plugin.ErrNotFound,
 			msg:  `plugintest: set state "nope": unknown service`,
 		},

@@ -38,6 +38,9 @@ var (
 	// ErrHostConnected: the plugin serves one hbd at a time, and another hbd
 	// process is connected to it (gRPC FailedPrecondition).
 	ErrHostConnected = errors.New("another hbd is connected to the plugin")
+	// ErrStale: a state the host sent is about an incarnation that has
+	// exited or been replaced since (gRPC Aborted); the slot is unchanged.
+	ErrStale = errors.New("state is about an earlier incarnation")
 	// ErrNoPlugin: Reattach found no plugin to attach to (no plugin.json, the
 	// recorded process is dead, or it is not ours). Launch a new one.
 	ErrNoPlugin = errors.New("no plugin to reattach")
@@ -60,6 +63,7 @@ var wireErrors = []struct {
 	{ErrBadSpec, codes.InvalidArgument, "BAD_SPEC"},
 	{ErrShutdown, codes.Unavailable, "SHUTDOWN"},
 	{ErrHostConnected, codes.FailedPrecondition, "HOST_CONNECTED"},
+	{ErrStale, codes.Aborted, "STALE"},
 	// The table's own errors, when an implementation passes them through.
 	{shm.ErrNotFound, codes.NotFound, "NOT_FOUND"},
 	{shm.ErrFull, codes.ResourceExhausted, "FULL"},

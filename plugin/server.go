@@ -205,7 +205,7 @@ func (s *grpcServer) SetState(ctx context.Context, req *hbpb.SetStateRequest) (*
 	if err := s.refuse("SetState"); err != nil {
 		return nil, err
 	}
-	if err := s.impl.SetState(ctx, req.GetName(), shm.State(req.GetState())); err != nil {
+	if err := s.impl.SetState(ctx, req.GetName(), shm.State(req.GetState()), req.GetGeneration()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &hbpb.SetStateResponse{}, nil

@@ -179,10 +179,16 @@ type Shim interface {
 	Stop(ctx context.Context, name string, sig syscall.Signal, timeout time.Duration) error
 	// Signal sends sig to the service's main process.
 	Signal(ctx context.Context, name string, sig syscall.Signal) error
-	// SetState records the host's view of the service's state in its slot.
-	// StateStopping also tells the plugin a stop is coming: the current
-	// incarnation's exit is not respawned by the plugin (Spec.Respawn).
-	SetState(ctx context.Context, name string, st shm.State) error
+	// SetState records the host's view of the service's state in its slot,
+	// about incarnation gen (0: whichever is in the slot). The plugin owns
+	// the slot and keeps the state in agreement with the PID word: a live
+	// state (starting, running, stopping) only while the PID is not 0, any
+	// other only while it is 0, and either only while gen is the slot's
+	// generation; otherwise the slot is left alone and the error wraps
+	// ErrStale. StateStopping also tells the plugin a stop is coming: the
+	// current incarnation's exit is not respawned by the plugin
+	// (Spec.Respawn).
+	SetState(ctx context.Context, name string, st shm.State, gen uint64) error
 	// Free releases the slot of a removed service. The service must not be running.
 	Free(ctx context.Context, name string) error
 	// List returns every used slot.

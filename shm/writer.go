@@ -807,6 +807,38 @@ func (w *Writer) SetState(i int, s State) {
 	w.end(off)
 }
 
+// Live reports whether s is a state of a live incarnation (starting,
+// running, stopping): the ones a slot may show only while its PID is not 0.
+func (s State) Live() bool {
+	return s == StateStarting || s == StateRunning || s == StateStopping
+}
+
+// SetStateOf sets slot i's state as SetState does, but only when it agrees
+// with the slot: the incarnation is gen (0: any), and the PID word is not 0
+// if s is Live, 0 if not. It reports whether it did. This is how another
+// party's view (hbd's policy) reaches the slot without contradicting what
+// the writer knows: a decision about an incarnation that has since exited,
+// or been replaced, is dropped. (An exit clears the PID without the lock;
+// one that lands just after the check is followed by RecordExit, which
+// sets the state again.)
+func (w *Writer) SetStateOf(i int, s State, gen uint64) bool {
+	mustState(s)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := w.mustSlot(i, true)
+	if gen != 0 && atomic.LoadUint64(w.u64(off+slGeneration)) != gen {
+		return false
+	}
+	if (atomic.LoadUint32(w.u32(off+slPID)) != 0) != s.Live() {
+		return false
+	}
+	w.begin(off)
+	w.st32(off+slState, uint32(s))
+	w.st64(off+slChangedNs, w.mono())
+	w.end(off)
+	return true
+}
+
 // SetFlags sets slot i's flags (SlotAdopted) under the seqlock.
 func (w *Writer) SetFlags(i int, flags uint32) {
 	w.mu.Lock()

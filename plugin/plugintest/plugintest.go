@@ -236,7 +236,7 @@ func (f *Shim) Signal(_ context.Context, name string, sig syscall.Signal) error 
 }
 
 // SetState implements plugin.Shim.
-func (f *Shim) SetState(_ context.Context, name string, st shm.State) error {
+func (f *Shim) SetState(_ context.Context, name string, st shm.State, gen uint64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call("setstate " + name); err != nil {
@@ -245,6 +245,9 @@ func (f *Shim) SetState(_ context.Context, name string, st shm.State) error {
 	s, err := f.lookup("set state", name)
 	if err != nil {
 		return err
+	}
+	if (gen != 0 && gen != s.gen) || (s.pid != 0) != st.Live() {
+		return fmt.Errorf("set state %q to %s (generation %d): %w", name, st, gen, plugin.ErrStale)
 	}
 	s.state = st
 	return nil

@@ -851,6 +851,7 @@ type SetStateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	State         ServiceState           `protobuf:"varint,2,opt,name=state,proto3,enum=hb.v1.ServiceState" json:"state,omitempty"`
+	Generation    uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"` // the incarnation the state is about; 0: whichever is in the slot
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -897,6 +898,13 @@ func (x *SetStateRequest) GetState() ServiceState {
 		return x.State
 	}
 	return ServiceState_SERVICE_STATE_FREE
+}
+
+func (x *SetStateRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
 }
 
 type SetStateResponse struct {
@@ -1561,10 +1569,13 @@ const file_hb_proto_rawDesc = "" +
 	"\rSignalRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\"\x10\n" +
-	"\x0eSignalResponse\"P\n" +
+	"\x0eSignalResponse\"p\n" +
 	"\x0fSetStateRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x13.hb.v1.ServiceStateR\x05state\"\x12\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.hb.v1.ServiceStateR\x05state\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\"\x12\n" +
 	"\x10SetStateResponse\"!\n" +
 	"\vFreeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x0e\n" +

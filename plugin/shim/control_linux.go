@@ -149,7 +149,7 @@ func (s *Shim) Signal(ctx context.Context, name string, sig syscall.Signal) erro
 }
 
 // SetState implements plugin.Shim.
-func (s *Shim) SetState(ctx context.Context, name string, st shm.State) error {
+func (s *Shim) SetState(ctx context.Context, name string, st shm.State, gen uint64) error {
 	if err := s.enter(); err != nil {
 		return err
 	}
@@ -164,7 +164,9 @@ func (s *Shim) SetState(ctx context.Context, name string, st shm.State) error {
 	if err != nil {
 		return fmt.Errorf("set state %q: %w", name, plugin.ErrNotFound)
 	}
-	s.w.SetState(idx, st)
+	if !s.w.SetStateOf(idx, st, gen) {
+		return fmt.Errorf("set state %q to %s (generation %d): %w", name, st, gen, plugin.ErrStale)
+	}
 	if st == shm.StateStopping {
 		// The host is about to stop it (e.g. hbd is shutting down and
 		// stops services one by one): an exit from now on is not

@@ -278,11 +278,25 @@ func TestSignalSetStateFreeList(t *testing.T) {
 	res := h.spawn(h.childSpec("sig", "usr1", "HB_TEST_OUT="+ready))
 	readFile(t, ready)
 
-	if err := h.s.SetState(context.Background(), "sig", shm.StateRunning); err != nil {
+	if err := h.s.SetState(context.Background(), "sig", shm.StateRunning, res.Generation); err != nil {
 		t.Fatal(err)
 	}
 	if sl := h.slot(res.Slot); sl.State != shm.StateRunning {
 		t.Errorf("state %v; want running", sl.State)
+	}
+	// The state word agrees with the PID word: a state of a dead
+	// incarnation while it lives, or one about another generation, is
+	// refused and leaves the slot alone.
+	for _, c := range []struct {
+		st  shm.State
+		gen uint64
+	}{{shm.StateFatal, res.Generation}, {shm.StateBackoff, 0}, {shm.StateStarting, res.Generation + 1}} {
+		if err := h.s.SetState(context.Background(), "sig", c.st, c.gen); !errors.Is(err, plugin.ErrStale) {
+			t.Errorf("SetState(%v, generation %d) while generation %d runs: %v; want ErrStale", c.st, c.gen, res.Generation, err)
+		}
+		if sl := h.slot(res.Slot); sl.State != shm.StateRunning || sl.PID != uint32(res.PID) {
+			t.Errorf("after a refused SetState(%v): state %v pid %d; want running %d", c.st, sl.State, sl.PID, res.PID)
+		}
 	}
 	if err := h.s.Free(context.Background(), "sig"); !errors.Is(err, plugin.ErrRunning) {
 		t.Errorf("Free running: %v; want ErrRunning", err)
@@ -297,6 +311,20 @@ func TestSignalSetStateFreeList(t *testing.T) {
 	if ev := h.next(plugin.EventExit, "sig"); ev.Status != 42 {
 		t.Errorf("exit %+v; want 42", ev)
 	}
+	// hbd's "running", decided before it saw the exit, must not make the
+	// slot say running with PID 0.
+	if err := h.s.SetState(context.Background(), "sig", shm.StateRunning, res.Generation); !errors.Is(err, plugin.ErrStale) {
+		t.Errorf("SetState(running) after the exit: %v; want ErrStale", err)
+	}
+	if sl := h.slot(res.Slot); sl.State != shm.StateExited || sl.PID != 0 {
+		t.Errorf("after the exit and a stale running: state %v pid %d; want exited 0", sl.State, sl.PID)
+	}
+	if err := h.s.SetState(context.Background(), "sig", shm.StateFatal, res.Generation); err != nil {
+		t.Errorf("SetState(fatal) of the exited incarnation: %v", err)
+	}
+	if sl := h.slot(res.Slot); sl.State != shm.StateFatal {
+		t.Errorf("state %v; want fatal", sl.State)
+	}
 	if err := h.s.Signal(context.Background(), "sig", unix.SIGUSR1); !errors.Is(err, plugin.ErrNotRunning) {
 		t.Errorf("Signal stopped: %v; want ErrNotRunning", err)
 	}
@@ -308,7 +336,7 @@ func TestSignalSetStateFreeList(t *testing.T) {
 	}
 	for _, err := range []error{
 		h.s.Free(context.Background(), "sig"),
-		h.s.SetState(context.Background(), "sig", shm.StateRunning),
+		h.s.SetState(context.Background(), "sig", shm.StateRunning, 0),
 		h.s.Signal(context.Background(), "sig", unix.SIGUSR1),
 	} {
 		if !errors.Is(err, plugin.ErrNotFound) {
@@ -398,7 +426,7 @@ func TestConcurrentUse(t *testing.T) {
 					errs <- err
 					return
 				}
-				if err := h.s.SetState(ctx, name, shm.StateRunning); err != nil {
+				if err := h.s.SetState(ctx, name, shm.StateRunning, 0); err != nil {
 					errs <- err
 				}
 				if _, err := h.s.List(ctx); err != nil {
