@@ -101,18 +101,18 @@ func (d Detector) String() string {
 	return fmt.Sprintf("detector(%d)", int(d))
 }
 
-// ParseDetector parses "auto", "connector", "pidfd" or "tracepoint" (""
-// means auto).
+// Detectors lists every Detector, in the order the documentation names them.
+var Detectors = []Detector{DetectAuto, DetectConnector, DetectPidfd, DetectTracepoint}
+
+// ParseDetector parses a Detector's String ("" means auto).
 func ParseDetector(s string) (Detector, error) {
-	switch s {
-	case "", "auto":
+	if s == "" {
 		return DetectAuto, nil
-	case "connector":
-		return DetectConnector, nil
-	case "pidfd":
-		return DetectPidfd, nil
-	case "tracepoint":
-		return DetectTracepoint, nil
+	}
+	for _, d := range Detectors {
+		if d.String() == s {
+			return d, nil
+		}
 	}
 	return DetectAuto, fmt.Errorf("connector: unknown detector %q (want auto, connector, pidfd or tracepoint)", s)
 }

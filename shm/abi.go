@@ -194,21 +194,31 @@ var (
 	ErrClosed     = errors.New("table closed")
 )
 
-// ValidName reports whether service is a valid service name: 1 to NameMax
-// bytes of [A-Za-z0-9._-]. The error wraps ErrBadName and names the problem.
-func ValidName(service string) error {
+// NameProblem says what is wrong with service as a service name (1 to
+// NameMax bytes of [A-Za-z0-9._-]), or "" when nothing is. It is the one
+// rule: hbd's configuration check and the table both use it.
+func NameProblem(service string) string {
 	switch {
 	case service == "":
-		return fmt.Errorf("shm: service name %q: %w: empty", service, ErrBadName)
+		return "empty"
 	case len(service) > NameMax:
-		return fmt.Errorf("shm: service name %q: %w: %d bytes, at most %d", service, ErrBadName, len(service), NameMax)
+		return fmt.Sprintf("%d bytes long; the limit is %d", len(service), NameMax)
 	}
 	for i := 0; i < len(service); i++ {
 		c := service[i]
 		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' {
 			continue
 		}
-		return fmt.Errorf("shm: service name %q: %w: byte %q at offset %d (allowed: A-Z a-z 0-9 . _ -)", service, ErrBadName, c, i)
+		return fmt.Sprintf("byte %q at offset %d is not allowed (use A-Z a-z 0-9 . _ -)", c, i)
+	}
+	return ""
+}
+
+// ValidName reports whether service is a valid service name (NameProblem).
+// The error wraps ErrBadName and names the problem.
+func ValidName(service string) error {
+	if why := NameProblem(service); why != "" {
+		return fmt.Errorf("shm: service name %q: %w: %s", service, ErrBadName, why)
 	}
 	return nil
 }
@@ -216,28 +226,31 @@ func ValidName(service string) error {
 // nameMaxFS is NAME_MAX, the longest file name in /dev/shm.
 const nameMaxFS = 255
 
-// ValidTableName reports whether name can name a table in /dev/shm, with the
-// rules of shm_open(3): not empty, no '/', not "." or "..", at most NAME_MAX
-// (255) bytes, no NUL. The error wraps ErrBadName.
-func ValidTableName(name string) error {
-	var why string
+// TableNameProblem says what is wrong with name as a table's name in
+// /dev/shm, with the rules of shm_open(3) (not empty, no '/', not "." or
+// "..", at most NAME_MAX (255) bytes, no NUL), or "" when nothing is.
+func TableNameProblem(name string) string {
 	switch {
 	case name == "":
-		why = "empty"
+		return "empty"
 	case name == "." || name == "..":
-		why = "is . or .."
+		return fmt.Sprintf("%q is not a file name", name)
 	case len(name) > nameMaxFS:
-		why = fmt.Sprintf("%d bytes, at most %d", len(name), nameMaxFS)
-	default:
-		for i := 0; i < len(name); i++ {
-			if name[i] == '/' || name[i] == 0 {
-				why = fmt.Sprintf("byte %q at offset %d", name[i], i)
-				break
-			}
+		return fmt.Sprintf("%d bytes long; the limit is %d", len(name), nameMaxFS)
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' || name[i] == 0 {
+			return fmt.Sprintf("byte %q at offset %d: a table is one file name under /dev/shm", name[i], i)
 		}
 	}
-	if why == "" {
-		return nil
+	return ""
+}
+
+// ValidTableName reports whether name can name a table in /dev/shm
+// (TableNameProblem). The error wraps ErrBadName.
+func ValidTableName(name string) error {
+	if why := TableNameProblem(name); why != "" {
+		return fmt.Errorf("shm: table name %q: %w: %s", name, ErrBadName, why)
 	}
-	return fmt.Errorf("shm: table name %q: %w: %s", name, ErrBadName, why)
+	return nil
 }

@@ -6,10 +6,11 @@ import (
 	"math"
 	"os"
 	"os/user"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/hbshim/hb/plugin/execpath"
 )
 
 // Resolved is what Resolve found for a service on this machine: the ids to
@@ -89,7 +90,7 @@ func Resolve(s *Service) (Resolved, error) {
 	}
 	if len(s.Command) == 0 || s.Command[0] == "" {
 		fail("command", ErrNoExec, "empty command")
-	} else if exe, err := findExecutable(s.Command[0], s.Directory, s.Environment); err != nil {
+	} else if exe, err := findExecutable(s); err != nil {
 		fail("command", ErrNoExec, "%v", err)
 	} else {
 		r.Executable = exe
@@ -194,52 +195,15 @@ func lookupGroup(name string) (int, error) {
 	return gid, nil
 }
 
-// findExecutable resolves argv0 as the plugin will exec it.
-func findExecutable(argv0, dir string, env map[string]string) (string, error) {
-	if strings.Contains(argv0, "/") {
-		p := argv0
-		if !filepath.IsAbs(p) && dir != "" {
-			p = filepath.Join(dir, p)
-		}
-		if err := isExecutable(p); err != nil {
-			return "", err
-		}
-		return p, nil
-	}
-	path, ok := env["PATH"]
+// findExecutable resolves s's command as the plugin will exec it
+// (execpath.Look, with the service's PATH, else hbd's), as seen from hbd.
+func findExecutable(s *Service) (string, error) {
+	path, ok := s.Environment["PATH"]
 	if !ok {
 		path = os.Getenv("PATH")
 	}
-	for _, d := range filepath.SplitList(path) {
-		if d == "" {
-			d = "."
-		}
-		if !filepath.IsAbs(d) && dir != "" {
-			d = filepath.Join(dir, d)
-		}
-		p := filepath.Join(d, argv0)
-		if isExecutable(p) == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%q not found in PATH %q", argv0, path)
-}
-
-// isExecutable reports why p cannot be executed, or nil.
-func isExecutable(p string) error {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return unwrapPath(err, p)
-	}
-	switch {
-	case fi.IsDir():
-		return fmt.Errorf("%s is a directory", p)
-	case !fi.Mode().IsRegular():
-		return fmt.Errorf("%s is not a regular file", p)
-	case fi.Mode().Perm()&0o111 == 0:
-		return fmt.Errorf("%s is not executable (mode %v)", p, fi.Mode().Perm())
-	}
-	return nil
+	_, local, err := execpath.Look(s.Command[0], s.Directory, path)
+	return local, err
 }
 
 // unwrapPath turns "stat /x: no such file or directory" into

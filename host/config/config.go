@@ -10,6 +10,7 @@ import (
 
 	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/host/signame"
+	"github.com/hbshim/hb/shm"
 )
 
 // DefaultDetectorPriority is [HBD].DetectorPriority's default: the lowest
@@ -25,6 +26,11 @@ const (
 	DetectorTracepoint = "tracepoint" // require the exit tracepoint (eBPF; pidfd stays on as the safety net)
 )
 
+// Detectors lists the values of [HBD].Detector. They are the plugin's
+// --detector names (connector.Detector's String); a test holds the two
+// lists equal, since the manager does not import the detectors.
+var Detectors = []string{DetectorAuto, DetectorConnector, DetectorPidfd, DetectorTracepoint}
+
 // Values of [Service].Stdout and Stderr.
 const (
 	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
@@ -36,7 +42,7 @@ const (
 const (
 	// NameMax is the longest service name: the shared-memory slot holds 47
 	// bytes and a NUL.
-	NameMax = 47
+	NameMax = shm.NameMax
 	// MaxSlots is the largest [hbd] slots.
 	MaxSlots = 65536
 	// SocketPathMax is the longest control socket path (sun_path is 108

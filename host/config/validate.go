@@ -2,7 +2,10 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/hbshim/hb/shm"
 )
 
 // Validate checks every value of c against the rules of the reference
@@ -49,9 +52,7 @@ func (c *Config) validate(bad map[string]bool) Errors {
 	if h.Slots < 1 || h.Slots > MaxSlots {
 		hbd("slots", "%d is out of range 1..%d", h.Slots, MaxSlots)
 	}
-	switch h.Detector {
-	case DetectorAuto, DetectorConnector, DetectorPidfd, DetectorTracepoint:
-	default:
+	if !slices.Contains(Detectors, h.Detector) {
 		hbd("detector", "want \"auto\", \"connector\", \"pidfd\" or \"tracepoint\", got %q", h.Detector)
 	}
 	if strings.ContainsAny(h.SocketGroup, "\x00:") {
@@ -190,35 +191,8 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	return errs
 }
 
-// validName checks a service name: 1..47 bytes of [A-Za-z0-9._-]. It
-// returns what is wrong, or "".
-func validName(name string) string {
-	if name == "" {
-		return "empty"
-	}
-	if len(name) > NameMax {
-		return fmt.Sprintf("%d bytes long; the limit is %d", len(name), NameMax)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Sprintf("%q is not allowed (use A-Z a-z 0-9 . _ -)", name[i:i+1])
-		}
-	}
-	return ""
-}
+// validName checks a service name (the table's rule): what is wrong, or "".
+func validName(name string) string { return shm.NameProblem(name) }
 
 // validShmName checks [hbd] shm: one file name under /dev/shm.
-func validShmName(name string) string {
-	switch {
-	case name == "":
-		return "empty name"
-	case name == "." || name == "..":
-		return fmt.Sprintf("%q is not a file name", name)
-	case len(name) > 255:
-		return "longer than 255 bytes"
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Sprintf("%q must be a name under /dev/shm, without '/'", name)
-	}
-	return ""
-}
+func validShmName(name string) string { return shm.TableNameProblem(name) }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/execpath"
 	"github.com/hbshim/hb/plugin/logdir"
 	"github.com/hbshim/hb/shm"
 )
@@ -106,9 +106,9 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 	argv0 := svc.exe
 	if !respawn || argv0 == "" {
 		var err error
-		argv0, err = lookPath(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
+		argv0, _, err = execpath.Look(spec.Command[0], spec.Dir, envValue(spec.Env, "PATH"))
 		if err != nil {
-			return nil, badSpec(err, "spawn %q: exec %q", spec.Name, spec.Command[0])
+			return nil, badSpec(errors.New(execReason(err)), "spawn %q: exec %q", spec.Name, spec.Command[0])
 		}
 		if spec.Dir != "" {
 			if st, err := os.Stat(spec.Dir); err != nil {
@@ -375,56 +375,14 @@ func envValue(env []string, key string) string {
 	return os.Getenv(key)
 }
 
-// lookPath resolves file like execvp: a name with a slash is used as is
-// (relative to dir, the child's working directory); otherwise the first
-// executable regular file named file in path wins.
-func lookPath(file, dir, path string) (string, error) {
-	if strings.Contains(file, "/") {
-		p := file
-		if !filepath.IsAbs(p) && dir != "" {
-			p = filepath.Join(dir, p)
-		}
-		if err := executable(p); err != nil {
-			return "", err
-		}
-		return file, nil
+// execReason is what execpath.Look found wrong, without the path the
+// caller names itself.
+func execReason(err error) string {
+	var e *execpath.Error
+	if errors.As(err, &e) {
+		return e.Reason()
 	}
-	var first error
-	for _, d := range filepath.SplitList(path) {
-		if d == "" {
-			d = "."
-		}
-		p := filepath.Join(d, file)
-		if !filepath.IsAbs(p) && dir != "" {
-			p = filepath.Join(dir, p)
-		}
-		err := executable(p)
-		if err == nil {
-			return filepath.Join(d, file), nil
-		}
-		if first == nil && !errors.Is(err, fs.ErrNotExist) {
-			first = err
-		}
-	}
-	if first != nil {
-		return "", first
-	}
-	return "", errors.New("executable file not found in $PATH")
-}
-
-// executable checks that p is a regular file with an execute bit.
-func executable(p string) error {
-	st, err := os.Stat(p)
-	if err != nil {
-		return unwrapPath(err)
-	}
-	if st.IsDir() {
-		return syscall.EISDIR
-	}
-	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-		return syscall.EACCES
-	}
-	return nil
+	return err.Error()
 }
 
 // unwrapPath drops the *fs.PathError around err: callers name the path
