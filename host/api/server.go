@@ -518,18 +518,25 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	enc := json.NewEncoder(w)
+	send := func(ev Event) bool { return enc.Encode(ev) == nil && rc.Flush() == nil }
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			// The client went away, or the server is closing: what was
+			// published before that is still delivered (hbd's last exits
+			// at shutdown), then the stream ends.
+			for {
+				select {
+				case ev, ok := <-ch:
+					if !ok || !send(ev) {
+						return
+					}
+				default:
+					return
+				}
+			}
 		case ev, ok := <-ch:
-			if !ok {
-				return
-			}
-			if err := enc.Encode(ev); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
+			if !ok || !send(ev) {
 				return
 			}
 		}

@@ -820,3 +820,34 @@ func TestEventStreamLimit(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Events published before the server closes reach a subscriber: hbd's last
+// exits at shutdown are not lost to `hbctl watch`.
+func TestEventsDeliveredBeforeClose(t *testing.T) {
+	b := apitest.New("rx")
+	srv, c := serve(t, b, "")
+	ctx := ctxT(t)
+	evs, err := c.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitSubscribers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := range n {
+		b.Emit(api.Event{Kind: api.EventExit, Name: "rx", PID: i + 1})
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for ev := range evs {
+		if ev.Kind == api.EventExit && ev.PID == got+1 {
+			got++
+		}
+	}
+	if got != n {
+		t.Errorf("the subscriber received %d of the %d events published before Close", got, n)
+	}
+}
