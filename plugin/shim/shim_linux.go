@@ -321,7 +321,11 @@ func (s *Shim) logLoop() {
 		}
 		var work []svcLogs
 		s.mu.Lock()
+		leaders := make(map[int]bool, len(s.svcs))
 		for _, svc := range s.svcs {
+			if svc.cur != nil && !svc.cur.exited() {
+				leaders[svc.cur.pid] = true
+			}
 			w := svcLogs{svc: svc}
 			if svc.stdout != nil {
 				w.logs = append(w.logs, svc.stdout)
@@ -340,7 +344,9 @@ func (s *Shim) logLoop() {
 			work = append(work, w)
 		}
 		for g := range s.groups {
-			if errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
+			// A group whose leader runs has a member: only the groups of
+			// exited incarnations are looked at (one kill(2) each).
+			if !leaders[g] && errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
 				delete(s.groups, g)
 			}
 		}
