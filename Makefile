@@ -23,6 +23,12 @@ build: ## build hbd, hbctl, hbbench and the C tools into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
+	$(MAKE) --no-print-directory chain
+
+.PHONY: chain
+chain: ## the example chain's stages (contrib/examples/chain) into bin/
+	@mkdir -p $(BIN)
+	for s in rx work tx; do $(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/chain-$$s contrib/examples/chain/$$s.c || exit 1; done
 
 .PHONY: test
 test: build ctest ## go vet, the C reader, then go test -race on every package (fault suite included)

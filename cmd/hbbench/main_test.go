@@ -200,3 +200,45 @@ func TestQuickRun(t *testing.T) {
 		}
 	}
 }
+
+// TestQuickChain runs the example chain (contrib/examples/chain, compiled
+// from its sources) under hbd with each liveness method and checks that the
+// packet counts add up and that rx, reading hb's slot word, switched to the
+// standby at every kill. Loss figures are timings: not checked.
+func TestQuickChain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "chain", "--chain-kills", "2", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	checks := map[string]bool{}
+	for _, c := range rep.Checks {
+		checks[c.Name] = c.OK
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	if !checks["hb: rx switched at every kill"] {
+		t.Errorf("no passing switch check in %+v", rep.Checks)
+	}
+	for _, m := range chainMethods {
+		found := false
+		for _, res := range rep.Results {
+			if res.Test == "chain" && strings.HasPrefix(res.Name, "packets lost per kill, "+m.label) && res.N == 2 {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no loss figure for method %s", m.name)
+		}
+	}
+}

@@ -25,7 +25,7 @@ import (
 )
 
 // allTests in the order they run.
-var allTests = []string{"death", "respawn", "peer", "scale", "flood"}
+var allTests = []string{"death", "respawn", "peer", "scale", "flood", "chain"}
 
 const usage = `Usage: hbbench [flags]
 
@@ -34,7 +34,7 @@ performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 
 Flags:
-  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood (default all)
+  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,chain (default all)
   --quick            small counts (a few seconds; used by the tests)
   --long             big counts (several minutes)
   --kills N          kills per series in death and respawn (default 200)
@@ -44,6 +44,8 @@ Flags:
   --flood-secs S     length of the exit flood (default 10)
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
+  --chain-kills N    kills of the active worker per method in the chain test (default 20)
+  --chain-rate PPS   packets a second rx sends in the chain test (default 20000)
   --late-ms MS       a kill→slot 0 slower than this in the flood counts as late (default 50)
   --peer-batches N   timed batches per peer-check series (default 200)
   --settle DUR       quiet time before each kill (default 10ms)
@@ -72,6 +74,8 @@ type options struct {
 	floodProcs    int
 	floodServices int
 	lateMs        float64
+	chainKills    int
+	chainRate     int
 	peerBatches   int
 	settle        time.Duration
 	reader        string
@@ -100,6 +104,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.floodProcs, "flood-procs", runtime.NumCPU(), "")
 	fs.IntVar(&o.floodServices, "flood-services", 8, "")
 	fs.Float64Var(&o.lateMs, "late-ms", 50, "")
+	fs.IntVar(&o.chainKills, "chain-kills", 20, "")
+	fs.IntVar(&o.chainRate, "chain-rate", 20000, "")
 	fs.IntVar(&o.peerBatches, "peer-batches", 200, "")
 	fs.DurationVar(&o.settle, "settle", 10*time.Millisecond, "")
 	fs.StringVar(&o.reader, "reader", "yield", "")
@@ -136,6 +142,7 @@ func parseFlags(args []string) (*options, error) {
 	preset("scale-rounds", func() { o.scaleRounds = 1 }, func() { o.scaleRounds = 10 })
 	preset("idle-secs", func() { o.idleSecs = 1 }, func() { o.idleSecs = 30 })
 	preset("flood-secs", func() { o.floodSecs = 2 }, func() { o.floodSecs = 30 })
+	preset("chain-kills", func() { o.chainKills = 3 }, func() { o.chainKills = 100 })
 	preset("peer-batches", func() { o.peerBatches = 20 }, func() { o.peerBatches = 1000 })
 	preset("settle", func() { o.settle = 5 * time.Millisecond }, func() {})
 
@@ -153,6 +160,8 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case len(o.only) == 0:
 		return nil, errors.New("--only: no test named")
+	case o.chainKills < 1 || o.chainRate < 1:
+		return nil, errors.New("--chain-kills and --chain-rate must be at least 1")
 	case o.kills < 1 || o.services < 1 || o.scaleRounds < 1 || o.peerBatches < 1 || o.floodProcs < 1 || o.floodServices < 1:
 		return nil, errors.New("--kills, --services, --scale-rounds, --peer-batches, --flood-procs and --flood-services must be at least 1")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
@@ -173,6 +182,8 @@ type env struct {
 	hbclient  string
 	goClient  string // "" if it could not be built
 	helperBin string
+	cc        string // the C compiler
+	include   string // the directory of hb_shm.h
 	helper    *helper
 	root      bool
 	cnErr     error // why the proc connector cannot be used, nil if it can
@@ -292,12 +303,12 @@ func bench(o *options) int {
 	}
 	// death, respawn and peer share two hbds (connector and pidfd); they
 	// are stopped before scale and flood, which run their own.
-	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}}
+	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"chain", runChain}}
 	for _, t := range tests {
 		if !o.only[t.name] {
 			continue
 		}
-		if t.name == "scale" || t.name == "flood" {
+		if t.name == "scale" || t.name == "flood" || t.name == "chain" {
 			e.stopShared()
 		}
 		logf("%s ...", t.name)
@@ -383,6 +394,7 @@ func setup(o *options, r *Report) (*env, error) {
 	if cc == "" {
 		cc = "cc"
 	}
+	e.cc, e.include = cc, include
 	if e.helperBin, err = compileHelper(cc, include, dir); err != nil {
 		return nil, err
 	}
