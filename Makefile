@@ -49,7 +49,10 @@ ctest: ## compile the C reader warning-free (the cross-language test runs in go 
 .PHONY: bench
 bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./shm/
-	$(BIN)/hbbench $(BENCHFLAGS)
+	@mkdir -p run
+	$(BIN)/hbbench --json $(BENCHFLAGS) > run/bench.json
+	$(BIN)/hbbench --from run/bench.json --plot docs/bench > run/bench.md
+	@echo "report: run/bench.md (copy its tables into docs/benchmark.md); plots: docs/bench/*.svg"
 
 .PHONY: run
 run: build ## run hbd on the bundled example (state in ./run)

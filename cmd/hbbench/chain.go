@@ -58,7 +58,7 @@ func freePortBase(e *env) (int, error) {
 			held = append(held, c)
 		}
 		for _, c := range held {
-			c.Close()
+			_ = c.Close()
 		}
 		if ok {
 			return base, nil

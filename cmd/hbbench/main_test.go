@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestParseFlags(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", args: nil, want: func(o *options) bool {
-			return o.kills == 200 && o.services == 1000 && o.floodSecs == 10 && len(o.only) == 5 && o.reader == "yield"
+			return o.kills == 200 && o.services == 1000 && o.floodSecs == 10 && len(o.only) == len(allTests) && o.only["chain"] && o.reader == "yield"
 		}},
 		{name: "quick presets", args: []string{"--quick"}, want: func(o *options) bool {
 			return o.kills == 10 && o.services == 50 && o.floodSecs == 2 && o.idleSecs == 1
@@ -240,5 +241,55 @@ func TestQuickChain(t *testing.T) {
 		if !found {
 			t.Errorf("no loss figure for method %s", m.name)
 		}
+	}
+}
+
+// --plot writes one CDF per test with distributions and the chain's bars,
+// as SVG, and --from reads a report back (naming the file when it is not one).
+func TestPlotReport(t *testing.T) {
+	r := &Report{}
+	r.addSeries("death", "hb detector=pidfd: kill→slot 0", "us", []float64{1000, 2000, 3000, 50000})
+	r.addSeries("death", "raw pidfd waiter on the same kill as hb detector=pidfd: kill→reader sees 0", "us", []float64{900, 1900, 2500})
+	r.addSeries("death", "hb detector=pidfd: hb's kill→slot 0 minus the raw waiter's", "us", []float64{1, 2, 3})
+	r.addValue("chain", "packets lost per kill, hb slot word (one load per packet)", "packets", 0)
+	r.addValue("chain", "packets lost per kill, UDP heartbeat every 10 ms, dead after 3 missed", "packets", 520)
+	path := filepath.Join(t.TempDir(), "report.json")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.writeJSON(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	back, err := loadReport(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Results[0].Samples) != 4 {
+		t.Fatalf("samples did not survive the JSON: %+v", back.Results[0])
+	}
+	dir := t.TempDir()
+	files, err := plotReport(back, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dir, "death-cdf.svg"), filepath.Join(dir, "chain-loss.svg")}
+	if !slices.Equal(files, want) {
+		t.Fatalf("plotReport wrote %q, want %q", files, want)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil || !bytes.Contains(b, []byte("<svg")) {
+			t.Errorf("%s is not an SVG (%v): %.80q", f, err, b)
+		}
+	}
+	if b, _ := os.ReadFile(want[0]); bytes.Contains(b, []byte("minus the raw")) || !bytes.Contains(b, []byte("kill→slot 0")) {
+		t.Errorf("death plot: the difference series is drawn, or hb's is not")
+	}
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	os.WriteFile(bad, []byte("not json"), 0o644)
+	if _, err := loadReport(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("loadReport(bad) = %v, want an error naming %s", err, bad)
 	}
 }

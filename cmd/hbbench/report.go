@@ -61,6 +61,9 @@ type Result struct {
 	Target string `json:"target,omitempty"`
 	Meets  *bool  `json:"meets_target,omitempty"`
 	Note   string `json:"note,omitempty"`
+	// Samples are a distribution's values, in Unit, in the order taken
+	// (for --plot).
+	Samples []float64 `json:"samples,omitempty"`
 }
 
 // Check is one correctness check.
@@ -80,8 +83,12 @@ func (r *Report) add(res Result) *Result {
 // addSeries adds a distribution in nanoseconds, shown in unit.
 func (r *Report) addSeries(test, name, unit string, ns []float64) *Result {
 	s := summarize(ns)
+	samples := make([]float64, len(ns))
+	for i, v := range ns {
+		samples[i] = nsTo(v, unit)
+	}
 	return r.add(Result{Test: test, Name: name, Unit: unit, N: s.N,
-		P50: nsTo(s.P50, unit), P99: nsTo(s.P99, unit), Max: nsTo(s.Max, unit)})
+		P50: nsTo(s.P50, unit), P99: nsTo(s.P99, unit), Max: nsTo(s.Max, unit), Samples: samples})
 }
 
 // addValue adds a single measurement.

@@ -52,6 +52,8 @@ Flags:
   --reader MODE      the C reader's loop while waiting for the slot: yield (sched_yield
                      between loads; default) or spin (pause instruction only)
   --json             print the report as JSON
+  --plot DIR         also write SVG plots (latency CDFs, packets lost per kill) into DIR
+  --from FILE        run nothing: print the report an earlier --json run wrote (and plot it with --plot)
   --hbd PATH         hbd binary (default: next to hbbench, else $PATH)
   --hbclient PATH    the C client (default: next to hbbench)
   --go-client PATH   a Go client that blocks until SIGTERM (default: built with --go)
@@ -86,6 +88,8 @@ type options struct {
 	cc            string
 	include       string
 	keep          bool
+	plot          string // write SVG plots into this directory
+	from          string // plot this JSON report instead of running
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -116,6 +120,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.cc, "cc", "", "")
 	fs.StringVar(&o.include, "include", "", "")
 	fs.BoolVar(&o.keep, "keep", false, "")
+	fs.StringVar(&o.plot, "plot", "", "")
+	fs.StringVar(&o.from, "from", "", "")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -261,6 +267,18 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "hbbench: %v\n\n%s", err, usage)
 		return 2
 	}
+	if o.from != "" {
+		r, err := loadReport(o.from)
+		if err != nil {
+			logf("%v", err)
+			return 2
+		}
+		r.writeMarkdown(os.Stdout)
+		if o.plot == "" {
+			return 0
+		}
+		return writePlots(r, o.plot)
+	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
@@ -272,6 +290,19 @@ func run(args []string) int {
 	code := bench(o)
 	runCleanups()
 	return code
+}
+
+// writePlots writes r's plots into dir (--plot) and says where.
+func writePlots(r *Report, dir string) int {
+	files, err := plotReport(r, dir)
+	for _, f := range files {
+		logf("wrote %s", f)
+	}
+	if err != nil {
+		logf("%v", err)
+		return 2
+	}
+	return 0
 }
 
 func bench(o *options) int {
@@ -330,6 +361,11 @@ func bench(o *options) int {
 		}
 	} else {
 		r.writeMarkdown(os.Stdout)
+	}
+	if o.plot != "" {
+		if code := writePlots(r, o.plot); code != 0 {
+			return code
+		}
 	}
 	if !r.OK {
 		// The logs of every hbd (state_dir/plugin.log, hbd.log) are what a
