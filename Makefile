@@ -54,6 +54,10 @@ bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks
 	$(BIN)/hbbench --from run/bench.json --plot docs/bench > run/bench.md
 	@echo "report: run/bench.md (copy its tables into docs/benchmark.md); plots: docs/bench/*.svg"
 
+.PHONY: bench-deps
+bench-deps: ## install the supervisors hbbench compares hb with (runit, s6, supervisord; Debian, root)
+	apt-get install -y runit s6 supervisor
+
 .PHONY: run
 run: build ## run hbd on the bundled example (state in ./run)
 	$(BIN)/hbd -c $(CONFIG)

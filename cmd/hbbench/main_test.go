@@ -293,3 +293,48 @@ func TestPlotReport(t *testing.T) {
 		t.Errorf("loadReport(bad) = %v, want an error naming %s", err, bad)
 	}
 }
+
+// TestQuickPeers runs the peers test with a handful of services: every
+// supervisor that is installed starts them, replaces them after a kill of
+// all, and replaces one service after a kill. Only that they ran is checked.
+func TestQuickPeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "peers", "--services", "5", "--scale-rounds", "1",
+		"--idle-secs", "0", "--chain-kills", "1", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	sups := []string{"bare fork/exec", "hb"}
+	for _, s := range []struct{ name, bin string }{{"runit", "runsvdir"}, {"s6", "s6-svscan"}, {"supervisord", "supervisord"}} {
+		if _, err := exec.LookPath(s.bin); err == nil {
+			sups = append(sups, s.name)
+		} else {
+			t.Logf("%s is not installed: not compared", s.name)
+		}
+	}
+	for _, s := range sups {
+		for _, name := range []string{s + ": start 5 services: launch → all running", s + ": kill all 5 → all replaced", s + ": N = 1: kill → the replacement runs"} {
+			found := false
+			for _, res := range rep.Results {
+				found = found || (res.Name == name && res.N >= 1 && res.P50 > 0)
+			}
+			if !found {
+				t.Errorf("no figure %q", name)
+			}
+		}
+	}
+}

@@ -25,7 +25,7 @@ import (
 )
 
 // allTests in the order they run.
-var allTests = []string{"death", "respawn", "peer", "scale", "flood", "chain"}
+var allTests = []string{"death", "respawn", "peer", "scale", "flood", "chain", "peers"}
 
 const usage = `Usage: hbbench [flags]
 
@@ -34,13 +34,13 @@ performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 
 Flags:
-  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,chain (default all)
+  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,chain,peers (default all)
   --quick            small counts (a few seconds; used by the tests)
   --long             big counts (several minutes)
   --kills N          kills per series in death and respawn (default 200)
-  --services N       services in the scale test (default 1000)
-  --scale-rounds N   kill-all rounds in the scale test (default 3)
-  --idle-secs S      idle window for the CPU figure of the scale test (default 10)
+  --services N       services in the scale and peers tests (default 1000)
+  --scale-rounds N   kill-all rounds in the scale and peers tests (default 3)
+  --idle-secs S      idle window for the CPU figures of the scale and peers tests (default 10)
   --flood-secs S     length of the exit flood (default 10)
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
@@ -334,12 +334,12 @@ func bench(o *options) int {
 	}
 	// death, respawn and peer share two hbds (connector and pidfd); they
 	// are stopped before scale and flood, which run their own.
-	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"chain", runChain}}
+	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"chain", runChain}, {"peers", runPeers}}
 	for _, t := range tests {
 		if !o.only[t.name] {
 			continue
 		}
-		if t.name == "scale" || t.name == "flood" || t.name == "chain" {
+		if t.name == "scale" || t.name == "flood" || t.name == "chain" || t.name == "peers" {
 			e.stopShared()
 		}
 		logf("%s ...", t.name)
