@@ -45,8 +45,9 @@ func (s *Shim) kickRecord() {
 	}
 }
 
-// recordLoop writes RecordFile whenever it is kicked (a spawn, an exit, the
-// beat) and the running incarnations in the table changed. Kicks coalesce:
+// recordLoop writes RecordFile whenever it is kicked (a spawn, an exit, and
+// the beat after a failed write) and the running incarnations in the table
+// changed. Kicks coalesce:
 // the exit path never waits for the file.
 func (s *Shim) recordLoop() {
 	defer s.wg.Done()
@@ -63,6 +64,7 @@ func (s *Shim) recordLoop() {
 			continue
 		}
 		if err := writeRecordFile(s.opts.StateDir, b); err != nil {
+			s.recordRetry.Store(true)
 			if err.Error() != lastErr {
 				lastErr = err.Error()
 				s.log.Error("cannot write the adoption record; a plugin that starts with an empty table could start services a second time", "err", err)
@@ -70,6 +72,7 @@ func (s *Shim) recordLoop() {
 			continue
 		}
 		last, lastErr = b, ""
+		s.recordRetry.Store(false)
 	}
 }
 

@@ -78,3 +78,36 @@ func TestRecordRefusesUnsafeDir(t *testing.T) {
 		t.Error("writeRecordFile into a world-writable directory succeeded")
 	}
 }
+
+// TestRecordRetriedAfterFailure: a record that could not be written (here:
+// the state directory was briefly group-writable, so it is refused) is
+// written at a later beat once it can be, with no spawn or exit to kick it.
+func TestRecordRetriedAfterFailure(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{ShmName: "t", ShmDir: dir, StateDir: state, Slots: 16, Detector: connector.DetectPidfd}
+	h := openHarness(t, opts, dir)
+	record := filepath.Join(state, RecordFile)
+	waitFor(t, "the first (empty) record", func() bool { _, err := os.Stat(record); return err == nil })
+	if err := os.Chmod(state, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	res := h.spawn(h.childSpec("svc", "sleep"))
+	waitFor(t, "the failed write to be noted", h.s.recordRetry.Load)
+	if b, _ := os.ReadFile(record); strings.Contains(string(b), `"pid":`+strconv.Itoa(res.PID)) {
+		t.Fatalf("the record was written into a group-writable state directory: %s", b)
+	}
+	if err := os.Chmod(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the record to name the service's pid", func() bool {
+		b, _ := os.ReadFile(record)
+		return strings.Contains(string(b), `"pid":`+strconv.Itoa(res.PID))
+	})
+	if h.s.recordRetry.Load() {
+		t.Error("recordRetry still set after a successful write")
+	}
+}

@@ -95,6 +95,9 @@ type Shim struct {
 	groups map[int]struct{}
 
 	recordKick chan struct{} // wakes recordLoop; nil without StateDir
+	// recordRetry: the last write of RecordFile failed; the beat kicks
+	// recordLoop again (otherwise only spawns and exits do).
+	recordRetry atomic.Bool
 
 	// shmMu guards shmNotes and shmErr, the last Check of the table.
 	shmMu    sync.Mutex
@@ -292,7 +295,9 @@ func (s *Shim) beatLoop() {
 		}
 		s.w.Beat()
 		s.checkTable()
-		s.kickRecord()
+		if s.recordRetry.Load() {
+			s.kickRecord()
+		}
 		kickReaper() // strays that exited since the last exit of a service
 		select {
 		case s.logKick <- struct{}{}:
