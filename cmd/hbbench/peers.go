@@ -171,12 +171,23 @@ func pssMiB(pids []int) float64 {
 	return kb / 1024
 }
 
-// cpuTicks is the processes' CPU time (utime+stime), in clock ticks.
-func cpuTicks(pids []int) uint64 {
+// cpuNs is the processes' CPU time in nanoseconds: the sum over their
+// threads of the scheduler's run time (/proc/PID/task/TID/schedstat), which
+// unlike utime+stime (10 ms ticks) sees the few microseconds an idle
+// supervisor spends.
+func cpuNs(pids []int) uint64 {
 	var t uint64
 	for _, p := range pids {
-		if v, err := procCPUTicks(p); err == nil {
-			t += v
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", p, task.Name()))
+			if err != nil {
+				continue
+			}
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				v, _ := strconv.ParseUint(f[0], 10, 64)
+				t += v
+			}
 		}
 	}
 	return t
@@ -391,9 +402,9 @@ func runPeers(e *env, r *Report) error {
 					r.addValue(test, fmt.Sprintf("%s: PSS of the supervisor, %d services", s.name, n), "MiB", pssMiB(procs)).Note =
 						fmt.Sprintf("%d processes", len(procs))
 					if e.opts.idleSecs > 0 {
-						c0 := cpuTicks(procs)
+						c0 := cpuNs(procs)
 						time.Sleep(time.Duration(e.opts.idleSecs * float64(time.Second)))
-						ms := float64(cpuTicks(procs)-c0) * 1000 / clkTck
+						ms := float64(cpuNs(procs)-c0) / 1e6
 						r.addValue(test, fmt.Sprintf("%s: idle CPU per 10 s, %d services", s.name, n), "ms", ms*10/e.opts.idleSecs)
 					}
 				}

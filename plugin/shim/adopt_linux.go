@@ -70,6 +70,7 @@ func (s *Shim) adopt(sl shm.Slot) {
 	svc.cur = inc
 	s.incs[key] = inc
 	s.groups[pid] = struct{}{}
+	delete(s.ended, pid)
 	s.mu.Unlock()
 
 	s.w.SetFlags(sl.Index, sl.Flags|shm.SlotAdopted)

@@ -197,6 +197,7 @@ func (s *Shim) recordExit(inc *incarnation, pidfd, status int, detectedNs uint64
 	}
 	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), detectedNs, state)
 	s.kickRecord()
+	s.groupEnded(inc.pid)
 	close(inc.done)
 }
 

@@ -93,6 +93,10 @@ type Shim struct {
 	// or adopted (each leads its own), kept while the group has members
 	// (the beat prunes empty ones): a clean close reaps their strays.
 	groups map[int]struct{}
+	// ended are the groups in groups whose leader has exited: the beat
+	// drops each from both once it is empty (a running leader's group never
+	// is, so it is not looked at).
+	ended map[int]struct{}
 
 	recordKick chan struct{} // wakes recordLoop; nil without StateDir
 	// recordRetry: the last write of RecordFile failed; the beat kicks
@@ -207,6 +211,7 @@ func New(opts Options) (*Shim, error) {
 		svcs:    map[string]*service{},
 		incs:    map[uint64]*incarnation{},
 		groups:  map[int]struct{}{},
+		ended:   map[int]struct{}{},
 		quit:    make(chan struct{}),
 		logKick: make(chan struct{}, 1),
 	}
@@ -326,11 +331,7 @@ func (s *Shim) logLoop() {
 		}
 		var work []svcLogs
 		s.mu.Lock()
-		leaders := make(map[int]bool, len(s.svcs))
 		for _, svc := range s.svcs {
-			if svc.cur != nil && !svc.cur.exited() {
-				leaders[svc.cur.pid] = true
-			}
 			w := svcLogs{svc: svc}
 			if svc.stdout != nil {
 				w.logs = append(w.logs, svc.stdout)
@@ -348,11 +349,10 @@ func (s *Shim) logLoop() {
 			}
 			work = append(work, w)
 		}
-		for g := range s.groups {
-			// A group whose leader runs has a member: only the groups of
-			// exited incarnations are looked at (one kill(2) each).
-			if !leaders[g] && errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
+		for g := range s.ended {
+			if errors.Is(unix.Kill(-g, 0), unix.ESRCH) {
 				delete(s.groups, g)
+				delete(s.ended, g)
 			}
 		}
 		s.mu.Unlock()
@@ -411,6 +411,16 @@ func (s *Shim) checkTable() {
 	if changed && err != nil {
 		s.log.Error("table", "err", err)
 	}
+}
+
+// groupEnded notes that the leader of process group pid has exited: the
+// beat looks at the group until it is empty.
+func (s *Shim) groupEnded(pid int) {
+	s.mu.Lock()
+	if _, ok := s.groups[pid]; ok {
+		s.ended[pid] = struct{}{}
+	}
+	s.mu.Unlock()
 }
 
 // TableHealth returns the repairs of the table the plugin made (newest last,

@@ -197,6 +197,7 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	svc.cur = inc
 	s.incs[inc.key] = inc
 	s.groups[pid] = struct{}{}
+	delete(s.ended, pid)
 	s.mu.Unlock()
 
 	state := shm.StateStarting
@@ -267,6 +268,7 @@ func (s *Shim) abortSpawn(inc *incarnation) {
 	now := shm.MonotonicNs()
 	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), now, shm.StateExited)
 	s.kickRecord()
+	s.groupEnded(inc.pid)
 	close(inc.done)
 	s.emit(plugin.Event{
 		Kind: plugin.EventExit, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid,
