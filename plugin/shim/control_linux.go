@@ -205,6 +205,7 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 	if s.svcs[name] == svc {
 		delete(s.svcs, name)
 	}
+	delete(s.logged, svc)
 	s.mu.Unlock()
 	if svc.stdout != nil {
 		svc.stdout.close()

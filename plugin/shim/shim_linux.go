@@ -85,7 +85,7 @@ type Shim struct {
 	shmPath string
 	adopted int // clients adopted by New; set before New returns
 
-	// mu guards svcs, incs and groups. It is never taken on the exit fast path.
+	// mu guards svcs, incs, groups, ended and logged. It is never taken on the exit fast path.
 	mu   sync.Mutex
 	svcs map[string]*service     // by name
 	incs map[uint64]*incarnation // by watch key, while watched
@@ -97,6 +97,9 @@ type Shim struct {
 	// drops each from both once it is empty (a running leader's group never
 	// is, so it is not looked at).
 	ended map[int]struct{}
+	// logged are the services with a log file (stdout or stderr "file"):
+	// the only ones the beat's log work looks at.
+	logged map[*service]struct{}
 
 	recordKick chan struct{} // wakes recordLoop; nil without StateDir
 	// recordRetry: the last write of RecordFile failed; the beat kicks
@@ -212,6 +215,7 @@ func New(opts Options) (*Shim, error) {
 		incs:    map[uint64]*incarnation{},
 		groups:  map[int]struct{}{},
 		ended:   map[int]struct{}{},
+		logged:  map[*service]struct{}{},
 		quit:    make(chan struct{}),
 		logKick: make(chan struct{}, 1),
 	}
@@ -303,7 +307,7 @@ func (s *Shim) beatLoop() {
 		if s.recordRetry.Load() {
 			s.kickRecord()
 		}
-		kickReaper() // strays that exited since the last exit of a service
+		kickReaperIfExited() // strays that exited since the last exit of a service
 		select {
 		case s.logKick <- struct{}{}:
 		default: // logLoop is still at the last beat's work
@@ -331,7 +335,7 @@ func (s *Shim) logLoop() {
 		}
 		var work []svcLogs
 		s.mu.Lock()
-		for _, svc := range s.svcs {
+		for svc := range s.logged {
 			w := svcLogs{svc: svc}
 			if svc.stdout != nil {
 				w.logs = append(w.logs, svc.stdout)

@@ -331,6 +331,7 @@ func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, 
 	}
 	if *lf == nil {
 		*lf = newLogFile(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
+		s.logged[svc] = struct{}{}
 	} else {
 		(*lf).configure(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
 	}
