@@ -338,3 +338,38 @@ func TestQuickPeers(t *testing.T) {
 		}
 	}
 }
+
+// TestQuickFat runs the fat-stage test with a small stage: every kill of
+// the fat and the tiny stage is recorded and the figures are there.
+func TestQuickFat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "fat", "--fat-mib", "64", "--fat-kills", "2", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	if len(rep.Checks) == 0 {
+		t.Fatal("no correctness checks in the report")
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	var fat, back bool
+	for _, res := range rep.Results {
+		fat = fat || (strings.Contains(res.Name, "64 MiB stage: kill→slot 0") && res.N == 2 && res.Baseline != "")
+		back = back || (strings.Contains(res.Name, "kill→replacement's PID in the slot") && res.N == 2)
+	}
+	if !fat || !back {
+		t.Errorf("figures missing (kill→slot 0 against its baseline: %v, replacement: %v)", fat, back)
+	}
+}

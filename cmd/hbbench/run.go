@@ -25,7 +25,7 @@ import (
 )
 
 // allTests in the order they run.
-var allTests = []string{"death", "respawn", "peer", "scale", "flood", "chain", "peers"}
+var allTests = []string{"death", "respawn", "peer", "scale", "flood", "fat", "chain", "peers"}
 
 const usage = `Usage: hbbench [flags]
 
@@ -34,7 +34,7 @@ performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 
 Flags:
-  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,chain,peers (default all)
+  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,fat,chain,peers (default all)
   --quick            small counts (a few seconds; used by the tests)
   --long             big counts (several minutes)
   --kills N          kills per series in death and respawn (default 200)
@@ -44,6 +44,8 @@ Flags:
   --flood-secs S     length of the exit flood (default 10)
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
+  --fat-kills N      kills of each stage in the fat test (default 10)
+  --fat-mib N        touched memory of the fat stage, MiB (default 2048)
   --chain-kills N    kills of the active worker per method in the chain test (default 20)
   --chain-rate PPS   packets a second rx sends in the chain test (default 20000)
   --late-ms MS       a kill→slot 0 slower than this in the flood counts as late (default 50)
@@ -77,6 +79,8 @@ type options struct {
 	floodServices int
 	lateMs        float64
 	chainKills    int
+	fatKills      int
+	fatMiB        int
 	chainRate     int
 	peerBatches   int
 	settle        time.Duration
@@ -109,6 +113,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.floodServices, "flood-services", 8, "")
 	fs.Float64Var(&o.lateMs, "late-ms", 50, "")
 	fs.IntVar(&o.chainKills, "chain-kills", 20, "")
+	fs.IntVar(&o.fatKills, "fat-kills", 10, "")
+	fs.IntVar(&o.fatMiB, "fat-mib", 2048, "")
 	fs.IntVar(&o.chainRate, "chain-rate", 20000, "")
 	fs.IntVar(&o.peerBatches, "peer-batches", 200, "")
 	fs.DurationVar(&o.settle, "settle", 10*time.Millisecond, "")
@@ -148,6 +154,8 @@ func parseFlags(args []string) (*options, error) {
 	preset("scale-rounds", func() { o.scaleRounds = 1 }, func() { o.scaleRounds = 10 })
 	preset("idle-secs", func() { o.idleSecs = 1 }, func() { o.idleSecs = 30 })
 	preset("flood-secs", func() { o.floodSecs = 2 }, func() { o.floodSecs = 30 })
+	preset("fat-kills", func() { o.fatKills = 2 }, func() { o.fatKills = 50 })
+	preset("fat-mib", func() { o.fatMiB = 256 }, func() {})
 	preset("chain-kills", func() { o.chainKills = 3 }, func() { o.chainKills = 100 })
 	preset("peer-batches", func() { o.peerBatches = 20 }, func() { o.peerBatches = 1000 })
 	preset("settle", func() { o.settle = 5 * time.Millisecond }, func() {})
@@ -166,8 +174,8 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case len(o.only) == 0:
 		return nil, errors.New("--only: no test named")
-	case o.chainKills < 1 || o.chainRate < 1:
-		return nil, errors.New("--chain-kills and --chain-rate must be at least 1")
+	case o.chainKills < 1 || o.chainRate < 1 || o.fatKills < 1 || o.fatMiB < 1:
+		return nil, errors.New("--chain-kills, --chain-rate, --fat-kills and --fat-mib must be at least 1")
 	case o.kills < 1 || o.services < 1 || o.scaleRounds < 1 || o.peerBatches < 1 || o.floodProcs < 1 || o.floodServices < 1:
 		return nil, errors.New("--kills, --services, --scale-rounds, --peer-batches, --flood-procs and --flood-services must be at least 1")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
@@ -334,12 +342,12 @@ func bench(o *options) int {
 	}
 	// death, respawn and peer share two hbds (connector and pidfd); they
 	// are stopped before scale and flood, which run their own.
-	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"chain", runChain}, {"peers", runPeers}}
+	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"fat", runFat}, {"chain", runChain}, {"peers", runPeers}}
 	for _, t := range tests {
 		if !o.only[t.name] {
 			continue
 		}
-		if t.name == "scale" || t.name == "flood" || t.name == "chain" || t.name == "peers" {
+		if t.name == "scale" || t.name == "flood" || t.name == "fat" || t.name == "chain" || t.name == "peers" {
 			e.stopShared()
 		}
 		logf("%s ...", t.name)
