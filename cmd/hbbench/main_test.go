@@ -373,3 +373,28 @@ func TestQuickFat(t *testing.T) {
 		t.Errorf("figures missing (kill→slot 0 against its baseline: %v, replacement: %v)", fat, back)
 	}
 }
+
+// compareLoad gives hb's headline figures under load against the idle ones
+// of the same run, and nothing else.
+func TestCompareLoad(t *testing.T) {
+	r := &Report{}
+	r.addSeries("death", "hb detector=pidfd: kill→slot 0", "us", []float64{1000, 2000})
+	r.addSeries("death", "raw pidfd waiter on the same kill as hb detector=pidfd: kill→reader sees 0", "us", []float64{1000, 2000})
+	r.suffix = loadSuffix
+	r.addSeries("death", "hb detector=pidfd: kill→slot 0", "us", []float64{3000, 8000})
+	r.addSeries("death", "raw pidfd waiter on the same kill as hb detector=pidfd: kill→reader sees 0", "us", []float64{3000, 8000})
+	r.suffix = ""
+	compareLoad(r)
+	var rows []*Result
+	for _, res := range r.Results {
+		if res.Unit == "ratio" {
+			rows = append(rows, res)
+		}
+	}
+	if len(rows) != 1 || rows[0].Name != "hb detector=pidfd: kill→slot 0: ordinary load ÷ idle" || rows[0].P50 != 3 || rows[0].P99 != 4 || rows[0].Meets == nil || *rows[0].Meets {
+		for _, row := range rows {
+			t.Logf("row %+v", *row)
+		}
+		t.Fatalf("%d comparison rows, want one: kill→slot 0 at 3× (p50) and 4× (p99), target not met", len(rows))
+	}
+}

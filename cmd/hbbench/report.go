@@ -17,10 +17,15 @@ type Report struct {
 	// OK is false when a correctness check failed (a missed exit, a slot
 	// left wrong, a test that could not run); timings never clear it.
 	OK bool `json:"ok"`
+	// suffix is appended to the names of the results and checks added
+	// while it is set (the runs under --load).
+	suffix string
 }
 
 // Meta describes the run.
 type Meta struct {
+	// Load is --load: the death and respawn tests ran again under it.
+	Load       string   `json:"load,omitempty"`
 	Date       string   `json:"date"`
 	Kernel     string   `json:"kernel"`
 	CPU        string   `json:"cpu"`
@@ -75,6 +80,9 @@ type Check struct {
 }
 
 func (r *Report) add(res Result) *Result {
+	if r.suffix != "" && !strings.HasSuffix(res.Name, r.suffix) {
+		res.Name += r.suffix
+	}
 	p := &res
 	r.Results = append(r.Results, p)
 	return p
@@ -98,6 +106,7 @@ func (r *Report) addValue(test, name, unit string, v float64) *Result {
 
 // against fills the ratios of res against the result named base.
 func (r *Report) against(res *Result, base string) {
+	base += r.suffix
 	for _, b := range r.Results {
 		if b.Test == res.Test && b.Name == base && b.P50 > 0 && b.P99 > 0 && b.Unit == res.Unit {
 			res.Baseline = base
@@ -109,7 +118,7 @@ func (r *Report) against(res *Result, base string) {
 }
 
 func (r *Report) check(test, name string, ok bool, format string, args ...any) {
-	r.Checks = append(r.Checks, Check{Test: test, Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	r.Checks = append(r.Checks, Check{Test: test, Name: name + r.suffix, OK: ok, Detail: fmt.Sprintf(format, args...)})
 }
 
 func (r *Report) note(format string, args ...any) {

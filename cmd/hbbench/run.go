@@ -54,6 +54,8 @@ Flags:
   --reader MODE      the C reader's loop while waiting for the slot: yield (sched_yield
                      between loads; default) or spin (pause instruction only)
   --json             print the report as JSON
+  --load ordinary    after the tests, run death and respawn again with one busy spinner per
+                     CPU, and give each hb figure's p50 and p99 against its idle one
   --plot DIR         also write SVG plots (latency CDFs, packets lost per kill) into DIR
   --from FILE        run nothing: print the report an earlier --json run wrote (and plot it with --plot)
   --hbd PATH         hbd binary (default: next to hbbench, else $PATH)
@@ -92,6 +94,7 @@ type options struct {
 	cc            string
 	include       string
 	keep          bool
+	load          string // "", or "ordinary": death and respawn again under load
 	plot          string // write SVG plots into this directory
 	from          string // plot this JSON report instead of running
 }
@@ -127,6 +130,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.include, "include", "", "")
 	fs.BoolVar(&o.keep, "keep", false, "")
 	fs.StringVar(&o.plot, "plot", "", "")
+	fs.StringVar(&o.load, "load", "", "")
 	fs.StringVar(&o.from, "from", "", "")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -180,6 +184,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--kills, --services, --scale-rounds, --peer-batches, --flood-procs and --flood-services must be at least 1")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
 		return nil, errors.New("--flood-secs must be positive and --idle-secs not negative")
+	case o.load != "" && o.load != "ordinary":
+		return nil, fmt.Errorf("--load: want ordinary, got %q (real-time load is measured by the fault suite: TestFaultRealTimeLoad)", o.load)
 	case o.reader != "spin" && o.reader != "yield":
 		return nil, fmt.Errorf("--reader: want spin or yield, got %q", o.reader)
 	case o.services > 65536:
@@ -359,6 +365,29 @@ func bench(o *options) int {
 		logf("%s done in %.1f s", t.name, time.Since(t0).Seconds())
 	}
 	e.stopShared()
+	if o.load != "" {
+		// The spinners' watchdog: an hour, far beyond the two tests.
+		stop, n, err := startLoad(e, 3600)
+		if err != nil {
+			r.check("load", "spinners started", false, "%v", err)
+		} else {
+			r.Meta.Load = o.load
+			r.note("load: %d busy spinners (one per CPU, nice 0) during the second run of death and respawn", n)
+			r.suffix = loadSuffix
+			for _, t := range tests {
+				if (t.name == "death" || t.name == "respawn") && o.only[t.name] {
+					logf("%s under %s load ...", t.name, o.load)
+					if err := t.fn(e, r); err != nil {
+						r.check(t.name, "test ran", false, "%v", err)
+					}
+				}
+			}
+			e.stopShared()
+			r.suffix = ""
+			stop()
+			compareLoad(r)
+		}
+	}
 	r.Meta.Seconds = time.Since(start).Seconds()
 	r.Meta.LoadAvg = append(r.Meta.LoadAvg, loadAvg())
 	r.OK = r.ok()
