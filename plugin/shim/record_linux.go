@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -45,24 +46,48 @@ func (s *Shim) kickRecord() {
 	}
 }
 
+// recordGap is the least time between two writes of RecordFile. A burst of
+// spawns or exits (a start of 1000 services, a kill of all) is written a
+// few times, not once per service, each time encoding every running one;
+// a lone spawn or exit is written at once. The record is the second source
+// of adoption, for a table that was removed while the plugin was down: a
+// plugin that dies within recordGap of a spawn and whose table is removed
+// as well forgets that spawn.
+const recordGap = 50 * time.Millisecond
+
 // recordLoop writes RecordFile whenever it is kicked (a spawn, an exit, and
 // the beat after a failed write) and the running incarnations in the table
-// changed. Kicks coalesce:
-// the exit path never waits for the file.
+// changed, at most once per recordGap. Kicks coalesce: the exit path never
+// waits for the file.
 func (s *Shim) recordLoop() {
 	defer s.wg.Done()
 	var last []byte
 	var lastErr string // logged once until it changes
+	var wrote time.Time
 	for {
 		select {
 		case <-s.quit:
 			return
 		case <-s.recordKick:
 		}
+		if wait := recordGap - time.Since(wrote); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-s.quit:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			select { // the kicks of the wait are this write's
+			case <-s.recordKick:
+			default:
+			}
+		}
 		b := s.recordBytes()
 		if bytes.Equal(b, last) {
 			continue
 		}
+		wrote = time.Now()
 		if err := writeRecordFile(s.opts.StateDir, b); err != nil {
 			s.recordRetry.Store(true)
 			if err.Error() != lastErr {
