@@ -1107,6 +1107,16 @@ func TestPluginDeathAdopts(t *testing.T) {
 	if hdr := h.Table().Header(); hdr.WriterPID != uint32(plugin) {
 		t.Errorf("writer_pid %d, want the new plugin %d", hdr.WriterPID, plugin)
 	}
+	// hbd shows the new plugin as soon as it is launched, and each
+	// service as adopted once it has handled the plugin's adopt event.
+	h.Eventually("every service adopted by the new plugin", func() (bool, string) {
+		for _, st := range h.Status() {
+			if !st.Adopted {
+				return false, fmt.Sprintf("%s: %+v", st.Name, st)
+			}
+		}
+		return true, ""
+	})
 	for _, st := range h.Status() {
 		b := before[st.Name]
 		if st.PID != b.PID || st.Generation != b.Generation || !st.Adopted || !IsRunning(st) {
