@@ -37,6 +37,20 @@ type Spec struct {
 	// spawn on rather than StateStarting; the host has nothing to correct
 	// afterwards (plugins of FeatureVersion FeatureRunningAtSpawn and later).
 	RunningAtSpawn bool
+	// Watchdog, when not 0, arms the heartbeat watchdog: the service gets
+	// a beat area (HB_BEAT_FD) and must change its counter (shm.Beat,
+	// hb_beat) at least once per Watchdog. A period without a beat sets
+	// the slot's PID word to 0 and its state to hung, emits EventHung,
+	// sends WatchdogSignal to the process and SIGKILL to its group after
+	// WatchdogGrace; the exit is then handled as any other, with Reason
+	// "watchdog" (plugins of FeatureVersion FeatureWatchdog and later).
+	Watchdog time.Duration
+	// WatchdogSignal is sent to a hung service's main process (0: SIGABRT,
+	// so that a core dump shows where it hung).
+	WatchdogSignal syscall.Signal
+	// WatchdogGrace is how long after WatchdogSignal the process group is
+	// SIGKILLed (0: 1s).
+	WatchdogGrace time.Duration
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on
@@ -78,6 +92,8 @@ type SpawnResult struct {
 const (
 	// FeatureRunningAtSpawn: the plugin honours Spec.RunningAtSpawn.
 	FeatureRunningAtSpawn = 2
+	// FeatureWatchdog: the plugin honours Spec.Watchdog.
+	FeatureWatchdog = 3
 )
 
 // EventKind says what an Event reports.
@@ -94,6 +110,11 @@ const (
 	// why: its log_dir is full) or writable again (Message empty). Sent
 	// once per change; hosts that do not know it ignore it.
 	EventLog EventKind = 4
+	// EventHung: the service missed its watchdog deadline (Spec.Watchdog):
+	// its slot's PID word is already 0 and its state hung; SinceBeatNs says
+	// how long it had not beaten. Its EventExit (Reason "watchdog")
+	// follows once it is killed. Hosts that do not know it ignore it.
+	EventHung EventKind = 5
 )
 
 func (k EventKind) String() string {
@@ -106,6 +127,8 @@ func (k EventKind) String() string {
 		return "adopt"
 	case EventLog:
 		return "log"
+	case EventHung:
+		return "hung"
 	}
 	return "unknown"
 }
@@ -135,6 +158,12 @@ type Event struct {
 	// Message (log events) says what is wrong with the service's log
 	// files; empty when the problem has cleared.
 	Message string
+	// Reason (exit events) is "watchdog" when the plugin killed the
+	// process for missing its watchdog deadline; empty otherwise.
+	Reason string
+	// SinceBeatNs (hung events) is the time from the last beat the plugin
+	// saw (or the spawn, before the first) to the check that found none.
+	SinceBeatNs uint64
 }
 
 // Info describes a running plugin.
