@@ -49,7 +49,7 @@ type Spec struct {
 	// so that a core dump shows where it hung).
 	WatchdogSignal syscall.Signal
 	// WatchdogGrace is how long after WatchdogSignal the process group is
-	// SIGKILLed (0: 1s).
+	// SIGKILLed (0: 5s).
 	WatchdogGrace time.Duration
 }
 

@@ -50,6 +50,10 @@ const (
 	SocketPathMax = 107
 	// MaxSignal is the largest stop_signal number (SIGRTMAX on Linux).
 	MaxSignal = signame.Max
+	// MinWatchdog is the shortest watchdog period.
+	MinWatchdog = time.Millisecond
+	// DefaultWatchdogGrace is watchdog_grace's default.
+	DefaultWatchdogGrace = 5 * time.Second
 )
 
 // Config is a loaded, validated configuration: the main file plus its
@@ -117,6 +121,11 @@ type Service struct {
 	Stderr       string
 	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
 	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
+	// Watchdog, when not 0, is the heartbeat period: the service must beat
+	// (shm.Beat, hb_beat) at least this often or it is hung.
+	Watchdog       time.Duration
+	WatchdogSignal syscall.Signal // sent to a hung service (default SIGABRT)
+	WatchdogGrace  time.Duration  // then SIGKILL to its process group
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -155,6 +164,9 @@ func DefaultService(name string) *Service {
 		Stderr:       OutputFile,
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
+
+		WatchdogSignal: syscall.SIGABRT,
+		WatchdogGrace:  DefaultWatchdogGrace,
 	}
 }
 
@@ -226,7 +238,10 @@ func (s *Service) Equal(o *Service) bool {
 		s.Stdout == o.Stdout &&
 		s.Stderr == o.Stderr &&
 		s.LogMaxBytes == o.LogMaxBytes &&
-		s.LogBackups == o.LogBackups
+		s.LogBackups == o.LogBackups &&
+		s.Watchdog == o.Watchdog &&
+		s.WatchdogSignal == o.WatchdogSignal &&
+		s.WatchdogGrace == o.WatchdogGrace
 }
 
 // Diff compares two configurations for a reload: added are services only in

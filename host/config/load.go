@@ -432,6 +432,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
+	"watchdog", "watchdog_signal", "watchdog_grace",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -502,6 +503,12 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Stderr, err = wantString(v)
 		case "log_max_bytes":
 			s.LogMaxBytes, err = wantSize(v)
+		case "watchdog":
+			s.Watchdog, err = wantDuration(v)
+		case "watchdog_signal":
+			s.WatchdogSignal, err = wantSignal(v)
+		case "watchdog_grace":
+			s.WatchdogGrace, err = wantDuration(v)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

@@ -188,6 +188,18 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	if s.LogBackups < 0 {
 		add("log_backups", ErrValue, "%d is negative", s.LogBackups)
 	}
+	switch {
+	case s.Watchdog < 0:
+		add("watchdog", ErrValue, "negative duration (0s or leave it out for no watchdog)")
+	case s.Watchdog > 0 && s.Watchdog < MinWatchdog:
+		add("watchdog", ErrValue, "%s is shorter than %s (0s: no watchdog)", s.Watchdog, MinWatchdog)
+	}
+	if s.WatchdogGrace <= 0 {
+		add("watchdog_grace", ErrValue, "must be more than 0s (the time a hung service gets to dump core before SIGKILL)")
+	}
+	if s.WatchdogSignal < 1 || s.WatchdogSignal > MaxSignal {
+		add("watchdog_signal", ErrValue, "signal %d is out of range 1..%d", int(s.WatchdogSignal), MaxSignal)
+	}
 	return errs
 }
 

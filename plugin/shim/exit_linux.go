@@ -214,6 +214,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Source:     ex.Source.String(),
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
+		Reason:     inc.exitReason(),
 	}
 	emitted := false
 	switch {
@@ -255,6 +256,7 @@ func (p *respawnPlan) releaseOp() {
 }
 
 func (p *respawnPlan) release() {
+	p.dropBeat()
 	p.releaseOp()
 	p.s.life.RUnlock()
 }

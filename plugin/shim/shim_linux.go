@@ -70,6 +70,10 @@ type Options struct {
 	// plugin's own respawn of slot idx (generation gen) is announced and
 	// watched, before that exit path returns.
 	onRespawned func(idx int, gen uint64)
+	// onHung, when set (tests only), runs on the watchdog's goroutine once
+	// a missed deadline has set slot idx's PID to 0 and its state to hung,
+	// before the event and the signal.
+	onHung func(idx, pid int)
 }
 
 // Shim spawns services, records them in the shared-memory table, learns of
@@ -81,6 +85,7 @@ type Shim struct {
 	w       *shm.Writer
 	watcher *connector.Watcher
 	events  *eventLog
+	dog     *watchdog // the heartbeat checker (watchdog_linux.go)
 	devnull *os.File
 	shmPath string
 	adopted int // clients adopted by New; set before New returns
@@ -154,6 +159,11 @@ type incarnation struct {
 	startNs   uint64    // spawn time (shm.MonotonicNs); zero when adopted
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
+	// hung: the watchdog declared it hung (its exit's Reason is "watchdog").
+	hung atomic.Bool
+	// beat is the beat area from the spawn until the watchdog takes it
+	// (watchBeat); nil without a watchdog.
+	beat *shm.BeatArea
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -225,6 +235,11 @@ func New(opts Options) (*Shim, error) {
 	}
 	s.w = w
 	s.shmPath = w.Path()
+	if s.dog, err = newWatchdog(s); err != nil {
+		w.Close(false)
+		devnull.Close()
+		return nil, err
+	}
 	watcher, err := connector.NewWatcher(connector.Options{
 		Detector:   opts.Detector,
 		Priority:   opts.DetectorPriority,
@@ -487,6 +502,7 @@ func (s *Shim) close(clean bool) error {
 			errs = append(errs, err)
 		}
 		s.wg.Wait()
+		<-s.dog.done // no hang after this: the table stays mapped until then
 		// Finish the exits that were detected but not yet processed, so
 		// the table records them.
 		for {

@@ -1,0 +1,318 @@
+package shim
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// The heartbeat watchdog (docs/watchdog.md). Each watched incarnation has a
+// beat area (shm.BeatArea) that only it and the plugin map; the plugin
+// checks its counter once per period. One timerfd, armed for the earliest
+// deadline of all watched incarnations, is the only timer: a check that
+// finds a fresh beat moves that incarnation's deadline one period on, one
+// that finds none declares it hung (hang). Deadlines are rounded up to
+// watchGrain, so that many services with the same period share wake-ups.
+
+const (
+	// watchGrain is the grid deadlines are rounded up to (at most a
+	// quarter of the period): it bounds the wake-ups of many services to
+	// one per grain, at the cost of up to one grain of extra latency.
+	watchGrain = time.Millisecond
+	// defaultWatchdogGrace is Spec.WatchdogGrace's default.
+	defaultWatchdogGrace = 5 * time.Second
+	// beatFD is the descriptor number of the beat area in the child: the
+	// first after stdin, stdout and stderr.
+	beatFD = 3
+)
+
+// WatchdogReason is an exit event's Reason when the plugin killed the
+// process for missing its watchdog deadline.
+const WatchdogReason = "watchdog"
+
+// watched is one incarnation under the watchdog.
+type watched struct {
+	inc    *incarnation
+	area   *shm.BeatArea
+	period uint64 // ns
+	grain  uint64 // ns
+	sig    syscall.Signal
+	grace  time.Duration
+
+	deadline uint64 // CLOCK_MONOTONIC ns of the next check
+	count    uint64 // the counter at the last check
+	beatNs   uint64 // when a change was last seen (the spawn before the first)
+	index    int    // in the heap
+}
+
+// watchHeap orders watched incarnations by deadline.
+type watchHeap []*watched
+
+func (h watchHeap) Len() int           { return len(h) }
+func (h watchHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h watchHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *watchHeap) Push(x any) {
+	w := x.(*watched)
+	w.index = len(*h)
+	*h = append(*h, w)
+}
+func (h *watchHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	w.index = -1
+	return w
+}
+
+// watchdog is the Shim's checker: one timerfd, one goroutine.
+type watchdog struct {
+	s   *Shim
+	tfd *os.File // the timerfd, non-blocking, read through the runtime's poller
+	mu  sync.Mutex
+	fd  int // tfd's descriptor (tfd.Fd would make it blocking); guarded by mu
+	// closed: tfd is closed and fd no longer ours; guarded by mu.
+	closed bool
+	heap   watchHeap
+	// armed is the deadline the timerfd is set for, 0 when disarmed.
+	armed uint64
+	// checks and wakeups count the work done (tests and benchmarks).
+	checks, wakeups uint64
+	done            chan struct{}
+}
+
+// newWatchdog creates the timerfd and starts the checker; it ends when
+// s.quit is closed.
+func newWatchdog(s *Shim) (*watchdog, error) {
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("shim: watchdog: timerfd_create: %w", err)
+	}
+	d := &watchdog{s: s, fd: fd, tfd: os.NewFile(uintptr(fd), "watchdog-timerfd"), done: make(chan struct{})}
+	go d.loop()
+	go func() {
+		<-s.quit
+		d.mu.Lock()
+		d.closed = true
+		d.tfd.Close() // wakes loop's Read
+		d.mu.Unlock()
+	}()
+	return d, nil
+}
+
+// watch puts inc (with its beat area) under the watchdog from now: its
+// first deadline is one period after the spawn.
+func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec) {
+	period := uint64(spec.Watchdog)
+	grain := min(uint64(watchGrain), period/4)
+	sig, grace := spec.WatchdogSignal, spec.WatchdogGrace
+	if sig == 0 {
+		sig = unix.SIGABRT
+	}
+	if grace <= 0 {
+		grace = defaultWatchdogGrace
+	}
+	w := &watched{inc: inc, area: area, period: period, grain: max(grain, 1), sig: sig, grace: grace,
+		beatNs: inc.startNs, count: area.Count()}
+	w.deadline = w.next(inc.startNs)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	heap.Push(&d.heap, w)
+	d.rearm()
+}
+
+// next is the deadline one period after now, rounded up to the grain.
+func (w *watched) next(now uint64) uint64 {
+	t := now + w.period
+	return (t + w.grain - 1) / w.grain * w.grain
+}
+
+// rearm sets the timerfd for the earliest deadline, if that changed.
+// Called with mu held.
+func (d *watchdog) rearm() {
+	var at uint64
+	if len(d.heap) > 0 {
+		at = d.heap[0].deadline
+	}
+	if at == d.armed || d.closed {
+		return
+	}
+	d.armed = at
+	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(at))}
+	if err := unix.TimerfdSettime(d.fd, unix.TFD_TIMER_ABSTIME, &spec, nil); err != nil {
+		d.s.log.Error("watchdog: timerfd_settime", "err", err)
+	}
+}
+
+// loop waits for the timerfd and checks what is due.
+func (d *watchdog) loop() {
+	defer close(d.done)
+	var buf [8]byte
+	for {
+		if _, err := d.tfd.Read(buf[:]); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				d.closeAll()
+				return
+			}
+			d.s.log.Error("watchdog: read timerfd", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		for _, w := range d.check(shm.MonotonicNs()) {
+			d.s.hang(w)
+		}
+	}
+}
+
+// check looks at every incarnation whose deadline has come: a counter
+// that changed moves its deadline on; one that did not is returned (hung),
+// no longer watched. Incarnations that have exited are dropped.
+func (d *watchdog) check(now uint64) (hung []*watched) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.wakeups++
+	for len(d.heap) > 0 && d.heap[0].deadline <= now {
+		w := d.heap[0]
+		d.checks++
+		if w.inc.exited() {
+			heap.Pop(&d.heap)
+			w.area.Close()
+			continue
+		}
+		if c := w.area.Count(); c != w.count {
+			w.count, w.beatNs = c, now
+			w.deadline = w.next(now)
+			heap.Fix(&d.heap, 0)
+			continue
+		}
+		heap.Pop(&d.heap)
+		hung = append(hung, w)
+	}
+	d.armed = 0 // the timerfd has expired: set it again
+	d.rearm()
+	return hung
+}
+
+// closeAll unmaps every beat area once the checker has stopped.
+func (d *watchdog) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, w := range d.heap {
+		w.area.Close()
+	}
+	d.heap = nil
+}
+
+// stats returns how many wake-ups and checks the watchdog made, and how
+// many incarnations it watches.
+func (d *watchdog) stats() (wakeups, checks uint64, watching int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.wakeups, d.checks, len(d.heap)
+}
+
+// hang acts on a missed deadline of w: the slot's PID word goes to 0 first
+// (peers stop at once, docs/design.md#invariant-14), then the state hung,
+// the EventHung, w.sig to the process and SIGKILL to its group after
+// w.grace. The exit that follows is reaped and reported (Reason watchdog)
+// and respawned by the usual path. An incarnation whose exit was detected
+// meanwhile, or being stopped, is left to that.
+func (s *Shim) hang(w *watched) {
+	inc := w.inc
+	defer w.area.Close()
+	if inc.stopping.Load() || !s.w.ClearPID(inc.idx, uint32(inc.pid)) {
+		return
+	}
+	now := shm.MonotonicNs()
+	inc.hung.Store(true)
+	s.w.SetStateOf(inc.idx, shm.StateHung, inc.gen)
+	if s.opts.onHung != nil {
+		s.opts.onHung(inc.idx, inc.pid)
+	}
+	s.kickRecord()
+	since := now - w.beatNs
+	s.emit(plugin.Event{
+		Kind: plugin.EventHung, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid, Generation: inc.gen,
+		DetectedNs: now, SinceBeatNs: since,
+		Message: "no beat for " + time.Duration(since).Round(time.Microsecond).String() +
+			" (watchdog " + time.Duration(w.period).String() + ")",
+	})
+	s.log.Warn("watchdog: missed deadline; killing", "service", inc.svc.name, "pid", inc.pid,
+		"since_beat", time.Duration(since), "signal", w.sig)
+	if err := inc.signal(w.sig, false); err != nil {
+		s.log.Warn("watchdog: signal", "service", inc.svc.name, "pid", inc.pid, "err", err)
+	}
+	time.AfterFunc(w.grace, func() {
+		if inc.exited() {
+			return
+		}
+		_ = inc.signal(unix.SIGKILL, true)
+		_ = inc.signal(unix.SIGKILL, false) // a main process that left its group
+	})
+}
+
+// planBeat gives the incarnation p plans a beat area, when its Spec asks
+// for a watchdog: the memfd becomes the child's descriptor beatFD, named by
+// HB_BEAT_FD in its environment.
+func (p *startPlan) planBeat() error {
+	if p.spec.Watchdog <= 0 {
+		return nil
+	}
+	a, err := shm.NewBeatArea(p.spec.Name)
+	if err != nil {
+		return fmt.Errorf("spawn %q: watchdog: %w", p.spec.Name, err)
+	}
+	p.beat = a
+	p.attr.extra = append(p.attr.extra, a.FD())
+	p.attr.env = append(p.attr.env, shm.BeatFDEnv+"="+strconv.Itoa(beatFD+len(p.attr.extra)-1))
+	return nil
+}
+
+// dropBeat releases a beat area the plan did not hand to an incarnation
+// (its spawn failed, or did not happen).
+func (p *startPlan) dropBeat() {
+	if p != nil && p.beat != nil {
+		p.beat.Close()
+		p.beat = nil
+	}
+}
+
+// takeBeat moves p's beat area to inc: the descriptor is closed here (the
+// child has its own), the mapping kept for the checks.
+func (p *startPlan) takeBeat(inc *incarnation) {
+	if p.beat != nil {
+		p.beat.CloseFD()
+		inc.beat, p.beat = p.beat, nil
+	}
+}
+
+// watchBeat puts inc under the watchdog once its exit watch is armed.
+func (s *Shim) watchBeat(inc *incarnation, spec plugin.Spec) {
+	if inc.beat == nil {
+		return
+	}
+	a := inc.beat
+	inc.beat = nil
+	s.dog.watch(inc, a, spec)
+}
+
+// exitReason is the Reason of inc's exit event.
+func (inc *incarnation) exitReason() string {
+	if inc.hung.Load() {
+		return WatchdogReason
+	}
+	return ""
+}
