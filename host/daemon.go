@@ -387,7 +387,21 @@ func (d *Daemon) report(ev plugin.Event) {
 			Time: time.Unix(0, ev.TimeUnixNs)})
 	case plugin.EventLog:
 		d.logProblem(ev)
+	case plugin.EventHung:
+		d.hung(ev)
 	}
+}
+
+// hung records and publishes that the current incarnation of ev's service
+// missed its watchdog deadline (plugin.EventHung). Called with mu held.
+func (d *Daemon) hung(ev plugin.Event) {
+	if s := d.svcs[ev.Name]; s != nil && ev.Generation == s.generation && s.pid == ev.PID {
+		s.hung = ev.Message
+	}
+	d.log.Warn("hung: missed its watchdog deadline; killing", "service", ev.Name, "pid", ev.PID,
+		"generation", ev.Generation, "since_beat", time.Duration(ev.SinceBeatNs))
+	d.publish(api.Event{Kind: api.EventHung, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+		State: api.StateHung, Reason: ev.Message, Time: time.Unix(0, ev.TimeUnixNs)})
 }
 
 // logProblem records what a log event says about its service's log files
@@ -417,14 +431,15 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		s.pid = 0
+		s.hung = ""
 		s.exits++
 		s.lastStatus = ev.Status
 		s.lastExit = time.Unix(0, ev.TimeUnixNs)
 		close(s.down)
 		d.log.Info("exited", "service", s.cfg.Name, "pid", ev.PID, "status", ev.Status, "source", ev.Source,
-			"generation", ev.Generation, "respawned", ev.Respawned)
+			"generation", ev.Generation, "respawned", ev.Respawned, "reason", ev.Reason)
 		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
-			Status: ev.Status, Source: ev.Source, Time: s.lastExit})
+			Status: ev.Status, Source: ev.Source, Reason: ev.Reason, Time: s.lastExit})
 		if ev.Respawned {
 			// The plugin applied this policy decision itself (Spec.Respawn):
 			// a run of at least start_secs, respawned at once. Its spawn
@@ -433,7 +448,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		d.decide(s, ev.Status, s.startedAt)
-	case plugin.EventAdopt, plugin.EventLog:
+	case plugin.EventAdopt, plugin.EventLog, plugin.EventHung:
 		d.report(ev)
 	case plugin.EventSpawn:
 		// hbd's own spawns are recorded when Spawn returns; a newer

@@ -27,6 +27,10 @@ type service struct {
 	// logError is the plugin's last word on the service's log files
 	// (plugin.EventLog): why they cannot be written, "" when they can.
 	logError string
+	// hung is the plugin's word (plugin.EventHung) on the current
+	// incarnation: it missed its watchdog deadline and is being killed;
+	// "" otherwise. Cleared by its exit.
+	hung string
 
 	failedStarts int
 	nextStart    time.Time
@@ -95,6 +99,10 @@ func (s *service) status() api.ServiceStatus {
 	}
 	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
+	}
+	if s.hung != "" {
+		// The slot reads 0 and hung from the missed deadline to the exit.
+		st.State, st.PID, st.Reason, st.Uptime = api.StateHung, 0, s.hung, ""
 	}
 	return st
 }

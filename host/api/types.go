@@ -15,7 +15,12 @@ const (
 	EventState  = "state"  // the service's state changed to State; Reason says why
 	EventAdopt  = "adopt"  // a running process was adopted from the shm table after a restart
 	EventReload = "reload" // the configuration was reloaded; Name is empty, Reason summarises
+	EventHung   = "hung"   // an incarnation missed its watchdog deadline; Reason says how long since its last beat
 )
+
+// StateHung is ServiceStatus.State of a service that missed its watchdog
+// deadline and is being killed (the shm slot's state hung).
+const StateHung = "hung"
 
 // ServiceStatus is the manager's view of one service, as returned by
 // GET /v1/services and GET /v1/services/{name}.

@@ -91,6 +91,21 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, service: "rx", key: `key "stop_timeout"`, err: ErrValue,
 		},
 		{
+			name: "watchdog below a millisecond",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog = \"100us\"\n",
+			line: 3, service: "rx", key: `key "watchdog"`, err: ErrValue, msg: "shorter than 1ms",
+		},
+		{
+			name: "zero watchdog_grace",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog = \"20ms\"\nwatchdog_grace = \"0s\"\n",
+			line: 4, service: "rx", key: `key "watchdog_grace"`, err: ErrValue, msg: "more than 0s",
+		},
+		{
+			name: "bad watchdog_signal",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog_signal = \"NOPE\"\n",
+			line: 3, service: "rx", key: `key "watchdog_signal"`, err: ErrValue,
+		},
+		{
 			name: "negative start_retries",
 			toml: "[service.rx]\ncommand = \"rx\"\nstart_retries = -1\n",
 			line: 3, service: "rx", key: `key "start_retries"`, err: ErrValue,

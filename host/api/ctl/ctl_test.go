@@ -81,6 +81,8 @@ func TestFormat(t *testing.T) {
 		{"state event", eventLine(api.Event{Time: now, Kind: "state", Name: "rx", State: "fatal", Reason: "too many restarts"}),
 			"19:00:00.000000 state  rx -> fatal: too many restarts"},
 		{"reload event", eventLine(api.Event{Time: now, Kind: "reload", Reason: "added 1"}), "19:00:00.000000 reload: added 1"},
+		{"hung event", eventLine(api.Event{Time: now, Kind: "hung", Name: "rx", PID: 7, Generation: 2, State: "hung", Reason: "no beat for 21ms (watchdog 20ms)"}),
+			"19:00:00.000000 hung   rx pid 7 gen 2 -> hung: no beat for 21ms (watchdog 20ms)"},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {

@@ -149,7 +149,7 @@ func eventLine(ev api.Event) string {
 		fmt.Fprintf(&b, " %s", ev.Name)
 	}
 	switch ev.Kind {
-	case api.EventSpawn, api.EventAdopt:
+	case api.EventSpawn, api.EventAdopt, api.EventHung:
 		fmt.Fprintf(&b, " pid %d gen %d", ev.PID, ev.Generation)
 	case api.EventExit:
 		fmt.Fprintf(&b, " pid %d gen %d status %s", ev.PID, ev.Generation, lastStatus(1, ev.Status))
