@@ -4,7 +4,7 @@ import (
 	"container/heap"
 	"errors"
 	"fmt"
-	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -18,17 +18,23 @@ import (
 
 // The heartbeat watchdog (docs/watchdog.md). Each watched incarnation has a
 // beat area (shm.BeatArea) that only it and the plugin map; the plugin
-// checks its counter once per period. One timerfd, armed for the earliest
-// deadline of all watched incarnations, is the only timer: a check that
-// finds a fresh beat moves that incarnation's deadline one period on, one
-// that finds none declares it hung (hang). Deadlines are rounded up to
-// watchGrain, so that many services with the same period share wake-ups.
+// samples its counter every step (a tenth of the period, at least
+// watchGrain). One timerfd, armed for the earliest next sample of all
+// watched incarnations, is the only timer. A sample that finds the counter
+// changed records the time (seen); one that finds it unchanged for a whole
+// period since then declares the incarnation hung (hang): it cannot have
+// beaten in the last period, and its last beat was at most one step before
+// seen, so the hang is declared at most two steps after its deadline.
+// Sample times are rounded up to watchGrain, so that many services share
+// wake-ups.
 
 const (
-	// watchGrain is the grid deadlines are rounded up to (at most a
-	// quarter of the period): it bounds the wake-ups of many services to
-	// one per grain, at the cost of up to one grain of extra latency.
+	// watchGrain is the grid sample times are rounded up to (at most half
+	// the step): it bounds the wake-ups of many services to one per grain.
 	watchGrain = time.Millisecond
+	// watchSteps is how many samples a period gets (fewer when the step
+	// would be shorter than watchGrain).
+	watchSteps = 10
 	// defaultWatchdogGrace is Spec.WatchdogGrace's default.
 	defaultWatchdogGrace = 5 * time.Second
 	// beatFD is the descriptor number of the beat area in the child: the
@@ -45,13 +51,14 @@ type watched struct {
 	inc    *incarnation
 	area   *shm.BeatArea
 	period uint64 // ns
+	step   uint64 // ns between samples
 	grain  uint64 // ns
 	sig    syscall.Signal
 	grace  time.Duration
 
-	deadline uint64 // CLOCK_MONOTONIC ns of the next check
-	count    uint64 // the counter at the last check
-	beatNs   uint64 // when a change was last seen (the spawn before the first)
+	deadline uint64 // CLOCK_MONOTONIC ns of the next sample
+	count    uint64 // the counter at the last sample
+	beatNs   uint64 // the sample that first saw count (the spawn before the first beat)
 	index    int    // in the heap
 }
 
@@ -78,13 +85,14 @@ func (h *watchHeap) Pop() any {
 	return w
 }
 
-// watchdog is the Shim's checker: one timerfd, one goroutine.
+// watchdog is the Shim's checker: one timerfd, read (blocking) by one
+// goroutine on an OS thread of its own, so that an expiry wakes that
+// thread directly rather than going through the runtime's poller.
 type watchdog struct {
-	s   *Shim
-	tfd *os.File // the timerfd, non-blocking, read through the runtime's poller
-	mu  sync.Mutex
-	fd  int // tfd's descriptor (tfd.Fd would make it blocking); guarded by mu
-	// closed: tfd is closed and fd no longer ours; guarded by mu.
+	s  *Shim
+	mu sync.Mutex
+	fd int // the timerfd
+	// closed: the checker is to stop; guarded by mu. The loop closes fd.
 	closed bool
 	heap   watchHeap
 	// armed is the deadline the timerfd is set for, 0 when disarmed.
@@ -97,17 +105,19 @@ type watchdog struct {
 // newWatchdog creates the timerfd and starts the checker; it ends when
 // s.quit is closed.
 func newWatchdog(s *Shim) (*watchdog, error) {
-	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("shim: watchdog: timerfd_create: %w", err)
 	}
-	d := &watchdog{s: s, fd: fd, tfd: os.NewFile(uintptr(fd), "watchdog-timerfd"), done: make(chan struct{})}
+	d := &watchdog{s: s, fd: fd, done: make(chan struct{})}
 	go d.loop()
 	go func() {
 		<-s.quit
 		d.mu.Lock()
 		d.closed = true
-		d.tfd.Close() // wakes loop's Read
+		// Expire at once: wakes loop's read, which then sees closed.
+		soon := unix.ItimerSpec{Value: unix.Timespec{Nsec: 1}}
+		unix.TimerfdSettime(d.fd, 0, &soon, nil)
 		d.mu.Unlock()
 	}()
 	return d, nil
@@ -117,7 +127,8 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 // first deadline is one period after the spawn.
 func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec) {
 	period := uint64(spec.Watchdog)
-	grain := min(uint64(watchGrain), period/4)
+	step := max(period/watchSteps, min(uint64(watchGrain), period/2))
+	grain := min(uint64(watchGrain), step/2)
 	sig, grace := spec.WatchdogSignal, spec.WatchdogGrace
 	if sig == 0 {
 		sig = unix.SIGABRT
@@ -125,7 +136,7 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 	if grace <= 0 {
 		grace = defaultWatchdogGrace
 	}
-	w := &watched{inc: inc, area: area, period: period, grain: max(grain, 1), sig: sig, grace: grace,
+	w := &watched{inc: inc, area: area, period: period, step: max(step, 1), grain: max(grain, 1), sig: sig, grace: grace,
 		beatNs: inc.startNs, count: area.Count()}
 	w.deadline = w.next(inc.startNs)
 	d.mu.Lock()
@@ -134,9 +145,9 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 	d.rearm()
 }
 
-// next is the deadline one period after now, rounded up to the grain.
+// next is the sample one step after now, rounded up to the grain.
 func (w *watched) next(now uint64) uint64 {
-	t := now + w.period
+	t := now + w.step
 	return (t + w.grain - 1) / w.grain * w.grain
 }
 
@@ -160,15 +171,23 @@ func (d *watchdog) rearm() {
 // loop waits for the timerfd and checks what is due.
 func (d *watchdog) loop() {
 	defer close(d.done)
+	runtime.LockOSThread() // never unlocked: the thread ends with the loop
 	var buf [8]byte
 	for {
-		if _, err := d.tfd.Read(buf[:]); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				d.closeAll()
-				return
+		_, err := unix.Read(d.fd, buf[:])
+		d.mu.Lock()
+		closed := d.closed
+		d.mu.Unlock()
+		if closed {
+			d.closeAll()
+			unix.Close(d.fd)
+			return
+		}
+		if err != nil {
+			if !errors.Is(err, unix.EINTR) {
+				d.s.log.Error("watchdog: read timerfd", "err", err)
+				time.Sleep(10 * time.Millisecond)
 			}
-			d.s.log.Error("watchdog: read timerfd", "err", err)
-			time.Sleep(10 * time.Millisecond)
 			continue
 		}
 		for _, w := range d.check(shm.MonotonicNs()) {
@@ -177,9 +196,9 @@ func (d *watchdog) loop() {
 	}
 }
 
-// check looks at every incarnation whose deadline has come: a counter
-// that changed moves its deadline on; one that did not is returned (hung),
-// no longer watched. Incarnations that have exited are dropped.
+// check samples every incarnation whose sample time has come; one whose
+// counter has not changed for a whole period is returned (hung), no longer
+// watched. Incarnations that have exited are dropped.
 func (d *watchdog) check(now uint64) (hung []*watched) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -194,12 +213,13 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 		}
 		if c := w.area.Count(); c != w.count {
 			w.count, w.beatNs = c, now
-			w.deadline = w.next(now)
-			heap.Fix(&d.heap, 0)
+		} else if now-w.beatNs >= w.period {
+			heap.Pop(&d.heap)
+			hung = append(hung, w)
 			continue
 		}
-		heap.Pop(&d.heap)
-		hung = append(hung, w)
+		w.deadline = w.next(now)
+		heap.Fix(&d.heap, 0)
 	}
 	d.armed = 0 // the timerfd has expired: set it again
 	d.rearm()
