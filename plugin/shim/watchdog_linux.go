@@ -18,23 +18,23 @@ import (
 
 // The heartbeat watchdog (docs/watchdog.md). Each watched incarnation has a
 // beat area (shm.BeatArea) that only it and the plugin map; the plugin
-// samples its counter every step (a tenth of the period, at least
+// samples its counter every step (a twentieth of the period, at least
 // watchGrain). One timerfd, armed for the earliest next sample of all
 // watched incarnations, is the only timer. A sample that finds the counter
 // changed records the time (seen); one that finds it unchanged for a whole
 // period since then declares the incarnation hung (hang): it cannot have
 // beaten in the last period, and its last beat was at most one step before
 // seen, so the hang is declared at most two steps after its deadline.
-// Sample times are rounded up to watchGrain, so that many services share
+// Sample times are on a grid of watchGrain, so that many services share
 // wake-ups.
 
 const (
-	// watchGrain is the grid sample times are rounded up to (at most half
-	// the step): it bounds the wake-ups of many services to one per grain.
+	// watchGrain is the grid of sample times (at most half the step): it
+	// bounds the wake-ups of many services to one per grain.
 	watchGrain = time.Millisecond
 	// watchSteps is how many samples a period gets (fewer when the step
 	// would be shorter than watchGrain).
-	watchSteps = 10
+	watchSteps = 20
 	// defaultWatchdogGrace is Spec.WatchdogGrace's default.
 	defaultWatchdogGrace = 5 * time.Second
 	// beatFD is the descriptor number of the beat area in the child: the
@@ -59,30 +59,20 @@ type watched struct {
 	deadline uint64 // CLOCK_MONOTONIC ns of the next sample
 	count    uint64 // the counter at the last sample
 	beatNs   uint64 // the sample that first saw count (the spawn before the first beat)
-	index    int    // in the heap
 }
 
-// watchHeap orders watched incarnations by deadline.
-type watchHeap []*watched
+// timeHeap is a min-heap of sample times.
+type timeHeap []uint64
 
-func (h watchHeap) Len() int           { return len(h) }
-func (h watchHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
-func (h watchHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
-}
-func (h *watchHeap) Push(x any) {
-	w := x.(*watched)
-	w.index = len(*h)
-	*h = append(*h, w)
-}
-func (h *watchHeap) Pop() any {
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
+func (h *timeHeap) Pop() any {
 	old := *h
-	w := old[len(old)-1]
-	old[len(old)-1] = nil
+	t := old[len(old)-1]
 	*h = old[:len(old)-1]
-	w.index = -1
-	return w
+	return t
 }
 
 // watchdog is the Shim's checker: one timerfd, read (blocking) by one
@@ -94,7 +84,13 @@ type watchdog struct {
 	fd int // the timerfd
 	// closed: the checker is to stop; guarded by mu. The loop closes fd.
 	closed bool
-	heap   watchHeap
+	// due holds the watched incarnations by sample time, times the
+	// distinct sample times: services on the same grid share a bucket, so
+	// a sample costs an append, not a heap operation.
+	due   map[uint64][]*watched
+	times timeHeap
+	spare [][]*watched // emptied buckets, reused
+	n     int          // incarnations watched
 	// armed is the deadline the timerfd is set for, 0 when disarmed.
 	armed uint64
 	// checks and wakeups count the work done (tests and benchmarks).
@@ -109,7 +105,7 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shim: watchdog: timerfd_create: %w", err)
 	}
-	d := &watchdog{s: s, fd: fd, done: make(chan struct{})}
+	d := &watchdog{s: s, fd: fd, due: map[uint64][]*watched{}, done: make(chan struct{})}
 	go d.loop()
 	go func() {
 		<-s.quit
@@ -117,7 +113,7 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 		d.closed = true
 		// Expire at once: wakes loop's read, which then sees closed.
 		soon := unix.ItimerSpec{Value: unix.Timespec{Nsec: 1}}
-		unix.TimerfdSettime(d.fd, 0, &soon, nil)
+		_ = unix.TimerfdSettime(d.fd, 0, &soon, nil)
 		d.mu.Unlock()
 	}()
 	return d, nil
@@ -141,22 +137,36 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 	w.deadline = w.next(inc.startNs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	heap.Push(&d.heap, w)
+	d.n++
+	d.add(w)
 	d.rearm()
 }
 
-// next is the sample one step after now, rounded up to the grain.
+// add puts w in the bucket of its sample time. Called with mu held.
+func (d *watchdog) add(w *watched) {
+	b, ok := d.due[w.deadline]
+	if !ok {
+		heap.Push(&d.times, w.deadline)
+		if n := len(d.spare); n > 0 {
+			b, d.spare = d.spare[n-1], d.spare[:n-1]
+		}
+	}
+	d.due[w.deadline] = append(b, w)
+}
+
+// next is the sample time at most one step after now, on the grain's
+// grid (rounded down: a late wake-up does not stretch the step), and
+// after now.
 func (w *watched) next(now uint64) uint64 {
-	t := now + w.step
-	return (t + w.grain - 1) / w.grain * w.grain
+	return (now + w.step) / w.grain * w.grain
 }
 
 // rearm sets the timerfd for the earliest deadline, if that changed.
 // Called with mu held.
 func (d *watchdog) rearm() {
 	var at uint64
-	if len(d.heap) > 0 {
-		at = d.heap[0].deadline
+	if len(d.times) > 0 {
+		at = d.times[0]
 	}
 	if at == d.armed || d.closed {
 		return
@@ -203,23 +213,29 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.wakeups++
-	for len(d.heap) > 0 && d.heap[0].deadline <= now {
-		w := d.heap[0]
-		d.checks++
-		if w.inc.exited() {
-			heap.Pop(&d.heap)
-			w.area.Close()
-			continue
+	for len(d.times) > 0 && d.times[0] <= now {
+		t := heap.Pop(&d.times).(uint64)
+		due := d.due[t]
+		delete(d.due, t)
+		for _, w := range due {
+			d.checks++
+			if w.inc.exited() {
+				d.n--
+				w.area.Close()
+				continue
+			}
+			if c := w.area.Count(); c != w.count {
+				w.count, w.beatNs = c, now
+			} else if now-w.beatNs >= w.period {
+				d.n--
+				hung = append(hung, w)
+				continue
+			}
+			w.deadline = w.next(now)
+			d.add(w)
 		}
-		if c := w.area.Count(); c != w.count {
-			w.count, w.beatNs = c, now
-		} else if now-w.beatNs >= w.period {
-			heap.Pop(&d.heap)
-			hung = append(hung, w)
-			continue
-		}
-		w.deadline = w.next(now)
-		heap.Fix(&d.heap, 0)
+		clear(due)
+		d.spare = append(d.spare, due[:0])
 	}
 	d.armed = 0 // the timerfd has expired: set it again
 	d.rearm()
@@ -230,10 +246,12 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 func (d *watchdog) closeAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, w := range d.heap {
-		w.area.Close()
+	for _, due := range d.due {
+		for _, w := range due {
+			w.area.Close()
+		}
 	}
-	d.heap = nil
+	d.due, d.times, d.n = nil, nil, 0
 }
 
 // stats returns how many wake-ups and checks the watchdog made, and how
@@ -241,7 +259,7 @@ func (d *watchdog) closeAll() {
 func (d *watchdog) stats() (wakeups, checks uint64, watching int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.wakeups, d.checks, len(d.heap)
+	return d.wakeups, d.checks, d.n
 }
 
 // hang acts on a missed deadline of w: the slot's PID word goes to 0 first
