@@ -135,3 +135,29 @@ func BenchmarkBeat(b *testing.B) {
 		Beat()
 	}
 }
+
+// BenchmarkBeatC is the cost of one C beat (hb_beat), timed inside the C
+// program over 10^8 beats.
+func BenchmarkBeatC(b *testing.B) {
+	bin := buildC(b, "testdata/beatcheck.c")
+	for b.Loop() {
+		a, err := NewBeatArea("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command(bin, "100000000", "time")
+		cmd.Env = []string{BeatFDEnv + "=3"}
+		cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "beat")}
+		out, err := cmd.Output()
+		a.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		v, ok := strings.CutPrefix(strings.Fields(string(out))[0], "ns_per_beat=")
+		f, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil {
+			b.Fatalf("beatcheck printed %q", out)
+		}
+		b.ReportMetric(f, "ns/beat")
+	}
+}
