@@ -40,6 +40,8 @@ func specToProto(s Spec) *hbpb.Spec {
 		WatchdogNs:      int64(s.Watchdog),
 		WatchdogSignal:  int32(s.WatchdogSignal),
 		WatchdogGraceNs: int64(s.WatchdogGrace),
+		Ready:           s.Ready,
+		ReadyTimeoutNs:  int64(s.ReadyTimeout),
 	}
 }
 
@@ -96,6 +98,8 @@ func specFromProto(p *hbpb.Spec) Spec {
 		Watchdog:       time.Duration(p.GetWatchdogNs()),
 		WatchdogSignal: syscall.Signal(p.GetWatchdogSignal()),
 		WatchdogGrace:  time.Duration(p.GetWatchdogGraceNs()),
+		Ready:          p.GetReady(),
+		ReadyTimeout:   time.Duration(p.GetReadyTimeoutNs()),
 	}
 }
 

@@ -51,7 +51,32 @@ type Spec struct {
 	// WatchdogGrace is how long after WatchdogSignal the process group is
 	// SIGKILLed (0: 5s).
 	WatchdogGrace time.Duration
+	// Ready says when the service is ready: "" or ReadySpawn at the spawn;
+	// ReadyNotify when it sends READY=1 by the sd_notify protocol to the
+	// socket named by NOTIFY_SOCKET (plugins of FeatureVersion
+	// FeatureReady and later). Until then the slot's PID word stays 0 and
+	// its state starting, so a peer's one load means "ready"; EventReady
+	// marks the moment.
+	Ready string
+	// ReadyTimeout: a service not ready this long after its spawn is
+	// killed (its exit's Reason is ReasonReadyTimeout; 0: 90s).
+	ReadyTimeout time.Duration
 }
+
+// Values of Spec.Ready.
+const (
+	ReadySpawn  = "spawn"
+	ReadyNotify = "notify"
+)
+
+// Reasons of exit events.
+const (
+	// ReasonWatchdog: killed for missing the watchdog deadline.
+	ReasonWatchdog = "watchdog"
+	// ReasonReadyTimeout: killed for not declaring itself ready within
+	// Spec.ReadyTimeout; the host counts it as a failed start.
+	ReasonReadyTimeout = "ready_timeout"
+)
 
 // Respawn is the part of the host's restart policy the plugin applies on
 // its own: an exit after a run of at least StartWindow whose status the policy
@@ -94,6 +119,8 @@ const (
 	FeatureRunningAtSpawn = 2
 	// FeatureWatchdog: the plugin honours Spec.Watchdog.
 	FeatureWatchdog = 3
+	// FeatureReady: the plugin honours Spec.Ready.
+	FeatureReady = 4
 )
 
 // EventKind says what an Event reports.
@@ -115,6 +142,11 @@ const (
 	// how long it had not beaten. Its EventExit (Reason "watchdog")
 	// follows once it is killed. Hosts that do not know it ignore it.
 	EventHung EventKind = 5
+	// EventReady: the service declared itself ready (Spec.Ready); its PID
+	// is now in the slot. Message is its last STATUS= text, if any.
+	EventReady EventKind = 6
+	// EventStatus: the service sent a STATUS= text (Message).
+	EventStatus EventKind = 7
 )
 
 func (k EventKind) String() string {
@@ -129,6 +161,10 @@ func (k EventKind) String() string {
 		return "log"
 	case EventHung:
 		return "hung"
+	case EventReady:
+		return "ready"
+	case EventStatus:
+		return "status"
 	}
 	return "unknown"
 }

@@ -113,6 +113,8 @@ const (
 	EventKind_EVENT_KIND_ADOPT       EventKind = 3
 	EventKind_EVENT_KIND_LOG         EventKind = 4 // a service's log files became unwritable (message says why) or writable again (message empty)
 	EventKind_EVENT_KIND_HUNG        EventKind = 5 // a service missed its watchdog deadline: its slot reads 0 and it is being killed
+	EventKind_EVENT_KIND_READY       EventKind = 6 // a service declared itself ready: its PID is now in the slot (message: its STATUS=)
+	EventKind_EVENT_KIND_STATUS      EventKind = 7 // a service sent STATUS= (message)
 )
 
 // Enum value maps for EventKind.
@@ -124,6 +126,8 @@ var (
 		3: "EVENT_KIND_ADOPT",
 		4: "EVENT_KIND_LOG",
 		5: "EVENT_KIND_HUNG",
+		6: "EVENT_KIND_READY",
+		7: "EVENT_KIND_STATUS",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
@@ -132,6 +136,8 @@ var (
 		"EVENT_KIND_ADOPT":       3,
 		"EVENT_KIND_LOG":         4,
 		"EVENT_KIND_HUNG":        5,
+		"EVENT_KIND_READY":       6,
+		"EVENT_KIND_STATUS":      7,
 	}
 )
 
@@ -357,7 +363,9 @@ type Spec struct {
 	RunningAtSpawn  bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"`    // start_secs 0: the slot reads running from the spawn on
 	WatchdogNs      int64                  `protobuf:"varint,15,opt,name=watchdog_ns,json=watchdogNs,proto3" json:"watchdog_ns,omitempty"`                  // 0: no watchdog; else the service must beat at least this often
 	WatchdogSignal  int32                  `protobuf:"varint,16,opt,name=watchdog_signal,json=watchdogSignal,proto3" json:"watchdog_signal,omitempty"`      // sent to a hung service (0: SIGABRT)
-	WatchdogGraceNs int64                  `protobuf:"varint,17,opt,name=watchdog_grace_ns,json=watchdogGraceNs,proto3" json:"watchdog_grace_ns,omitempty"` // then SIGKILL to its process group (0: 1s)
+	WatchdogGraceNs int64                  `protobuf:"varint,17,opt,name=watchdog_grace_ns,json=watchdogGraceNs,proto3" json:"watchdog_grace_ns,omitempty"` // then SIGKILL to its process group (0: 5s)
+	Ready           string                 `protobuf:"bytes,18,opt,name=ready,proto3" json:"ready,omitempty"`                                               // "" or "spawn": ready at the spawn; "notify": sd_notify READY=1
+	ReadyTimeoutNs  int64                  `protobuf:"varint,19,opt,name=ready_timeout_ns,json=readyTimeoutNs,proto3" json:"ready_timeout_ns,omitempty"`    // not ready within this long: killed, a failed start (0: 90s)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -507,6 +515,20 @@ func (x *Spec) GetWatchdogSignal() int32 {
 func (x *Spec) GetWatchdogGraceNs() int64 {
 	if x != nil {
 		return x.WatchdogGraceNs
+	}
+	return 0
+}
+
+func (x *Spec) GetReady() string {
+	if x != nil {
+		return x.Ready
+	}
+	return ""
+}
+
+func (x *Spec) GetReadyTimeoutNs() int64 {
+	if x != nil {
+		return x.ReadyTimeoutNs
 	}
 	return 0
 }
@@ -1571,7 +1593,7 @@ const file_hb_proto_rawDesc = "" +
 	"shmRepairs\x12\x1f\n" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
-	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xec\x03\n" +
+	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xac\x04\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1592,7 +1614,9 @@ const file_hb_proto_rawDesc = "" +
 	"\vwatchdog_ns\x18\x0f \x01(\x03R\n" +
 	"watchdogNs\x12'\n" +
 	"\x0fwatchdog_signal\x18\x10 \x01(\x05R\x0ewatchdogSignal\x12*\n" +
-	"\x11watchdog_grace_ns\x18\x11 \x01(\x03R\x0fwatchdogGraceNs\"\x85\x01\n" +
+	"\x11watchdog_grace_ns\x18\x11 \x01(\x03R\x0fwatchdogGraceNs\x12\x14\n" +
+	"\x05ready\x18\x12 \x01(\tR\x05ready\x12(\n" +
+	"\x10ready_timeout_ns\x18\x13 \x01(\x03R\x0ereadyTimeoutNs\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +
@@ -1688,14 +1712,16 @@ const file_hb_proto_rawDesc = "" +
 	"\x14SERVICE_STATE_EXITED\x10\x05\x12\x17\n" +
 	"\x13SERVICE_STATE_FATAL\x10\x06\x12\x1a\n" +
 	"\x16SERVICE_STATE_STOPPING\x10\a\x12\x16\n" +
-	"\x12SERVICE_STATE_HUNG\x10\b*\x91\x01\n" +
+	"\x12SERVICE_STATE_HUNG\x10\b*\xbe\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_KIND_SPAWN\x10\x01\x12\x13\n" +
 	"\x0fEVENT_KIND_EXIT\x10\x02\x12\x14\n" +
 	"\x10EVENT_KIND_ADOPT\x10\x03\x12\x12\n" +
 	"\x0eEVENT_KIND_LOG\x10\x04\x12\x13\n" +
-	"\x0fEVENT_KIND_HUNG\x10\x052\xdf\x03\n" +
+	"\x0fEVENT_KIND_HUNG\x10\x05\x12\x14\n" +
+	"\x10EVENT_KIND_READY\x10\x06\x12\x15\n" +
+	"\x11EVENT_KIND_STATUS\x10\a2\xdf\x03\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
 	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +

@@ -202,6 +202,7 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 		return fmt.Errorf("free %q: %w", name, err)
 	}
 	svc.freed = true
+	svc.closeNotify()
 	if s.svcs[name] == svc {
 		delete(s.svcs, name)
 	}

@@ -271,8 +271,8 @@ func (p *respawnPlan) release() {
 // once known (respawn). nil: no respawn by the plugin.
 func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	svc := inc.svc
-	if inc.stopping.Load() || inc.started.IsZero() {
-		return nil
+	if inc.stopping.Load() || inc.started.IsZero() || !inc.ready.Load() {
+		return nil // (not ready: a failed start, the host's to judge)
 	}
 	if !s.life.TryRLock() {
 		return nil

@@ -22,7 +22,7 @@ import (
 var _ plugin.Shim = (*Shim)(nil)
 
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
-const FeatureVersion = plugin.FeatureRunningAtSpawn
+const FeatureVersion = plugin.FeatureReady
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
@@ -143,6 +143,9 @@ type service struct {
 	exe string
 	// logProblem is what the last EventLog said; used by logLoop only.
 	logProblem string
+	// notify is the service's sd_notify socket (Spec.Ready "notify"),
+	// made at its first such spawn; guarded by op.
+	notify *notifySocket
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -162,8 +165,19 @@ type incarnation struct {
 	// hung: the watchdog declared it hung (its exit's Reason is "watchdog").
 	hung atomic.Bool
 	// beat is the beat area from the spawn until the watchdog takes it
-	// (watchBeat); nil without a watchdog.
+	// (startWatchdog); nil without a watchdog.
 	beat *shm.BeatArea
+	// dogSpec is the Spec the watchdog is armed with, kept from the spawn
+	// for startWatchdog (at the spawn, or when declared ready).
+	dogSpec plugin.Spec
+	// ready: the PID is published in the slot (at the spawn unless the
+	// Spec declares readiness; then on READY=1). readyTimedOut: killed for
+	// not being ready in time.
+	ready, readyTimedOut atomic.Bool
+	// notifyBeats counts WATCHDOG=1 messages: beats by the sd_notify way.
+	notifyBeats atomic.Uint64
+	// status is the last STATUS= text, nil if none.
+	status atomic.Pointer[string]
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -531,6 +545,7 @@ func (s *Shim) close(clean bool) error {
 			}
 		}
 		for _, svc := range s.svcs {
+			svc.closeNotify() // calls are over: nothing holds op
 			if svc.cur == nil || svc.cur.exited() {
 				continue // only a running incarnation makes its log grow
 			}

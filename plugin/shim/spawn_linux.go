@@ -151,6 +151,9 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 			files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
 		},
 	}
+	if err := s.planReady(p); err != nil {
+		return nil, err
+	}
 	if err := p.planBeat(); err != nil {
 		return nil, err
 	}
@@ -208,10 +211,17 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	s.mu.Unlock()
 
 	state := shm.StateStarting
-	if spec.RunningAtSpawn {
+	if spec.RunningAtSpawn && !needsReady(spec) {
 		state = shm.StateRunning
 	}
-	s.w.Spawned(idx, uint32(pid), gen, startTime, state, 0)
+	inc.dogSpec = spec
+	published := uint32(pid)
+	if needsReady(spec) {
+		published = 0 // until READY=1 (declareReady)
+	} else {
+		inc.ready.Store(true)
+	}
+	s.w.Spawned(idx, published, gen, startTime, state, 0)
 	s.kickRecord()
 	svc.spec, svc.exe = spec, p.argv0
 	inc.started = time.Now()
@@ -253,7 +263,11 @@ func (s *Shim) announce(inc *incarnation, exit *plugin.Event, unlock func()) (re
 		s.abortSpawn(inc)
 		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
 	}
-	s.watchBeat(inc, spec)
+	if inc.ready.Load() {
+		s.startWatchdog(inc)
+	} else {
+		s.armReady(inc, spec)
+	}
 	s.log.Debug("spawned", "service", spec.Name, "pid", pid, "slot", idx, "generation", gen)
 	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: inc.startTime}, emitted, nil
 }

@@ -44,7 +44,7 @@ const (
 
 // WatchdogReason is an exit event's Reason when the plugin killed the
 // process for missing its watchdog deadline.
-const WatchdogReason = "watchdog"
+const WatchdogReason = plugin.ReasonWatchdog
 
 // watched is one incarnation under the watchdog.
 type watched struct {
@@ -120,7 +120,8 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 }
 
 // watch puts inc (with its beat area) under the watchdog from now: its
-// first deadline is one period after the spawn.
+// first deadline is one period from now (the spawn, or the moment it
+// declared itself ready).
 func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec) {
 	period := uint64(spec.Watchdog)
 	step := max(period/watchSteps, min(uint64(watchGrain), period/2))
@@ -133,8 +134,8 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 		grace = defaultWatchdogGrace
 	}
 	w := &watched{inc: inc, area: area, period: period, step: max(step, 1), grain: max(grain, 1), sig: sig, grace: grace,
-		beatNs: inc.startNs, count: area.Count()}
-	w.deadline = w.next(inc.startNs)
+		beatNs: shm.MonotonicNs(), count: area.Count() + inc.notifyBeats.Load()}
+	w.deadline = w.next(w.beatNs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.n++
@@ -224,7 +225,7 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 				w.area.Close()
 				continue
 			}
-			if c := w.area.Count(); c != w.count {
+			if c := w.beats(); c != w.count {
 				w.count, w.beatNs = c, now
 			} else if now-w.beatNs >= w.period {
 				d.n--
@@ -337,20 +338,29 @@ func (p *startPlan) takeBeat(inc *incarnation) {
 	}
 }
 
-// watchBeat puts inc under the watchdog once its exit watch is armed.
-func (s *Shim) watchBeat(inc *incarnation, spec plugin.Spec) {
-	if inc.beat == nil {
-		return
-	}
+// startWatchdog puts inc under the watchdog: once its exit watch is armed
+// and it is ready (at the spawn, or when it declares itself ready).
+func (s *Shim) startWatchdog(inc *incarnation) {
+	inc.mu.Lock()
 	a := inc.beat
 	inc.beat = nil
-	s.dog.watch(inc, a, spec)
+	inc.mu.Unlock()
+	if a != nil {
+		s.dog.watch(inc, a, inc.dogSpec)
+	}
 }
 
 // exitReason is the Reason of inc's exit event.
 func (inc *incarnation) exitReason() string {
-	if inc.hung.Load() {
+	switch {
+	case inc.hung.Load():
 		return WatchdogReason
+	case inc.readyTimedOut.Load():
+		return ReadyTimeoutReason
 	}
 	return ""
 }
+
+// beats is inc's beat count as the watchdog samples it: the beat area's
+// counter plus the WATCHDOG=1 messages.
+func (w *watched) beats() uint64 { return w.area.Count() + w.inc.notifyBeats.Load() }
