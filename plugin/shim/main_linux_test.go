@@ -93,6 +93,8 @@ func runChild(mode string) int {
 		blockForever()
 	case "beat":
 		return beatChild()
+	case "notify":
+		return notifyChild()
 	case "exit":
 		n, _ := strconv.Atoi(os.Getenv("HB_EXIT_CODE"))
 		return n
