@@ -389,6 +389,31 @@ func (d *Daemon) report(ev plugin.Event) {
 		d.logProblem(ev)
 	case plugin.EventHung:
 		d.hung(ev)
+	case plugin.EventReady, plugin.EventStatus:
+		d.notified(ev)
+	}
+}
+
+// notified records a service's readiness (plugin.EventReady: from here its
+// start_secs count) and STATUS= text (EventStatus, and EventReady's
+// Message). Called with mu held.
+func (d *Daemon) notified(ev plugin.Event) {
+	s := d.svcs[ev.Name]
+	if s == nil || ev.Generation != s.generation {
+		return
+	}
+	if ev.Message != "" || ev.Kind == plugin.EventStatus {
+		s.statusText = ev.Message
+	}
+	if ev.Kind != plugin.EventReady || s.readyGen == s.generation {
+		return
+	}
+	s.readyGen = s.generation
+	d.log.Info("ready", "service", ev.Name, "pid", ev.PID, "generation", ev.Generation, "status", ev.Message)
+	d.publish(api.Event{Kind: api.EventReady, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+		Reason: ev.Message, Time: time.Unix(0, ev.TimeUnixNs)})
+	if s.pid != 0 && s.state() == policy.StateStarting {
+		d.armPromotion(s)
 	}
 }
 
@@ -447,8 +472,12 @@ func (d *Daemon) handle(ev plugin.Event) {
 			s.failedStarts = 0
 			return
 		}
-		d.decide(s, ev.Status, s.startedAt)
-	case plugin.EventAdopt, plugin.EventLog, plugin.EventHung:
+		startedAt := s.startedAt
+		if ev.Reason == plugin.ReasonReadyTimeout {
+			startedAt = time.Now() // never ready: a failed start, however long it took
+		}
+		d.decide(s, ev.Status, startedAt)
+	case plugin.EventAdopt, plugin.EventLog, plugin.EventHung, plugin.EventReady, plugin.EventStatus:
 		d.report(ev)
 	case plugin.EventSpawn:
 		// hbd's own spawns are recorded when Spawn returns; a newer
@@ -529,6 +558,9 @@ func (d *Daemon) schedule(s *service, delay time.Duration) {
 func (d *Daemon) armPromotion(s *service) {
 	s.cancelTimer()
 	gen := s.generation
+	if s.cfg.Ready == config.ReadyNotify && s.readyGen != gen {
+		return // start_secs count from READY=1 (notified)
+	}
 	promote := func(mirror bool) {
 		if s.generation != gen || s.pid == 0 || s.state() != policy.StateStarting {
 			return
@@ -723,12 +755,13 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	return plugin.Spec{
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
-		RunningAtSpawn: p.StartWindow <= 0,
+		RunningAtSpawn: p.StartWindow <= 0 && c.Ready != config.ReadyNotify,
 		Name:           c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
 		Watchdog: c.Watchdog, WatchdogSignal: c.WatchdogSignal, WatchdogGrace: c.WatchdogGrace,
+		Ready: c.Ready, ReadyTimeout: c.ReadyTimeout,
 	}, nil
 }
 

@@ -31,6 +31,10 @@ type service struct {
 	// incarnation: it missed its watchdog deadline and is being killed;
 	// "" otherwise. Cleared by its exit.
 	hung string
+	// statusText is the service's last STATUS= (sd_notify); readyGen the
+	// generation that declared itself ready (ready = "notify").
+	statusText string
+	readyGen   uint64
 
 	failedStarts int
 	nextStart    time.Time
@@ -96,9 +100,17 @@ func (s *service) status() api.ServiceStatus {
 		NextStart:    s.nextStart,
 		FailedStarts: s.failedStarts,
 		LogError:     s.logError,
+		StatusText:   s.statusText,
 	}
 	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
+	}
+	if s.cfg.Ready == config.ReadyNotify && s.pid != 0 && s.readyGen != s.generation {
+		// The slot's PID word is 0 until the service sends READY=1.
+		st.PID, st.Uptime = 0, ""
+		if st.Reason == "" {
+			st.Reason = "waiting for READY=1"
+		}
 	}
 	if s.hung != "" {
 		// The slot reads 0 and hung from the missed deadline to the exit.

@@ -54,6 +54,14 @@ const (
 	MinWatchdog = time.Millisecond
 	// DefaultWatchdogGrace is watchdog_grace's default.
 	DefaultWatchdogGrace = 5 * time.Second
+	// DefaultReadyTimeout is ready_timeout's default.
+	DefaultReadyTimeout = 90 * time.Second
+)
+
+// Values of [Service].Ready.
+const (
+	ReadySpawn  = "spawn"  // up at the spawn
+	ReadyNotify = "notify" // up when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
 )
 
 // Config is a loaded, validated configuration: the main file plus its
@@ -126,6 +134,11 @@ type Service struct {
 	Watchdog       time.Duration
 	WatchdogSignal syscall.Signal // sent to a hung service (default SIGABRT)
 	WatchdogGrace  time.Duration  // then SIGKILL to its process group
+	// Ready is when the service counts as up: ReadySpawn, or ReadyNotify
+	// (it sends READY=1 by the sd_notify protocol); ReadyTimeout bounds
+	// the wait.
+	Ready        string
+	ReadyTimeout time.Duration
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -167,6 +180,8 @@ func DefaultService(name string) *Service {
 
 		WatchdogSignal: syscall.SIGABRT,
 		WatchdogGrace:  DefaultWatchdogGrace,
+		Ready:          ReadySpawn,
+		ReadyTimeout:   DefaultReadyTimeout,
 	}
 }
 
@@ -241,7 +256,9 @@ func (s *Service) Equal(o *Service) bool {
 		s.LogBackups == o.LogBackups &&
 		s.Watchdog == o.Watchdog &&
 		s.WatchdogSignal == o.WatchdogSignal &&
-		s.WatchdogGrace == o.WatchdogGrace
+		s.WatchdogGrace == o.WatchdogGrace &&
+		s.Ready == o.Ready &&
+		s.ReadyTimeout == o.ReadyTimeout
 }
 
 // Diff compares two configurations for a reload: added are services only in

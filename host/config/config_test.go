@@ -76,6 +76,8 @@ func TestDefaults(t *testing.T) {
 
 		WatchdogSignal: syscall.SIGABRT,
 		WatchdogGrace:  5 * time.Second,
+		Ready:          "spawn",
+		ReadyTimeout:   90 * time.Second,
 	}
 	if diff := cmp.Diff(want, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
@@ -122,6 +124,8 @@ log_backups = 0
 watchdog = "20ms"
 watchdog_signal = "QUIT"
 watchdog_grace = "2s"
+ready = "notify"
+ready_timeout = "3s"
 
 [service.tx]
 command = ["tx", ""]
@@ -170,6 +174,8 @@ user = "1000"
 		Watchdog:       20 * time.Millisecond,
 		WatchdogSignal: syscall.SIGQUIT,
 		WatchdogGrace:  2 * time.Second,
+		Ready:          "notify",
+		ReadyTimeout:   3 * time.Second,
 	}
 	if diff := cmp.Diff(rx, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("rx (-want +got):\n%s", diff)

@@ -101,6 +101,16 @@ func TestLoadErrors(t *testing.T) {
 			line: 4, service: "rx", key: `key "watchdog_grace"`, err: ErrValue, msg: "more than 0s",
 		},
 		{
+			name: "unknown ready",
+			toml: "[service.rx]\ncommand = \"rx\"\nready = \"fd:3\"\n",
+			line: 3, service: "rx", key: `key "ready"`, err: ErrValue, msg: `want "spawn" or "notify", got "fd:3"`,
+		},
+		{
+			name: "zero ready_timeout",
+			toml: "[service.rx]\ncommand = \"rx\"\nready_timeout = \"0s\"\n",
+			line: 3, service: "rx", key: `key "ready_timeout"`, err: ErrValue, msg: "more than 0s",
+		},
+		{
 			name: "bad watchdog_signal",
 			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog_signal = \"NOPE\"\n",
 			line: 3, service: "rx", key: `key "watchdog_signal"`, err: ErrValue,

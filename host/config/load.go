@@ -432,7 +432,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
-	"watchdog", "watchdog_signal", "watchdog_grace",
+	"watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -509,6 +509,10 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.WatchdogSignal, err = wantSignal(v)
 		case "watchdog_grace":
 			s.WatchdogGrace, err = wantDuration(v)
+		case "ready":
+			s.Ready, err = wantString(v)
+		case "ready_timeout":
+			s.ReadyTimeout, err = wantDuration(v)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

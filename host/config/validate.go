@@ -197,6 +197,14 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	if s.WatchdogGrace <= 0 {
 		add("watchdog_grace", ErrValue, "must be more than 0s (the time a hung service gets to dump core before SIGKILL)")
 	}
+	switch s.Ready {
+	case ReadySpawn, ReadyNotify:
+	default:
+		add("ready", ErrValue, "want \"spawn\" or \"notify\", got %q", s.Ready)
+	}
+	if s.ReadyTimeout <= 0 {
+		add("ready_timeout", ErrValue, "must be more than 0s")
+	}
 	if s.WatchdogSignal < 1 || s.WatchdogSignal > MaxSignal {
 		add("watchdog_signal", ErrValue, "signal %d is out of range 1..%d", int(s.WatchdogSignal), MaxSignal)
 	}

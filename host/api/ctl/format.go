@@ -122,6 +122,9 @@ func reason(st api.ServiceStatus, now time.Time) string {
 	if st.LogError != "" {
 		parts = append(parts, st.LogError)
 	}
+	if st.StatusText != "" {
+		parts = append(parts, "status: "+st.StatusText)
+	}
 	if !st.NextStart.IsZero() {
 		if d := st.NextStart.Sub(now); d > 0 {
 			parts = append(parts, "next start in "+roundDuration(d).String())
