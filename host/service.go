@@ -107,10 +107,7 @@ func (s *service) status() api.ServiceStatus {
 	}
 	if s.cfg.Ready == config.ReadyNotify && s.pid != 0 && s.readyGen != s.generation {
 		// The slot's PID word is 0 until the service sends READY=1.
-		st.PID, st.Uptime = 0, ""
-		if st.Reason == "" {
-			st.Reason = "waiting for READY=1"
-		}
+		st.PID, st.Uptime, st.Reason = 0, "", "waiting for READY=1"
 	}
 	if s.hung != "" {
 		// The slot reads 0 and hung from the missed deadline to the exit.
