@@ -108,7 +108,7 @@ func (s *Shim) notifySocketOf(svc *service) (*notifySocket, error) {
 		}
 	}
 	if err != nil {
-		conn.Close()
+		_ = conn.Close()
 		return nil, fmt.Errorf("spawn %q: ready \"notify\": SO_PASSCRED: %w", svc.name, err)
 	}
 	ns := &notifySocket{path: path, conn: conn}
@@ -121,8 +121,8 @@ func (s *Shim) notifySocketOf(svc *service) (*notifySocket, error) {
 // name. Called with svc.op held, or by close.
 func (svc *service) closeNotify() {
 	if ns := svc.notify; ns != nil {
-		ns.conn.Close()
-		os.Remove(ns.path)
+		_ = ns.conn.Close()
+		_ = os.Remove(ns.path)
 		svc.notify = nil
 	}
 }
