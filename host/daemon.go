@@ -281,7 +281,7 @@ func (d *Daemon) reconcile() error {
 			d.decide(s, int(sl.LastStatus), time.Time{})
 		}
 	}
-	d.spawnMany(autostart, d.info.Slots-len(slots), "autostart")
+	d.spawnMany(d.holdAfter(autostart), d.info.Slots-len(slots), "autostart")
 	for name, sl := range byName {
 		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
 		go d.dropOrphan(name, sl)
@@ -576,7 +576,7 @@ func (d *Daemon) armPromotion(s *service) {
 		// (Spec.RunningAtSpawn) if it is recent enough: no call needed,
 		// which at every respawn had cost the plugin a fifth of its CPU
 		// in an exit flood.
-		promote(!d.pluginSetsRunning())
+		promote(!d.pluginSetsRunning() || s.cfg.Ready == config.ReadyNotify)
 		return
 	}
 	seq := s.timerSeq
@@ -795,6 +795,9 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 	}
 	d.publish(api.Event{Kind: api.EventState, Name: s.cfg.Name, PID: s.pid, Generation: s.generation,
 		State: st.String(), Reason: reason})
+	if st == policy.StateRunning {
+		d.afterRunning()
+	}
 }
 
 // mirror writes s's state into its slot, so that peers reading the table see

@@ -35,6 +35,9 @@ type service struct {
 	// generation that declared itself ready (ready = "notify").
 	statusText string
 	readyGen   uint64
+	// afterWait: held back at hbd's start until the services of its after
+	// list run (after.go).
+	afterWait bool
 
 	failedStarts int
 	nextStart    time.Time

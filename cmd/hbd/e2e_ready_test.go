@@ -101,3 +101,50 @@ start_secs = "0s"
 		t.Errorf("status pid %d, slot pid %d", st.PID, s.PID)
 	}
 }
+
+// TestAfterChain: a chain of three, c after b after a, where a takes its
+// time to become ready (ready = "notify", READY=1 only once the test says
+// so): b and c are held back, not spawned, until a is running; then b
+// starts, and c once b runs.
+func TestAfterChain(t *testing.T) {
+	tool, err := exec.LookPath("systemd-notify")
+	if err != nil {
+		t.Skip("systemd-notify not installed: skipping")
+	}
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	flag := filepath.Join(h.Dir, "go")
+	h.WriteConfig(fmt.Sprintf(`
+[service.c]
+command    = "sleep infinity"
+start_secs = "0s"
+after      = ["b"]
+
+[service.b]
+command    = "sleep infinity"
+start_secs = "200ms"
+after      = ["a"]
+
+[service.a]
+command    = ["/bin/sh", "-c", "while [ ! -e %s ]; do sleep 0.01; done; %s --ready; exec sleep infinity"]
+ready      = "notify"
+start_secs = "0s"
+`, flag, tool))
+	h.Start()
+	h.WaitService("a", "spawned, not ready", func(st api.ServiceStatus) bool { return st.Reason == "waiting for READY=1" })
+	for _, name := range []string{"b", "c"} {
+		st := h.ServiceStatus(name)
+		if st.Generation != 0 || st.PID != 0 || !strings.Contains(st.Reason, "(after)") {
+			t.Fatalf("%s started before a was ready: %+v", name, st)
+		}
+	}
+	h.WriteFile(flag, "")
+	up := h.WaitRunning("a", "b", "c")
+	if s := h.Slot("a"); s.State != shm.StateRunning {
+		t.Errorf("a's slot state %v, want running", s.State)
+	}
+	// b was spawned after a was running, c after b.
+	if !up["b"].Since.After(up["a"].Since) || !up["c"].Since.After(up["b"].Since) {
+		t.Errorf("running since: a %v, b %v, c %v; want in that order", up["a"].Since, up["b"].Since, up["c"].Since)
+	}
+}

@@ -139,6 +139,10 @@ type Service struct {
 	// the wait.
 	Ready        string
 	ReadyTimeout time.Duration
+	// After names the services this one starts after: at hbd's start it
+	// is spawned only once each of them is running (ready, with ready =
+	// "notify"). Validate rejects unknown names and cycles.
+	After []string
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -258,7 +262,8 @@ func (s *Service) Equal(o *Service) bool {
 		s.WatchdogSignal == o.WatchdogSignal &&
 		s.WatchdogGrace == o.WatchdogGrace &&
 		s.Ready == o.Ready &&
-		s.ReadyTimeout == o.ReadyTimeout
+		s.ReadyTimeout == o.ReadyTimeout &&
+		slices.Equal(s.After, o.After)
 }
 
 // Diff compares two configurations for a reload: added are services only in

@@ -101,6 +101,21 @@ func TestLoadErrors(t *testing.T) {
 			line: 4, service: "rx", key: `key "watchdog_grace"`, err: ErrValue, msg: "more than 0s",
 		},
 		{
+			name: "after an unknown service",
+			toml: "[service.rx]\ncommand = \"rx\"\nafter = [\"db\"]\n",
+			line: 3, service: "rx", key: `key "after"`, err: ErrValue, msg: `unknown service "db"`,
+		},
+		{
+			name: "after cycle",
+			toml: "[service.a]\ncommand = \"a\"\nafter = [\"b\"]\n[service.b]\ncommand = \"b\"\nafter = [\"a\"]\n",
+			line: 3, service: "a", key: `key "after"`, err: ErrValue, msg: "cycle: a after b after a",
+		},
+		{
+			name: "after cycle behind a chain",
+			toml: "[service.x]\ncommand = \"x\"\nafter = [\"a\"]\n[service.a]\ncommand = \"a\"\nafter = [\"b\"]\n[service.b]\ncommand = \"b\"\nafter = [\"a\"]\n[service.y]\ncommand = \"y\"\nafter = [\"x\"]\n",
+			line: 6, service: "a", key: `key "after"`, err: ErrValue, msg: "cycle: a after b after a",
+		},
+		{
 			name: "unknown ready",
 			toml: "[service.rx]\ncommand = \"rx\"\nready = \"fd:3\"\n",
 			line: 3, service: "rx", key: `key "ready"`, err: ErrValue, msg: `want "spawn" or "notify", got "fd:3"`,
