@@ -558,7 +558,7 @@ func (d *Daemon) schedule(s *service, delay time.Duration) {
 func (d *Daemon) armPromotion(s *service) {
 	s.cancelTimer()
 	gen := s.generation
-	if s.cfg.Ready == config.ReadyNotify && s.readyGen != gen {
+	if s.cfg.DeclaresReady() && s.readyGen != gen {
 		return // start_secs count from READY=1 (notified)
 	}
 	promote := func(mirror bool) {
@@ -576,7 +576,7 @@ func (d *Daemon) armPromotion(s *service) {
 		// (Spec.RunningAtSpawn) if it is recent enough: no call needed,
 		// which at every respawn had cost the plugin a fifth of its CPU
 		// in an exit flood.
-		promote(!d.pluginSetsRunning() || s.cfg.Ready == config.ReadyNotify)
+		promote(!d.pluginSetsRunning() || s.cfg.DeclaresReady())
 		return
 	}
 	seq := s.timerSeq
@@ -755,7 +755,7 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	return plugin.Spec{
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
-		RunningAtSpawn: p.StartWindow <= 0 && c.Ready != config.ReadyNotify,
+		RunningAtSpawn: p.StartWindow <= 0 && !c.DeclaresReady(),
 		Name:           c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,

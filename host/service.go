@@ -108,9 +108,9 @@ func (s *service) status() api.ServiceStatus {
 	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
 	}
-	if s.cfg.Ready == config.ReadyNotify && s.pid != 0 && s.readyGen != s.generation {
+	if s.cfg.DeclaresReady() && s.pid != 0 && s.readyGen != s.generation {
 		// The slot's PID word is 0 until the service sends READY=1.
-		st.PID, st.Uptime, st.Reason = 0, "", "waiting for READY=1"
+		st.PID, st.Uptime, st.Reason = 0, "", "waiting for readiness ("+s.cfg.Ready+")"
 	}
 	if s.hung != "" {
 		// The slot reads 0 and hung from the missed deadline to the exit.

@@ -67,6 +67,9 @@ type Spec struct {
 const (
 	ReadySpawn  = "spawn"
 	ReadyNotify = "notify"
+	// ReadyFDPrefix: "fd:N", ready when the service writes a newline on
+	// its descriptor N (s6's notification-fd), 3 ≤ N ≤ 7.
+	ReadyFDPrefix = "fd:"
 )
 
 // Reasons of exit events.

@@ -86,7 +86,7 @@ start_secs = "0s"
 `, flag, tool))
 	h.Start()
 	st := h.WaitService("late", "spawned, waiting for READY=1", func(st api.ServiceStatus) bool {
-		return st.State == "starting" && st.Reason == "waiting for READY=1"
+		return st.State == "starting" && st.Reason == "waiting for readiness (notify)"
 	})
 	if st.PID != 0 {
 		t.Errorf("not ready: status pid %d, want 0", st.PID)
@@ -131,7 +131,7 @@ ready      = "notify"
 start_secs = "0s"
 `, flag, tool))
 	h.Start()
-	h.WaitService("a", "spawned, not ready", func(st api.ServiceStatus) bool { return st.Reason == "waiting for READY=1" })
+	h.WaitService("a", "spawned, not ready", func(st api.ServiceStatus) bool { return st.Reason == "waiting for readiness (notify)" })
 	for _, name := range []string{"b", "c"} {
 		st := h.ServiceStatus(name)
 		if st.Generation != 0 || st.PID != 0 || !strings.Contains(st.Reason, "(after)") {

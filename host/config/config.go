@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -62,7 +63,29 @@ const (
 const (
 	ReadySpawn  = "spawn"  // up at the spawn
 	ReadyNotify = "notify" // up when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
+	// ReadyFD is the prefix of "fd:N": up when it writes a newline on its
+	// descriptor N (s6's notification-fd), N in MinReadyFD..MaxReadyFD.
+	ReadyFD    = "fd:"
+	MinReadyFD = 3
+	MaxReadyFD = 7
 )
+
+// ReadyFDNumber is N of a ready value "fd:N", or -1 if it is not one.
+func ReadyFDNumber(ready string) int {
+	v, ok := strings.CutPrefix(ready, ReadyFD)
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < MinReadyFD || n > MaxReadyFD || strconv.Itoa(n) != v {
+		return -1
+	}
+	return n
+}
+
+// DeclaresReady reports whether the service says when it is ready (ready
+// "notify" or "fd:N") rather than being up at the spawn.
+func (s *Service) DeclaresReady() bool { return s.Ready != ReadySpawn && s.Ready != "" }
 
 // Config is a loaded, validated configuration: the main file plus its
 // includes. A Config is not modified by this package after Load returns and

@@ -117,8 +117,8 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name: "unknown ready",
-			toml: "[service.rx]\ncommand = \"rx\"\nready = \"fd:3\"\n",
-			line: 3, service: "rx", key: `key "ready"`, err: ErrValue, msg: `want "spawn" or "notify", got "fd:3"`,
+			toml: "[service.rx]\ncommand = \"rx\"\nready = \"fd:9\"\n",
+			line: 3, service: "rx", key: `key "ready"`, err: ErrValue, msg: `want "spawn", "notify" or "fd:N" with N in 3..7, got "fd:9"`,
 		},
 		{
 			name: "zero ready_timeout",

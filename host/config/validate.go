@@ -265,10 +265,10 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	if s.WatchdogGrace <= 0 {
 		add("watchdog_grace", ErrValue, "must be more than 0s (the time a hung service gets to dump core before SIGKILL)")
 	}
-	switch s.Ready {
-	case ReadySpawn, ReadyNotify:
+	switch {
+	case s.Ready == ReadySpawn, s.Ready == ReadyNotify, ReadyFDNumber(s.Ready) >= 0:
 	default:
-		add("ready", ErrValue, "want \"spawn\" or \"notify\", got %q", s.Ready)
+		add("ready", ErrValue, "want \"spawn\", \"notify\" or \"fd:N\" with N in %d..%d, got %q", MinReadyFD, MaxReadyFD, s.Ready)
 	}
 	if s.ReadyTimeout <= 0 {
 		add("ready_timeout", ErrValue, "must be more than 0s")

@@ -47,7 +47,22 @@ type notifySocket struct {
 }
 
 // needsReady reports whether spec's service declares its readiness.
-func needsReady(spec plugin.Spec) bool { return spec.Ready == plugin.ReadyNotify }
+func needsReady(spec plugin.Spec) bool {
+	return spec.Ready == plugin.ReadyNotify || readyFD(spec.Ready) >= 0
+}
+
+// readyFD is N of Spec.Ready "fd:N" (3 ≤ N < 3+maxExtraFDs), else -1.
+func readyFD(ready string) int {
+	v, ok := strings.CutPrefix(ready, plugin.ReadyFDPrefix)
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 3 || n >= 3+maxExtraFDs || strconv.Itoa(n) != v {
+		return -1
+	}
+	return n
+}
 
 // planReady sets p up for the readiness its Spec asks for: with "notify",
 // the service's socket (made at its first spawn, kept while the service
@@ -60,7 +75,20 @@ func (s *Shim) planReady(p *startPlan) error {
 		return nil
 	case plugin.ReadyNotify:
 	default:
-		return badSpec(errors.New(`want "spawn" or "notify"`), "spawn %q: ready %q", spec.Name, spec.Ready)
+		n := readyFD(spec.Ready)
+		if n < 0 {
+			return badSpec(errors.New(`want "spawn", "notify" or "fd:N" (3 ≤ N ≤ 7)`), "spawn %q: ready %q", spec.Name, spec.Ready)
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fmt.Errorf("spawn %q: ready %q: %w", spec.Name, spec.Ready, err)
+		}
+		for len(p.attr.extra) < n-3 {
+			p.attr.extra = append(p.attr.extra, -1)
+		}
+		p.attr.extra = append(p.attr.extra, int(w.Fd()))
+		p.readyR, p.readyW = r, w
+		return nil
 	}
 	ns, err := s.notifySocketOf(p.svc)
 	if err != nil {
@@ -239,11 +267,33 @@ func (s *Shim) declareReady(inc *incarnation) {
 	s.startWatchdog(inc)
 }
 
+// readLine waits for a newline on inc's notification pipe (ready "fd:N",
+// s6's notification-fd) and declares inc ready; EOF (every writer gone)
+// leaves it to the ready timeout or the exit.
+func (s *Shim) readLine(inc *incarnation, r *os.File) {
+	defer r.Close()
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if bytes.IndexByte(buf[:n], '\n') >= 0 {
+			s.declareReady(inc)
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // armReady starts inc's ready timeout when its Spec declares readiness:
 // not ready by then, it is killed (exit Reason ReadyTimeoutReason).
 func (s *Shim) armReady(inc *incarnation, spec plugin.Spec) {
 	if inc.ready.Load() {
 		return
+	}
+	if r := inc.readyR; r != nil {
+		inc.readyR = nil
+		go s.readLine(inc, r)
 	}
 	timeout := spec.ReadyTimeout
 	if timeout <= 0 {

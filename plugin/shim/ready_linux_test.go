@@ -131,3 +131,33 @@ func TestReadyTimeout(t *testing.T) {
 		t.Fatalf("slot %+v; want pid 0, exited", sl)
 	}
 }
+
+// TestReadyFD: with ready "fd:3" (s6's notification-fd) the PID word stays
+// 0 until the service writes a newline on its descriptor 3; the beat area
+// then comes on 4.
+func TestReadyFD(t *testing.T) {
+	h, _ := readyHarness(t)
+	goFile := tempPath(t, "go")
+	out := tempPath(t, "beatfd")
+	spec := plugin.Spec{Name: "s6", UID: -1, GID: -1, Stdout: "null", Stderr: "null",
+		Env: []string{"PATH=/usr/bin:/bin"}, Ready: "fd:3", Watchdog: time.Hour,
+		Command: []string{"/bin/sh", "-c", `echo "$HB_BEAT_FD" > "$2"; while [ ! -e "$1" ]; do sleep 0.01; done; echo >&3; exec sleep 1000`,
+			"sh", goFile, out}}
+	res := h.spawn(spec)
+	waitFor(t, "the child's report", func() bool { b, _ := os.ReadFile(out); return len(b) > 0 })
+	if got := strings.TrimSpace(readFile(t, out)); got != "4" {
+		t.Errorf("HB_BEAT_FD=%q beside ready fd:3, want 4", got)
+	}
+	if sl := h.slot(res.Slot); sl.PID != 0 || sl.State != shm.StateStarting {
+		t.Fatalf("not yet ready: slot %+v; want pid word 0, starting", sl)
+	}
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ev := h.next(plugin.EventReady, "s6"); ev.PID != res.PID {
+		t.Fatalf("ready event %+v; want pid %d", ev, res.PID)
+	}
+	if sl := h.slot(res.Slot); int(sl.PID) != res.PID {
+		t.Fatalf("ready: slot pid %d, want %d", sl.PID, res.PID)
+	}
+}

@@ -178,6 +178,9 @@ type incarnation struct {
 	notifyBeats atomic.Uint64
 	// status is the last STATUS= text, nil if none.
 	status atomic.Pointer[string]
+	// readyR is the read end of the notification pipe (ready "fd:N"),
+	// handed to readLine by armReady.
+	readyR *os.File
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.

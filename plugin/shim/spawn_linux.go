@@ -99,6 +99,9 @@ type startPlan struct {
 	gen   uint64
 	attr  procAttr
 	beat  *shm.BeatArea // the watchdog's beat area, until takeBeat or dropBeat
+	// readyR, readyW: the notification pipe of ready "fd:N" (readyW is
+	// the child's N), until takeBeat or dropBeat.
+	readyR, readyW *os.File
 }
 
 // planStart works out how to start the next incarnation of svc. A respawn

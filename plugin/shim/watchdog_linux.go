@@ -323,9 +323,17 @@ func (p *startPlan) planBeat() error {
 // dropBeat releases a beat area the plan did not hand to an incarnation
 // (its spawn failed, or did not happen).
 func (p *startPlan) dropBeat() {
-	if p != nil && p.beat != nil {
+	if p == nil {
+		return
+	}
+	if p.beat != nil {
 		p.beat.Close()
 		p.beat = nil
+	}
+	if p.readyR != nil {
+		p.readyR.Close()
+		p.readyW.Close()
+		p.readyR, p.readyW = nil, nil
 	}
 }
 
@@ -335,6 +343,10 @@ func (p *startPlan) takeBeat(inc *incarnation) {
 	if p.beat != nil {
 		p.beat.CloseFD()
 		inc.beat, p.beat = p.beat, nil
+	}
+	if p.readyR != nil {
+		p.readyW.Close() // the child has its own
+		inc.readyR, p.readyR, p.readyW = p.readyR, nil, nil
 	}
 }
 
