@@ -94,7 +94,11 @@ start_secs = "0s"
 	if s := h.Slot("late"); s.PID != 0 || s.State != shm.StateStarting || s.Generation == 0 {
 		t.Fatalf("not ready: slot %+v; want pid 0, starting, spawned", s)
 	}
+	_, wait := h.StartCtl("wait", "late", "--ready", "--timeout", "30s")
 	h.WriteFile(flag, "")
+	if r := wait(); r.Code != 0 {
+		t.Errorf("hbctl wait late --ready: %v", r)
+	}
 	s := h.WaitSlot("late", "ready", func(s shm.Slot) bool { return s.PID != 0 })
 	st = h.WaitService("late", "running, status warm", func(st api.ServiceStatus) bool { return IsRunning(st) && st.StatusText == "warm" })
 	if st.PID != int(s.PID) {
