@@ -281,7 +281,7 @@ func (d *Daemon) reconcile() error {
 			d.decide(s, int(sl.LastStatus), time.Time{})
 		}
 	}
-	d.spawnMany(autostart, d.info.Slots-len(slots), "autostart")
+	d.spawnMany(d.holdAfter(autostart), d.info.Slots-len(slots), "autostart")
 	for name, sl := range byName {
 		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
 		go d.dropOrphan(name, sl)
@@ -387,7 +387,46 @@ func (d *Daemon) report(ev plugin.Event) {
 			Time: time.Unix(0, ev.TimeUnixNs)})
 	case plugin.EventLog:
 		d.logProblem(ev)
+	case plugin.EventHung:
+		d.hung(ev)
+	case plugin.EventReady, plugin.EventStatus:
+		d.notified(ev)
 	}
+}
+
+// notified records a service's readiness (plugin.EventReady: from here its
+// start_secs count) and STATUS= text (EventStatus, and EventReady's
+// Message). Called with mu held.
+func (d *Daemon) notified(ev plugin.Event) {
+	s := d.svcs[ev.Name]
+	if s == nil || ev.Generation != s.generation {
+		return
+	}
+	if ev.Message != "" || ev.Kind == plugin.EventStatus {
+		s.statusText = ev.Message
+	}
+	if ev.Kind != plugin.EventReady || s.readyGen == s.generation {
+		return
+	}
+	s.readyGen = s.generation
+	d.log.Info("ready", "service", ev.Name, "pid", ev.PID, "generation", ev.Generation, "status", ev.Message)
+	d.publish(api.Event{Kind: api.EventReady, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+		Reason: ev.Message, Time: time.Unix(0, ev.TimeUnixNs)})
+	if s.pid != 0 && s.state() == policy.StateStarting {
+		d.armPromotion(s)
+	}
+}
+
+// hung records and publishes that the current incarnation of ev's service
+// missed its watchdog deadline (plugin.EventHung). Called with mu held.
+func (d *Daemon) hung(ev plugin.Event) {
+	if s := d.svcs[ev.Name]; s != nil && ev.Generation == s.generation && s.pid == ev.PID {
+		s.hung = ev.Message
+	}
+	d.log.Warn("hung: missed its watchdog deadline; killing", "service", ev.Name, "pid", ev.PID,
+		"generation", ev.Generation, "since_beat", time.Duration(ev.SinceBeatNs))
+	d.publish(api.Event{Kind: api.EventHung, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
+		State: api.StateHung, Reason: ev.Message, Time: time.Unix(0, ev.TimeUnixNs)})
 }
 
 // logProblem records what a log event says about its service's log files
@@ -417,14 +456,15 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		s.pid = 0
+		s.hung = ""
 		s.exits++
 		s.lastStatus = ev.Status
 		s.lastExit = time.Unix(0, ev.TimeUnixNs)
 		close(s.down)
 		d.log.Info("exited", "service", s.cfg.Name, "pid", ev.PID, "status", ev.Status, "source", ev.Source,
-			"generation", ev.Generation, "respawned", ev.Respawned)
+			"generation", ev.Generation, "respawned", ev.Respawned, "reason", ev.Reason)
 		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
-			Status: ev.Status, Source: ev.Source, Time: s.lastExit})
+			Status: ev.Status, Source: ev.Source, Reason: ev.Reason, Time: s.lastExit})
 		if ev.Respawned {
 			// The plugin applied this policy decision itself (Spec.Respawn):
 			// a run of at least start_secs, respawned at once. Its spawn
@@ -432,8 +472,12 @@ func (d *Daemon) handle(ev plugin.Event) {
 			s.failedStarts = 0
 			return
 		}
-		d.decide(s, ev.Status, s.startedAt)
-	case plugin.EventAdopt, plugin.EventLog:
+		startedAt := s.startedAt
+		if ev.Reason == plugin.ReasonReadyTimeout {
+			startedAt = time.Now() // never ready: a failed start, however long it took
+		}
+		d.decide(s, ev.Status, startedAt)
+	case plugin.EventAdopt, plugin.EventLog, plugin.EventHung, plugin.EventReady, plugin.EventStatus:
 		d.report(ev)
 	case plugin.EventSpawn:
 		// hbd's own spawns are recorded when Spawn returns; a newer
@@ -514,6 +558,9 @@ func (d *Daemon) schedule(s *service, delay time.Duration) {
 func (d *Daemon) armPromotion(s *service) {
 	s.cancelTimer()
 	gen := s.generation
+	if s.cfg.DeclaresReady() && s.readyGen != gen {
+		return // start_secs count from READY=1 (notified)
+	}
 	promote := func(mirror bool) {
 		if s.generation != gen || s.pid == 0 || s.state() != policy.StateStarting {
 			return
@@ -529,7 +576,7 @@ func (d *Daemon) armPromotion(s *service) {
 		// (Spec.RunningAtSpawn) if it is recent enough: no call needed,
 		// which at every respawn had cost the plugin a fifth of its CPU
 		// in an exit flood.
-		promote(!d.pluginSetsRunning())
+		promote(!d.pluginSetsRunning() || s.cfg.DeclaresReady())
 		return
 	}
 	seq := s.timerSeq
@@ -708,11 +755,13 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	return plugin.Spec{
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
-		RunningAtSpawn: p.StartWindow <= 0,
+		RunningAtSpawn: p.StartWindow <= 0 && !c.DeclaresReady(),
 		Name:           c.Name, Command: argv, Dir: c.Directory, Env: env,
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
+		Watchdog: c.Watchdog, WatchdogSignal: c.WatchdogSignal, WatchdogGrace: c.WatchdogGrace,
+		Ready: c.Ready, ReadyTimeout: c.ReadyTimeout,
 	}, nil
 }
 
@@ -746,6 +795,9 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 	}
 	d.publish(api.Event{Kind: api.EventState, Name: s.cfg.Name, PID: s.pid, Generation: s.generation,
 		State: st.String(), Reason: reason})
+	if st == policy.StateRunning {
+		d.afterRunning()
+	}
 }
 
 // mirror writes s's state into its slot, so that peers reading the table see

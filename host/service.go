@@ -27,6 +27,17 @@ type service struct {
 	// logError is the plugin's last word on the service's log files
 	// (plugin.EventLog): why they cannot be written, "" when they can.
 	logError string
+	// hung is the plugin's word (plugin.EventHung) on the current
+	// incarnation: it missed its watchdog deadline and is being killed;
+	// "" otherwise. Cleared by its exit.
+	hung string
+	// statusText is the service's last STATUS= (sd_notify); readyGen the
+	// generation that declared itself ready (ready = "notify").
+	statusText string
+	readyGen   uint64
+	// afterWait: held back at hbd's start until the services of its after
+	// list run (after.go).
+	afterWait bool
 
 	failedStarts int
 	nextStart    time.Time
@@ -92,9 +103,18 @@ func (s *service) status() api.ServiceStatus {
 		NextStart:    s.nextStart,
 		FailedStarts: s.failedStarts,
 		LogError:     s.logError,
+		StatusText:   s.statusText,
 	}
 	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
+	}
+	if s.cfg.DeclaresReady() && s.pid != 0 && s.readyGen != s.generation {
+		// The slot's PID word is 0 until the service sends READY=1.
+		st.PID, st.Uptime, st.Reason = 0, "", "waiting for readiness ("+s.cfg.Ready+")"
+	}
+	if s.hung != "" {
+		// The slot reads 0 and hung from the missed deadline to the exit.
+		st.State, st.PID, st.Reason, st.Uptime = api.StateHung, 0, s.hung, ""
 	}
 	return st
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"strconv"
+	"syscall"
 	"time"
 
 	hbpb "github.com/hbshim/hb/plugin/proto"
@@ -35,7 +36,12 @@ func specToProto(s Spec) *hbpb.Spec {
 			ExitCodes:   toInt64s(s.Respawn.ExitCodes),
 			StartSecsNs: int64(s.Respawn.StartWindow),
 		},
-		RunningAtSpawn: s.RunningAtSpawn,
+		RunningAtSpawn:  s.RunningAtSpawn,
+		WatchdogNs:      int64(s.Watchdog),
+		WatchdogSignal:  int32(s.WatchdogSignal),
+		WatchdogGraceNs: int64(s.WatchdogGrace),
+		Ready:           s.Ready,
+		ReadyTimeoutNs:  int64(s.ReadyTimeout),
 	}
 }
 
@@ -89,6 +95,11 @@ func specFromProto(p *hbpb.Spec) Spec {
 			StartWindow: time.Duration(p.GetRespawn().GetStartSecsNs()),
 		},
 		RunningAtSpawn: p.GetRunningAtSpawn(),
+		Watchdog:       time.Duration(p.GetWatchdogNs()),
+		WatchdogSignal: syscall.Signal(p.GetWatchdogSignal()),
+		WatchdogGrace:  time.Duration(p.GetWatchdogGraceNs()),
+		Ready:          p.GetReady(),
+		ReadyTimeout:   time.Duration(p.GetReadyTimeoutNs()),
 	}
 }
 
@@ -197,36 +208,40 @@ func slotFromProto(p *hbpb.Slot) shm.Slot {
 
 func eventToProto(e Event) *hbpb.Event {
 	return &hbpb.Event{
-		Seq:        e.Seq,
-		Kind:       hbpb.EventKind(e.Kind),
-		Name:       e.Name,
-		Slot:       int64(e.Slot),
-		Pid:        int64(e.PID),
-		Generation: e.Generation,
-		Status:     int64(e.Status),
-		Source:     e.Source,
-		DetectedNs: e.DetectedNs,
-		TimeUnixNs: e.TimeUnixNs,
-		Adopted:    e.Adopted,
-		Respawned:  e.Respawned,
-		Message:    e.Message,
+		Seq:         e.Seq,
+		Kind:        hbpb.EventKind(e.Kind),
+		Name:        e.Name,
+		Slot:        int64(e.Slot),
+		Pid:         int64(e.PID),
+		Generation:  e.Generation,
+		Status:      int64(e.Status),
+		Source:      e.Source,
+		DetectedNs:  e.DetectedNs,
+		TimeUnixNs:  e.TimeUnixNs,
+		Adopted:     e.Adopted,
+		Respawned:   e.Respawned,
+		Message:     e.Message,
+		Reason:      e.Reason,
+		SinceBeatNs: e.SinceBeatNs,
 	}
 }
 
 func eventFromProto(p *hbpb.Event) Event {
 	return Event{
-		Seq:        p.GetSeq(),
-		Kind:       EventKind(p.GetKind()),
-		Name:       p.GetName(),
-		Slot:       int(p.GetSlot()),
-		PID:        int(p.GetPid()),
-		Generation: p.GetGeneration(),
-		Status:     int(p.GetStatus()),
-		Source:     p.GetSource(),
-		DetectedNs: p.GetDetectedNs(),
-		TimeUnixNs: p.GetTimeUnixNs(),
-		Adopted:    p.GetAdopted(),
-		Respawned:  p.GetRespawned(),
-		Message:    p.GetMessage(),
+		Seq:         p.GetSeq(),
+		Kind:        EventKind(p.GetKind()),
+		Name:        p.GetName(),
+		Slot:        int(p.GetSlot()),
+		PID:         int(p.GetPid()),
+		Generation:  p.GetGeneration(),
+		Status:      int(p.GetStatus()),
+		Source:      p.GetSource(),
+		DetectedNs:  p.GetDetectedNs(),
+		TimeUnixNs:  p.GetTimeUnixNs(),
+		Adopted:     p.GetAdopted(),
+		Respawned:   p.GetRespawned(),
+		Message:     p.GetMessage(),
+		Reason:      p.GetReason(),
+		SinceBeatNs: p.GetSinceBeatNs(),
 	}
 }

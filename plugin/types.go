@@ -37,7 +37,49 @@ type Spec struct {
 	// spawn on rather than StateStarting; the host has nothing to correct
 	// afterwards (plugins of FeatureVersion FeatureRunningAtSpawn and later).
 	RunningAtSpawn bool
+	// Watchdog, when not 0, arms the heartbeat watchdog: the service gets
+	// a beat area (HB_BEAT_FD) and must change its counter (shm.Beat,
+	// hb_beat) at least once per Watchdog. A period without a beat sets
+	// the slot's PID word to 0 and its state to hung, emits EventHung,
+	// sends WatchdogSignal to the process and SIGKILL to its group after
+	// WatchdogGrace; the exit is then handled as any other, with Reason
+	// "watchdog" (plugins of FeatureVersion FeatureWatchdog and later).
+	Watchdog time.Duration
+	// WatchdogSignal is sent to a hung service's main process (0: SIGABRT,
+	// so that a core dump shows where it hung).
+	WatchdogSignal syscall.Signal
+	// WatchdogGrace is how long after WatchdogSignal the process group is
+	// SIGKILLed (0: 5s).
+	WatchdogGrace time.Duration
+	// Ready says when the service is ready: "" or ReadySpawn at the spawn;
+	// ReadyNotify when it sends READY=1 by the sd_notify protocol to the
+	// socket named by NOTIFY_SOCKET (plugins of FeatureVersion
+	// FeatureReady and later). Until then the slot's PID word stays 0 and
+	// its state starting, so a peer's one load means "ready"; EventReady
+	// marks the moment.
+	Ready string
+	// ReadyTimeout: a service not ready this long after its spawn is
+	// killed (its exit's Reason is ReasonReadyTimeout; 0: 90s).
+	ReadyTimeout time.Duration
 }
+
+// Values of Spec.Ready.
+const (
+	ReadySpawn  = "spawn"
+	ReadyNotify = "notify"
+	// ReadyFDPrefix: "fd:N", ready when the service writes a newline on
+	// its descriptor N (s6's notification-fd), 3 ≤ N ≤ 7.
+	ReadyFDPrefix = "fd:"
+)
+
+// Reasons of exit events.
+const (
+	// ReasonWatchdog: killed for missing the watchdog deadline.
+	ReasonWatchdog = "watchdog"
+	// ReasonReadyTimeout: killed for not declaring itself ready within
+	// Spec.ReadyTimeout; the host counts it as a failed start.
+	ReasonReadyTimeout = "ready_timeout"
+)
 
 // Respawn is the part of the host's restart policy the plugin applies on
 // its own: an exit after a run of at least StartWindow whose status the policy
@@ -78,6 +120,10 @@ type SpawnResult struct {
 const (
 	// FeatureRunningAtSpawn: the plugin honours Spec.RunningAtSpawn.
 	FeatureRunningAtSpawn = 2
+	// FeatureWatchdog: the plugin honours Spec.Watchdog.
+	FeatureWatchdog = 3
+	// FeatureReady: the plugin honours Spec.Ready.
+	FeatureReady = 4
 )
 
 // EventKind says what an Event reports.
@@ -94,6 +140,16 @@ const (
 	// why: its log_dir is full) or writable again (Message empty). Sent
 	// once per change; hosts that do not know it ignore it.
 	EventLog EventKind = 4
+	// EventHung: the service missed its watchdog deadline (Spec.Watchdog):
+	// its slot's PID word is already 0 and its state hung; SinceBeatNs says
+	// how long it had not beaten. Its EventExit (Reason "watchdog")
+	// follows once it is killed. Hosts that do not know it ignore it.
+	EventHung EventKind = 5
+	// EventReady: the service declared itself ready (Spec.Ready); its PID
+	// is now in the slot. Message is its last STATUS= text, if any.
+	EventReady EventKind = 6
+	// EventStatus: the service sent a STATUS= text (Message).
+	EventStatus EventKind = 7
 )
 
 func (k EventKind) String() string {
@@ -106,6 +162,12 @@ func (k EventKind) String() string {
 		return "adopt"
 	case EventLog:
 		return "log"
+	case EventHung:
+		return "hung"
+	case EventReady:
+		return "ready"
+	case EventStatus:
+		return "status"
 	}
 	return "unknown"
 }
@@ -135,6 +197,12 @@ type Event struct {
 	// Message (log events) says what is wrong with the service's log
 	// files; empty when the problem has cleared.
 	Message string
+	// Reason (exit events) is "watchdog" when the plugin killed the
+	// process for missing its watchdog deadline; empty otherwise.
+	Reason string
+	// SinceBeatNs (hung events) is the time from the last beat the plugin
+	// saw (or the spawn, before the first) to the check that found none.
+	SinceBeatNs uint64
 }
 
 // Info describes a running plugin.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func TestConvertRoundTrip(t *testing.T) {
 		Name: "rx", Command: []string{"/bin/rx", "-v"}, Dir: "/srv", Env: []string{"A=1", "B=2"},
 		UID: -1, GID: 4294967294, Groups: []int{10, 20}, Stdout: "file", Stderr: "inherit",
 		LogDir: "/var/log/hb", LogMaxBytes: 1 << 40, LogBackups: 7, RunningAtSpawn: true,
+		Watchdog: 20 * time.Millisecond, WatchdogSignal: syscall.SIGQUIT, WatchdogGrace: 3 * time.Second,
 		Respawn: Respawn{Enabled: true, OnFailure: true, ExitCodes: []int{0, 2}, StartWindow: 1500 * time.Millisecond},
 	}
 	if diff := cmp.Diff(spec, specFromProto(specToProto(spec))); diff != "" {
@@ -53,6 +55,8 @@ func TestConvertRoundTrip(t *testing.T) {
 		{Seq: 1, Kind: EventSpawn, Name: "a", Slot: 2, PID: 3, Generation: 4, Status: -1, DetectedNs: 5, TimeUnixNs: -6},
 		{Seq: 2, Kind: EventExit, Name: "a", PID: 3, Status: 137, Source: "connector", Adopted: true},
 		{Seq: 3, Kind: EventAdopt, Name: "b", Source: "adopt"},
+		{Seq: 4, Kind: EventHung, Name: "c", PID: 9, SinceBeatNs: 21_000_000},
+		{Seq: 5, Kind: EventExit, Name: "c", PID: 9, Status: 134, Reason: "watchdog"},
 	} {
 		if diff := cmp.Diff(ev, eventFromProto(eventToProto(ev))); diff != "" {
 			t.Errorf("Event %d (-want +got):\n%s", ev.Seq, diff)

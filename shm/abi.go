@@ -94,6 +94,9 @@ const (
 	StateExited   State = 5 // exited, will not be restarted by policy
 	StateFatal    State = 6 // gave up restarting
 	StateStopping State = 7 // being stopped on request
+	// StateHung: the service missed its watchdog deadline; its PID word was
+	// set to 0 at once and the process is being killed.
+	StateHung State = 8
 )
 
 var stateNames = [...]string{
@@ -105,6 +108,7 @@ var stateNames = [...]string{
 	StateExited:   "exited",
 	StateFatal:    "fatal",
 	StateStopping: "stopping",
+	StateHung:     "hung",
 }
 
 // String returns the lower-case name of s ("running"), or "state(N)" for a

@@ -9,7 +9,7 @@ import (
 )
 
 func TestStateNames(t *testing.T) {
-	want := []string{"free", "stopped", "starting", "running", "backoff", "exited", "fatal", "stopping"}
+	want := []string{"free", "stopped", "starting", "running", "backoff", "exited", "fatal", "stopping", "hung"}
 	for i, name := range want {
 		s := State(i)
 		if got := s.String(); got != name {
@@ -23,11 +23,11 @@ func TestStateNames(t *testing.T) {
 			t.Errorf("ParseState(%q) = %v, %v; want %v", name, got, err, s)
 		}
 	}
-	if got := State(8).String(); got != "state(8)" {
-		t.Errorf("State(8).String() = %q", got)
+	if got := State(9).String(); got != "state(9)" {
+		t.Errorf("State(9).String() = %q", got)
 	}
-	if State(8).Valid() {
-		t.Error("State(8).Valid() = true")
+	if State(9).Valid() {
+		t.Error("State(9).Valid() = true")
 	}
 	if _, err := ParseState("Running"); err == nil {
 		t.Error("ParseState(Running): no error")

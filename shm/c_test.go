@@ -19,7 +19,7 @@ var cflags = []string{"-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-I", ".
 
 // buildC compiles src with gcc into a temporary directory, warning-free, and
 // returns the binary's path. It skips the test if gcc is not installed.
-func buildC(t *testing.T, src string) string {
+func buildC(t testing.TB, src string) string {
 	t.Helper()
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {

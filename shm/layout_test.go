@@ -17,7 +17,7 @@ const goldenFile = "testdata/table-v1.golden"
 //
 //	slot 0 "rx"       running, pid 1001, generation 1
 //	slot 1 "tx"       backoff after pid 1002 was killed (137), adopted flag
-//	slot 2 "ips-0.a"  stopped, never started
+//	slot 2 "ips-0.a"  hung: pid 1003 missed its watchdog deadline (pid 0, state 8)
 //	slot 3            free again after "tmp" came and went (seq 4)
 func goldenTable(t *testing.T) []byte {
 	t.Helper()
@@ -43,6 +43,10 @@ func goldenTable(t *testing.T) []byte {
 		t.Fatal("ClearPID(tx, 1002) = false")
 	}
 	w.RecordExit(tx, 1002, 137, 9_999_000, StateBackoff)
+	w.Spawned(ips, 1003, 1, 123458, StateRunning, 0)
+	if !w.ClearPID(ips, 1003) || !w.SetStateOf(ips, StateHung, 1) {
+		t.Fatal("ips-0.a could not be made hung")
+	}
 	w.Beat()
 	b, err := os.ReadFile(w.Path())
 	if err != nil {
@@ -202,7 +206,7 @@ func TestGoldenReadable(t *testing.T) {
 	want := []string{
 		"0 rx 1001 running gen=1 exits=0 last=-1/0 flags=0",
 		"1 tx 0 backoff gen=1 exits=1 last=137/1002 flags=1",
-		"2 ips-0.a 0 stopped gen=0 exits=0 last=-1/0 flags=0",
+		"2 ips-0.a 0 hung gen=1 exits=0 last=-1/0 flags=0",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("used slots:\n got %q\nwant %q", got, want)

@@ -769,6 +769,24 @@ func (w *Writer) ClearPID(i int, pid uint32) bool {
 	return true
 }
 
+// Publish stores pid in slot i's PID word if the slot is incarnation gen
+// and its PID word is 0: the moment a spawned service that declares its
+// readiness becomes ready (it was recorded by Spawned with PID 0). It
+// reports whether it stored.
+func (w *Writer) Publish(i int, pid uint32, gen uint64) bool {
+	if pid == 0 {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := w.mustSlot(i, true)
+	if atomic.LoadUint64(w.u64(off+slGeneration)) != gen || atomic.LoadUint32(w.u32(off+slPID)) != 0 {
+		return false
+	}
+	w.st32(off+slPID, pid)
+	return true
+}
+
 // RecordExit records the exit of pid from slot i. It first clears the PID
 // (ClearPID: the PID is 0 before anything about the exit is visible); then,
 // under the seqlock, it sets state and changed_ns (now), last_status,

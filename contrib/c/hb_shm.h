@@ -37,6 +37,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -79,7 +80,8 @@ enum hb_state {
 	HB_STATE_BACKOFF = 4,
 	HB_STATE_EXITED = 5,
 	HB_STATE_FATAL = 6,
-	HB_STATE_STOPPING = 7
+	HB_STATE_STOPPING = 7,
+	HB_STATE_HUNG = 8 /* missed its watchdog deadline: pid already 0, being killed */
 };
 
 /* A mapped table. Treat as opaque; fill with hb_open, release with hb_close. */
@@ -369,7 +371,7 @@ static inline int hb_lookup(const struct hb_table *t, const char *svc)
 static inline const char *hb_state_name(uint32_t state)
 {
 	static const char *const names[] = {
-		"free", "stopped", "starting", "running", "backoff", "exited", "fatal", "stopping",
+		"free", "stopped", "starting", "running", "backoff", "exited", "fatal", "stopping", "hung",
 	};
 	return state < sizeof names / sizeof names[0] ? names[state] : "unknown";
 }
@@ -388,6 +390,73 @@ static inline const char *hb_strerror(int rc)
 	case ERANGE: return "slot index out of range";
 	default: return strerror(-rc);
 	}
+}
+
+/*
+ * The watchdog beat (a service started by hb with `watchdog = "..."`).
+ *
+ *     for (;;) { hb_beat(); process_burst(); }   // one relaxed store
+ *
+ * hb hands the service a beat area at spawn: a sealed memfd (it cannot be
+ * grown or shrunk) inherited on the descriptor named by $HB_BEAT_FD, whose
+ * first 8 bytes are a counter only this service (and the plugin, which
+ * reads it) can reach; the table itself stays written by the plugin alone.
+ * The plugin checks the counter once per watchdog period: a period without
+ * a change makes the slot read 0 and the state hung (docs/watchdog.md).
+ * Beats from several threads may overwrite each other's increment, never
+ * all of them: any change counts. Without $HB_BEAT_FD (not run by hb, or no
+ * watchdog) hb_beat does nothing. The first call maps the area; call
+ * hb_beat_init() first to do it outside the hot path and learn whether a
+ * watchdog is set (1), none is (0), or the descriptor is unusable (< 0).
+ */
+#define HB_BEAT_FD_ENV "HB_BEAT_FD"
+#define HB_BEAT_SIZE 4096u
+
+#if ATOMIC_LLONG_LOCK_FREE != 2
+#error "hb_shm.h needs lock-free 64-bit atomics for hb_beat"
+#endif
+
+static _Atomic(uint64_t *) hb__beat_word;
+static _Atomic int hb__beat_tried;
+
+static inline int hb_beat_init(void)
+{
+	const char *v;
+	char *end;
+	long fd;
+	void *p;
+
+	if (atomic_load_explicit(&hb__beat_word, memory_order_acquire) != NULL)
+		return 1;
+	atomic_store_explicit(&hb__beat_tried, 1, memory_order_relaxed);
+	v = getenv(HB_BEAT_FD_ENV);
+	if (v == NULL || *v == '\0')
+		return 0;
+	errno = 0;
+	fd = strtol(v, &end, 10);
+	if (errno != 0 || *end != '\0' || fd < 0 || fd > INT_MAX)
+		return -EINVAL;
+	p = mmap(NULL, HB_BEAT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	atomic_store_explicit(&hb__beat_word, (uint64_t *)p, memory_order_release);
+	return 1;
+}
+
+/* hb_beat tells hb the service is making progress: a relaxed load and
+ * store of the beat counter, no system call, no fence. */
+static inline void hb_beat(void)
+{
+	uint64_t *w = atomic_load_explicit(&hb__beat_word, memory_order_relaxed);
+	_Atomic uint64_t *c;
+
+	if (__builtin_expect(w == NULL, 0)) {
+		if (atomic_load_explicit(&hb__beat_tried, memory_order_relaxed) || hb_beat_init() != 1)
+			return;
+		w = atomic_load_explicit(&hb__beat_word, memory_order_relaxed);
+	}
+	c = (_Atomic uint64_t *)(void *)w;
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
 #endif /* HB_SHM_H */

@@ -15,7 +15,13 @@ const (
 	EventState  = "state"  // the service's state changed to State; Reason says why
 	EventAdopt  = "adopt"  // a running process was adopted from the shm table after a restart
 	EventReload = "reload" // the configuration was reloaded; Name is empty, Reason summarises
+	EventHung   = "hung"   // an incarnation missed its watchdog deadline; Reason says how long since its last beat
+	EventReady  = "ready"  // an incarnation declared itself ready (ready = "notify"); its PID is now in the slot
 )
+
+// StateHung is ServiceStatus.State of a service that missed its watchdog
+// deadline and is being killed (the shm slot's state hung).
+const StateHung = "hung"
 
 // ServiceStatus is the manager's view of one service, as returned by
 // GET /v1/services and GET /v1/services/{name}.
@@ -57,6 +63,8 @@ type ServiceStatus struct {
 	// LogError says why the service's log files cannot be written (its
 	// log_dir is full, so its output is being lost); absent when they can.
 	LogError string `json:"log_error,omitempty"`
+	// StatusText is the service's last STATUS= text (sd_notify), if any.
+	StatusText string `json:"status_text,omitempty"`
 }
 
 // Event is one line of GET /v1/events.

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,7 +51,41 @@ const (
 	SocketPathMax = 107
 	// MaxSignal is the largest stop_signal number (SIGRTMAX on Linux).
 	MaxSignal = signame.Max
+	// MinWatchdog is the shortest watchdog period.
+	MinWatchdog = time.Millisecond
+	// DefaultWatchdogGrace is watchdog_grace's default.
+	DefaultWatchdogGrace = 5 * time.Second
+	// DefaultReadyTimeout is ready_timeout's default.
+	DefaultReadyTimeout = 90 * time.Second
 )
+
+// Values of [Service].Ready.
+const (
+	ReadySpawn  = "spawn"  // up at the spawn
+	ReadyNotify = "notify" // up when it sends READY=1 to $NOTIFY_SOCKET (sd_notify)
+	// ReadyFD is the prefix of "fd:N": up when it writes a newline on its
+	// descriptor N (s6's notification-fd), N in MinReadyFD..MaxReadyFD.
+	ReadyFD    = "fd:"
+	MinReadyFD = 3
+	MaxReadyFD = 7
+)
+
+// ReadyFDNumber is N of a ready value "fd:N", or -1 if it is not one.
+func ReadyFDNumber(ready string) int {
+	v, ok := strings.CutPrefix(ready, ReadyFD)
+	if !ok {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < MinReadyFD || n > MaxReadyFD || strconv.Itoa(n) != v {
+		return -1
+	}
+	return n
+}
+
+// DeclaresReady reports whether the service says when it is ready (ready
+// "notify" or "fd:N") rather than being up at the spawn.
+func (s *Service) DeclaresReady() bool { return s.Ready != ReadySpawn && s.Ready != "" }
 
 // Config is a loaded, validated configuration: the main file plus its
 // includes. A Config is not modified by this package after Load returns and
@@ -117,6 +152,20 @@ type Service struct {
 	Stderr       string
 	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
 	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
+	// Watchdog, when not 0, is the heartbeat period: the service must beat
+	// (shm.Beat, hb_beat) at least this often or it is hung.
+	Watchdog       time.Duration
+	WatchdogSignal syscall.Signal // sent to a hung service (default SIGABRT)
+	WatchdogGrace  time.Duration  // then SIGKILL to its process group
+	// Ready is when the service counts as up: ReadySpawn, or ReadyNotify
+	// (it sends READY=1 by the sd_notify protocol); ReadyTimeout bounds
+	// the wait.
+	Ready        string
+	ReadyTimeout time.Duration
+	// After names the services this one starts after: at hbd's start it
+	// is spawned only once each of them is running (ready, with ready =
+	// "notify"). Validate rejects unknown names and cycles.
+	After []string
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -155,6 +204,11 @@ func DefaultService(name string) *Service {
 		Stderr:       OutputFile,
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
+
+		WatchdogSignal: syscall.SIGABRT,
+		WatchdogGrace:  DefaultWatchdogGrace,
+		Ready:          ReadySpawn,
+		ReadyTimeout:   DefaultReadyTimeout,
 	}
 }
 
@@ -226,7 +280,13 @@ func (s *Service) Equal(o *Service) bool {
 		s.Stdout == o.Stdout &&
 		s.Stderr == o.Stderr &&
 		s.LogMaxBytes == o.LogMaxBytes &&
-		s.LogBackups == o.LogBackups
+		s.LogBackups == o.LogBackups &&
+		s.Watchdog == o.Watchdog &&
+		s.WatchdogSignal == o.WatchdogSignal &&
+		s.WatchdogGrace == o.WatchdogGrace &&
+		s.Ready == o.Ready &&
+		s.ReadyTimeout == o.ReadyTimeout &&
+		slices.Equal(s.After, o.After)
 }
 
 // Diff compares two configurations for a reload: added are services only in

@@ -73,6 +73,11 @@ func TestDefaults(t *testing.T) {
 		Stderr:       "file",
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
+
+		WatchdogSignal: syscall.SIGABRT,
+		WatchdogGrace:  5 * time.Second,
+		Ready:          "spawn",
+		ReadyTimeout:   90 * time.Second,
 	}
 	if diff := cmp.Diff(want, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
@@ -116,6 +121,11 @@ stdout = "inherit"
 stderr = "null"
 log_max_bytes = "512KiB"
 log_backups = 0
+watchdog = "20ms"
+watchdog_signal = "QUIT"
+watchdog_grace = "2s"
+ready = "notify"
+ready_timeout = "3s"
 
 [service.tx]
 command = ["tx", ""]
@@ -160,6 +170,12 @@ user = "1000"
 		Stderr:       "null",
 		LogMaxBytes:  512 << 10,
 		LogBackups:   0,
+
+		Watchdog:       20 * time.Millisecond,
+		WatchdogSignal: syscall.SIGQUIT,
+		WatchdogGrace:  2 * time.Second,
+		Ready:          "notify",
+		ReadyTimeout:   3 * time.Second,
 	}
 	if diff := cmp.Diff(rx, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("rx (-want +got):\n%s", diff)

@@ -91,6 +91,46 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, service: "rx", key: `key "stop_timeout"`, err: ErrValue,
 		},
 		{
+			name: "watchdog below a millisecond",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog = \"100us\"\n",
+			line: 3, service: "rx", key: `key "watchdog"`, err: ErrValue, msg: "shorter than 1ms",
+		},
+		{
+			name: "zero watchdog_grace",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog = \"20ms\"\nwatchdog_grace = \"0s\"\n",
+			line: 4, service: "rx", key: `key "watchdog_grace"`, err: ErrValue, msg: "more than 0s",
+		},
+		{
+			name: "after an unknown service",
+			toml: "[service.rx]\ncommand = \"rx\"\nafter = [\"db\"]\n",
+			line: 3, service: "rx", key: `key "after"`, err: ErrValue, msg: `unknown service "db"`,
+		},
+		{
+			name: "after cycle",
+			toml: "[service.a]\ncommand = \"a\"\nafter = [\"b\"]\n[service.b]\ncommand = \"b\"\nafter = [\"a\"]\n",
+			line: 3, service: "a", key: `key "after"`, err: ErrValue, msg: "cycle: a after b after a",
+		},
+		{
+			name: "after cycle behind a chain",
+			toml: "[service.x]\ncommand = \"x\"\nafter = [\"a\"]\n[service.a]\ncommand = \"a\"\nafter = [\"b\"]\n[service.b]\ncommand = \"b\"\nafter = [\"a\"]\n[service.y]\ncommand = \"y\"\nafter = [\"x\"]\n",
+			line: 6, service: "a", key: `key "after"`, err: ErrValue, msg: "cycle: a after b after a",
+		},
+		{
+			name: "unknown ready",
+			toml: "[service.rx]\ncommand = \"rx\"\nready = \"fd:9\"\n",
+			line: 3, service: "rx", key: `key "ready"`, err: ErrValue, msg: `want "spawn", "notify" or "fd:N" with N in 3..7, got "fd:9"`,
+		},
+		{
+			name: "zero ready_timeout",
+			toml: "[service.rx]\ncommand = \"rx\"\nready_timeout = \"0s\"\n",
+			line: 3, service: "rx", key: `key "ready_timeout"`, err: ErrValue, msg: "more than 0s",
+		},
+		{
+			name: "bad watchdog_signal",
+			toml: "[service.rx]\ncommand = \"rx\"\nwatchdog_signal = \"NOPE\"\n",
+			line: 3, service: "rx", key: `key "watchdog_signal"`, err: ErrValue,
+		},
+		{
 			name: "negative start_retries",
 			toml: "[service.rx]\ncommand = \"rx\"\nstart_retries = -1\n",
 			line: 3, service: "rx", key: `key "start_retries"`, err: ErrValue,

@@ -432,6 +432,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
+	"watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout", "after",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -502,6 +503,18 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Stderr, err = wantString(v)
 		case "log_max_bytes":
 			s.LogMaxBytes, err = wantSize(v)
+		case "watchdog":
+			s.Watchdog, err = wantDuration(v)
+		case "watchdog_signal":
+			s.WatchdogSignal, err = wantSignal(v)
+		case "watchdog_grace":
+			s.WatchdogGrace, err = wantDuration(v)
+		case "ready":
+			s.Ready, err = wantString(v)
+		case "ready_timeout":
+			s.ReadyTimeout, err = wantDuration(v)
+		case "after":
+			s.After, err = wantNames(v)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))
@@ -624,6 +637,23 @@ func wantCommand(v any) ([]string, error) {
 		return argv, nil
 	}
 	return nil, typeErr("an array of strings or a command line string", v)
+}
+
+// wantNames decodes an array of service names.
+func wantNames(v any) ([]string, error) {
+	a, ok := v.([]any)
+	if !ok {
+		return nil, typeErr("an array of service names", v)
+	}
+	out := make([]string, len(a))
+	for i, e := range a {
+		s, ok := e.(string)
+		if !ok {
+			return nil, typeErr(fmt.Sprintf("service names (strings) only, element %d", i), e)
+		}
+		out[i] = s
+	}
+	return out, nil
 }
 
 func wantInts(v any) ([]int, error) {

@@ -81,6 +81,74 @@ func (c *Config) validate(bad map[string]bool) Errors {
 			errs = append(errs, s.validate(name, skip)...)
 		}
 	}
+	return append(errs, c.validateAfter(skip)...)
+}
+
+// validateAfter checks every after list: names of defined services, not
+// the service itself, and no cycle (reported once, at the service of the
+// cycle defined first).
+func (c *Config) validateAfter(skip func(svc, key string) bool) Errors {
+	var errs Errors
+	add := func(s *Service, format string, args ...any) {
+		errs = append(errs, &Error{File: s.File, Line: s.KeyLine("after"), Service: s.Name, Key: "after",
+			Msg: fmt.Sprintf(format, args...), Err: ErrValue})
+	}
+	for _, name := range c.Order {
+		s := c.Services[name]
+		if s == nil || skip(name, "after") {
+			continue
+		}
+		for _, dep := range s.After {
+			switch {
+			case dep == name:
+				add(s, "a service cannot start after itself")
+			case c.Services[dep] == nil:
+				add(s, "unknown service %q (define [service.%s] or remove it from after)", dep, dep)
+			}
+		}
+	}
+	// Depth-first search; 1: on the current path, 2: done.
+	mark := map[string]int{}
+	var path []string
+	var visit func(name string) []string
+	visit = func(name string) []string {
+		switch mark[name] {
+		case 1:
+			i := slices.Index(path, name)
+			return append(slices.Clone(path[i:]), name)
+		case 2:
+			return nil
+		}
+		mark[name] = 1
+		path = append(path, name)
+		if s := c.Services[name]; s != nil {
+			for _, dep := range s.After {
+				if dep == name || c.Services[dep] == nil {
+					continue
+				}
+				if cyc := visit(dep); cyc != nil {
+					return cyc
+				}
+			}
+		}
+		path = path[:len(path)-1]
+		mark[name] = 2
+		return nil
+	}
+	for _, name := range c.Order {
+		if mark[name] != 0 {
+			continue
+		}
+		path = path[:0]
+		if cyc := visit(name); cyc != nil {
+			add(c.Services[cyc[0]], "cycle: %s (each waits for the next to be running)", strings.Join(cyc, " after "))
+			for n, m := range mark {
+				if m == 1 {
+					mark[n] = 2 // left on the path by the cycle's early return
+				}
+			}
+		}
+	}
 	return errs
 }
 
@@ -187,6 +255,26 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	}
 	if s.LogBackups < 0 {
 		add("log_backups", ErrValue, "%d is negative", s.LogBackups)
+	}
+	switch {
+	case s.Watchdog < 0:
+		add("watchdog", ErrValue, "negative duration (0s or leave it out for no watchdog)")
+	case s.Watchdog > 0 && s.Watchdog < MinWatchdog:
+		add("watchdog", ErrValue, "%s is shorter than %s (0s: no watchdog)", s.Watchdog, MinWatchdog)
+	}
+	if s.WatchdogGrace <= 0 {
+		add("watchdog_grace", ErrValue, "must be more than 0s (the time a hung service gets to dump core before SIGKILL)")
+	}
+	switch {
+	case s.Ready == ReadySpawn, s.Ready == ReadyNotify, ReadyFDNumber(s.Ready) >= 0:
+	default:
+		add("ready", ErrValue, "want \"spawn\", \"notify\" or \"fd:N\" with N in %d..%d, got %q", MinReadyFD, MaxReadyFD, s.Ready)
+	}
+	if s.ReadyTimeout <= 0 {
+		add("ready_timeout", ErrValue, "must be more than 0s")
+	}
+	if s.WatchdogSignal < 1 || s.WatchdogSignal > MaxSignal {
+		add("watchdog_signal", ErrValue, "signal %d is out of range 1..%d", int(s.WatchdogSignal), MaxSignal)
 	}
 	return errs
 }

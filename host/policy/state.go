@@ -115,7 +115,8 @@ func bits(states ...State) uint16 {
 // (* a start whose spawn failed.) Moves to the same state are refused,
 // except starting -> starting.
 func CanTransition(from, to State) bool {
-	if !from.Valid() || !to.Valid() {
+	// States past the table (hung) are the plugin's, never the machine's.
+	if !from.Valid() || !to.Valid() || int(from) >= len(transitions) || int(to) >= len(transitions) {
 		return false
 	}
 	return transitions[from]&(1<<to) != 0

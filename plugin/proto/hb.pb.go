@@ -47,6 +47,7 @@ const (
 	ServiceState_SERVICE_STATE_EXITED   ServiceState = 5
 	ServiceState_SERVICE_STATE_FATAL    ServiceState = 6
 	ServiceState_SERVICE_STATE_STOPPING ServiceState = 7
+	ServiceState_SERVICE_STATE_HUNG     ServiceState = 8 // missed its watchdog deadline
 )
 
 // Enum value maps for ServiceState.
@@ -60,6 +61,7 @@ var (
 		5: "SERVICE_STATE_EXITED",
 		6: "SERVICE_STATE_FATAL",
 		7: "SERVICE_STATE_STOPPING",
+		8: "SERVICE_STATE_HUNG",
 	}
 	ServiceState_value = map[string]int32{
 		"SERVICE_STATE_FREE":     0,
@@ -70,6 +72,7 @@ var (
 		"SERVICE_STATE_EXITED":   5,
 		"SERVICE_STATE_FATAL":    6,
 		"SERVICE_STATE_STOPPING": 7,
+		"SERVICE_STATE_HUNG":     8,
 	}
 )
 
@@ -109,6 +112,9 @@ const (
 	EventKind_EVENT_KIND_EXIT        EventKind = 2
 	EventKind_EVENT_KIND_ADOPT       EventKind = 3
 	EventKind_EVENT_KIND_LOG         EventKind = 4 // a service's log files became unwritable (message says why) or writable again (message empty)
+	EventKind_EVENT_KIND_HUNG        EventKind = 5 // a service missed its watchdog deadline: its slot reads 0 and it is being killed
+	EventKind_EVENT_KIND_READY       EventKind = 6 // a service declared itself ready: its PID is now in the slot (message: its STATUS=)
+	EventKind_EVENT_KIND_STATUS      EventKind = 7 // a service sent STATUS= (message)
 )
 
 // Enum value maps for EventKind.
@@ -119,6 +125,9 @@ var (
 		2: "EVENT_KIND_EXIT",
 		3: "EVENT_KIND_ADOPT",
 		4: "EVENT_KIND_LOG",
+		5: "EVENT_KIND_HUNG",
+		6: "EVENT_KIND_READY",
+		7: "EVENT_KIND_STATUS",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
@@ -126,6 +135,9 @@ var (
 		"EVENT_KIND_EXIT":        2,
 		"EVENT_KIND_ADOPT":       3,
 		"EVENT_KIND_LOG":         4,
+		"EVENT_KIND_HUNG":        5,
+		"EVENT_KIND_READY":       6,
+		"EVENT_KIND_STATUS":      7,
 	}
 )
 
@@ -334,23 +346,28 @@ func (x *InfoResponse) GetFeatureVersion() uint32 {
 
 // Spec mirrors plugin.Spec.
 type Spec struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Command        []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
-	Dir            string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
-	Env            []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
-	Uid            int64                  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"` // -1 keeps the plugin's user
-	Gid            int64                  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"` // -1 keeps the plugin's group
-	Groups         []int64                `protobuf:"varint,7,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Stdout         string                 `protobuf:"bytes,8,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr         string                 `protobuf:"bytes,9,opt,name=stderr,proto3" json:"stderr,omitempty"`
-	LogDir         string                 `protobuf:"bytes,10,opt,name=log_dir,json=logDir,proto3" json:"log_dir,omitempty"`
-	LogMaxBytes    int64                  `protobuf:"varint,11,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
-	LogBackups     int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
-	Respawn        *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
-	RunningAtSpawn bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"` // start_secs 0: the slot reads running from the spawn on
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Command         []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
+	Dir             string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Env             []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	Uid             int64                  `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"` // -1 keeps the plugin's user
+	Gid             int64                  `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"` // -1 keeps the plugin's group
+	Groups          []int64                `protobuf:"varint,7,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Stdout          string                 `protobuf:"bytes,8,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr          string                 `protobuf:"bytes,9,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	LogDir          string                 `protobuf:"bytes,10,opt,name=log_dir,json=logDir,proto3" json:"log_dir,omitempty"`
+	LogMaxBytes     int64                  `protobuf:"varint,11,opt,name=log_max_bytes,json=logMaxBytes,proto3" json:"log_max_bytes,omitempty"`
+	LogBackups      int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
+	Respawn         *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
+	RunningAtSpawn  bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"`    // start_secs 0: the slot reads running from the spawn on
+	WatchdogNs      int64                  `protobuf:"varint,15,opt,name=watchdog_ns,json=watchdogNs,proto3" json:"watchdog_ns,omitempty"`                  // 0: no watchdog; else the service must beat at least this often
+	WatchdogSignal  int32                  `protobuf:"varint,16,opt,name=watchdog_signal,json=watchdogSignal,proto3" json:"watchdog_signal,omitempty"`      // sent to a hung service (0: SIGABRT)
+	WatchdogGraceNs int64                  `protobuf:"varint,17,opt,name=watchdog_grace_ns,json=watchdogGraceNs,proto3" json:"watchdog_grace_ns,omitempty"` // then SIGKILL to its process group (0: 5s)
+	Ready           string                 `protobuf:"bytes,18,opt,name=ready,proto3" json:"ready,omitempty"`                                               // "" or "spawn": ready at the spawn; "notify": sd_notify READY=1
+	ReadyTimeoutNs  int64                  `protobuf:"varint,19,opt,name=ready_timeout_ns,json=readyTimeoutNs,proto3" json:"ready_timeout_ns,omitempty"`    // not ready within this long: killed, a failed start (0: 90s)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Spec) Reset() {
@@ -479,6 +496,41 @@ func (x *Spec) GetRunningAtSpawn() bool {
 		return x.RunningAtSpawn
 	}
 	return false
+}
+
+func (x *Spec) GetWatchdogNs() int64 {
+	if x != nil {
+		return x.WatchdogNs
+	}
+	return 0
+}
+
+func (x *Spec) GetWatchdogSignal() int32 {
+	if x != nil {
+		return x.WatchdogSignal
+	}
+	return 0
+}
+
+func (x *Spec) GetWatchdogGraceNs() int64 {
+	if x != nil {
+		return x.WatchdogGraceNs
+	}
+	return 0
+}
+
+func (x *Spec) GetReady() string {
+	if x != nil {
+		return x.Ready
+	}
+	return ""
+}
+
+func (x *Spec) GetReadyTimeoutNs() int64 {
+	if x != nil {
+		return x.ReadyTimeoutNs
+	}
+	return 0
 }
 
 // Respawn lets the plugin restart a service by itself, without a round trip
@@ -1294,8 +1346,10 @@ type Event struct {
 	DetectedNs    uint64                 `protobuf:"varint,9,opt,name=detected_ns,json=detectedNs,proto3" json:"detected_ns,omitempty"`
 	TimeUnixNs    int64                  `protobuf:"varint,10,opt,name=time_unix_ns,json=timeUnixNs,proto3" json:"time_unix_ns,omitempty"`
 	Adopted       bool                   `protobuf:"varint,11,opt,name=adopted,proto3" json:"adopted,omitempty"`
-	Respawned     bool                   `protobuf:"varint,12,opt,name=respawned,proto3" json:"respawned,omitempty"` // exit: the plugin respawned the service at once (a spawn event follows)
-	Message       string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`      // log: what is wrong with the service's log files; empty once it is not
+	Respawned     bool                   `protobuf:"varint,12,opt,name=respawned,proto3" json:"respawned,omitempty"`                          // exit: the plugin respawned the service at once (a spawn event follows)
+	Message       string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`                               // log: what is wrong with the service's log files; empty once it is not
+	Reason        string                 `protobuf:"bytes,14,opt,name=reason,proto3" json:"reason,omitempty"`                                 // exit: "watchdog" when the process was killed for missing its deadline
+	SinceBeatNs   uint64                 `protobuf:"varint,15,opt,name=since_beat_ns,json=sinceBeatNs,proto3" json:"since_beat_ns,omitempty"` // hung: time from the last beat seen (or the spawn) to the missed deadline's check
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1421,6 +1475,20 @@ func (x *Event) GetMessage() string {
 	return ""
 }
 
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetSinceBeatNs() uint64 {
+	if x != nil {
+		return x.SinceBeatNs
+	}
+	return 0
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Clean         bool                   `protobuf:"varint,1,opt,name=clean,proto3" json:"clean,omitempty"`
@@ -1525,7 +1593,7 @@ const file_hb_proto_rawDesc = "" +
 	"shmRepairs\x12\x1f\n" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
-	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xf6\x02\n" +
+	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xac\x04\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1542,7 +1610,13 @@ const file_hb_proto_rawDesc = "" +
 	"\vlog_backups\x18\f \x01(\x03R\n" +
 	"logBackups\x12(\n" +
 	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\x12(\n" +
-	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\"\x85\x01\n" +
+	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\x12\x1f\n" +
+	"\vwatchdog_ns\x18\x0f \x01(\x03R\n" +
+	"watchdogNs\x12'\n" +
+	"\x0fwatchdog_signal\x18\x10 \x01(\x05R\x0ewatchdogSignal\x12*\n" +
+	"\x11watchdog_grace_ns\x18\x11 \x01(\x03R\x0fwatchdogGraceNs\x12\x14\n" +
+	"\x05ready\x18\x12 \x01(\tR\x05ready\x12(\n" +
+	"\x10ready_timeout_ns\x18\x13 \x01(\x03R\x0ereadyTimeoutNs\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +
@@ -1604,7 +1678,7 @@ const file_hb_proto_rawDesc = "" +
 	"\fListResponse\x12!\n" +
 	"\x05slots\x18\x01 \x03(\v2\v.hb.v1.SlotR\x05slots\",\n" +
 	"\rEventsRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xde\x02\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\x9a\x03\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x10.hb.v1.EventKindR\x04kind\x12\x12\n" +
@@ -1623,10 +1697,12 @@ const file_hb_proto_rawDesc = "" +
 	"timeUnixNs\x12\x18\n" +
 	"\aadopted\x18\v \x01(\bR\aadopted\x12\x1c\n" +
 	"\trespawned\x18\f \x01(\bR\trespawned\x12\x18\n" +
-	"\amessage\x18\r \x01(\tR\amessage\"'\n" +
+	"\amessage\x18\r \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x0e \x01(\tR\x06reason\x12\"\n" +
+	"\rsince_beat_ns\x18\x0f \x01(\x04R\vsinceBeatNs\"'\n" +
 	"\x0fShutdownRequest\x12\x14\n" +
 	"\x05clean\x18\x01 \x01(\bR\x05clean\"\x12\n" +
-	"\x10ShutdownResponse*\xe2\x01\n" +
+	"\x10ShutdownResponse*\xfa\x01\n" +
 	"\fServiceState\x12\x16\n" +
 	"\x12SERVICE_STATE_FREE\x10\x00\x12\x19\n" +
 	"\x15SERVICE_STATE_STOPPED\x10\x01\x12\x1a\n" +
@@ -1635,13 +1711,17 @@ const file_hb_proto_rawDesc = "" +
 	"\x15SERVICE_STATE_BACKOFF\x10\x04\x12\x18\n" +
 	"\x14SERVICE_STATE_EXITED\x10\x05\x12\x17\n" +
 	"\x13SERVICE_STATE_FATAL\x10\x06\x12\x1a\n" +
-	"\x16SERVICE_STATE_STOPPING\x10\a*|\n" +
+	"\x16SERVICE_STATE_STOPPING\x10\a\x12\x16\n" +
+	"\x12SERVICE_STATE_HUNG\x10\b*\xbe\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_KIND_SPAWN\x10\x01\x12\x13\n" +
 	"\x0fEVENT_KIND_EXIT\x10\x02\x12\x14\n" +
 	"\x10EVENT_KIND_ADOPT\x10\x03\x12\x12\n" +
-	"\x0eEVENT_KIND_LOG\x10\x042\xdf\x03\n" +
+	"\x0eEVENT_KIND_LOG\x10\x04\x12\x13\n" +
+	"\x0fEVENT_KIND_HUNG\x10\x05\x12\x14\n" +
+	"\x10EVENT_KIND_READY\x10\x06\x12\x15\n" +
+	"\x11EVENT_KIND_STATUS\x10\a2\xdf\x03\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
 	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +

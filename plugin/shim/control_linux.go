@@ -154,7 +154,7 @@ func (s *Shim) SetState(ctx context.Context, name string, st shm.State, gen uint
 		return err
 	}
 	defer s.leave()
-	if !st.Valid() || st == shm.StateFree {
+	if !st.Valid() || st == shm.StateFree || st == shm.StateHung { // hung: the watchdog's alone
 		return fmt.Errorf("set state %q: %w: state %d", name, plugin.ErrBadSpec, uint32(st))
 	}
 	// Under mu, which Free also holds while it releases the slot.
@@ -202,6 +202,7 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 		return fmt.Errorf("free %q: %w", name, err)
 	}
 	svc.freed = true
+	svc.closeNotify()
 	if s.svcs[name] == svc {
 		delete(s.svcs, name)
 	}

@@ -183,6 +183,19 @@
 // waits for it; everything else is driven by the kernel (exit tracepoint,
 // pidfd epoll, proc connector) or by calls.
 //
+// # Watchdog and readiness
+//
+// With Spec.Watchdog the child gets a beat area (a sealed memfd, HB_BEAT_FD)
+// and the watchdog (watchdog_linux.go) samples its counter every twentieth
+// of the period from one timerfd for all services; a whole period without
+// a change sets the PID word to 0 and the state hung, emits EventHung, and
+// signals (Spec.WatchdogSignal, then SIGKILL after Spec.WatchdogGrace); the
+// exit's Reason is "watchdog" (docs/design.md#invariant-14). With Spec.Ready
+// "notify" or "fd:N" (ready_linux.go) the spawn records the slot with PID
+// word 0 and the PID is published when the service declares itself ready
+// (docs/design.md#invariant-15); not ready within Spec.ReadyTimeout, it is
+// killed (Reason "ready_timeout") and never respawned by the plugin.
+//
 // # Concurrency
 //
 // A Shim is safe for concurrent use. Spawn, Stop and Free of one service are

@@ -215,6 +215,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Source:     ex.Source.String(),
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
+		Reason:     inc.exitReason(),
 	}
 	emitted := false
 	switch {
@@ -256,6 +257,7 @@ func (p *respawnPlan) releaseOp() {
 }
 
 func (p *respawnPlan) release() {
+	p.dropBeat()
 	p.releaseOp()
 	p.s.life.RUnlock()
 }
@@ -270,8 +272,8 @@ func (p *respawnPlan) release() {
 // once known (respawn). nil: no respawn by the plugin.
 func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	svc := inc.svc
-	if inc.stopping.Load() || inc.started.IsZero() {
-		return nil
+	if inc.stopping.Load() || inc.started.IsZero() || !inc.ready.Load() {
+		return nil // (not ready: a failed start, the host's to judge)
 	}
 	if !s.life.TryRLock() {
 		return nil

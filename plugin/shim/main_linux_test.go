@@ -91,6 +91,10 @@ func runChild(mode string) int {
 		blockForever()
 	case "sleep":
 		blockForever()
+	case "beat":
+		return beatChild()
+	case "notify":
+		return notifyChild()
 	case "exit":
 		n, _ := strconv.Atoi(os.Getenv("HB_EXIT_CODE"))
 		return n

@@ -22,7 +22,7 @@ import (
 var _ plugin.Shim = (*Shim)(nil)
 
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
-const FeatureVersion = plugin.FeatureRunningAtSpawn
+const FeatureVersion = plugin.FeatureReady
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
@@ -70,6 +70,10 @@ type Options struct {
 	// plugin's own respawn of slot idx (generation gen) is announced and
 	// watched, before that exit path returns.
 	onRespawned func(idx int, gen uint64)
+	// onHung, when set (tests only), runs on the watchdog's goroutine once
+	// a missed deadline has set slot idx's PID to 0 and its state to hung,
+	// before the event and the signal.
+	onHung func(idx, pid int)
 }
 
 // Shim spawns services, records them in the shared-memory table, learns of
@@ -81,6 +85,7 @@ type Shim struct {
 	w       *shm.Writer
 	watcher *connector.Watcher
 	events  *eventLog
+	dog     *watchdog // the heartbeat checker (watchdog_linux.go)
 	devnull *os.File
 	shmPath string
 	adopted int // clients adopted by New; set before New returns
@@ -148,6 +153,9 @@ type service struct {
 	exe string
 	// logProblem is what the last EventLog said; used by logLoop only.
 	logProblem string
+	// notify is the service's sd_notify socket (Spec.Ready "notify"),
+	// made at its first such spawn; guarded by op.
+	notify *notifySocket
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -164,6 +172,25 @@ type incarnation struct {
 	startNs   uint64    // spawn time (shm.MonotonicNs); zero when adopted
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
+	// hung: the watchdog declared it hung (its exit's Reason is "watchdog").
+	hung atomic.Bool
+	// beat is the beat area from the spawn until the watchdog takes it
+	// (startWatchdog); nil without a watchdog.
+	beat *shm.BeatArea
+	// dogSpec is the Spec the watchdog is armed with, kept from the spawn
+	// for startWatchdog (at the spawn, or when declared ready).
+	dogSpec plugin.Spec
+	// ready: the PID is published in the slot (at the spawn unless the
+	// Spec declares readiness; then on READY=1). readyTimedOut: killed for
+	// not being ready in time.
+	ready, readyTimedOut atomic.Bool
+	// notifyBeats counts WATCHDOG=1 messages: beats by the sd_notify way.
+	notifyBeats atomic.Uint64
+	// status is the last STATUS= text, nil if none.
+	status atomic.Pointer[string]
+	// readyR is the read end of the notification pipe (ready "fd:N"),
+	// handed to readLine by armReady.
+	readyR *os.File
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -237,6 +264,11 @@ func New(opts Options) (*Shim, error) {
 	}
 	s.w = w
 	s.shmPath = w.Path()
+	if s.dog, err = newWatchdog(s); err != nil {
+		w.Close(false)
+		devnull.Close()
+		return nil, err
+	}
 	watcher, err := connector.NewWatcher(connector.Options{
 		Detector:   opts.Detector,
 		Priority:   opts.DetectorPriority,
@@ -506,6 +538,7 @@ func (s *Shim) close(clean bool) error {
 			errs = append(errs, err)
 		}
 		s.wg.Wait()
+		<-s.dog.done // no hang after this: the table stays mapped until then
 		// Finish the exits that were detected but not yet processed, so
 		// the table records them.
 		for {
@@ -534,6 +567,7 @@ func (s *Shim) close(clean bool) error {
 			}
 		}
 		for _, svc := range s.svcs {
+			svc.closeNotify() // calls are over: nothing holds op
 			if svc.cur == nil || svc.cur.exited() {
 				continue // only a running incarnation makes its log grow
 			}

@@ -101,7 +101,8 @@ static int child_fail(struct hb_spawn_req *r, int step, long e)
 static int child_main(void *arg)
 {
 	struct hb_spawn_req *r = arg;
-	int fd[3];
+	int fd[HB_SPAWN_FDS];
+	int n = r->nfd < 3 ? 3 : r->nfd > HB_SPAWN_FDS ? HB_SPAWN_FDS : r->nfd;
 	long e;
 	int i;
 
@@ -133,19 +134,19 @@ static int child_main(void *arg)
 			return child_fail(r, HB_STEP_RLIMIT, e);
 	}
 
-	/* Descriptors: a source below its target position would be
-	 * overwritten by an earlier dup3, so move those up first (above 2,
-	 * close-on-exec). Then place each one; a source already in place only
-	 * loses its close-on-exec flag. */
-	for (i = 0; i < 3; i++) {
+	/* Descriptors 0..n-1: a source below its target position would be
+	 * overwritten by an earlier dup3, so move those up first (to n or
+	 * above, close-on-exec). Then place each one; a source already in
+	 * place only loses its close-on-exec flag. */
+	for (i = 0; i < n; i++) {
 		fd[i] = r->fd[i];
 		if (fd[i] >= 0 && fd[i] < i) {
-			if ((e = sys3(SYS_fcntl, fd[i], F_DUPFD_CLOEXEC, 3)) < 0)
+			if ((e = sys3(SYS_fcntl, fd[i], F_DUPFD_CLOEXEC, n)) < 0)
 				return child_fail(r, HB_STEP_FDS, e);
 			fd[i] = (int)e;
 		}
 	}
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < n; i++) {
 		if (fd[i] < 0)
 			e = sys1(SYS_close, i);
 		else if (fd[i] == i)
@@ -163,7 +164,7 @@ static int child_main(void *arg)
 	 * its flock (a plugin started right then found the table "locked by
 	 * another writer"). Kernels before 5.9 lack close_range (ENOSYS):
 	 * close-on-exec is all they get. */
-	sys3(SYS_close_range, 3, ~0U, 0);
+	sys3(SYS_close_range, n, ~0U, 0);
 
 	e = sys3(SYS_execve, r->path, r->argv, r->envp);
 	return child_fail(r, HB_STEP_EXEC, e);

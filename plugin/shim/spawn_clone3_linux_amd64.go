@@ -204,9 +204,11 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 	}
 	req.argv = (**C.char)(unsafe.Pointer(&argv[0]))
 	req.envp = (**C.char)(unsafe.Pointer(&envp[0]))
-	for i, fd := range a.files {
+	fds := a.fds()
+	for i, fd := range fds {
 		req.fd[i] = C.int(fd)
 	}
+	req.nfd = C.int(len(fds))
 	req.setpgid = 1
 	if c := a.cred; c != nil {
 		req.cred = 1

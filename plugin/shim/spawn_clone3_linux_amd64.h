@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+/* The most descriptors a child is given (0, 1, 2 and what hb hands over
+ * after them, such as the beat area). */
+#define HB_SPAWN_FDS 8
+
 /* One spawn: what the child does before execve, and what it reports back.
  * The child shares the parent's memory (CLONE_VM) until it execs or exits,
  * so err/step are written by the child and read by the parent after
@@ -15,7 +19,8 @@ struct hb_spawn_req {
 	char *const *argv; /* NULL-terminated */
 	char *const *envp; /* NULL-terminated */
 	const char *dir;   /* working directory; NULL keeps the parent's */
-	int fd[3];         /* descriptors that become the child's 0, 1, 2 */
+	int fd[HB_SPAWN_FDS]; /* descriptors that become the child's 0 .. nfd-1 */
+	int nfd;           /* 3 (stdio only) .. HB_SPAWN_FDS; a negative fd[i] is closed */
 	int setpgid;       /* non-zero: own process group (setpgid(0, 0)) */
 	int cred;          /* non-zero: setgroups(groups), setgid(gid), setuid(uid);
 	                    * ngroups < 0 leaves the supplementary groups alone */

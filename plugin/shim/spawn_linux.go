@@ -78,10 +78,12 @@ func (s *Shim) start(svc *service, spec plugin.Spec) (res plugin.SpawnResult, er
 func (s *Shim) launch(p *startPlan, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
 	c, err := spawnTracked(&p.attr)
 	if err != nil {
+		p.dropBeat()
 		return plugin.SpawnResult{}, false, p.spawnError(err)
 	}
 	inc, err := s.started(p, c)
 	if err != nil {
+		p.dropBeat()
 		return plugin.SpawnResult{}, false, err
 	}
 	return s.announce(inc, exit, unlock)
@@ -96,6 +98,10 @@ type startPlan struct {
 	idx   int
 	gen   uint64
 	attr  procAttr
+	beat  *shm.BeatArea // the watchdog's beat area, until takeBeat or dropBeat
+	// readyR, readyW: the notification pipe of ready "fd:N" (readyW is
+	// the child's N), until takeBeat or dropBeat.
+	readyR, readyW *os.File
 }
 
 // planStart works out how to start the next incarnation of svc. A respawn
@@ -141,13 +147,20 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 	}
 	idx := svc.idx
 	gen := s.w.Snapshot(idx).Generation + 1
-	return &startPlan{
+	p := &startPlan{
 		svc: svc, spec: spec, argv0: argv0, idx: idx, gen: gen,
 		attr: procAttr{
 			path: argv0, argv: spec.Command, env: childEnv(spec.Env, spec.Name, idx, s.shmPath, gen), dir: spec.Dir,
 			files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
 		},
-	}, nil
+	}
+	if err := s.planReady(p); err != nil {
+		return nil, err
+	}
+	if err := p.planBeat(); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // spawnError is the error of a failed spawnProc of p: a bad Spec when exec
@@ -193,6 +206,7 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
 		startTime: startTime, child: true, pidfd: pidfd, done: make(chan struct{}),
 	}
+	p.takeBeat(inc)
 	s.mu.Lock()
 	svc.cur = inc
 	s.incs[inc.key] = inc
@@ -201,10 +215,17 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	s.mu.Unlock()
 
 	state := shm.StateStarting
-	if spec.RunningAtSpawn {
+	if spec.RunningAtSpawn && !needsReady(spec) {
 		state = shm.StateRunning
 	}
-	s.w.Spawned(idx, uint32(pid), gen, startTime, state, 0)
+	inc.dogSpec = spec
+	published := uint32(pid)
+	if needsReady(spec) {
+		published = 0 // until READY=1 (declareReady)
+	} else {
+		inc.ready.Store(true)
+	}
+	s.w.Spawned(idx, published, gen, startTime, state, 0)
 	s.kickRecord()
 	svc.spec, svc.exe = spec, p.argv0
 	inc.started = time.Now()
@@ -240,8 +261,16 @@ func (s *Shim) announce(inc *incarnation, exit *plugin.Event, unlock func()) (re
 	}
 	if err := s.watcher.WatchChild(inc.key, pid, pidfd); err != nil {
 		// Without a watch nobody would learn of the exit: undo the spawn.
+		if inc.beat != nil {
+			inc.beat.Close()
+		}
 		s.abortSpawn(inc)
 		return plugin.SpawnResult{}, emitted, fmt.Errorf("spawn %q: watch pid %d: %w", spec.Name, pid, err)
+	}
+	if inc.ready.Load() {
+		s.startWatchdog(inc)
+	} else {
+		s.armReady(inc, spec)
 	}
 	s.log.Debug("spawned", "service", spec.Name, "pid", pid, "slot", idx, "generation", gen)
 	return plugin.SpawnResult{Slot: idx, PID: pid, Generation: gen, StartTime: inc.startTime}, emitted, nil

@@ -16,6 +16,20 @@ type procAttr struct {
 	dir   string              // "" keeps the plugin's
 	files [3]int              // the child's 0, 1, 2
 	cred  *syscall.Credential // nil keeps the plugin's
+	// extra become the child's 3, 4, …: at most maxExtraFDs (the beat area).
+	extra []int
+}
+
+// maxExtraFDs is how many descriptors beyond 0, 1, 2 a child may be
+// given (HB_SPAWN_FDS in the C spawner, less three).
+const maxExtraFDs = 5
+
+// fds is every descriptor of the child, by its number there.
+func (a *procAttr) fds() []int {
+	if len(a.extra) > maxExtraFDs {
+		panic("shim: too many descriptors for a child")
+	}
+	return append(a.files[:len(a.files):len(a.files)], a.extra...)
 }
 
 // child is a process a spawner started.
@@ -96,10 +110,14 @@ func reapRespawn(pidfd int, wait time.Duration, a *procAttr, pol plugin.Respawn,
 // ForkExec returns only once the exec'd program has started to run.
 func spawnForkExec(a *procAttr) (pid, pidfd int, err error) {
 	pidfd = -1
+	var files []uintptr
+	for _, fd := range a.fds() {
+		files = append(files, uintptr(fd))
+	}
 	pid, err = syscall.ForkExec(a.path, a.argv, &syscall.ProcAttr{
 		Dir:   a.dir,
 		Env:   a.env,
-		Files: []uintptr{uintptr(a.files[0]), uintptr(a.files[1]), uintptr(a.files[2])},
+		Files: files,
 		Sys: &syscall.SysProcAttr{
 			Setpgid:    true,
 			Credential: a.cred,

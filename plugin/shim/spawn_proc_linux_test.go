@@ -462,3 +462,43 @@ func TestStrayReaperWaitsForSpawns(t *testing.T) {
 		t.Fatalf("pid %d not reaped after the spawn ended", c.pid)
 	}
 }
+
+// TestSpawnerExtraFDs: the descriptors of procAttr.extra become the child's
+// 3, 4, … in order, whatever their numbers in the plugin.
+func TestSpawnerExtraFDs(t *testing.T) {
+	for name, spawn := range spawners(t) {
+		t.Run(name, func(t *testing.T) {
+			a, err := shm.NewBeatArea("x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			b, err := shm.NewBeatArea("y")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			out := filepath.Join(t.TempDir(), "fds")
+			devnull, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer devnull.Close()
+			dn := int(devnull.Fd())
+			attr := &procAttr{path: "/bin/sh", argv: []string{"sh", "-c",
+				`{ readlink /proc/self/fd/3; readlink /proc/self/fd/4; readlink /proc/self/fd/5 || echo none; } > "$1" 2>/dev/null`, "sh", out},
+				env: []string{"PATH=/usr/bin:/bin"}, files: [3]int{dn, dn, dn}, extra: []int{b.FD(), a.FD()}}
+			if st := spawnWait(t, spawn, attr); st != 0 {
+				t.Fatalf("child exited %d", st)
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "/memfd:hb-beat:y (deleted)\n/memfd:hb-beat:x (deleted)\nnone\n"
+			if string(got) != want {
+				t.Errorf("child's descriptors 3, 4, 5:\n%s\nwant\n%s", got, want)
+			}
+		})
+	}
+}

@@ -131,7 +131,8 @@ away.`},
 		{name: "wait", synopsis: "NAME... --up|--down [--timeout D]", run: runWait, flags: waitFlags, help: `Wait until every named service is up (state running with a process) or down
 (no process: the shm slot's PID is 0). Event-driven, no polling. --timeout
 takes a Go duration (500ms, 10s, 2m); 0 or none waits for ever. Exits 4 on
-timeout, 1 if a service does not exist.`},
+timeout, 1 if a service does not exist. --ready is --up: a service with ready
+= "notify" or "fd:N" is up only once it has declared itself ready.`},
 		{name: "shm", synopsis: "[--name TABLE] [--json] [NAME...]", run: runShm, flags: shmFlags, help: `Read the shared-memory table /dev/shm/TABLE directly, as any peer does (TABLE
 defaults to $HB_SHM, else hb). Works when hbd is down. Shows the writer (the
 hb plugin) and whether it is alive, stalled (its process exists but has not
@@ -150,6 +151,7 @@ func actionFlags(fs *flag.FlagSet, o *opts) {
 
 func waitFlags(fs *flag.FlagSet, o *opts) {
 	fs.BoolVar(&o.up, "up", false, "wait until up")
+	fs.BoolVar(&o.up, "ready", false, "the same as --up")
 	fs.BoolVar(&o.down, "down", false, "wait until down")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long")
 }

@@ -76,11 +76,14 @@ func TestFormat(t *testing.T) {
 		{"never", uptimeOrSince(api.ServiceStatus{State: "stopped"}, now), "-"},
 		{"backoff reason", reason(api.ServiceStatus{Reason: "exited too quickly", NextStart: now.Add(1500 * time.Millisecond)}, now), "exited too quickly; next start in 1.5s"},
 		{"adopted", reason(api.ServiceStatus{Adopted: true}, now), "adopted"},
+		{"status text", reason(api.ServiceStatus{StatusText: "Ready to accept connections"}, now), "status: Ready to accept connections"},
 		{"exit event", eventLine(api.Event{Time: now, Kind: "exit", Name: "rx", PID: 7, Generation: 2, Status: 139, Source: "connector", State: "backoff"}),
 			"19:00:00.000000 exit   rx pid 7 gen 2 status 139(SEGV) via connector -> backoff"},
 		{"state event", eventLine(api.Event{Time: now, Kind: "state", Name: "rx", State: "fatal", Reason: "too many restarts"}),
 			"19:00:00.000000 state  rx -> fatal: too many restarts"},
 		{"reload event", eventLine(api.Event{Time: now, Kind: "reload", Reason: "added 1"}), "19:00:00.000000 reload: added 1"},
+		{"hung event", eventLine(api.Event{Time: now, Kind: "hung", Name: "rx", PID: 7, Generation: 2, State: "hung", Reason: "no beat for 21ms (watchdog 20ms)"}),
+			"19:00:00.000000 hung   rx pid 7 gen 2 -> hung: no beat for 21ms (watchdog 20ms)"},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {

@@ -122,6 +122,9 @@ func reason(st api.ServiceStatus, now time.Time) string {
 	if st.LogError != "" {
 		parts = append(parts, st.LogError)
 	}
+	if st.StatusText != "" {
+		parts = append(parts, "status: "+st.StatusText)
+	}
 	if !st.NextStart.IsZero() {
 		if d := st.NextStart.Sub(now); d > 0 {
 			parts = append(parts, "next start in "+roundDuration(d).String())
@@ -149,7 +152,7 @@ func eventLine(ev api.Event) string {
 		fmt.Fprintf(&b, " %s", ev.Name)
 	}
 	switch ev.Kind {
-	case api.EventSpawn, api.EventAdopt:
+	case api.EventSpawn, api.EventAdopt, api.EventHung:
 		fmt.Fprintf(&b, " pid %d gen %d", ev.PID, ev.Generation)
 	case api.EventExit:
 		fmt.Fprintf(&b, " pid %d gen %d status %s", ev.PID, ev.Generation, lastStatus(1, ev.Status))

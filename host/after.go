@@ -1,0 +1,71 @@
+package host
+
+import (
+	"strings"
+
+	"github.com/hbshim/hb/host/policy"
+)
+
+// Start ordering (config "after"). At hbd's start a service whose after
+// list names services that are not running yet is held back (afterWait)
+// and spawned once all of them are running: after start_secs, and with
+// ready = "notify" after READY=1 as well.
+
+// holdAfter splits the services to start at hbd's start into those that
+// may start now and those held back for their after list, which it marks.
+// Called with mu held.
+func (d *Daemon) holdAfter(svcs []*service) (now []*service) {
+	for _, s := range svcs {
+		if missing := d.afterMissing(s); missing != "" {
+			s.afterWait = true
+			s.reason = "waiting for " + missing + " (after)"
+			continue
+		}
+		now = append(now, s)
+	}
+	return now
+}
+
+// afterMissing names the services of s's after list that are not running,
+// "" when none.
+func (d *Daemon) afterMissing(s *service) string {
+	var missing []string
+	for _, name := range s.cfg.After {
+		dep := d.svcs[name]
+		if dep == nil || dep.pid == 0 || dep.state() != policy.StateRunning {
+			missing = append(missing, name)
+		}
+	}
+	return strings.Join(missing, ", ")
+}
+
+// releaseAfter spawns the held services whose after lists are now all
+// running, in config order. Called with mu held (spawn lets go of it
+// around the call to the plugin).
+func (d *Daemon) releaseAfter() {
+	for _, name := range d.order {
+		s := d.svcs[name]
+		if s == nil || !s.afterWait || d.closing {
+			continue
+		}
+		if missing := d.afterMissing(s); missing != "" {
+			s.reason = "waiting for " + missing + " (after)"
+			continue
+		}
+		s.afterWait = false
+		if s.wantDown || s.pid != 0 {
+			continue
+		}
+		d.spawn(s, "after "+strings.Join(s.cfg.After, ", ")+" running")
+	}
+}
+
+// afterRunning is called when s reaches running: the services held for it
+// are looked at on a goroutine of their own, not inside setState's caller.
+func (d *Daemon) afterRunning() {
+	go func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.releaseAfter()
+	}()
+}

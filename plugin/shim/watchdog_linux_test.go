@@ -1,0 +1,158 @@
+package shim
+
+import (
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/shm"
+)
+
+// beatChild is the "beat" helper: it beats (shm.Beat) every millisecond
+// and writes $HB_TEST_OUT after its first beat; on SIGUSR1 it stops
+// beating and spins (a real hang: running, not beating).
+func beatChild() int {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGUSR1)
+	if err := shm.BeatInit(); err != nil || !shm.Beating() {
+		return 3
+	}
+	shm.Beat()
+	if out := os.Getenv("HB_TEST_OUT"); out != "" {
+		if err := writeFileAtomic(out, "beating\n"); err != nil {
+			return 2
+		}
+	}
+	t := time.NewTicker(time.Millisecond)
+	for {
+		select {
+		case <-stop:
+			for {
+				runtime.Gosched() // spin without beating until killed
+			}
+		case <-t.C:
+			shm.Beat()
+		}
+	}
+}
+
+// hungRecord is what onHung saw in the slot.
+type hungRecord struct {
+	pid   int
+	slot  shm.Slot
+	state shm.State
+}
+
+// watchdogHarness is a harness whose onHung hook records the slot at the
+// moment the watchdog declared a service hung.
+func watchdogHarness(t *testing.T) (*harness, func() []hungRecord) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var recs []hungRecord
+	var h *harness
+	opts := Options{ShmName: "t", ShmDir: dir, Slots: 16, Detector: connector.DetectPidfd}
+	opts.onHung = func(idx, pid int) {
+		sl := h.s.w.Snapshot(idx) // h is set before the first spawn
+		mu.Lock()
+		recs = append(recs, hungRecord{pid: pid, slot: sl, state: sl.State})
+		mu.Unlock()
+	}
+	h = openHarness(t, opts, dir)
+	return h, func() []hungRecord {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]hungRecord(nil), recs...)
+	}
+}
+
+// waitChecks waits until the watchdog has made n more checks than now,
+// with pid still in slot idx (alive, beating, not hung).
+func waitChecks(t *testing.T, h *harness, n uint64, idx, pid int) {
+	t.Helper()
+	_, base, _ := h.s.dog.stats()
+	waitFor(t, "watchdog checks of a beating service", func() bool {
+		_, c, _ := h.s.dog.stats()
+		return c >= base+n
+	})
+	if sl := h.slot(idx); int(sl.PID) != pid || sl.State == shm.StateHung {
+		t.Fatalf("a beating service's slot: %+v; want pid %d, not hung", sl, pid)
+	}
+}
+
+// TestWatchdogHang: a service that beats is left alone; one that stops
+// beating (a spin, or SIGSTOP) reads 0 and hung the moment its deadline is
+// missed, gets the watchdog signal, then SIGKILL after the grace, and is
+// respawned (exit Reason "watchdog"); its replacement's beats keep it up.
+func TestWatchdogHang(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hang   syscall.Signal
+		status int // exit status of the hung incarnation
+	}{
+		// The Go runtime dies of SIGABRT with a stack dump and status 2.
+		{"spin", syscall.SIGUSR1, 2},
+		// A stopped process keeps SIGABRT pending: SIGKILL ends it.
+		{"sigstop", syscall.SIGSTOP, 128 + 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, hungs := watchdogHarness(t)
+			out := tempPath(t, "out")
+			spec := h.childSpec("wd", "beat", "HB_TEST_OUT="+out)
+			spec.Watchdog = 100 * time.Millisecond
+			spec.WatchdogGrace = 300 * time.Millisecond
+			spec.Respawn = plugin.Respawn{Enabled: true}
+			first := h.spawn(spec)
+			h.next(plugin.EventSpawn, "wd")
+			waitFor(t, "the first beat", func() bool { _, err := os.Stat(out); return err == nil })
+			waitChecks(t, h, 3, first.Slot, first.PID)
+
+			if err := unix.Kill(first.PID, tc.hang); err != nil {
+				t.Fatal(err)
+			}
+			hung := h.next(plugin.EventHung, "wd")
+			if hung.PID != first.PID || hung.Generation != first.Generation || hung.SinceBeatNs < uint64(spec.Watchdog)/2 {
+				t.Errorf("hung event %+v; want pid %d, generation %d, since_beat near %v", hung, first.PID, first.Generation, spec.Watchdog)
+			}
+			recs := hungs()
+			if len(recs) != 1 || recs[0].pid != first.PID || recs[0].slot.PID != 0 || recs[0].state != shm.StateHung {
+				t.Fatalf("slot when declared hung: %+v; want pid word 0, state hung", recs)
+			}
+			ex := h.next(plugin.EventExit, "wd")
+			if ex.PID != first.PID || ex.Reason != WatchdogReason || !ex.Respawned || ex.Status != tc.status {
+				t.Fatalf("exit %+v; want pid %d, reason watchdog, respawned, status %d", ex, first.PID, tc.status)
+			}
+			sp := h.next(plugin.EventSpawn, "wd")
+			if sp.Generation != first.Generation+1 {
+				t.Fatalf("respawn %+v; want generation %d", sp, first.Generation+1)
+			}
+			waitChecks(t, h, 3, first.Slot, sp.PID)
+			if n := len(hungs()); n != 1 {
+				t.Fatalf("%d hung records; the replacement beats and must not be hung", n)
+			}
+		})
+	}
+}
+
+// TestWatchdogOff: without Spec.Watchdog the child gets no beat area and
+// nothing is watched.
+func TestWatchdogOff(t *testing.T) {
+	h := newHarness(t, connector.DetectPidfd, "")
+	out := tempPath(t, "out")
+	h.spawn(h.childSpec("plain", "report", "HB_TEST_OUT="+out))
+	waitFor(t, "report", func() bool { _, err := os.Stat(out); return err == nil })
+	if env := readFile(t, out); strings.Contains(env, shm.BeatFDEnv+"=") {
+		t.Errorf("child without a watchdog got %s:\n%s", shm.BeatFDEnv, env)
+	}
+	if _, _, n := h.s.dog.stats(); n != 0 {
+		t.Errorf("watching %d incarnations; want none", n)
+	}
+}
