@@ -27,6 +27,9 @@ var chainMethods = []struct{ name, label string }{
 // around the death rather than wait for the respawn.
 const chainInitMs = 100
 
+// chainWatchdogMs is the workers' watchdog in the hung run.
+const chainWatchdogMs = 20
+
 // chainStages compiles the example chain's stages (contrib/examples/chain,
 // next to the C header's directory) into dir.
 func chainStages(cc, include, dir string) (map[string]string, error) {
@@ -105,8 +108,14 @@ func readStats(path string, timeout time.Duration) (map[string]uint64, error) {
 // runChainOnce runs rx → work0/work1 → tx under one hbd, kills the active
 // worker kills times (kill -9, alternating, as rx switches at each death),
 // then stops rx and tx and reads what they sent and received.
-func runChainOnce(e *env, bins map[string]string, method string, kills int) (chainRun, error) {
+func runChainOnce(e *env, bins map[string]string, method string, kills int, hung bool) (chainRun, error) {
 	run := chainRun{method: method, kills: kills}
+	sig, extra := syscall.SIGKILL, ""
+	if hung {
+		// The worker hangs instead: stopped, it beats no more; hb's
+		// watchdog sets its slot to 0 after one period, then kills it.
+		sig, extra = syscall.SIGSTOP, fmt.Sprintf("watchdog = \"%dms\"\nwatchdog_grace = \"100ms\"\n", chainWatchdogMs)
+	}
 	base, err := freePortBase(e)
 	if err != nil {
 		return run, err
@@ -120,8 +129,8 @@ func runChainOnce(e *env, bins map[string]string, method string, kills int) (cha
 	b := strconv.Itoa(base)
 	services := []svc{
 		{name: "tx", command: []string{bins["tx"], b, txStats}},
-		{name: "work0", command: []string{bins["work"], b, "0", strconv.Itoa(chainInitMs)}},
-		{name: "work1", command: []string{bins["work"], b, "1", strconv.Itoa(chainInitMs)}},
+		{name: "work0", command: []string{bins["work"], b, "0", strconv.Itoa(chainInitMs)}, extra: extra},
+		{name: "work1", command: []string{bins["work"], b, "1", strconv.Itoa(chainInitMs)}, extra: extra},
 		{name: "rx", command: []string{bins["rx"], b, method, strconv.Itoa(e.opts.chainRate), rxStats}},
 	}
 	h, err := e.startHBD(hbdConfig{label: "chain-" + method, detector: "auto", slots: 16, services: services})
@@ -147,7 +156,7 @@ func runChainOnce(e *env, bins map[string]string, method string, kills int) (cha
 		if pid == 0 {
 			return run, fmt.Errorf("kill %d: work%d is not running", k+1, k%2)
 		}
-		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(int(pid), sig); err != nil {
 			return run, fmt.Errorf("kill %d: %w", k+1, err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
@@ -202,7 +211,7 @@ func runChain(e *env, r *Report) error {
 			kills = 0
 			label = "no kill (the chain's own loss), hb method"
 		}
-		run, err := runChainOnce(e, bins, m.name, kills)
+		run, err := runChainOnce(e, bins, m.name, kills, false)
 		if err != nil {
 			r.check(test, m.name+": ran", false, "%v", err)
 			continue
@@ -222,6 +231,19 @@ func runChain(e *env, r *Report) error {
 		res := r.addValue(test, "packets lost per kill, "+label, "packets", pk)
 		res.N = kills
 		res.Note = fmt.Sprintf("%d lost of %d sent, %d switches", run.lost(), run.sent, run.switches)
+	}
+	// A hung worker (SIGSTOP) instead of a dead one, hb's method, the
+	// workers under a watchdog.
+	hungLabel := fmt.Sprintf("hb slot word, the worker hung (SIGSTOP) under a %d ms watchdog", chainWatchdogMs)
+	if run, err := runChainOnce(e, bins, "hb", e.opts.chainKills, true); err != nil {
+		r.check(test, "hung: ran", false, "%v", err)
+	} else {
+		r.check(test, hungLabel+": packets add up", run.received <= run.sent && run.duplicates == 0 && run.sent > 0,
+			"sent %d, received %d, duplicates %d", run.sent, run.received, run.duplicates)
+		r.check(test, "hung: rx switched at every hang", run.switches == uint64(run.kills), "%d switches for %d hangs", run.switches, run.kills)
+		res := r.addValue(test, "packets lost per kill, "+hungLabel, "packets", float64(run.lost())/float64(run.kills))
+		res.N = run.kills
+		res.Note = fmt.Sprintf("%d lost of %d sent, %d switches; about %d ms of packets is the watchdog's period", run.lost(), run.sent, run.switches, chainWatchdogMs)
 	}
 	if hb, ok := perKill["hb"]; ok {
 		if hbeat, ok := perKill["heartbeat"]; ok && hbeat > 0 {

@@ -22,6 +22,7 @@ import (
 type svc struct {
 	name    string
 	command []string
+	extra   string // more TOML lines of the service's table
 }
 
 // hbdConfig is what a benchmark hbd runs.
@@ -65,7 +66,7 @@ func (h *hbdProc) writeConfig() (string, error) {
 		// start_secs 0: every run counts as started, so every kill is
 		// followed by an immediate respawn (no failed-start backoff).
 		fmt.Fprintf(&b, "[service.%s]\ncommand = [%s]\nrestart = \"always\"\nstart_secs = \"0s\"\nstart_retries = 0\n"+
-			"stop_timeout = \"5s\"\nstdout = \"null\"\nstderr = \"null\"\n\n", s.name, strings.Join(args, ", "))
+			"stop_timeout = \"5s\"\nstdout = \"null\"\nstderr = \"null\"\n%s\n", s.name, strings.Join(args, ", "), s.extra)
 	}
 	path := filepath.Join(h.dir, "hb.toml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)

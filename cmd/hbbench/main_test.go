@@ -228,6 +228,9 @@ func TestQuickChain(t *testing.T) {
 			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
 		}
 	}
+	if !checks["hung: rx switched at every hang"] {
+		t.Errorf("no passing hang check in %+v", rep.Checks)
+	}
 	if !checks["hb: rx switched at every kill"] {
 		t.Errorf("no passing switch check in %+v", rep.Checks)
 	}

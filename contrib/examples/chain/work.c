@@ -3,12 +3,16 @@
  * receives on port B+1+ID to tx (B+3), and sends a heartbeat to rx (B+0)
  * every 10 ms: rx waits for the first one before it sends, and its
  * heartbeat method watches them (hb's method needs none: the slot's PID is
- * the liveness).
+ * the liveness). It beats hb's watchdog (hb_beat: one store; nothing without
+ * a watchdog) at every turn of its loop, so a worker that hangs (or is
+ * stopped) reads 0 in its slot within the watchdog's period.
  *
  *	work BASE ID [INIT_MS] */
 #include "chain.h"
 
 #include <poll.h>
+
+#include "hb_shm.h"
 
 #define BEAT_NS 10000000ull
 
@@ -28,13 +32,17 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	chain_signals();
-	if (init_ms > 0)
-		usleep((useconds_t)init_ms * 1000u);
+	for (long t = 0; t < init_ms; t += 5) {
+		hb_beat();
+		usleep(5000);
+	}
 	in = chain_socket("work", base, CHAIN_PORT_WORK(id));
 	out = chain_socket("work", base, -1);
 	beat.worker = (uint32_t)id;
 	while (!chain_stop) {
 		struct pollfd p = {.fd = in, .events = POLLIN};
+
+		hb_beat();
 		uint64_t now = chain_now_ns();
 		struct chain_pkt pkt;
 		ssize_t n;
