@@ -401,3 +401,41 @@ func TestCompareLoad(t *testing.T) {
 		t.Fatalf("%d comparison rows, want one: kill→slot 0 at 3× (p50) and 4× (p99), target not met", len(rows))
 	}
 }
+
+// TestQuickWatchdog runs the watchdog test with two hangs: each is recorded,
+// no beating service is declared hung, and the figures are there.
+func TestQuickWatchdog(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	if len(rep.Checks) < 4 {
+		t.Errorf("%d checks, want the hang audit and the no-false-hang check: %+v", len(rep.Checks), rep.Checks)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	want := map[string]bool{"one beat: C hb_beat()": false, "hang → slot 0, minus the 20ms watchdog period": false, "plugin CPU, 100 services beating a 10 ms watchdog": false}
+	for _, res := range rep.Results {
+		if _, ok := want[res.Name]; ok && res.N >= 1 {
+			want[res.Name] = true
+		}
+	}
+	for name, ok := range want {
+		if !ok {
+			t.Errorf("no figure %q", name)
+		}
+	}
+}

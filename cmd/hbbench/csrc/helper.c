@@ -453,6 +453,44 @@ static void disarm(struct waiter *w, int pfd)
 
 /* rawpidfd EXE SETTLE_US (kind WAIT_PIDFD), rawcn EXE SETTLE_US (WAIT_CN):
  * our own child, watched by a raw waiter, killed and reaped. */
+/* beat N: the cost of one hb_beat() (a beat area of its own: a memfd named
+ * by HB_BEAT_FD, as hb hands one to a service) and of one sd_notify
+ * "WATCHDOG=1" datagram to a unix socket, each timed over N calls, in ns. */
+static void cmd_beat(long n)
+{
+	int fd = (int)syscall(SYS_memfd_create, "hbbench-beat", 0);
+	int sv[2];
+	char v[16];
+	uint64_t t0, t1, t2;
+
+	if (n < 1 || fd < 0 || ftruncate(fd, HB_BEAT_SIZE) != 0) {
+		printf("err beat area: %s\n", strerror(errno));
+		return;
+	}
+	snprintf(v, sizeof v, "%d", fd);
+	setenv(HB_BEAT_FD_ENV, v, 1);
+	if (hb_beat_init() != 1 || socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) != 0) {
+		printf("err beat init: %s\n", strerror(errno));
+		close(fd);
+		return;
+	}
+	t0 = now_ns();
+	for (long i = 0; i < n; i++)
+		hb_beat();
+	t1 = now_ns();
+	long m = n / 1000 > 0 ? n / 1000 : 1;
+	char buf[64];
+	for (long i = 0; i < m; i++) {
+		if (send(sv[0], "WATCHDOG=1", 10, 0) != 10 || recv(sv[1], buf, sizeof buf, 0) != 10)
+			break;
+	}
+	t2 = now_ns();
+	printf("ok beat_ps=%llu notify_ns=%llu\n", (unsigned long long)((t1 - t0) * 1000 / (uint64_t)n),
+	       (unsigned long long)((t2 - t1) / (uint64_t)m));
+	close(sv[0]);
+	close(sv[1]);
+}
+
 static void cmd_raw(int kind, int eid, long settle)
 {
 	const char *e = exe(eid);
@@ -868,6 +906,8 @@ static int serve(void)
 			cmd_killall(a, c);
 		} else if (!strcmp(cmd, "rawkillall") && sscanf(line, "%*s %d %ld %ld", &a, &c, &d) == 3) {
 			cmd_rawkillall(a, c, d);
+		} else if (!strcmp(cmd, "beat") && sscanf(line, "%*s %ld", &c) == 1) {
+			cmd_beat(c);
 		} else if (!strcmp(cmd, "quit")) {
 			/* The bare supervisors' children die with their threads. */
 			printf("ok\n");

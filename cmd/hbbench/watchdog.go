@@ -1,0 +1,112 @@
+package main
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// watchdogPeriod is the watchdog of the hang → slot 0 figure.
+const watchdogPeriod = 20 * time.Millisecond
+
+// runWatchdog: the cost of a beat (C hb_beat) beside an sd_notify
+// "WATCHDOG=1" datagram, timed by the helper in the same run; hang → slot
+// 0 minus the deadline for a 20 ms watchdog (hbclient -b 1 beats every
+// millisecond until SIGUSR1, then hangs); and the plugin's CPU with 100
+// services beating a 10 ms watchdog.
+func runWatchdog(e *env, r *Report) error {
+	const test = "watchdog"
+	rep, err := e.helper.call("beat %d", 20000000)
+	if err != nil {
+		return err
+	}
+	beat := r.addValue(test, "one beat: C hb_beat()", "ns", float64(rep.u64("beat_ps"))/1000)
+	beat.Target = "< 5 ns"
+	meets(beat, beat.P50 < 5)
+	r.addValue(test, `one sd_notify "WATCHDOG=1" datagram (send + receive)`, "ns", float64(rep.u64("notify_ns"))).Note = "baseline"
+
+	hang := fmt.Sprintf("watchdog = \"%s\"\nwatchdog_grace = \"50ms\"\n", watchdogPeriod)
+	h, err := e.startHBD(hbdConfig{label: "watchdog", detector: e.bestDetector(), slots: 16, services: []svc{
+		{name: "beater", command: []string{e.hbclient, "-b", "1"}, extra: hang},
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := h.waitUp(1, 30*time.Second); err != nil {
+		h.stop()
+		return err
+	}
+	t, err := newTarget(h, "beater")
+	if err != nil {
+		h.stop()
+		return err
+	}
+	var late []float64
+	for range e.opts.fatKills {
+		pid, err := t.ready(e)
+		if err != nil {
+			h.stop()
+			return err
+		}
+		time.Sleep(3 * watchdogPeriod) // well into beating
+		t.kills++
+		t.last = pid
+		t0 := time.Now()
+		if err := syscall.Kill(int(pid), syscall.SIGUSR1); err != nil {
+			h.stop()
+			return err
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for h.table.PID(t.idx) == pid {
+			if time.Now().After(deadline) {
+				h.stop()
+				return fmt.Errorf("hung pid %d still in its slot 10 s after it stopped beating", pid)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		// The last beat came at most 1 ms before the SIGUSR1.
+		late = append(late, float64((time.Since(t0) - watchdogPeriod).Nanoseconds()))
+	}
+	res := r.addSeries(test, fmt.Sprintf("hang → slot 0, minus the %v watchdog period", watchdogPeriod), "ms", late)
+	res.Target = "p99 ≤ 2 ms"
+	meets(res, res.P99 <= 2)
+	res.Note = "the client beats every 1 ms, so up to 1 ms of it is the last beat's age"
+	t.verify(e, r, test, "hb hung beater")
+	h.stop()
+
+	const n = 100
+	services := make([]svc, n)
+	for i := range services {
+		services[i] = svc{name: fmt.Sprintf("b%03d", i), command: []string{e.hbclient, "-b", "2"}, extra: "watchdog = \"10ms\"\n"}
+	}
+	h, err = e.startHBD(hbdConfig{label: "watchdog-100", detector: e.bestDetector(), slots: 128, services: services})
+	if err != nil {
+		return err
+	}
+	defer h.stop()
+	if _, err := h.waitUp(n, 60*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	before := make([]uint32, h.table.Len())
+	for i := range before {
+		before[i] = h.table.PID(i)
+	}
+	plug := []int{h.pluginPID()}
+	secs := max(e.opts.idleSecs, 1)
+	c0 := cpuNs(plug)
+	time.Sleep(time.Duration(secs * float64(time.Second)))
+	pct := float64(cpuNs(plug)-c0) / (secs * 1e9) * 100
+	res = r.addValue(test, fmt.Sprintf("plugin CPU, %d services beating a 10 ms watchdog", n), "% of a core", pct)
+	res.Target = "< 2 %"
+	meets(res, pct < 2)
+	changed := 0
+	for i := range before {
+		if h.table.PID(i) != before[i] {
+			changed++
+		}
+	}
+	r.check(test, fmt.Sprintf("no service beating a 10 ms watchdog declared hung (%d services)", n), changed == 0,
+		"%d slots changed during the window", changed)
+	return nil
+}
