@@ -36,6 +36,7 @@ func specToProto(s Spec) *hbpb.Spec {
 			StartSecsNs: int64(s.Respawn.StartWindow),
 		},
 		RunningAtSpawn: s.RunningAtSpawn,
+		KillMode:       s.KillMode,
 	}
 }
 
@@ -89,6 +90,7 @@ func specFromProto(p *hbpb.Spec) Spec {
 			StartWindow: time.Duration(p.GetRespawn().GetStartSecsNs()),
 		},
 		RunningAtSpawn: p.GetRunningAtSpawn(),
+		KillMode:       p.GetKillMode(),
 	}
 }
 
@@ -126,6 +128,7 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		FeatureVersion:   uint32(i.FeatureVersion),
 		ShmRepairs:       i.ShmRepairs,
 		ShmProblem:       i.ShmProblem,
+		Cgroups:          i.Cgroups,
 	}
 }
 
@@ -145,6 +148,7 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		FeatureVersion:   featureVersion(p),
 		ShmRepairs:       p.GetShmRepairs(),
 		ShmProblem:       p.GetShmProblem(),
+		Cgroups:          p.GetCgroups(),
 	}
 }
 

@@ -37,6 +37,12 @@ type Spec struct {
 	// spawn on rather than StateStarting; the host has nothing to correct
 	// afterwards (plugins of FeatureVersion FeatureRunningAtSpawn and later).
 	RunningAtSpawn bool
+	// KillMode is what Stop signals and what is killed of an incarnation
+	// after its main process exits: "cgroup" (every process of the
+	// service's cgroup; the default where the plugin has cgroups),
+	// "process-group" (the main process's group, as without cgroups) or
+	// "process" (the main process alone). See docs/cgroups.md.
+	KillMode string
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on
@@ -160,6 +166,10 @@ type Info struct {
 	// ShmProblem is what the plugin cannot repair in the table ("" if
 	// nothing): e.g. another file under the table's name.
 	ShmProblem string
+	// Cgroups says how services are contained: "cgroup DIR" (one cgroup
+	// per service under DIR), or "process-group: REASON" (no cgroups, and
+	// why). "" from a plugin before the field.
+	Cgroups string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

@@ -207,6 +207,7 @@ type InfoResponse struct {
 	ShmRepairs       []string               `protobuf:"bytes,11,rep,name=shm_repairs,json=shmRepairs,proto3" json:"shm_repairs,omitempty"`                    // repairs of the table the plugin made (truncated, name removed), newest last
 	ShmProblem       string                 `protobuf:"bytes,12,opt,name=shm_problem,json=shmProblem,proto3" json:"shm_problem,omitempty"`                    // what the plugin cannot repair in the table ("" if nothing)
 	FeatureVersion   uint32                 `protobuf:"varint,13,opt,name=feature_version,json=featureVersion,proto3" json:"feature_version,omitempty"`       // what the plugin honours (plugin.Feature*); 0: read version
+	Cgroups          string                 `protobuf:"bytes,14,opt,name=cgroups,proto3" json:"cgroups,omitempty"`                                            // "cgroup DIR" or "process-group: REASON" (plugin.Info.Cgroups)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -332,6 +333,13 @@ func (x *InfoResponse) GetFeatureVersion() uint32 {
 	return 0
 }
 
+func (x *InfoResponse) GetCgroups() string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return ""
+}
+
 // Spec mirrors plugin.Spec.
 type Spec struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -349,6 +357,7 @@ type Spec struct {
 	LogBackups     int64                  `protobuf:"varint,12,opt,name=log_backups,json=logBackups,proto3" json:"log_backups,omitempty"`
 	Respawn        *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
 	RunningAtSpawn bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"` // start_secs 0: the slot reads running from the spawn on
+	KillMode       string                 `protobuf:"bytes,15,opt,name=kill_mode,json=killMode,proto3" json:"kill_mode,omitempty"`                      // "cgroup" | "process-group" | "process"; "": the plugin's default
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -479,6 +488,13 @@ func (x *Spec) GetRunningAtSpawn() bool {
 		return x.RunningAtSpawn
 	}
 	return false
+}
+
+func (x *Spec) GetKillMode() string {
+	if x != nil {
+		return x.KillMode
+	}
+	return ""
 }
 
 // Respawn lets the plugin restart a service by itself, without a round trip
@@ -1506,7 +1522,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\x8c\x03\n" +
+	"\vInfoRequest\"\xa6\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1525,7 +1541,8 @@ const file_hb_proto_rawDesc = "" +
 	"shmRepairs\x12\x1f\n" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
-	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xf6\x02\n" +
+	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
+	"\acgroups\x18\x0e \x01(\tR\acgroups\"\x93\x03\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1542,7 +1559,8 @@ const file_hb_proto_rawDesc = "" +
 	"\vlog_backups\x18\f \x01(\x03R\n" +
 	"logBackups\x12(\n" +
 	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\x12(\n" +
-	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\"\x85\x01\n" +
+	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\x12\x1b\n" +
+	"\tkill_mode\x18\x0f \x01(\tR\bkillMode\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +

@@ -63,6 +63,15 @@ type Options struct {
 	// the machine is delivered (see connector.Options.NoFilter).
 	NoFilter bool
 
+	// Cgroups puts each service in a cgroup of its own when the plugin is
+	// root and a cgroup v2 hierarchy is mounted (see docs/cgroups.md);
+	// CgroupRoot is where the subtree CgroupRoot/ShmName goes, a path in
+	// the hierarchy ("" the plugin's own cgroup). Without it, or where
+	// cgroups cannot be used, process groups as before; Info.Cgroups says
+	// which and why.
+	Cgroups    bool
+	CgroupRoot string
+
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
 	onCleared func(idx, pid int, cleared bool)
@@ -95,6 +104,8 @@ type Shim struct {
 	groups map[int]struct{}
 
 	recordKick chan struct{} // wakes recordLoop; nil without StateDir
+
+	cg cgroupMode // set by New
 
 	// shmMu guards shmNotes and shmErr, the last Check of the table.
 	shmMu    sync.Mutex
@@ -138,6 +149,9 @@ type service struct {
 	exe string
 	// logProblem is what the last EventLog said; used by logLoop only.
 	logProblem string
+	// cg is the service's cgroup once it has one; written with op held
+	// and Shim.mu, read under either.
+	cg *svcCgroup
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -154,6 +168,15 @@ type incarnation struct {
 	startNs   uint64    // spawn time (shm.MonotonicNs); zero when adopted
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
+
+	// killMode is what Stop signals and what is killed after the main
+	// process's exit (KillCgroup, KillProcessGroup, KillProcess); cg is
+	// the service's cgroup with KillCgroup (the process is in it), else
+	// nil. leftovers: how many processes the exit path found (and
+	// killed) in cg after the main process; written under mu.
+	killMode  string
+	cg        *svcCgroup
+	leftovers int
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -243,6 +266,15 @@ func New(opts Options) (*Shim, error) {
 		return nil, fmt.Errorf("shim: %w", err)
 	}
 	s.watcher = watcher
+	s.cg = cgroupMode{reason: "cgroups are off (--cgroups off)"}
+	if opts.Cgroups {
+		s.cg = openCgroups(opts.CgroupRoot, opts.ShmName)
+	}
+	if s.cg.tree != nil {
+		log.Info("services run in cgroups of their own", "cgroups", s.cg.tree.dir)
+	} else {
+		log.Warn("services are contained by process groups only: a process that leaves its group outlives stop", "reason", s.cg.reason)
+	}
 	conn, pidfd := watcher.Active()
 	var flags uint32
 	if conn {
@@ -442,6 +474,7 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		LastSeq:          s.events.lastSeq(),
 		Version:          api.BuildVersion(),
 		FeatureVersion:   FeatureVersion,
+		Cgroups:          s.cg.String(),
 	}, nil
 }
 
@@ -533,6 +566,7 @@ func (s *Shim) close(clean bool) error {
 			s.mu.Unlock()
 			drainStrays(s.log, drainTimeout, groups)
 		}
+		s.closeCgroups(clean)
 		if err := s.w.Close(clean); err != nil {
 			errs = append(errs, err)
 		}

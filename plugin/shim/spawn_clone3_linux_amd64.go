@@ -72,7 +72,10 @@ func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err error, ok bool) {
 	if ret < 0 {
 		e := syscall.Errno(-ret)
-		if e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG {
+		// Into a cgroup, EINVAL, EPERM, EBUSY, EOPNOTSUPP are the
+		// cgroup's refusal (docs/cgroups.md), not clone3's.
+		cgroupRefused := req.into_cgroup != 0 && e != syscall.ENOSYS && e != syscall.E2BIG
+		if !cgroupRefused && (e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG) {
 			clone3Off.Store(true)
 			return 0, -1, nil, false
 		}
@@ -128,6 +131,10 @@ func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Re
 		rr.on_failure = 1
 	}
 	rr.spawn = req
+	rr.cg_events_fd = -1
+	if a.intoCgroup {
+		rr.cg_events_fd = C.int(a.cgEvents)
+	}
 
 	// stop, too, is Go memory with no pointers in it (an atomic.Bool is
 	// one uint32).
@@ -136,6 +143,7 @@ func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Re
 	if rr.err != 0 {
 		r.err = syscall.Errno(rr.err)
 	}
+	r.cgBusy = rr.cg_busy != 0
 	if rr.spawned == 0 {
 		return r, true
 	}
@@ -208,6 +216,9 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 		req.fd[i] = C.int(fd)
 	}
 	req.setpgid = 1
+	if a.intoCgroup {
+		req.into_cgroup, req.cgroup_fd = 1, C.int(a.cgroup)
+	}
 	if c := a.cred; c != nil {
 		req.cred = 1
 		req.uid, req.gid = C.uint32_t(c.Uid), C.uint32_t(c.Gid)

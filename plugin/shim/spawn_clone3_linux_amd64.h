@@ -24,6 +24,8 @@ struct hb_spawn_req {
 	int ngroups;
 	int set_nofile;    /* non-zero: RLIMIT_NOFILE = {nofile_cur, nofile_max} */
 	uint64_t nofile_cur, nofile_max;
+	int into_cgroup;   /* non-zero: start in the cgroup cgroup_fd (CLONE_INTO_CGROUP) */
+	int cgroup_fd;
 
 	/* Results. */
 	int pidfd; /* the child's pidfd (O_CLOEXEC), in the parent */
@@ -65,12 +67,14 @@ struct hb_reap_req {
 	int ncodes;
 	const int *codes;
 	struct hb_spawn_req *spawn;
+	int cg_events_fd;  /* >= 0: the cgroup.events of spawn's cgroup; no spawn unless it reads "populated 0" */
 
 	/* Results. */
 	int reaped;        /* non-zero: the child was reaped */
 	int status;        /* exit code, 128+signal, or -1 (not reaped) */
 	int err;           /* errno of waitid; 0 */
 	long spawned;      /* what hb_spawn returned; 0: no respawn was attempted */
+	int cg_busy;       /* non-zero: not spawned, the cgroup was still populated */
 	uint64_t spawn_t0, spawn_t1; /* CLOCK_BOOTTIME ns just before and after hb_spawn */
 };
 

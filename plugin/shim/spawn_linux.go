@@ -76,6 +76,9 @@ func (s *Shim) start(svc *service, spec plugin.Spec) (res plugin.SpawnResult, er
 // launch spawns what p planned, records it (started) and announces it,
 // with exit and unlock as for announce.
 func (s *Shim) launch(p *startPlan, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
+	if err := s.emptyCgroup(p); err != nil {
+		return plugin.SpawnResult{}, false, err
+	}
 	c, err := spawnTracked(&p.attr)
 	if err != nil {
 		return plugin.SpawnResult{}, false, p.spawnError(err)
@@ -96,6 +99,8 @@ type startPlan struct {
 	idx   int
 	gen   uint64
 	attr  procAttr
+	// killMode is the incarnation's kill mode (Spec.KillMode as in force).
+	killMode string
 }
 
 // planStart works out how to start the next incarnation of svc. A respawn
@@ -141,13 +146,17 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 	}
 	idx := svc.idx
 	gen := s.w.Snapshot(idx).Generation + 1
-	return &startPlan{
+	p := &startPlan{
 		svc: svc, spec: spec, argv0: argv0, idx: idx, gen: gen,
 		attr: procAttr{
 			path: argv0, argv: spec.Command, env: childEnv(spec.Env, spec.Name, idx, s.shmPath, gen), dir: spec.Dir,
 			files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
 		},
-	}, nil
+	}
+	if err := s.planCgroup(p); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // spawnError is the error of a failed spawnProc of p: a bad Spec when exec
@@ -192,6 +201,10 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	inc := &incarnation{
 		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
 		startTime: startTime, child: true, pidfd: pidfd, done: make(chan struct{}),
+		killMode: p.killMode,
+	}
+	if p.attr.intoCgroup {
+		inc.cg = svc.cg
 	}
 	s.mu.Lock()
 	svc.cur = inc

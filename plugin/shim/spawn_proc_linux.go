@@ -16,6 +16,14 @@ type procAttr struct {
 	dir   string              // "" keeps the plugin's
 	files [3]int              // the child's 0, 1, 2
 	cred  *syscall.Credential // nil keeps the plugin's
+	// cgroup, when intoCgroup is set, is the descriptor of the cgroup the
+	// child starts in (CLONE_INTO_CGROUP): it never runs outside it.
+	cgroup     int
+	intoCgroup bool
+	// cgEvents, when intoCgroup is set, is the cgroup's cgroup.events: a
+	// respawn on the exit path starts the replacement only while it reads
+	// "populated 0" (reapRespawn).
+	cgEvents int
 }
 
 // child is a process a spawner started.
@@ -63,7 +71,10 @@ type reaped struct {
 	ok     bool  // the child was reaped
 	err    error // from waitid
 	// tried: a respawn was attempted, with the result in c and spawnErr.
-	tried    bool
+	tried bool
+	// cgBusy: no respawn was attempted because the service's cgroup still
+	// held processes after the reap.
+	cgBusy   bool
 	c        child
 	spawnErr error
 }
@@ -101,9 +112,11 @@ func spawnForkExec(a *procAttr) (pid, pidfd int, err error) {
 		Env:   a.env,
 		Files: []uintptr{uintptr(a.files[0]), uintptr(a.files[1]), uintptr(a.files[2])},
 		Sys: &syscall.SysProcAttr{
-			Setpgid:    true,
-			Credential: a.cred,
-			PidFD:      &pidfd,
+			Setpgid:     true,
+			Credential:  a.cred,
+			PidFD:       &pidfd,
+			UseCgroupFD: a.intoCgroup,
+			CgroupFD:    a.cgroup,
 		},
 	})
 	return pid, pidfd, err

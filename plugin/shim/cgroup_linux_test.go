@@ -1,0 +1,289 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector"
+	"github.com/hbshim/hb/plugin"
+)
+
+func TestCgroup2Mount(t *testing.T) {
+	hybrid := `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+`
+	unified := `30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+`
+	// A bind mount of a subtree (ROOT not /) is not the hierarchy's top.
+	bind := `50 23 0:26 /sub /mnt/x rw - cgroup2 cgroup2 rw
+51 23 0:26 / /mnt/with\040space rw - cgroup2 cgroup2 rw
+`
+	for _, tc := range []struct{ in, want string }{
+		{hybrid, "/sys/fs/cgroup/unified"}, {unified, "/sys/fs/cgroup"}, {bind, "/mnt/with space"},
+	} {
+		got, err := cgroup2Mount([]byte(tc.in))
+		if err != nil || got != tc.want {
+			t.Errorf("cgroup2Mount = %q, %v; want %q", got, err, tc.want)
+		}
+	}
+	if _, err := cgroup2Mount([]byte("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n")); err == nil {
+		t.Error("no cgroup2 mount: no error")
+	}
+	if p, err := cgroup2Path([]byte("4:memory:/x\n0::/system.slice/hbd.service\n")); err != nil || p != "/system.slice/hbd.service" {
+		t.Errorf("cgroup2Path = %q, %v", p, err)
+	}
+	if _, err := cgroup2Path([]byte("4:memory:/x\n")); err == nil {
+		t.Error("v1 only: no error")
+	}
+}
+
+var cgroupSeq atomic.Int32
+
+// cgroupHarness is a Shim with cgroups on a table of its own (its cgroup
+// tree is unique to the test), or a skip where cgroups are not usable. The
+// cleanup shuts it down cleanly and checks the tree is gone.
+func cgroupHarness(t *testing.T) *harness {
+	t.Helper()
+	name := fmt.Sprintf("hbcgt-%d-%d", os.Getpid(), cgroupSeq.Add(1))
+	if m := openCgroups("", name); m.tree == nil {
+		t.Skipf("cgroups cannot be used here (%s): the process-group fallback is what runs", m.reason)
+	} else {
+		m.tree.close()
+		_ = m.tree.remove()
+	}
+	dir := t.TempDir()
+	h := openHarness(t, Options{ShmName: name, ShmDir: dir, Slots: 16, Detector: connector.DetectAuto, Cgroups: true}, dir)
+	if h.s.cg.tree == nil {
+		t.Fatalf("no cgroup tree: %s", h.s.cg.reason)
+	}
+	tree := h.s.cg.tree.dir
+	t.Cleanup(func() {
+		h.stopAll()
+		h.cancel()
+		if err := h.s.Shutdown(context.Background(), true); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if _, err := os.Stat(tree); !os.IsNotExist(err) {
+			t.Errorf("cgroup tree %s left behind after a clean shutdown (stat: %v)", tree, err)
+			// Leave nothing behind even so.
+			dirs, _ := filepath.Glob(tree + "/*/cgroup.procs")
+			for _, k := range dirs {
+				c := &svcCgroup{path: filepath.Dir(k), rel: strings.TrimPrefix(filepath.Dir(k), h.s.cg.mnt)}
+				if fd, err := unix.Open(c.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+					c.dirfd = fd
+					_ = c.kill()
+					unix.Close(fd)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			for _, k := range dirs {
+				_ = unix.Rmdir(filepath.Dir(k))
+			}
+			_ = unix.Rmdir(tree)
+		}
+	})
+	return h
+}
+
+// stopAll stops every running service of h (SIGKILL).
+func (h *harness) stopAll() {
+	slots, _ := h.s.List(context.Background())
+	for _, sl := range slots {
+		if sl.PID != 0 {
+			if err := h.s.Stop(context.Background(), sl.Name, unix.SIGKILL, 5*time.Second); err != nil {
+				h.t.Errorf("cleanup: stop %s: %v", sl.Name, err)
+			}
+		}
+	}
+}
+
+// shSpec is a Spec running script with /bin/sh.
+func (h *harness) shSpec(name, script string) plugin.Spec {
+	return plugin.Spec{
+		Name: name, Command: []string{"/bin/sh", "-c", script}, UID: -1, GID: -1,
+		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: "null", Stderr: "null",
+	}
+}
+
+// members waits until the service's cgroup holds n processes and returns them.
+func (h *harness) members(name string, n int) []int {
+	h.t.Helper()
+	cg := h.svcCgroup(name)
+	var pids []int
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pids, _ = cg.pids()
+		pids = slices.DeleteFunc(pids, exiting)
+		if len(pids) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %d processes in %s: %v", n, cg.path, pids)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return pids
+}
+
+func (h *harness) svcCgroup(name string) *svcCgroup {
+	h.t.Helper()
+	h.s.mu.Lock()
+	defer h.s.mu.Unlock()
+	svc := h.s.svcs[name]
+	if svc == nil || svc.cg == nil {
+		h.t.Fatalf("service %q has no cgroup", name)
+	}
+	return svc.cg
+}
+
+// escapees is a script whose main process leaves a setsid child that
+// ignores SIGTERM, a backgrounded grandchild, and then waits.
+const escapees = `setsid sh -c 'trap "" TERM; exec sleep 1000' & sh -c 'sleep 1000 & wait' & wait`
+
+// TestCgroupStopKillsEscapees: in kill mode cgroup, a Stop leaves no
+// process of the service: not a setsid child ignoring SIGTERM, not a
+// backgrounded grandchild. The child started in its cgroup (it was never
+// outside: /proc/PID/cgroup names it at once).
+func TestCgroupStopKillsEscapees(t *testing.T) {
+	h := cgroupHarness(t)
+	res := h.spawn(h.shSpec("esc", escapees))
+	cg := h.svcCgroup("esc")
+	if !cg.contains(res.PID) {
+		t.Fatalf("pid %d is not in %s", res.PID, cg.path)
+	}
+	pids := h.members("esc", 4) // sh, the setsid sleep, the inner sh and its sleep
+	if err := h.s.Stop(context.Background(), "esc", unix.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if !gone(pid) && !exiting(pid) {
+			t.Errorf("pid %d (%s) of the service outlived stop", pid, cmdlineOf(pid))
+		}
+	}
+	if pop, _ := cg.populated(); pop {
+		left, _ := cg.pids()
+		t.Errorf("cgroup still populated after stop: %v", left)
+	}
+}
+
+// TestCgroupProcessGroupMode: kill mode process-group is today's
+// behaviour: a setsid child is not signalled by Stop (the test kills it).
+func TestCgroupProcessGroupMode(t *testing.T) {
+	h := cgroupHarness(t)
+	spec := h.shSpec("pg", escapees)
+	spec.KillMode = KillProcessGroup
+	h.spawn(spec)
+	h.s.mu.Lock()
+	cg := h.s.svcs["pg"].cg
+	h.s.mu.Unlock()
+	if cg != nil {
+		t.Fatalf("kill mode process-group: a cgroup %s was made", cg.path)
+	}
+}
+
+func cmdlineOf(pid int) string {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return strings.ReplaceAll(strings.TrimRight(string(b), "\x00"), "\x00", " ")
+}
+
+// TestCgroupRespawnKillsLeftovers: when the main process dies, what it left
+// in the cgroup is killed and the replacement starts only once the cgroup
+// is empty, so it finds nothing of the old incarnation (here: a child that
+// outlives it). The slot went to 0 at the main process's death as always.
+func TestCgroupRespawnKillsLeftovers(t *testing.T) {
+	h := cgroupHarness(t)
+	spec := h.shSpec("rs", "sleep 1000 & exec sleep 1001")
+	spec.Respawn = plugin.Respawn{Enabled: true}
+	first := h.spawn(spec)
+	h.next(plugin.EventSpawn, "rs")
+	old := h.members("rs", 2)
+	if err := unix.Kill(first.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ex := h.next(plugin.EventExit, "rs")
+	if !ex.Respawned {
+		t.Fatalf("exit %+v not respawned", ex)
+	}
+	sp := h.next(plugin.EventSpawn, "rs")
+	now := h.members("rs", 2)
+	for _, pid := range old {
+		if slices.Contains(now, pid) {
+			t.Errorf("pid %d of the old incarnation is still in the cgroup: %v", pid, now)
+		}
+	}
+	if !slices.Contains(now, sp.PID) {
+		t.Errorf("replacement %d not in the cgroup: %v", sp.PID, now)
+	}
+}
+
+// TestCgroupFreeRemoves: Free removes the service's cgroup; Spawn after an
+// exit that left processes kills them first.
+func TestCgroupFreeRemoves(t *testing.T) {
+	h := cgroupHarness(t)
+	res := h.spawn(h.shSpec("fr", "sleep 1000 & exit 0"))
+	cg := h.svcCgroup("fr")
+	path := cg.path
+	h.next(plugin.EventSpawn, "fr")
+	h.next(plugin.EventExit, "fr")
+	// The main process's exit killed what it left.
+	if err := cg.waitEmpty(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = res
+	if err := h.s.Free(context.Background(), "fr"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("cgroup %s still there after Free (stat: %v)", path, err)
+	}
+}
+
+// TestCgroupAdopt: a new plugin on the table finds an adopted process's
+// cgroup again: its Stop kills the setsid child too.
+func TestCgroupAdopt(t *testing.T) {
+	h := cgroupHarness(t)
+	h.spawn(h.shSpec("ad", escapees))
+	pids := h.members("ad", 4)
+	h.cancel()
+	if err := h.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := New(h.s.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.s = s2
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	if h.events, err = s2.Events(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if s2.adopted != 1 {
+		t.Fatalf("adopted %d; want 1", s2.adopted)
+	}
+	h.s.mu.Lock()
+	inc := h.s.svcs["ad"].cur
+	h.s.mu.Unlock()
+	if inc.cg == nil || inc.killMode != KillCgroup {
+		t.Fatalf("adopted incarnation: cgroup %v, kill mode %q", inc.cg, inc.killMode)
+	}
+	if err := s2.Stop(context.Background(), "ad", unix.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if !gone(pid) && !exiting(pid) {
+			t.Errorf("pid %d (%s) outlived stop after adoption", pid, cmdlineOf(pid))
+		}
+	}
+}
