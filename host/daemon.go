@@ -203,7 +203,7 @@ func (d *Daemon) connect() error {
 
 // pluginArgs are the arguments of `hbd plugin` for this configuration.
 func pluginArgs(h config.HBD) []string {
-	return []string{"plugin",
+	args := []string{"plugin",
 		"--shm", h.Shm,
 		"--slots", fmt.Sprint(h.Slots),
 		"--detector", h.Detector,
@@ -211,6 +211,10 @@ func pluginArgs(h config.HBD) []string {
 		"--log", h.StateDir + "/plugin.log",
 		"--state-dir", h.StateDir,
 	}
+	if h.CgroupRoot != "" {
+		args = append(args, "--cgroup-root", h.CgroupRoot)
+	}
+	return args
 }
 
 // reconcile brings each configured service in line with the table: a live
@@ -713,6 +717,7 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
+		KillMode: c.KillMode,
 	}, nil
 }
 

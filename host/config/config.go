@@ -31,6 +31,13 @@ const (
 // lists equal, since the manager does not import the detectors.
 var Detectors = []string{DetectorAuto, DetectorConnector, DetectorPidfd, DetectorTracepoint}
 
+// Values of [Service].KillMode (the plugin's kill modes).
+const (
+	KillCgroup       = "cgroup"        // every process of the service's cgroup (process groups where there are no cgroups)
+	KillProcessGroup = "process-group" // the main process's group
+	KillProcess      = "process"       // the main process only
+)
+
 // Values of [Service].Stdout and Stderr.
 const (
 	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
@@ -87,6 +94,9 @@ type HBD struct {
 	// ordinary thread.
 	DetectorPriority int
 	SocketGroup      string // group (name or number) allowed on the socket besides root; "" = root only
+	// CgroupRoot is where the services' cgroups go, a path in the cgroup
+	// v2 hierarchy (CgroupRoot/Shm/NAME); "" = the plugin's own cgroup.
+	CgroupRoot string
 }
 
 // Service is one [service.NAME] table with defaults filled in.
@@ -117,6 +127,9 @@ type Service struct {
 	Stderr       string
 	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
 	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
+	// KillMode is KillCgroup, KillProcessGroup or KillProcess: what stop
+	// signals, and what is killed when the main process exits.
+	KillMode string
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -155,6 +168,7 @@ func DefaultService(name string) *Service {
 		Stderr:       OutputFile,
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
+		KillMode:     KillCgroup,
 	}
 }
 
@@ -226,7 +240,8 @@ func (s *Service) Equal(o *Service) bool {
 		s.Stdout == o.Stdout &&
 		s.Stderr == o.Stderr &&
 		s.LogMaxBytes == o.LogMaxBytes &&
-		s.LogBackups == o.LogBackups
+		s.LogBackups == o.LogBackups &&
+		s.KillMode == o.KillMode
 }
 
 // Diff compares two configurations for a reload: added are services only in

@@ -73,6 +73,7 @@ func TestDefaults(t *testing.T) {
 		Stderr:       "file",
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
+		KillMode:     "cgroup",
 	}
 	if diff := cmp.Diff(want, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
@@ -116,6 +117,7 @@ stdout = "inherit"
 stderr = "null"
 log_max_bytes = "512KiB"
 log_backups = 0
+kill_mode = "process"
 
 [service.tx]
 command = ["tx", ""]
@@ -160,6 +162,7 @@ user = "1000"
 		Stderr:       "null",
 		LogMaxBytes:  512 << 10,
 		LogBackups:   0,
+		KillMode:     "process",
 	}
 	if diff := cmp.Diff(rx, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("rx (-want +got):\n%s", diff)

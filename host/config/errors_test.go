@@ -21,6 +21,16 @@ func TestLoadErrors(t *testing.T) {
 		msg     string // also in the message
 	}{
 		{
+			name: "bad kill_mode",
+			toml: "[service.rx]\ncommand = \"rx\"\nkill_mode = \"group\"\n",
+			line: 3, service: "rx", key: `key "kill_mode"`, err: ErrValue, msg: `want "cgroup", "process-group" or "process", got "group"`,
+		},
+		{
+			name: "bad cgroup_root",
+			toml: "[hbd]\ncgroup_root = \"hb/x\"\n",
+			line: 2, key: `key "hbd.cgroup_root"`, err: ErrValue, msg: `not a clean absolute path`,
+		},
+		{
 			name: "syntax error",
 			toml: "[hbd]\nslots = = 3\n",
 			line: 2, err: ErrSyntax,

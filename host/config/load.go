@@ -51,7 +51,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -393,6 +393,8 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 			h.Detector, err = wantString(v)
 		case "socket_group":
 			h.SocketGroup, err = wantID(v)
+		case "cgroup_root":
+			h.CgroupRoot, err = wantString(v)
 		default:
 			c.hbdKeys.remove(k)
 			l.unknown(src, kr, "", "hbd."+k, suggest(k, hbdKeyNames))
@@ -432,6 +434,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
+	"kill_mode",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -502,6 +505,8 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Stderr, err = wantString(v)
 		case "log_max_bytes":
 			s.LogMaxBytes, err = wantSize(v)
+		case "kill_mode":
+			s.KillMode, err = wantString(v)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -57,6 +58,9 @@ func (c *Config) validate(bad map[string]bool) Errors {
 	}
 	if strings.ContainsAny(h.SocketGroup, "\x00:") {
 		hbd("socket_group", "%q is not a group name", h.SocketGroup)
+	}
+	if r := h.CgroupRoot; r != "" && (!strings.HasPrefix(r, "/") || path.Clean(r) != r || strings.ContainsRune(r, 0)) {
+		hbd("cgroup_root", "%q is not a clean absolute path in the cgroup hierarchy (as /proc/self/cgroup names one, e.g. \"/hb.slice\")", r)
 	}
 
 	for _, name := range c.Order {
@@ -187,6 +191,11 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	}
 	if s.LogBackups < 0 {
 		add("log_backups", ErrValue, "%d is negative", s.LogBackups)
+	}
+	switch s.KillMode {
+	case KillCgroup, KillProcessGroup, KillProcess:
+	default:
+		add("kill_mode", ErrValue, "want \"cgroup\", \"process-group\" or \"process\", got %q", s.KillMode)
 	}
 	return errs
 }

@@ -287,3 +287,36 @@ func TestCgroupAdopt(t *testing.T) {
 		}
 	}
 }
+
+// TestCgroupSpawners: with either spawner the child starts in the cgroup
+// (CLONE_INTO_CGROUP): the first thing it reads, /proc/self/cgroup, names
+// it.
+func TestCgroupSpawners(t *testing.T) {
+	h := cgroupHarness(t)
+	cg, err := h.s.cg.tree.service("sp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := cg.remove(5 * time.Second); err != nil {
+			t.Error(err)
+		}
+		cg.close()
+	}()
+	out := filepath.Join(t.TempDir(), "cgroup")
+	for name, spawn := range spawners(t) {
+		t.Run(name, func(t *testing.T) {
+			st := spawnWait(t, spawn, &procAttr{
+				path: "/bin/sh", argv: []string{"sh", "-c", "exec cat /proc/self/cgroup > " + out},
+				files: [3]int{2, 2, 2}, intoCgroup: true, cgroup: cg.dirfd, cgEvents: cg.events,
+			})
+			if st != 0 {
+				t.Fatalf("status %d", st)
+			}
+			got, err := cgroup2Path([]byte(readFile(t, out)))
+			if err != nil || got != cg.rel {
+				t.Fatalf("child's cgroup %q (%v); want %q", got, err, cg.rel)
+			}
+		})
+	}
+}
