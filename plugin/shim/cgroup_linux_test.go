@@ -320,3 +320,62 @@ func TestCgroupSpawners(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkRespawnCgroup: kill -9 of a /bin/sleep service until the
+// plugin's own respawn is announced, with the service in a cgroup and
+// without (process-group), alternately: what the cgroup costs a respawn
+// that finds nothing left (one read of cgroup.events before the spawn,
+// one after the reap, and CLONE_INTO_CGROUP). Informal; hbbench is the
+// reference.
+func BenchmarkRespawnCgroup(b *testing.B) {
+	name := fmt.Sprintf("hbcgb-%d", os.Getpid())
+	m := openCgroups("", name)
+	if m.tree == nil {
+		b.Skipf("cgroups cannot be used here: %s", m.reason)
+	}
+	m.tree.close()
+	respawned := make(chan uint64, 1)
+	opts := Options{ShmName: name, ShmDir: b.TempDir(), Slots: 4, Detector: connector.DetectAuto, Cgroups: true}
+	opts.onRespawned = func(idx int, gen uint64) { respawned <- gen }
+	s, err := New(opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		for _, n := range []string{KillCgroup, KillProcessGroup} {
+			_ = s.Stop(context.Background(), n, unix.SIGKILL, 5*time.Second)
+		}
+		if err := s.Shutdown(context.Background(), true); err != nil {
+			b.Error(err)
+		}
+	}()
+	lat := map[string][]time.Duration{}
+	for _, mode := range []string{KillCgroup, KillProcessGroup} {
+		spec := plugin.Spec{Name: mode, Command: []string{"/bin/sleep", "1000"}, UID: -1, GID: -1,
+			Env: []string{"PATH=/usr/bin:/bin"}, Stdout: "null", Stderr: "null",
+			Respawn: plugin.Respawn{Enabled: true}, KillMode: mode}
+		if _, err := s.Spawn(context.Background(), spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, mode := range []string{KillCgroup, KillProcessGroup} {
+			time.Sleep(time.Millisecond) // let it exec
+			s.mu.Lock()
+			pid := s.svcs[mode].cur.pid
+			s.mu.Unlock()
+			t0 := time.Now()
+			unix.Kill(pid, unix.SIGKILL)
+			<-respawned
+			lat[mode] = append(lat[mode], time.Since(t0))
+		}
+	}
+	b.StopTimer()
+	for mode, l := range lat {
+		slices.Sort(l)
+		b.ReportMetric(float64(l[len(l)/2].Nanoseconds())/1e3, mode+"-p50-µs")
+		b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds())/1e3, mode+"-p99-µs")
+	}
+	b.ReportMetric(0, "ns/op")
+}
