@@ -379,3 +379,38 @@ func BenchmarkRespawnCgroup(b *testing.B) {
 	}
 	b.ReportMetric(0, "ns/op")
 }
+
+// TestCgroupFallback: where the cgroup tree cannot be used (here a
+// cgroup_root that does not exist; as a normal user, not root), services
+// are contained by process groups, and Info says so and why.
+func TestCgroupFallback(t *testing.T) {
+	dir := t.TempDir()
+	name := fmt.Sprintf("hbcgf-%d", os.Getpid())
+	h := openHarness(t, Options{ShmName: name, ShmDir: dir, Slots: 4, Detector: connector.DetectPidfd,
+		Cgroups: true, CgroupRoot: "/hb-no-such-cgroup"}, dir)
+	info, err := h.s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "/hb-no-such-cgroup: no such file or directory"
+	if os.Geteuid() != 0 {
+		want = "not running as root"
+	}
+	if !strings.HasPrefix(info.Cgroups, "process-group: ") || !strings.Contains(info.Cgroups, want) {
+		t.Fatalf("Info.Cgroups = %q; want the process-group fallback naming %q", info.Cgroups, want)
+	}
+	spec := h.shSpec("fb", "sleep 1000 & exec sleep 1001")
+	res := h.spawn(spec)
+	h.s.mu.Lock()
+	inc := h.s.svcs["fb"].cur
+	h.s.mu.Unlock()
+	if inc.killMode != KillProcessGroup || inc.cg != nil {
+		t.Fatalf("kill mode %q, cgroup %v; want process-group without a cgroup", inc.killMode, inc.cg)
+	}
+	if err := h.s.Stop(context.Background(), "fb", unix.SIGTERM, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(res.PID) && !exiting(res.PID) {
+		t.Errorf("pid %d outlived stop", res.PID)
+	}
+}
