@@ -437,6 +437,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		d.decide(s, ev.Status, s.startedAt)
+		d.exitNote(s, ev.Message)
 	case plugin.EventAdopt, plugin.EventLog:
 		d.report(ev)
 	case plugin.EventSpawn:
@@ -832,4 +833,19 @@ func (d *Daemon) saveSeq() {
 	if err := storeSeq(d.cfg.HBD.StateDir, d.info.PID, d.lastSeq); err != nil {
 		d.log.Warn("save event position", "err", err)
 	}
+}
+
+// exitNote adds what the plugin said about an exit (plugin.Event.Message:
+// e.g. it left processes behind) to the reason of the state the exit led
+// to, unless the service was started again at once. Called with mu held.
+func (d *Daemon) exitNote(s *service, note string) {
+	if note == "" || s.pid != 0 {
+		return
+	}
+	if s.reason != "" && !strings.Contains(s.reason, note) {
+		s.reason += "; " + note
+	} else {
+		s.reason = note
+	}
+	d.log.Warn("exit", "service", s.cfg.Name, "note", note)
 }

@@ -139,7 +139,9 @@ type Event struct {
 	// incarnation (Spec.Respawn); its EventSpawn follows.
 	Respawned bool
 	// Message (log events) says what is wrong with the service's log
-	// files; empty when the problem has cleared.
+	// files; empty when the problem has cleared. On an exit event, what
+	// the exit left behind, when that says something about the service
+	// (e.g. "exited 0 and left 3 processes: does it daemonize? …").
 	Message string
 }
 

@@ -173,6 +173,9 @@ func TestFaultCgroupEscape(t *testing.T) {
 		h.Eventually("the daemon killed with its main process", func() (bool, string) {
 			return dead(daemon), cmdline(daemon)
 		})
+		if st := h.ServiceStatus("bg"); !strings.Contains(st.Reason, "exited 0 and left 1 processes") {
+			t.Errorf("bg's reason %q does not say it left a process", st.Reason)
+		}
 	})
 	rep.attack(t, "hbd's clean shutdown", func() {
 		h.WriteConfig(fmt.Sprintf(escapeConfig, bg))

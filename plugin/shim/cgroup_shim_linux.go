@@ -96,6 +96,19 @@ func (s *Shim) afterReap(inc *incarnation, r *reaped) {
 		"processes", len(pids), "stopping", inc.stopping.Load())
 }
 
+// exitNote is what inc's exit with status left behind, for the exit
+// event: a main process that exits 0 and leaves processes in its cgroup
+// most likely daemonizes. "" otherwise.
+func (inc *incarnation) exitNote(status int) string {
+	inc.mu.RLock()
+	n := inc.leftovers
+	inc.mu.RUnlock()
+	if status != 0 || n == 0 || inc.stopping.Load() {
+		return ""
+	}
+	return fmt.Sprintf("exited 0 and left %d processes, killed with it: does it daemonize? run it in the foreground", n)
+}
+
 // stopSignal sends Stop's sig per inc's kill mode: to every process of its
 // cgroup, to its process group, or to the main process.
 func (inc *incarnation) stopSignal(sig syscall.Signal) error {

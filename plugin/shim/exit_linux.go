@@ -209,6 +209,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Source:     ex.Source.String(),
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
+		Message:    inc.exitNote(status),
 	}
 	emitted := false
 	switch {
