@@ -37,6 +37,8 @@ func specToProto(s Spec) *hbpb.Spec {
 		},
 		RunningAtSpawn: s.RunningAtSpawn,
 		KillMode:       s.KillMode,
+		Type:           s.Type,
+		PidFile:        s.PIDFile,
 	}
 }
 
@@ -91,6 +93,8 @@ func specFromProto(p *hbpb.Spec) Spec {
 		},
 		RunningAtSpawn: p.GetRunningAtSpawn(),
 		KillMode:       p.GetKillMode(),
+		Type:           p.GetType(),
+		PIDFile:        p.GetPidFile(),
 	}
 }
 

@@ -43,6 +43,12 @@ type Spec struct {
 	// "process-group" (the main process's group, as without cgroups) or
 	// "process" (the main process alone). See docs/cgroups.md.
 	KillMode string
+	// Type "forking": the first process daemonizes and exits 0; the main
+	// process is the one PIDFile (absolute) names, which must be in the
+	// service's cgroup. "" (or "simple"): the first process is the main
+	// one.
+	Type    string
+	PIDFile string
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on

@@ -358,6 +358,8 @@ type Spec struct {
 	Respawn        *Respawn               `protobuf:"bytes,13,opt,name=respawn,proto3" json:"respawn,omitempty"`
 	RunningAtSpawn bool                   `protobuf:"varint,14,opt,name=running_at_spawn,json=runningAtSpawn,proto3" json:"running_at_spawn,omitempty"` // start_secs 0: the slot reads running from the spawn on
 	KillMode       string                 `protobuf:"bytes,15,opt,name=kill_mode,json=killMode,proto3" json:"kill_mode,omitempty"`                      // "cgroup" | "process-group" | "process"; "": the plugin's default
+	Type           string                 `protobuf:"bytes,16,opt,name=type,proto3" json:"type,omitempty"`                                              // "forking": the main process is the one pid_file names; "": the first
+	PidFile        string                 `protobuf:"bytes,17,opt,name=pid_file,json=pidFile,proto3" json:"pid_file,omitempty"`                         // with type "forking", absolute
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -493,6 +495,20 @@ func (x *Spec) GetRunningAtSpawn() bool {
 func (x *Spec) GetKillMode() string {
 	if x != nil {
 		return x.KillMode
+	}
+	return ""
+}
+
+func (x *Spec) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Spec) GetPidFile() string {
+	if x != nil {
+		return x.PidFile
 	}
 	return ""
 }
@@ -1542,7 +1558,7 @@ const file_hb_proto_rawDesc = "" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
 	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
-	"\acgroups\x18\x0e \x01(\tR\acgroups\"\x93\x03\n" +
+	"\acgroups\x18\x0e \x01(\tR\acgroups\"\xc2\x03\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1560,7 +1576,9 @@ const file_hb_proto_rawDesc = "" +
 	"logBackups\x12(\n" +
 	"\arespawn\x18\r \x01(\v2\x0e.hb.v1.RespawnR\arespawn\x12(\n" +
 	"\x10running_at_spawn\x18\x0e \x01(\bR\x0erunningAtSpawn\x12\x1b\n" +
-	"\tkill_mode\x18\x0f \x01(\tR\bkillMode\"\x85\x01\n" +
+	"\tkill_mode\x18\x0f \x01(\tR\bkillMode\x12\x12\n" +
+	"\x04type\x18\x10 \x01(\tR\x04type\x12\x19\n" +
+	"\bpid_file\x18\x11 \x01(\tR\apidFile\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +

@@ -58,6 +58,9 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}
+	if spec.Type == TypeForking {
+		return s.startForking(ctx, svc, spec)
+	}
 	return s.start(svc, spec)
 }
 
