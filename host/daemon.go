@@ -719,6 +719,7 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
 		KillMode: c.KillMode,
+		Type:     forkingType(c), PIDFile: c.PIDFile,
 	}, nil
 }
 
@@ -848,4 +849,13 @@ func (d *Daemon) exitNote(s *service, note string) {
 		s.reason = note
 	}
 	d.log.Warn("exit", "service", s.cfg.Name, "note", note)
+}
+
+// forkingType is the Spec's Type of c: "forking", or "" for a simple
+// service (what plugins before the field understand).
+func forkingType(c *config.Service) string {
+	if c.Type == config.TypeForking {
+		return c.Type
+	}
+	return ""
 }

@@ -38,6 +38,12 @@ const (
 	KillProcess      = "process"       // the main process only
 )
 
+// Values of [Service].Type.
+const (
+	TypeSimple  = "simple"  // the first process is the main one
+	TypeForking = "forking" // the first process daemonizes and exits 0; PIDFile names the main one
+)
+
 // Values of [Service].Stdout and Stderr.
 const (
 	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
@@ -130,6 +136,10 @@ type Service struct {
 	// KillMode is KillCgroup, KillProcessGroup or KillProcess: what stop
 	// signals, and what is killed when the main process exits.
 	KillMode string
+	// Type is TypeSimple or TypeForking (the main process is the one
+	// PIDFile names, an absolute path).
+	Type    string
+	PIDFile string
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -169,6 +179,7 @@ func DefaultService(name string) *Service {
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
 		KillMode:     KillCgroup,
+		Type:         TypeSimple,
 	}
 }
 
@@ -241,7 +252,9 @@ func (s *Service) Equal(o *Service) bool {
 		s.Stderr == o.Stderr &&
 		s.LogMaxBytes == o.LogMaxBytes &&
 		s.LogBackups == o.LogBackups &&
-		s.KillMode == o.KillMode
+		s.KillMode == o.KillMode &&
+		s.Type == o.Type &&
+		s.PIDFile == o.PIDFile
 }
 
 // Diff compares two configurations for a reload: added are services only in

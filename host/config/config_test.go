@@ -74,6 +74,7 @@ func TestDefaults(t *testing.T) {
 		LogMaxBytes:  10 << 20,
 		LogBackups:   3,
 		KillMode:     "cgroup",
+		Type:         "simple",
 	}
 	if diff := cmp.Diff(want, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
@@ -163,6 +164,7 @@ user = "1000"
 		LogMaxBytes:  512 << 10,
 		LogBackups:   0,
 		KillMode:     "process",
+		Type:         "simple",
 	}
 	if diff := cmp.Diff(rx, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("rx (-want +got):\n%s", diff)

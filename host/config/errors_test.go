@@ -26,6 +26,21 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, service: "rx", key: `key "kill_mode"`, err: ErrValue, msg: `want "cgroup", "process-group" or "process", got "group"`,
 		},
 		{
+			name: "forking without pid_file",
+			toml: "[service.rx]\ncommand = \"rx\"\ntype = \"forking\"\n",
+			line: 3, service: "rx", key: `key "type"`, err: ErrValue, msg: `"forking" needs pid_file`,
+		},
+		{
+			name: "bad type",
+			toml: "[service.rx]\ncommand = \"rx\"\ntype = \"oneshot\"\n",
+			line: 3, service: "rx", key: `key "type"`, err: ErrValue, msg: `want "simple" or "forking", got "oneshot"`,
+		},
+		{
+			name: "pid_file without forking",
+			toml: "[service.rx]\ncommand = \"rx\"\npid_file = \"/run/rx.pid\"\n",
+			line: 3, service: "rx", key: `key "pid_file"`, err: ErrValue, msg: `only used with type = "forking"`,
+		},
+		{
 			name: "bad cgroup_root",
 			toml: "[hbd]\ncgroup_root = \"hb/x\"\n",
 			line: 2, key: `key "hbd.cgroup_root"`, err: ErrValue, msg: `not a clean absolute path`,

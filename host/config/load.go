@@ -434,7 +434,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
-	"kill_mode",
+	"kill_mode", "type", "pid_file",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -507,6 +507,10 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.LogMaxBytes, err = wantSize(v)
 		case "kill_mode":
 			s.KillMode, err = wantString(v)
+		case "type":
+			s.Type, err = wantString(v)
+		case "pid_file":
+			s.PIDFile, err = wantPath(v, absDir)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

@@ -197,6 +197,16 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	default:
 		add("kill_mode", ErrValue, "want \"cgroup\", \"process-group\" or \"process\", got %q", s.KillMode)
 	}
+	switch {
+	case s.Type != TypeSimple && s.Type != TypeForking:
+		add("type", ErrValue, "want \"simple\" or \"forking\", got %q", s.Type)
+	case s.Type == TypeForking && s.PIDFile == "":
+		add("type", ErrValue, "\"forking\" needs pid_file, the file the daemon writes its PID to")
+	case s.Type == TypeForking && s.KillMode != KillCgroup:
+		add("kill_mode", ErrValue, "type \"forking\" needs kill_mode \"cgroup\" (its processes are told from others by their cgroup)")
+	case s.Type == TypeSimple && s.PIDFile != "":
+		add("pid_file", ErrValue, "only used with type = \"forking\"")
+	}
 	return errs
 }
 
