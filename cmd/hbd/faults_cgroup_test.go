@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,16 +50,27 @@ func requireCgroups(t *testing.T, h *Harness) {
 	t.Skipf("the plugin contains services by process groups here (%s): a setsid child or a worker that keeps the port outlives its service", cg)
 }
 
-// members waits until n live processes carry service name's environment
-// (HB_SHM of h and HB_SERVICE=name: a service's descendants inherit it),
-// tracks them and returns them. With cgroups, each must be in the
-// service's cgroup.
+// members waits until the service called name has n live processes, tracks
+// them and returns them: with cgroups those of its cgroup (each checked
+// through /proc/PID/cgroup), else those that carry its environment (HB_SHM
+// of h and HB_SERVICE=name: a service's descendants inherit it).
 func members(h *Harness, name string, n int) []int {
 	h.T.Helper()
 	var pids []int
 	marks := [][]byte{[]byte("\x00HB_SHM=" + h.ShmPath + "\x00"), []byte("\x00HB_SERVICE=" + name + "\x00")}
+	inCgroup := strings.HasPrefix(h.Health().Plugin.Cgroups, "cgroup ")
 	h.Eventually(fmt.Sprintf("%d processes of %s", n, name), func() (bool, string) {
 		pids = nil
+		if inCgroup {
+			// nginx rewrites its environment: the cgroup is the record.
+			b, err := os.ReadFile(filepath.Join(cgroupTree(h), name, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, _ := strconv.Atoi(f); pid > 0 && !dead(pid) {
+					pids = append(pids, pid)
+				}
+			}
+			return err == nil && len(pids) == n, fmt.Sprint(pids, err)
+		}
 		ents, _ := os.ReadDir("/proc")
 		for _, e := range ents {
 			pid, err := strconv.Atoi(e.Name())
@@ -75,7 +88,7 @@ func members(h *Harness, name string, n int) []int {
 	for _, pid := range pids {
 		h.Track(pid)
 	}
-	if strings.HasPrefix(h.Health().Plugin.Cgroups, "cgroup ") {
+	if inCgroup {
 		want := strings.TrimPrefix(filepath.Join(cgroupTree(h), name), cgroupMount())
 		for _, pid := range pids {
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
@@ -332,4 +345,99 @@ func removeCgroupTree(h *Harness) {
 	if err := syscall.Rmdir(tree); err != nil {
 		h.T.Errorf("cleanup: remove cgroup tree %s: %v", tree, err)
 	}
+}
+
+// nginxConfig is nginx with its default "daemon on;": the first process
+// forks the master and exits 0; the master writes PIDFILE and forks two
+// workers that hold the listening socket.
+const nginxConfig = `pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+worker_processes 2;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  server { listen 127.0.0.1:%[2]d; location / { return 200 "hb\n"; } }
+}
+`
+
+// TestFaultCgroupNginx: real nginx (Debian's nginx-light, "daemon on;") as
+// type = "forking" with its pid_file: its master is the service's main
+// process; a kill -9 of the master leaves workers holding the port, which
+// die with it, so every restart binds the port again; stop and hbd's
+// shutdown leave nothing.
+func TestFaultCgroupNginx(t *testing.T) {
+	t.Parallel()
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		t.Skip("nginx is not installed (.ci/run installs nginx-light)")
+	}
+	rep := newFaultReport(t, "cgroup-nginx")
+	h := NewHarness(t, Options{})
+	dir := filepath.Join(h.Dir, "nginx")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	conf := filepath.Join(dir, "nginx.conf")
+	h.WriteFile(conf, fmt.Sprintf(nginxConfig, dir, port))
+	h.WriteConfig(fmt.Sprintf(`
+[service.nginx]
+command      = [%q, "-p", %q, "-c", %q]
+type         = "forking"
+pid_file     = %q
+start_secs   = "0s"
+stop_timeout = "5s"
+`, nginx, dir, conf, filepath.Join(dir, "nginx.pid")))
+	d := h.Start()
+	requireCgroups(t, h)
+	get := func() string {
+		c := http.Client{Timeout: WaitTimeout}
+		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	master := func(prev int) (int, []int) {
+		var st api.ServiceStatus
+		h.Eventually("nginx running with a new master", func() (bool, string) {
+			st = h.ServiceStatus("nginx")
+			return IsRunning(st) && st.PID != prev, fmt.Sprintf("%+v", st)
+		})
+		b, err := os.ReadFile(filepath.Join(dir, "nginx.pid"))
+		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || pid != st.PID {
+			t.Fatalf("status pid %d; nginx.pid %q (%v)", st.PID, b, err)
+		}
+		return st.PID, members(h, "nginx", 3)
+	}
+	pid, procs := master(0)
+	if got := get(); got != "hb\n" {
+		t.Fatalf("GET: %q", got)
+	}
+	for i := range 2 {
+		rep.attack(t, fmt.Sprintf("kill -9 of nginx's master %d, its workers holding the port (%d)", pid, i+1), func() {
+			h.Kill(pid, syscall.SIGKILL)
+			next, nextProcs := master(pid)
+			allDead(t, "the old master and workers", procs)
+			if got := get(); got != "hb\n" {
+				t.Errorf("GET after the restart: %q", got)
+			}
+			pid, procs = next, nextProcs
+		})
+	}
+	rep.attack(t, "hbctl stop nginx", func() {
+		h.MustCtl("stop", "nginx")
+		allDead(t, "after stop", procs)
+	})
+	rep.attack(t, "hbd's clean shutdown with nginx running", func() {
+		h.MustCtl("start", "nginx")
+		_, procs = master(pid)
+		d.Stop()
+		allDead(t, "after hbd's shutdown", procs)
+	})
 }
