@@ -39,6 +39,15 @@ func specToProto(s Spec) *hbpb.Spec {
 		KillMode:       s.KillMode,
 		Type:           s.Type,
 		PidFile:        s.PIDFile,
+		Cpus:           toInt64s(s.CPUs),
+		SetNice:        s.SetNice,
+		Nice:           int64(s.Nice),
+		SetSched:       s.SetSched,
+		SchedPolicy:    int64(s.SchedPolicy),
+		SchedPriority:  int64(s.SchedPriority),
+		Rlimits:        rlimitsToProto(s.Rlimits),
+		SetUmask:       s.SetUmask,
+		Umask:          int64(s.Umask),
 	}
 }
 
@@ -95,6 +104,15 @@ func specFromProto(p *hbpb.Spec) Spec {
 		KillMode:       p.GetKillMode(),
 		Type:           p.GetType(),
 		PIDFile:        p.GetPidFile(),
+		CPUs:           fromInt64s(p.GetCpus()),
+		SetNice:        p.GetSetNice(),
+		Nice:           int(p.GetNice()),
+		SetSched:       p.GetSetSched(),
+		SchedPolicy:    int(p.GetSchedPolicy()),
+		SchedPriority:  int(p.GetSchedPriority()),
+		Rlimits:        rlimitsFromProto(p.GetRlimits()),
+		SetUmask:       p.GetSetUmask(),
+		Umask:          int(p.GetUmask()),
 	}
 }
 
@@ -237,4 +255,26 @@ func eventFromProto(p *hbpb.Event) Event {
 		Respawned:  p.GetRespawned(),
 		Message:    p.GetMessage(),
 	}
+}
+
+func rlimitsToProto(v []Rlimit) []*hbpb.Rlimit {
+	if v == nil {
+		return nil
+	}
+	out := make([]*hbpb.Rlimit, len(v))
+	for i, l := range v {
+		out[i] = &hbpb.Rlimit{Resource: int64(l.Resource), Cur: l.Cur, Max: l.Max}
+	}
+	return out
+}
+
+func rlimitsFromProto(v []*hbpb.Rlimit) []Rlimit {
+	if len(v) == 0 {
+		return nil
+	}
+	out := make([]Rlimit, len(v))
+	for i, l := range v {
+		out[i] = Rlimit{Resource: int(l.GetResource()), Cur: l.GetCur(), Max: l.GetMax()}
+	}
+	return out
 }

@@ -49,6 +49,28 @@ type Spec struct {
 	// one.
 	Type    string
 	PIDFile string
+	// Placement and limits, set in the child before exec (and before its
+	// credentials change): CPUs is its CPU affinity (nil keeps the
+	// plugin's); Nice with SetNice its nice value; SchedPolicy
+	// (SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE) and
+	// SchedPriority with SetSched its scheduling; Rlimits its resource
+	// limits; Umask with SetUmask its umask.
+	CPUs          []int
+	SetNice       bool
+	Nice          int
+	SetSched      bool
+	SchedPolicy   int
+	SchedPriority int
+	Rlimits       []Rlimit
+	SetUmask      bool
+	Umask         int
+}
+
+// Rlimit is one resource limit (setrlimit(2)): Resource is RLIMIT_*, Cur
+// and Max the soft and hard limits (RLIM_INFINITY: unlimited).
+type Rlimit struct {
+	Resource int
+	Cur, Max uint64
 }
 
 // Respawn is the part of the host's restart policy the plugin applies on

@@ -8,16 +8,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin"
 )
 
 // This file is how the Shim uses the service cgroups of cgroup_linux.go:
 // where a spawn puts the child, what Stop signals, what is killed after a
 // main process exits, and what is removed when (docs/cgroups.md).
 
-// planCgroup sets up the next incarnation's containment in p: with kill
-// mode "cgroup" (and cgroups in use) the service's cgroup, made if need be,
-// which the child starts in. Called with svc.op held.
-func (s *Shim) planCgroup(p *startPlan) error {
+// planContainment sets up the next incarnation's containment in p: its
+// placement and limits (Spec.CPUs … Umask), and with kill mode "cgroup"
+// (and cgroups in use) the service's cgroup, made if need be, which the
+// child starts in. Called with svc.op held.
+func (s *Shim) planContainment(p *startPlan) error {
+	p.attr.place = specPlacement(p.spec)
 	p.killMode = s.cg.killMode(p.spec)
 	if p.killMode != KillCgroup {
 		return nil
@@ -234,4 +238,16 @@ func (s *Shim) adoptCgroup(name string, pid int) (*svcCgroup, *svcCgroup) {
 		return cg, cg
 	}
 	return cg, nil
+}
+
+// specPlacement is spec's placement and limits; nil when it sets none.
+func specPlacement(spec plugin.Spec) *placement {
+	if len(spec.CPUs) == 0 && !spec.SetNice && !spec.SetSched && len(spec.Rlimits) == 0 && !spec.SetUmask {
+		return nil
+	}
+	return &placement{
+		cpus: spec.CPUs, setNice: spec.SetNice, nice: spec.Nice,
+		setSched: spec.SetSched, policy: spec.SchedPolicy, priority: spec.SchedPriority,
+		rlimits: spec.Rlimits, setUmask: spec.SetUmask, umask: spec.Umask,
+	}
 }

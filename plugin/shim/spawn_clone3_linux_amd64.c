@@ -121,6 +121,22 @@ static int child_main(void *arg)
 	}
 	if (r->setpgid && (e = sys2(SYS_setpgid, 0, 0)) < 0)
 		return child_fail(r, HB_STEP_SETPGID, e);
+	if (r->cpus && (e = sys3(SYS_sched_setaffinity, 0, r->cpus_len, r->cpus)) < 0)
+		return child_fail(r, HB_STEP_AFFINITY, e);
+	if (r->set_nice && (e = sys3(SYS_setpriority, PRIO_PROCESS, 0, r->nice)) < 0)
+		return child_fail(r, HB_STEP_NICE, e);
+	if (r->set_sched) {
+		struct { int sched_priority; } sp = {.sched_priority = r->sched_priority};
+		if ((e = sys3(SYS_sched_setscheduler, 0, r->sched_policy, &sp)) < 0)
+			return child_fail(r, HB_STEP_SCHED, e);
+	}
+	for (i = 0; i < r->nrlimits; i++) {
+		struct rlimit lim = {.rlim_cur = r->rlimit_cur[i], .rlim_max = r->rlimit_max[i]};
+		if ((e = sys4(SYS_prlimit64, 0, r->rlimit_res[i], &lim, 0)) < 0)
+			return child_fail(r, HB_STEP_RLIMITS, e);
+	}
+	if (r->set_umask)
+		sys1(SYS_umask, r->umask);
 	if (r->cred) {
 		if (r->ngroups >= 0 && (e = sys2(SYS_setgroups, r->ngroups, r->groups)) < 0)
 			return child_fail(r, HB_STEP_SETGROUPS, e);

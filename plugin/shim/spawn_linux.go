@@ -156,7 +156,7 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 			files: [3]int{int(s.devnull.Fd()), stdout, stderr}, cred: cred,
 		},
 	}
-	if err := s.planCgroup(p); err != nil {
+	if err := s.planContainment(p); err != nil {
 		return nil, err
 	}
 	return p, nil
