@@ -701,6 +701,10 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	if backups == 0 {
 		backups = -1
 	}
+	spec, err := placementSpec(c)
+	if err != nil {
+		return plugin.Spec{}, err
+	}
 	p := c.Policy()
 	respawn := plugin.Respawn{
 		// Only what the policy answers with "respawn at once": the plugin
@@ -710,7 +714,11 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		ExitCodes:   p.ExitCodes,
 		StartWindow: p.StartWindow,
 	}
+	spec.Respawn = respawn
 	return plugin.Spec{
+		CPUs: spec.CPUs, SetNice: spec.SetNice, Nice: spec.Nice, SetSched: spec.SetSched,
+		SchedPolicy: spec.SchedPolicy, SchedPriority: spec.SchedPriority, Rlimits: spec.Rlimits,
+		SetUmask: spec.SetUmask, Umask: spec.Umask,
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
 		RunningAtSpawn: p.StartWindow <= 0,
@@ -858,4 +866,33 @@ func forkingType(c *config.Service) string {
 		return c.Type
 	}
 	return ""
+}
+
+// placementSpec is the placement and limits part of c's Spec (cpus,
+// nice, sched, rlimits, umask), parsed; Load has checked them.
+func placementSpec(c *config.Service) (plugin.Spec, error) {
+	var sp plugin.Spec
+	var err error
+	if c.CPUs != "" {
+		if sp.CPUs, err = config.ParseCPUs(c.CPUs); err != nil {
+			return sp, fmt.Errorf("%w: cpus: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	sp.SetNice, sp.Nice = c.SetNice, c.Nice
+	if c.Sched != "" {
+		sp.SetSched = true
+		if sp.SchedPolicy, sp.SchedPriority, err = config.ParseSched(c.Sched); err != nil {
+			return sp, fmt.Errorf("%w: sched: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	for _, l := range c.Rlimits {
+		sp.Rlimits = append(sp.Rlimits, plugin.Rlimit{Resource: config.RlimitNames[l.Name], Cur: l.Value, Max: l.Value})
+	}
+	if c.Umask != "" {
+		sp.SetUmask = true
+		if sp.Umask, err = config.ParseUmask(c.Umask); err != nil {
+			return sp, fmt.Errorf("%w: umask: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	return sp, nil
 }

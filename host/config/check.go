@@ -88,6 +88,7 @@ func Resolve(s *Service) (Resolved, error) {
 			fail("directory", ErrNoDirectory, "%s is not a directory", s.Directory)
 		}
 	}
+	checkPlacement(s, fail)
 	if len(s.Command) == 0 || s.Command[0] == "" {
 		fail("command", ErrNoExec, "empty command")
 	} else if exe, err := findExecutable(s); err != nil {

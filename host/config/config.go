@@ -140,6 +140,15 @@ type Service struct {
 	// PIDFile names, an absolute path).
 	Type    string
 	PIDFile string
+	// Placement and limits (see placement.go): CPUs as written ("2-3"),
+	// Nice when SetNice, Sched as written ("fifo:10"), Rlimits by name,
+	// Umask as written ("022"); "" and nil keep hbd's.
+	CPUs    string
+	SetNice bool
+	Nice    int
+	Sched   string
+	Rlimits []RlimitSetting
+	Umask   string
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -254,7 +263,9 @@ func (s *Service) Equal(o *Service) bool {
 		s.LogBackups == o.LogBackups &&
 		s.KillMode == o.KillMode &&
 		s.Type == o.Type &&
-		s.PIDFile == o.PIDFile
+		s.PIDFile == o.PIDFile &&
+		s.CPUs == o.CPUs && s.SetNice == o.SetNice && s.Nice == o.Nice && s.Sched == o.Sched &&
+		slices.Equal(s.Rlimits, o.Rlimits) && s.Umask == o.Umask
 }
 
 // Diff compares two configurations for a reload: added are services only in

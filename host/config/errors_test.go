@@ -41,6 +41,36 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, service: "rx", key: `key "pid_file"`, err: ErrValue, msg: `only used with type = "forking"`,
 		},
 		{
+			name: "bad cpus",
+			toml: "[service.rx]\ncommand = \"rx\"\ncpus = \"3-2\"\n",
+			line: 3, service: "rx", key: `key "cpus"`, err: ErrValue, msg: `"3-2" is not a CPU list`,
+		},
+		{
+			name: "nice out of range",
+			toml: "[service.rx]\ncommand = \"rx\"\nnice = 20\n",
+			line: 3, service: "rx", key: `key "nice"`, err: ErrValue, msg: `20 is out of range -20..19`,
+		},
+		{
+			name: "bad sched",
+			toml: "[service.rx]\ncommand = \"rx\"\nsched = \"fifo\"\n",
+			line: 3, service: "rx", key: `key "sched"`, err: ErrValue, msg: `fifo needs a priority 1..99`,
+		},
+		{
+			name: "unknown rlimit",
+			toml: "[service.rx]\ncommand = \"rx\"\nrlimits = { nofiles = 10 }\n",
+			line: 3, service: "rx", key: `key "rlimits"`, err: ErrValue, msg: `unknown limit "nofiles"`,
+		},
+		{
+			name: "bad rlimit value",
+			toml: "[service.rx]\ncommand = \"rx\"\nrlimits = { memlock = \"lots\" }\n",
+			line: 3, service: "rx", key: `key "rlimits"`, err: ErrValue, msg: `want a number or "unlimited"`,
+		},
+		{
+			name: "bad umask",
+			toml: "[service.rx]\ncommand = \"rx\"\numask = \"0988\"\n",
+			line: 3, service: "rx", key: `key "umask"`, err: ErrValue, msg: `not an octal umask`,
+		},
+		{
 			name: "bad cgroup_root",
 			toml: "[hbd]\ncgroup_root = \"hb/x\"\n",
 			line: 2, key: `key "hbd.cgroup_root"`, err: ErrValue, msg: `not a clean absolute path`,

@@ -434,7 +434,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
-	"kill_mode", "type", "pid_file",
+	"kill_mode", "type", "pid_file", "cpus", "nice", "sched", "rlimits", "umask",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -511,6 +511,19 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Type, err = wantString(v)
 		case "pid_file":
 			s.PIDFile, err = wantPath(v, absDir)
+		case "cpus":
+			s.CPUs, err = wantString(v)
+		case "nice":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				s.Nice, s.SetNice = int(n), true
+			}
+		case "sched":
+			s.Sched, err = wantString(v)
+		case "rlimits":
+			s.Rlimits, err = wantRlimits(v)
+		case "umask":
+			s.Umask, err = wantString(v)
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

@@ -207,6 +207,7 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	case s.Type == TypeSimple && s.PIDFile != "":
 		add("pid_file", ErrValue, "only used with type = \"forking\"")
 	}
+	validatePlacement(s, add)
 	return errs
 }
 

@@ -1,0 +1,45 @@
+package config
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestPlacementKeys(t *testing.T) {
+	cfg := mustParse(t, "/etc/hb/hb.toml", `[service.rx]
+command = "/bin/true"
+cpus    = "1, 0-1,3"
+nice    = -5
+sched   = "fifo:10"
+rlimits = { nofile = 65536, memlock = "unlimited", core = "unlimited", nproc = 4096 }
+umask   = "027"
+`)
+	s := cfg.Services["rx"]
+	if cpus, err := ParseCPUs(s.CPUs); err != nil || !slices.Equal(cpus, []int{0, 1, 3}) {
+		t.Errorf("cpus %v, %v", cpus, err)
+	}
+	if !s.SetNice || s.Nice != -5 || s.Sched != "fifo:10" || s.Umask != "027" {
+		t.Errorf("service %+v", s)
+	}
+	want := []RlimitSetting{{"core", RlimitUnlimited}, {"memlock", RlimitUnlimited}, {"nofile", 65536}, {"nproc", 4096}}
+	if !slices.Equal(s.Rlimits, want) {
+		t.Errorf("rlimits %v; want %v", s.Rlimits, want)
+	}
+	if p, prio, err := ParseSched("rr:5"); err != nil || p != schedRR || prio != 5 {
+		t.Errorf("rr:5 = %d %d %v", p, prio, err)
+	}
+}
+
+// TestCheckCPUsOnline: --check names a CPU that is not online, with the
+// file and line of cpus.
+func TestCheckCPUsOnline(t *testing.T) {
+	cfg := mustParse(t, "/etc/hb/hb.toml", "[service.rx]\ncommand = \"/bin/true\"\ncpus = \"0,4000\"\n")
+	err := cfg.Check()
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 1 || es[0].Line != 3 || es[0].Key != "cpus" ||
+		!strings.Contains(es[0].Error(), "CPU 4000 is not online here") {
+		t.Fatalf("Check: %v", err)
+	}
+}
