@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -440,4 +442,52 @@ stop_timeout = "5s"
 		d.Stop()
 		allDead(t, "after hbd's shutdown", procs)
 	})
+}
+
+// TestCgroupPlacement: cpus, nice, sched, rlimits and umask of the
+// configuration reach the service: the exec'd program reads them itself.
+func TestCgroupPlacement(t *testing.T) {
+	t.Parallel()
+	RequireRoot(t, "a real-time policy")
+	h := NewHarness(t, Options{})
+	out := filepath.Join(h.Dir, "probe")
+	cpu := runtime.NumCPU() - 1
+	h.WriteConfig(fmt.Sprintf(`
+[service.placed]
+command    = ["sh", "-c", "cat /proc/self/status /proc/self/stat /proc/self/limits > %[1]s.tmp && mv %[1]s.tmp %[1]s"]
+restart    = "never"
+start_secs = "0s"
+cpus       = "%[2]d"
+nice       = 5
+sched      = "rr:5"
+rlimits    = { nofile = 4242, core = "unlimited" }
+umask      = "027"
+`, out, cpu))
+	h.Start()
+	var probe string
+	h.Eventually("the probe", func() (bool, string) {
+		b, err := os.ReadFile(out)
+		probe = string(b)
+		return err == nil, fmt.Sprint(err)
+	})
+	for _, want := range []string{
+		fmt.Sprintf("Cpus_allowed_list:\t%d\n", cpu), "Umask:\t0027\n",
+	} {
+		if !strings.Contains(probe, want) {
+			t.Errorf("the service's view lacks %q:\n%s", want, probe)
+		}
+	}
+	for _, re := range []string{`(?m)^Max open files\s+4242\s+4242\s`, `(?m)^Max core file size\s+unlimited\s+unlimited\s`} {
+		if !regexp.MustCompile(re).MatchString(probe) {
+			t.Errorf("the service's view lacks %s:\n%s", re, probe)
+		}
+	}
+	for _, line := range strings.Split(probe, "\n") {
+		if i := strings.LastIndex(line, ") "); i > 0 && strings.Contains(line, " (cat) ") {
+			f := strings.Fields(line[i+2:])
+			if f[16] != "5" || f[38] != "2" || f[37] != "5" {
+				t.Errorf("nice %s, policy %s, rt priority %s; want 5, 2 (SCHED_RR), 5", f[16], f[38], f[37])
+			}
+		}
+	}
 }
