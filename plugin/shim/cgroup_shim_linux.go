@@ -107,7 +107,7 @@ func (inc *incarnation) exitNote(status int) string {
 	inc.mu.RLock()
 	n := inc.leftovers
 	inc.mu.RUnlock()
-	if status != 0 || n == 0 || inc.stopping.Load() {
+	if status != 0 || n == 0 || inc.stopping.Load() || inc.forking {
 		return ""
 	}
 	return fmt.Sprintf("exited 0 and left %d processes, killed with it: does it daemonize? run it in the foreground", n)

@@ -234,7 +234,7 @@ func (s *Shim) startedForking(p *startPlan, pid, pidfd int) (plugin.SpawnResult,
 	inc := &incarnation{
 		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
 		startTime: ps.StartTime, child: child, pidfd: pidfd, done: make(chan struct{}),
-		killMode: KillCgroup, cg: svc.cg, started: time.Now(), startNs: shm.MonotonicNs(),
+		killMode: KillCgroup, cg: svc.cg, started: time.Now(), startNs: shm.MonotonicNs(), forking: true,
 	}
 	s.mu.Lock()
 	svc.cur = inc

@@ -177,6 +177,7 @@ type incarnation struct {
 	killMode  string
 	cg        *svcCgroup
 	leftovers int
+	forking   bool // the main process came from a PID file (Spec.Type "forking")
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
