@@ -192,9 +192,20 @@ func TestFaultCgroupEscape(t *testing.T) {
 			t.Errorf("bg's reason %q does not say it left a process", st.Reason)
 		}
 	})
-	rep.attack(t, "hbd's clean shutdown", func() {
+	rep.attack(t, "the plugin SIGKILLed: the new one adopts esc, whose stop still kills the setsid child", func() {
 		h.WriteConfig(fmt.Sprintf(escapeConfig, bg))
 		h.MustCtl("reload")
+		h.WaitRunning("esc")
+		pids := members(h, "esc", 4)
+		old := pluginPID(h)
+		h.Kill(old, syscall.SIGKILL)
+		waitNewPlugin(h, old)
+		h.WaitService("esc", "adopted", func(st api.ServiceStatus) bool { return st.Adopted })
+		h.MustCtl("stop", "esc")
+		allDead(t, "after stop of the adopted service", pids)
+	})
+	rep.attack(t, "hbd's clean shutdown", func() {
+		h.MustCtl("start", "esc")
 		h.WaitRunning("esc")
 		pids := members(h, "esc", 4)
 		d.Stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 
@@ -214,6 +215,15 @@ func (s *Shim) closeCgroups(clean bool) {
 	}
 	if t := s.cg.tree; t != nil {
 		if clean {
+			// Cgroups of services this plugin never spawned nor adopted
+			// (made by a plugin before it): rmdir removes the empty ones
+			// and fails on the others.
+			ents, _ := os.ReadDir(t.dir)
+			for _, e := range ents {
+				if e.IsDir() {
+					_ = unix.Unlinkat(t.fd, e.Name(), unix.AT_REMOVEDIR)
+				}
+			}
 			if err := t.remove(); err != nil {
 				s.log.Info("close: cgroup tree left in place", "err", err)
 			}
