@@ -719,6 +719,7 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		CPUs: spec.CPUs, SetNice: spec.SetNice, Nice: spec.Nice, SetSched: spec.SetSched,
 		SchedPolicy: spec.SchedPolicy, SchedPriority: spec.SchedPriority, Rlimits: spec.Rlimits,
 		SetUmask: spec.SetUmask, Umask: spec.Umask,
+		MemoryMax: c.MemoryMax, PidsMax: c.PidsMax, CPUWeight: c.CPUWeight,
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
 		RunningAtSpawn: p.StartWindow <= 0,

@@ -48,6 +48,9 @@ func specToProto(s Spec) *hbpb.Spec {
 		Rlimits:        rlimitsToProto(s.Rlimits),
 		SetUmask:       s.SetUmask,
 		Umask:          int64(s.Umask),
+		MemoryMax:      s.MemoryMax,
+		PidsMax:        s.PidsMax,
+		CpuWeight:      int64(s.CPUWeight),
 	}
 }
 
@@ -113,6 +116,9 @@ func specFromProto(p *hbpb.Spec) Spec {
 		Rlimits:        rlimitsFromProto(p.GetRlimits()),
 		SetUmask:       p.GetSetUmask(),
 		Umask:          int(p.GetUmask()),
+		MemoryMax:      p.GetMemoryMax(),
+		PidsMax:        p.GetPidsMax(),
+		CPUWeight:      int(p.GetCpuWeight()),
 	}
 }
 

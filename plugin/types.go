@@ -64,6 +64,12 @@ type Spec struct {
 	Rlimits       []Rlimit
 	SetUmask      bool
 	Umask         int
+	// Limits of the service's cgroup, which need its controller (memory,
+	// pids, cpu) in the cgroup v2 hierarchy: memory.max in bytes and
+	// pids.max (0: not set; -1: "max"), cpu.weight 1..10000 (0: not set).
+	MemoryMax int64
+	PidsMax   int64
+	CPUWeight int
 }
 
 // Rlimit is one resource limit (setrlimit(2)): Resource is RLIMIT_*, Cur

@@ -119,6 +119,7 @@ func (c *Config) Check() error {
 		if s == nil {
 			continue
 		}
+		errs = append(errs, c.checkControllers(s)...)
 		if _, err := Resolve(s); err != nil {
 			var es Errors
 			if errors.As(err, &es) {

@@ -149,6 +149,12 @@ type Service struct {
 	Sched   string
 	Rlimits []RlimitSetting
 	Umask   string
+	// Limits of the service's cgroup (their controller must be in the
+	// cgroup v2 hierarchy): MemoryMax bytes and PidsMax (0: not set, -1:
+	// "max"), CPUWeight 1..10000 (0: not set).
+	MemoryMax int64
+	PidsMax   int64
+	CPUWeight int
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -265,7 +271,8 @@ func (s *Service) Equal(o *Service) bool {
 		s.Type == o.Type &&
 		s.PIDFile == o.PIDFile &&
 		s.CPUs == o.CPUs && s.SetNice == o.SetNice && s.Nice == o.Nice && s.Sched == o.Sched &&
-		slices.Equal(s.Rlimits, o.Rlimits) && s.Umask == o.Umask
+		slices.Equal(s.Rlimits, o.Rlimits) && s.Umask == o.Umask &&
+		s.MemoryMax == o.MemoryMax && s.PidsMax == o.PidsMax && s.CPUWeight == o.CPUWeight
 }
 
 // Diff compares two configurations for a reload: added are services only in

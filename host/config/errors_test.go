@@ -71,6 +71,16 @@ func TestLoadErrors(t *testing.T) {
 			line: 3, service: "rx", key: `key "umask"`, err: ErrValue, msg: `not an octal umask`,
 		},
 		{
+			name: "cpu_weight out of range",
+			toml: "[service.rx]\ncommand = \"rx\"\ncpu_weight = 0\n",
+			line: 3, service: "rx", key: `key "cpu_weight"`, err: ErrValue, msg: `0 is out of range 1..10000`,
+		},
+		{
+			name: "memory_max zero",
+			toml: "[service.rx]\ncommand = \"rx\"\nmemory_max = 0\n",
+			line: 3, service: "rx", key: `key "memory_max"`, err: ErrValue, msg: `want more than 0, or "max"`,
+		},
+		{
 			name: "bad cgroup_root",
 			toml: "[hbd]\ncgroup_root = \"hb/x\"\n",
 			line: 2, key: `key "hbd.cgroup_root"`, err: ErrValue, msg: `not a clean absolute path`,

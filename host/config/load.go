@@ -435,6 +435,7 @@ var serviceKeyNames = []string{
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
 	"kill_mode", "type", "pid_file", "cpus", "nice", "sched", "rlimits", "umask",
+	"memory_max", "pids_max", "cpu_weight",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -524,6 +525,19 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Rlimits, err = wantRlimits(v)
 		case "umask":
 			s.Umask, err = wantString(v)
+		case "memory_max":
+			s.MemoryMax, err = wantMax(v, true)
+		case "pids_max":
+			s.PidsMax, err = wantMax(v, false)
+		case "cpu_weight":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 1 || n > 10000 {
+					err = valueErr("%d is out of range 1..10000", n)
+				} else {
+					s.CPUWeight = int(n)
+				}
+			}
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

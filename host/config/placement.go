@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/plugin/cgroupfs"
 )
 
 // Placement and limits of a service ([service] cpus, nice, sched,
@@ -187,4 +189,65 @@ func checkPlacement(s *Service, fail func(key string, sentinel error, format str
 			return
 		}
 	}
+}
+
+// wantMax decodes memory_max (a size, size true) or pids_max (a count):
+// a positive number, or "max" (-1).
+func wantMax(v any, size bool) (int64, error) {
+	if s, ok := v.(string); ok && s == "max" {
+		return -1, nil
+	}
+	var n int64
+	var err error
+	if size {
+		n, err = wantSize(v)
+	} else {
+		n, err = wantInt(v)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n < 1 {
+		return 0, valueErr("%d: want more than 0, or \"max\"", n)
+	}
+	return n, nil
+}
+
+// checkControllers is what --check finds about s's cgroup limits on this
+// machine: each needs its controller offered to hb's cgroups (the
+// cgroup.controllers of cgroup_root, or of hbd's own cgroup), and hb uses
+// cgroups only as root.
+func (c *Config) checkControllers(s *Service) Errors {
+	var errs Errors
+	for _, k := range []struct {
+		key, ctrl string
+		set       bool
+	}{{"memory_max", "memory", s.MemoryMax != 0}, {"pids_max", "pids", s.PidsMax != 0}, {"cpu_weight", "cpu", s.CPUWeight != 0}} {
+		if !k.set {
+			continue
+		}
+		fail := func(format string, args ...any) {
+			errs = append(errs, &Error{File: s.File, Line: s.KeyLine(k.key), Service: s.Name, Key: k.key,
+				Msg: fmt.Sprintf(format, args...), Err: ErrValue})
+		}
+		if os.Geteuid() != 0 {
+			fail("needs the service's cgroup, which hbd makes only as root")
+			continue
+		}
+		dir, _, err := cgroupfs.Where(c.HBD.CgroupRoot)
+		if err != nil {
+			fail("needs a cgroup v2 hierarchy: %v", err)
+			continue
+		}
+		have, err := cgroupfs.Controllers(dir)
+		if err != nil {
+			fail("needs the service's cgroup: %v", err)
+			continue
+		}
+		if !slices.Contains(have, k.ctrl) {
+			fail("the %s controller is not offered to hb's cgroups: %s offers %q (a hybrid host keeps it in cgroup v1)",
+				k.ctrl, dir, strings.Join(have, " "))
+		}
+	}
+	return errs
 }

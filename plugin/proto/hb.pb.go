@@ -369,6 +369,9 @@ type Spec struct {
 	Rlimits        []*Rlimit              `protobuf:"bytes,24,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	SetUmask       bool                   `protobuf:"varint,25,opt,name=set_umask,json=setUmask,proto3" json:"set_umask,omitempty"`
 	Umask          int64                  `protobuf:"varint,26,opt,name=umask,proto3" json:"umask,omitempty"`
+	MemoryMax      int64                  `protobuf:"varint,27,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"` // bytes; 0: not set; -1: "max"
+	PidsMax        int64                  `protobuf:"varint,28,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`       // 0: not set; -1: "max"
+	CpuWeight      int64                  `protobuf:"varint,29,opt,name=cpu_weight,json=cpuWeight,proto3" json:"cpu_weight,omitempty"` // 1..10000; 0: not set
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -581,6 +584,27 @@ func (x *Spec) GetSetUmask() bool {
 func (x *Spec) GetUmask() int64 {
 	if x != nil {
 		return x.Umask
+	}
+	return 0
+}
+
+func (x *Spec) GetMemoryMax() int64 {
+	if x != nil {
+		return x.MemoryMax
+	}
+	return 0
+}
+
+func (x *Spec) GetPidsMax() int64 {
+	if x != nil {
+		return x.PidsMax
+	}
+	return 0
+}
+
+func (x *Spec) GetCpuWeight() int64 {
+	if x != nil {
+		return x.CpuWeight
 	}
 	return 0
 }
@@ -1691,7 +1715,7 @@ const file_hb_proto_rawDesc = "" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
 	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
-	"\acgroups\x18\x0e \x01(\tR\acgroups\"\xc8\x05\n" +
+	"\acgroups\x18\x0e \x01(\tR\acgroups\"\xa1\x06\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1720,7 +1744,12 @@ const file_hb_proto_rawDesc = "" +
 	"\x0esched_priority\x18\x17 \x01(\x03R\rschedPriority\x12'\n" +
 	"\arlimits\x18\x18 \x03(\v2\r.hb.v1.RlimitR\arlimits\x12\x1b\n" +
 	"\tset_umask\x18\x19 \x01(\bR\bsetUmask\x12\x14\n" +
-	"\x05umask\x18\x1a \x01(\x03R\x05umask\"H\n" +
+	"\x05umask\x18\x1a \x01(\x03R\x05umask\x12\x1d\n" +
+	"\n" +
+	"memory_max\x18\x1b \x01(\x03R\tmemoryMax\x12\x19\n" +
+	"\bpids_max\x18\x1c \x01(\x03R\apidsMax\x12\x1d\n" +
+	"\n" +
+	"cpu_weight\x18\x1d \x01(\x03R\tcpuWeight\"H\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x03R\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/cgroupfs"
 )
 
 // Kill modes (plugin.Spec.KillMode): what Stop signals, and what is killed
@@ -54,59 +55,11 @@ func (m cgroupMode) String() string {
 	return "process-group: " + m.reason
 }
 
-// cgroup2Mount returns the mount point of the cgroup v2 hierarchy in
-// mountinfo (/proc/self/mountinfo's format): /sys/fs/cgroup on unified
-// hosts, /sys/fs/cgroup/unified on hybrid ones.
-func cgroup2Mount(mountinfo []byte) (string, error) {
-	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if len(f) < 5 || len(g) < 1 || g[0] != "cgroup2" || f[3] != "/" {
-			continue
-		}
-		return unescapeMount(f[4]), nil
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", errors.New("no cgroup2 file system is mounted")
-}
+// cgroup2Mount is cgroupfs.Mount.
+func cgroup2Mount(mountinfo []byte) (string, error) { return cgroupfs.Mount(mountinfo) }
 
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// cgroup2Path returns the process's cgroup v2 path ("0::PATH" in
-// /proc/PID/cgroup's format).
-func cgroup2Path(procCgroup []byte) (string, error) {
-	for line := range strings.SplitSeq(string(procCgroup), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			return p, nil
-		}
-	}
-	return "", errors.New("not in a cgroup v2 hierarchy")
-}
+// cgroup2Path is cgroupfs.Path.
+func cgroup2Path(procCgroup []byte) (string, error) { return cgroupfs.Path(procCgroup) }
 
 // openCgroups finds the cgroup v2 hierarchy and makes (or opens) the
 // subtree ROOT/TABLE in it, where ROOT is root (a path in the hierarchy,

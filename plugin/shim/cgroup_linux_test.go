@@ -16,7 +16,10 @@ import (
 
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/cgroupfs"
 )
+
+var cgroupfsControllers = cgroupfs.Controllers
 
 func TestCgroup2Mount(t *testing.T) {
 	hybrid := `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -412,5 +415,35 @@ func TestCgroupFallback(t *testing.T) {
 	}
 	if !gone(res.PID) && !exiting(res.PID) {
 		t.Errorf("pid %d outlived stop", res.PID)
+	}
+}
+
+// TestCgroupLimits: memory_max needs the memory controller in the v2
+// hierarchy. Where the hierarchy does not offer it (a hybrid host such as
+// the development machine, with only hugetlb there) the spawn fails with
+// an error naming the key and why, and nothing starts; where it does, the
+// service's cgroup gets memory.max.
+func TestCgroupLimits(t *testing.T) {
+	h := cgroupHarness(t)
+	spec := h.shSpec("lim", "exec sleep 1000")
+	spec.MemoryMax = 64 << 20
+	parent := filepath.Dir(h.s.cg.tree.dir)
+	have, _ := cgroupfsControllers(parent)
+	_, err := h.s.Spawn(context.Background(), spec)
+	if !slices.Contains(have, "memory") {
+		if err == nil || !strings.Contains(err.Error(), "memory_max: the memory controller is not offered here") {
+			t.Fatalf("Spawn without a memory controller: %v", err)
+		}
+		t.Logf("as expected here: %v", err)
+		if sl := h.slot(h.s.svcs["lim"].idx); sl.PID != 0 {
+			t.Fatalf("slot pid %d", sl.PID)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(readFile(t, filepath.Join(h.svcCgroup("lim").path, "memory.max"))); got != "67108864" {
+		t.Fatalf("memory.max %q", got)
 	}
 }

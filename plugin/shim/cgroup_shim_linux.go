@@ -5,12 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/hbshim/hb/plugin"
+	"github.com/hbshim/hb/plugin/cgroupfs"
 )
 
 // This file is how the Shim uses the service cgroups of cgroup_linux.go:
@@ -25,7 +30,7 @@ func (s *Shim) planContainment(p *startPlan) error {
 	p.attr.place = specPlacement(p.spec)
 	p.killMode = s.cg.killMode(p.spec)
 	if p.killMode != KillCgroup {
-		return nil
+		return s.applyCgroupLimits(p.svc, p.spec)
 	}
 	svc := p.svc
 	if svc.cg == nil {
@@ -38,7 +43,7 @@ func (s *Shim) planContainment(p *startPlan) error {
 		s.mu.Unlock()
 	}
 	p.attr.intoCgroup, p.attr.cgroup, p.attr.cgEvents = true, svc.cg.dirfd, svc.cg.events
-	return nil
+	return s.applyCgroupLimits(svc, p.spec)
 }
 
 // emptyCgroup kills what is left in the cgroup p's child is to start in
@@ -260,4 +265,80 @@ func specPlacement(spec plugin.Spec) *placement {
 		setSched: spec.SetSched, policy: spec.SchedPolicy, priority: spec.SchedPriority,
 		rlimits: spec.Rlimits, setUmask: spec.SetUmask, umask: spec.Umask,
 	}
+}
+
+// cgroupLimits are spec's limits of its cgroup: key (as the configuration
+// names it), controller, interface file, value.
+func cgroupLimits(spec plugin.Spec) [][4]string {
+	var out [][4]string
+	max := func(n int64) string {
+		if n < 0 {
+			return "max"
+		}
+		return strconv.FormatInt(n, 10)
+	}
+	if spec.MemoryMax != 0 {
+		out = append(out, [4]string{"memory_max", "memory", "memory.max", max(spec.MemoryMax)})
+	}
+	if spec.PidsMax != 0 {
+		out = append(out, [4]string{"pids_max", "pids", "pids.max", max(spec.PidsMax)})
+	}
+	if spec.CPUWeight != 0 {
+		out = append(out, [4]string{"cpu_weight", "cpu", "cpu.weight", strconv.Itoa(spec.CPUWeight)})
+	}
+	return out
+}
+
+// applyCgroupLimits writes spec's cgroup limits (memory_max, pids_max,
+// cpu_weight) into svc's cgroup, enabling each controller for the tree
+// first (ROOT's and ROOT/SHM's cgroup.subtree_control). A controller the
+// hierarchy does not offer, or cannot give the tree (ROOT holds processes
+// and is not the hierarchy's root), fails the spawn naming the key and
+// why. Called with svc.op held, before the spawn.
+func (s *Shim) applyCgroupLimits(svc *service, spec plugin.Spec) error {
+	lims := cgroupLimits(spec)
+	if len(lims) == 0 {
+		return nil
+	}
+	if svc.cg == nil {
+		return badSpec(fmt.Errorf("needs the service's cgroup (%s)", s.cg), "spawn %q: %s", spec.Name, lims[0][0])
+	}
+	t := s.cg.tree
+	for _, l := range lims {
+		key, ctrl, file, val := l[0], l[1], l[2], l[3]
+		avail, err := cgroupfs.Controllers(t.dir)
+		if err != nil {
+			return fmt.Errorf("spawn %q: %s: %w", spec.Name, key, err)
+		}
+		if !slices.Contains(avail, ctrl) {
+			parent := filepath.Dir(t.dir)
+			have, _ := cgroupfs.Controllers(parent)
+			if !slices.Contains(have, ctrl) {
+				return badSpec(fmt.Errorf("the %s controller is not offered here: %s offers %q (a hybrid host keeps it in cgroup v1)",
+					ctrl, parent, strings.Join(have, " ")), "spawn %q: %s", spec.Name, key)
+			}
+			if err := writeCgroupFile(parent, "cgroup.subtree_control", "+"+ctrl); err != nil {
+				return badSpec(fmt.Errorf("the %s controller cannot be given to %s: %w (a cgroup with processes, such as hbd's own, cannot enable controllers for its children: set cgroup_root to an empty cgroup)",
+					ctrl, t.dir, err), "spawn %q: %s", spec.Name, key)
+			}
+		}
+		if err := writeCgroupFile(t.dir, "cgroup.subtree_control", "+"+ctrl); err != nil {
+			return badSpec(fmt.Errorf("enable the %s controller in %s: %w", ctrl, t.dir, err), "spawn %q: %s", spec.Name, key)
+		}
+		if err := writeCgroupFile(svc.cg.path, file, val); err != nil {
+			return badSpec(fmt.Errorf("%s/%s = %s: %w", svc.cg.path, file, val, err), "spawn %q: %s", spec.Name, key)
+		}
+	}
+	return nil
+}
+
+// writeCgroupFile writes val to the interface file name of the cgroup dir.
+func writeCgroupFile(dir, name, val string) error {
+	fd, err := unix.Open(filepath.Join(dir, name), unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, err = unix.Write(fd, []byte(val))
+	return err
 }
