@@ -436,8 +436,8 @@ func (d *Daemon) handle(ev plugin.Event) {
 			s.failedStarts = 0
 			return
 		}
+		s.exitNote = ev.Message
 		d.decide(s, ev.Status, s.startedAt)
-		d.exitNote(s, ev.Message)
 	case plugin.EventAdopt, plugin.EventLog:
 		d.report(ev)
 	case plugin.EventSpawn:
@@ -447,6 +447,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		s.slot, s.pid, s.generation = ev.Slot, ev.PID, ev.Generation
+		s.exitNote = ""
 		s.startedAt = time.Now()
 		s.adopted = false
 		s.down = make(chan struct{})
@@ -637,6 +638,7 @@ func spawnRPC(shim plugin.Shim, spec plugin.Spec) (plugin.SpawnResult, error) {
 func (d *Daemon) spawned(s *service, why string, res plugin.SpawnResult, err error) {
 	if err == nil {
 		s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
+		s.exitNote = ""
 		s.startedAt = time.Now()
 		s.adopted = false
 		s.down = make(chan struct{})
@@ -756,6 +758,9 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 	}
 	if reason != "" {
 		s.reason = reason
+		if s.exitNote != "" && s.pid == 0 {
+			s.reason += "; " + s.exitNote
+		}
 	}
 	if st != policy.StateBackoff {
 		s.nextStart = time.Time{} // a backoff's is set by schedule
@@ -845,20 +850,6 @@ func (d *Daemon) saveSeq() {
 	}
 }
 
-// exitNote adds what the plugin said about an exit (plugin.Event.Message:
-// e.g. it left processes behind) to the reason of the state the exit led
-// to, unless the service was started again at once. Called with mu held.
-func (d *Daemon) exitNote(s *service, note string) {
-	if note == "" || s.pid != 0 {
-		return
-	}
-	if s.reason != "" && !strings.Contains(s.reason, note) {
-		s.reason += "; " + note
-	} else {
-		s.reason = note
-	}
-	d.log.Warn("exit", "service", s.cfg.Name, "note", note)
-}
 
 // forkingType is the Spec's Type of c: "forking", or "" for a simple
 // service (what plugins before the field understand).

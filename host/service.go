@@ -27,6 +27,10 @@ type service struct {
 	// logError is the plugin's last word on the service's log files
 	// (plugin.EventLog): why they cannot be written, "" when they can.
 	logError string
+	// exitNote is what the plugin said about the last exit (plugin.Event's
+	// Message: it left processes behind), added to the reason of the state
+	// that exit led to; guarded by Daemon.mu.
+	exitNote string
 
 	failedStarts int
 	nextStart    time.Time

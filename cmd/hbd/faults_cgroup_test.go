@@ -176,6 +176,7 @@ func TestFaultCgroupEscape(t *testing.T) {
 		allDead(t, "after the reload removed esc", pids)
 	})
 	rep.attack(t, "a program that daemonizes (sh -c 'srv &')", func() {
+		os.Remove(bgPid) // the autostart's
 		h.MustCtl("start", "bg")
 		var daemon int
 		h.Eventually("bg's daemon pid", func() (bool, string) {
