@@ -146,9 +146,11 @@ func TestFaultCgroupEscape(t *testing.T) {
 	h := NewHarness(t, Options{})
 	bgPid := filepath.Join(h.Dir, "bg.pid")
 	bg := fmt.Sprintf(bgService, bgPid)
-	h.WriteConfig(fmt.Sprintf(escapeConfig, bg))
+	h.WriteConfig("")
 	d := h.Start()
-	requireCgroups(t, h)
+	requireCgroups(t, h) // before anything that escapes a process group runs
+	h.WriteConfig(fmt.Sprintf(escapeConfig, bg))
+	h.MustCtl("reload")
 	h.WaitRunning("esc")
 
 	rep.attack(t, "hbctl stop of a service with a setsid child ignoring SIGTERM and a grandchild", func() {
@@ -252,6 +254,9 @@ func TestFaultCgroupPortRespawn(t *testing.T) {
 	t.Parallel()
 	rep := newFaultReport(t, "cgroup-port")
 	h := NewHarness(t, Options{})
+	h.WriteConfig("")
+	h.Start()
+	requireCgroups(t, h)
 	bin := buildPorthold(t, h.Dir)
 	pidFile := filepath.Join(h.Dir, "web.pid")
 	h.WriteConfig(fmt.Sprintf(`
@@ -259,8 +264,7 @@ func TestFaultCgroupPortRespawn(t *testing.T) {
 command    = [%q, "%d", %q]
 start_secs = "0s"
 `, bin, freePort(t), pidFile))
-	h.Start()
-	requireCgroups(t, h)
+	h.MustCtl("reload")
 	readPids := func(prevMain int) (main, holder int) {
 		h.Eventually("web's listener and holder", func() (bool, string) {
 			b, err := os.ReadFile(pidFile)
@@ -397,6 +401,9 @@ func TestFaultCgroupNginx(t *testing.T) {
 	port := freePort(t)
 	conf := filepath.Join(dir, "nginx.conf")
 	h.WriteFile(conf, fmt.Sprintf(nginxConfig, dir, port))
+	h.WriteConfig("")
+	d := h.Start()
+	requireCgroups(t, h)
 	h.WriteConfig(fmt.Sprintf(`
 [service.nginx]
 command      = [%q, "-p", %q, "-c", %q]
@@ -405,8 +412,7 @@ pid_file     = %q
 start_secs   = "0s"
 stop_timeout = "5s"
 `, nginx, dir, conf, filepath.Join(dir, "nginx.pid")))
-	d := h.Start()
-	requireCgroups(t, h)
+	h.MustCtl("reload")
 	get := func() string {
 		c := http.Client{Timeout: WaitTimeout}
 		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
