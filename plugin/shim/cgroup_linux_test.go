@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -446,4 +447,27 @@ func TestCgroupLimits(t *testing.T) {
 	if got := strings.TrimSpace(readFile(t, filepath.Join(h.svcCgroup("lim").path, "memory.max"))); got != "67108864" {
 		t.Fatalf("memory.max %q", got)
 	}
+}
+
+// TestCgroupWaitEmptyBound: a cgroup that does not empty in time is an
+// error naming it, how many processes it still holds and which (what a
+// spawn reports when a leftover cannot be killed).
+func TestCgroupWaitEmptyBound(t *testing.T) {
+	h := cgroupHarness(t)
+	res := h.spawn(h.shSpec("wb", "exec sleep 1000"))
+	cg := h.svcCgroup("wb")
+	err := cg.waitEmpty(50 * time.Millisecond)
+	want := fmt.Sprintf("cgroup %s still holds 1 processes [%d] after 50ms", cg.path, res.PID)
+	if !errors.Is(err, errNotEmpty) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("waitEmpty: %v; want %q", err, want)
+	}
+	// And once it is killed, the wait ends by the kernel's notification.
+	if err := cg.kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cg.waitEmpty(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h.next(plugin.EventSpawn, "wb")
+	h.next(plugin.EventExit, "wb")
 }
