@@ -103,7 +103,7 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 	select {
 	case <-inc.done:
 	case <-t.C:
-		s.log.Info("stop: timed out; killing the process group", "service", name, "pid", inc.pid, "timeout", timeout)
+		s.log.Info("stop: timed out; killing what is left of the service", "service", name, "pid", inc.pid, "timeout", timeout)
 		if err := inc.stopKill(); err != nil {
 			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.pid, err)
 		}
