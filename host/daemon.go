@@ -850,7 +850,6 @@ func (d *Daemon) saveSeq() {
 	}
 }
 
-
 // forkingType is the Spec's Type of c: "forking", or "" for a simple
 // service (what plugins before the field understand).
 func forkingType(c *config.Service) string {
