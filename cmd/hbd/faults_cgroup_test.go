@@ -37,6 +37,9 @@ func requireCgroups(t *testing.T, h *Harness) {
 		t.Log("a plugin that does not say how it contains services: tested as it is")
 		return
 	}
+	if out := h.MustCtl("health"); !strings.Contains(out, "services contained by "+cg+"\n") {
+		t.Errorf("hbctl health does not say how services are contained (%q):\n%s", cg, out)
+	}
 	if strings.HasPrefix(cg, "cgroup ") {
 		if want := "cgroup " + cgroupTree(h); cg != want {
 			t.Fatalf("health: cgroups %q; want %q", cg, want)
