@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,7 +37,20 @@ const cgroupEmptyWait = 5 * time.Second
 type cgroupTree struct {
 	dir string // absolute path of ROOT/TABLE
 	rel string // ROOT/TABLE: dir in the hierarchy, as /proc/PID/cgroup names it
-	fd  int    // O_PATH|O_DIRECTORY of dir
+	mu  sync.Mutex
+	fd  int // O_PATH|O_DIRECTORY of dir; guarded by mu
+}
+
+// replaceFD takes n's descriptor of the same directory (made again after
+// it was removed) in place of t's.
+func (t *cgroupTree) replaceFD(n *cgroupTree) {
+	t.mu.Lock()
+	old := t.fd
+	t.fd, n.fd = n.fd, -1
+	t.mu.Unlock()
+	if old >= 0 {
+		unix.Close(old)
+	}
 }
 
 // cgroupMode is how a Shim contains its services: with a tree, or with
@@ -144,7 +158,12 @@ func openCgroupDir(rootDir, sub, mnt string) (int, error) {
 
 // close releases the tree's descriptor; the directories stay.
 func (t *cgroupTree) close() {
-	if t != nil && t.fd >= 0 {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.fd >= 0 {
 		unix.Close(t.fd)
 		t.fd = -1
 	}
@@ -170,6 +189,8 @@ type svcCgroup struct {
 
 // service makes (or opens) the cgroup of the service called name.
 func (t *cgroupTree) service(name string) (*svcCgroup, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	path := filepath.Join(t.dir, name)
 	if err := unix.Mkdirat(t.fd, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("cgroup %s: %w", path, err)

@@ -471,3 +471,25 @@ func TestCgroupWaitEmptyBound(t *testing.T) {
 	h.next(plugin.EventSpawn, "wb")
 	h.next(plugin.EventExit, "wb")
 }
+
+// TestCgroupRemovedUnderThePlugin: the service's cgroup, and the tree
+// above it, removed while the service is stopped (rmdir of empty
+// cgroups, by root): the next spawn makes them again and starts in them.
+func TestCgroupRemovedUnderThePlugin(t *testing.T) {
+	h := cgroupHarness(t)
+	h.spawn(h.shSpec("rm", "exec sleep 1000"))
+	if err := h.s.Stop(context.Background(), "rm", unix.SIGKILL, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cg := h.svcCgroup("rm")
+	if err := unix.Rmdir(cg.path); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Rmdir(h.s.cg.tree.dir); err != nil {
+		t.Fatal(err)
+	}
+	res := h.spawn(h.shSpec("rm", "exec sleep 1000"))
+	if now := h.svcCgroup("rm"); now == cg || !now.contains(res.PID) {
+		t.Fatalf("pid %d not in a new cgroup %s", res.PID, now.path)
+	}
+}

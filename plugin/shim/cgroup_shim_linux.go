@@ -33,8 +33,25 @@ func (s *Shim) planContainment(p *startPlan) error {
 		return s.applyCgroupLimits(p.svc, p.spec)
 	}
 	svc := p.svc
+	if svc.cg != nil {
+		if _, err := svc.cg.populated(); err != nil {
+			// Removed under the plugin (rmdir while empty): made anew.
+			s.log.Warn("spawn: the service's cgroup is gone; making it again", "service", svc.name, "err", err)
+			s.mu.Lock()
+			old := svc.cg
+			svc.cg = nil
+			s.mu.Unlock()
+			old.close()
+		}
+	}
 	if svc.cg == nil {
 		cg, err := s.cg.tree.service(svc.name)
+		if errors.Is(err, unix.ENOENT) {
+			// The tree itself was removed: open (and make) it again.
+			if err = s.reopenTree(); err == nil {
+				cg, err = s.cg.tree.service(svc.name)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("spawn %q: %w", svc.name, err)
 		}
@@ -224,11 +241,13 @@ func (s *Shim) closeCgroups(clean bool) {
 			// (made by a plugin before it): rmdir removes the empty ones
 			// and fails on the others.
 			ents, _ := os.ReadDir(t.dir)
+			t.mu.Lock()
 			for _, e := range ents {
 				if e.IsDir() {
 					_ = unix.Unlinkat(t.fd, e.Name(), unix.AT_REMOVEDIR)
 				}
 			}
+			t.mu.Unlock()
 			if err := t.remove(); err != nil {
 				s.log.Info("close: cgroup tree left in place", "err", err)
 			}
@@ -341,4 +360,15 @@ func writeCgroupFile(dir, name, val string) error {
 	defer unix.Close(fd)
 	_, err = unix.Write(fd, []byte(val))
 	return err
+}
+
+// reopenTree opens the cgroup tree again after its directory was removed
+// under the plugin, making it anew.
+func (s *Shim) reopenTree() error {
+	m := openCgroups(s.opts.CgroupRoot, s.opts.ShmName)
+	if m.tree == nil {
+		return errors.New(m.reason)
+	}
+	s.cg.tree.replaceFD(m.tree)
+	return nil
 }
