@@ -114,6 +114,7 @@ func (c *Config) Check() error {
 				Msg: err.Error(), Err: ErrNoGroup})
 		}
 	}
+	errs = append(errs, c.checkCgroupRoot()...)
 	for _, name := range c.Order {
 		s := c.Services[name]
 		if s == nil {

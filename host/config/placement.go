@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -250,4 +251,25 @@ func (c *Config) checkControllers(s *Service) Errors {
 		}
 	}
 	return errs
+}
+
+// checkCgroupRoot is what --check finds about [hbd] cgroup_root on this
+// machine: as root, it must be a cgroup of the v2 hierarchy (else the
+// plugin falls back to process groups).
+func (c *Config) checkCgroupRoot() Errors {
+	if c.HBD.CgroupRoot == "" || os.Geteuid() != 0 {
+		return nil
+	}
+	fail := func(format string, args ...any) Errors {
+		return Errors{&Error{File: c.Path, Line: c.hbdKeyLine("cgroup_root"), Key: "hbd.cgroup_root",
+			Msg: fmt.Sprintf(format, args...) + ": services would be contained by process groups only", Err: ErrValue}}
+	}
+	dir, _, err := cgroupfs.Where(c.HBD.CgroupRoot)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cgroup.procs")); err != nil {
+		return fail("%s is not a cgroup (%v): create it first, or leave cgroup_root unset for hbd's own cgroup", dir, err)
+	}
+	return nil
 }

@@ -89,3 +89,20 @@ cpu_weight = 50
 		}
 	}
 }
+
+// TestCheckCgroupRoot: as root, --check names a cgroup_root that is not a
+// cgroup, at its line.
+func TestCheckCgroupRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("cgroup_root is only used as root")
+	}
+	if _, _, err := cgroupfs.Where(""); err != nil {
+		t.Skipf("no cgroup v2 hierarchy: %v", err)
+	}
+	cfg := mustParse(t, "/etc/hb/hb.toml", "[hbd]\ncgroup_root = \"/hb-no-such-cgroup\"\n")
+	err := cfg.Check()
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 1 || es[0].Line != 2 || !strings.Contains(es[0].Error(), "hb-no-such-cgroup is not a cgroup") {
+		t.Fatalf("Check: %v", err)
+	}
+}
