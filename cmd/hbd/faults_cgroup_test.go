@@ -210,6 +210,17 @@ func TestFaultCgroupEscape(t *testing.T) {
 		h.MustCtl("stop", "esc")
 		allDead(t, "after stop of the adopted service", pids)
 	})
+	rep.attack(t, "hbd SIGKILLed: the new hbd reattaches to the plugin, and stop still kills the setsid child", func() {
+		h.MustCtl("start", "esc")
+		h.WaitRunning("esc")
+		pids := members(h, "esc", 4)
+		d.Signal(syscall.SIGKILL)
+		d.Wait()
+		d = h.Start()
+		h.WaitRunning("esc")
+		h.MustCtl("stop", "esc")
+		allDead(t, "after stop by the reattached hbd", pids)
+	})
 	rep.attack(t, "hbd's clean shutdown", func() {
 		h.MustCtl("start", "esc")
 		h.WaitRunning("esc")
