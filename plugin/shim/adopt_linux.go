@@ -82,7 +82,9 @@ func (s *Shim) adopt(sl shm.Slot) {
 	}
 	svc.cur = inc
 	s.incs[key] = inc
-	s.groups[pid] = struct{}{}
+	if incCg == nil {
+		s.groups[pid] = struct{}{} // as in started
+	}
 	s.mu.Unlock()
 
 	s.w.SetFlags(sl.Index, sl.Flags|shm.SlotAdopted)

@@ -212,7 +212,12 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	s.mu.Lock()
 	svc.cur = inc
 	s.incs[inc.key] = inc
-	s.groups[pid] = struct{}{}
+	if inc.cg == nil {
+		// In a cgroup, what outlives the main process is killed at its
+		// exit: there is no group to drain at a clean close, whose number
+		// could by then name someone else's.
+		s.groups[pid] = struct{}{}
+	}
 	s.mu.Unlock()
 
 	state := shm.StateStarting
