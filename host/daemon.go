@@ -203,7 +203,7 @@ func (d *Daemon) connect() error {
 
 // pluginArgs are the arguments of `hbd plugin` for this configuration.
 func pluginArgs(h config.HBD) []string {
-	return []string{"plugin",
+	args := []string{"plugin",
 		"--shm", h.Shm,
 		"--slots", fmt.Sprint(h.Slots),
 		"--detector", h.Detector,
@@ -211,6 +211,10 @@ func pluginArgs(h config.HBD) []string {
 		"--log", h.StateDir + "/plugin.log",
 		"--state-dir", h.StateDir,
 	}
+	if h.CgroupRoot != "" {
+		args = append(args, "--cgroup-root", h.CgroupRoot)
+	}
+	return args
 }
 
 // reconcile brings each configured service in line with the table: a live
@@ -472,6 +476,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			s.failedStarts = 0
 			return
 		}
+		s.exitNote = ev.Message
 		startedAt := s.startedAt
 		if ev.Reason == plugin.ReasonReadyTimeout {
 			startedAt = time.Now() // never ready: a failed start, however long it took
@@ -486,6 +491,7 @@ func (d *Daemon) handle(ev plugin.Event) {
 			return
 		}
 		s.slot, s.pid, s.generation = ev.Slot, ev.PID, ev.Generation
+		s.exitNote = ""
 		s.startedAt = time.Now()
 		s.adopted = false
 		s.down = make(chan struct{})
@@ -679,6 +685,7 @@ func spawnRPC(shim plugin.Shim, spec plugin.Spec) (plugin.SpawnResult, error) {
 func (d *Daemon) spawned(s *service, why string, res plugin.SpawnResult, err error) {
 	if err == nil {
 		s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
+		s.exitNote = ""
 		s.startedAt = time.Now()
 		s.adopted = false
 		s.down = make(chan struct{})
@@ -743,6 +750,10 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	if backups == 0 {
 		backups = -1
 	}
+	spec, err := placementSpec(c)
+	if err != nil {
+		return plugin.Spec{}, err
+	}
 	p := c.Policy()
 	respawn := plugin.Respawn{
 		// Only what the policy answers with "respawn at once": the plugin
@@ -752,7 +763,12 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		ExitCodes:   p.ExitCodes,
 		StartWindow: p.StartWindow,
 	}
+	spec.Respawn = respawn
 	return plugin.Spec{
+		CPUs: spec.CPUs, SetNice: spec.SetNice, Nice: spec.Nice, SetSched: spec.SetSched,
+		SchedPolicy: spec.SchedPolicy, SchedPriority: spec.SchedPriority, Rlimits: spec.Rlimits,
+		SetUmask: spec.SetUmask, Umask: spec.Umask,
+		MemoryMax: c.MemoryMax, PidsMax: c.PidsMax, CPUWeight: c.CPUWeight,
 		Respawn: respawn,
 		// promote's immediate case, done by the plugin in the slot.
 		RunningAtSpawn: p.StartWindow <= 0 && !c.DeclaresReady(),
@@ -762,6 +778,8 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
 		Watchdog: c.Watchdog, WatchdogSignal: c.WatchdogSignal, WatchdogGrace: c.WatchdogGrace,
 		Ready: c.Ready, ReadyTimeout: c.ReadyTimeout,
+		KillMode: c.KillMode,
+		Type:     forkingType(c), PIDFile: c.PIDFile,
 	}, nil
 }
 
@@ -789,6 +807,9 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 	}
 	if reason != "" {
 		s.reason = reason
+		if s.exitNote != "" && s.pid == 0 {
+			s.reason += "; " + s.exitNote
+		}
 	}
 	if st != policy.StateBackoff {
 		s.nextStart = time.Time{} // a backoff's is set by schedule
@@ -879,4 +900,42 @@ func (d *Daemon) saveSeq() {
 	if err := storeSeq(d.cfg.HBD.StateDir, d.info.PID, d.lastSeq); err != nil {
 		d.log.Warn("save event position", "err", err)
 	}
+}
+
+// forkingType is the Spec's Type of c: "forking", or "" for a simple
+// service (what plugins before the field understand).
+func forkingType(c *config.Service) string {
+	if c.Type == config.TypeForking {
+		return c.Type
+	}
+	return ""
+}
+
+// placementSpec is the placement and limits part of c's Spec (cpus,
+// nice, sched, rlimits, umask), parsed; Load has checked them.
+func placementSpec(c *config.Service) (plugin.Spec, error) {
+	var sp plugin.Spec
+	var err error
+	if c.CPUs != "" {
+		if sp.CPUs, err = config.ParseCPUs(c.CPUs); err != nil {
+			return sp, fmt.Errorf("%w: cpus: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	sp.SetNice, sp.Nice = c.SetNice, c.Nice
+	if c.Sched != "" {
+		sp.SetSched = true
+		if sp.SchedPolicy, sp.SchedPriority, err = config.ParseSched(c.Sched); err != nil {
+			return sp, fmt.Errorf("%w: sched: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	for _, l := range c.Rlimits {
+		sp.Rlimits = append(sp.Rlimits, plugin.Rlimit{Resource: config.RlimitNames[l.Name], Cur: l.Value, Max: l.Value})
+	}
+	if c.Umask != "" {
+		sp.SetUmask = true
+		if sp.Umask, err = config.ParseUmask(c.Umask); err != nil {
+			return sp, fmt.Errorf("%w: umask: %w", plugin.ErrBadSpec, err)
+		}
+	}
+	return sp, nil
 }

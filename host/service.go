@@ -38,6 +38,10 @@ type service struct {
 	// afterWait: held back at hbd's start until the services of its after
 	// list run (after.go).
 	afterWait bool
+	// exitNote is what the plugin said about the last exit (plugin.Event's
+	// Message: it left processes behind), added to the reason of the state
+	// that exit led to; guarded by Daemon.mu.
+	exitNote string
 
 	failedStarts int
 	nextStart    time.Time

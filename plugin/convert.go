@@ -42,6 +42,21 @@ func specToProto(s Spec) *hbpb.Spec {
 		WatchdogGraceNs: int64(s.WatchdogGrace),
 		Ready:           s.Ready,
 		ReadyTimeoutNs:  int64(s.ReadyTimeout),
+		KillMode:        s.KillMode,
+		Type:            s.Type,
+		PidFile:         s.PIDFile,
+		Cpus:            toInt64s(s.CPUs),
+		SetNice:         s.SetNice,
+		Nice:            int64(s.Nice),
+		SetSched:        s.SetSched,
+		SchedPolicy:     int64(s.SchedPolicy),
+		SchedPriority:   int64(s.SchedPriority),
+		Rlimits:         rlimitsToProto(s.Rlimits),
+		SetUmask:        s.SetUmask,
+		Umask:           int64(s.Umask),
+		MemoryMax:       s.MemoryMax,
+		PidsMax:         s.PidsMax,
+		CpuWeight:       int64(s.CPUWeight),
 	}
 }
 
@@ -100,6 +115,21 @@ func specFromProto(p *hbpb.Spec) Spec {
 		WatchdogGrace:  time.Duration(p.GetWatchdogGraceNs()),
 		Ready:          p.GetReady(),
 		ReadyTimeout:   time.Duration(p.GetReadyTimeoutNs()),
+		KillMode:       p.GetKillMode(),
+		Type:           p.GetType(),
+		PIDFile:        p.GetPidFile(),
+		CPUs:           fromInt64s(p.GetCpus()),
+		SetNice:        p.GetSetNice(),
+		Nice:           int(p.GetNice()),
+		SetSched:       p.GetSetSched(),
+		SchedPolicy:    int(p.GetSchedPolicy()),
+		SchedPriority:  int(p.GetSchedPriority()),
+		Rlimits:        rlimitsFromProto(p.GetRlimits()),
+		SetUmask:       p.GetSetUmask(),
+		Umask:          int(p.GetUmask()),
+		MemoryMax:      p.GetMemoryMax(),
+		PidsMax:        p.GetPidsMax(),
+		CPUWeight:      int(p.GetCpuWeight()),
 	}
 }
 
@@ -137,6 +167,7 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		FeatureVersion:   uint32(i.FeatureVersion),
 		ShmRepairs:       i.ShmRepairs,
 		ShmProblem:       i.ShmProblem,
+		Cgroups:          i.Cgroups,
 	}
 }
 
@@ -156,6 +187,7 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		FeatureVersion:   featureVersion(p),
 		ShmRepairs:       p.GetShmRepairs(),
 		ShmProblem:       p.GetShmProblem(),
+		Cgroups:          p.GetCgroups(),
 	}
 }
 
@@ -244,4 +276,26 @@ func eventFromProto(p *hbpb.Event) Event {
 		Reason:      p.GetReason(),
 		SinceBeatNs: p.GetSinceBeatNs(),
 	}
+}
+
+func rlimitsToProto(v []Rlimit) []*hbpb.Rlimit {
+	if v == nil {
+		return nil
+	}
+	out := make([]*hbpb.Rlimit, len(v))
+	for i, l := range v {
+		out[i] = &hbpb.Rlimit{Resource: int64(l.Resource), Cur: l.Cur, Max: l.Max}
+	}
+	return out
+}
+
+func rlimitsFromProto(v []*hbpb.Rlimit) []Rlimit {
+	if len(v) == 0 {
+		return nil
+	}
+	out := make([]Rlimit, len(v))
+	for i, l := range v {
+		out[i] = Rlimit{Resource: int(l.GetResource()), Cur: l.GetCur(), Max: l.GetMax()}
+	}
+	return out
 }

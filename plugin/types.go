@@ -61,6 +61,46 @@ type Spec struct {
 	// ReadyTimeout: a service not ready this long after its spawn is
 	// killed (its exit's Reason is ReasonReadyTimeout; 0: 90s).
 	ReadyTimeout time.Duration
+	// KillMode is what Stop signals and what is killed of an incarnation
+	// after its main process exits: "cgroup" (every process of the
+	// service's cgroup; the default where the plugin has cgroups),
+	// "process-group" (the main process's group, as without cgroups) or
+	// "process" (the main process alone). See docs/cgroups.md.
+	KillMode string
+	// Type "forking": the first process daemonizes and exits 0; the main
+	// process is the one PIDFile (absolute) names, which must be in the
+	// service's cgroup. "" (or "simple"): the first process is the main
+	// one.
+	Type    string
+	PIDFile string
+	// Placement and limits, set in the child before exec (and before its
+	// credentials change): CPUs is its CPU affinity (nil keeps the
+	// plugin's); Nice with SetNice its nice value; SchedPolicy
+	// (SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE) and
+	// SchedPriority with SetSched its scheduling; Rlimits its resource
+	// limits; Umask with SetUmask its umask.
+	CPUs          []int
+	SetNice       bool
+	Nice          int
+	SetSched      bool
+	SchedPolicy   int
+	SchedPriority int
+	Rlimits       []Rlimit
+	SetUmask      bool
+	Umask         int
+	// Limits of the service's cgroup, which need its controller (memory,
+	// pids, cpu) in the cgroup v2 hierarchy: memory.max in bytes and
+	// pids.max (0: not set; -1: "max"), cpu.weight 1..10000 (0: not set).
+	MemoryMax int64
+	PidsMax   int64
+	CPUWeight int
+}
+
+// Rlimit is one resource limit (setrlimit(2)): Resource is RLIMIT_*, Cur
+// and Max the soft and hard limits (RLIM_INFINITY: unlimited).
+type Rlimit struct {
+	Resource int
+	Cur, Max uint64
 }
 
 // Values of Spec.Ready.
@@ -195,7 +235,9 @@ type Event struct {
 	// incarnation (Spec.Respawn); its EventSpawn follows.
 	Respawned bool
 	// Message (log events) says what is wrong with the service's log
-	// files; empty when the problem has cleared.
+	// files; empty when the problem has cleared. On an exit event, what
+	// the exit left behind, when that says something about the service
+	// (e.g. "exited 0 and left 3 processes: does it daemonize? …").
 	Message string
 	// Reason (exit events) is "watchdog" when the plugin killed the
 	// process for missing its watchdog deadline; empty otherwise.
@@ -228,6 +270,10 @@ type Info struct {
 	// ShmProblem is what the plugin cannot repair in the table ("" if
 	// nothing): e.g. another file under the table's name.
 	ShmProblem string
+	// Cgroups says how services are contained: "cgroup DIR" (one cgroup
+	// per service under DIR), or "process-group: REASON" (no cgroups, and
+	// why). "" from a plugin before the field.
+	Cgroups string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

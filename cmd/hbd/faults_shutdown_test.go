@@ -27,6 +27,7 @@ func TestFaultShutdownStrays(t *testing.T) {
 command    = ["sh", "-c", "sleep 1000 & a=$!; sh -c 'trap \"\" TERM; exec sleep 1001' & echo $a $! > %[1]s.tmp; mv %[1]s.tmp %[1]s; exit 0"]
 restart    = "never"
 start_secs = "0s"
+kill_mode  = "process-group" # in a cgroup the strays die with the main process
 `, pidFile))
 	d := h.Start()
 	pluginPID(h)

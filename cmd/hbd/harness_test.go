@@ -964,6 +964,7 @@ func (h *Harness) cleanup() {
 	if left := h.Leftovers(); len(left) > 0 {
 		t.Errorf("cleanup: processes survive SIGKILL: %v", left)
 	}
+	removeCgroupTree(h) // the plugin's cgroups, if an unclean stop left them
 
 	for _, d := range h.hbds {
 		for _, bad := range badOutput {

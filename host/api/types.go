@@ -134,6 +134,9 @@ type PluginInfo struct {
 	// ShmProblem is what the plugin cannot repair in the table; health is
 	// not ok while it is set.
 	ShmProblem string `json:"shm_problem,omitempty"`
+	// Cgroups says how services are contained: "cgroup DIR" (a cgroup per
+	// service under DIR) or "process-group: REASON" (no cgroups, and why).
+	Cgroups string `json:"cgroups,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

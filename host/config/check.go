@@ -88,6 +88,7 @@ func Resolve(s *Service) (Resolved, error) {
 			fail("directory", ErrNoDirectory, "%s is not a directory", s.Directory)
 		}
 	}
+	checkPlacement(s, fail)
 	if len(s.Command) == 0 || s.Command[0] == "" {
 		fail("command", ErrNoExec, "empty command")
 	} else if exe, err := findExecutable(s); err != nil {
@@ -113,11 +114,13 @@ func (c *Config) Check() error {
 				Msg: err.Error(), Err: ErrNoGroup})
 		}
 	}
+	errs = append(errs, c.checkCgroupRoot()...)
 	for _, name := range c.Order {
 		s := c.Services[name]
 		if s == nil {
 			continue
 		}
+		errs = append(errs, c.checkControllers(s)...)
 		if _, err := Resolve(s); err != nil {
 			var es Errors
 			if errors.As(err, &es) {

@@ -32,6 +32,19 @@ const (
 // lists equal, since the manager does not import the detectors.
 var Detectors = []string{DetectorAuto, DetectorConnector, DetectorPidfd, DetectorTracepoint}
 
+// Values of [Service].KillMode (the plugin's kill modes).
+const (
+	KillCgroup       = "cgroup"        // every process of the service's cgroup (process groups where there are no cgroups)
+	KillProcessGroup = "process-group" // the main process's group
+	KillProcess      = "process"       // the main process only
+)
+
+// Values of [Service].Type.
+const (
+	TypeSimple  = "simple"  // the first process is the main one
+	TypeForking = "forking" // the first process daemonizes and exits 0; PIDFile names the main one
+)
+
 // Values of [Service].Stdout and Stderr.
 const (
 	OutputFile    = "file"    // LogDir/NAME.out.log or NAME.err.log, rotated
@@ -122,6 +135,9 @@ type HBD struct {
 	// ordinary thread.
 	DetectorPriority int
 	SocketGroup      string // group (name or number) allowed on the socket besides root; "" = root only
+	// CgroupRoot is where the services' cgroups go, a path in the cgroup
+	// v2 hierarchy (CgroupRoot/Shm/NAME); "" = the plugin's own cgroup.
+	CgroupRoot string
 }
 
 // Service is one [service.NAME] table with defaults filled in.
@@ -166,6 +182,28 @@ type Service struct {
 	// is spawned only once each of them is running (ready, with ready =
 	// "notify"). Validate rejects unknown names and cycles.
 	After []string
+	// KillMode is KillCgroup, KillProcessGroup or KillProcess: what stop
+	// signals, and what is killed when the main process exits.
+	KillMode string
+	// Type is TypeSimple or TypeForking (the main process is the one
+	// PIDFile names, an absolute path).
+	Type    string
+	PIDFile string
+	// Placement and limits (see placement.go): CPUs as written ("2-3"),
+	// Nice when SetNice, Sched as written ("fifo:10"), Rlimits by name,
+	// Umask as written ("022"); "" and nil keep hbd's.
+	CPUs    string
+	SetNice bool
+	Nice    int
+	Sched   string
+	Rlimits []RlimitSetting
+	Umask   string
+	// Limits of the service's cgroup (their controller must be in the
+	// cgroup v2 hierarchy): MemoryMax bytes and PidsMax (0: not set, -1:
+	// "max"), CPUWeight 1..10000 (0: not set).
+	MemoryMax int64
+	PidsMax   int64
+	CPUWeight int
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -209,6 +247,8 @@ func DefaultService(name string) *Service {
 		WatchdogGrace:  DefaultWatchdogGrace,
 		Ready:          ReadySpawn,
 		ReadyTimeout:   DefaultReadyTimeout,
+		KillMode:       KillCgroup,
+		Type:           TypeSimple,
 	}
 }
 
@@ -286,7 +326,13 @@ func (s *Service) Equal(o *Service) bool {
 		s.WatchdogGrace == o.WatchdogGrace &&
 		s.Ready == o.Ready &&
 		s.ReadyTimeout == o.ReadyTimeout &&
-		slices.Equal(s.After, o.After)
+		slices.Equal(s.After, o.After) &&
+		s.KillMode == o.KillMode &&
+		s.Type == o.Type &&
+		s.PIDFile == o.PIDFile &&
+		s.CPUs == o.CPUs && s.SetNice == o.SetNice && s.Nice == o.Nice && s.Sched == o.Sched &&
+		slices.Equal(s.Rlimits, o.Rlimits) && s.Umask == o.Umask &&
+		s.MemoryMax == o.MemoryMax && s.PidsMax == o.PidsMax && s.CPUWeight == o.CPUWeight
 }
 
 // Diff compares two configurations for a reload: added are services only in

@@ -78,6 +78,8 @@ func TestDefaults(t *testing.T) {
 		WatchdogGrace:  5 * time.Second,
 		Ready:          "spawn",
 		ReadyTimeout:   90 * time.Second,
+		KillMode:       "cgroup",
+		Type:           "simple",
 	}
 	if diff := cmp.Diff(want, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
@@ -126,6 +128,7 @@ watchdog_signal = "QUIT"
 watchdog_grace = "2s"
 ready = "notify"
 ready_timeout = "3s"
+kill_mode = "process"
 
 [service.tx]
 command = ["tx", ""]
@@ -176,6 +179,8 @@ user = "1000"
 		WatchdogGrace:  2 * time.Second,
 		Ready:          "notify",
 		ReadyTimeout:   3 * time.Second,
+		KillMode:       "process",
+		Type:           "simple",
 	}
 	if diff := cmp.Diff(rx, cfg.Services["rx"], cmpService); diff != "" {
 		t.Errorf("rx (-want +got):\n%s", diff)

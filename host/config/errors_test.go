@@ -21,6 +21,71 @@ func TestLoadErrors(t *testing.T) {
 		msg     string // also in the message
 	}{
 		{
+			name: "bad kill_mode",
+			toml: "[service.rx]\ncommand = \"rx\"\nkill_mode = \"group\"\n",
+			line: 3, service: "rx", key: `key "kill_mode"`, err: ErrValue, msg: `want "cgroup", "process-group" or "process", got "group"`,
+		},
+		{
+			name: "forking without pid_file",
+			toml: "[service.rx]\ncommand = \"rx\"\ntype = \"forking\"\n",
+			line: 3, service: "rx", key: `key "type"`, err: ErrValue, msg: `"forking" needs pid_file`,
+		},
+		{
+			name: "bad type",
+			toml: "[service.rx]\ncommand = \"rx\"\ntype = \"oneshot\"\n",
+			line: 3, service: "rx", key: `key "type"`, err: ErrValue, msg: `want "simple" or "forking", got "oneshot"`,
+		},
+		{
+			name: "pid_file without forking",
+			toml: "[service.rx]\ncommand = \"rx\"\npid_file = \"/run/rx.pid\"\n",
+			line: 3, service: "rx", key: `key "pid_file"`, err: ErrValue, msg: `only used with type = "forking"`,
+		},
+		{
+			name: "bad cpus",
+			toml: "[service.rx]\ncommand = \"rx\"\ncpus = \"3-2\"\n",
+			line: 3, service: "rx", key: `key "cpus"`, err: ErrValue, msg: `"3-2" is not a CPU list`,
+		},
+		{
+			name: "nice out of range",
+			toml: "[service.rx]\ncommand = \"rx\"\nnice = 20\n",
+			line: 3, service: "rx", key: `key "nice"`, err: ErrValue, msg: `20 is out of range -20..19`,
+		},
+		{
+			name: "bad sched",
+			toml: "[service.rx]\ncommand = \"rx\"\nsched = \"fifo\"\n",
+			line: 3, service: "rx", key: `key "sched"`, err: ErrValue, msg: `fifo needs a priority 1..99`,
+		},
+		{
+			name: "unknown rlimit",
+			toml: "[service.rx]\ncommand = \"rx\"\nrlimits = { nofiles = 10 }\n",
+			line: 3, service: "rx", key: `key "rlimits"`, err: ErrValue, msg: `unknown limit "nofiles"`,
+		},
+		{
+			name: "bad rlimit value",
+			toml: "[service.rx]\ncommand = \"rx\"\nrlimits = { memlock = \"lots\" }\n",
+			line: 3, service: "rx", key: `key "rlimits"`, err: ErrValue, msg: `want a number or "unlimited"`,
+		},
+		{
+			name: "bad umask",
+			toml: "[service.rx]\ncommand = \"rx\"\numask = \"0988\"\n",
+			line: 3, service: "rx", key: `key "umask"`, err: ErrValue, msg: `not an octal umask`,
+		},
+		{
+			name: "cpu_weight out of range",
+			toml: "[service.rx]\ncommand = \"rx\"\ncpu_weight = 0\n",
+			line: 3, service: "rx", key: `key "cpu_weight"`, err: ErrValue, msg: `0 is out of range 1..10000`,
+		},
+		{
+			name: "memory_max zero",
+			toml: "[service.rx]\ncommand = \"rx\"\nmemory_max = 0\n",
+			line: 3, service: "rx", key: `key "memory_max"`, err: ErrValue, msg: `want more than 0, or "max"`,
+		},
+		{
+			name: "bad cgroup_root",
+			toml: "[hbd]\ncgroup_root = \"hb/x\"\n",
+			line: 2, key: `key "hbd.cgroup_root"`, err: ErrValue, msg: `not a clean absolute path`,
+		},
+		{
 			name: "syntax error",
 			toml: "[hbd]\nslots = = 3\n",
 			line: 2, err: ErrSyntax,

@@ -51,7 +51,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -393,6 +393,8 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 			h.Detector, err = wantString(v)
 		case "socket_group":
 			h.SocketGroup, err = wantID(v)
+		case "cgroup_root":
+			h.CgroupRoot, err = wantString(v)
 		default:
 			c.hbdKeys.remove(k)
 			l.unknown(src, kr, "", "hbd."+k, suggest(k, hbdKeyNames))
@@ -433,6 +435,8 @@ var serviceKeyNames = []string{
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
 	"watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout", "after",
+	"kill_mode", "type", "pid_file", "cpus", "nice", "sched", "rlimits", "umask",
+	"memory_max", "pids_max", "cpu_weight",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -515,6 +519,38 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.ReadyTimeout, err = wantDuration(v)
 		case "after":
 			s.After, err = wantNames(v)
+		case "kill_mode":
+			s.KillMode, err = wantString(v)
+		case "type":
+			s.Type, err = wantString(v)
+		case "pid_file":
+			s.PIDFile, err = wantPath(v, absDir)
+		case "cpus":
+			s.CPUs, err = wantString(v)
+		case "nice":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				s.Nice, s.SetNice = int(n), true
+			}
+		case "sched":
+			s.Sched, err = wantString(v)
+		case "rlimits":
+			s.Rlimits, err = wantRlimits(v)
+		case "umask":
+			s.Umask, err = wantString(v)
+		case "memory_max":
+			s.MemoryMax, err = wantMax(v, true)
+		case "pids_max":
+			s.PidsMax, err = wantMax(v, false)
+		case "cpu_weight":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 1 || n > 10000 {
+					err = valueErr("%d is out of range 1..10000", n)
+				} else {
+					s.CPUWeight = int(n)
+				}
+			}
 		default:
 			s.keys.remove(k)
 			l.unknown(src, kr, name, k, suggest(k, serviceKeyNames))

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -57,6 +58,9 @@ func (c *Config) validate(bad map[string]bool) Errors {
 	}
 	if strings.ContainsAny(h.SocketGroup, "\x00:") {
 		hbd("socket_group", "%q is not a group name", h.SocketGroup)
+	}
+	if r := h.CgroupRoot; r != "" && (!strings.HasPrefix(r, "/") || path.Clean(r) != r || strings.ContainsRune(r, 0)) {
+		hbd("cgroup_root", "%q is not a clean absolute path in the cgroup hierarchy (as /proc/self/cgroup names one, e.g. \"/hb.slice\")", r)
 	}
 
 	for _, name := range c.Order {
@@ -276,6 +280,22 @@ func (s *Service) validate(name string, skip func(svc, key string) bool) Errors 
 	if s.WatchdogSignal < 1 || s.WatchdogSignal > MaxSignal {
 		add("watchdog_signal", ErrValue, "signal %d is out of range 1..%d", int(s.WatchdogSignal), MaxSignal)
 	}
+	switch s.KillMode {
+	case KillCgroup, KillProcessGroup, KillProcess:
+	default:
+		add("kill_mode", ErrValue, "want \"cgroup\", \"process-group\" or \"process\", got %q", s.KillMode)
+	}
+	switch {
+	case s.Type != TypeSimple && s.Type != TypeForking:
+		add("type", ErrValue, "want \"simple\" or \"forking\", got %q", s.Type)
+	case s.Type == TypeForking && s.PIDFile == "":
+		add("type", ErrValue, "\"forking\" needs pid_file, the file the daemon writes its PID to")
+	case s.Type == TypeForking && s.KillMode != KillCgroup:
+		add("kill_mode", ErrValue, "type \"forking\" needs kill_mode \"cgroup\" (its processes are told from others by their cgroup)")
+	case s.Type == TypeSimple && s.PIDFile != "":
+		add("pid_file", ErrValue, "only used with type = \"forking\"")
+	}
+	validatePlacement(s, add)
 	return errs
 }
 

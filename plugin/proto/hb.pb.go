@@ -219,6 +219,7 @@ type InfoResponse struct {
 	ShmRepairs       []string               `protobuf:"bytes,11,rep,name=shm_repairs,json=shmRepairs,proto3" json:"shm_repairs,omitempty"`                    // repairs of the table the plugin made (truncated, name removed), newest last
 	ShmProblem       string                 `protobuf:"bytes,12,opt,name=shm_problem,json=shmProblem,proto3" json:"shm_problem,omitempty"`                    // what the plugin cannot repair in the table ("" if nothing)
 	FeatureVersion   uint32                 `protobuf:"varint,13,opt,name=feature_version,json=featureVersion,proto3" json:"feature_version,omitempty"`       // what the plugin honours (plugin.Feature*); 0: read version
+	Cgroups          string                 `protobuf:"bytes,14,opt,name=cgroups,proto3" json:"cgroups,omitempty"`                                            // "cgroup DIR" or "process-group: REASON" (plugin.Info.Cgroups)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -344,6 +345,13 @@ func (x *InfoResponse) GetFeatureVersion() uint32 {
 	return 0
 }
 
+func (x *InfoResponse) GetCgroups() string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return ""
+}
+
 // Spec mirrors plugin.Spec.
 type Spec struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -366,6 +374,21 @@ type Spec struct {
 	WatchdogGraceNs int64                  `protobuf:"varint,17,opt,name=watchdog_grace_ns,json=watchdogGraceNs,proto3" json:"watchdog_grace_ns,omitempty"` // then SIGKILL to its process group (0: 5s)
 	Ready           string                 `protobuf:"bytes,18,opt,name=ready,proto3" json:"ready,omitempty"`                                               // "" or "spawn": ready at the spawn; "notify": sd_notify READY=1
 	ReadyTimeoutNs  int64                  `protobuf:"varint,19,opt,name=ready_timeout_ns,json=readyTimeoutNs,proto3" json:"ready_timeout_ns,omitempty"`    // not ready within this long: killed, a failed start (0: 90s)
+	KillMode        string                 `protobuf:"bytes,20,opt,name=kill_mode,json=killMode,proto3" json:"kill_mode,omitempty"`                         // "cgroup" | "process-group" | "process"; "": the plugin's default
+	Type            string                 `protobuf:"bytes,21,opt,name=type,proto3" json:"type,omitempty"`                                                 // "forking": the main process is the one pid_file names; "": the first
+	PidFile         string                 `protobuf:"bytes,22,opt,name=pid_file,json=pidFile,proto3" json:"pid_file,omitempty"`                            // with type "forking", absolute
+	Cpus            []int64                `protobuf:"varint,23,rep,packed,name=cpus,proto3" json:"cpus,omitempty"`                                         // CPU affinity; empty keeps the plugin's
+	SetNice         bool                   `protobuf:"varint,24,opt,name=set_nice,json=setNice,proto3" json:"set_nice,omitempty"`
+	Nice            int64                  `protobuf:"varint,25,opt,name=nice,proto3" json:"nice,omitempty"`
+	SetSched        bool                   `protobuf:"varint,26,opt,name=set_sched,json=setSched,proto3" json:"set_sched,omitempty"`
+	SchedPolicy     int64                  `protobuf:"varint,27,opt,name=sched_policy,json=schedPolicy,proto3" json:"sched_policy,omitempty"` // SCHED_*
+	SchedPriority   int64                  `protobuf:"varint,28,opt,name=sched_priority,json=schedPriority,proto3" json:"sched_priority,omitempty"`
+	Rlimits         []*Rlimit              `protobuf:"bytes,29,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	SetUmask        bool                   `protobuf:"varint,30,opt,name=set_umask,json=setUmask,proto3" json:"set_umask,omitempty"`
+	Umask           int64                  `protobuf:"varint,31,opt,name=umask,proto3" json:"umask,omitempty"`
+	MemoryMax       int64                  `protobuf:"varint,32,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"` // bytes; 0: not set; -1: "max"
+	PidsMax         int64                  `protobuf:"varint,33,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`       // 0: not set; -1: "max"
+	CpuWeight       int64                  `protobuf:"varint,34,opt,name=cpu_weight,json=cpuWeight,proto3" json:"cpu_weight,omitempty"` // 1..10000; 0: not set
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -533,6 +556,172 @@ func (x *Spec) GetReadyTimeoutNs() int64 {
 	return 0
 }
 
+func (x *Spec) GetKillMode() string {
+	if x != nil {
+		return x.KillMode
+	}
+	return ""
+}
+
+func (x *Spec) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Spec) GetPidFile() string {
+	if x != nil {
+		return x.PidFile
+	}
+	return ""
+}
+
+func (x *Spec) GetCpus() []int64 {
+	if x != nil {
+		return x.Cpus
+	}
+	return nil
+}
+
+func (x *Spec) GetSetNice() bool {
+	if x != nil {
+		return x.SetNice
+	}
+	return false
+}
+
+func (x *Spec) GetNice() int64 {
+	if x != nil {
+		return x.Nice
+	}
+	return 0
+}
+
+func (x *Spec) GetSetSched() bool {
+	if x != nil {
+		return x.SetSched
+	}
+	return false
+}
+
+func (x *Spec) GetSchedPolicy() int64 {
+	if x != nil {
+		return x.SchedPolicy
+	}
+	return 0
+}
+
+func (x *Spec) GetSchedPriority() int64 {
+	if x != nil {
+		return x.SchedPriority
+	}
+	return 0
+}
+
+func (x *Spec) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+func (x *Spec) GetSetUmask() bool {
+	if x != nil {
+		return x.SetUmask
+	}
+	return false
+}
+
+func (x *Spec) GetUmask() int64 {
+	if x != nil {
+		return x.Umask
+	}
+	return 0
+}
+
+func (x *Spec) GetMemoryMax() int64 {
+	if x != nil {
+		return x.MemoryMax
+	}
+	return 0
+}
+
+func (x *Spec) GetPidsMax() int64 {
+	if x != nil {
+		return x.PidsMax
+	}
+	return 0
+}
+
+func (x *Spec) GetCpuWeight() int64 {
+	if x != nil {
+		return x.CpuWeight
+	}
+	return 0
+}
+
+// Rlimit mirrors plugin.Rlimit.
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      int64                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"` // RLIMIT_*
+	Cur           uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
+	Max           uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_hb_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Rlimit) GetResource() int64 {
+	if x != nil {
+		return x.Resource
+	}
+	return 0
+}
+
+func (x *Rlimit) GetCur() uint64 {
+	if x != nil {
+		return x.Cur
+	}
+	return 0
+}
+
+func (x *Rlimit) GetMax() uint64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 // Respawn lets the plugin restart a service by itself, without a round trip
 // to the host, for exits the host's policy answers with "respawn at once".
 type Respawn struct {
@@ -547,7 +736,7 @@ type Respawn struct {
 
 func (x *Respawn) Reset() {
 	*x = Respawn{}
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +748,7 @@ func (x *Respawn) String() string {
 func (*Respawn) ProtoMessage() {}
 
 func (x *Respawn) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +761,7 @@ func (x *Respawn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Respawn.ProtoReflect.Descriptor instead.
 func (*Respawn) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{3}
+	return file_hb_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Respawn) GetEnabled() bool {
@@ -612,7 +801,7 @@ type SpawnRequest struct {
 
 func (x *SpawnRequest) Reset() {
 	*x = SpawnRequest{}
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +813,7 @@ func (x *SpawnRequest) String() string {
 func (*SpawnRequest) ProtoMessage() {}
 
 func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +826,7 @@ func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnRequest.ProtoReflect.Descriptor instead.
 func (*SpawnRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{4}
+	return file_hb_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SpawnRequest) GetSpec() *Spec {
@@ -659,7 +848,7 @@ type SpawnResponse struct {
 
 func (x *SpawnResponse) Reset() {
 	*x = SpawnResponse{}
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +860,7 @@ func (x *SpawnResponse) String() string {
 func (*SpawnResponse) ProtoMessage() {}
 
 func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +873,7 @@ func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnResponse.ProtoReflect.Descriptor instead.
 func (*SpawnResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{5}
+	return file_hb_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SpawnResponse) GetSlot() int64 {
@@ -726,7 +915,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +927,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +940,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{6}
+	return file_hb_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StopRequest) GetName() string {
@@ -783,7 +972,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +984,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +997,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{7}
+	return file_hb_proto_rawDescGZIP(), []int{8}
 }
 
 type SignalRequest struct {
@@ -821,7 +1010,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +1022,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +1035,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{8}
+	return file_hb_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SignalRequest) GetName() string {
@@ -871,7 +1060,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1072,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1085,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{9}
+	return file_hb_proto_rawDescGZIP(), []int{10}
 }
 
 type SetStateRequest struct {
@@ -910,7 +1099,7 @@ type SetStateRequest struct {
 
 func (x *SetStateRequest) Reset() {
 	*x = SetStateRequest{}
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1111,7 @@ func (x *SetStateRequest) String() string {
 func (*SetStateRequest) ProtoMessage() {}
 
 func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1124,7 @@ func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateRequest.ProtoReflect.Descriptor instead.
 func (*SetStateRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{10}
+	return file_hb_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetStateRequest) GetName() string {
@@ -967,7 +1156,7 @@ type SetStateResponse struct {
 
 func (x *SetStateResponse) Reset() {
 	*x = SetStateResponse{}
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1168,7 @@ func (x *SetStateResponse) String() string {
 func (*SetStateResponse) ProtoMessage() {}
 
 func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1181,7 @@ func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateResponse.ProtoReflect.Descriptor instead.
 func (*SetStateResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{11}
+	return file_hb_proto_rawDescGZIP(), []int{12}
 }
 
 type FreeRequest struct {
@@ -1004,7 +1193,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1205,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1218,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{12}
+	return file_hb_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FreeRequest) GetName() string {
@@ -1047,7 +1236,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1248,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1261,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{13}
+	return file_hb_proto_rawDescGZIP(), []int{14}
 }
 
 type ListRequest struct {
@@ -1083,7 +1272,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1284,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1297,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{14}
+	return file_hb_proto_rawDescGZIP(), []int{15}
 }
 
 // Slot mirrors shm.Slot.
@@ -1132,7 +1321,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1333,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1346,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{15}
+	return file_hb_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Slot) GetIndex() int64 {
@@ -1253,7 +1442,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1454,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1467,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{16}
+	return file_hb_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1297,7 +1486,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1498,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1511,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{17}
+	return file_hb_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EventsRequest) GetAfterSeq() uint64 {
@@ -1356,7 +1545,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1557,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1570,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{18}
+	return file_hb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1498,7 +1687,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1699,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1712,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{19}
+	return file_hb_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -1541,7 +1730,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1742,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1755,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{20}
+	return file_hb_proto_rawDescGZIP(), []int{21}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -1574,7 +1763,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\x8c\x03\n" +
+	"\vInfoRequest\"\xa6\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1593,7 +1782,8 @@ const file_hb_proto_rawDesc = "" +
 	"shmRepairs\x12\x1f\n" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
-	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\"\xac\x04\n" +
+	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
+	"\acgroups\x18\x0e \x01(\tR\acgroups\"\xd7\a\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1616,7 +1806,28 @@ const file_hb_proto_rawDesc = "" +
 	"\x0fwatchdog_signal\x18\x10 \x01(\x05R\x0ewatchdogSignal\x12*\n" +
 	"\x11watchdog_grace_ns\x18\x11 \x01(\x03R\x0fwatchdogGraceNs\x12\x14\n" +
 	"\x05ready\x18\x12 \x01(\tR\x05ready\x12(\n" +
-	"\x10ready_timeout_ns\x18\x13 \x01(\x03R\x0ereadyTimeoutNs\"\x85\x01\n" +
+	"\x10ready_timeout_ns\x18\x13 \x01(\x03R\x0ereadyTimeoutNs\x12\x1b\n" +
+	"\tkill_mode\x18\x14 \x01(\tR\bkillMode\x12\x12\n" +
+	"\x04type\x18\x15 \x01(\tR\x04type\x12\x19\n" +
+	"\bpid_file\x18\x16 \x01(\tR\apidFile\x12\x12\n" +
+	"\x04cpus\x18\x17 \x03(\x03R\x04cpus\x12\x19\n" +
+	"\bset_nice\x18\x18 \x01(\bR\asetNice\x12\x12\n" +
+	"\x04nice\x18\x19 \x01(\x03R\x04nice\x12\x1b\n" +
+	"\tset_sched\x18\x1a \x01(\bR\bsetSched\x12!\n" +
+	"\fsched_policy\x18\x1b \x01(\x03R\vschedPolicy\x12%\n" +
+	"\x0esched_priority\x18\x1c \x01(\x03R\rschedPriority\x12'\n" +
+	"\arlimits\x18\x1d \x03(\v2\r.hb.v1.RlimitR\arlimits\x12\x1b\n" +
+	"\tset_umask\x18\x1e \x01(\bR\bsetUmask\x12\x14\n" +
+	"\x05umask\x18\x1f \x01(\x03R\x05umask\x12\x1d\n" +
+	"\n" +
+	"memory_max\x18  \x01(\x03R\tmemoryMax\x12\x19\n" +
+	"\bpids_max\x18! \x01(\x03R\apidsMax\x12\x1d\n" +
+	"\n" +
+	"cpu_weight\x18\" \x01(\x03R\tcpuWeight\"H\n" +
+	"\x06Rlimit\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\x03R\bresource\x12\x10\n" +
+	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\x04R\x03max\"\x85\x01\n" +
 	"\aRespawn\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1d\n" +
 	"\n" +
@@ -1746,62 +1957,64 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
 	(*InfoRequest)(nil),      // 2: hb.v1.InfoRequest
 	(*InfoResponse)(nil),     // 3: hb.v1.InfoResponse
 	(*Spec)(nil),             // 4: hb.v1.Spec
-	(*Respawn)(nil),          // 5: hb.v1.Respawn
-	(*SpawnRequest)(nil),     // 6: hb.v1.SpawnRequest
-	(*SpawnResponse)(nil),    // 7: hb.v1.SpawnResponse
-	(*StopRequest)(nil),      // 8: hb.v1.StopRequest
-	(*StopResponse)(nil),     // 9: hb.v1.StopResponse
-	(*SignalRequest)(nil),    // 10: hb.v1.SignalRequest
-	(*SignalResponse)(nil),   // 11: hb.v1.SignalResponse
-	(*SetStateRequest)(nil),  // 12: hb.v1.SetStateRequest
-	(*SetStateResponse)(nil), // 13: hb.v1.SetStateResponse
-	(*FreeRequest)(nil),      // 14: hb.v1.FreeRequest
-	(*FreeResponse)(nil),     // 15: hb.v1.FreeResponse
-	(*ListRequest)(nil),      // 16: hb.v1.ListRequest
-	(*Slot)(nil),             // 17: hb.v1.Slot
-	(*ListResponse)(nil),     // 18: hb.v1.ListResponse
-	(*EventsRequest)(nil),    // 19: hb.v1.EventsRequest
-	(*Event)(nil),            // 20: hb.v1.Event
-	(*ShutdownRequest)(nil),  // 21: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 22: hb.v1.ShutdownResponse
+	(*Rlimit)(nil),           // 5: hb.v1.Rlimit
+	(*Respawn)(nil),          // 6: hb.v1.Respawn
+	(*SpawnRequest)(nil),     // 7: hb.v1.SpawnRequest
+	(*SpawnResponse)(nil),    // 8: hb.v1.SpawnResponse
+	(*StopRequest)(nil),      // 9: hb.v1.StopRequest
+	(*StopResponse)(nil),     // 10: hb.v1.StopResponse
+	(*SignalRequest)(nil),    // 11: hb.v1.SignalRequest
+	(*SignalResponse)(nil),   // 12: hb.v1.SignalResponse
+	(*SetStateRequest)(nil),  // 13: hb.v1.SetStateRequest
+	(*SetStateResponse)(nil), // 14: hb.v1.SetStateResponse
+	(*FreeRequest)(nil),      // 15: hb.v1.FreeRequest
+	(*FreeResponse)(nil),     // 16: hb.v1.FreeResponse
+	(*ListRequest)(nil),      // 17: hb.v1.ListRequest
+	(*Slot)(nil),             // 18: hb.v1.Slot
+	(*ListResponse)(nil),     // 19: hb.v1.ListResponse
+	(*EventsRequest)(nil),    // 20: hb.v1.EventsRequest
+	(*Event)(nil),            // 21: hb.v1.Event
+	(*ShutdownRequest)(nil),  // 22: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 23: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
-	5,  // 0: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
-	4,  // 1: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
-	0,  // 2: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
-	0,  // 3: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
-	17, // 4: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
-	1,  // 5: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	2,  // 6: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	6,  // 7: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	8,  // 8: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	10, // 9: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	12, // 10: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	14, // 11: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	16, // 12: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	19, // 13: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	21, // 14: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	3,  // 15: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	7,  // 16: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	9,  // 17: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	11, // 18: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	13, // 19: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	15, // 20: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	18, // 21: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	20, // 22: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	22, // 23: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	15, // [15:24] is the sub-list for method output_type
-	6,  // [6:15] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	6,  // 0: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
+	5,  // 1: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
+	4,  // 2: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
+	0,  // 3: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
+	0,  // 4: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
+	18, // 5: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
+	1,  // 6: hb.v1.Event.kind:type_name -> hb.v1.EventKind
+	2,  // 7: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	7,  // 8: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	9,  // 9: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	11, // 10: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	13, // 11: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	15, // 12: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	17, // 13: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	20, // 14: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	22, // 15: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	3,  // 16: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	8,  // 17: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	10, // 18: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	12, // 19: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	14, // 20: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	16, // 21: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	19, // 22: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	21, // 23: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	23, // 24: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	16, // [16:25] is the sub-list for method output_type
+	7,  // [7:16] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -1815,7 +2028,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

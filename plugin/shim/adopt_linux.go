@@ -56,20 +56,35 @@ func (s *Shim) adopt(sl shm.Slot) {
 	}
 
 	key := watchKey(sl.Index, sl.Generation)
+	svcCg, incCg := s.adoptCgroup(sl.Name, pid)
 	s.mu.Lock()
 	svc := s.svcs[sl.Name]
 	if svc == nil {
 		svc = &service{name: sl.Name, idx: sl.Index}
 		s.svcs[sl.Name] = svc
 	}
+	if svc.cg == nil {
+		svc.cg = svcCg
+	} else {
+		svcCg.close()
+		incCg = nil
+		if svc.cg.contains(pid) {
+			incCg = svc.cg
+		}
+	}
 	inc := &incarnation{
 		svc: svc, idx: sl.Index, key: key, pid: pid, gen: sl.Generation,
 		startTime: sl.StartTime, adopted: true, child: child, pidfd: pidfd,
-		done: make(chan struct{}),
+		done: make(chan struct{}), killMode: KillProcessGroup, cg: incCg,
+	}
+	if incCg != nil {
+		inc.killMode = KillCgroup
 	}
 	svc.cur = inc
 	s.incs[key] = inc
-	s.groups[pid] = struct{}{}
+	if incCg == nil {
+		s.groups[pid] = struct{}{} // as in started
+	}
 	delete(s.ended, pid)
 	s.mu.Unlock()
 

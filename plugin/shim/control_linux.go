@@ -7,8 +7,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
 )
@@ -96,7 +94,7 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 	inc.stopping.Store(true)
 	s.w.SetState(svc.idx, shm.StateStopping)
 	if sig != 0 {
-		if err := inc.signal(sig, true); err != nil {
+		if err := inc.stopSignal(sig); err != nil {
 			s.log.Warn("stop: signal", "service", name, "pid", inc.pid, "signal", sig, "err", err)
 		}
 	}
@@ -105,12 +103,10 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 	select {
 	case <-inc.done:
 	case <-t.C:
-		s.log.Info("stop: timed out; killing the process group", "service", name, "pid", inc.pid, "timeout", timeout)
-		if err := inc.signal(unix.SIGKILL, true); err != nil {
+		s.log.Info("stop: timed out; killing what is left of the service", "service", name, "pid", inc.pid, "timeout", timeout)
+		if err := inc.stopKill(); err != nil {
 			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.pid, err)
 		}
-		// The group may have been left by the main process: kill it too.
-		_ = inc.signal(unix.SIGKILL, false)
 		select {
 		case <-inc.done:
 		case <-ctx.Done():
@@ -122,6 +118,9 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 		return fmt.Errorf("stop %q: waiting for pid %d: %w", name, inc.pid, ctx.Err())
 	case <-s.quit:
 		return errClosed
+	}
+	if err := inc.awaitCgroupEmpty(ctx); err != nil {
+		return fmt.Errorf("stop %q: %w", name, err)
 	}
 	s.w.SetState(svc.idx, shm.StateStopped)
 	return nil
@@ -208,6 +207,7 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 	}
 	delete(s.logged, svc)
 	s.mu.Unlock()
+	s.freeCgroup(svc)
 	if svc.stdout != nil {
 		svc.stdout.close()
 	}

@@ -25,6 +25,14 @@
 //
 // and leave the slot with PID 0.
 //
+// With cgroups (Options.Cgroups, root, a cgroup v2 hierarchy) each child
+// starts in its service's cgroup (CLONE_INTO_CGROUP in both spawners), a
+// spawn first kills what an earlier incarnation left there and waits for
+// the cgroup to empty, and Stop and the exit path act per Spec.KillMode;
+// Spec.Type "forking" takes the main process from a PID file; the Spec's
+// placement and limits are set in the child before exec. See
+// docs/cgroups.md.
+//
 // The order is: fork+exec → shm Writer.Spawned (generation+1, start time,
 // state starting; the PID is stored last; the start time is the boot-clock
 // tick read around the clone when it did not change, else read from

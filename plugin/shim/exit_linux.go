@@ -118,13 +118,7 @@ func (s *Shim) takeIncarnation(key uint64) *incarnation {
 func (s *Shim) reapExited(inc *incarnation, plan *respawnPlan) (reaped, int) {
 	inc.mu.Lock()
 	defer inc.mu.Unlock()
-	if inc.stopping.Load() && inc.child && !inc.reaped {
-		// Members of the group may outlive the leader; the leader's zombie
-		// keeps its PID (the group ID) from being reused until we reap it.
-		// (A non-child's zombie is reaped by someone else at any time, so
-		// its group ID is not ours to signal now.)
-		_ = killGroup(inc.pid, unix.SIGKILL)
-	}
+	inc.killRestAtStop()
 	var r reaped
 	pidfd := inc.pidfd
 	if inc.child {
@@ -139,6 +133,7 @@ func (s *Shim) reapExited(inc *incarnation, plan *respawnPlan) (reaped, int) {
 		}
 		r = reapRespawn(pidfd, reapWait, a, pol, &inc.stopping)
 	}
+	s.afterReap(inc, &r)
 	inc.pidfd = -1
 	inc.reaped = true
 	return r, pidfd
@@ -216,6 +211,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		DetectedNs: ex.DetectedNs,
 		Adopted:    inc.adopted,
 		Reason:     inc.exitReason(),
+		Message:    inc.exitNote(status),
 	}
 	emitted := false
 	switch {

@@ -16,6 +16,7 @@ import (
 
 const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
                   [--detector-priority 0..99] --log FILE [--state-dir DIR]
+                  [--cgroups auto|off] [--cgroup-root PATH]
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
@@ -59,6 +60,8 @@ func Main(args []string) int {
 	logPath := fs.String("log", "", "")
 	stateDir := fs.String("state-dir", "", "")
 	level := fs.String("log-level", "info", "")
+	cgroups := fs.String("cgroups", "auto", "")
+	cgroupRoot := fs.String("cgroup-root", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Print(pluginUsage)
@@ -74,6 +77,10 @@ func Main(args []string) int {
 	}
 	if *prio < 0 || *prio > 99 {
 		fmt.Fprintf(os.Stderr, "hbd plugin: --detector-priority %d: out of range 0..99\n", *prio)
+		return 2
+	}
+	if *cgroups != "auto" && *cgroups != "off" {
+		fmt.Fprintf(os.Stderr, "hbd plugin: --cgroups %q: want \"auto\" or \"off\"\n", *cgroups)
 		return 2
 	}
 	var logOut io.Writer = os.Stderr
@@ -108,7 +115,8 @@ func Main(args []string) int {
 		return 2
 	}
 	impl, err := New(Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
-		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio})
+		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio,
+		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)

@@ -63,6 +63,15 @@ type Options struct {
 	// the machine is delivered (see connector.Options.NoFilter).
 	NoFilter bool
 
+	// Cgroups puts each service in a cgroup of its own when the plugin is
+	// root and a cgroup v2 hierarchy is mounted (see docs/cgroups.md);
+	// CgroupRoot is where the subtree CgroupRoot/ShmName goes, a path in
+	// the hierarchy ("" the plugin's own cgroup). Without it, or where
+	// cgroups cannot be used, process groups as before; Info.Cgroups says
+	// which and why.
+	Cgroups    bool
+	CgroupRoot string
+
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
 	onCleared func(idx, pid int, cleared bool)
@@ -111,6 +120,8 @@ type Shim struct {
 	// recordLoop again (otherwise only spawns and exits do).
 	recordRetry atomic.Bool
 
+	cg cgroupMode // set by New
+
 	// shmMu guards shmNotes and shmErr, the last Check of the table.
 	shmMu    sync.Mutex
 	shmNotes []string
@@ -156,6 +167,9 @@ type service struct {
 	// notify is the service's sd_notify socket (Spec.Ready "notify"),
 	// made at its first such spawn; guarded by op.
 	notify *notifySocket
+	// cg is the service's cgroup once it has one; written with op held
+	// and Shim.mu, read under either.
+	cg *svcCgroup
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -191,6 +205,16 @@ type incarnation struct {
 	// readyR is the read end of the notification pipe (ready "fd:N"),
 	// handed to readLine by armReady.
 	readyR *os.File
+
+	// killMode is what Stop signals and what is killed after the main
+	// process's exit (KillCgroup, KillProcessGroup, KillProcess); cg is
+	// the service's cgroup with KillCgroup (the process is in it), else
+	// nil. leftovers: how many processes the exit path found (and
+	// killed) in cg after the main process; written under mu.
+	killMode  string
+	cg        *svcCgroup
+	leftovers int
+	forking   bool // the main process came from a PID file (Spec.Type "forking")
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -287,6 +311,15 @@ func New(opts Options) (*Shim, error) {
 		return nil, fmt.Errorf("shim: %w", err)
 	}
 	s.watcher = watcher
+	s.cg = cgroupMode{reason: "cgroups are off (--cgroups off)"}
+	if opts.Cgroups {
+		s.cg = openCgroups(opts.CgroupRoot, opts.ShmName)
+	}
+	if s.cg.tree != nil {
+		log.Info("services run in cgroups of their own", "cgroups", s.cg.tree.dir)
+	} else {
+		log.Warn("services are contained by process groups only: a process that leaves its group outlives stop", "reason", s.cg.reason)
+	}
 	conn, pidfd := watcher.Active()
 	var flags uint32
 	if conn {
@@ -493,6 +526,7 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		LastSeq:          s.events.lastSeq(),
 		Version:          api.BuildVersion(),
 		FeatureVersion:   FeatureVersion,
+		Cgroups:          s.cg.String(),
 	}, nil
 }
 
@@ -586,6 +620,7 @@ func (s *Shim) close(clean bool) error {
 			s.mu.Unlock()
 			drainStrays(s.log, drainTimeout, groups)
 		}
+		s.closeCgroups(clean)
 		if err := s.w.Close(clean); err != nil {
 			errs = append(errs, err)
 		}

@@ -42,6 +42,10 @@
 #define SYS_close_range 436
 #endif
 
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
 #ifndef CLONE_CLEAR_SIGHAND
 #define CLONE_CLEAR_SIGHAND 0x100000000ULL
 #endif
@@ -118,6 +122,22 @@ static int child_main(void *arg)
 	}
 	if (r->setpgid && (e = sys2(SYS_setpgid, 0, 0)) < 0)
 		return child_fail(r, HB_STEP_SETPGID, e);
+	if (r->cpus && (e = sys3(SYS_sched_setaffinity, 0, r->cpus_len, r->cpus)) < 0)
+		return child_fail(r, HB_STEP_AFFINITY, e);
+	if (r->set_nice && (e = sys3(SYS_setpriority, PRIO_PROCESS, 0, r->nice)) < 0)
+		return child_fail(r, HB_STEP_NICE, e);
+	if (r->set_sched) {
+		struct { int sched_priority; } sp = {.sched_priority = r->sched_priority};
+		if ((e = sys3(SYS_sched_setscheduler, 0, r->sched_policy, &sp)) < 0)
+			return child_fail(r, HB_STEP_SCHED, e);
+	}
+	for (i = 0; i < r->nrlimits; i++) {
+		struct rlimit lim = {.rlim_cur = r->rlimit_cur[i], .rlim_max = r->rlimit_max[i]};
+		if ((e = sys4(SYS_prlimit64, 0, r->rlimit_res[i], &lim, 0)) < 0)
+			return child_fail(r, HB_STEP_RLIMITS, e);
+	}
+	if (r->set_umask)
+		sys1(SYS_umask, r->umask);
 	if (r->cred) {
 		if (r->ngroups >= 0 && (e = sys2(SYS_setgroups, r->ngroups, r->groups)) < 0)
 			return child_fail(r, HB_STEP_SETGROUPS, e);
@@ -184,6 +204,10 @@ long hb_spawn(struct hb_spawn_req *r)
 	args.exit_signal = SIGCHLD;
 	args.stack = (uint64_t)(uintptr_t)stack;
 	args.stack_size = sizeof(stack);
+	if (r->into_cgroup) {
+		args.flags |= CLONE_INTO_CGROUP;
+		args.cgroup = (uint64_t)r->cgroup_fd;
+	}
 	return clone3_run(&args, child_main, r);
 }
 
@@ -232,6 +256,18 @@ int hb_wanted(const struct hb_reap_req *r, int status)
 	return 1;
 }
 
+/* cgroup_populated: whether cgroup.events (fd) reads "populated 1"; an
+ * unreadable file counts as populated. */
+static int cgroup_populated(int fd)
+{
+	char buf[256];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	if (n < 0)
+		return 1;
+	buf[n] = 0;
+	return strstr(buf, "populated 1") != NULL;
+}
+
 void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
 {
 	siginfo_t si;
@@ -241,6 +277,7 @@ void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
 	r->status = -1;
 	r->err = 0;
 	r->spawned = 0;
+	r->cg_busy = 0;
 	for (attempt = 0; attempt < 2; attempt++) {
 		memset(&si, 0, sizeof(si));
 		if (syscall(SYS_waitid, P_PIDFD, r->pidfd, &si, WEXITED | WNOHANG, NULL) < 0) {
@@ -269,6 +306,13 @@ void hb_reap_respawn(struct hb_reap_req *r, const uint32_t *stop)
 		break;
 	}
 	if (hb_wanted(r, r->status) && !__atomic_load_n(stop, __ATOMIC_SEQ_CST)) {
+		/* The exited process left its cgroup before it became a zombie:
+		 * what is still there are leftovers of its incarnation, which the
+		 * caller kills and waits for before the replacement starts. */
+		if (r->cg_events_fd >= 0 && cgroup_populated(r->cg_events_fd)) {
+			r->cg_busy = 1;
+			return;
+		}
 		r->spawn_t0 = boot_ns();
 		r->spawned = hb_spawn(r->spawn);
 		r->spawn_t1 = boot_ns();

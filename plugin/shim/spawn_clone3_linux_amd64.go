@@ -27,17 +27,8 @@ var clone3Off atomic.Bool
 func clone3Usable() bool { return !clone3Off.Load() }
 
 // stepNames names the child's steps (HB_STEP_*) in errors.
-var stepNames = [...]string{"", "setpgid", "setgroups", "setgid", "setuid", "chdir", "setrlimit", "set up descriptors", "exec", "signal mask"}
-
-// spawnStepError is a failure of the child before exec: which step, and
-// the errno (matched by errors.Is).
-type spawnStepError struct {
-	step string
-	err  syscall.Errno
-}
-
-func (e *spawnStepError) Error() string { return e.step + ": " + e.err.Error() }
-func (e *spawnStepError) Unwrap() error { return e.err }
+var stepNames = [...]string{"", "setpgid", "setgroups", "setgid", "setuid", "chdir", "setrlimit", "set up descriptors", "exec", "signal mask",
+	"cpus (sched_setaffinity)", "nice (setpriority)", "sched (sched_setscheduler)", "rlimits (prlimit)"}
 
 // nofile is the RLIMIT_NOFILE the plugin was started with, when the Go
 // runtime has raised it since: services get the original, as from
@@ -72,7 +63,10 @@ func spawnClone3(a *procAttr) (pid, pidfd int, err error, ok bool) {
 func clone3Result(ret C.long, req *C.struct_hb_spawn_req) (pid, pidfd int, err error, ok bool) {
 	if ret < 0 {
 		e := syscall.Errno(-ret)
-		if e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG {
+		// Into a cgroup, EINVAL, EPERM, EBUSY, EOPNOTSUPP are the
+		// cgroup's refusal (docs/cgroups.md), not clone3's.
+		cgroupRefused := req.into_cgroup != 0 && e != syscall.ENOSYS && e != syscall.E2BIG
+		if !cgroupRefused && (e == syscall.ENOSYS || e == syscall.EINVAL || e == syscall.EPERM || e == syscall.E2BIG) {
 			clone3Off.Store(true)
 			return 0, -1, nil, false
 		}
@@ -128,6 +122,10 @@ func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Re
 		rr.on_failure = 1
 	}
 	rr.spawn = req
+	rr.cg_events_fd = -1
+	if a.intoCgroup {
+		rr.cg_events_fd = C.int(a.cgEvents)
+	}
 
 	// stop, too, is Go memory with no pointers in it (an atomic.Bool is
 	// one uint32).
@@ -136,6 +134,7 @@ func reapRespawnClone3(pidfd int, wait time.Duration, a *procAttr, pol plugin.Re
 	if rr.err != 0 {
 		r.err = syscall.Errno(rr.err)
 	}
+	r.cgBusy = rr.cg_busy != 0
 	if rr.spawned == 0 {
 		return r, true
 	}
@@ -162,6 +161,14 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 		ngroups = len(a.cred.Groups)
 	}
 	groupsSize := (uintptr(ngroups)*4 + 7) &^ 7
+	pl := a.place
+	var mask []uint64
+	var nrl int
+	if pl != nil {
+		mask = cpuMask(pl.cpus)
+		nrl = len(pl.rlimits)
+	}
+	placeSize := uintptr(len(mask))*8 + (uintptr(nrl)*4+7)&^7 + uintptr(nrl)*16
 	strs := len(a.path) + 1 + len(a.dir) + 1
 	for _, s := range a.argv {
 		strs += len(s) + 1
@@ -172,7 +179,8 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 	argvOff := reqSize
 	envOff := argvOff + uintptr(len(a.argv)+1)*ptr
 	groupsOff := envOff + uintptr(len(a.env)+1)*ptr
-	strOff := groupsOff + groupsSize
+	placeOff := groupsOff + groupsSize
+	strOff := placeOff + placeSize
 	total := strOff + uintptr(strs)
 
 	block := C.malloc(C.size_t(total))
@@ -210,6 +218,9 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 	}
 	req.nfd = C.int(len(fds))
 	req.setpgid = 1
+	if a.intoCgroup {
+		req.into_cgroup, req.cgroup_fd = 1, C.int(a.cgroup)
+	}
 	if c := a.cred; c != nil {
 		req.cred = 1
 		req.uid, req.gid = C.uint32_t(c.Uid), C.uint32_t(c.Gid)
@@ -225,7 +236,38 @@ func newSpawnReq(a *procAttr) (unsafe.Pointer, *C.struct_hb_spawn_req) {
 			req.ngroups = -1
 		}
 	}
-	if lim, restore := nofile(); restore {
+	if pl != nil {
+		at := placeOff
+		if len(mask) > 0 {
+			m := unsafe.Slice((*C.ulong)(unsafe.Pointer(&mem[at])), len(mask))
+			for i, w := range mask {
+				m[i] = C.ulong(w)
+			}
+			req.cpus, req.cpus_len = &m[0], C.int(len(mask)*8)
+			at += uintptr(len(mask)) * 8
+		}
+		if nrl > 0 {
+			res := unsafe.Slice((*C.int)(unsafe.Pointer(&mem[at])), nrl)
+			at += (uintptr(nrl)*4 + 7) &^ 7
+			cur := unsafe.Slice((*C.uint64_t)(unsafe.Pointer(&mem[at])), nrl)
+			at += uintptr(nrl) * 8
+			max := unsafe.Slice((*C.uint64_t)(unsafe.Pointer(&mem[at])), nrl)
+			for i, l := range pl.rlimits {
+				res[i], cur[i], max[i] = C.int(l.Resource), C.uint64_t(l.Cur), C.uint64_t(l.Max)
+			}
+			req.nrlimits, req.rlimit_res, req.rlimit_cur, req.rlimit_max = C.int(nrl), &res[0], &cur[0], &max[0]
+		}
+		if pl.setNice {
+			req.set_nice, req.nice = 1, C.int(pl.nice)
+		}
+		if pl.setSched {
+			req.set_sched, req.sched_policy, req.sched_priority = 1, C.int(pl.policy), C.int(pl.priority)
+		}
+		if pl.setUmask {
+			req.set_umask, req.umask = 1, C.int(pl.umask)
+		}
+	}
+	if lim, restore := nofile(); restore && !pl.setsNofile() {
 		req.set_nofile = 1
 		req.nofile_cur, req.nofile_max = C.uint64_t(lim.Cur), C.uint64_t(lim.Max)
 	}

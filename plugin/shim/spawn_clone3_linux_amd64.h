@@ -29,6 +29,18 @@ struct hb_spawn_req {
 	int ngroups;
 	int set_nofile;    /* non-zero: RLIMIT_NOFILE = {nofile_cur, nofile_max} */
 	uint64_t nofile_cur, nofile_max;
+	int into_cgroup;   /* non-zero: start in the cgroup cgroup_fd (CLONE_INTO_CGROUP) */
+	int cgroup_fd;
+	/* Placement and limits, applied before the credentials change (raising
+	 * them needs the plugin's privilege). */
+	const unsigned long *cpus; /* sched_setaffinity mask of cpus_len bytes; NULL: keep */
+	int cpus_len;
+	int set_nice, nice;        /* setpriority(PRIO_PROCESS, 0, nice) */
+	int set_sched, sched_policy, sched_priority; /* sched_setscheduler */
+	int nrlimits;              /* prlimit64(0, rlimit_res[i], {cur[i], max[i]}) */
+	const int *rlimit_res;
+	const uint64_t *rlimit_cur, *rlimit_max;
+	int set_umask, umask;
 
 	/* Results. */
 	int pidfd; /* the child's pidfd (O_CLOEXEC), in the parent */
@@ -47,6 +59,10 @@ enum {
 	HB_STEP_FDS,
 	HB_STEP_EXEC,
 	HB_STEP_SIGMASK,
+	HB_STEP_AFFINITY,
+	HB_STEP_NICE,
+	HB_STEP_SCHED,
+	HB_STEP_RLIMITS,
 };
 
 /* hb_spawn starts req->path in a new process and returns its PID once the
@@ -70,12 +86,14 @@ struct hb_reap_req {
 	int ncodes;
 	const int *codes;
 	struct hb_spawn_req *spawn;
+	int cg_events_fd;  /* >= 0: the cgroup.events of spawn's cgroup; no spawn unless it reads "populated 0" */
 
 	/* Results. */
 	int reaped;        /* non-zero: the child was reaped */
 	int status;        /* exit code, 128+signal, or -1 (not reaped) */
 	int err;           /* errno of waitid; 0 */
 	long spawned;      /* what hb_spawn returned; 0: no respawn was attempted */
+	int cg_busy;       /* non-zero: not spawned, the cgroup was still populated */
 	uint64_t spawn_t0, spawn_t1; /* CLOCK_BOOTTIME ns just before and after hb_spawn */
 };
 

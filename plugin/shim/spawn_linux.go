@@ -58,6 +58,9 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}
+	if spec.Type == TypeForking {
+		return s.startForking(ctx, svc, spec)
+	}
 	return s.start(svc, spec)
 }
 
@@ -76,6 +79,9 @@ func (s *Shim) start(svc *service, spec plugin.Spec) (res plugin.SpawnResult, er
 // launch spawns what p planned, records it (started) and announces it,
 // with exit and unlock as for announce.
 func (s *Shim) launch(p *startPlan, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
+	if err := s.emptyCgroup(p); err != nil {
+		return plugin.SpawnResult{}, false, err
+	}
 	c, err := spawnTracked(&p.attr)
 	if err != nil {
 		p.dropBeat()
@@ -102,6 +108,8 @@ type startPlan struct {
 	// readyR, readyW: the notification pipe of ready "fd:N" (readyW is
 	// the child's N), until takeBeat or dropBeat.
 	readyR, readyW *os.File
+	// killMode is the incarnation's kill mode (Spec.KillMode as in force).
+	killMode string
 }
 
 // planStart works out how to start the next incarnation of svc. A respawn
@@ -160,6 +168,9 @@ func (s *Shim) planStart(svc *service, spec plugin.Spec, respawn bool) (*startPl
 	if err := p.planBeat(); err != nil {
 		return nil, err
 	}
+	if err := s.planContainment(p); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -205,12 +216,21 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	inc := &incarnation{
 		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
 		startTime: startTime, child: true, pidfd: pidfd, done: make(chan struct{}),
+		killMode: p.killMode,
+	}
+	if p.attr.intoCgroup {
+		inc.cg = svc.cg
 	}
 	p.takeBeat(inc)
 	s.mu.Lock()
 	svc.cur = inc
 	s.incs[inc.key] = inc
-	s.groups[pid] = struct{}{}
+	if inc.cg == nil {
+		// In a cgroup, what outlives the main process is killed at its
+		// exit: there is no group to drain at a clean close, whose number
+		// could by then name someone else's.
+		s.groups[pid] = struct{}{}
+	}
 	delete(s.ended, pid)
 	s.mu.Unlock()
 

@@ -32,9 +32,11 @@ type childInfo struct {
 
 // si_code values for SIGCHLD.
 const (
-	cldExited = 1
-	cldKilled = 2
-	cldDumped = 3
+	cldExited  = 1
+	cldKilled  = 2
+	cldDumped  = 3
+	cldTrapped = 4 // a traced child stopped
+	cldStopped = 5
 )
 
 // status converts the waitid result to hb's exit status: the exit code, or

@@ -380,6 +380,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 			}
 			fmt.Fprintf(c.Stdout, "plugin pid %d, table /dev/shm/%s (%d slots), detectors %s%s, adopted %d\n",
 				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), rt, p.Adopted)
+			if p.Cgroups != "" {
+				fmt.Fprintf(c.Stdout, "services contained by %s\n", p.Cgroups)
+			}
 		}
 	}
 	if !h.OK {
