@@ -14,8 +14,10 @@ import (
 	"github.com/hbshim/hb/shm"
 )
 
+// TestPrepareStateDirCreates0700 is not parallel: the umask is the
+// process's, and t.TempDir of a test running beside it would make 0777
+// directories while it is 0.
 func TestPrepareStateDirCreates0700(t *testing.T) {
-	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "a", "state")
 	old := syscall.Umask(0) // the mode must not depend on the umask
 	got, err := PrepareStateDir(dir)

@@ -45,6 +45,7 @@ Flags:
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
   --fat-kills N      kills of each stage in the fat test, hangs in the watchdog test (default 10)
+  --many-watchdog D  watchdog of the 100 beating services in the watchdog test (default 10ms)
   --fat-mib N        touched memory of the fat stage, MiB (default 2048)
   --chain-kills N    kills of the active worker per method in the chain test (default 20)
   --chain-rate PPS   packets a second rx sends in the chain test (default 20000)
@@ -83,6 +84,7 @@ type options struct {
 	chainKills    int
 	fatKills      int
 	fatMiB        int
+	manyWatchdog  time.Duration
 	chainRate     int
 	peerBatches   int
 	settle        time.Duration
@@ -118,6 +120,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.chainKills, "chain-kills", 20, "")
 	fs.IntVar(&o.fatKills, "fat-kills", 10, "")
 	fs.IntVar(&o.fatMiB, "fat-mib", 2048, "")
+	fs.DurationVar(&o.manyWatchdog, "many-watchdog", 10*time.Millisecond, "")
 	fs.IntVar(&o.chainRate, "chain-rate", 20000, "")
 	fs.IntVar(&o.peerBatches, "peer-batches", 200, "")
 	fs.DurationVar(&o.settle, "settle", 10*time.Millisecond, "")
@@ -182,6 +185,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--chain-kills, --chain-rate, --fat-kills and --fat-mib must be at least 1")
 	case o.kills < 1 || o.services < 1 || o.scaleRounds < 1 || o.peerBatches < 1 || o.floodProcs < 1 || o.floodServices < 1:
 		return nil, errors.New("--kills, --services, --scale-rounds, --peer-batches, --flood-procs and --flood-services must be at least 1")
+	case o.manyWatchdog < time.Millisecond:
+		return nil, errors.New("--many-watchdog: at least 1ms")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
 		return nil, errors.New("--flood-secs must be positive and --idle-secs not negative")
 	case o.load != "" && o.load != "ordinary":

@@ -177,7 +177,7 @@ func TestCgroupStopKillsEscapees(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pid := range pids {
-		if !gone(pid) && !exiting(pid) {
+		if !deadOrDying(pid) {
 			t.Errorf("pid %d (%s) of the service outlived stop", pid, cmdlineOf(pid))
 		}
 	}
@@ -292,7 +292,7 @@ func TestCgroupAdopt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pid := range pids {
-		if !gone(pid) && !exiting(pid) {
+		if !deadOrDying(pid) {
 			t.Errorf("pid %d (%s) outlived stop after adoption", pid, cmdlineOf(pid))
 		}
 	}
@@ -429,7 +429,7 @@ func TestCgroupFallback(t *testing.T) {
 	if err := h.s.Stop(context.Background(), "fb", unix.SIGTERM, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if !gone(res.PID) && !exiting(res.PID) {
+	if !deadOrDying(res.PID) {
 		t.Errorf("pid %d outlived stop", res.PID)
 	}
 }

@@ -52,7 +52,7 @@ func TestForking(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pid := range other {
-		if !gone(pid) && !exiting(pid) {
+		if !deadOrDying(pid) {
 			t.Errorf("pid %d outlived the main process", pid)
 		}
 	}

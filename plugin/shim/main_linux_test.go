@@ -310,6 +310,11 @@ func gone(pid int) bool {
 	return errors.Is(err, os.ErrNotExist)
 }
 
+// deadOrDying: pid is a zombie, exiting or gone. Asked in that order: a
+// reap after gone() said "there" would make exiting() fail to read and
+// answer "alive".
+func deadOrDying(pid int) bool { return exiting(pid) || gone(pid) }
+
 func readFile(t testing.TB, path string) string {
 	t.Helper()
 	var b []byte
