@@ -658,9 +658,24 @@ func (h *Harness) WaitSlot(name, what string, cond func(shm.Slot) bool) shm.Slot
 		}
 		s = h.Table().Snapshot(i)
 		h.Track(int(s.PID))
-		return cond(s), fmt.Sprintf("%+v", s)
+		return cond(s), fmt.Sprintf("%+v%s", s, procBrief(int(s.PID)))
 	})
 	return s
+}
+
+// procBrief says what the kernel knows of pid (state, parent, where it
+// sleeps) for a failure message; "" for 0.
+func procBrief(pid int) string {
+	if pid == 0 {
+		return ""
+	}
+	st, err := shm.ReadStat(pid)
+	if err != nil {
+		return fmt.Sprintf(" (pid %d: %v)", pid, err)
+	}
+	wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
+	exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return fmt.Sprintf(" (pid %d: state %c, parent %d, exe %q, wchan %q)", pid, st.State, st.PPID, exe, wchan)
 }
 
 // WatchPID follows slot i's PID word, the way a peer would, until it holds
