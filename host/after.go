@@ -1,6 +1,7 @@
 package host
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/hbshim/hb/host/policy"
@@ -68,4 +69,44 @@ func (d *Daemon) afterRunning() {
 		defer d.mu.Unlock()
 		d.releaseAfter()
 	}()
+}
+
+// startOrder is order (the config order) with every service moved after
+// the services its after list names, and otherwise unchanged: a stable
+// topological order. Services start in it (hbctl start --all) and stop in
+// its reverse (shutdown, hbctl stop --all), so a service never outlives
+// what it was started after. Names not in order are ignored, and so is a
+// cycle (hbd --check rejects both).
+func startOrder(order []string, after func(string) []string) []string {
+	out := make([]string, 0, len(order))
+	state := make(map[string]int, len(order)) // 1: being placed, 2: placed
+	var place func(string)
+	place = func(name string) {
+		if state[name] != 0 {
+			return
+		}
+		state[name] = 1
+		for _, dep := range after(name) {
+			if slices.Contains(order, dep) {
+				place(dep)
+			}
+		}
+		state[name] = 2
+		out = append(out, name)
+	}
+	for _, name := range order {
+		place(name)
+	}
+	return out
+}
+
+// startOrderLocked is startOrder of the running configuration. Called with
+// mu held (read or write).
+func (d *Daemon) startOrderLocked() []string {
+	return startOrder(d.order, func(name string) []string {
+		if s := d.svcs[name]; s != nil {
+			return s.cfg.After
+		}
+		return nil
+	})
 }

@@ -525,6 +525,59 @@ func TestShutdownOrder(t *testing.T) {
 	}
 }
 
+// A shutdown stops a service before those it was started after, whatever
+// their config order; Names (hbctl start --all) lists them in start order.
+func TestShutdownOrderAfter(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, svcTOML("app", `start_secs = "0s"`, `after = ["db"]`), svcTOML("db", `start_secs = "0s"`),
+		svcTOML("web", `start_secs = "0s"`, `after = ["app"]`))
+	h.connect()
+	for _, n := range []string{"db", "app", "web"} {
+		h.waitState(n, "running")
+	}
+	if got, want := h.d.Names(), []string{"db", "app", "web"}; !slices.Equal(got, want) {
+		t.Errorf("Names() = %q, want the start order %q", got, want)
+	}
+	before := len(h.f.Calls())
+	if err := h.d.shutdown(make(chan os.Signal)); err != nil {
+		t.Fatal(err)
+	}
+	var stops []string
+	for _, c := range h.f.Calls()[before:] {
+		if strings.HasPrefix(c, "stop ") {
+			stops = append(stops, c)
+		}
+	}
+	if want := []string{"stop web", "stop app", "stop db"}; !slices.Equal(stops, want) {
+		t.Errorf("plugin calls %q, want %q", stops, want)
+	}
+}
+
+func TestStartOrder(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		order []string
+		after map[string][]string
+		want  []string
+	}{
+		{"no after", []string{"a", "b", "c"}, nil, []string{"a", "b", "c"}},
+		{"moved after its dependency", []string{"a", "b", "c"}, map[string][]string{"a": {"c"}}, []string{"c", "a", "b"}},
+		{"chain", []string{"c", "b", "a"}, map[string][]string{"c": {"b"}, "b": {"a"}}, []string{"a", "b", "c"}},
+		{"two dependencies in their order", []string{"x", "b", "a"}, map[string][]string{"x": {"a", "b"}}, []string{"a", "b", "x"}},
+		{"unknown name ignored", []string{"a", "b"}, map[string][]string{"a": {"nope"}}, []string{"a", "b"}},
+		{"cycle keeps every name once", []string{"a", "b"}, map[string][]string{"a": {"b"}, "b": {"a"}}, []string{"b", "a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := startOrder(tt.order, func(n string) []string { return tt.after[n] })
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("startOrder(%q, %v) = %q, want %q", tt.order, tt.after, got, tt.want)
+			}
+		})
+	}
+}
+
 // Readers never wait for the plugin: List, Get and Names answer while a
 // Spawn is stalled, at start (spawnMany) and for a Start request.
 func TestListWhileSpawnStalled(t *testing.T) {

@@ -214,12 +214,12 @@ func (d *Daemon) detach() {
 	}
 }
 
-// shutdown stops every service in reverse config order, then the plugin. A
+// shutdown stops every service in reverse start order (startOrder), then the plugin. A
 // second SIGTERM or SIGINT makes the remaining stops immediate (SIGKILL).
 func (d *Daemon) shutdown(sigs <-chan os.Signal) error {
 	d.mu.Lock()
 	d.closing = true
-	names := slices.Clone(d.order)
+	names := d.startOrderLocked()
 	for _, s := range d.svcs {
 		s.cancelTimer()
 		if s.pid != 0 {

@@ -27,11 +27,12 @@ func (d *Daemon) List() []api.ServiceStatus {
 	return out
 }
 
-// Names returns every service name in config order.
+// Names returns every service name in start order: the config order, with
+// each service after those its after list names (startOrder).
 func (d *Daemon) Names() []string {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return append([]string(nil), d.order...)
+	return d.startOrderLocked()
 }
 
 // Get returns one service.

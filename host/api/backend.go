@@ -23,7 +23,7 @@ type Backend interface {
 	// Start starts the named services (already running ones are left alone).
 	Start(names []string) error
 	// Stop stops the named services and returns once they have exited. For
-	// --all the server passes Names() in reverse config order.
+	// --all the server passes Names() in reverse.
 	Stop(names []string) error
 	// Restart stops then starts the named services.
 	Restart(names []string) error
@@ -38,7 +38,8 @@ type Backend interface {
 	// slow subscriber (it may drop the subscriber by closing its channel),
 	// and closes the channel once ctx is done.
 	Subscribe(ctx context.Context) <-chan Event
-	// Names returns every service name in config order (for --all).
+	// Names returns every service name in start order: the config order,
+	// each service after those its after list names (for --all).
 	Names() []string
 }
 
