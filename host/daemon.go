@@ -496,10 +496,15 @@ func (d *Daemon) handle(ev plugin.Event) {
 		s.adopted = false
 		s.down = make(chan struct{})
 		d.log.Info("spawned", "service", s.cfg.Name, "pid", ev.PID, "generation", ev.Generation, "by", "plugin")
-		if s.state() == policy.StateStopping {
+		if s.wantDown {
 			// The respawn raced a stop (the exit came before the plugin
-			// saw the Stop): the stop under way takes this incarnation
-			// down too, and stopOne waits for it. It stays stopping.
+			// saw the Stop, or hbd took the service for down while the
+			// plugin had respawned it): the plugin's Stop took this
+			// incarnation down too, and its exit follows. Stopping until then.
+			if s.state() != policy.StateStopping {
+				d.setState(s, policy.StateStarting, "")
+				d.setState(s, policy.StateStopping, "respawned by the plugin while stopping")
+			}
 			d.publish(api.Event{Kind: api.EventSpawn, Name: s.cfg.Name, PID: ev.PID, Generation: ev.Generation,
 				Reason: "respawned by the plugin while stopping"})
 			return

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/plugin/plugintest"
 	"github.com/hbshim/hb/shm"
 )
@@ -523,6 +524,33 @@ func TestShutdownOrder(t *testing.T) {
 	if slots := h.f.Slots(); len(slots) != 0 {
 		t.Errorf("table after shutdown: %+v, want empty", slots)
 	}
+}
+
+// A stop of a service hbd takes for down still reaches the plugin: hbd's
+// view lags the plugin's by the events in flight, and the plugin may run it
+// again already (here: started behind hbd's back while hbd sees no event).
+// The stop takes that incarnation down, and the service ends stopped.
+func TestStopReachesPluginWhenHostSeesDown(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, svcTOML("once", `start_secs = "0s"`, `restart = "never"`))
+	h.connect()
+	h.waitState("once", "running")
+	h.exit("once", 0)
+	h.waitState("once", "exited")
+	release := h.f.HoldEvents()
+	if _, err := h.f.Spawn(t.Context(), plugin.Spec{Name: "once", Command: []string{"/bin/true"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.d.Stop([]string{"once"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sl := range h.f.Slots() {
+		if sl.Name == "once" && sl.PID != 0 {
+			t.Errorf("after the stop the plugin still runs it: slot %+v", sl)
+		}
+	}
+	release()
+	h.waitState("once", "stopped")
 }
 
 // A shutdown stops a service before those it was started after, whatever

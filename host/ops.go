@@ -123,10 +123,12 @@ func (d *Daemon) stopOne(s *service) error {
 		d.mu.Unlock()
 		return nil
 	case policy.StateBackoff, policy.StateExited, policy.StateFatal:
+		// Down as hbd sees it. The plugin is still asked to stop it below:
+		// hbd's view lags the plugin's by the events in flight, and the
+		// plugin may have respawned it already (Spec.Respawn); a stop of a
+		// service that runs nothing only records stopped.
 		d.setState(s, policy.StateStopped, "stopped by request")
 		d.mirror(s)
-		d.mu.Unlock()
-		return nil
 	case policy.StateStarting, policy.StateRunning:
 		d.setState(s, policy.StateStopping, "stop requested")
 	}
@@ -140,24 +142,23 @@ func (d *Daemon) stopOne(s *service) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
 	defer cancel()
 	err := sh.Stop(ctx, name, sig, timeout)
-	if err != nil && !errors.Is(err, plugin.ErrNotRunning) {
+	if err != nil && !errors.Is(err, plugin.ErrNotRunning) && !errors.Is(err, plugin.ErrNotFound) {
+		// (Not found: a service the plugin never had, one whose spawn failed.)
 		return fmt.Errorf("stop %q: %w", name, err)
 	}
 	// The exit travels to hbd on the event stream; wait for it so that a
 	// Get after Stop says stopped. (An incarnation the plugin respawned just
 	// before the Stop arrived was the one stopped: wait for that one too.)
-	for {
+	d.mu.Lock()
+	for s.pid != 0 {
+		down = s.down
+		d.mu.Unlock()
 		select {
 		case <-down:
 		case <-ctx.Done():
 			return fmt.Errorf("stop %q: exit not reported: %w", name, ctx.Err())
 		}
 		d.mu.Lock()
-		if s.pid == 0 {
-			break
-		}
-		down = s.down
-		d.mu.Unlock()
 	}
 	defer d.mu.Unlock()
 	if st := s.state(); st != policy.StateStopped && s.pid == 0 && s.wantDown {

@@ -144,9 +144,7 @@ start_secs = "0s"
 	}
 	h.WriteFile(flag, "")
 	up := h.WaitRunning("a", "b", "c")
-	if s := h.Slot("a"); s.State != shm.StateRunning {
-		t.Errorf("a's slot state %v, want running", s.State)
-	}
+	h.SlotInState("a", shm.StateRunning)
 	// b was spawned after a was running, c after b.
 	if !up["b"].Since.After(up["a"].Since) || !up["c"].Since.After(up["b"].Since) {
 		t.Errorf("running since: a %v, b %v, c %v; want in that order", up["a"].Since, up["b"].Since, up["c"].Since)

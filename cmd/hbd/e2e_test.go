@@ -225,7 +225,7 @@ backoff_max   = "1s"
 				t.Errorf("hbctl status %s: %+v; want running, pid %d, generation %d, exits %d, last status 137",
 					name, st, pid, before.Generation+1, before.Exits+1)
 			}
-			if s := h.Slot(name); s.State != shm.StateRunning || s.PID != pid {
+			if s := h.SlotInState(name, shm.StateRunning); s.PID != pid {
 				t.Errorf("slot %+v, want running with pid %d", s, pid)
 			}
 		})
@@ -626,7 +626,7 @@ start_secs = "0s"
 		!strings.Contains(st.Reason, "3 times") {
 		t.Errorf("crash: %+v; want pid 0, generation 3, exits 3, last status 3, 3 failed starts", st)
 	}
-	if s := h.Slot("crash"); s.PID != 0 || s.State != shm.StateFatal || s.Exits != 3 || s.LastStatus != 3 {
+	if s := h.SlotInState("crash", shm.StateFatal); s.PID != 0 || s.Exits != 3 || s.LastStatus != 3 {
 		t.Errorf("crash slot: %+v; want pid 0, fatal, 3 exits, last status 3", s)
 	}
 	if out := h.MustCtl("status", "crash"); !strings.Contains(out, "fatal") {

@@ -701,7 +701,7 @@ start_secs = "100ms"
 				!strings.Contains(st.Reason, fmt.Sprintf("%d times", retries)) {
 				t.Errorf("crash: %+v; want pid 0, %d exits, last status 3, %d failed starts, a reason naming them", st, n, retries)
 			}
-			if s := h.Slot("crash"); s.PID != 0 || s.State != shm.StateFatal || s.Exits != n {
+			if s := h.SlotInState("crash", shm.StateFatal); s.PID != 0 || s.Exits != n {
 				t.Errorf("crash slot %+v; want pid 0, fatal, %d exits", s, n)
 			}
 			rep.addRestarted(countRestarted(h, before, "steady", "client"))

@@ -663,6 +663,15 @@ func (h *Harness) WaitSlot(name, what string, cond func(shm.Slot) bool) shm.Slot
 	return s
 }
 
+// SlotInState waits for the named service's slot to read state st and
+// returns it. hbd records a state it decides (running after start_secs,
+// fatal, backoff) in its own status first and in the slot by a call to the
+// plugin after, so a test that saw the status must wait for the slot.
+func (h *Harness) SlotInState(name string, st shm.State) shm.Slot {
+	h.T.Helper()
+	return h.WaitSlot(name, "state "+st.String(), func(s shm.Slot) bool { return s.State == st })
+}
+
 // procBrief says what the kernel knows of pid (state, parent, where it
 // sleeps) for a failure message; "" for 0.
 func procBrief(pid int) string {

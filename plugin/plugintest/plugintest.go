@@ -4,7 +4,8 @@
 // plugin.Shim contract. Knobs make it misbehave as a real plugin can: an
 // exit of a service (Exit), a lost event subscription (DropEvents,
 // RefuseEvents, Forget), a dead plugin (Die) and a Spawn that does not
-// return (StallSpawns). Safe for concurrent use.
+// return (StallSpawns), a host that lags behind (HoldEvents). Safe for
+// concurrent use.
 package plugintest
 
 import (
@@ -38,6 +39,7 @@ type Shim struct {
 	dead      bool
 	refuse    bool
 	stall     *Stall
+	held      bool // HoldEvents: subscribers get nothing new until released
 	adopted   int
 	specs     map[string]plugin.Spec
 	calls     []string
@@ -324,7 +326,10 @@ func (f *Shim) Events(ctx context.Context, afterSeq uint64) (<-chan plugin.Event
 				return
 			}
 			next = max(next, f.first)
-			pending := slices.Clone(f.events[next-f.first:])
+			var pending []plugin.Event
+			if !f.held {
+				pending = slices.Clone(f.events[next-f.first:])
+			}
 			wait := f.changed
 			f.mu.Unlock()
 			for _, ev := range pending {
@@ -448,6 +453,21 @@ func (f *Shim) Die() {
 	f.wake()
 	if f.conn != nil {
 		f.conn.close()
+	}
+}
+
+// HoldEvents stops the delivery of events to every subscription, as a
+// host that lags behind its plugin sees none of the plugin's latest events
+// yet; the events are kept and delivered, in order, once release is called.
+func (f *Shim) HoldEvents() (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held = true
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.held = false
+		f.wake()
 	}
 }
 
