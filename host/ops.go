@@ -45,7 +45,7 @@ func (d *Daemon) Get(name string) (api.ServiceStatus, error) {
 	return s.status(), nil
 }
 
-func notFound(name string) error { return fmt.Errorf("service %q: %w", name, api.ErrNotFound) }
+func notFound(name string) error { return api.Errorf(api.ErrNotFound, "no service %q", name) }
 
 // lookup checks every name before anything is done. Called with mu held.
 func (d *Daemon) lookup(names []string) ([]*service, error) {
@@ -70,7 +70,7 @@ func (d *Daemon) Start(names []string) error {
 		return err
 	}
 	if d.closing {
-		return fmt.Errorf("hbd is shutting down: %w", api.ErrConflict)
+		return api.Errorf(api.ErrConflict, "hbd is shutting down")
 	}
 	var errs []error
 	for _, s := range svcs {
@@ -79,7 +79,8 @@ func (d *Daemon) Start(names []string) error {
 		case policy.StateStarting, policy.StateRunning:
 			continue
 		case policy.StateStopping:
-			errs = append(errs, fmt.Errorf("service %q is stopping: %w", s.cfg.Name, api.ErrConflict))
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name,
+				Err: api.Errorf(api.ErrConflict, "%s is stopping; start it once it has stopped", s.cfg.Name)})
 			continue
 		}
 		s.failedStarts = 0
@@ -87,7 +88,8 @@ func (d *Daemon) Start(names []string) error {
 		if st := s.state(); st == policy.StateFatal || st == policy.StateBackoff {
 			// The service cannot start as configured here (no such
 			// program, bad user, ...): the request's fault, not hbd's.
-			errs = append(errs, fmt.Errorf("service %q: %s: %w", s.cfg.Name, s.reason, api.ErrConflict))
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name,
+				Err: api.Errorf(api.ErrConflict, "%s did not start: %s", s.cfg.Name, s.reason)})
 		}
 	}
 	return errors.Join(errs...)
@@ -105,7 +107,7 @@ func (d *Daemon) Stop(names []string) error {
 	var errs []error
 	for _, s := range svcs {
 		if err := d.stopOne(s); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name, Err: err})
 		}
 	}
 	return errors.Join(errs...)
@@ -122,7 +124,8 @@ func (d *Daemon) stopOne(s *service) error {
 		d.mu.Unlock()
 		return nil
 	case policy.StateBackoff, policy.StateExited, policy.StateFatal:
-		d.setState(s, policy.StateStopped, "stopped by request")
+		// What it was, and why, stays in the reason.
+		d.setState(s, policy.StateStopped, "stopped by request (was "+s.state().String()+": "+s.reason+")")
 		d.mirror(s)
 		d.mu.Unlock()
 		return nil
@@ -166,12 +169,28 @@ func (d *Daemon) stopOne(s *service) error {
 	return nil
 }
 
-// Restart stops then starts the named services.
+// Restart stops then starts the named services; those whose stop failed
+// are not started.
 func (d *Daemon) Restart(names []string) error {
-	if err := d.Stop(names); err != nil {
+	d.mu.Lock()
+	svcs, err := d.lookup(names)
+	d.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	return d.Start(names)
+	var errs []error
+	var stopped []string
+	for _, s := range svcs {
+		if err := d.stopOne(s); err != nil {
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name, Err: err})
+			continue
+		}
+		stopped = append(stopped, s.cfg.Name)
+	}
+	if len(stopped) > 0 {
+		errs = append(errs, d.Start(stopped))
+	}
+	return errors.Join(errs...)
 }
 
 // Signal sends sig to the service's main process.
@@ -187,7 +206,7 @@ func (d *Daemon) Signal(name string, sig syscall.Signal) error {
 	defer cancel()
 	if err := sh.Signal(ctx, name, sig); err != nil {
 		if errors.Is(err, plugin.ErrNotRunning) || errors.Is(err, plugin.ErrNotFound) {
-			return fmt.Errorf("service %q is not running: %w", name, api.ErrConflict)
+			return api.Errorf(api.ErrConflict, "%s is not running", name)
 		}
 		return err
 	}
@@ -209,7 +228,7 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 	prev := d.cfg
 	if d.closing {
 		d.mu.Unlock()
-		return api.ReloadResult{}, fmt.Errorf("hbd is shutting down: %w", api.ErrConflict)
+		return api.ReloadResult{}, api.Errorf(api.ErrConflict, "hbd is shutting down")
 	}
 	added, removed, changed := config.Diff(prev, next)
 	if next.HBD != prev.HBD {
