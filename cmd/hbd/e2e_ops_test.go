@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,5 +103,74 @@ start_retries = 2
 	}
 	if r := h.Ctl("status"); r.Code != 0 {
 		t.Errorf("status with everything stopped on request: %v; want 0", r)
+	}
+}
+
+// allCPUTicks is pid's user+system CPU time and that of its reaped
+// children (fields 14-17 of /proc/PID/stat), in clock ticks.
+func allCPUTicks(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	var sum uint64
+	for k := 14; k <= 17; k++ {
+		n, _ := strconv.ParseUint(f[k-3], 10, 64)
+		sum += n
+	}
+	return sum
+}
+
+// TestDefaultBackoff: with no backoff key set, a service whose dependency
+// appears after 10s comes up by itself (it is never fatal), and a service
+// that exits at once costs hbd, the plugin and its own incarnations less
+// than 1% of a core meanwhile (the documented curve: 100ms doubling to
+// 30s, for ever). Both services are crash loops until the dependency is
+// there, so the two together must stay under 2%.
+func TestDefaultBackoff(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	flag := filepath.Join(h.Dir, "db-ready")
+	h.WriteConfig(fmt.Sprintf(`
+[service.app]
+command = ["/bin/sh", "-c", "test -e %s || exit 1; exec sleep infinity"]
+
+[service.crash]
+command = ["/bin/false"]
+`, flag))
+	d := h.Start()
+	plugin := pluginPID(h)
+	// CPU from 1s to 10s after the start, nothing polling hbd meanwhile:
+	// both services fail and back off.
+	time.Sleep(time.Second)
+	t0, cpu0 := time.Now(), allCPUTicks(t, d.PID)+allCPUTicks(t, plugin)
+	time.Sleep(9 * time.Second)
+	elapsed, cpu := time.Since(t0), allCPUTicks(t, d.PID)+allCPUTicks(t, plugin)-cpu0
+	if err := os.WriteFile(flag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ready := time.Now()
+	st := h.WaitService("app", "running once its dependency is there", func(st api.ServiceStatus) bool {
+		if st.State == "fatal" {
+			h.T.Fatalf("app went fatal with the default backoff: %+v", st)
+		}
+		return IsRunning(st)
+	})
+	upAfter := time.Since(ready)
+	share := float64(cpu) * float64(10*time.Millisecond) / float64(elapsed) // USER_HZ = 100
+	crash := h.ServiceStatus("crash")
+	t.Logf("app up %v after its dependency (generation %d); crash: %d spawns so far; two crash loops: hbd+plugin+services %.2f%% of a core from 1s to 10s (%.2f%% each)",
+		upAfter.Round(time.Millisecond), st.Generation, crash.Generation, share*100, share*50)
+	if crash.State == "fatal" || st.FailedStarts != 0 {
+		t.Errorf("crash %s: the default gave up", crash.State)
+	}
+	// The waits are 100ms·2^k: the one after the 10s mark is at most 6.4s.
+	if upAfter > 6400*time.Millisecond+5*time.Second {
+		t.Errorf("app came up %v after its dependency; the default curve waits at most 6.4s there", upAfter)
+	}
+	if share/2 >= 0.01 {
+		t.Errorf("a crash loop with the defaults cost %.2f%% of a core, want < 1%%", share*50)
 	}
 }

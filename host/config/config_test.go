@@ -63,7 +63,7 @@ func TestDefaults(t *testing.T) {
 		Restart:      policy.RestartAlways,
 		RestartDelay: 0,
 		StartWindow:  time.Second,
-		StartRetries: 5,
+		StartRetries: 0,
 		BackoffMax:   30 * time.Second,
 		ExitCodes:    []int{0},
 		StopSignal:   syscall.SIGTERM,
