@@ -135,6 +135,11 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 	default:
 		d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
 	}
+	// A new plugin would adopt an existing table with its own size and
+	// ignore [hbd] slots: refuse that, saying how to resize.
+	if err := checkSlots(h, d.cfgPath); err != nil {
+		return nil, false, err
+	}
 	conn, err = plugin.Launch(plugin.LaunchConfig{
 		Path:     d.exe,
 		Args:     pluginArgs(h),
@@ -173,6 +178,13 @@ func (d *Daemon) connect() error {
 		return fmt.Errorf("plugin info: %w", err)
 	}
 	d.info = info
+	if h.Slots > 0 && info.Slots > 0 && info.Slots != h.Slots {
+		// A reattached plugin keeps its table's size.
+		d.log.Error("the table's size is not the configuration's; leaving the plugin and the services running", "table_slots", info.Slots, "slots", h.Slots)
+		_ = conn.Detach()
+		d.conn, d.shim = nil, nil
+		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
+	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
 		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
 

@@ -174,3 +174,72 @@ command = ["/bin/false"]
 		t.Errorf("a crash loop with the defaults cost %.2f%% of a core, want < 1%%", share*50)
 	}
 }
+
+// TestStartFailureLastLine: when hbd cannot start its plugin or open the
+// table, its last line says what is wrong, names the file and the fix, and
+// go-plugin's words (architectures, handshakes) are not in its output at
+// the default log level. A changed slots on an existing table is such an
+// error, saying how to resize.
+func TestStartFailureLastLine(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	h.WriteConfig(`
+[service.a]
+command = "sleep infinity"
+`)
+	first := h.Start()
+	h.WaitRunning("a")
+
+	// fails runs hbd on config text and returns its last line.
+	fails := func(name, text string) string {
+		t.Helper()
+		cfg := filepath.Join(h.Dir, name+".toml")
+		h.WriteFile(cfg, text)
+		d := h.StartProcess("-c", cfg)
+		if code := d.Wait(); code != 1 {
+			t.Fatalf("%s: hbd exited %d, want 1:\n%s", name, code, d.Log())
+		}
+		out := strings.TrimRight(d.Log(), "\n")
+		for _, w := range []string{"not compiled for this architecture", "dynamic-link", "Unrecognized remote plugin message"} {
+			if strings.Contains(out, w) {
+				t.Errorf("%s: hbd's output has go-plugin's %q:\n%s", name, w, out)
+			}
+		}
+		return out[strings.LastIndexByte(out, '\n')+1:]
+	}
+	// other is the harness's configuration with its own socket and state
+	// directory, the same table.
+	other := func(extra string) string {
+		text := h.ConfigText("[service.a]\ncommand = \"sleep infinity\"\n")
+		text = strings.Replace(text, h.Socket, filepath.Join(h.Dir, "other.sock"), 1)
+		text = strings.Replace(text, h.StateDir, filepath.Join(h.Dir, "other-state"), 1)
+		return strings.Replace(text, "[hbd]\n", "[hbd]\n"+extra, 1)
+	}
+
+	last := fails("busy", other(""))
+	if !strings.HasPrefix(last, "hbd: cannot start: ") || !strings.Contains(last, h.ShmPath) ||
+		!strings.Contains(last, "locked by another writer") || !strings.Contains(last, "to fix: another hb plugin writes") {
+		t.Errorf("a second hbd on the table: last line %q", last)
+	}
+
+	// A clean stop leaves the table; a new size is refused, saying how.
+	first.Signal(syscall.SIGTERM)
+	first.Wait()
+	resized := strings.Replace(h.ConfigText("[service.a]\ncommand = \"sleep infinity\"\n"),
+		fmt.Sprintf("slots     = %d", h.Opt.Slots), "slots     = 64", 1)
+	last = fails("resized", resized)
+	if !strings.Contains(last, fmt.Sprintf("%s has %d slots", h.ShmPath, h.Opt.Slots)) || !strings.Contains(last, "slots = 64") ||
+		!strings.Contains(last, "rm "+h.ShmPath) || !strings.Contains(last, fmt.Sprintf("or set slots = %d", h.Opt.Slots)) {
+		t.Errorf("changed slots: last line %q", last)
+	}
+
+	if os.Geteuid() == 0 {
+		if err := os.Chown(h.ShmPath, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		last = fails("owner", other(""))
+		if !strings.Contains(last, "owned by another user") || !strings.Contains(last, "to fix: if no hb uses it, remove it (rm "+h.ShmPath+")") {
+			t.Errorf("a table owned by another user: last line %q", last)
+		}
+	}
+}
