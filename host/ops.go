@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"slices"
 	"errors"
 	"fmt"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 var _ api.Backend = (*Daemon)(nil)
 var _ api.PluginInfoer = (*Daemon)(nil)
+var _ api.Expander = (*Daemon)(nil)
 
 // List returns every service in config order.
 func (d *Daemon) List() []api.ServiceStatus {
@@ -47,17 +49,41 @@ func (d *Daemon) Get(name string) (api.ServiceStatus, error) {
 
 func notFound(name string) error { return api.Errorf(api.ErrNotFound, "no service %q", name) }
 
-// lookup checks every name before anything is done. Called with mu held.
+// lookup checks every name before anything is done; the name of a
+// service with instances stands for all of them. Called with mu held.
 func (d *Daemon) lookup(names []string) ([]*service, error) {
 	out := make([]*service, 0, len(names))
-	for _, n := range names {
+	for _, n := range d.expand(names) {
 		s := d.svcs[n]
 		if s == nil {
 			return nil, notFound(n)
 		}
-		out = append(out, s)
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
 	}
 	return out, nil
+}
+
+// expand replaces the name of a service with instances by its instances'
+// names. Called with mu (or its view) held.
+func (d *Daemon) expand(names []string) []string {
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if g, ok := d.cfg.InstanceGroups[n]; ok && d.svcs[n] == nil {
+			out = append(out, g...)
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// Expand implements api.Expander.
+func (d *Daemon) Expand(names []string) []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.expand(names)
 }
 
 // Start starts the named services; running ones are left alone, a fatal or

@@ -112,6 +112,7 @@ func (s *service) status() api.ServiceStatus {
 		StatusText:   s.statusText,
 	}
 	st.ReasonAt = s.reasonAt
+	st.InstanceOf, st.Instance = s.cfg.InstanceOf, s.cfg.Instance
 	if s.pid != 0 && !s.startedAt.IsZero() {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
 		st.StartedAt = time.Now().Add(-time.Since(s.startedAt)).Round(time.Millisecond)

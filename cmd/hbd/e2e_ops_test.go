@@ -243,3 +243,65 @@ command = "sleep infinity"
 		}
 	}
 }
+
+// TestInstances: instances = 3 gives w-0, w-1, w-2, each in a slot of its
+// own, with HB_INSTANCE and {instance} replaced in command, environment and
+// directory; hbctl restart w restarts all of them, restart w-1 that one.
+func TestInstances(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	for i := range 3 {
+		if err := os.Mkdir(filepath.Join(h.Dir, fmt.Sprintf("d%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.WriteConfig(fmt.Sprintf(`
+[service.w]
+command     = ["/bin/sh", "-c", "echo $HB_INSTANCE {instance} $X $(pwd) > %s/out-{instance}; exec sleep infinity"]
+environment = { X = "x{instance}" }
+directory   = "%s/d{instance}"
+instances   = 3
+start_secs  = "100ms"
+`, h.Dir, h.Dir))
+	h.Start()
+	names := []string{"w-0", "w-1", "w-2"}
+	before := h.WaitRunning(names...)
+	slots := map[int]bool{}
+	for i, n := range names {
+		slots[h.SlotIndex(n)] = true
+		want := fmt.Sprintf("%d %d x%d %s/d%d\n", i, i, i, h.Dir, i)
+		h.Eventually(n+" to write its line", func() (bool, string) {
+			b, _ := os.ReadFile(filepath.Join(h.Dir, fmt.Sprintf("out-%d", i)))
+			return string(b) == want, fmt.Sprintf("%q, want %q", b, want)
+		})
+		if st := before[n]; st.InstanceOf != "w" || st.Instance != i {
+			t.Errorf("%s: instance_of %q instance %d", n, st.InstanceOf, st.Instance)
+		}
+	}
+	if len(slots) != 3 {
+		t.Errorf("the instances share slots: %v", slots)
+	}
+	if r := h.Ctl("status", "w"); r.Code != 0 || len(Lines(r.Stdout, "running")) != 3 {
+		t.Errorf("status w: %v; want the three instances", r)
+	}
+
+	r := h.Ctl("restart", "w")
+	if r.Code != 0 || len(Lines(r.Stdout, "w-")) != 3 {
+		t.Errorf("restart w: %v; want one line per instance", r)
+	}
+	for _, n := range names {
+		if st := h.ServiceStatus(n); st.Generation != before[n].Generation+1 {
+			t.Errorf("%s: generation %d after restart w, want %d", n, st.Generation, before[n].Generation+1)
+		}
+	}
+	h.MustCtl("restart", "w-1")
+	for i, n := range names {
+		want := before[n].Generation + 1
+		if i == 1 {
+			want++
+		}
+		if st := h.ServiceStatus(n); st.Generation != want {
+			t.Errorf("%s: generation %d after restart w-1, want %d", n, st.Generation, want)
+		}
+	}
+}

@@ -473,11 +473,17 @@ func (s *Server) selected(sel Selection, reverse bool) ([]string, error) {
 	case len(sel.Names) == 0:
 		return nil, fmt.Errorf(`%w: no services selected: give "names":[...] or "all":true`, ErrBadRequest)
 	}
-	names := make([]string, 0, len(sel.Names))
 	for _, n := range sel.Names {
 		if n == "" {
 			return nil, fmt.Errorf("%w: empty service name", ErrBadRequest)
 		}
+	}
+	given := sel.Names
+	if e, ok := s.backend.(Expander); ok {
+		given = e.Expand(given)
+	}
+	names := make([]string, 0, len(given))
+	for _, n := range given {
 		if !slices.Contains(names, n) {
 			names = append(names, n)
 		}

@@ -77,6 +77,10 @@ type ServiceStatus struct {
 	// or running, or down and stopped (or exited with an exit code that is
 	// a success). `hbctl status` exits 3 when a listed service is not.
 	OK bool `json:"ok"`
+	// InstanceOf is, for an instance NAME-i of a service with instances =
+	// N, NAME; Instance is i.
+	InstanceOf string `json:"instance_of,omitempty"`
+	Instance   int    `json:"instance,omitempty"`
 	// Error is set in the answer of a start, stop or restart on the
 	// services the action failed for: why, in words.
 	Error string `json:"error,omitempty"`

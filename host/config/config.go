@@ -117,6 +117,9 @@ type Config struct {
 	// Order holds every name in Services once, in definition order: the
 	// main file's services in file order, then each included file's.
 	Order []string
+	// InstanceGroups maps each service with instances = N to its
+	// instances' names, in order (hbctl restart NAME acts on all of them).
+	InstanceGroups map[string][]string
 
 	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
 	hbdLine int         // line of the [hbd] table, 0 if absent
@@ -204,6 +207,14 @@ type Service struct {
 	MemoryMax int64
 	PidsMax   int64
 	CPUWeight int
+
+	// Instances (instances = N) and InstanceStart are what Load expands
+	// into N services NAME-S … NAME-(S+N-1); each of those has InstanceOf
+	// = NAME and Instance = its number (and Instances 0).
+	Instances     int
+	InstanceStart int
+	InstanceOf    string
+	Instance      int
 
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
@@ -327,6 +338,8 @@ func (s *Service) Equal(o *Service) bool {
 		s.Ready == o.Ready &&
 		s.ReadyTimeout == o.ReadyTimeout &&
 		slices.Equal(s.After, o.After) &&
+		s.Instances == o.Instances && s.InstanceStart == o.InstanceStart &&
+		s.InstanceOf == o.InstanceOf && s.Instance == o.Instance &&
 		s.KillMode == o.KillMode &&
 		s.Type == o.Type &&
 		s.PIDFile == o.PIDFile &&

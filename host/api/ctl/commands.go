@@ -20,9 +20,24 @@ func runStatus(ctx context.Context, c *cli, args []string) int {
 			return c.statusFail(err)
 		}
 	}
+	var all []api.ServiceStatus // for names that stand for instances
 	for _, name := range args {
 		st, err := c.client.Get(ctx, name)
 		if errors.Is(err, api.ErrNotFound) {
+			if all == nil {
+				if all, err = c.client.List(ctx); err != nil {
+					return c.statusFail(err)
+				}
+			}
+			n := len(sts)
+			for _, st := range all {
+				if st.InstanceOf == name {
+					sts = append(sts, st)
+				}
+			}
+			if len(sts) > n {
+				continue
+			}
 			if !c.o.quiet {
 				fmt.Fprintf(c.Stderr, "hbctl: status: no service %q\n", name)
 			}
