@@ -2,9 +2,9 @@ package host
 
 import (
 	"context"
-	"slices"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 

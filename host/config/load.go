@@ -2,10 +2,10 @@ package config
 
 import (
 	"errors"
-	"slices"
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
