@@ -223,6 +223,7 @@ func pluginArgs(h config.HBD) []string {
 		"--detector-priority", fmt.Sprint(h.DetectorPriority),
 		"--log", h.StateDir + "/plugin.log",
 		"--state-dir", h.StateDir,
+		"--headless-respawns", fmt.Sprint(h.HeadlessRespawns),
 	}
 	if h.CgroupRoot != "" {
 		args = append(args, "--cgroup-root", h.CgroupRoot)

@@ -141,6 +141,10 @@ type HBD struct {
 	// CgroupRoot is where the services' cgroups go, a path in the cgroup
 	// v2 hierarchy (CgroupRoot/Shm/NAME); "" = the plugin's own cgroup.
 	CgroupRoot string
+	// HeadlessRespawns is how many times in a row the plugin respawns a
+	// service itself while no hbd is connected (0: never); then the
+	// service stays down until an hbd connects.
+	HeadlessRespawns int
 }
 
 // Service is one [service.NAME] table with defaults filled in.
@@ -230,8 +234,12 @@ func DefaultHBD() HBD {
 		Detector: DetectorAuto,
 
 		DetectorPriority: DefaultDetectorPriority,
+		HeadlessRespawns: DefaultHeadlessRespawns,
 	}
 }
+
+// DefaultHeadlessRespawns is [hbd] headless_respawns's default.
+const DefaultHeadlessRespawns = 100
 
 // DefaultService returns a service named name with every default filled in
 // and no command.

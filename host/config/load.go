@@ -52,7 +52,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root", "headless_respawns"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -389,6 +389,15 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 					err = valueErr("%d is out of range 0..99 (0: an ordinary thread)", n)
 				} else {
 					h.DetectorPriority = int(n)
+				}
+			}
+		case "headless_respawns":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 0 || n > math.MaxInt32 {
+					err = valueErr("%d is out of range 0..%d (0: none)", n, math.MaxInt32)
+				} else {
+					h.HeadlessRespawns = int(n)
 				}
 			}
 		case "detector":
