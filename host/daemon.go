@@ -18,6 +18,7 @@ import (
 	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
+	"golang.org/x/sys/unix"
 )
 
 // rpcTimeout bounds a plugin call that is not a Stop.
@@ -134,6 +135,11 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 	default:
 		d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
 	}
+	// A new plugin would adopt an existing table with its own size and
+	// ignore [hbd] slots: refuse that, saying how to resize.
+	if err := checkSlots(h, d.cfgPath); err != nil {
+		return nil, false, err
+	}
 	conn, err = plugin.Launch(plugin.LaunchConfig{
 		Path:     d.exe,
 		Args:     pluginArgs(h),
@@ -172,6 +178,13 @@ func (d *Daemon) connect() error {
 		return fmt.Errorf("plugin info: %w", err)
 	}
 	d.info = info
+	if h.Slots > 0 && info.Slots > 0 && info.Slots != h.Slots {
+		// A reattached plugin keeps its table's size.
+		d.log.Error("the table's size is not the configuration's; leaving the plugin and the services running", "table_slots", info.Slots, "slots", h.Slots)
+		_ = conn.Detach()
+		d.conn, d.shim = nil, nil
+		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
+	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
 		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
 
@@ -210,6 +223,7 @@ func pluginArgs(h config.HBD) []string {
 		"--detector-priority", fmt.Sprint(h.DetectorPriority),
 		"--log", h.StateDir + "/plugin.log",
 		"--state-dir", h.StateDir,
+		"--headless-respawns", fmt.Sprint(h.HeadlessRespawns),
 	}
 	if h.CgroupRoot != "" {
 		args = append(args, "--cgroup-root", h.CgroupRoot)
@@ -235,6 +249,7 @@ func (d *Daemon) reconcile() error {
 	for _, sl := range slots {
 		byName[sl.Name] = sl
 	}
+	saved := loadRecord(d.cfg.HBD.StateDir).Reasons
 	var autostart []*service
 	for _, name := range d.order {
 		s := d.svcs[name]
@@ -261,14 +276,23 @@ func (d *Daemon) reconcile() error {
 				st = policy.StateRunning // the stop was hbd's; it is gone with it
 			}
 			s.m = policy.NewMachine(st)
+			// The incarnation's own start, from the table: its uptime
+			// does not restart with hbd.
+			s.startedAt = slotStart(sl.StartTime)
+			restoreReason(s, saved[name])
 			if st == policy.StateStarting {
-				s.startedAt = time.Now()
+				if s.startedAt.IsZero() {
+					s.startedAt = time.Now()
+				}
 				d.armPromotion(s)
 			}
 			d.mirror(s)
 		case st == policy.StateStopped || st == policy.StateFatal:
 			s.m = policy.NewMachine(st) // down on purpose: keep it down
 			s.pid = 0
+			if !restoreReason(s, saved[name]) {
+				s.reason, s.reasonAt = st.String()+" before hbd started (reason not recorded)", time.Now()
+			}
 		default:
 			// It died while nobody was deciding: apply the policy now.
 			// That includes exited: the plugin records every exit it does
@@ -577,7 +601,9 @@ func (d *Daemon) armPromotion(s *service) {
 			return
 		}
 		s.failedStarts = 0
-		d.setState(s, policy.StateRunning, "up for "+s.cfg.StartWindow.String())
+		// The reason stays what started it (and when): "up for 1s" would
+		// read as the uptime.
+		d.setState(s, policy.StateRunning, "")
 		if mirror {
 			d.mirror(s)
 		}
@@ -811,7 +837,8 @@ func (d *Daemon) setState(s *service, st policy.State, reason string) {
 		s.since = time.Now()
 	}
 	if reason != "" {
-		s.reason = reason
+		s.reason, s.reasonAt = reason, time.Now()
+		d.markSeqDirty()
 		if s.exitNote != "" && s.pid == 0 {
 			s.reason += "; " + s.exitNote
 		}
@@ -902,7 +929,14 @@ func (d *Daemon) saveSeq() {
 		return
 	}
 	d.seqDirty = false
-	if err := storeSeq(d.cfg.HBD.StateDir, d.info.PID, d.lastSeq); err != nil {
+	r := seqRecord{PluginPID: d.info.PID, LastSeq: d.lastSeq, Reasons: map[string]savedReason{}}
+	for name, s := range d.svcs {
+		if s.reason != "" {
+			r.Reasons[name] = savedReason{Generation: s.generation, State: s.state().String(),
+				Reason: s.reason, At: s.reasonAt, Since: s.since}
+		}
+	}
+	if err := storeRecord(d.cfg.HBD.StateDir, r); err != nil {
 		d.log.Warn("save event position", "err", err)
 	}
 }
@@ -943,4 +977,36 @@ func placementSpec(c *config.Service) (plugin.Spec, error) {
 		}
 	}
 	return sp, nil
+}
+
+// restoreReason takes a reason the previous hbd saved, if it is about the
+// incarnation and state s now has. Called with mu held.
+func restoreReason(s *service, r savedReason) bool {
+	if r.Reason == "" || r.Generation != s.generation || r.State != s.state().String() {
+		return false
+	}
+	s.reason, s.reasonAt = r.Reason, r.At
+	if !r.Since.IsZero() {
+		s.since = r.Since
+	}
+	return true
+}
+
+// slotStart converts a slot's start time (clock ticks after boot, as
+// /proc/PID/stat's field 22) into a wall-clock time; zero when unknown.
+func slotStart(ticks uint64) time.Time {
+	if ticks == 0 {
+		return time.Time{}
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Time{}
+	}
+	const userHZ = 100 // USER_HZ, what /proc reports start times in on every Linux
+	sinceBoot := time.Duration(ts.Nano())
+	started := time.Duration(ticks) * (time.Second / userHZ)
+	if started > sinceBoot {
+		return time.Time{}
+	}
+	return time.Now().Add(-(sinceBoot - started))
 }

@@ -101,6 +101,11 @@ func Main(args []string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 	if err := Run(cfg, log); err != nil {
 		log.Error("hbd failed", "err", err)
+		var se *startError
+		if errors.As(err, &se) {
+			// The last line: what is wrong, where, and the fix.
+			fmt.Fprintln(os.Stderr, StartFailure(se.err, cfg))
+		}
 		return 1
 	}
 	return 0
@@ -118,23 +123,31 @@ func printConfigErrors(w io.Writer, err error) {
 	fmt.Fprintln(w, err)
 }
 
-// Run supervises cfg's services until a signal ends it.
+// startError is an error that kept hbd from starting (StartFailure says
+// how to fix it).
+type startError struct{ err error }
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+// Run supervises cfg's services until a signal ends it. An error before
+// hbd is ready is a *startError.
 func Run(cfg *config.Config, log *slog.Logger) error {
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find own executable: %w", err)
+		return &startError{fmt.Errorf("find own executable: %w", err)}
 	}
 	h := cfg.HBD
 	// The state directory must be hbd's own (see plugin.PrepareStateDir).
 	stateDir, err := plugin.PrepareStateDir(h.StateDir)
 	if err != nil {
-		return fmt.Errorf("[hbd] state_dir: %w", err)
+		return &startError{fmt.Errorf("[hbd] state_dir: %w", err)}
 	}
 	// The plugin writes the services' logs there as hbd's user: a log_dir
 	// that anyone else can change is refused before anything is started or
 	// attached to, so nothing running is lost.
 	if err := logdir.Prepare(h.LogDir); err != nil {
-		return err
+		return &startError{err}
 	}
 	d := newDaemon(cfg, log, exe)
 
@@ -147,14 +160,14 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	// here instead of fighting over the plugin.
 	srv, err := api.Listen(h.Socket, h.SocketGroup, d, log.With("component", "api"))
 	if err != nil {
-		return err
+		return &startError{err}
 	}
 	defer func() { _ = srv.Close() }() // its errors at exit change nothing
 	// One hbd per state directory, for its whole life: a second hbd with
 	// another socket stops here, before it could reach the plugin.
 	lock, err := plugin.LockStateDir(stateDir)
 	if err != nil {
-		return err
+		return &startError{err}
 	}
 	defer lock.Release()
 
@@ -162,7 +175,7 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	err = d.connect()
 	d.mu.Unlock()
 	if err != nil {
-		return err
+		return &startError{err}
 	}
 	log.Info("hbd ready", "pid", os.Getpid(), "config", cfg.Path, "services", len(cfg.Services), "socket", h.Socket)
 	releaseMemory()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 var _ api.Backend = (*Daemon)(nil)
 var _ api.PluginInfoer = (*Daemon)(nil)
+var _ api.Expander = (*Daemon)(nil)
 
 // List returns every service in config order.
 func (d *Daemon) List() []api.ServiceStatus {
@@ -46,19 +48,43 @@ func (d *Daemon) Get(name string) (api.ServiceStatus, error) {
 	return s.status(), nil
 }
 
-func notFound(name string) error { return fmt.Errorf("service %q: %w", name, api.ErrNotFound) }
+func notFound(name string) error { return api.Errorf(api.ErrNotFound, "no service %q", name) }
 
-// lookup checks every name before anything is done. Called with mu held.
+// lookup checks every name before anything is done; the name of a
+// service with instances stands for all of them. Called with mu held.
 func (d *Daemon) lookup(names []string) ([]*service, error) {
 	out := make([]*service, 0, len(names))
-	for _, n := range names {
+	for _, n := range d.expand(names) {
 		s := d.svcs[n]
 		if s == nil {
 			return nil, notFound(n)
 		}
-		out = append(out, s)
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
 	}
 	return out, nil
+}
+
+// expand replaces the name of a service with instances by its instances'
+// names. Called with mu (or its view) held.
+func (d *Daemon) expand(names []string) []string {
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if g, ok := d.cfg.InstanceGroups[n]; ok && d.svcs[n] == nil {
+			out = append(out, g...)
+			continue
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// Expand implements api.Expander.
+func (d *Daemon) Expand(names []string) []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.expand(names)
 }
 
 // Start starts the named services; running ones are left alone, a fatal or
@@ -71,7 +97,7 @@ func (d *Daemon) Start(names []string) error {
 		return err
 	}
 	if d.closing {
-		return fmt.Errorf("hbd is shutting down: %w", api.ErrConflict)
+		return api.Errorf(api.ErrConflict, "hbd is shutting down")
 	}
 	var errs []error
 	for _, s := range svcs {
@@ -80,7 +106,8 @@ func (d *Daemon) Start(names []string) error {
 		case policy.StateStarting, policy.StateRunning:
 			continue
 		case policy.StateStopping:
-			errs = append(errs, fmt.Errorf("service %q is stopping: %w", s.cfg.Name, api.ErrConflict))
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name,
+				Err: api.Errorf(api.ErrConflict, "%s is stopping; start it once it has stopped", s.cfg.Name)})
 			continue
 		}
 		s.failedStarts = 0
@@ -88,7 +115,8 @@ func (d *Daemon) Start(names []string) error {
 		if st := s.state(); st == policy.StateFatal || st == policy.StateBackoff {
 			// The service cannot start as configured here (no such
 			// program, bad user, ...): the request's fault, not hbd's.
-			errs = append(errs, fmt.Errorf("service %q: %s: %w", s.cfg.Name, s.reason, api.ErrConflict))
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name,
+				Err: api.Errorf(api.ErrConflict, "%s did not start: %s", s.cfg.Name, s.reason)})
 		}
 	}
 	return errors.Join(errs...)
@@ -106,7 +134,7 @@ func (d *Daemon) Stop(names []string) error {
 	var errs []error
 	for _, s := range svcs {
 		if err := d.stopOne(s); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name, Err: err})
 		}
 	}
 	return errors.Join(errs...)
@@ -126,8 +154,9 @@ func (d *Daemon) stopOne(s *service) error {
 		// Down as hbd sees it. The plugin is still asked to stop it below:
 		// hbd's view lags the plugin's by the events in flight, and the
 		// plugin may have respawned it already (Spec.Respawn); a stop of a
-		// service that runs nothing only records stopped.
-		d.setState(s, policy.StateStopped, "stopped by request")
+		// service that runs nothing only records stopped. What it was, and
+		// why, stays in the reason.
+		d.setState(s, policy.StateStopped, "stopped by request (was "+s.state().String()+": "+s.reason+")")
 		d.mirror(s)
 	case policy.StateStarting, policy.StateRunning:
 		d.setState(s, policy.StateStopping, "stop requested")
@@ -168,12 +197,28 @@ func (d *Daemon) stopOne(s *service) error {
 	return nil
 }
 
-// Restart stops then starts the named services.
+// Restart stops then starts the named services; those whose stop failed
+// are not started.
 func (d *Daemon) Restart(names []string) error {
-	if err := d.Stop(names); err != nil {
+	d.mu.Lock()
+	svcs, err := d.lookup(names)
+	d.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	return d.Start(names)
+	var errs []error
+	var stopped []string
+	for _, s := range svcs {
+		if err := d.stopOne(s); err != nil {
+			errs = append(errs, &api.ServiceError{Name: s.cfg.Name, Err: err})
+			continue
+		}
+		stopped = append(stopped, s.cfg.Name)
+	}
+	if len(stopped) > 0 {
+		errs = append(errs, d.Start(stopped))
+	}
+	return errors.Join(errs...)
 }
 
 // Signal sends sig to the service's main process.
@@ -189,7 +234,7 @@ func (d *Daemon) Signal(name string, sig syscall.Signal) error {
 	defer cancel()
 	if err := sh.Signal(ctx, name, sig); err != nil {
 		if errors.Is(err, plugin.ErrNotRunning) || errors.Is(err, plugin.ErrNotFound) {
-			return fmt.Errorf("service %q is not running: %w", name, api.ErrConflict)
+			return api.Errorf(api.ErrConflict, "%s is not running", name)
 		}
 		return err
 	}
@@ -211,7 +256,7 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 	prev := d.cfg
 	if d.closing {
 		d.mu.Unlock()
-		return api.ReloadResult{}, fmt.Errorf("hbd is shutting down: %w", api.ErrConflict)
+		return api.ReloadResult{}, api.Errorf(api.ErrConflict, "hbd is shutting down")
 	}
 	added, removed, changed := config.Diff(prev, next)
 	if next.HBD != prev.HBD {

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"slices"
 	"time"
 
 	"github.com/hbshim/hb/host/api"
@@ -23,6 +24,7 @@ type service struct {
 	lastStatus int
 	lastExit   time.Time
 	reason     string
+	reasonAt   time.Time // when reason was recorded (wall clock)
 	adopted    bool
 	// logError is the plugin's last word on the service's log files
 	// (plugin.EventLog): why they cannot be written, "" when they can.
@@ -109,9 +111,13 @@ func (s *service) status() api.ServiceStatus {
 		LogError:     s.logError,
 		StatusText:   s.statusText,
 	}
-	if s.pid != 0 && !s.startedAt.IsZero() && !s.adopted {
+	st.ReasonAt = s.reasonAt
+	st.InstanceOf, st.Instance = s.cfg.InstanceOf, s.cfg.Instance
+	if s.pid != 0 && !s.startedAt.IsZero() {
 		st.Uptime = time.Since(s.startedAt).Round(time.Second).String()
+		st.StartedAt = time.Now().Add(-time.Since(s.startedAt)).Round(time.Millisecond)
 	}
+	st.Wanted, st.OK = s.wanted()
 	if s.cfg.DeclaresReady() && s.pid != 0 && s.readyGen != s.generation {
 		// The slot's PID word is 0 until the service sends READY=1.
 		st.PID, st.Uptime, st.Reason = 0, "", "waiting for readiness ("+s.cfg.Ready+")"
@@ -121,4 +127,24 @@ func (s *service) status() api.ServiceStatus {
 		st.State, st.PID, st.Reason, st.Uptime = api.StateHung, 0, s.hung, ""
 	}
 	return st
+}
+
+// wanted says which state hbd wants s in (api.WantedUp or WantedDown) and
+// whether s is in it: wanted up, it is starting or running (and not hung);
+// wanted down (stopped on request, or never started), it is stopped, or
+// exited with a success status. Any other state (fatal, backoff, an exit
+// with a failure status, stopping) is not what is wanted.
+func (s *service) wanted() (string, bool) {
+	st := s.state()
+	if s.wantDown || st == policy.StateStopped || st == policy.StateStopping {
+		return api.WantedDown, st == policy.StateStopped || st == policy.StateExited
+	}
+	switch st {
+	case policy.StateStarting, policy.StateRunning:
+		return api.WantedUp, s.hung == ""
+	case policy.StateExited:
+		// The restart policy kept it down: fine after a success.
+		return api.WantedUp, s.lastStatus >= 0 && slices.Contains(s.cfg.Policy().ExitCodes, s.lastStatus)
+	}
+	return api.WantedUp, false
 }

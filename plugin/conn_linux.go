@@ -204,6 +204,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 	pidfd := -1
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
 
+	logger, launched := demoteWhileLaunching(logger)
 	lastWords := &fatalLine{w: cfg.Stderr}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -226,6 +227,14 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 			// The plugin said why it exited; go-plugin's text about
 			// architectures and handshakes would hide it.
 			return nil, fmt.Errorf("plugin: launch %s: the plugin exited before serving: %s", path, why)
+		}
+		if msg := err.Error(); strings.Contains(msg, "architecture") || strings.Contains(msg, "Unrecognized remote plugin message") ||
+			strings.Contains(msg, "plugin exited before we could connect") {
+			// go-plugin's guesses (a wrong architecture, missing
+			// libraries) are wrong here: it is hb's own binary.
+			logger.Debug("go-plugin's error", "err", err)
+			return nil, fmt.Errorf("plugin: launch %s: the plugin exited before serving, without saying why (see %s)",
+				path, filepath.Join(stateDir, "plugin.log"))
 		}
 		return nil, fmt.Errorf("plugin: launch %s: %w", path, err)
 	}
@@ -291,6 +300,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		w.close()
 		return fail(err)
 	}
+	launched()
 	logger.Info("plugin launched", "pid", pid, "addr", rec.Addr)
 	return c, nil
 }

@@ -30,6 +30,24 @@ type hcAdapter struct {
 	name    string
 	implied []any
 	level   *atomic.Int32 // an hclog.Level, shared by the loggers With and Named make
+	// demote, while true, logs every line at debug: go-plugin's words on a
+	// plugin that did not start (architectures, handshakes) would bury the
+	// reason, which the launch's error gives.
+	demote *atomic.Bool
+}
+
+// demoteWhileLaunching returns l, if HCLogger made it, as a logger that
+// logs at debug until the returned function is called; other loggers are
+// returned as they are.
+func demoteWhileLaunching(l hclog.Logger) (hclog.Logger, func()) {
+	a, ok := l.(*hcAdapter)
+	if !ok {
+		return l, func() {}
+	}
+	b := *a
+	b.demote = new(atomic.Bool)
+	b.demote.Store(true)
+	return &b, func() { b.demote.Store(false) }
 }
 
 func slogLevel(l hclog.Level) slog.Level {
@@ -56,6 +74,10 @@ func (a *hcAdapter) enabled(l hclog.Level) bool {
 }
 
 func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if a.demote != nil && a.demote.Load() && level != hclog.Off {
+		a.l.Log(context.Background(), slog.LevelDebug, msg, args...)
+		return
+	}
 	if level == hclog.Off || !a.enabled(level) {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -168,7 +169,20 @@ func TestStatus(t *testing.T) {
 
 	args := []string{"status"}
 	out, errOut, code := hbctl(t, sock, args...)
-	want(t, args, code, 0, out, errOut)
+	want(t, args, code, 3, out, errOut) // dpi is backing off: not as wanted
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{{[]string{"status", "rx"}, 0}, {[]string{"status", "tx"}, 0}, {[]string{"status", "dpi"}, 3},
+		{[]string{"status", "rx", "dpi", "--quiet"}, 3}, {[]string{"status", "rx", "-q"}, 0}} {
+		o, e, c := hbctl(t, sock, tc.args...)
+		want(t, tc.args, c, tc.code, o, e)
+		if slices.Contains(tc.args, "--quiet") || slices.Contains(tc.args, "-q") {
+			if o != "" || e != "" {
+				t.Errorf("hbctl %q printed %q %q", tc.args, o, e)
+			}
+		}
+	}
 	rows := fields(out)
 	if len(rows) != 4 {
 		t.Fatalf("status printed %d lines, want 4:\n%s", len(rows), out)
@@ -190,7 +204,7 @@ func TestStatus(t *testing.T) {
 	// Flags after arguments; JSON.
 	args = []string{"status", "rx", "dpi", "--json"}
 	out, errOut, code = hbctl(t, sock, args...)
-	want(t, args, code, 0, out, errOut)
+	want(t, args, code, 3, out, errOut)
 	var sts []api.ServiceStatus
 	if err := json.Unmarshal([]byte(out), &sts); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
@@ -223,7 +237,7 @@ func TestActions(t *testing.T) {
 		inStdout string
 		inStderr string
 	}{
-		{args: []string{"restart", "nope"}, code: 1, call: "restart nope", inStderr: "hbctl: restart: service \"nope\": not found\n"},
+		{args: []string{"restart", "nope"}, code: 1, call: "restart nope", inStderr: "hbctl: restart: no service \"nope\"\n"},
 		{args: []string{"start", "tx", "dpi"}, code: 0, call: "start tx,dpi", inStdout: "tx: running, pid "},
 		{args: []string{"restart", "rx"}, code: 0, call: "restart rx", inStdout: "rx: running, pid "},
 		{args: []string{"stop", "--all"}, code: 0, call: "stop dpi,tx,rx", inStdout: "rx: stopped"},
@@ -235,7 +249,7 @@ func TestActions(t *testing.T) {
 		{args: []string{"signal", "sigusr1", "rx", "--json"}, code: 0, call: "signal USR1 rx", inStdout: `"state": "running"`},
 		{args: []string{"signal", "BOGUS", "rx"}, code: 2, inStderr: `unknown signal "BOGUS"`},
 		{args: []string{"signal", "HUP"}, code: 2},
-		{args: []string{"signal", "HUP", "nope"}, code: 1, call: "signal HUP nope", inStderr: `service "nope": not found`},
+		{args: []string{"signal", "HUP", "nope"}, code: 1, call: "signal HUP nope", inStderr: `no service "nope"`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -276,7 +290,7 @@ func TestReload(t *testing.T) {
 	})
 	out, errOut, code = hbctl(t, sock, "reload")
 	want(t, []string{"reload"}, code, 0, out, errOut)
-	if out != "reloaded: added new; changed rx, tx\n" {
+	if out != "reloaded: 1 added (new); 2 changed (rx, tx)\n" {
 		t.Errorf("stdout %q", out)
 	}
 }
@@ -285,7 +299,11 @@ func TestUnreachable(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "hbd.sock")
 	for _, args := range [][]string{{"status"}, {"stop", "rx"}, {"watch"}, {"wait", "rx", "--up"}, {"reload"}, {"health"}} {
 		out, errOut, code := hbctl(t, missing, args...)
-		want(t, args, code, 3, out, errOut)
+		wantCode := 3
+		if args[0] == "status" {
+			wantCode = 4 // the state is unknown, not "not running"
+		}
+		want(t, args, code, wantCode, out, errOut)
 		if !strings.Contains(errOut, "cannot reach hbd at "+missing) || !strings.Contains(errOut, "is hbd running? set -s or HB_SOCKET") {
 			t.Errorf("hbctl %q: stderr %q", args, errOut)
 		}

@@ -399,7 +399,11 @@ start_secs = "100ms"
 			t.Errorf("hbctl start %s: %v; want exit 1 with %q", name, r, reason)
 		}
 	}
-	out := h.MustCtl("status")
+	r := h.Ctl("status")
+	if r.Code != 3 {
+		t.Errorf("hbctl status with fatal services: %v; want exit 3", r)
+	}
+	out := r.Stdout
 	if rows := Lines(out, "fatal"); len(rows) != 3 {
 		t.Errorf("hbctl status shows %d fatal rows, want 3:\n%s", len(rows), out)
 	}
@@ -629,7 +633,7 @@ start_secs = "0s"
 	if s := h.SlotInState("crash", shm.StateFatal); s.PID != 0 || s.Exits != 3 || s.LastStatus != 3 {
 		t.Errorf("crash slot: %+v; want pid 0, fatal, 3 exits, last status 3", s)
 	}
-	if out := h.MustCtl("status", "crash"); !strings.Contains(out, "fatal") {
+	if out := h.Ctl("status", "crash").Stdout; !strings.Contains(out, "fatal") {
 		t.Errorf("hbctl status crash:\n%s", out)
 	}
 
@@ -717,8 +721,8 @@ autostart = false
 			t.Errorf("slot after SIGTERM: %+v; want pid 0", s)
 		}
 	}
-	if r := h.Ctl("status"); r.Code != 3 {
-		t.Errorf("hbctl status with hbd gone: %v; want exit 3", r)
+	if r := h.Ctl("status"); r.Code != 4 {
+		t.Errorf("hbctl status with hbd gone: %v; want exit 4 (state unknown)", r)
 	}
 	// Nothing went wrong, so nothing was logged as an error (go-plugin's
 	// wait of the plugin included).
@@ -756,8 +760,8 @@ func TestSIGQUITDetachAndReattach(t *testing.T) {
 	if hdr := h.Table().Header(); hdr.WriterPID != uint32(plugin) {
 		t.Errorf("writer_pid %d while hbd is away, want the plugin %d", hdr.WriterPID, plugin)
 	}
-	if r := h.Ctl("status"); r.Code != 3 {
-		t.Errorf("hbctl status with hbd away: %v; want exit 3", r)
+	if r := h.Ctl("status"); r.Code != 4 {
+		t.Errorf("hbctl status with hbd away: %v; want exit 4 (state unknown)", r)
 	}
 
 	d2 := h.Start()

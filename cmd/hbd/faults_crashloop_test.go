@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,7 +13,9 @@ import (
 
 // TestFaultCrashLoopHeadless: a service that exits at once, with restart
 // "always" and start_secs "0s", is respawned by the plugin alone while hbd
-// is away (SIGKILLed), thousands of times in a row, and is never left down:
+// is away (SIGKILLed), thousands of times in a row (headless_respawns set
+// past what the test watches: by default the plugin stops after 100, see
+// TestHeadlessRespawnBudget), and is never left down:
 // its slot never reads PID 0 with no new exit for longer than stuckAfter.
 // The next hbd reattaches to the same plugin, supervises the loop, and stops
 // it cleanly. Not parallel: the loop keeps about one core busy for ten
@@ -20,7 +23,7 @@ import (
 func TestFaultCrashLoopHeadless(t *testing.T) {
 	rep := newFaultReport(t, "crash-loop-headless")
 	h := NewHarness(t, Options{})
-	h.WriteConfig(`
+	h.WriteFile(h.Config, strings.Replace(h.ConfigText(`
 [service.crash]
 command    = ["/bin/false"]
 restart    = "always"
@@ -29,7 +32,7 @@ start_secs = "0s"
 [service.steady]
 command    = "sleep infinity"
 start_secs = "100ms"
-`)
+`), "[hbd]\n", "[hbd]\nheadless_respawns = 1000000\n", 1))
 	d := h.Start()
 	plugin := pluginPID(h)
 	before := h.WaitRunning("steady")
@@ -103,5 +106,53 @@ start_secs = "100ms"
 	if st := h.ServiceStatus("steady"); st.PID != before["steady"].PID || !IsRunning(st) {
 		t.Errorf("steady after the reattach: %+v; want pid %d running", st, before["steady"].PID)
 	}
+	d.Stop()
+}
+
+// TestHeadlessRespawnBudget: a plugin whose hbd is gone does not respawn
+// for ever. With the default headless_respawns (100), a service that exits
+// at once is respawned by the plugin alone at most 100 times in a row after
+// hbd is SIGKILLed, then stays down (PID 0, exited); a steady service is
+// untouched. The next hbd finds it exited and brings it back by its policy.
+func TestHeadlessRespawnBudget(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	h.WriteConfig(`
+[service.crash]
+command    = ["/bin/false"]
+restart    = "always"
+start_secs = "0s"
+
+[service.steady]
+command    = "sleep infinity"
+start_secs = "100ms"
+`)
+	d := h.Start()
+	before := h.WaitRunning("steady")
+	h.WaitSlot("crash", "respawned at least once", func(s shm.Slot) bool { return s.Exits > 0 })
+	d.Signal(syscall.SIGKILL)
+	d.Wait()
+	e0 := h.Slot("crash").Exits
+	s := h.WaitSlot("crash", "left down by the plugin", func(s shm.Slot) bool { return s.PID == 0 && s.State == shm.StateExited })
+	time.Sleep(time.Second)
+	if s2 := h.Slot("crash"); s2.Exits != s.Exits || s2.PID != 0 || s2.Generation != s.Generation {
+		t.Errorf("crash respawned after the budget: %+v, then %+v", s, s2)
+	}
+	// 100 respawns: 101 exits, plus one the plugin may have respawned
+	// before it saw hbd's subscription end.
+	if n := s.Exits - e0; n > 102 {
+		t.Errorf("%d exits after hbd died, want at most 100 respawns (102 exits)", n)
+	}
+	t.Logf("crash: %d exits after hbd died; left down at generation %d", s.Exits-e0, s.Generation)
+	if st := h.Slot("steady"); st.PID != uint32(before["steady"].PID) {
+		t.Errorf("steady: slot %+v; want pid %d untouched", st, before["steady"].PID)
+	}
+	if !strings.Contains(h.PluginLog(), "no hbd: leaving the service down until one connects") {
+		t.Errorf("plugin.log does not say why crash is left down")
+	}
+
+	d = h.Start()
+	h.WaitService("crash", "respawned by the next hbd", func(st api.ServiceStatus) bool { return st.Generation > s.Generation+1 })
+	h.MustCtl("stop", "crash")
 	d.Stop()
 }

@@ -80,7 +80,11 @@ start_secs = "100ms"
 				t.Errorf("linked: reason %q; want it to say %q", st.Reason, want)
 			}
 		}
-		out := h.MustCtl("status", "linked")
+		r := h.Ctl("status", "linked")
+		out := r.Stdout
+		if r.Code != 3 {
+			t.Errorf("hbctl status of a fatal service: %v; want exit 3", r)
+		}
 		if !strings.Contains(out, "is a symlink") {
 			t.Errorf("hbctl status does not say why linked is refused:\n%s", out)
 		}
@@ -208,7 +212,7 @@ start_retries = 0
 				if el := time.Since(start); el > slowest {
 					slowest = el
 				}
-				if args[0] == "status" && r.Code != 0 {
+				if args[0] == "status" && r.Code != 3 { // piped is fatal: not as wanted
 					t.Fatalf("%v", r)
 				}
 				if args[0] == "start" && !strings.Contains(r.Stderr+r.Stdout, "named pipe (FIFO)") {

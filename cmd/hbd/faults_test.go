@@ -164,8 +164,8 @@ backoff_max   = "300ms"
 					t.Errorf("%v: hbpeek says %+v; want pid %d generation %d", sig, ps, b.PID, b.Generation)
 				}
 			}
-			if r := h.Ctl("status"); r.Code != 3 {
-				t.Errorf("%v: hbctl status with hbd away: %v; want exit 3", sig, r)
+			if r := h.Ctl("status"); r.Code != 4 {
+				t.Errorf("%v: hbctl status with hbd away: %v; want exit 4 (state unknown)", sig, r)
 			}
 
 			// Exits while hbd is away.
@@ -961,7 +961,7 @@ user    = "hb-no-such-user"
 	for _, name := range []string{strings.Repeat("n", 48), "a b", "../a", "a/b", "ä"} {
 		rep.addInputs(1)
 		rep.fault(t, func() {
-			if r := h.Ctl("stop", name); r.Code != 1 || !strings.Contains(r.Stderr, "not found") {
+			if r := h.Ctl("stop", name); r.Code != 1 || !strings.Contains(r.Stderr, "no service") {
 				t.Errorf("hbctl stop %q: %v", name, r)
 			}
 		})

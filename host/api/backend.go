@@ -62,3 +62,12 @@ func ParseSignal(s string) (syscall.Signal, error) {
 
 // SignalName returns "HUP" for SIGHUP, or the number for signals without a name.
 func SignalName(sig syscall.Signal) string { return signame.Name(sig) }
+
+// Expander is implemented by a backend with services that stand for
+// several (instances = N): Expand replaces each such name by its
+// instances' names and leaves the others. The server expands the names of
+// POST /v1/start, /v1/stop and /v1/restart with it, so that the answer has
+// one status per instance.
+type Expander interface {
+	Expand(names []string) []string
+}

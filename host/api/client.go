@@ -295,7 +295,7 @@ func decodeError(resp *http.Response, out any) error {
 	}
 	var e Error
 	if err := json.Unmarshal(b, &e); err == nil && e.Error != "" {
-		ae.Message, ae.Details = e.Error, e.Details
+		ae.Message, ae.Details, ae.Services = e.Error, e.Details, e.Services
 		return ae
 	}
 	ae.Message = strings.TrimSpace(string(b))

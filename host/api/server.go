@@ -399,22 +399,65 @@ func (s *Server) many(action string, op func([]string) error) http.HandlerFunc {
 			s.fail(w, r, err)
 			return
 		}
+		var opErr error
 		if len(names) > 0 {
-			if err := op(names); err != nil {
-				s.fail(w, r, fmt.Errorf("%s: %w", action, err))
-				return
-			}
+			opErr = op(names)
 		}
+		failed := serviceErrors(opErr)
 		now := time.Now()
 		out := make([]ServiceStatus, 0, len(names))
 		for _, n := range names {
 			if st, err := s.backend.Get(n); err == nil {
 				fillUptime(&st, now)
+				if e, ok := failed[n]; ok {
+					st.Error = e
+				}
 				out = append(out, st)
 			}
 		}
+		if opErr != nil {
+			if len(failed) == 0 || len(out) == 0 {
+				s.fail(w, r, fmt.Errorf("%s: %w", action, opErr))
+				return
+			}
+			// One line per service, the failed ones with their error.
+			status := StatusOf(opErr)
+			msg := fmt.Sprintf("%s failed for %d of %d services", action, len(failed), len(out))
+			if len(out) == 1 {
+				msg = action + ": " + out[0].Error
+			}
+			s.log.Debug("api: action failed", "action", action, "status", status, "err", opErr)
+			writeJSON(w, status, Error{Error: msg, Details: errorLines(opErr), Services: out})
+			return
+		}
 		writeJSON(w, http.StatusOK, out)
 	}
+}
+
+// serviceErrors maps each *ServiceError in err (an errors.Join of them, or
+// one, possibly wrapped) to its text, by service name.
+func serviceErrors(err error) map[string]string {
+	out := map[string]string{}
+	var walk func(error)
+	walk = func(e error) {
+		if se, ok := e.(*ServiceError); ok {
+			out[se.Name] = se.Err.Error()
+			return
+		}
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, m := range j.Unwrap() {
+				walk(m)
+			}
+			return
+		}
+		if u := errors.Unwrap(e); u != nil {
+			walk(u)
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
 }
 
 func (s *Server) selected(sel Selection, reverse bool) ([]string, error) {
@@ -430,11 +473,17 @@ func (s *Server) selected(sel Selection, reverse bool) ([]string, error) {
 	case len(sel.Names) == 0:
 		return nil, fmt.Errorf(`%w: no services selected: give "names":[...] or "all":true`, ErrBadRequest)
 	}
-	names := make([]string, 0, len(sel.Names))
 	for _, n := range sel.Names {
 		if n == "" {
 			return nil, fmt.Errorf("%w: empty service name", ErrBadRequest)
 		}
+	}
+	given := sel.Names
+	if e, ok := s.backend.(Expander); ok {
+		given = e.Expand(given)
+	}
+	names := make([]string, 0, len(given))
+	for _, n := range given {
 		if !slices.Contains(names, n) {
 			names = append(names, n)
 		}
@@ -585,6 +634,15 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		if info.ShmProblem != "" {
 			h.OK, h.Error = false, "plugin: table: "+info.ShmProblem
 		}
+	}
+	for _, st := range s.backend.List() {
+		if st.State == "fatal" {
+			h.Fatal = append(h.Fatal, st.Name)
+		}
+	}
+	if len(h.Fatal) > 0 && h.OK {
+		h.OK = false
+		h.Error = "fatal (hbd gave up on it; hbctl start NAME retries): " + strings.Join(h.Fatal, ", ")
 	}
 	writeJSON(w, http.StatusOK, h)
 }

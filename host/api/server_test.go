@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -231,7 +232,7 @@ func TestErrorMapping(t *testing.T) {
 		wantMsg    string
 		wantDetail []string
 	}{
-		{"conflict", fmt.Errorf("service %q is stopping: %w", "rx", api.ErrConflict), 409, api.ErrConflict, `start: service "rx" is stopping: conflict`, nil},
+		{"conflict", fmt.Errorf("service %q is stopping: %w", "rx", api.ErrConflict), 409, api.ErrConflict, `start: service "rx" is stopping: not possible now`, nil},
 		{"bad request", fmt.Errorf("cannot start a removed service: %w", api.ErrBadRequest), 400, api.ErrBadRequest, "start: cannot start a removed service: bad request", nil},
 		{"not found", fmt.Errorf("service %q: %w", "zz", api.ErrNotFound), 404, api.ErrNotFound, `start: service "zz": not found`, nil},
 		{"internal", errors.New("plugin: connection lost"), 500, nil, "start: plugin: connection lost", nil},
@@ -261,6 +262,23 @@ func TestErrorMapping(t *testing.T) {
 		})
 	}
 
+	t.Run("per service", func(t *testing.T) {
+		b2 := apitest.New("a", "b")
+		_, c2 := serve(t, b2, "")
+		b2.Fail("start", errors.Join(&api.ServiceError{Name: "b", Err: api.Errorf(api.ErrConflict, "b did not start: spawn failed: no such program")}))
+		_, err := c2.Start(ctx, "a", "b")
+		var ae *api.APIError
+		if !errors.As(err, &ae) || ae.Status != 409 || len(ae.Services) != 2 {
+			t.Fatalf("Start: %v, want a 409 with both services", err)
+		}
+		if ae.Services[0].Name != "a" || ae.Services[0].Error != "" || ae.Services[1].Name != "b" ||
+			ae.Services[1].Error != "b did not start: spawn failed: no such program" {
+			t.Errorf("services %+v: want a without error, b with its own", ae.Services)
+		}
+		if strings.Contains(ae.Message, "conflict") || strings.Contains(ae.Message, "not possible") {
+			t.Errorf("message %q has HTTP words", ae.Message)
+		}
+	})
 	t.Run("reload rejected", func(t *testing.T) {
 		cfgErr := errors.Join(
 			errors.New(`hb.toml:12: service "rx": unknown key "comand"`),
@@ -470,6 +488,14 @@ func TestHealth(t *testing.T) {
 	b.SetPluginInfo(bad, nil)
 	if h, err := c.Health(ctx); err != nil || h.OK || !strings.Contains(h.Error, "names another file") {
 		t.Errorf("Health with a table problem: %+v, %v; want not ok, naming it", h, err)
+	}
+	b.SetPluginInfo(info, nil)
+	b2 := apitest.New("rx", "db")
+	b2.SetPluginInfo(info, nil)
+	b2.Update("db", func(st *api.ServiceStatus) { st.State = "fatal" })
+	_, c2 := serve(t, b2, "")
+	if h, err := c2.Health(ctx); err != nil || h.OK || !slices.Equal(h.Fatal, []string{"db"}) || !strings.Contains(h.Error, "db") {
+		t.Errorf("Health with a fatal service: %+v, %v; want not ok, naming db", h, err)
 	}
 	b.SetPluginInfo(info, errors.New("plugin exited"))
 	h, err = c.Health(ctx)

@@ -65,7 +65,32 @@ type ServiceStatus struct {
 	LogError string `json:"log_error,omitempty"`
 	// StatusText is the service's last STATUS= text (sd_notify), if any.
 	StatusText string `json:"status_text,omitempty"`
+	// ReasonAt is when Reason was recorded (what happened, and when).
+	ReasonAt time.Time `json:"reason_at,omitzero"`
+	// StartedAt is when the current incarnation started (from the table's
+	// start time, so it survives restarts of hbd); absent without a process.
+	StartedAt time.Time `json:"started_at,omitzero"`
+	// Wanted is the state hbd wants the service in: "up" (it should run) or
+	// "down" (stopped on request, or not autostart and never started).
+	Wanted string `json:"wanted,omitempty"`
+	// OK is true when the service is in its wanted state: up and starting
+	// or running, or down and stopped (or exited with an exit code that is
+	// a success). `hbctl status` exits 3 when a listed service is not.
+	OK bool `json:"ok"`
+	// InstanceOf is, for an instance NAME-i of a service with instances =
+	// N, NAME; Instance is i.
+	InstanceOf string `json:"instance_of,omitempty"`
+	Instance   int    `json:"instance,omitempty"`
+	// Error is set in the answer of a start, stop or restart on the
+	// services the action failed for: why, in words.
+	Error string `json:"error,omitempty"`
 }
+
+// Wanted states (ServiceStatus.Wanted).
+const (
+	WantedUp   = "up"
+	WantedDown = "down"
+)
 
 // Event is one line of GET /v1/events.
 type Event struct {
@@ -99,6 +124,10 @@ type Error struct {
 	// Details holds one line per underlying problem, e.g. each configuration
 	// error of a rejected reload.
 	Details []string `json:"details,omitempty"`
+	// Services is, for a start, stop or restart that failed for some of
+	// the services, the status of every selected service afterwards (those
+	// it failed for with Error set).
+	Services []ServiceStatus `json:"services,omitempty"`
 }
 
 // Health is the body of GET /v1/health.
@@ -111,6 +140,9 @@ type Health struct {
 	Version string `json:"version"` // hbd's version
 	// Plugin describes the plugin, when the backend implements PluginInfoer.
 	Plugin *PluginInfo `json:"plugin,omitempty"`
+	// Fatal names the services hbd has given up on (state fatal); health is
+	// not ok while there is one.
+	Fatal []string `json:"fatal,omitempty"`
 }
 
 // PluginInfo describes the running hb plugin (GET /v1/health).
@@ -148,7 +180,7 @@ var (
 	// ErrBadRequest: the request cannot be carried out as asked (400).
 	ErrBadRequest = errors.New("bad request")
 	// ErrConflict: the service's state forbids it now, e.g. signal a stopped service (409).
-	ErrConflict = errors.New("conflict")
+	ErrConflict = errors.New("not possible now")
 	// ErrInvalidConfig: a reload was rejected because the configuration is invalid (422).
 	// Wrap the configuration error with InvalidConfig to get one Details line per problem.
 	ErrInvalidConfig = errors.New("invalid configuration")
@@ -158,6 +190,30 @@ var (
 	// ErrSocketInUse: Listen found another server answering on the socket path.
 	ErrSocketInUse = errors.New("socket in use")
 )
+
+// Errorf returns an error whose text is the formatted message alone (no
+// sentinel's words: hbctl shows it to a person) and that matches kind, one
+// of the sentinels, with errors.Is. Wrapped errors (%w) match too.
+func Errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
+}
+
+type kindError struct {
+	kind, err error
+}
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+// ServiceError is the failure of an action (start, stop, restart) on one
+// service. The server answers it with the service's status, Error set.
+type ServiceError struct {
+	Name string
+	Err  error
+}
+
+func (e *ServiceError) Error() string { return e.Err.Error() }
+func (e *ServiceError) Unwrap() error { return e.Err }
 
 // Detailer is implemented by errors that carry one line per underlying
 // problem; the server sends them as Error.Details.
@@ -223,6 +279,9 @@ type APIError struct {
 	Status  int      // HTTP status
 	Message string   // Error.Error
 	Details []string // Error.Details
+	// Services is Error.Services: the status of every service a partly
+	// failed start, stop or restart selected.
+	Services []ServiceStatus
 }
 
 func (e *APIError) Error() string { return e.Message }

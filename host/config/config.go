@@ -117,6 +117,9 @@ type Config struct {
 	// Order holds every name in Services once, in definition order: the
 	// main file's services in file order, then each included file's.
 	Order []string
+	// InstanceGroups maps each service with instances = N to its
+	// instances' names, in order (hbctl restart NAME acts on all of them).
+	InstanceGroups map[string][]string
 
 	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
 	hbdLine int         // line of the [hbd] table, 0 if absent
@@ -138,6 +141,10 @@ type HBD struct {
 	// CgroupRoot is where the services' cgroups go, a path in the cgroup
 	// v2 hierarchy (CgroupRoot/Shm/NAME); "" = the plugin's own cgroup.
 	CgroupRoot string
+	// HeadlessRespawns is how many times in a row the plugin respawns a
+	// service itself while no hbd is connected (0: never); then the
+	// service stays down until an hbd connects.
+	HeadlessRespawns int
 }
 
 // Service is one [service.NAME] table with defaults filled in.
@@ -205,6 +212,14 @@ type Service struct {
 	PidsMax   int64
 	CPUWeight int
 
+	// Instances (instances = N) and InstanceStart are what Load expands
+	// into N services NAME-S … NAME-(S+N-1); each of those has InstanceOf
+	// = NAME and Instance = its number (and Instances 0).
+	Instances     int
+	InstanceStart int
+	InstanceOf    string
+	Instance      int
+
 	keys writtenKeys // keys as written ("environment.X" too), for line numbers
 }
 
@@ -219,8 +234,12 @@ func DefaultHBD() HBD {
 		Detector: DetectorAuto,
 
 		DetectorPriority: DefaultDetectorPriority,
+		HeadlessRespawns: DefaultHeadlessRespawns,
 	}
 }
+
+// DefaultHeadlessRespawns is [hbd] headless_respawns's default.
+const DefaultHeadlessRespawns = 100
 
 // DefaultService returns a service named name with every default filled in
 // and no command.
@@ -327,6 +346,8 @@ func (s *Service) Equal(o *Service) bool {
 		s.Ready == o.Ready &&
 		s.ReadyTimeout == o.ReadyTimeout &&
 		slices.Equal(s.After, o.After) &&
+		s.Instances == o.Instances && s.InstanceStart == o.InstanceStart &&
+		s.InstanceOf == o.InstanceOf && s.Instance == o.Instance &&
 		s.KillMode == o.KillMode &&
 		s.Type == o.Type &&
 		s.PIDFile == o.PIDFile &&

@@ -50,6 +50,7 @@ func TestDefaults(t *testing.T) {
 		Detector: "auto",
 
 		DetectorPriority: 1,
+		HeadlessRespawns: 100,
 	}
 	if diff := cmp.Diff(wantHBD, cfg.HBD); diff != "" {
 		t.Errorf("HBD (-want +got):\n%s", diff)
@@ -63,7 +64,7 @@ func TestDefaults(t *testing.T) {
 		Restart:      policy.RestartAlways,
 		RestartDelay: 0,
 		StartWindow:  time.Second,
-		StartRetries: 5,
+		StartRetries: 0,
 		BackoffMax:   30 * time.Second,
 		ExitCodes:    []int{0},
 		StopSignal:   syscall.SIGTERM,
@@ -147,6 +148,7 @@ user = "1000"
 		SocketGroup: "27",
 
 		DetectorPriority: 0,
+		HeadlessRespawns: 100,
 	}
 	if diff := cmp.Diff(wantHBD, cfg.HBD); diff != "" {
 		t.Errorf("HBD (-want +got):\n%s", diff)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -51,7 +52,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root", "headless_respawns"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -192,6 +193,7 @@ func decode(name string, data []byte, fsys fileSystem) (*Config, error) {
 	h.Socket = absPath(absDir, h.Socket)
 
 	l.file(name, data, true)
+	l.expandInstances()
 
 	if !l.logOK {
 		h.LogDir = filepath.Join(h.StateDir, "log")
@@ -389,6 +391,15 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 					h.DetectorPriority = int(n)
 				}
 			}
+		case "headless_respawns":
+			var n int64
+			if n, err = wantInt(v); err == nil {
+				if n < 0 || n > math.MaxInt32 {
+					err = valueErr("%d is out of range 0..%d (0: none)", n, math.MaxInt32)
+				} else {
+					h.HeadlessRespawns = int(n)
+				}
+			}
 		case "detector":
 			h.Detector, err = wantString(v)
 		case "socket_group":
@@ -436,7 +447,7 @@ var serviceKeyNames = []string{
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
 	"watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout", "after",
 	"kill_mode", "type", "pid_file", "cpus", "nice", "sched", "rlimits", "umask",
-	"memory_max", "pids_max", "cpu_weight",
+	"memory_max", "pids_max", "cpu_weight", "instances", "instance_start",
 }
 
 func (l *loader) service(src *source, name string, r keyRef, absDir string) {
@@ -467,6 +478,14 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 		v := src.value(kr)
 		var err error
 		switch k {
+		case "instances":
+			if s.Instances, err = wantCount(v); err == nil && (s.Instances < 1 || s.Instances > MaxInstances) {
+				err = valueErr("%d is out of range 1..%d", s.Instances, MaxInstances)
+			}
+		case "instance_start":
+			if s.InstanceStart, err = wantCount(v); err == nil && s.InstanceStart < 0 {
+				err = valueErr("%d is negative", s.InstanceStart)
+			}
 		case "command":
 			s.Command, err = wantCommand(v)
 		case "directory":
@@ -776,4 +795,92 @@ func ParseSize(s string) (int64, error) {
 		return 0, valueErr("%q is too large", s)
 	}
 	return n * mult, nil
+}
+
+// MaxInstances is the largest instances of a service.
+const MaxInstances = 4096
+
+// InstanceVar is the environment variable that holds an instance's number.
+const InstanceVar = "HB_INSTANCE"
+
+// expandInstances replaces every service with instances = N by N services
+// NAME-S … NAME-(S+N-1) (S: instance_start), each with HB_INSTANCE and
+// {instance} replaced by its number in command, environment and directory,
+// in the place of NAME in the start order. An after naming NAME means all
+// of its instances.
+func (l *loader) expandInstances() {
+	c := l.cfg
+	var order []string
+	for _, name := range c.Order {
+		s := c.Services[name]
+		if s == nil || !s.keys.has("instances") {
+			if s != nil && s.keys.has("instance_start") && !l.bad[badKey(name, "instance_start")] {
+				l.add(&Error{File: s.File, Line: s.KeyLine("instance_start"), Service: name, Key: "instance_start",
+					Msg: "instance_start without instances", Err: ErrValue})
+			}
+			order = append(order, name)
+			continue
+		}
+		if l.bad[badKey(name, "instances")] {
+			order = append(order, name)
+			continue
+		}
+		delete(c.Services, name)
+		if c.InstanceGroups == nil {
+			c.InstanceGroups = map[string][]string{}
+		}
+		for i := s.InstanceStart; i < s.InstanceStart+s.Instances; i++ {
+			n := fmt.Sprintf("%s-%d", name, i)
+			if prev, dup := c.Services[n]; dup {
+				l.add(&Error{File: s.File, Line: s.KeyLine("instances"), Service: name, Key: "instances", Err: ErrDuplicate,
+					Msg: fmt.Sprintf("instance %q is also defined at %s:%d", n, prev.File, prev.Line)})
+				continue
+			}
+			c.Services[n] = s.instance(n, i)
+			for k := range l.bad {
+				if svc, key, _ := strings.Cut(k, "\x00"); svc == name {
+					l.bad[badKey(n, key)] = true
+				}
+			}
+			order = append(order, n)
+			c.InstanceGroups[name] = append(c.InstanceGroups[name], n)
+		}
+	}
+	c.Order = order
+	if len(c.InstanceGroups) == 0 {
+		return
+	}
+	for _, s := range c.Services {
+		var after []string
+		for _, dep := range s.After {
+			if g, ok := c.InstanceGroups[dep]; ok {
+				after = append(after, g...)
+			} else {
+				after = append(after, dep)
+			}
+		}
+		s.After = after
+	}
+}
+
+// instance is the copy of s that is its instance number i, named name.
+func (s *Service) instance(name string, i int) *Service {
+	n := *s
+	sub := func(v string) string { return strings.ReplaceAll(v, "{instance}", strconv.Itoa(i)) }
+	n.Name, n.InstanceOf, n.Instance = name, s.Name, i
+	// The count is the group's: changing it adds or removes instances and
+	// leaves the others as they are (a reload restarts none of them).
+	n.Instances, n.InstanceStart = 0, 0
+	n.Command = make([]string, len(s.Command))
+	for j, a := range s.Command {
+		n.Command[j] = sub(a)
+	}
+	n.Directory = sub(s.Directory)
+	n.Environment = make(map[string]string, len(s.Environment)+1)
+	for k, v := range s.Environment {
+		n.Environment[k] = sub(v)
+	}
+	n.Environment[InstanceVar] = strconv.Itoa(i)
+	n.After = slices.Clone(s.After)
+	return &n
 }

@@ -70,12 +70,18 @@ type Policy struct {
 }
 
 // DefaultPolicy returns the configuration defaults: restart always, no
-// restart delay, start_secs 1s, start_retries 5, backoff_max 30s, exit codes [0].
+// restart delay, start_secs 1s, start_retries 0 (never give up),
+// backoff_max 30s, exit codes [0]. With them a failed start waits 100ms,
+// 200ms, 400ms, … doubling up to 30s, and retries for ever: a service whose
+// dependency takes a while comes up by itself (one that needs 10s is
+// started at about 12.7s, the 8th attempt), and a crash loop settles at one
+// spawn every 30s. fatal comes only from an explicit start_retries (or a
+// spawn that cannot work: no such program, bad user).
 func DefaultPolicy() Policy {
 	return Policy{
 		Restart:      RestartAlways,
 		StartWindow:  time.Second,
-		StartRetries: 5,
+		StartRetries: 0,
 		BackoffMax:   30 * time.Second,
 		ExitCodes:    []int{0},
 	}

@@ -75,6 +75,38 @@ func TestBackoffIsMonotonic(t *testing.T) {
 	}
 }
 
+// The default curve, as documented: failed starts wait 100ms doubling up
+// to 30s, for ever. A service whose dependency needs 10s is up at the 8th
+// attempt (12.7s of waits), and the default never makes a service fatal.
+func TestDefaultCurve(t *testing.T) {
+	p := DefaultPolicy()
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond,
+		800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 6400 * time.Millisecond,
+		12800 * time.Millisecond, 25600 * time.Millisecond, 30 * time.Second, 30 * time.Second}
+	var waited time.Duration
+	upAt := 0
+	for i, w := range want {
+		n := i + 1
+		if got := Backoff(p, n); got != w {
+			t.Errorf("Backoff(default, %d) = %v, want %v", n, got, w)
+		}
+		waited += w
+		if upAt == 0 && waited >= 10*time.Second {
+			upAt = n + 1
+		}
+		d := Decide(p, History{StartedAt: time.Unix(0, 0), FailedStarts: n - 1}, ExitInfo{Status: 1}, time.Unix(0, 0))
+		if d.Action != ActionRespawn || d.Delay != w {
+			t.Errorf("failed start %d with the defaults: %v after %v, want respawn after %v", n, d.Action, d.Delay, w)
+		}
+	}
+	if upAt != 8 {
+		t.Errorf("a dependency ready after 10s is first met by attempt %d, want 8", upAt)
+	}
+	if d := Decide(p, History{StartedAt: time.Unix(0, 0), FailedStarts: 1 << 20}, ExitInfo{Status: 1}, time.Unix(0, 0)); d.Action != ActionRespawn {
+		t.Errorf("the defaults gave up after 2^20 failed starts: %v", d.Action)
+	}
+}
+
 func TestDecide(t *testing.T) {
 	def := DefaultPolicy()
 	onFailure := DefaultPolicy()
@@ -84,8 +116,9 @@ func TestDecide(t *testing.T) {
 	never.Restart = RestartNever
 	delayed := DefaultPolicy()
 	delayed.RestartDelay = 3 * time.Second
-	forever := DefaultPolicy()
-	forever.StartRetries = 0
+	forever := DefaultPolicy() // the default never gives up
+	five := DefaultPolicy()
+	five.StartRetries = 5
 	instant := DefaultPolicy()
 	instant.StartWindow = 0
 
@@ -134,7 +167,7 @@ func TestDecide(t *testing.T) {
 			inWords: "restarting in 3s",
 		},
 		{
-			name: "first failed start backs off 100ms", p: def,
+			name: "first failed start backs off 100ms", p: five,
 			ex: ExitInfo{Status: 1}, ranFor: 20 * time.Millisecond,
 			want:    Decision{Action: ActionRespawn, Delay: 100 * time.Millisecond, NextState: StateBackoff, FailedStarts: 1},
 			inWords: "failed start 1 of 5; retrying in 100ms",
@@ -150,13 +183,13 @@ func TestDecide(t *testing.T) {
 			want: Decision{Action: ActionRespawn, Delay: 6 * time.Second, NextState: StateBackoff, FailedStarts: 2},
 		},
 		{
-			name: "fifth failed start is fatal", p: def,
+			name: "fifth failed start is fatal", p: five,
 			h: History{FailedStarts: 4}, ex: ExitInfo{Status: 1}, ranFor: 10 * time.Millisecond,
 			want:    Decision{Action: ActionFatal, NextState: StateFatal, FailedStarts: 5},
 			inWords: "exited too quickly 5 times; last status 1",
 		},
 		{
-			name: "fatal with unknown status", p: def,
+			name: "fatal with unknown status", p: five,
 			h: History{FailedStarts: 4}, ex: ExitInfo{Status: -1}, ranFor: 10 * time.Millisecond,
 			want:    Decision{Action: ActionFatal, NextState: StateFatal, FailedStarts: 5},
 			inWords: "last status unknown",

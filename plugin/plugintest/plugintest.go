@@ -56,6 +56,7 @@ type svc struct {
 	lastExitNs uint64
 	adopted    bool
 	startedAt  time.Time
+	startTime  uint64 // the slot's start_time (clock ticks after boot); 0 unless SetStartTime
 }
 
 // New returns a Shim with an empty table of slots slots.
@@ -289,7 +290,7 @@ func (f *Shim) table() []shm.Slot {
 	var out []shm.Slot
 	for name, s := range f.svcs {
 		sl := shm.Slot{Index: s.slot, PID: uint32(s.pid), State: s.state, Generation: s.gen,
-			Exits: s.exits, LastStatus: s.lastStatus, LastExitNs: s.lastExitNs, Name: name}
+			Exits: s.exits, LastStatus: s.lastStatus, LastExitNs: s.lastExitNs, Name: name, StartTime: s.startTime}
 		if s.adopted {
 			sl.Flags |= shm.SlotAdopted
 		}
@@ -393,6 +394,16 @@ func (f *Shim) Exit(name string, status int, source string) (plugin.Event, error
 		return plugin.Event{}, fmt.Errorf("plugintest: exit %q: %w", name, plugin.ErrNotRunning)
 	}
 	return f.exit(name, s, status, source, true), nil
+}
+
+// SetStartTime sets the start_time (clock ticks after boot, as
+// /proc/PID/stat) the slot of name shows in List.
+func (f *Shim) SetStartTime(name string, ticks uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.svcs[name]; s != nil {
+		s.startTime = ticks
+	}
 }
 
 // Seed puts a slot into the table as a previous hbd and plugin left it,

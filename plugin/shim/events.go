@@ -3,6 +3,7 @@ package shim
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hbshim/hb/plugin"
 )
@@ -30,6 +31,17 @@ type eventLog struct {
 	ring   [ringSize]plugin.Event   // event with Seq n is at ring[n%ringSize]; guarded by mu
 	subs   map[*subscriber]struct{} // guarded by mu
 	closed bool                     // guarded by mu
+	// epoch counts subscriptions: a change means an hbd has subscribed
+	// since (headless respawn counts restart).
+	epoch atomic.Uint64
+}
+
+// headless reports whether no one is subscribed (no hbd is connected), and
+// the subscription epoch.
+func (l *eventLog) headless() (bool, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.subs) == 0, l.epoch.Load()
 }
 
 // subscriber is one subscription. Its events reach ch directly while they
@@ -201,6 +213,7 @@ func (l *eventLog) subscribe(ctx context.Context, after uint64) (<-chan plugin.E
 		l.deliverLocked(s, l.ring[q%ringSize])
 	}
 	l.subs[s] = struct{}{}
+	l.epoch.Add(1)
 	s.stop = context.AfterFunc(ctx, func() {
 		l.mu.Lock()
 		l.endLocked(s, true)

@@ -283,7 +283,7 @@ func (s *Shim) planRespawn(inc *incarnation) *respawnPlan {
 	s.mu.Lock()
 	current := svc.cur == inc
 	s.mu.Unlock()
-	if current && !svc.freed && pol.Enabled && time.Since(inc.started) >= pol.StartWindow {
+	if current && !svc.freed && pol.Enabled && time.Since(inc.started) >= pol.StartWindow && s.headlessAllows(svc) {
 		var err error
 		if p.startPlan, err = s.planStart(svc, svc.spec, true); err != nil {
 			s.log.Warn("respawn", "service", svc.name, "err", err)
@@ -340,4 +340,32 @@ func (inc *incarnation) signal(sig syscall.Signal, group bool) error {
 func (inc *incarnation) leadsGroup() bool {
 	pgid, err := unix.Getpgid(inc.pid)
 	return err == nil && pgid == inc.pid
+}
+
+// headlessAllows reports whether the plugin may respawn svc itself: always
+// while an hbd is subscribed to the events; while none is (hbd is gone),
+// Options.HeadlessRespawns times in a row, counted from the last
+// subscription. Past that the exit is left for the next hbd, which finds
+// the service exited and applies its policy. Called with svc.op held.
+func (s *Shim) headlessAllows(svc *service) bool {
+	headless, epoch := s.events.headless()
+	if !headless {
+		return true
+	}
+	if svc.headlessEpoch != epoch {
+		svc.headlessEpoch, svc.headless = epoch, 0
+	}
+	limit := s.opts.HeadlessRespawns
+	if limit == 0 {
+		limit = DefaultHeadlessRespawns
+	}
+	if svc.headless >= limit {
+		if svc.headless == limit {
+			s.log.Warn("no hbd: leaving the service down until one connects", "service", svc.name, "headless_respawns", limit)
+			svc.headless++
+		}
+		return false
+	}
+	svc.headless++
+	return true
 }

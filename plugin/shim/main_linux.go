@@ -62,6 +62,7 @@ func Main(args []string) int {
 	level := fs.String("log-level", "info", "")
 	cgroups := fs.String("cgroups", "auto", "")
 	cgroupRoot := fs.String("cgroup-root", "", "")
+	headless := fs.Int("headless-respawns", DefaultHeadlessRespawns, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Print(pluginUsage)
@@ -116,7 +117,7 @@ func Main(args []string) int {
 	}
 	impl, err := New(Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
 		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio,
-		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot})
+		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot, HeadlessRespawns: headlessOpt(*headless)})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
@@ -129,4 +130,13 @@ func Main(args []string) int {
 	}
 	log.Info("plugin exiting")
 	return 0
+}
+
+// headlessOpt maps --headless-respawns (0: none) to Options.HeadlessRespawns
+// (0: the default, negative: none).
+func headlessOpt(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }

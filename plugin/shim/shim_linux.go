@@ -72,6 +72,13 @@ type Options struct {
 	Cgroups    bool
 	CgroupRoot string
 
+	// HeadlessRespawns is how many times in a row the plugin respawns a
+	// service itself while no hbd is subscribed to its events (hbd is
+	// gone): after that the service stays down (exited, PID 0) until an
+	// hbd subscribes, which resets the count and applies its policy. 0:
+	// DefaultHeadlessRespawns; negative: none.
+	HeadlessRespawns int
+
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
 	onCleared func(idx, pid int, cleared bool)
@@ -170,7 +177,15 @@ type service struct {
 	// cg is the service's cgroup once it has one; written with op held
 	// and Shim.mu, read under either.
 	cg *svcCgroup
+	// headless counts the respawns by the plugin while no hbd was
+	// subscribed, since the subscription of epoch headlessEpoch; guarded
+	// by op.
+	headless      int
+	headlessEpoch uint64
 }
+
+// DefaultHeadlessRespawns is Options.HeadlessRespawns's default.
+const DefaultHeadlessRespawns = 100
 
 // incarnation is one run of a service: one PID, one generation.
 type incarnation struct {

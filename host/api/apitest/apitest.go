@@ -148,9 +148,26 @@ func (b *Backend) List() []api.ServiceStatus {
 	defer b.mu.Unlock()
 	out := make([]api.ServiceStatus, 0, len(b.order))
 	for _, n := range b.order {
-		out = append(out, *b.svcs[n])
+		out = append(out, withWanted(*b.svcs[n]))
 	}
 	return out
+}
+
+// withWanted fills in Wanted and OK as hbd does, when the test left them
+// unset: up and OK when starting or running, down and OK when stopped.
+func withWanted(st api.ServiceStatus) api.ServiceStatus {
+	if st.Wanted != "" {
+		return st
+	}
+	switch st.State {
+	case "starting", "running":
+		st.Wanted, st.OK = api.WantedUp, true
+	case "stopped":
+		st.Wanted, st.OK = api.WantedDown, true
+	default:
+		st.Wanted = api.WantedUp
+	}
+	return st
 }
 
 // Get implements api.Backend.
@@ -159,9 +176,9 @@ func (b *Backend) Get(name string) (api.ServiceStatus, error) {
 	defer b.mu.Unlock()
 	st, ok := b.svcs[name]
 	if !ok {
-		return api.ServiceStatus{}, fmt.Errorf("service %q: %w", name, api.ErrNotFound)
+		return api.ServiceStatus{}, api.Errorf(api.ErrNotFound, "no service %q", name)
 	}
-	return *st, nil
+	return withWanted(*st), nil
 }
 
 // Names implements api.Backend.
@@ -179,7 +196,7 @@ func (b *Backend) check(op string, names []string) error {
 	}
 	for _, n := range names {
 		if _, ok := b.svcs[n]; !ok {
-			return fmt.Errorf("service %q: %w", n, api.ErrNotFound)
+			return api.Errorf(api.ErrNotFound, "no service %q", n)
 		}
 	}
 	return nil
@@ -274,7 +291,7 @@ func (b *Backend) Signal(name string, sig syscall.Signal) error {
 		return err
 	}
 	if b.svcs[name].PID == 0 {
-		return fmt.Errorf("service %q is %s: %w", name, b.svcs[name].State, api.ErrConflict)
+		return api.Errorf(api.ErrConflict, "%s is %s", name, b.svcs[name].State)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -16,28 +17,67 @@ func runStatus(ctx context.Context, c *cli, args []string) int {
 	if len(args) == 0 {
 		var err error
 		if sts, err = c.client.List(ctx); err != nil {
-			return c.fail(err)
+			return c.statusFail(err)
 		}
 	}
+	var all []api.ServiceStatus // for names that stand for instances
 	for _, name := range args {
 		st, err := c.client.Get(ctx, name)
 		if errors.Is(err, api.ErrNotFound) {
-			fmt.Fprintf(c.Stderr, "hbctl: status: no service %q\n", name)
+			if all == nil {
+				if all, err = c.client.List(ctx); err != nil {
+					return c.statusFail(err)
+				}
+			}
+			n := len(sts)
+			for _, st := range all {
+				if st.InstanceOf == name {
+					sts = append(sts, st)
+				}
+			}
+			if len(sts) > n {
+				continue
+			}
+			if !c.o.quiet {
+				fmt.Fprintf(c.Stderr, "hbctl: status: no service %q\n", name)
+			}
 			rc = ExitFailed
 			continue
 		}
 		if err != nil {
-			return c.fail(err)
+			return c.statusFail(err)
 		}
 		sts = append(sts, st)
 	}
 	if sts == nil {
 		sts = []api.ServiceStatus{}
 	}
-	if c.o.json {
+	switch {
+	case c.o.quiet:
+	case c.o.json:
 		writeJSON(c.Stdout, sts)
-	} else {
+	default:
 		writeStatusTable(c.Stdout, sts, time.Now())
+	}
+	if rc == ExitOK {
+		for _, st := range sts {
+			if !st.OK {
+				rc = ExitNotWanted
+			}
+		}
+	}
+	return rc
+}
+
+// statusFail is fail for status: hbd unreachable means the state is
+// unknown (4, as LSB's status), not "not running" (3).
+func (c *cli) statusFail(err error) int {
+	if c.o.quiet {
+		c.Stderr = io.Discard
+	}
+	rc := c.fail(err)
+	if rc == ExitUnreachable {
+		return ExitUnknown
 	}
 	return rc
 }
@@ -65,6 +105,22 @@ func runAction(ctx context.Context, c *cli, args []string) int {
 		sts, err = all(ctx)
 	} else {
 		sts, err = do(ctx, args...)
+	}
+	var ae *api.APIError
+	if errors.As(err, &ae) && len(ae.Services) > 0 {
+		// Failed for some: one line per service, the failed ones on stderr.
+		if c.o.json {
+			writeJSON(c.Stdout, ae.Services)
+			return ExitFailed
+		}
+		for _, st := range ae.Services {
+			if st.Error != "" {
+				fmt.Fprintf(c.Stderr, "hbctl: %s: %s: %s\n", c.cmd.name, st.Name, st.Error)
+			} else {
+				fmt.Fprintln(c.Stdout, oneLine(st))
+			}
+		}
+		return ExitFailed
 	}
 	if err != nil {
 		return c.fail(err)
@@ -132,7 +188,7 @@ func runReload(ctx context.Context, c *cli, args []string) int {
 		names []string
 	}{{"added", res.Added}, {"removed", res.Removed}, {"changed", res.Changed}} {
 		if len(p.names) > 0 {
-			parts = append(parts, p.what+" "+strings.Join(p.names, ", "))
+			parts = append(parts, fmt.Sprintf("%d %s (%s)", len(p.names), p.what, strings.Join(p.names, ", ")))
 		}
 	}
 	if len(parts) == 0 {

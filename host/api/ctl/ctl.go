@@ -19,11 +19,16 @@ import (
 
 // Exit statuses of hbctl.
 const (
-	ExitOK          = 0   // success
-	ExitFailed      = 1   // the operation failed: no such service, reload rejected, ...
-	ExitUsage       = 2   // bad command line
-	ExitUnreachable = 3   // hbd cannot be reached: socket missing, refused, not permitted
-	ExitTimeout     = 4   // wait timed out
+	ExitOK          = 0 // success
+	ExitFailed      = 1 // the operation failed: no such service, reload rejected, ...
+	ExitUsage       = 2 // bad command line
+	ExitUnreachable = 3 // hbd cannot be reached: socket missing, refused, not permitted
+	ExitTimeout     = 4 // wait timed out
+	// ExitNotWanted (status) is 3 as systemctl is-active's and LSB's "not
+	// running": a listed service is not in its wanted state. status exits
+	// ExitUnknown (LSB's "status unknown") when hbd cannot be reached.
+	ExitNotWanted   = 3
+	ExitUnknown     = 4
 	ExitInterrupted = 130 // SIGINT or SIGTERM before the command finished (watch exits 0)
 )
 
@@ -36,7 +41,7 @@ const Usage = `usage: hbctl [-s SOCKET] COMMAND [ARGS] [FLAGS]
 hbctl controls and inspects hbd, the hb process-liveness shim.
 
 Commands:
-  status [NAME...] [--json]              show services (all, or those named)
+  status [NAME...] [--json] [--quiet]    show services (all, or those named); exit 3 if one is not as wanted
   start NAME... | --all [--json]         start services
   stop NAME... | --all [--json]          stop services (--all: reverse config order)
   restart NAME... | --all [--json]       restart services
@@ -58,8 +63,9 @@ Exit status:
   0    success
   1    the operation failed (no such service, reload rejected: each error is printed, ...)
   2    usage error
-  3    hbd cannot be reached (socket missing, connection refused, permission denied)
-  4    wait timed out
+  3    hbd cannot be reached (socket missing, connection refused, permission denied);
+       status: a listed service is not in its wanted state (fatal, backoff, failed, ...)
+  4    wait timed out; status: hbd cannot be reached (state unknown)
   130  interrupted (watch exits 0)
 `
 
@@ -88,6 +94,7 @@ type opts struct {
 	timeout time.Duration
 	shmName string
 	shmPath string
+	quiet   bool
 }
 
 type command struct {
@@ -112,10 +119,14 @@ var commands []*command
 
 func init() {
 	commands = []*command{
-		{name: "status", synopsis: "[NAME...] [--json]", run: runStatus, flags: jsonFlag, help: `Show every service, or those named, as hbd sees them: state, PID, generation
-(spawn count), exits, the last exit status (code, or 128+signal), uptime or the
-time of the last state change, and why a service is not running.
-Exits 1 if a named service does not exist.`},
+		{name: "status", synopsis: "[NAME...] [--json] [--quiet]", run: runStatus, flags: statusFlags, help: `Show every service, or those named, as hbd sees them: state, PID, generation
+(spawn count), exits, the last exit status (code, or 128+signal), the
+incarnation's uptime (from its start, whatever hbd restarts came since) or
+the time of the last state change, and what last happened to it, and when.
+Exits 0 when every listed service is in its wanted state (up: starting or
+running; down: stopped), 3 when one is not (fatal, backoff, hung, exited
+with a failure, stopping), 1 if a named service does not exist, 4 when hbd
+cannot be reached. --quiet prints nothing: only the exit status tells.`},
 		{name: "start", synopsis: "NAME... | --all [--json]", run: runAction, flags: actionFlags, help: `Start the named services (or every service); running ones are left alone.`},
 		{name: "stop", synopsis: "NAME... | --all [--json]", run: runAction, flags: actionFlags, help: `Stop the named services (or every service, in reverse config order) and
 return once they have exited.`},
@@ -142,6 +153,12 @@ be stale), gone or stopped, then every used slot, or those named.`},
 		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
 		{name: "help", synopsis: "[COMMAND]", run: runHelp, help: `Print the usage, or a command's.`},
 	}
+}
+
+func statusFlags(fs *flag.FlagSet, o *opts) {
+	fs.BoolVar(&o.quiet, "quiet", false, "print nothing; the exit status tells")
+	fs.BoolVar(&o.quiet, "q", false, "the same as --quiet")
+	jsonFlag(fs, o)
 }
 
 func actionFlags(fs *flag.FlagSet, o *opts) {
@@ -358,6 +375,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 		state := "ok"
 		if !h.OK {
 			state = "NOT OK: " + h.Error
+		}
+		if len(h.Fatal) > 0 && !strings.Contains(state, h.Fatal[0]) {
+			state += "; fatal: " + strings.Join(h.Fatal, ", ")
 		}
 		fmt.Fprintf(c.Stdout, "hbd %s (pid %d, %s): %s\n", c.o.socket, h.PID, h.Version, state)
 		if p := h.Plugin; p != nil {

@@ -104,7 +104,7 @@ func TestRunInProcess(t *testing.T) {
 		{[]string{}, ExitUsage, "", "usage: hbctl"},
 		{[]string{"frobnicate"}, ExitUsage, "", `unknown command "frobnicate"`},
 		{[]string{"-s"}, ExitUsage, "", "flag needs an argument"},
-		{[]string{"status", "-s", "/nonexistent/hbd.sock"}, ExitUnreachable, "", "cannot reach hbd at /nonexistent/hbd.sock"},
+		{[]string{"status", "-s", "/nonexistent/hbd.sock"}, ExitUnknown, "", "cannot reach hbd at /nonexistent/hbd.sock"},
 	}
 	for _, tc := range tests {
 		var out, errb bytes.Buffer

@@ -117,7 +117,11 @@ func reason(st api.ServiceStatus, now time.Time) string {
 		parts = append(parts, "adopted")
 	}
 	if st.Reason != "" {
-		parts = append(parts, st.Reason)
+		r := st.Reason
+		if !st.ReasonAt.IsZero() {
+			r += " (" + clock(st.ReasonAt, now) + ")"
+		}
+		parts = append(parts, r)
 	}
 	if st.LogError != "" {
 		parts = append(parts, st.LogError)
