@@ -404,16 +404,16 @@ func TestCompareLoad(t *testing.T) {
 
 // TestQuickWatchdog runs the watchdog test with two hangs: each is recorded,
 // no beating service is declared hung, and the figures are there. The 100
-// services get a 500 ms watchdog: beside the rest of the suite on two cores
-// a process can wait longer than 10 ms to run, and a missed deadline then
-// is the truth, not a fault of hb's.
+// services get a 500 ms watchdog and the hung beater 200 ms: beside the
+// rest of the suite on two cores a process can wait longer than 10 or 20 ms
+// to run, and a missed deadline then is the truth, not a fault of hb's.
 func TestQuickWatchdog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--many-watchdog", "500ms", "--json", "--include", "../../contrib/c")
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--watchdog", "200ms", "--many-watchdog", "500ms", "--json", "--include", "../../contrib/c")
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
@@ -430,7 +430,7 @@ func TestQuickWatchdog(t *testing.T) {
 			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
 		}
 	}
-	want := map[string]bool{"one beat: C hb_beat()": false, "hang → slot 0, minus the 20ms watchdog period": false, "plugin CPU, 100 services beating a 500ms watchdog": false}
+	want := map[string]bool{"one beat: C hb_beat()": false, "hang → slot 0, minus the 200ms watchdog period": false, "plugin CPU, 100 services beating a 500ms watchdog": false}
 	for _, res := range rep.Results {
 		if _, ok := want[res.Name]; ok && res.N >= 1 {
 			want[res.Name] = true

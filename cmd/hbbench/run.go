@@ -45,6 +45,7 @@ Flags:
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
   --fat-kills N      kills of each stage in the fat test, hangs in the watchdog test (default 10)
+  --watchdog D       watchdog of the hung beater in the watchdog test (default 20ms)
   --many-watchdog D  watchdog of the 100 beating services in the watchdog test (default 10ms)
   --fat-mib N        touched memory of the fat stage, MiB (default 2048)
   --chain-kills N    kills of the active worker per method in the chain test (default 20)
@@ -84,6 +85,7 @@ type options struct {
 	chainKills    int
 	fatKills      int
 	fatMiB        int
+	watchdog      time.Duration
 	manyWatchdog  time.Duration
 	chainRate     int
 	peerBatches   int
@@ -120,6 +122,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.chainKills, "chain-kills", 20, "")
 	fs.IntVar(&o.fatKills, "fat-kills", 10, "")
 	fs.IntVar(&o.fatMiB, "fat-mib", 2048, "")
+	fs.DurationVar(&o.watchdog, "watchdog", 20*time.Millisecond, "")
 	fs.DurationVar(&o.manyWatchdog, "many-watchdog", 10*time.Millisecond, "")
 	fs.IntVar(&o.chainRate, "chain-rate", 20000, "")
 	fs.IntVar(&o.peerBatches, "peer-batches", 200, "")
@@ -185,8 +188,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--chain-kills, --chain-rate, --fat-kills and --fat-mib must be at least 1")
 	case o.kills < 1 || o.services < 1 || o.scaleRounds < 1 || o.peerBatches < 1 || o.floodProcs < 1 || o.floodServices < 1:
 		return nil, errors.New("--kills, --services, --scale-rounds, --peer-batches, --flood-procs and --flood-services must be at least 1")
-	case o.manyWatchdog < time.Millisecond:
-		return nil, errors.New("--many-watchdog: at least 1ms")
+	case o.manyWatchdog < time.Millisecond || o.watchdog < 5*time.Millisecond:
+		return nil, errors.New("--many-watchdog: at least 1ms; --watchdog: at least 5ms (its beater beats every 1 ms)")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
 		return nil, errors.New("--flood-secs must be positive and --idle-secs not negative")
 	case o.load != "" && o.load != "ordinary":

@@ -1,13 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
 	"time"
 )
-
-// watchdogPeriod is the watchdog of the hang → slot 0 figure.
-const watchdogPeriod = 20 * time.Millisecond
 
 // runWatchdog: the cost of a beat (C hb_beat) beside an sd_notify
 // "WATCHDOG=1" datagram, timed by the helper in the same run; hang → slot
@@ -28,6 +26,7 @@ func runWatchdog(e *env, r *Report) error {
 	meets(beat, beat.P50 < 5)
 	r.addValue(test, `one sd_notify "WATCHDOG=1" datagram (send + receive)`, "ns", float64(rep.u64("notify_ns"))).Note = "baseline"
 
+	watchdogPeriod := e.opts.watchdog
 	hang := fmt.Sprintf("watchdog = \"%s\"\nwatchdog_grace = \"50ms\"\n", watchdogPeriod)
 	h, err := e.startHBD(hbdConfig{label: "watchdog", detector: e.bestDetector(), slots: 16, services: []svc{
 		{name: "beater", command: []string{e.hbclient, "-b", "1"}, extra: hang},
@@ -45,6 +44,7 @@ func runWatchdog(e *env, r *Report) error {
 		return err
 	}
 	var late []float64
+	starved := 0
 	for range e.opts.fatKills {
 		pid, err := t.ready(e)
 		if err != nil {
@@ -56,6 +56,14 @@ func runWatchdog(e *env, r *Report) error {
 		t.last = pid
 		t0 := time.Now()
 		if err := syscall.Kill(int(pid), syscall.SIGUSR1); err != nil {
+			if errors.Is(err, syscall.ESRCH) {
+				// Declared hung while it still beat: the machine did not
+				// run it for a whole period. That is what a watchdog is
+				// for, not a fault of hb's. Its death is counted (the slot
+				// and hbd record it), its latency is not.
+				starved++
+				continue
+			}
 			h.stop()
 			return err
 		}
@@ -74,6 +82,9 @@ func runWatchdog(e *env, r *Report) error {
 	res.Target = "p99 ≤ 2 ms"
 	meets(res, res.P99 <= 2)
 	res.Note = "the client beats every 1 ms, so up to 1 ms of it is the last beat's age"
+	if starved > 0 {
+		r.note("watchdog: %d rounds not counted: the beater was declared hung before its hang (not run for %v; the machine is busy)", starved, watchdogPeriod)
+	}
 	t.verify(e, r, test, "hb hung beater")
 	h.stop()
 
