@@ -50,6 +50,10 @@
 #define CLONE_CLEAR_SIGHAND 0x100000000ULL
 #endif
 
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+
 /* The child's stack. It needs little: one frame of child_main. */
 #define HB_CHILD_STACK 32768
 
@@ -110,6 +114,14 @@ static int child_main(void *arg)
 	long e;
 	int i;
 
+	/* With a shared descriptor table (CLONE_FILES, see hb_spawn) the child
+	 * first takes a copy of its low end only: what it is given sits in
+	 * reserved descriptors there, and nothing it does from here on touches
+	 * the plugin's table. */
+	if (r->unshare_below > 0 &&
+	    (e = sys3(SYS_close_range, r->unshare_below, ~0U, CLOSE_RANGE_UNSHARE)) < 0)
+		return child_fail(r, HB_STEP_FDS, e);
+
 	/* The child inherits the signal mask of the thread that called
 	 * hb_spawn. A service starts with no signal blocked, whatever that
 	 * thread had, as services of other supervisors do (a Go thread's mask
@@ -159,7 +171,7 @@ static int child_main(void *arg)
 	 * above, close-on-exec). Then place each one; a source already in
 	 * place only loses its close-on-exec flag. */
 	for (i = 0; i < n; i++) {
-		fd[i] = r->fd[i];
+		fd[i] = r->unshare_below > 0 ? r->mapped[i] : r->fd[i];
 		if (fd[i] >= 0 && fd[i] < i) {
 			if ((e = sys3(SYS_fcntl, fd[i], F_DUPFD_CLOEXEC, n)) < 0)
 				return child_fail(r, HB_STEP_FDS, e);
@@ -190,16 +202,109 @@ static int child_main(void *arg)
 	return child_fail(r, HB_STEP_EXEC, e);
 }
 
+/*
+ * The descriptor table. Without CLONE_FILES, clone3 copies the plugin's
+ * whole table into the child, and the child closes it again before exec:
+ * with 1000 services (a pidfd, log files, a cgroup each: about 7000
+ * descriptors) that is most of a spawn's cost, and it grows with every
+ * service. So the child shares the table (CLONE_FILES) and copies only its
+ * low end (close_range(.., CLOSE_RANGE_UNSHARE) copies the descriptors
+ * below its first argument): the parent first puts what the child is given
+ * into reserved descriptors there, HB_RESERVED_SETS sets of HB_SPAWN_FDS,
+ * one set per spawn in flight. The reserve is made when the program loads,
+ * before anything else opens descriptors; where it cannot be (a number
+ * already taken, a kernel without CLOSE_RANGE_UNSHARE), or when every set
+ * is in use, a spawn copies the whole table as before.
+ */
+#define HB_RESERVED_BASE 64
+#define HB_RESERVED_SETS 16
+
+static int reserve_null = -1;      /* /dev/null, what an idle reserved descriptor holds */
+static int reserve_ok;             /* the reserve exists and the kernel can unshare */
+static unsigned int reserve_busy;  /* bit k: set k is in use */
+
+__attribute__((constructor)) static void make_reserve(void)
+{
+	int t, last = HB_RESERVED_BASE + HB_RESERVED_SETS * HB_SPAWN_FDS;
+
+	/* The calling process's table is not shared yet: this only checks
+	 * that the kernel knows the flag (5.9 and later). */
+	if (syscall(SYS_close_range, 1U << 30, ~0U, CLOSE_RANGE_UNSHARE) != 0)
+		return;
+	for (t = HB_RESERVED_BASE; t < last; t++)
+		if (fcntl(t, F_GETFD) != -1 || errno != EBADF)
+			return; /* taken: no reserve */
+	reserve_null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (reserve_null < 0)
+		return;
+	for (t = HB_RESERVED_BASE; t < last; t++)
+		if (dup3(reserve_null, t, O_CLOEXEC) != t)
+			return;
+	reserve_ok = 1;
+}
+
+/* reserve_take returns a free set's first descriptor, or -1. */
+static int reserve_take(void)
+{
+	unsigned int busy, k;
+
+	if (!reserve_ok)
+		return -1;
+	busy = __atomic_load_n(&reserve_busy, __ATOMIC_RELAXED);
+	for (;;) {
+		for (k = 0; k < HB_RESERVED_SETS && (busy & (1U << k)); k++)
+			;
+		if (k == HB_RESERVED_SETS)
+			return -1;
+		if (__atomic_compare_exchange_n(&reserve_busy, &busy, busy | (1U << k), 0,
+						__ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return HB_RESERVED_BASE + (int)k * HB_SPAWN_FDS;
+	}
+}
+
+/* reserve_give_back points set base's descriptors at /dev/null again (so
+ * they hold nothing of the child's) and frees the set. */
+static void reserve_give_back(int base)
+{
+	int i;
+
+	for (i = 0; i < HB_SPAWN_FDS; i++)
+		dup3(reserve_null, base + i, O_CLOEXEC);
+	__atomic_fetch_and(&reserve_busy, ~(1U << ((base - HB_RESERVED_BASE) / HB_SPAWN_FDS)), __ATOMIC_RELEASE);
+}
+
 long hb_spawn(struct hb_spawn_req *r)
 {
 	char stack[HB_CHILD_STACK] __attribute__((aligned(16)));
 	struct clone_args args;
+	int n = r->nfd < 3 ? 3 : r->nfd > HB_SPAWN_FDS ? HB_SPAWN_FDS : r->nfd;
+	int base = reserve_take();
+	long ret;
+	int i;
 
 	r->pidfd = -1;
 	r->err = 0;
 	r->step = HB_STEP_NONE;
+	r->unshare_below = 0;
 	memset(&args, 0, sizeof(args));
 	args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND;
+	if (base >= 0) {
+		for (i = 0; i < n; i++) {
+			r->mapped[i] = -1;
+			if (r->fd[i] < 0)
+				continue;
+			if (dup3(r->fd[i], base + i, O_CLOEXEC) != base + i) {
+				reserve_give_back(base);
+				base = -1;
+				break;
+			}
+			r->mapped[i] = base + i;
+		}
+	}
+	if (base >= 0) {
+		args.flags |= CLONE_FILES;
+		r->unshare_below = base + n;
+	}
 	args.pidfd = (uint64_t)(uintptr_t)&r->pidfd;
 	args.exit_signal = SIGCHLD;
 	args.stack = (uint64_t)(uintptr_t)stack;
@@ -208,7 +313,10 @@ long hb_spawn(struct hb_spawn_req *r)
 		args.flags |= CLONE_INTO_CGROUP;
 		args.cgroup = (uint64_t)r->cgroup_fd;
 	}
-	return clone3_run(&args, child_main, r);
+	ret = clone3_run(&args, child_main, r);
+	if (base >= 0)
+		reserve_give_back(base);
+	return ret;
 }
 
 #ifndef P_PIDFD

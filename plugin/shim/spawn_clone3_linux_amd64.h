@@ -42,6 +42,11 @@ struct hb_spawn_req {
 	const uint64_t *rlimit_cur, *rlimit_max;
 	int set_umask, umask;
 
+	/* Set by hb_spawn for the child: where fd[i] was put for it (a
+	 * reserved descriptor), and below which descriptor the child keeps a
+	 * copy of the shared table (0: the table was copied by clone3). */
+	int mapped[HB_SPAWN_FDS];
+	int unshare_below;
 	/* Results. */
 	int pidfd; /* the child's pidfd (O_CLOEXEC), in the parent */
 	int err;   /* errno of the step that failed in the child; 0: exec'd */
