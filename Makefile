@@ -6,6 +6,9 @@ CC           ?= gcc
 CFLAGS       ?= -std=c11 -O2 -Wall -Wextra -Werror
 TEST_TIMEOUT ?= 240s
 CONFIG       ?= contrib/examples/hb.toml
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null)
+GO_LDFLAGS   := -X github.com/hbshim/hb/host/api.Version=$(VERSION) -X github.com/hbshim/hb/host/api.Revision=$(REVISION)
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOLANGCI_LINT_VERSION      := v2.15.0
@@ -20,7 +23,7 @@ help: ## list the targets
 .PHONY: build
 build: ## build hbd, hbctl, hbbench and the C tools into bin/
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(GO_LDFLAGS)' -o $(BIN)/ ./cmd/...
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
 	$(MAKE) --no-print-directory chain

@@ -52,6 +52,7 @@ Commands:
 Flags:
   -s, --socket PATH   hbd's control socket (default $HB_SOCKET, else /run/hb/hbd.sock)
   -h, --help          help; also after any command
+      --version       print hbctl's version and exit (the version command also asks hbd)
 Flags may follow the arguments: hbctl status rx --json
 
 Exit status:
@@ -187,6 +188,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 	}
 	c := &cli{Env: env}
 	global := newFlagSet("hbctl", &c.o)
+	showVersion := global.Bool("version", false, "print hbctl's version")
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(c.Stdout, Usage)
@@ -195,6 +197,10 @@ func Run(ctx context.Context, args []string, env Env) int {
 		return c.usageErr(nil, err.Error())
 	}
 	rest := global.Args()
+	if *showVersion {
+		fmt.Fprintf(c.Stdout, "hbctl %s\n", api.BuildVersion())
+		return ExitOK
+	}
 	if len(rest) == 0 {
 		fmt.Fprint(c.Stderr, Usage)
 		return ExitUsage

@@ -104,6 +104,8 @@ func TestRunInProcess(t *testing.T) {
 		{[]string{}, ExitUsage, "", "usage: hbctl"},
 		{[]string{"frobnicate"}, ExitUsage, "", `unknown command "frobnicate"`},
 		{[]string{"-s"}, ExitUsage, "", "flag needs an argument"},
+		{[]string{"--version"}, ExitOK, "hbctl " + api.BuildVersion() + "\n", ""},
+		{[]string{"-s", "/nonexistent/hbd.sock", "--version", "status"}, ExitOK, "hbctl ", ""},
 		{[]string{"status", "-s", "/nonexistent/hbd.sock"}, ExitUnreachable, "", "cannot reach hbd at /nonexistent/hbd.sock"},
 	}
 	for _, tc := range tests {
