@@ -46,6 +46,9 @@ type Daemon struct {
 	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
 	lastSeq  uint64              // last plugin event handled; guarded by mu
 	seqDirty bool                // lastSeq not yet saved; guarded by mu
+	// eventsMissed counts plugin events never received (gaps in Seq
+	// between two subscriptions); guarded by mu.
+	eventsMissed uint64
 
 	bus *bus
 
@@ -329,6 +332,7 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 				// Fell behind by more than the plugin keeps: take the
 				// services' state from the table instead.
 				d.log.Warn("missed plugin events; reconciling with the table", "from", d.lastSeq+1, "to", ev.Seq-1)
+				d.eventsMissed += ev.Seq - 1 - d.lastSeq
 				if err := d.reconcile(); err != nil {
 					d.log.Error("reconcile", "err", err)
 				}

@@ -138,6 +138,10 @@ type HBD struct {
 	// CgroupRoot is where the services' cgroups go, a path in the cgroup
 	// v2 hierarchy (CgroupRoot/Shm/NAME); "" = the plugin's own cgroup.
 	CgroupRoot string
+	// MetricsListen is a TCP address ("127.0.0.1:9464") where hbd serves
+	// GET /metrics and nothing else; "" = none (the control socket serves
+	// /metrics too).
+	MetricsListen string
 }
 
 // Service is one [service.NAME] table with defaults filled in.

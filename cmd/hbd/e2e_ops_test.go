@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/host/metrics/metricstest"
+	"github.com/hbshim/hb/shm"
+)
+
+// scrape GETs url with client and returns the body, after checking the
+// status and the exact Content-Type of the text format 0.0.4.
+func scrape(t *testing.T, client *http.Client, url string) string {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "text/plain; version=0.0.4; charset=utf-8" {
+		t.Errorf("GET %s: Content-Type %q", url, ct)
+	}
+	return string(b)
+}
+
+// unixClient is an HTTP client that reaches sock whatever the URL's host.
+func unixClient(sock string) *http.Client {
+	return &http.Client{Timeout: WaitTimeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+// TestMetrics: GET /metrics on the control socket and on metrics_listen
+// parses with Prometheus's text parser and counts a kill and the plugin's
+// respawn; the TCP listener serves nothing but /metrics.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{Detector: "pidfd"})
+	h.WriteFile(h.Config, strings.Replace(h.ConfigText(`
+[service.victim]
+command    = "sleep infinity"
+start_secs = "0s"
+
+[service.idle]
+command   = "sleep infinity"
+autostart = false
+`), "[hbd]\n", "[hbd]\nmetrics_listen = \"127.0.0.1:0\"\n", 1))
+	d := h.Start()
+	first := h.WaitRunning("victim")["victim"]
+	h.Kill(first.PID, syscall.SIGKILL)
+	h.WaitSlot("victim", "respawned", func(s shm.Slot) bool { return s.Generation == 2 && s.PID != 0 })
+	h.WaitService("victim", "running again", func(st api.ServiceStatus) bool { return IsRunning(st) && st.Generation == 2 })
+
+	m := regexp.MustCompile(`metrics: listening.*addr=(127\.0\.0\.1:[0-9]+)`).FindStringSubmatch(d.Log())
+	if m == nil {
+		t.Fatalf("no metrics address in hbd's log:\n%s", tail(d.Log(), 20))
+	}
+	tcp := &http.Client{Timeout: WaitTimeout}
+	for _, src := range []struct {
+		name string
+		get  func() string
+	}{
+		{"control socket", func() string { return scrape(t, unixClient(h.Socket), "http://hbd/metrics") }},
+		{"metrics_listen", func() string { return scrape(t, tcp, "http://"+m[1]+"/metrics") }},
+	} {
+		h.Run(src.name, func(t *testing.T) {
+			fams := metricstest.Parse(t, src.get())
+			for _, w := range []struct {
+				name string
+				lbl  []string
+				want float64
+			}{
+				{"hb_service_up", []string{"service", "victim"}, 1},
+				{"hb_service_up", []string{"service", "idle"}, 0},
+				{"hb_service_state", []string{"service", "victim", "state", "running"}, 1},
+				{"hb_service_state", []string{"service", "idle", "state", "stopped"}, 1},
+				{"hb_service_state", []string{"service", "idle", "state", "running"}, 0},
+				{"hb_service_restarts_total", []string{"service", "victim"}, 1},
+				{"hb_service_exits_total", []string{"service", "victim"}, 1},
+				{"hb_service_last_exit_status", []string{"service", "victim"}, 137},
+				{"hb_plugin_up", nil, 1},
+				{"hb_detector_active", []string{"detector", "pidfd"}, 1},
+				{"hb_detector_active", []string{"detector", "connector"}, 0},
+				{"hb_connector_resyncs_total", nil, 0},
+				{"hb_events_missed_total", nil, 0},
+				{"hb_exit_detect_to_store_seconds", nil, 1}, // the count: one exit cleared a slot
+				{"hb_respawn_seconds", nil, 1},              // and the plugin respawned it
+			} {
+				if got, ok := metricstest.Value(fams, w.name, w.lbl...); !ok || got != w.want {
+					t.Errorf("%s%v = %v (present %v), want %v", w.name, w.lbl, got, ok, w.want)
+				}
+			}
+			start, ok := metricstest.Value(fams, "hb_service_start_time_seconds", "service", "victim")
+			if now := float64(time.Now().Unix()); !ok || start < now-WaitTimeout.Seconds() || start > now+1 {
+				t.Errorf("hb_service_start_time_seconds{victim} = %v (present %v), want about now (%v)", start, ok, now)
+			}
+			if _, ok := metricstest.Value(fams, "hb_service_start_time_seconds", "service", "idle"); ok {
+				t.Error("a start time for a service that never started")
+			}
+		})
+	}
+	h.Run("tcp serves metrics only", func(t *testing.T) {
+		resp, err := tcp.Get("http://" + m[1] + "/v1/services")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET /v1/services on metrics_listen: %s, want 404", resp.Status)
+		}
+	})
+}
