@@ -3,6 +3,9 @@ package metrics
 import (
 	"bytes"
 	"math"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +110,42 @@ func TestWriteWithoutPlugin(t *testing.T) {
 	}
 	if _, ok := fams["hb_detector_active"]; ok {
 		t.Error("detector series without a plugin")
+	}
+}
+
+// TestContribNames: every hb_ name the contrib/prometheus rules use is one
+// hbd writes, so a rename cannot leave the alerts silently empty.
+func TestContribNames(t *testing.T) {
+	var b bytes.Buffer
+	full := Snapshot{Services: []Service{{Name: "x", State: "running", Exits: 1, StartTime: time.Unix(1, 0)}}, Plugin: &Plugin{}}
+	if err := Write(&b, full); err != nil {
+		t.Fatal(err)
+	}
+	fams := metricstest.Parse(t, b.String())
+	files, _ := filepath.Glob("../../contrib/prometheus/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no contrib/prometheus/*.yml")
+	}
+	used := 0
+	for _, f := range files {
+		text, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range regexp.MustCompile(`\bhb_[a-z_]+`).FindAllString(string(text), -1) {
+			used++
+			base := name
+			for _, suf := range []string{"_bucket", "_sum", "_count"} {
+				if b, ok := strings.CutSuffix(name, suf); ok && fams[b] != nil && fams[b].GetType() == dto.MetricType_HISTOGRAM {
+					base = b
+				}
+			}
+			if fams[base] == nil {
+				t.Errorf("%s uses %s, which hbd does not write", f, name)
+			}
+		}
+	}
+	if used == 0 {
+		t.Error("the contrib rules use no hb_ metric")
 	}
 }
