@@ -2,10 +2,16 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,6 +131,90 @@ autostart = false
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusNotFound {
 			t.Errorf("GET /v1/services on metrics_listen: %s, want 404", resp.Status)
+		}
+	})
+}
+
+// TestCompletion: the scripts hbctl prints complete commands, flags and
+// the running hbd's service names in a real bash (and fish, and parse in
+// zsh, where those shells are installed).
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	h.WriteConfig(`
+[service.alpha]
+command = "sleep infinity"
+
+[service.beta]
+command = "sleep infinity"
+`)
+	h.Start()
+	h.WaitRunning("alpha", "beta")
+	dir := filepath.Dir(h.HBCtl)
+	path := "PATH=" + dir + ":" + os.Getenv("PATH")
+	script := func(shell string) string {
+		f := filepath.Join(h.Dir, "hbctl."+shell)
+		if err := os.WriteFile(f, []byte(h.MustCtl("completion", shell)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	bash := script("bash")
+	complete := func(t *testing.T, words ...string) []string {
+		t.Helper()
+		// COMP_WORDS as bash splits the line; the last word is the one completed.
+		var quoted []string
+		for _, w := range words {
+			quoted = append(quoted, strconv.Quote(w))
+		}
+		prog := fmt.Sprintf(`source %s; COMP_WORDS=(%s); COMP_CWORD=%d; _hbctl; printf '%%s\n' "${COMPREPLY[@]}"`,
+			bash, strings.Join(quoted, " "), len(words)-1)
+		cmd := exec.Command("bash", "--norc", "--noprofile", "-c", prog)
+		cmd.Env = append(os.Environ(), path)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("bash: %v\n%s", err, out)
+		}
+		got := strings.Fields(string(out))
+		slices.Sort(got)
+		return got
+	}
+	for _, tc := range []struct {
+		words []string
+		want  []string
+	}{
+		{[]string{"hbctl", "re"}, []string{"reload", "restart"}},
+		{[]string{"hbctl", "-s", h.Socket, "restart", ""}, []string{"alpha", "beta"}},
+		{[]string{"hbctl", "-s", h.Socket, "logs", "a"}, []string{"alpha"}},
+		{[]string{"hbctl", "-s", h.Socket, "stop", "--a"}, []string{"--all"}},
+		{[]string{"hbctl", "wait", "--t"}, []string{"--timeout"}},
+		{[]string{"hbctl", "completion", ""}, []string{"bash", "fish", "zsh"}},
+		{[]string{"hbctl", "-s", filepath.Join(h.Dir, "nobody.sock"), "restart", ""}, nil}, // no hbd: no names, no noise
+	} {
+		if got := complete(t, tc.words...); !slices.Equal(got, tc.want) {
+			t.Errorf("complete %q = %q, want %q", tc.words, got, tc.want)
+		}
+	}
+	h.Run("fish", func(t *testing.T) {
+		if _, err := exec.LookPath("fish"); err != nil {
+			t.Skip("fish is not installed")
+		}
+		cmd := exec.Command("fish", "--no-config", "-c", fmt.Sprintf("source %s; complete -C 'hbctl -s %s restart '", script("fish"), h.Socket))
+		cmd.Env = append(os.Environ(), path)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish: %v\n%s", err, out)
+		}
+		if got := strings.Fields(string(out)); !slices.Contains(got, "alpha") || !slices.Contains(got, "beta") {
+			t.Errorf("fish completes %q, want alpha and beta", got)
+		}
+	})
+	h.Run("zsh", func(t *testing.T) {
+		if _, err := exec.LookPath("zsh"); err != nil {
+			t.Skip("zsh is not installed")
+		}
+		if out, err := exec.Command("zsh", "-n", script("zsh")).CombinedOutput(); err != nil {
+			t.Errorf("zsh -n: %v\n%s", err, out)
 		}
 	})
 }

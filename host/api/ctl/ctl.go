@@ -47,6 +47,7 @@ Commands:
   shm [--name TABLE] [--json] [NAME...]  read the shared-memory table directly (works without hbd)
   health [--json]                        hbd's and its plugin's health
   version                                hbctl's version, and hbd's when it is reachable
+  completion bash|zsh|fish               print a shell completion script
   help [COMMAND]                         this text, or a command's
 
 Flags:
@@ -141,7 +142,13 @@ refreshed writer_beat_ns for 3 s: stopped, hung or starved, so the table may
 be stale), gone or stopped, then every used slot, or those named.`},
 		{name: "health", synopsis: "[--json]", run: runHealth, flags: jsonFlag, help: `Ask hbd whether it and its plugin are healthy. Exits 1 if not.`},
 		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
+		{name: "completion", synopsis: "bash|zsh|fish", run: runCompletion, help: `Print a completion script for the shell: commands, flags and, from the
+running hbd, service names. bash: hbctl completion bash > /etc/bash_completion.d/hbctl
+(or source <(hbctl completion bash) in ~/.bashrc); zsh: write it as _hbctl in
+a directory of $fpath; fish: ~/.config/fish/completions/hbctl.fish. make
+install installs all three.`},
 		{name: "help", synopsis: "[COMMAND]", run: runHelp, help: `Print the usage, or a command's.`},
+		{name: "__services", run: runServices, help: `Print the service names, one a line (for the completion scripts).`},
 	}
 }
 
