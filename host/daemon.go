@@ -114,7 +114,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		bus:     newBus(),
 	}
 	for _, name := range cfg.Order {
-		d.svcs[name] = newService(cfg.Services[name])
+		d.svcs[name] = newService(cfg.Services[name], cfg.HBD.LogDir)
 	}
 	d.order = slices.Clone(cfg.Order)
 	d.dial = d.dialPlugin

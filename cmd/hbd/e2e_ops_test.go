@@ -218,3 +218,80 @@ command = "sleep infinity"
 		}
 	})
 }
+
+// TestLogsCommand: hbctl logs prints a service's stdout or stderr log,
+// follows it across the rotations at each spawn, and hbctl status NAME
+// shows where the logs are and a failed service's last stderr lines.
+func TestLogsCommand(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	h.WriteConfig(fmt.Sprintf(`
+[service.talker]
+command = ["sh", "-c", "echo out-1; echo out-2; echo err-1 >&2; echo err-2 >&2; exit 1"]
+restart = "never"
+
+[service.cycler]
+command       = ["sh", "-c", "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo cycle-$n; sleep 0.5"]
+directory     = %q
+start_secs    = "0s"
+log_max_bytes = 1
+log_backups   = 20
+
+[service.quiet]
+command = "sleep infinity"
+stdout  = "null"
+`, h.Dir))
+	h.Start()
+	h.WaitService("talker", "exited 1", func(st api.ServiceStatus) bool { return st.State == "exited" && st.LastStatus == 1 })
+	out := filepath.Join(h.LogDir, "talker.out.log")
+	h.Run("logs", func(t *testing.T) {
+		if got := h.MustCtl("logs", "talker"); got != "out-1\nout-2\n" {
+			t.Errorf("logs talker = %q", got)
+		}
+		if got := h.MustCtl("logs", "talker", "--stderr", "-n", "1"); got != "err-2\n" {
+			t.Errorf("logs talker --stderr -n 1 = %q", got)
+		}
+		if r := h.Ctl("logs", "quiet"); r.Code != 1 || !strings.Contains(r.Stderr, `stdout = "null"`) {
+			t.Errorf("logs of a null stdout: %v", r)
+		}
+		if r := h.Ctl("logs", "nosuch"); r.Code != 1 || !strings.Contains(r.Stderr, `no service "nosuch"`) {
+			t.Errorf("logs of no service: %v", r)
+		}
+	})
+	h.Run("status NAME", func(t *testing.T) {
+		got := h.MustCtl("status", "talker")
+		for _, want := range []string{"stdout: " + out, "stderr: " + filepath.Join(h.LogDir, "talker.err.log"), "last stderr lines", "    err-1\n    err-2\n"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("status talker lacks %q:\n%s", want, got)
+			}
+		}
+		if got := h.MustCtl("status", "quiet"); !strings.Contains(got, "stdout: null") || strings.Contains(got, "last stderr lines") {
+			t.Errorf("status quiet (running):\n%s", got)
+		}
+	})
+	h.Run("follow across rotations", func(t *testing.T) {
+		h.WaitService("cycler", "spawned", func(st api.ServiceStatus) bool { return st.Generation >= 1 })
+		pid, wait := h.StartCtl("logs", "cycler", "-f", "-n", "0")
+		start := h.ServiceStatus("cycler").Generation
+		h.WaitService("cycler", "6 more spawns (rotations)", func(st api.ServiceStatus) bool { return st.Generation >= start+6 })
+		syscall.Kill(pid, syscall.SIGINT)
+		r := wait()
+		if r.Code != 0 {
+			t.Fatalf("logs -f: %v", r)
+		}
+		lines := strings.Fields(r.Stdout)
+		if len(lines) < 4 {
+			t.Fatalf("logs -f printed %d lines across 6 rotations: %v", len(lines), r)
+		}
+		var first int
+		fmt.Sscanf(lines[0], "cycle-%d", &first)
+		for i, l := range lines {
+			if l != fmt.Sprintf("cycle-%d", first+i) {
+				t.Fatalf("logs -f line %d is %q, want cycle-%d (each line once, in order):\n%s", i, l, first+i, r.Stdout)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(h.LogDir, "cycler.out.log.5")); err != nil {
+			t.Errorf("no 5th rotated file: %v", err)
+		}
+	})
+}

@@ -65,6 +65,11 @@ type ServiceStatus struct {
 	LogError string `json:"log_error,omitempty"`
 	// StatusText is the service's last STATUS= text (sd_notify), if any.
 	StatusText string `json:"status_text,omitempty"`
+	// Stdout and Stderr say where the service's output goes: the log
+	// file's path (stdout/stderr = "file"; rotated files are PATH.1, PATH.2,
+	// …), "inherit" (hbd's own stdout or stderr) or "null".
+	Stdout string `json:"stdout,omitempty"`
+	Stderr string `json:"stderr,omitempty"`
 }
 
 // Event is one line of GET /v1/events.

@@ -38,6 +38,9 @@ func runStatus(ctx context.Context, c *cli, args []string) int {
 		writeJSON(c.Stdout, sts)
 	} else {
 		writeStatusTable(c.Stdout, sts, time.Now())
+		if len(args) > 0 {
+			writeLogDetails(c.Stdout, sts)
+		}
 	}
 	return rc
 }

@@ -45,6 +45,7 @@ Commands:
   watch [NAME...] [--json]               print events as they happen, until interrupted
   wait NAME... --up|--down [--timeout D] wait until services are up (running) or down (no process)
   shm [--name TABLE] [--json] [NAME...]  read the shared-memory table directly (works without hbd)
+  logs NAME [--stderr] [-f] [-n N]       print (and follow) a service's log
   health [--json]                        hbd's and its plugin's health
   version                                hbctl's version, and hbd's when it is reachable
   completion bash|zsh|fish               print a shell completion script
@@ -90,6 +91,9 @@ type opts struct {
 	timeout time.Duration
 	shmName string
 	shmPath string
+	stderr  bool // logs --stderr
+	follow  bool // logs -f
+	lines   int  // logs -n
 }
 
 type command struct {
@@ -140,6 +144,15 @@ defaults to $HB_SHM, else hb). Works when hbd is down. Shows the writer (the
 hb plugin) and whether it is alive, stalled (its process exists but has not
 refreshed writer_beat_ns for 3 s: stopped, hung or starved, so the table may
 be stale), gone or stopped, then every used slot, or those named.`},
+		{name: "logs", synopsis: "NAME [--stderr] [-f] [-n N]", run: runLogs, flags: logsFlags, help: `Print the last N lines (default 10) of the service's stdout log, or with
+--stderr of its stderr log, reaching into the rotated files (NAME.out.log.1,
+…) when the current one has fewer. -f (--follow) then prints what is
+written as it comes, until interrupted (exit 0), following the file's name
+across rotations as tail -F does. hbctl reads the files itself (log_dir's
+files are readable by all unless log_dir says otherwise); hbd tells it
+where they are. A service with stdout = "inherit" writes to hbd's own
+output (the journal under systemd) and one with "null" nowhere: logs says
+so and exits 1.`},
 		{name: "health", synopsis: "[--json]", run: runHealth, flags: jsonFlag, help: `Ask hbd whether it and its plugin are healthy. Exits 1 if not.`},
 		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
 		{name: "completion", synopsis: "bash|zsh|fish", run: runCompletion, help: `Print a completion script for the shell: commands, flags and, from the
