@@ -5,7 +5,9 @@
 //	go run ./tools/manpage -name hbd -section 8 -summary "the hb process-liveness shim" -in docs/hbd.md -out bin/man/hbd.8
 //
 // It rewrites what roff renders badly, then renders with go-md2man: the
-// document's first heading becomes NAME (name \- summary) and DESCRIPTION;
+// document's first heading becomes NAME (name \- summary) and, unless the
+// document has a SYNOPSIS or DESCRIPTION section of its own (its
+// introduction is then left out), DESCRIPTION;
 // a table becomes a list of its rows (first cell as the tag, the others
 // after it), which a terminal's width can wrap; a link to another document
 // becomes its text.
@@ -60,9 +62,24 @@ func Convert(src, name, section, summary string) (string, error) {
 	lines := strings.Split(strings.ReplaceAll(src, "\r\n", "\n"), "\n")
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%% %s %s \"\" \"hb\" \"hb manual\"\n\n", strings.ToUpper(name), section)
-	titled, fenced := false, false
+	// A document written as a man page (## SYNOPSIS or ## DESCRIPTION of
+	// its own) loses its introduction, which speaks of the document; any
+	// other gets its introduction as DESCRIPTION.
+	manStyle := false
+	for _, l := range lines {
+		if l == "## SYNOPSIS" || l == "## DESCRIPTION" {
+			manStyle = true
+		}
+	}
+	titled, fenced, skipping := false, false, false
 	for i := 0; i < len(lines); i++ {
 		l := lines[i]
+		if skipping {
+			if !strings.HasPrefix(l, "## ") {
+				continue
+			}
+			skipping = false
+		}
 		if strings.HasPrefix(l, "```") {
 			fenced = !fenced
 			b.WriteString(l + "\n")
@@ -74,7 +91,12 @@ func Convert(src, name, section, summary string) (string, error) {
 		}
 		if !titled && strings.HasPrefix(l, "# ") {
 			titled = true
-			fmt.Fprintf(&b, "# NAME\n\n%s \\- %s\n\n# DESCRIPTION\n", name, summary)
+			fmt.Fprintf(&b, "# NAME\n\n%s \\- %s\n\n", name, summary)
+			if manStyle {
+				skipping = true
+			} else {
+				b.WriteString("# DESCRIPTION\n")
+			}
 			continue
 		}
 		// A table: a header row, a separator row, then rows.
