@@ -295,3 +295,154 @@ stdout  = "null"
 		}
 	})
 }
+
+// makeCmd runs make in the module root with args and fails the test unless
+// it succeeds; it returns make's output.
+func makeCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("make", append([]string{"--no-print-directory", "-C", root}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make %q: %v\n%s", args, err, tail(string(out), 30))
+	}
+	return string(out)
+}
+
+// TestMakeInstall: make install into a DESTDIR puts every part where
+// PREFIX says with the installed paths filled in, keeps an existing
+// /etc/hb/hb.toml, and make uninstall takes it away again; installed under
+// a PREFIX, the unit passes systemd-analyze verify (where it exists), the
+// man pages render with man -l, the pkg-config file compiles a C reader,
+// hbctl reports make's version, and the installed hbd runs the installed
+// example configuration.
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make is not installed")
+	}
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	tmp := filepath.Join(h.Dir, "install")
+	bin := "BIN=" + filepath.Join(tmp, "build") // not the checkout's bin/
+	dest := filepath.Join(tmp, "dest")
+
+	h.Run("DESTDIR", func(t *testing.T) {
+		out := makeCmd(t, "install", "DESTDIR="+dest, bin)
+		if !strings.Contains(out, "wrote "+dest+"/etc/hb/hb.toml") {
+			t.Errorf("no hb.toml written:\n%s", tail(out, 5))
+		}
+		files := []string{
+			"usr/local/bin/hbd", "usr/local/bin/hbctl", "usr/local/bin/hbpeek",
+			"usr/local/include/hb_shm.h", "usr/local/share/pkgconfig/hb.pc",
+			"usr/local/share/man/man8/hbd.8", "usr/local/share/man/man8/hbctl.8", "usr/local/share/man/man5/hb.toml.5",
+			"usr/local/share/bash-completion/completions/hbctl", "usr/local/share/zsh/site-functions/_hbctl",
+			"usr/local/share/fish/vendor_completions.d/hbctl.fish",
+			"usr/local/lib/systemd/system/hbd.service", "usr/local/share/hb/runit/hbd/run",
+			"usr/local/share/hb/s6/hbd/run", "usr/local/share/hb/supervisord/hbd.conf",
+			"etc/hb/hb.toml",
+		}
+		for _, f := range files {
+			if _, err := os.Stat(filepath.Join(dest, f)); err != nil {
+				t.Errorf("not installed: %v", err)
+			}
+		}
+		unit, _ := os.ReadFile(filepath.Join(dest, "usr/local/lib/systemd/system/hbd.service"))
+		if !strings.Contains(string(unit), "\nExecStart=/usr/local/bin/hbd -c /etc/hb/hb.toml\n") {
+			t.Errorf("unit's ExecStart:\n%s", unit)
+		}
+		// An operator's configuration survives a second install and the uninstall.
+		mine := []byte("# mine\n")
+		os.WriteFile(filepath.Join(dest, "etc/hb/hb.toml"), mine, 0o644)
+		if out := makeCmd(t, "install", "DESTDIR="+dest, bin); !strings.Contains(out, "kept "+dest+"/etc/hb/hb.toml") {
+			t.Errorf("second install does not say it kept hb.toml:\n%s", tail(out, 5))
+		}
+		makeCmd(t, "uninstall", "DESTDIR="+dest, bin)
+		for _, f := range files[:len(files)-1] {
+			if _, err := os.Stat(filepath.Join(dest, f)); err == nil {
+				t.Errorf("left by uninstall: %s", f)
+			}
+		}
+		if got, _ := os.ReadFile(filepath.Join(dest, "etc/hb/hb.toml")); string(got) != string(mine) {
+			t.Errorf("hb.toml after install and uninstall: %q", got)
+		}
+	})
+
+	prefix, etc := filepath.Join(tmp, "p"), filepath.Join(tmp, "etc")
+	makeCmd(t, "install", "PREFIX="+prefix, "SYSCONFDIR="+etc, bin)
+	hbd, hbctl := filepath.Join(prefix, "bin/hbd"), filepath.Join(prefix, "bin/hbctl")
+	conf := filepath.Join(etc, "hb/hb.toml")
+	h.Run("unit", func(t *testing.T) {
+		unitPath := filepath.Join(prefix, "lib/systemd/system/hbd.service")
+		unit, _ := os.ReadFile(unitPath)
+		if !strings.Contains(string(unit), "\nExecStart="+hbd+" -c "+conf+"\n") {
+			t.Errorf("unit's ExecStart does not name the installed paths:\n%s", unit)
+		}
+		if _, err := exec.LookPath("systemd-analyze"); err != nil {
+			t.Skip("systemd-analyze is not installed")
+		}
+		if out, err := exec.Command("systemd-analyze", "verify", unitPath).CombinedOutput(); err != nil {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	})
+	h.Run("man", func(t *testing.T) {
+		if _, err := exec.LookPath("man"); err != nil {
+			t.Skip("man is not installed (Debian: man-db)")
+		}
+		for _, p := range []string{"man8/hbd.8", "man8/hbctl.8", "man5/hb.toml.5"} {
+			cmd := exec.Command("man", "--warnings", "-l", filepath.Join(prefix, "share/man", p))
+			cmd.Env = append(os.Environ(), "MANWIDTH=80", "MANPAGER=cat", "PAGER=cat")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil || stderr.Len() > 0 || !strings.Contains(string(out), "NAME") {
+				t.Errorf("man -l %s: %v\n%s\n%.300s", p, err, stderr.String(), out)
+			}
+		}
+	})
+	h.Run("pkg-config", func(t *testing.T) {
+		if _, err := exec.LookPath("pkg-config"); err != nil {
+			t.Skip("pkg-config is not installed")
+		}
+		cmd := exec.Command("pkg-config", "--cflags", "hb")
+		cmd.Env = append(os.Environ(), "PKG_CONFIG_PATH="+filepath.Join(prefix, "share/pkgconfig"))
+		cflags, err := cmd.Output()
+		if err != nil || strings.TrimSpace(string(cflags)) != "-I"+filepath.Join(prefix, "include") {
+			t.Fatalf("pkg-config --cflags hb = %q, %v", cflags, err)
+		}
+		root, _ := moduleRoot()
+		// The reader compiles against the installed header alone.
+		c := exec.Command("gcc", "-std=c11", "-Wall", "-Werror", strings.TrimSpace(string(cflags)), "-o", filepath.Join(tmp, "hbpeek"), filepath.Join(root, "contrib/c/hbpeek.c"))
+		c.Dir = tmp
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Errorf("gcc with the installed hb.pc: %v\n%s", err, out)
+		}
+	})
+	h.Run("version", func(t *testing.T) {
+		out, err := exec.Command(hbctl, "--version").Output()
+		if err != nil || !strings.HasPrefix(string(out), "hbctl ") || strings.Contains(string(out), "(devel)") {
+			t.Errorf("installed hbctl --version = %q, %v; want make's git describe", out, err)
+		}
+		if out, err := exec.Command(hbd, "--version").Output(); err != nil || !strings.HasPrefix(string(out), "hbd ") {
+			t.Errorf("installed hbd --version = %q, %v", out, err)
+		}
+	})
+	h.Run("runs the example", func(t *testing.T) {
+		if out, err := exec.Command(hbd, "--check", "-c", conf).CombinedOutput(); err != nil {
+			t.Fatalf("hbd --check on the installed example: %v\n%s", err, out)
+		}
+		// The example with the harness's private paths instead of /run/hb.
+		example, _ := os.ReadFile(conf)
+		text := string(example)
+		for k, v := range map[string]string{"shm": h.Shm, "socket": h.Socket, "state_dir": h.StateDir, "log_dir": h.LogDir} {
+			text = regexp.MustCompile(`(?m)^`+k+`\s*=.*$`).ReplaceAllString(text, fmt.Sprintf("%s = %q", k, v))
+		}
+		h.WriteFile(h.Config, text)
+		h.HBD, h.HBCtl = hbd, hbctl
+		h.Start()
+		h.MustCtl("start", "example")
+		h.WaitRunning("example")
+	})
+}
