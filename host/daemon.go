@@ -137,11 +137,17 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 	default:
 		d.log.Warn("cannot reattach to the plugin; starting a new one", "err", err)
 	}
+	args, stdio := pluginArgs(h), inheritedStdio()
+	if len(stdio) == 2 {
+		// stdout and stderr = "inherit": hbd's own, as descriptors 3 and 4.
+		args = append(args, "--stdio-fds", "3,4")
+	}
 	conn, err = plugin.Launch(plugin.LaunchConfig{
-		Path:     d.exe,
-		Args:     pluginArgs(h),
-		StateDir: h.StateDir,
-		Logger:   d.pluginLogger(),
+		Path:       d.exe,
+		Args:       args,
+		ExtraFiles: stdio,
+		StateDir:   h.StateDir,
+		Logger:     d.pluginLogger(),
 		// Until it serves, the plugin's stderr is its only way to say
 		// why it could not start (e.g. the table is another writer's).
 		Stderr: os.Stderr,
@@ -202,6 +208,17 @@ func (d *Daemon) connect() error {
 	go d.consume(d.pluginGen, events, info.LastSeq)
 	go d.watchPlugin(d.pluginGen, conn)
 	return nil
+}
+
+// inheritedStdio is hbd's stdout and stderr for the plugin to give the
+// services with stdout or stderr = "inherit" (under systemd: the journal),
+// or nil when either is not open.
+func inheritedStdio() []*os.File {
+	var st syscall.Stat_t
+	if syscall.Fstat(1, &st) != nil || syscall.Fstat(2, &st) != nil {
+		return nil
+	}
+	return []*os.File{os.Stdout, os.Stderr}
 }
 
 // pluginArgs are the arguments of `hbd plugin` for this configuration.

@@ -72,6 +72,12 @@ type Options struct {
 	Cgroups    bool
 	CgroupRoot string
 
+	// Stdout and Stderr are where the streams of a service with stdout or
+	// stderr = "inherit" go: hbd's own stdout and stderr, handed to the
+	// plugin (--stdio-fds). nil: descriptor 2, the plugin's log. The Shim
+	// does not close them.
+	Stdout, Stderr *os.File
+
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
 	onCleared func(idx, pid int, cleared bool)
