@@ -294,6 +294,35 @@ stdout  = "null"
 			t.Errorf("no 5th rotated file: %v", err)
 		}
 	})
+	h.Run("tail -F across rotations", func(t *testing.T) {
+		// The rotation at a spawn is a rename, after the writer has
+		// exited: tail -F reads the old file to its end, then the new one.
+		if _, err := exec.LookPath("tail"); err != nil {
+			t.Skip("tail is not installed")
+		}
+		cmd := exec.Command("tail", "-F", "-n", "0", filepath.Join(h.LogDir, "cycler.out.log"))
+		var out, errb syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		h.Track(cmd.Process.Pid)
+		start := h.ServiceStatus("cycler").Generation
+		h.WaitService("cycler", "6 more spawns (rotations)", func(st api.ServiceStatus) bool { return st.Generation >= start+6 })
+		cmd.Process.Kill()
+		cmd.Wait()
+		lines := strings.Fields(out.String())
+		if len(lines) < 4 {
+			t.Fatalf("tail -F printed %d lines across 6 rotations: %q; stderr %q", len(lines), out.String(), errb.String())
+		}
+		var first int
+		fmt.Sscanf(lines[0], "cycle-%d", &first)
+		for i, l := range lines {
+			if l != fmt.Sprintf("cycle-%d", first+i) {
+				t.Fatalf("tail -F line %d is %q, want cycle-%d (each line once, in order):\n%s", i, l, first+i, out.String())
+			}
+		}
+	})
 }
 
 // makeCmd runs make in the module root with args and fails the test unless
