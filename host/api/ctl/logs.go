@@ -178,85 +178,19 @@ func tailFile(f *os.File, n int, whole bool) ([][]byte, int64, error) {
 
 // follow prints what is appended to the log at path from offset off of
 // the open file cur on (cur nil: from the start of the file once it is
-// there), until ctx ends, following the name across rotations: a file renamed
-// away (a rotation at a spawn, or by the writer) is read to its end before
-// the new file under the name is read from its start; a file that shrinks
-// in place (trimmed) is read again from its start.
+// there), until ctx ends, following the name across rotations: a file
+// renamed away (a rotation at a spawn) is read to its end, then any file
+// rotated after it before follow looked again (path.2 … path.1), then the
+// new file under the name from its start; a file that shrinks in place
+// (trimmed) is read again from its start.
 func follow(ctx context.Context, path string, cur *os.File, off int64, out, errw io.Writer) error {
-	f := cur
-	var partial []byte
-	open := func() {
-		nf, err := openLog(path)
-		if err != nil {
-			return // not there (yet): looked for again
-		}
-		f, off, partial = nf, 0, nil
-	}
-	// drain prints f's complete lines from off to its end; with final, the
-	// rest too (a file that will not grow any more).
-	drain := func(final bool) error {
-		buf := make([]byte, 64<<10)
-		for {
-			m, err := f.ReadAt(buf, off)
-			if m > 0 {
-				off += int64(m)
-				data := append(partial, buf[:m]...)
-				if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
-					if _, err := out.Write(data[:i+1]); err != nil {
-						return err
-					}
-					data = data[i+1:]
-				}
-				partial = append([]byte(nil), data...)
-			}
-			if err == io.EOF || m == 0 {
-				break
-			}
-			if err != nil {
-				return err
-			}
-		}
-		if final && len(partial) > 0 {
-			out.Write(append(partial, '\n'))
-			partial = nil
-		}
-		return nil
-	}
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-	}()
+	fl := &follower{path: path, f: cur, off: off, out: out, errw: errw}
+	defer fl.close()
 	t := time.NewTicker(followInterval)
 	defer t.Stop()
 	for {
-		if f == nil {
-			open()
-		}
-		if f != nil {
-			if err := drain(false); err != nil {
-				return err
-			}
-			var cur, named syscall.Stat_t
-			ferr := syscall.Fstat(int(f.Fd()), &cur)
-			nerr := syscall.Lstat(path, &named)
-			switch {
-			case ferr != nil:
-				return ferr
-			case nerr == nil && (named.Ino != cur.Ino || named.Dev != cur.Dev):
-				// Rotated: the old file's last lines, then the new one.
-				if err := drain(true); err != nil {
-					return err
-				}
-				f.Close()
-				f = nil
-				open()
-				continue
-			case cur.Size < off:
-				fmt.Fprintf(errw, "hbctl: logs: %s: trimmed in place; reading it from its start\n", path)
-				off, partial = 0, nil
-				continue
-			}
+		if err := fl.step(); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -264,6 +198,135 @@ func follow(ctx context.Context, path string, cur *os.File, off int64, out, errw
 		case <-t.C:
 		}
 	}
+}
+
+// follower is the state of one follow.
+type follower struct {
+	path      string
+	f         *os.File // the file being read; nil until there is one
+	off       int64    // where the next read starts in f
+	partial   []byte   // an incomplete last line, printed once it is whole
+	out, errw io.Writer
+}
+
+func (fl *follower) close() {
+	if fl.f != nil {
+		fl.f.Close()
+		fl.f = nil
+	}
+}
+
+// open makes the file now under the name the one read, from its start.
+func (fl *follower) open() {
+	if f, err := openLog(fl.path); err == nil {
+		fl.f, fl.off, fl.partial = f, 0, nil
+	} // not there (yet): looked for again at the next step
+}
+
+// drain prints f's complete lines from off to its end; with final, the
+// rest too (a file that will not grow any more).
+func (fl *follower) drain(final bool) error {
+	buf := make([]byte, 64<<10)
+	for {
+		m, err := fl.f.ReadAt(buf, fl.off)
+		if m > 0 {
+			fl.off += int64(m)
+			data := append(fl.partial, buf[:m]...)
+			if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+				if _, err := fl.out.Write(data[:i+1]); err != nil {
+					return err
+				}
+				data = data[i+1:]
+			}
+			fl.partial = append([]byte(nil), data...)
+		}
+		if err == io.EOF || m == 0 {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if final && len(fl.partial) > 0 {
+		if _, err := fl.out.Write(append(fl.partial, '\n')); err != nil {
+			return err
+		}
+		fl.partial = nil
+	}
+	return nil
+}
+
+// step prints what was written since the last step, following rotations.
+func (fl *follower) step() error {
+	for range 2 { // once more after a rotation or a trim
+		if fl.f == nil {
+			fl.open()
+			if fl.f == nil {
+				return nil
+			}
+		}
+		if err := fl.drain(false); err != nil {
+			return err
+		}
+		var cur, named syscall.Stat_t
+		if err := syscall.Fstat(int(fl.f.Fd()), &cur); err != nil {
+			return err
+		}
+		nerr := syscall.Lstat(fl.path, &named)
+		switch {
+		case nerr == nil && (named.Ino != cur.Ino || named.Dev != cur.Dev):
+			// Rotated: the old file's last lines, the files rotated
+			// after it, then the new one.
+			if err := fl.drain(true); err != nil {
+				return err
+			}
+			fl.close()
+			if err := fl.between(cur.Dev, cur.Ino); err != nil {
+				return err
+			}
+			fl.open()
+		case cur.Size < fl.off:
+			fmt.Fprintf(fl.errw, "hbctl: logs: %s: trimmed in place; reading it from its start\n", fl.path)
+			fl.off, fl.partial = 0, nil
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// maxBackups bounds the search for the rotated files of one step.
+const maxBackups = 100
+
+// between prints, oldest first, the files rotated after the one with
+// (dev, ino), which is now path.j: path.(j-1) … path.1, whole. When that
+// file is not among the backups (removed already, or no backups kept),
+// nothing is printed.
+func (fl *follower) between(dev uint64, ino uint64) error {
+	found := 0
+	for j := 1; j <= maxBackups; j++ {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(fl.path+"."+strconv.Itoa(j), &st); err != nil {
+			break
+		}
+		if st.Dev == dev && st.Ino == ino {
+			found = j
+			break
+		}
+	}
+	for k := found - 1; k >= 1; k-- {
+		f, err := openLog(fl.path + "." + strconv.Itoa(k))
+		if err != nil {
+			continue // rotated away meanwhile
+		}
+		fl.f, fl.off, fl.partial = f, 0, nil
+		err = fl.drain(true)
+		fl.close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // statusStderrLines is how many of a failing service's last stderr lines

@@ -168,3 +168,44 @@ func TestFollowAcrossRotations(t *testing.T) {
 		t.Errorf("the trim is not reported: %q", errw.String())
 	}
 }
+
+// TestFollowSeveralRotationsInOneStep: rotations faster than follow looks
+// (a crash loop with a small log_max_bytes) lose no file: the ones rotated
+// in between are printed whole, oldest first.
+func TestFollowSeveralRotationsInOneStep(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rx.out.log")
+	writeLines(t, path, 0, 2)
+	_, cur, off, err := lastLines(path, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errw syncBuf
+	fl := &follower{path: path, f: cur, off: off, out: &out, errw: &errw}
+	defer fl.close()
+	rotate := func() {
+		for k := 5; k >= 1; k-- {
+			os.Rename(fmt.Sprintf("%s.%d", path, k), fmt.Sprintf("%s.%d", path, k+1))
+		}
+		if err := os.Rename(path, path+".1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeLines(t, path, 2, 4) // the file follow reads, then three rotations
+	rotate()
+	writeLines(t, path, 4, 6)
+	rotate()
+	writeLines(t, path, 6, 8)
+	rotate()
+	writeLines(t, path, 8, 10) // the current file
+	if err := fl.step(); err != nil {
+		t.Fatal(err)
+	}
+	want := ""
+	for i := 2; i < 10; i++ {
+		want += fmt.Sprintf("line %d\n", i)
+	}
+	if out.String() != want {
+		t.Errorf("after three rotations in one step: %q, want %q", out.String(), want)
+	}
+}
