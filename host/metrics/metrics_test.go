@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -148,4 +149,20 @@ func TestContribNames(t *testing.T) {
 	if used == 0 {
 		t.Error("the contrib rules use no hb_ metric")
 	}
+}
+
+// BenchmarkWrite1000 is one scrape of 1000 services.
+func BenchmarkWrite1000(b *testing.B) {
+	s := Snapshot{Version: "v1", GoVersion: "go1", Plugin: &Plugin{Pidfd: true}}
+	for i := range 1000 {
+		s.Services = append(s.Services, Service{Name: fmt.Sprintf("svc-%d", i), State: "running", Up: true, Exits: 3, StartTime: time.Unix(1765000000, 0)})
+	}
+	var buf bytes.Buffer
+	for b.Loop() {
+		buf.Reset()
+		if err := Write(&buf, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(buf.Len()), "bytes/scrape")
 }
