@@ -6,6 +6,9 @@ CC           ?= gcc
 CFLAGS       ?= -std=c11 -O2 -Wall -Wextra -Werror
 TEST_TIMEOUT ?= 240s
 CONFIG       ?= contrib/examples/hb.toml
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null)
+GO_LDFLAGS   := -X github.com/hbshim/hb/host/api.Version=$(VERSION) -X github.com/hbshim/hb/host/api.Revision=$(REVISION)
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOLANGCI_LINT_VERSION      := v2.15.0
@@ -17,18 +20,90 @@ GOLANGCI_LINT              := $(BIN)/golangci-lint
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# make install: PREFIX and DESTDIR as usual; the configuration and the
+# unit files go under SYSCONFDIR and SYSTEMDUNITDIR.
+PREFIX         ?= /usr/local
+DESTDIR        ?=
+BINDIR         ?= $(PREFIX)/bin
+INCLUDEDIR     ?= $(PREFIX)/include
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+PKGCONFIGDIR   ?= $(DATADIR)/pkgconfig
+SYSCONFDIR     ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR     ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR    ?= $(DATADIR)/fish/vendor_completions.d
+MANPAGES       := $(BIN)/man/hbd.8 $(BIN)/man/hbctl.8 $(BIN)/man/hb.toml.5
+# The installed paths, filled into the unit files and the pkg-config file.
+FILL_PATHS     := sed -e 's|/usr/local/bin/hbd|$(BINDIR)/hbd|g' -e 's|/etc/hb/hb.toml|$(SYSCONFDIR)/hb/hb.toml|g' \
+                      -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g'
+
 .PHONY: build
-build: ## build hbd, hbctl, hbbench and the C tools into bin/
+build: ## build hbd, hbctl, hbbench, the C tools and the man pages into bin/
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(GO_LDFLAGS)' -o $(BIN)/ ./cmd/...
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
-	$(MAKE) --no-print-directory chain
+	$(MAKE) --no-print-directory chain man
 
 .PHONY: chain
 chain: ## the example chain's stages (contrib/examples/chain) into bin/
 	@mkdir -p $(BIN)
 	for s in rx work tx; do $(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/chain-$$s contrib/examples/chain/$$s.c || exit 1; done
+
+.PHONY: man
+man: $(MANPAGES) ## the man pages hbd(8), hbctl(8), hb.toml(5) from docs/hbd.md, docs/hbctl.md, host/config/reference.md
+
+$(BIN)/man/hbd.8: docs/hbd.md tools/manpage/main.go
+	@mkdir -p $(@D)
+	$(GO) run ./tools/manpage -name hbd -section 8 -summary "the hb process-liveness shim" -in $< -out $@
+$(BIN)/man/hbctl.8: docs/hbctl.md tools/manpage/main.go
+	@mkdir -p $(@D)
+	$(GO) run ./tools/manpage -name hbctl -section 8 -summary "control and inspect hbd, the hb process-liveness shim" -in $< -out $@
+$(BIN)/man/hb.toml.5: host/config/reference.md tools/manpage/main.go
+	@mkdir -p $(@D)
+	$(GO) run ./tools/manpage -name hb.toml -section 5 -summary "the configuration of hbd, the hb process-liveness shim" -in $< -out $@
+
+.PHONY: install
+install: build ## install into DESTDIR/PREFIX (/usr/local): binaries, C header, pkg-config, man pages, completions, units, /etc/hb/hb.toml if none
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
+	  $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(DATADIR)/hb/runit/hbd/control $(DESTDIR)$(DATADIR)/hb/s6/hbd \
+	  $(DESTDIR)$(DATADIR)/hb/supervisord $(DESTDIR)$(DATADIR)/hb/prometheus $(DESTDIR)$(SYSCONFDIR)/hb
+	install -m 0755 $(BIN)/hbd $(BIN)/hbctl $(BIN)/hbpeek $(DESTDIR)$(BINDIR)/
+	install -m 0644 contrib/c/hb_shm.h $(DESTDIR)$(INCLUDEDIR)/
+	$(FILL_PATHS) contrib/c/hb.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/hb.pc
+	install -m 0644 $(BIN)/man/hbd.8 $(BIN)/man/hbctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 $(BIN)/man/hb.toml.5 $(DESTDIR)$(MANDIR)/man5/
+	$(BIN)/hbctl completion bash > $(DESTDIR)$(BASHCOMPDIR)/hbctl
+	$(BIN)/hbctl completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_hbctl
+	$(BIN)/hbctl completion fish > $(DESTDIR)$(FISHCOMPDIR)/hbctl.fish
+	$(FILL_PATHS) contrib/systemd/hbd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/hbd.service
+	$(FILL_PATHS) contrib/runit/hbd/run > $(DESTDIR)$(DATADIR)/hb/runit/hbd/run
+	install -m 0755 contrib/runit/hbd/control/t $(DESTDIR)$(DATADIR)/hb/runit/hbd/control/t
+	chmod 0755 $(DESTDIR)$(DATADIR)/hb/runit/hbd/run
+	$(FILL_PATHS) contrib/s6/hbd/run > $(DESTDIR)$(DATADIR)/hb/s6/hbd/run
+	chmod 0755 $(DESTDIR)$(DATADIR)/hb/s6/hbd/run
+	install -m 0644 contrib/s6/hbd/down-signal $(DESTDIR)$(DATADIR)/hb/s6/hbd/
+	$(FILL_PATHS) contrib/supervisord/hbd.conf > $(DESTDIR)$(DATADIR)/hb/supervisord/hbd.conf
+	install -m 0644 contrib/prometheus/prometheus.yml contrib/prometheus/hb.rules.yml $(DESTDIR)$(DATADIR)/hb/prometheus/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml (the example is $(DESTDIR)$(DATADIR)/hb/hb.toml)"; \
+	else install -m 0644 contrib/examples/etc-hb.toml $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml; \
+	  echo "wrote $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml"; fi
+	install -m 0644 contrib/examples/etc-hb.toml $(DESTDIR)$(DATADIR)/hb/hb.toml
+	@echo "installed under $(DESTDIR)$(PREFIX); systemd: systemctl daemon-reload && systemctl enable --now hbd"
+
+.PHONY: uninstall
+uninstall: ## remove what make install installed (the same PREFIX and DESTDIR); keeps /etc/hb/hb.toml
+	rm -f $(DESTDIR)$(BINDIR)/hbd $(DESTDIR)$(BINDIR)/hbctl $(DESTDIR)$(BINDIR)/hbpeek \
+	  $(DESTDIR)$(INCLUDEDIR)/hb_shm.h $(DESTDIR)$(PKGCONFIGDIR)/hb.pc \
+	  $(DESTDIR)$(MANDIR)/man8/hbd.8 $(DESTDIR)$(MANDIR)/man8/hbctl.8 $(DESTDIR)$(MANDIR)/man5/hb.toml.5 \
+	  $(DESTDIR)$(BASHCOMPDIR)/hbctl $(DESTDIR)$(ZSHCOMPDIR)/_hbctl $(DESTDIR)$(FISHCOMPDIR)/hbctl.fish \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/hbd.service
+	rm -rf $(DESTDIR)$(DATADIR)/hb
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml ]; then echo "kept $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml"; fi
 
 .PHONY: test
 test: build ctest ## go vet, the C reader, then go test -race on every package (fault suite included)

@@ -47,6 +47,9 @@ type Daemon struct {
 	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
 	lastSeq  uint64              // last plugin event handled; guarded by mu
 	seqDirty bool                // lastSeq not yet saved; guarded by mu
+	// eventsMissed counts plugin events never received (gaps in Seq
+	// between two subscriptions); guarded by mu.
+	eventsMissed uint64
 
 	bus *bus
 
@@ -112,7 +115,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		bus:     newBus(),
 	}
 	for _, name := range cfg.Order {
-		d.svcs[name] = newService(cfg.Services[name])
+		d.svcs[name] = newService(cfg.Services[name], cfg.HBD.LogDir)
 	}
 	d.order = slices.Clone(cfg.Order)
 	d.dial = d.dialPlugin
@@ -140,11 +143,17 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 	if err := checkSlots(h, d.cfgPath); err != nil {
 		return nil, false, err
 	}
+	args, stdio := pluginArgs(h), inheritedStdio()
+	if len(stdio) == 2 {
+		// stdout and stderr = "inherit": hbd's own, as descriptors 3 and 4.
+		args = append(args, "--stdio-fds", "3,4")
+	}
 	conn, err = plugin.Launch(plugin.LaunchConfig{
-		Path:     d.exe,
-		Args:     pluginArgs(h),
-		StateDir: h.StateDir,
-		Logger:   d.pluginLogger(),
+		Path:       d.exe,
+		Args:       args,
+		ExtraFiles: stdio,
+		StateDir:   h.StateDir,
+		Logger:     d.pluginLogger(),
 		// Until it serves, the plugin's stderr is its only way to say
 		// why it could not start (e.g. the table is another writer's).
 		Stderr: os.Stderr,
@@ -212,6 +221,17 @@ func (d *Daemon) connect() error {
 	go d.consume(d.pluginGen, events, info.LastSeq)
 	go d.watchPlugin(d.pluginGen, conn)
 	return nil
+}
+
+// inheritedStdio is hbd's stdout and stderr for the plugin to give the
+// services with stdout or stderr = "inherit" (under systemd: the journal),
+// or nil when either is not open.
+func inheritedStdio() []*os.File {
+	var st syscall.Stat_t
+	if syscall.Fstat(1, &st) != nil || syscall.Fstat(2, &st) != nil {
+		return nil
+	}
+	return []*os.File{os.Stdout, os.Stderr}
 }
 
 // pluginArgs are the arguments of `hbd plugin` for this configuration.
@@ -353,6 +373,7 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 				// Fell behind by more than the plugin keeps: take the
 				// services' state from the table instead.
 				d.log.Warn("missed plugin events; reconciling with the table", "from", d.lastSeq+1, "to", ev.Seq-1)
+				d.eventsMissed += ev.Seq - 1 - d.lastSeq
 				if err := d.reconcile(); err != nil {
 					d.log.Error("reconcile", "err", err)
 				}

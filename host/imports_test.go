@@ -10,7 +10,8 @@ import (
 // visible in the import graph: nothing under host/ may depend on the
 // plugin's implementation (plugin/shim), the kernel detectors (connector) or
 // netlink, and the table's package (shm, which peers import) on nothing but
-// the standard library and golang.org/x/sys.
+// the standard library and golang.org/x/sys; and hbd and hbctl link no
+// Prometheus library.
 func TestImportBoundary(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -29,6 +30,11 @@ func TestImportBoundary(t *testing.T) {
 			if d == banned || strings.HasPrefix(d, banned+"/") {
 				t.Errorf("host/... depends on %s: the manager must reach the plugin only through package plugin", d)
 			}
+		}
+	}
+	for _, d := range deps(mod+"cmd/hbd", mod+"cmd/hbctl") {
+		if strings.HasPrefix(d, "github.com/prometheus/") {
+			t.Errorf("hbd or hbctl depends on %s: the Prometheus text parser is for the tests only (host/metrics writes the format itself)", d)
 		}
 	}
 	for _, d := range deps(mod + "shm") {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -170,6 +172,13 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return &startError{err}
 	}
 	defer lock.Release()
+	if h.MetricsListen != "" {
+		stop, err := serveMetrics(h.MetricsListen, d, log.With("component", "metrics"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	d.mu.Lock()
 	err = d.connect()
@@ -198,6 +207,27 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		}
 	}
 	return nil
+}
+
+// serveMetrics listens on addr ([hbd] metrics_listen) and serves GET
+// /metrics there, and nothing else: the control API stays on the unix
+// socket, behind its peer check.
+func serveMetrics(addr string, d *Daemon, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("[hbd] metrics_listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", api.MetricsHandler(d))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics: serve failed", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	log.Info("metrics: listening", "addr", ln.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
 
 // releaseMemory gives the heap memory hbd no longer uses back to the system

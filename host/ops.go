@@ -274,7 +274,7 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 		stopping = append(stopping, s)
 	}
 	for _, name := range added {
-		d.svcs[name] = newService(next.Services[name])
+		d.svcs[name] = newService(next.Services[name], next.HBD.LogDir)
 	}
 	d.mu.Unlock()
 

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -13,7 +14,9 @@ import (
 // guarded by Daemon.mu.
 type service struct {
 	cfg *config.Service
-	m   *policy.Machine
+	// logDir is [hbd] log_dir, where the plugin writes its log files.
+	logDir string
+	m      *policy.Machine
 
 	slot       int
 	pid        int
@@ -61,9 +64,10 @@ type service struct {
 	down chan struct{}
 }
 
-func newService(cfg *config.Service) *service {
+func newService(cfg *config.Service, logDir string) *service {
 	return &service{
 		cfg:        cfg,
+		logDir:     logDir,
 		m:          policy.NewMachine(policy.StateStopped),
 		slot:       -1,
 		lastStatus: -1,
@@ -92,6 +96,14 @@ func (s *service) cancelTimer() {
 }
 
 // status renders the service for the control API.
+// output is ServiceStatus.Stdout or Stderr for a stream of mode m.
+func (s *service) output(m, suffix string) string {
+	if m == config.OutputFile && s.logDir != "" {
+		return filepath.Join(s.logDir, s.cfg.Name+suffix)
+	}
+	return m
+}
+
 func (s *service) status() api.ServiceStatus {
 	st := api.ServiceStatus{
 		Name:         s.cfg.Name,
@@ -110,6 +122,8 @@ func (s *service) status() api.ServiceStatus {
 		FailedStarts: s.failedStarts,
 		LogError:     s.logError,
 		StatusText:   s.statusText,
+		Stdout:       s.output(s.cfg.Stdout, ".out.log"),
+		Stderr:       s.output(s.cfg.Stderr, ".err.log"),
 	}
 	st.ReasonAt = s.reasonAt
 	st.InstanceOf, st.Instance = s.cfg.InstanceOf, s.cfg.Instance

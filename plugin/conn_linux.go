@@ -68,6 +68,10 @@ type LaunchConfig struct {
 	Stderr io.Writer
 	// StartTimeout bounds the handshake; 0 means 30s.
 	StartTimeout time.Duration
+	// ExtraFiles are passed to the plugin as descriptors 3, 4, … (hbd's
+	// own stdout and stderr, for the services with stdout or stderr =
+	// "inherit"; the plugin's --stdio-fds says which they are).
+	ExtraFiles []*os.File
 }
 
 // record is the JSON content of plugin.json.
@@ -203,6 +207,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 	}
 	pidfd := -1
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, PidFD: &pidfd}
+	cmd.ExtraFiles = cfg.ExtraFiles
 
 	logger, launched := demoteWhileLaunching(logger)
 	lastWords := &fatalLine{w: cfg.Stderr}

@@ -168,7 +168,25 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		ShmRepairs:       i.ShmRepairs,
 		ShmProblem:       i.ShmProblem,
 		Cgroups:          i.Cgroups,
+		Metrics: &hbpb.Metrics{
+			Resyncs:            i.Metrics.Resyncs,
+			SubscribersDropped: i.Metrics.SubscribersDropped,
+			DetectToStore:      histogramToProto(i.Metrics.DetectToStore),
+			Respawn:            histogramToProto(i.Metrics.Respawn),
+		},
 	}
+}
+
+func histogramToProto(h Histogram) *hbpb.Histogram {
+	return &hbpb.Histogram{BoundsNs: h.BoundsNs, Counts: h.Counts, Count: h.Count, SumNs: h.SumNs}
+}
+
+// histogramFromProto drops a histogram whose counts do not match its bounds.
+func histogramFromProto(p *hbpb.Histogram) Histogram {
+	if p == nil || len(p.GetCounts()) != len(p.GetBoundsNs()) {
+		return Histogram{}
+	}
+	return Histogram{BoundsNs: p.GetBoundsNs(), Counts: p.GetCounts(), Count: p.GetCount(), SumNs: p.GetSumNs()}
 }
 
 func infoFromProto(p *hbpb.InfoResponse) Info {
@@ -188,6 +206,12 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		ShmRepairs:       p.GetShmRepairs(),
 		ShmProblem:       p.GetShmProblem(),
 		Cgroups:          p.GetCgroups(),
+		Metrics: Metrics{
+			Resyncs:            p.GetMetrics().GetResyncs(),
+			SubscribersDropped: p.GetMetrics().GetSubscribersDropped(),
+			DetectToStore:      histogramFromProto(p.GetMetrics().GetDetectToStore()),
+			Respawn:            histogramFromProto(p.GetMetrics().GetRespawn()),
+		},
 	}
 }
 

@@ -274,6 +274,9 @@ type Info struct {
 	// per service under DIR), or "process-group: REASON" (no cgroups, and
 	// why). "" from a plugin before the field.
 	Cgroups string
+	// Metrics are the plugin's counters and latency histograms; zero from a
+	// plugin before the field.
+	Metrics Metrics
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an
@@ -314,4 +317,31 @@ type Shim interface {
 	// closed (writer_pid 0); running services are left as they are, so the
 	// host stops them first.
 	Shutdown(ctx context.Context, clean bool) error
+}
+
+// Histogram is a snapshot of a latency histogram the plugin keeps: Counts[i]
+// is the number of observations at most BoundsNs[i] and above
+// BoundsNs[i-1] (not cumulative); Count includes those above the last bound.
+type Histogram struct {
+	BoundsNs []uint64
+	Counts   []uint64
+	Count    uint64
+	SumNs    uint64
+}
+
+// Metrics are the plugin's counters since it started (Info.Metrics).
+type Metrics struct {
+	// Resyncs counts the proc connector's ENOBUFS episodes, each followed
+	// by a rescan of every watched pidfd.
+	Resyncs uint64
+	// SubscribersDropped counts event subscribers (hbd's event stream) the
+	// plugin dropped for falling too far behind; hbd then resubscribes
+	// and reconciles with the table.
+	SubscribersDropped uint64
+	// DetectToStore: from an exit's detection (the detector's timestamp)
+	// to the store of 0 in its slot, for each exit that cleared a slot.
+	DetectToStore Histogram
+	// Respawn: from an exit's detection to its replacement, started by the
+	// plugin itself (Spec.Respawn), being in the slot and announced.
+	Respawn Histogram
 }

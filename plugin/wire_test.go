@@ -36,11 +36,18 @@ func TestConvertRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(res, spawnResultFromProto(spawnResultToProto(res))); diff != "" {
 		t.Errorf("SpawnResult (-want +got):\n%s", diff)
 	}
-	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", FeatureVersion: 7, DetectorPriority: 2}
+	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", FeatureVersion: 7, DetectorPriority: 2,
+		Metrics: Metrics{Resyncs: 4, SubscribersDropped: 1,
+			DetectToStore: Histogram{BoundsNs: []uint64{1000, 2000}, Counts: []uint64{3, 0}, Count: 5, SumNs: 9000},
+			Respawn:       Histogram{BoundsNs: []uint64{1e6}, Counts: []uint64{1}, Count: 1, SumNs: 5e5}}}
 	if diff := cmp.Diff(info, infoFromProto(infoToProto(info))); diff != "" {
 		t.Errorf("Info (-want +got):\n%s", diff)
 	}
 	// A plugin from before feature_version sent its feature version as its version.
+	bad := &hbpb.InfoResponse{Metrics: &hbpb.Metrics{Respawn: &hbpb.Histogram{BoundsNs: []uint64{1, 2}, Counts: []uint64{1}}}}
+	if got := infoFromProto(bad).Metrics.Respawn; got.Count != 0 || got.BoundsNs != nil {
+		t.Errorf("a histogram with fewer counts than bounds is kept: %+v", got)
+	}
 	if got := infoFromProto(&hbpb.InfoResponse{Version: "2"}); got.FeatureVersion != FeatureRunningAtSpawn {
 		t.Errorf("an old plugin's version \"2\" read as feature version %d, want %d", got.FeatureVersion, FeatureRunningAtSpawn)
 	}

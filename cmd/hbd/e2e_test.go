@@ -1172,9 +1172,9 @@ func TestPluginDeathLeavesNoZombie(t *testing.T) {
 	}
 }
 
-// TestInheritOutput: stdout/stderr "inherit" go to the plugin's log file
-// (host/config), and a service writing there never blocks, with or without
-// hbd attached.
+// TestInheritOutput: stdout/stderr "inherit" go to hbd's own stdout and
+// stderr (the journal under systemd), not the plugin's log, and a service
+// writing there never blocks, with or without hbd attached.
 func TestInheritOutput(t *testing.T) {
 	t.Parallel()
 	h := NewHarness(t, Options{})
@@ -1191,11 +1191,14 @@ stdout  = "inherit"
 `, trigger, done))
 	d := h.Start()
 	h.WaitService("chatty", "started", func(st api.ServiceStatus) bool { return st.PID != 0 })
-	h.Run("plugin log", func(t *testing.T) {
-		h.Eventually("hello's output in the plugin log", func() (bool, string) {
-			l := h.PluginLog()
-			return strings.Contains(l, "hello-inherit-out") && strings.Contains(l, "hello-inherit-err"), tail(l, 5)
+	h.Run("hbd's output", func(t *testing.T) {
+		h.Eventually("hello's output in hbd's stdout and stderr", func() (bool, string) {
+			l := d.Log()
+			return strings.Contains(l, "hello-inherit-out\n") && strings.Contains(l, "hello-inherit-err\n"), tail(l, 5)
 		})
+		if l := h.PluginLog(); strings.Contains(l, "hello-inherit") {
+			t.Errorf("inherited output in the plugin's log:\n%s", tail(l, 5))
+		}
 	})
 	h.Run("no block while detached", func(t *testing.T) {
 		d.Signal(syscall.SIGQUIT)

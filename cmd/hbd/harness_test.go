@@ -318,7 +318,7 @@ type Hbd struct {
 	h    *Harness
 	Cmd  *exec.Cmd
 	PID  int
-	out  *syncBuffer // stdout and stderr
+	out  *outFile // stdout and stderr
 	done chan struct{}
 	code int // exit status once done is closed; -1 killed by a signal
 
@@ -377,9 +377,18 @@ func startProcessEnv(h *Harness, env []string, extra ...string) *Hbd {
 	cmd := exec.Command(h.HBD, append(args, extra...)...)
 	cmd.Env = append(os.Environ(), "HB_SHM="+h.Shm, "GORACE=halt_on_error=0 atexit_sleep_ms=0")
 	cmd.Env = append(cmd.Env, env...)
-	d := &Hbd{h: h, Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = d.out, d.out
-	if err := cmd.Start(); err != nil {
+	// A file, not a pipe: the plugin keeps hbd's stdout and stderr for the
+	// services with stdout = "inherit", so a pipe would have Wait wait for
+	// the plugin and the services too.
+	out, err := os.CreateTemp(h.Dir, "hbd-*.out")
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	d := &Hbd{h: h, Cmd: cmd, out: &outFile{path: out.Name()}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Start()
+	out.Close() // hbd has its own
+	if err != nil {
 		h.T.Fatalf("start hbd: %v", err)
 	}
 	d.PID = cmd.Process.Pid
@@ -1054,6 +1063,15 @@ func tail(s string, n int) string {
 		lines = append([]string{"...\n"}, lines[len(lines)-n:]...)
 	}
 	return strings.Join(lines, "")
+}
+
+// outFile is the file hbd writes its stdout and stderr to.
+type outFile struct{ path string }
+
+// String is what the file holds now.
+func (o *outFile) String() string {
+	b, _ := os.ReadFile(o.path)
+	return string(b)
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writes and reads.

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"syscall"
 
@@ -48,6 +49,17 @@ type Backend interface {
 type PluginInfoer interface {
 	PluginInfo(ctx context.Context) (PluginInfo, error)
 }
+
+// MetricsWriter is optionally implemented by a Backend to serve GET
+// /metrics: it writes the Prometheus text exposition format (version
+// 0.0.4, MetricsContentType). An error is a 500.
+type MetricsWriter interface {
+	WriteMetrics(ctx context.Context, w io.Writer) error
+}
+
+// MetricsContentType is the Content-Type of GET /metrics: the Prometheus
+// text format 0.0.4 (Prometheus 3 refuses a scrape without a valid one).
+const MetricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 
 // ParseSignal parses a signal as the control API accepts it (signame.Parse:
 // a name with or without SIG in any case, or a number 1..64, nothing

@@ -289,6 +289,7 @@ func (s *Server) handler() http.Handler {
 		{"POST", "/v1/reload", s.reload},
 		{"GET", "/v1/events", s.events},
 		{"GET", "/v1/health", s.health},
+		{"GET", "/metrics", s.metrics},
 	}
 	for _, rt := range routes {
 		mux.HandleFunc(rt.method+" "+rt.path, rt.h)
@@ -645,6 +646,37 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		h.Error = "fatal (hbd gave up on it; hbctl start NAME retries): " + strings.Join(h.Fatal, ", ")
 	}
 	writeJSON(w, http.StatusOK, h)
+}
+
+// metrics serves the Prometheus text format, when the backend writes it.
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	MetricsHandler(s.backend).ServeHTTP(w, r)
+}
+
+// MetricsHandler serves GET /metrics from backend (a MetricsWriter; 404
+// otherwise): the handler of the control socket's route, and of the TCP
+// listener of [hbd] metrics_listen, which serves nothing else. The whole
+// exposition is made before anything is sent, so a failure is a clean 500.
+func MetricsHandler(backend any) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mw, ok := backend.(MetricsWriter)
+		if !ok {
+			writeError(w, http.StatusNotFound, "no metrics here", nil)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		var b strings.Builder
+		if err := mw.WriteMetrics(ctx, &b); err != nil {
+			writeError(w, http.StatusInternalServerError, "metrics: "+err.Error(), nil)
+			return
+		}
+		w.Header().Set("Content-Type", MetricsContentType)
+		w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
+		if r.Method != http.MethodHead {
+			io.WriteString(w, b.String())
+		}
+	})
 }
 
 // fail answers err with the status of its sentinel.

@@ -877,3 +877,40 @@ func TestEventsDeliveredBeforeClose(t *testing.T) {
 		t.Errorf("the subscriber received %d of the %d events published before Close", got, n)
 	}
 }
+
+// metricsBackend is a Backend that writes metrics (or fails to).
+type metricsBackend struct {
+	*apitest.Backend
+	err error
+}
+
+func (m metricsBackend) WriteMetrics(_ context.Context, w io.Writer) error {
+	if m.err != nil {
+		return m.err
+	}
+	_, err := io.WriteString(w, "# TYPE hb_x gauge\nhb_x 1\n")
+	return err
+}
+
+func TestMetricsRoute(t *testing.T) {
+	plain := apitest.New("rx")
+	srv, _ := serve(t, plain, "")
+	if code, e, _, _ := raw(t, srv.Path(), "GET", "/metrics", nil); code != 404 || !strings.Contains(e.Error, "no metrics") {
+		t.Errorf("GET /metrics from a backend without metrics: %d %q, want 404", code, e.Error)
+	}
+	srv, _ = serve(t, metricsBackend{Backend: apitest.New("rx")}, "")
+	code, _, body, hdr := raw(t, srv.Path(), "GET", "/metrics", nil)
+	if code != 200 || string(body) != "# TYPE hb_x gauge\nhb_x 1\n" || hdr.Get("Content-Type") != api.MetricsContentType {
+		t.Errorf("GET /metrics: %d %q, Content-Type %q", code, body, hdr.Get("Content-Type"))
+	}
+	if code, _, body, _ := raw(t, srv.Path(), "HEAD", "/metrics", nil); code != 200 || len(body) != 0 {
+		t.Errorf("HEAD /metrics: %d, %d bytes", code, len(body))
+	}
+	if code, _, _, hdr := raw(t, srv.Path(), "POST", "/metrics", nil); code != 405 || hdr.Get("Allow") != "GET, HEAD" {
+		t.Errorf("POST /metrics: %d, Allow %q", code, hdr.Get("Allow"))
+	}
+	srv, _ = serve(t, metricsBackend{Backend: apitest.New("rx"), err: errors.New("boom")}, "")
+	if code, e, _, _ := raw(t, srv.Path(), "GET", "/metrics", nil); code != 500 || !strings.Contains(e.Error, "boom") {
+		t.Errorf("GET /metrics failing: %d %q, want 500 naming the error", code, e.Error)
+	}
+}

@@ -84,6 +84,11 @@ type ServiceStatus struct {
 	// Error is set in the answer of a start, stop or restart on the
 	// services the action failed for: why, in words.
 	Error string `json:"error,omitempty"`
+	// Stdout and Stderr say where the service's output goes: the log
+	// file's path (stdout/stderr = "file"; rotated files are PATH.1, PATH.2,
+	// …), "inherit" (hbd's own stdout or stderr) or "null".
+	Stdout string `json:"stdout,omitempty"`
+	Stderr string `json:"stderr,omitempty"`
 }
 
 // Wanted states (ServiceStatus.Wanted).
@@ -301,19 +306,57 @@ func (e *APIError) Is(target error) bool {
 	return false
 }
 
-// Version is the version hbd and hbctl report: the main module's version from
-// the build information ("(devel)" for a plain go build), unless set at link
-// time with -ldflags "-X github.com/hbshim/hb/host/api.Version=v1.2.3".
+// Version is the version hbd and hbctl report. make sets it at link time
+// from git describe (-ldflags "-X github.com/hbshim/hb/host/api.Version=v1.2.3");
+// a plain go build leaves it empty, and BuildVersion falls back on the build
+// information.
 var Version = ""
 
-// BuildVersion returns Version, or the module version from the build
-// information when Version is not set.
+// Revision is the VCS revision of the build, set by make at link time like
+// Version; empty, BuildVersion reads vcs.revision from the build information
+// (go build -buildvcs).
+var Revision = ""
+
+// BuildVersion returns the version: Version, or else the main module's
+// version from the build information (a tagged or pseudo-version for go
+// install, "(devel)" for a plain go build), followed by the VCS revision
+// when it is known and not already part of it: "v1.2.0 (rev 0123abcd4567)",
+// "(devel) (rev 0123abcd4567, modified)".
 func BuildVersion() string {
-	if Version != "" {
-		return Version
+	return buildVersion(Version, Revision, readBuildInfo)
+}
+
+var readBuildInfo = debug.ReadBuildInfo
+
+func buildVersion(version, revision string, read func() (*debug.BuildInfo, bool)) string {
+	modified := false
+	bi, ok := read()
+	if ok {
+		if version == "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if revision == "" {
+					revision = s.Value
+				}
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
+	if version == "" {
+		version = "(devel)"
 	}
-	return "(devel)"
+	if len(revision) > 12 {
+		revision = revision[:12]
+	}
+	if revision == "" || strings.Contains(version, revision) || (len(revision) >= 7 && strings.Contains(version, revision[:7])) {
+		return version
+	}
+	if modified {
+		return version + " (rev " + revision + ", modified)"
+	}
+	return version + " (rev " + revision + ")"
 }

@@ -145,6 +145,10 @@ type HBD struct {
 	// service itself while no hbd is connected (0: never); then the
 	// service stays down until an hbd connects.
 	HeadlessRespawns int
+	// MetricsListen is a TCP address ("127.0.0.1:9464") where hbd serves
+	// GET /metrics and nothing else; "" = none (the control socket serves
+	// /metrics too).
+	MetricsListen string
 }
 
 // Service is one [service.NAME] table with defaults filled in.

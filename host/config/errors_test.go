@@ -291,6 +291,16 @@ func TestLoadErrors(t *testing.T) {
 			line: 2, key: `key "hbd.detector_priority"`, err: ErrType, msg: "want an integer",
 		},
 		{
+			name: "metrics_listen without a port",
+			toml: "[hbd]\nmetrics_listen = \"127.0.0.1\"\n",
+			line: 2, key: `key "hbd.metrics_listen"`, err: ErrValue, msg: `"127.0.0.1" is not HOST:PORT`,
+		},
+		{
+			name: "metrics_listen with a named port",
+			toml: "[hbd]\nmetrics_listen = \"localhost:http\"\n",
+			line: 2, key: `key "hbd.metrics_listen"`, err: ErrValue, msg: `port "http" is not a number 0..65535`,
+		},
+		{
 			name: "bad detector",
 			toml: "[hbd]\ndetector = \"netlink\"\n",
 			line: 2, key: `key "hbd.detector"`, err: ErrValue, msg: `got "netlink"`,

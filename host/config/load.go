@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -52,7 +53,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
 	topKeys     = []string{"include", "hbd", "service"}
-	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root", "headless_respawns"}
+	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root", "headless_respawns", "metrics_listen"}
 )
 
 // source is one decoded file, kept to find the line of a key on demand.
@@ -406,6 +407,10 @@ func (l *loader) hbd(src *source, r keyRef, absDir string) {
 			h.SocketGroup, err = wantID(v)
 		case "cgroup_root":
 			h.CgroupRoot, err = wantString(v)
+		case "metrics_listen":
+			if h.MetricsListen, err = wantString(v); err == nil {
+				err = checkListen(h.MetricsListen)
+			}
 		default:
 			c.hbdKeys.remove(k)
 			l.unknown(src, kr, "", "hbd."+k, suggest(k, hbdKeyNames))
@@ -599,6 +604,23 @@ func (l *loader) environment(src *source, s *Service, r keyRef) {
 		}
 		s.Environment[k] = v
 	}
+}
+
+// checkListen accepts "" or a TCP address HOST:PORT with a numeric port
+// (HOST may be empty: every address; port 0: any free port, which hbd's
+// log names).
+func checkListen(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return valueErr("%q is not HOST:PORT (\"127.0.0.1:9464\", \"[::1]:9464\")", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return valueErr("%q: port %q is not a number 0..65535", addr, port)
+	}
+	return nil
 }
 
 func wantString(v any) (string, error) {

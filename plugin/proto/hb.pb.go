@@ -220,6 +220,7 @@ type InfoResponse struct {
 	ShmProblem       string                 `protobuf:"bytes,12,opt,name=shm_problem,json=shmProblem,proto3" json:"shm_problem,omitempty"`                    // what the plugin cannot repair in the table ("" if nothing)
 	FeatureVersion   uint32                 `protobuf:"varint,13,opt,name=feature_version,json=featureVersion,proto3" json:"feature_version,omitempty"`       // what the plugin honours (plugin.Feature*); 0: read version
 	Cgroups          string                 `protobuf:"bytes,14,opt,name=cgroups,proto3" json:"cgroups,omitempty"`                                            // "cgroup DIR" or "process-group: REASON" (plugin.Info.Cgroups)
+	Metrics          *Metrics               `protobuf:"bytes,15,opt,name=metrics,proto3" json:"metrics,omitempty"`                                            // the plugin's counters and latency histograms (plugin.Metrics)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -352,6 +353,152 @@ func (x *InfoResponse) GetCgroups() string {
 	return ""
 }
 
+func (x *InfoResponse) GetMetrics() *Metrics {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// Histogram mirrors plugin.Histogram: counts[i] observations in
+// (bounds_ns[i-1], bounds_ns[i]], count of them all, sum_ns their sum.
+type Histogram struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BoundsNs      []uint64               `protobuf:"varint,1,rep,packed,name=bounds_ns,json=boundsNs,proto3" json:"bounds_ns,omitempty"`
+	Counts        []uint64               `protobuf:"varint,2,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	Count         uint64                 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	SumNs         uint64                 `protobuf:"varint,4,opt,name=sum_ns,json=sumNs,proto3" json:"sum_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Histogram) Reset() {
+	*x = Histogram{}
+	mi := &file_hb_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Histogram) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Histogram) ProtoMessage() {}
+
+func (x *Histogram) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Histogram.ProtoReflect.Descriptor instead.
+func (*Histogram) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Histogram) GetBoundsNs() []uint64 {
+	if x != nil {
+		return x.BoundsNs
+	}
+	return nil
+}
+
+func (x *Histogram) GetCounts() []uint64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+func (x *Histogram) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Histogram) GetSumNs() uint64 {
+	if x != nil {
+		return x.SumNs
+	}
+	return 0
+}
+
+// Metrics mirrors plugin.Metrics.
+type Metrics struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Resyncs            uint64                 `protobuf:"varint,1,opt,name=resyncs,proto3" json:"resyncs,omitempty"`
+	SubscribersDropped uint64                 `protobuf:"varint,2,opt,name=subscribers_dropped,json=subscribersDropped,proto3" json:"subscribers_dropped,omitempty"`
+	DetectToStore      *Histogram             `protobuf:"bytes,3,opt,name=detect_to_store,json=detectToStore,proto3" json:"detect_to_store,omitempty"`
+	Respawn            *Histogram             `protobuf:"bytes,4,opt,name=respawn,proto3" json:"respawn,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Metrics) Reset() {
+	*x = Metrics{}
+	mi := &file_hb_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metrics) ProtoMessage() {}
+
+func (x *Metrics) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
+func (*Metrics) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Metrics) GetResyncs() uint64 {
+	if x != nil {
+		return x.Resyncs
+	}
+	return 0
+}
+
+func (x *Metrics) GetSubscribersDropped() uint64 {
+	if x != nil {
+		return x.SubscribersDropped
+	}
+	return 0
+}
+
+func (x *Metrics) GetDetectToStore() *Histogram {
+	if x != nil {
+		return x.DetectToStore
+	}
+	return nil
+}
+
+func (x *Metrics) GetRespawn() *Histogram {
+	if x != nil {
+		return x.Respawn
+	}
+	return nil
+}
+
 // Spec mirrors plugin.Spec.
 type Spec struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -395,7 +542,7 @@ type Spec struct {
 
 func (x *Spec) Reset() {
 	*x = Spec{}
-	mi := &file_hb_proto_msgTypes[2]
+	mi := &file_hb_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +554,7 @@ func (x *Spec) String() string {
 func (*Spec) ProtoMessage() {}
 
 func (x *Spec) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[2]
+	mi := &file_hb_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +567,7 @@ func (x *Spec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Spec.ProtoReflect.Descriptor instead.
 func (*Spec) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{2}
+	return file_hb_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Spec) GetName() string {
@@ -673,7 +820,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +832,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[3]
+	mi := &file_hb_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +845,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{3}
+	return file_hb_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Rlimit) GetResource() int64 {
@@ -736,7 +883,7 @@ type Respawn struct {
 
 func (x *Respawn) Reset() {
 	*x = Respawn{}
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +895,7 @@ func (x *Respawn) String() string {
 func (*Respawn) ProtoMessage() {}
 
 func (x *Respawn) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[4]
+	mi := &file_hb_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +908,7 @@ func (x *Respawn) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Respawn.ProtoReflect.Descriptor instead.
 func (*Respawn) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{4}
+	return file_hb_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Respawn) GetEnabled() bool {
@@ -801,7 +948,7 @@ type SpawnRequest struct {
 
 func (x *SpawnRequest) Reset() {
 	*x = SpawnRequest{}
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +960,7 @@ func (x *SpawnRequest) String() string {
 func (*SpawnRequest) ProtoMessage() {}
 
 func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[5]
+	mi := &file_hb_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +973,7 @@ func (x *SpawnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnRequest.ProtoReflect.Descriptor instead.
 func (*SpawnRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{5}
+	return file_hb_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SpawnRequest) GetSpec() *Spec {
@@ -848,7 +995,7 @@ type SpawnResponse struct {
 
 func (x *SpawnResponse) Reset() {
 	*x = SpawnResponse{}
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +1007,7 @@ func (x *SpawnResponse) String() string {
 func (*SpawnResponse) ProtoMessage() {}
 
 func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[6]
+	mi := &file_hb_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +1020,7 @@ func (x *SpawnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SpawnResponse.ProtoReflect.Descriptor instead.
 func (*SpawnResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{6}
+	return file_hb_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SpawnResponse) GetSlot() int64 {
@@ -915,7 +1062,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1074,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[7]
+	mi := &file_hb_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1087,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{7}
+	return file_hb_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StopRequest) GetName() string {
@@ -972,7 +1119,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1131,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[8]
+	mi := &file_hb_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1144,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{8}
+	return file_hb_proto_rawDescGZIP(), []int{10}
 }
 
 type SignalRequest struct {
@@ -1010,7 +1157,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1169,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1182,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{9}
+	return file_hb_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SignalRequest) GetName() string {
@@ -1060,7 +1207,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1219,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1232,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{10}
+	return file_hb_proto_rawDescGZIP(), []int{12}
 }
 
 type SetStateRequest struct {
@@ -1099,7 +1246,7 @@ type SetStateRequest struct {
 
 func (x *SetStateRequest) Reset() {
 	*x = SetStateRequest{}
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1258,7 @@ func (x *SetStateRequest) String() string {
 func (*SetStateRequest) ProtoMessage() {}
 
 func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1271,7 @@ func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateRequest.ProtoReflect.Descriptor instead.
 func (*SetStateRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{11}
+	return file_hb_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetStateRequest) GetName() string {
@@ -1156,7 +1303,7 @@ type SetStateResponse struct {
 
 func (x *SetStateResponse) Reset() {
 	*x = SetStateResponse{}
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1315,7 @@ func (x *SetStateResponse) String() string {
 func (*SetStateResponse) ProtoMessage() {}
 
 func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1328,7 @@ func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateResponse.ProtoReflect.Descriptor instead.
 func (*SetStateResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{12}
+	return file_hb_proto_rawDescGZIP(), []int{14}
 }
 
 type FreeRequest struct {
@@ -1193,7 +1340,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1352,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1365,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{13}
+	return file_hb_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FreeRequest) GetName() string {
@@ -1236,7 +1383,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1395,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1408,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{14}
+	return file_hb_proto_rawDescGZIP(), []int{16}
 }
 
 type ListRequest struct {
@@ -1272,7 +1419,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1431,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1444,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{15}
+	return file_hb_proto_rawDescGZIP(), []int{17}
 }
 
 // Slot mirrors shm.Slot.
@@ -1321,7 +1468,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1480,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1493,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{16}
+	return file_hb_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Slot) GetIndex() int64 {
@@ -1442,7 +1589,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1601,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1614,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{17}
+	return file_hb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1486,7 +1633,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1645,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1658,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{18}
+	return file_hb_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EventsRequest) GetAfterSeq() uint64 {
@@ -1545,7 +1692,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1704,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1717,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{19}
+	return file_hb_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1687,7 +1834,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1846,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1859,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{20}
+	return file_hb_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -1730,7 +1877,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1889,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1902,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{21}
+	return file_hb_proto_rawDescGZIP(), []int{23}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -1763,7 +1910,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xa6\x03\n" +
+	"\vInfoRequest\"\xd0\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -1783,7 +1930,18 @@ const file_hb_proto_rawDesc = "" +
 	"\vshm_problem\x18\f \x01(\tR\n" +
 	"shmProblem\x12'\n" +
 	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
-	"\acgroups\x18\x0e \x01(\tR\acgroups\"\xd7\a\n" +
+	"\acgroups\x18\x0e \x01(\tR\acgroups\x12(\n" +
+	"\ametrics\x18\x0f \x01(\v2\x0e.hb.v1.MetricsR\ametrics\"m\n" +
+	"\tHistogram\x12\x1b\n" +
+	"\tbounds_ns\x18\x01 \x03(\x04R\bboundsNs\x12\x16\n" +
+	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\x12\x15\n" +
+	"\x06sum_ns\x18\x04 \x01(\x04R\x05sumNs\"\xba\x01\n" +
+	"\aMetrics\x12\x18\n" +
+	"\aresyncs\x18\x01 \x01(\x04R\aresyncs\x12/\n" +
+	"\x13subscribers_dropped\x18\x02 \x01(\x04R\x12subscribersDropped\x128\n" +
+	"\x0fdetect_to_store\x18\x03 \x01(\v2\x10.hb.v1.HistogramR\rdetectToStore\x12*\n" +
+	"\arespawn\x18\x04 \x01(\v2\x10.hb.v1.HistogramR\arespawn\"\xd7\a\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -1957,64 +2115,69 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
 	(*InfoRequest)(nil),      // 2: hb.v1.InfoRequest
 	(*InfoResponse)(nil),     // 3: hb.v1.InfoResponse
-	(*Spec)(nil),             // 4: hb.v1.Spec
-	(*Rlimit)(nil),           // 5: hb.v1.Rlimit
-	(*Respawn)(nil),          // 6: hb.v1.Respawn
-	(*SpawnRequest)(nil),     // 7: hb.v1.SpawnRequest
-	(*SpawnResponse)(nil),    // 8: hb.v1.SpawnResponse
-	(*StopRequest)(nil),      // 9: hb.v1.StopRequest
-	(*StopResponse)(nil),     // 10: hb.v1.StopResponse
-	(*SignalRequest)(nil),    // 11: hb.v1.SignalRequest
-	(*SignalResponse)(nil),   // 12: hb.v1.SignalResponse
-	(*SetStateRequest)(nil),  // 13: hb.v1.SetStateRequest
-	(*SetStateResponse)(nil), // 14: hb.v1.SetStateResponse
-	(*FreeRequest)(nil),      // 15: hb.v1.FreeRequest
-	(*FreeResponse)(nil),     // 16: hb.v1.FreeResponse
-	(*ListRequest)(nil),      // 17: hb.v1.ListRequest
-	(*Slot)(nil),             // 18: hb.v1.Slot
-	(*ListResponse)(nil),     // 19: hb.v1.ListResponse
-	(*EventsRequest)(nil),    // 20: hb.v1.EventsRequest
-	(*Event)(nil),            // 21: hb.v1.Event
-	(*ShutdownRequest)(nil),  // 22: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 23: hb.v1.ShutdownResponse
+	(*Histogram)(nil),        // 4: hb.v1.Histogram
+	(*Metrics)(nil),          // 5: hb.v1.Metrics
+	(*Spec)(nil),             // 6: hb.v1.Spec
+	(*Rlimit)(nil),           // 7: hb.v1.Rlimit
+	(*Respawn)(nil),          // 8: hb.v1.Respawn
+	(*SpawnRequest)(nil),     // 9: hb.v1.SpawnRequest
+	(*SpawnResponse)(nil),    // 10: hb.v1.SpawnResponse
+	(*StopRequest)(nil),      // 11: hb.v1.StopRequest
+	(*StopResponse)(nil),     // 12: hb.v1.StopResponse
+	(*SignalRequest)(nil),    // 13: hb.v1.SignalRequest
+	(*SignalResponse)(nil),   // 14: hb.v1.SignalResponse
+	(*SetStateRequest)(nil),  // 15: hb.v1.SetStateRequest
+	(*SetStateResponse)(nil), // 16: hb.v1.SetStateResponse
+	(*FreeRequest)(nil),      // 17: hb.v1.FreeRequest
+	(*FreeResponse)(nil),     // 18: hb.v1.FreeResponse
+	(*ListRequest)(nil),      // 19: hb.v1.ListRequest
+	(*Slot)(nil),             // 20: hb.v1.Slot
+	(*ListResponse)(nil),     // 21: hb.v1.ListResponse
+	(*EventsRequest)(nil),    // 22: hb.v1.EventsRequest
+	(*Event)(nil),            // 23: hb.v1.Event
+	(*ShutdownRequest)(nil),  // 24: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 25: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
-	6,  // 0: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
-	5,  // 1: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
-	4,  // 2: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
-	0,  // 3: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
-	0,  // 4: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
-	18, // 5: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
-	1,  // 6: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	2,  // 7: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	7,  // 8: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	9,  // 9: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	11, // 10: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	13, // 11: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	15, // 12: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	17, // 13: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	20, // 14: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	22, // 15: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	3,  // 16: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	8,  // 17: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	10, // 18: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	12, // 19: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	14, // 20: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	16, // 21: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	19, // 22: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	21, // 23: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	23, // 24: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	16, // [16:25] is the sub-list for method output_type
-	7,  // [7:16] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	5,  // 0: hb.v1.InfoResponse.metrics:type_name -> hb.v1.Metrics
+	4,  // 1: hb.v1.Metrics.detect_to_store:type_name -> hb.v1.Histogram
+	4,  // 2: hb.v1.Metrics.respawn:type_name -> hb.v1.Histogram
+	8,  // 3: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
+	7,  // 4: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
+	6,  // 5: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
+	0,  // 6: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
+	0,  // 7: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
+	20, // 8: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
+	1,  // 9: hb.v1.Event.kind:type_name -> hb.v1.EventKind
+	2,  // 10: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	9,  // 11: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	11, // 12: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	13, // 13: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	15, // 14: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	17, // 15: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	19, // 16: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	22, // 17: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	24, // 18: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	3,  // 19: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	10, // 20: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	12, // 21: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	14, // 22: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	16, // 23: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	18, // 24: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	21, // 25: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	23, // 26: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	25, // 27: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	19, // [19:28] is the sub-list for method output_type
+	10, // [10:19] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -2028,7 +2191,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

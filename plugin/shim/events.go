@@ -26,11 +26,12 @@ const chanBuffer = 256
 // its allowance behind is dropped (it receives what was queued for it, then
 // its channel is closed) and must resubscribe with the last Seq it saw.
 type eventLog struct {
-	mu     sync.Mutex
-	seq    uint64                   // last Seq given out; guarded by mu
-	ring   [ringSize]plugin.Event   // event with Seq n is at ring[n%ringSize]; guarded by mu
-	subs   map[*subscriber]struct{} // guarded by mu
-	closed bool                     // guarded by mu
+	mu      sync.Mutex
+	seq     uint64                   // last Seq given out; guarded by mu
+	ring    [ringSize]plugin.Event   // event with Seq n is at ring[n%ringSize]; guarded by mu
+	subs    map[*subscriber]struct{} // guarded by mu
+	closed  bool                     // guarded by mu
+	dropped uint64                   // subscribers dropped for falling behind; guarded by mu
 	// epoch counts subscriptions: a change means an hbd has subscribed
 	// since (headless respawn counts restart).
 	epoch atomic.Uint64
@@ -97,6 +98,7 @@ func (l *eventLog) deliverLocked(s *subscriber, ev plugin.Event) {
 		}
 	}
 	if len(s.ch)+s.queued >= s.limit {
+		l.dropped++
 		l.endLocked(s, false)
 		return
 	}
@@ -182,6 +184,13 @@ func (l *eventLog) closeLocked(s *subscriber) {
 	if s.stop != nil {
 		s.stop()
 	}
+}
+
+// droppedSubscribers is how many subscribers were dropped for falling behind.
+func (l *eventLog) droppedSubscribers() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dropped
 }
 
 // lastSeq is the Seq of the newest event (0 before the first).

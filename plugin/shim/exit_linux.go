@@ -21,6 +21,11 @@ import (
 func (s *Shim) onExit(ex connector.Exit) {
 	idx := int(ex.Key >> 32)
 	cleared := s.w.ClearPID(idx, uint32(ex.PID))
+	if cleared {
+		if d, ok := elapsedSince(ex.DetectedNs, shm.MonotonicNs()); ok {
+			s.detectToStore.observe(d)
+		}
+	}
 	if s.opts.onCleared != nil {
 		s.opts.onCleared(idx, ex.PID, cleared)
 	}
@@ -225,6 +230,10 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 	}
 	if !emitted {
 		s.emit(ev)
+	} else if plan != nil {
+		if d, ok := elapsedSince(ex.DetectedNs, shm.MonotonicNs()); ok {
+			s.respawnLatency.observe(d)
+		}
 	}
 	if s.opts.onRespawned != nil && plan != nil && emitted {
 		s.opts.onRespawned(plan.idx, plan.gen)

@@ -10,13 +10,15 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
 )
 
 const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
                   [--detector-priority 0..99] --log FILE [--state-dir DIR]
-                  [--cgroups auto|off] [--cgroup-root PATH]
+                  [--cgroups auto|off] [--cgroup-root PATH] [--stdio-fds OUT,ERR]
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
@@ -63,6 +65,7 @@ func Main(args []string) int {
 	cgroups := fs.String("cgroups", "auto", "")
 	cgroupRoot := fs.String("cgroup-root", "", "")
 	headless := fs.Int("headless-respawns", DefaultHeadlessRespawns, "")
+	stdioFds := fs.String("stdio-fds", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Print(pluginUsage)
@@ -82,6 +85,11 @@ func Main(args []string) int {
 	}
 	if *cgroups != "auto" && *cgroups != "off" {
 		fmt.Fprintf(os.Stderr, "hbd plugin: --cgroups %q: want \"auto\" or \"off\"\n", *cgroups)
+		return 2
+	}
+	stdout, stderr, err := takeStdio(*stdioFds)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "hbd plugin: --stdio-fds %q: %v\n", *stdioFds, err)
 		return 2
 	}
 	var logOut io.Writer = os.Stderr
@@ -117,7 +125,8 @@ func Main(args []string) int {
 	}
 	impl, err := New(Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
 		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio,
-		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot, HeadlessRespawns: headlessOpt(*headless)})
+		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot, HeadlessRespawns: headlessOpt(*headless),
+		Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)
@@ -139,4 +148,32 @@ func headlessOpt(n int) int {
 		return -1
 	}
 	return n
+}
+
+// takeStdio takes over the descriptors "OUT,ERR" hbd passed for the
+// services with stdout or stderr = "inherit" (hbd's own stdout and stderr):
+// each is duplicated close-on-exec above the standard ones and the original
+// closed, so that no service gets it by accident. "" is none.
+func takeStdio(spec string) (stdout, stderr *os.File, err error) {
+	if spec == "" {
+		return nil, nil, nil
+	}
+	parts := strings.Split(spec, ",")
+	if len(parts) != 2 {
+		return nil, nil, errors.New("want two descriptors, OUT,ERR")
+	}
+	var files [2]*os.File
+	for i, p := range parts {
+		fd, err := strconv.Atoi(p)
+		if err != nil || fd < 3 {
+			return nil, nil, fmt.Errorf("%q is not a descriptor above 2", p)
+		}
+		nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			return nil, nil, fmt.Errorf("descriptor %d: %w", fd, err)
+		}
+		unix.Close(fd)
+		files[i] = os.NewFile(uintptr(nfd), []string{"hbd stdout", "hbd stderr"}[i])
+	}
+	return files[0], files[1], nil
 }

@@ -78,6 +78,11 @@ type Options struct {
 	// hbd subscribes, which resets the count and applies its policy. 0:
 	// DefaultHeadlessRespawns; negative: none.
 	HeadlessRespawns int
+	// Stdout and Stderr are where the streams of a service with stdout or
+	// stderr = "inherit" go: hbd's own stdout and stderr, handed to the
+	// plugin (--stdio-fds). nil: descriptor 2, the plugin's log. The Shim
+	// does not close them.
+	Stdout, Stderr *os.File
 
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
@@ -102,9 +107,12 @@ type Shim struct {
 	watcher *connector.Watcher
 	events  *eventLog
 	dog     *watchdog // the heartbeat checker (watchdog_linux.go)
-	devnull *os.File
-	shmPath string
-	adopted int // clients adopted by New; set before New returns
+	// detectToStore and respawnLatency are the latency histograms of
+	// Info.Metrics (metrics.go); written on the exit path, lock-free.
+	detectToStore, respawnLatency *latency
+	devnull                       *os.File
+	shmPath                       string
+	adopted                       int // clients adopted by New; set before New returns
 
 	// mu guards svcs, incs, groups, ended and logged. It is never taken on the exit fast path.
 	mu   sync.Mutex
@@ -274,9 +282,10 @@ func New(opts Options) (*Shim, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Shim{
-		opts:    opts,
-		log:     log,
-		events:  newEventLog(),
+		opts:          opts,
+		log:           log,
+		events:        newEventLog(),
+		detectToStore: newDetectToStore(), respawnLatency: newRespawnLatency(),
 		svcs:    map[string]*service{},
 		incs:    map[uint64]*incarnation{},
 		groups:  map[int]struct{}{},
@@ -542,6 +551,12 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		Version:          api.BuildVersion(),
 		FeatureVersion:   FeatureVersion,
 		Cgroups:          s.cg.String(),
+		Metrics: plugin.Metrics{
+			Resyncs:            s.watcher.Stats().Resyncs,
+			SubscribersDropped: s.events.droppedSubscribers(),
+			DetectToStore:      s.detectToStore.snapshot(),
+			Respawn:            s.respawnLatency.snapshot(),
+		},
 	}, nil
 }
 

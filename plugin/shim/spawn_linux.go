@@ -358,10 +358,20 @@ func (s *Shim) awaitNotRunning(ctx context.Context, svc *service) error {
 func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, error) {
 	switch mode {
 	case "", "inherit":
-		// Both streams go to descriptor 2, which plugin.Serve points at the
-		// plugin's log file. Not os.Stdout/os.Stderr: while go-plugin
-		// serves, those are its pipes to the hbd that launched it, gone
-		// once that hbd exits.
+		// hbd's own stdout or stderr (under systemd: the journal), which
+		// hbd handed to the plugin when it launched it; the plugin keeps
+		// them for as long as it runs, across restarts of hbd. Without
+		// them, descriptor 2, which plugin.Serve points at the plugin's log
+		// file. Never os.Stdout/os.Stderr: while go-plugin serves, those
+		// are its pipes to the hbd that launched it, gone once that hbd
+		// exits.
+		f := s.opts.Stdout
+		if stream == "err" {
+			f = s.opts.Stderr
+		}
+		if f != nil {
+			return int(f.Fd()), nil
+		}
 		return 2, nil
 	case "null":
 		return int(s.devnull.Fd()), nil

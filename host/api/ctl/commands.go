@@ -58,6 +58,9 @@ func runStatus(ctx context.Context, c *cli, args []string) int {
 		writeJSON(c.Stdout, sts)
 	default:
 		writeStatusTable(c.Stdout, sts, time.Now())
+		if len(args) > 0 {
+			writeLogDetails(c.Stdout, sts)
+		}
 	}
 	if rc == ExitOK {
 		for _, st := range sts {

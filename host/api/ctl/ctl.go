@@ -50,13 +50,16 @@ Commands:
   watch [NAME...] [--json]               print events as they happen, until interrupted
   wait NAME... --up|--down [--timeout D] wait until services are up (running) or down (no process)
   shm [--name TABLE] [--json] [NAME...]  read the shared-memory table directly (works without hbd)
+  logs NAME [--stderr] [-f] [-n N]       print (and follow) a service's log
   health [--json]                        hbd's and its plugin's health
   version                                hbctl's version, and hbd's when it is reachable
+  completion bash|zsh|fish               print a shell completion script
   help [COMMAND]                         this text, or a command's
 
 Flags:
   -s, --socket PATH   hbd's control socket (default $HB_SOCKET, else /run/hb/hbd.sock)
   -h, --help          help; also after any command
+      --version       print hbctl's version and exit (the version command also asks hbd)
 Flags may follow the arguments: hbctl status rx --json
 
 Exit status:
@@ -95,6 +98,9 @@ type opts struct {
 	shmName string
 	shmPath string
 	quiet   bool
+	stderr  bool // logs --stderr
+	follow  bool // logs -f
+	lines   int  // logs -n
 }
 
 type command struct {
@@ -149,9 +155,24 @@ defaults to $HB_SHM, else hb). Works when hbd is down. Shows the writer (the
 hb plugin) and whether it is alive, stalled (its process exists but has not
 refreshed writer_beat_ns for 3 s: stopped, hung or starved, so the table may
 be stale), gone or stopped, then every used slot, or those named.`},
+		{name: "logs", synopsis: "NAME [--stderr] [-f] [-n N]", run: runLogs, flags: logsFlags, help: `Print the last N lines (default 10) of the service's stdout log, or with
+--stderr of its stderr log, reaching into the rotated files (NAME.out.log.1,
+…) when the current one has fewer. -f (--follow) then prints what is
+written as it comes, until interrupted (exit 0), following the file's name
+across rotations as tail -F does. hbctl reads the files itself (log_dir's
+files are readable by all unless log_dir says otherwise); hbd tells it
+where they are. A service with stdout = "inherit" writes to hbd's own
+output (the journal under systemd) and one with "null" nowhere: logs says
+so and exits 1.`},
 		{name: "health", synopsis: "[--json]", run: runHealth, flags: jsonFlag, help: `Ask hbd whether it and its plugin are healthy. Exits 1 if not.`},
 		{name: "version", synopsis: "", run: runVersion, help: `Print hbctl's version, and hbd's when it is reachable.`},
+		{name: "completion", synopsis: "bash|zsh|fish", run: runCompletion, help: `Print a completion script for the shell: commands, flags and, from the
+running hbd, service names. bash: hbctl completion bash > /etc/bash_completion.d/hbctl
+(or source <(hbctl completion bash) in ~/.bashrc); zsh: write it as _hbctl in
+a directory of $fpath; fish: ~/.config/fish/completions/hbctl.fish. make
+install installs all three.`},
 		{name: "help", synopsis: "[COMMAND]", run: runHelp, help: `Print the usage, or a command's.`},
+		{name: "__services", run: runServices, help: `Print the service names, one a line (for the completion scripts).`},
 	}
 }
 
@@ -204,6 +225,7 @@ func Run(ctx context.Context, args []string, env Env) int {
 	}
 	c := &cli{Env: env}
 	global := newFlagSet("hbctl", &c.o)
+	showVersion := global.Bool("version", false, "print hbctl's version")
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(c.Stdout, Usage)
@@ -212,6 +234,10 @@ func Run(ctx context.Context, args []string, env Env) int {
 		return c.usageErr(nil, err.Error())
 	}
 	rest := global.Args()
+	if *showVersion {
+		fmt.Fprintf(c.Stdout, "hbctl %s\n", api.BuildVersion())
+		return ExitOK
+	}
 	if len(rest) == 0 {
 		fmt.Fprint(c.Stderr, Usage)
 		return ExitUsage

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -105,12 +106,40 @@ func TestRunInProcess(t *testing.T) {
 		{[]string{"frobnicate"}, ExitUsage, "", `unknown command "frobnicate"`},
 		{[]string{"-s"}, ExitUsage, "", "flag needs an argument"},
 		{[]string{"status", "-s", "/nonexistent/hbd.sock"}, ExitUnknown, "", "cannot reach hbd at /nonexistent/hbd.sock"},
+		{[]string{"--version"}, ExitOK, "hbctl " + api.BuildVersion() + "\n", ""},
+		{[]string{"-s", "/nonexistent/hbd.sock", "--version", "status"}, ExitOK, "hbctl ", ""},
 	}
 	for _, tc := range tests {
 		var out, errb bytes.Buffer
 		code := Run(context.Background(), tc.args, Env{Stdout: &out, Stderr: &errb})
 		if code != tc.code || !strings.Contains(out.String(), tc.inStdout) || !strings.Contains(errb.String(), tc.inStderr) {
 			t.Errorf("Run(%q) = %d, stdout %q, stderr %q; want %d, %q, %q", tc.args, code, out.String(), errb.String(), tc.code, tc.inStdout, tc.inStderr)
+		}
+	}
+}
+
+// TestManualDocumentsEveryCommand: docs/hbctl.md, which is also the man
+// page hbctl(8), has a section for every command and names every flag.
+func TestManualDocumentsEveryCommand(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/hbctl.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range visible() {
+		head := "### " + c.name
+		if c.synopsis != "" {
+			head += " " + c.synopsis
+		}
+		if !strings.Contains(string(doc), head+"\n") {
+			t.Errorf("docs/hbctl.md has no heading %q", head)
+		}
+		for _, f := range flagNames(c) {
+			if !strings.Contains(string(doc), f) {
+				t.Errorf("docs/hbctl.md does not name %s's flag %s", c.name, f)
+			}
+		}
+		if !strings.Contains(Usage, "  "+c.name+" ") && !strings.Contains(Usage, "  "+c.name+"\n") {
+			t.Errorf("hbctl's usage does not list %s", c.name)
 		}
 	}
 }
