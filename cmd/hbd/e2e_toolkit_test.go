@@ -259,7 +259,12 @@ stdout  = "null"
 		}
 	})
 	h.Run("status NAME", func(t *testing.T) {
-		got := h.MustCtl("status", "talker")
+		// talker exited with a failure: not in its wanted state, exit 3.
+		r := h.Ctl("status", "talker")
+		if r.Code != 3 {
+			t.Errorf("status talker: %v; want exit 3 (it failed)", r)
+		}
+		got := r.Stdout
 		for _, want := range []string{"stdout: " + out, "stderr: " + filepath.Join(h.LogDir, "talker.err.log"), "last stderr lines", "    err-1\n    err-2\n"} {
 			if !strings.Contains(got, want) {
 				t.Errorf("status talker lacks %q:\n%s", want, got)

@@ -33,10 +33,10 @@ func buildBeater(t *testing.T, dir string) string {
 // watchdogPeriod is the services' watchdog in TestFaultWatchdog: long
 // enough that a client started on a loaded machine beats within its first
 // period, short enough to keep the test quick.
-const watchdogPeriod = 100 * time.Millisecond
+const watchdogPeriod = 300 * time.Millisecond
 
 // TestFaultWatchdog: a C client (hb_beat) and a Go client (shm.Beat) beat a
-// 100 ms watchdog and are left alone; then one hangs for real (stops
+// 300 ms watchdog and are left alone; then one hangs for real (stops
 // beating, waits in pause()) and the other is SIGSTOPped. Each one's slot
 // reads 0 within the period plus a small bound, its state is hung (hbctl
 // status shows it, hbctl watch gets the hung event), it gets SIGABRT
@@ -52,13 +52,13 @@ func TestFaultWatchdog(t *testing.T) {
 [service.cbeat]
 command        = [%q, "-b", "2"]
 start_secs     = "0s"
-watchdog       = "100ms"
+watchdog       = "300ms"
 watchdog_grace = "500ms"
 
 [service.gobeat]
 command        = [%q]
 start_secs     = "0s"
-watchdog       = "100ms"
+watchdog       = "300ms"
 watchdog_grace = "500ms"
 `, h.HBClient, beater))
 	h.Start()
