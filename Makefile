@@ -45,6 +45,7 @@ ctest: ## compile the C reader warning-free (the cross-language test runs in go 
 	$(CC) $(CFLAGS) -Icontrib/c -fsyntax-only -x c contrib/c/hb_shm.h
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/readcheck shm/testdata/readcheck.c
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/waitcheck shm/testdata/waitcheck.c
 
 .PHONY: bench
 bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks
