@@ -49,6 +49,11 @@ type Daemon struct {
 
 	bus *bus
 
+	// subreaper: hbd is a child subreaper and reaps the services a dead
+	// plugin left (orphans.go). Set before the plugin starts.
+	subreaper bool
+	table     *shm.Table // read-only, for the stray reaper; opened on first use
+
 	// pluginGen counts plugin connections; an event stream or exit watcher
 	// of an older connection ignores itself.
 	pluginGen uint64 // guarded by mu
@@ -347,6 +352,9 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 				d.markSeqDirty()
 			}
 			d.mu.Unlock()
+			if ev.Kind == plugin.EventExit && d.subreaper {
+				go d.reapOrphan(ev)
+			}
 		}
 		// The stream ended: the plugin died (watchPlugin takes over), hbd
 		// is closing, or this subscriber fell too far behind and the plugin
