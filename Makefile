@@ -21,8 +21,10 @@ help: ## list the targets
 build: ## build hbd, hbctl, hbbench and the C tools into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/peer-go ./contrib/examples/peer-go
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/peer-c contrib/examples/peer-c/peer.c
 	$(MAKE) --no-print-directory chain
 
 .PHONY: chain

@@ -52,7 +52,8 @@ type Daemon struct {
 	// subreaper: hbd is a child subreaper and reaps the services a dead
 	// plugin left (orphans.go). Set before the plugin starts.
 	subreaper bool
-	table     *shm.Table // read-only, for the stray reaper; opened on first use
+	tableMu   sync.Mutex
+	table     *shm.Table // read-only mapping of the table; opened on first use (peerTable)
 
 	// pluginGen counts plugin connections; an event stream or exit watcher
 	// of an older connection ignores itself.
@@ -854,6 +855,11 @@ func (d *Daemon) mirror(s *service) {
 // client from the table and reports those that died meanwhile.
 func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 	<-conn.Exited()
+	// The kernel has marked writer_alive already; wake every peer blocked
+	// on the table so that it looks (the dead plugin cannot).
+	if t := d.peerTable(); t != nil {
+		t.Wake()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if gen != d.pluginGen || d.closing {

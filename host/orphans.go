@@ -88,7 +88,6 @@ func (d *Daemon) reapOrphan(ev plugin.Event) {
 // reapStrays reaps hbd's zombie children that no service owns: not the
 // plugin, not a PID hbd records for a service (whose exit the plugin has
 // yet to report). hbd's children are listed from /proc/self/task/*/children.
-// It runs on one goroutine (the SIGCHLD loop), which alone uses d.table.
 func (d *Daemon) reapStrays() {
 	kids := children()
 	if len(kids) == 0 {
@@ -101,14 +100,10 @@ func (d *Daemon) reapStrays() {
 			owned[s.pid] = true
 		}
 	}
-	name := d.cfg.HBD.Shm
 	d.mu.RUnlock()
 	// Every PID a slot holds is a service's, whatever hbd has heard of.
-	if d.table == nil {
-		d.table, _ = shm.Open(name)
-	}
-	if d.table != nil {
-		for sl := range d.table.Used() {
+	if t := d.peerTable(); t != nil {
+		for sl := range t.Used() {
 			if sl.PID != 0 {
 				owned[int(sl.PID)] = true
 			}
@@ -126,6 +121,20 @@ func (d *Daemon) reapStrays() {
 			d.log.Debug("reaped a stray process the previous plugin left", "pid", pid)
 		}
 	}
+}
+
+// peerTable maps the table read-only, as a peer does, on first use; nil
+// if it cannot (no table yet: the next call tries again).
+func (d *Daemon) peerTable() *shm.Table {
+	d.tableMu.Lock()
+	defer d.tableMu.Unlock()
+	if d.table == nil {
+		d.mu.RLock()
+		name := d.cfg.HBD.Shm
+		d.mu.RUnlock()
+		d.table, _ = shm.Open(name)
+	}
+	return d.table
 }
 
 // children lists hbd's child processes.

@@ -244,7 +244,7 @@ func TestCWaits(t *testing.T) {
 	if err := w.MarkAlive(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := state(), "writer_alive=1 alive0=1 layout_seq=2 changed=1 changes=1"; got != want {
+	if got, want := state(), "writer_alive=1 alive0=1 layout_seq=2 changed=1 changes=2"; got != want {
 		t.Errorf("after MarkAlive: %q, want %q", got, want)
 	}
 

@@ -21,7 +21,7 @@ const goldenFile = "testdata/table-v1.golden"
 //	slot 3            free again after "tmp" came and went (seq 4, its name's hash at 112)
 //
 // and, in the header, layout_seq 5 (four allocations, one release), writer_alive
-// 4243 (a TID; MarkAlive with the hook's value) and changes 5 (five pid stores).
+// 4243 (a TID; MarkAlive with the hook's value) and changes 6 (five pid stores, then MarkAlive).
 func goldenTable(t *testing.T) []byte {
 	t.Helper()
 	w, err := Create("golden", Options{Slots: 4, Dir: t.TempDir(), hooks: fixedHooks()})
@@ -205,7 +205,7 @@ func TestGoldenReadable(t *testing.T) {
 	h := r.Header()
 	if h != (Header{Version: 1, HeaderSize: 128, SlotSize: 128, SlotCount: 4, WriterPID: 4242,
 		Flags: FlagConnector | FlagPidfd, CreatedNs: 1_700_000_000_123_456_789, WriterBeatNs: h.WriterBeatNs,
-		LayoutSeq: 5, WriterAlive: 4243, Changes: 5}) {
+		LayoutSeq: 5, WriterAlive: 4243, Changes: 6}) {
 		t.Errorf("header: %+v", h)
 	}
 	var got []string

@@ -63,6 +63,31 @@ func (t *Table) Changes() uint32 {
 	return atomic.LoadUint32(t.u32(hdrChanges))
 }
 
+// ErrWriterDead is returned by a wait that was woken while the table's
+// writer is not alive (WriterAlive false): nobody would store the word it
+// waits on. The writer's own death wakes nobody (the kernel marks
+// writer_alive without a wake); hbd, when it sees the plugin die, wakes
+// every waiter (Table.Wake), and so does a writer that shuts down or
+// starts.
+var ErrWriterDead = errors.New("shm: the table's writer is not alive")
+
+// Wake wakes every process waiting on t's table (the changes word,
+// writer_alive and every used slot's pid word) without changing anything,
+// so that each looks at writer_alive. hbd calls it when it sees its plugin
+// die. It needs only the read-only mapping.
+func (t *Table) Wake() {
+	if t.base == nil {
+		return
+	}
+	futexWakeAll(unsafe.Pointer(t.u32(hdrChanges)))
+	futexWakeAll(unsafe.Pointer(t.u32(hdrWriterAlive)))
+	for i := 0; i < t.n; i++ {
+		if atomic.LoadUint32(t.u32(slotOff(i)+slState)) != uint32(StateFree) {
+			futexWakeAll(unsafe.Pointer(t.u32(slotOff(i) + slPID)))
+		}
+	}
+}
+
 // maxSleep bounds one futex sleep of a wait, so that a cancelled context is
 // noticed within it (a futex sleep cannot be interrupted from another
 // goroutine). It delays only the cancellation, never a change.
@@ -89,9 +114,10 @@ func sleepFor(ctx context.Context) (ts unix.Timespec, err error) {
 // Wait sleeps until slot i's pid word differs from seen, and returns the
 // new value. It blocks in the kernel (a shared FUTEX_WAIT on the word,
 // which works on the read-only mapping); the writer wakes it after every
-// store to the word. It ends with ctx's error when ctx is done. A writer
-// that dies wakes nobody: a peer that must notice that bounds the wait
-// (ctx) and checks WriterAlive.
+// store to the word. It ends with ctx's error when ctx is done, and with
+// ErrWriterDead when woken while the writer is not alive. A writer that
+// dies wakes nobody by itself (hbd does, when it lives): a peer that must
+// notice that within a bound also bounds the wait (ctx).
 func (t *Table) Wait(ctx context.Context, i int, seen uint32) (uint32, error) {
 	if uint(i) >= uint(t.n) {
 		return 0, fmt.Errorf("shm: wait on slot %d: %w [0,%d)", i, ErrIndex, t.n)
@@ -118,7 +144,13 @@ func (t *Table) waitWord(ctx context.Context, p *uint32, seen uint32) (uint32, e
 		if err != nil {
 			return seen, err
 		}
-		if err := futexWaitOn(p, seen, &ts); err != nil && !errors.Is(err, unix.ETIMEDOUT) && !errors.Is(err, unix.EINTR) {
+		err = futexWaitOn(p, seen, &ts)
+		switch {
+		case err == nil:
+			if atomic.LoadUint32(p) == seen && !t.WriterAlive() {
+				return seen, ErrWriterDead
+			}
+		case !errors.Is(err, unix.ETIMEDOUT) && !errors.Is(err, unix.EINTR):
 			return seen, fmt.Errorf("shm: futex wait: %w", err)
 		}
 	}
@@ -159,7 +191,13 @@ func (t *Table) WaitAny(ctx context.Context, ws []Watch) (int, error) {
 		var now unix.Timespec
 		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
 		dl := unix.NsecToTimespec(now.Nano() + ts.Nano())
-		if _, err := futexWaitvOn(fw, &dl); err != nil && !errors.Is(err, unix.ETIMEDOUT) && !errors.Is(err, unix.EINTR) {
+		k, err := futexWaitvOn(fw, &dl)
+		switch {
+		case err == nil && k >= 0:
+			if t.PID(ws[k].Slot) == ws[k].PID && !t.WriterAlive() {
+				return -1, ErrWriterDead
+			}
+		case err != nil && !errors.Is(err, unix.ETIMEDOUT) && !errors.Is(err, unix.EINTR):
 			return -1, fmt.Errorf("shm: futex_waitv: %w", err)
 		}
 	}

@@ -210,4 +210,26 @@ func TestWaits(t *testing.T) {
 	if _, err := r.WaitAny(ctx, make([]Watch, 129)); err == nil {
 		t.Error("WaitAny with 129 slots: no error")
 	}
+
+	// The writer goes away; a waiter woken by someone who saw it (hbd:
+	// Table.Wake) learns that nobody will store the word.
+	w.Spawned(b, 77, 1, 1, StateRunning, 0)
+	if err := w.MarkAlive(); err != nil {
+		t.Fatal(err)
+	}
+	dead := make(chan error, 1)
+	go func() { _, err := r.Wait(ctx, b, 77); dead <- err }()
+	time.Sleep(50 * time.Millisecond)
+	w.Close(false)
+	for {
+		r.Wake()
+		select {
+		case err := <-dead:
+			if !errors.Is(err, ErrWriterDead) {
+				t.Errorf("Wait woken after the writer closed: %v, want ErrWriterDead", err)
+			}
+			return
+		case <-time.After(10 * time.Millisecond): // the waiter may not sleep yet
+		}
+	}
 }

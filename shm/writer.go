@@ -730,14 +730,23 @@ func nameHash(name string) uint64 {
 // waiters. The store comes first, so a reader that spins on the word sees
 // it before any wake is made.
 func (w *Writer) pidStored(off int) {
+	for _, f := range *w.files.Load() {
+		if !f.bad.Load() {
+			futexWakeAll(unsafe.Add(f.base, off))
+		}
+	}
+	w.changed()
+}
+
+// changed increments the header's changes word and wakes its waiters, in
+// every file: after every store to a pid word or to writer_alive.
+func (w *Writer) changed() {
 	atomic.AddUint32(w.u32(hdrChanges), 1)
 	for _, f := range *w.files.Load() {
-		if f.bad.Load() {
-			continue
+		if !f.bad.Load() {
+			f.add32(hdrChanges)
+			futexWakeAll(unsafe.Add(f.base, hdrChanges))
 		}
-		futexWakeAll(unsafe.Add(f.base, off))
-		f.add32(hdrChanges)
-		futexWakeAll(unsafe.Add(f.base, hdrChanges))
 	}
 }
 
@@ -1037,6 +1046,7 @@ func (w *Writer) MarkAlive() error {
 	}
 	w.st32(hdrWriterAlive, v)
 	futexWakeFiles(w, hdrWriterAlive)
+	w.changed()
 	return nil
 }
 
@@ -1096,7 +1106,7 @@ func (w *Writer) Close(clean bool) error {
 		w.st32(hdrWriterAlive, a&^writerTIDMask|WriterOwnerDied) // as the kernel would: TID cleared
 	}
 	futexWakeFiles(w, hdrWriterAlive)
-	futexWakeFiles(w, hdrChanges)
+	w.changed()
 	w.robust.end()
 	path := w.path
 	err := w.Table.Close()

@@ -434,9 +434,12 @@ static inline int hb_lookup(const struct hb_table *t, const char *svc)
 /*
  * Blocking waits (Linux). The writer does a shared FUTEX_WAKE on a slot's pid
  * word after every store to it, and increments and wakes the header's
- * changes word; a read-only mapping can wait on both. timeout_ns < 0 waits
- * for ever. A writer that dies wakes nobody: bound the wait and check
- * hb_writer_alive when that matters.
+ * changes word (also at every change of writer_alive); a read-only mapping
+ * can wait on both. timeout_ns < 0 waits for ever. The waits return -EPIPE
+ * when woken while the writer is not alive. The writer's own death wakes
+ * nobody by itself (the kernel marks writer_alive without a wake); hbd, when
+ * it lives, wakes every waiter as soon as it sees the plugin die. A peer
+ * that must notice within a bound even with hbd gone bounds its waits.
  */
 #include <sys/syscall.h>
 #include <time.h>
@@ -476,9 +479,12 @@ static inline int hb__left(const struct timespec *dl, struct timespec *left)
 	return left->tv_sec < 0 ? -ETIMEDOUT : 0;
 }
 
-/* Sleep while *w == seen; returns its new value (>= 0) or -ETIMEDOUT / -errno. */
-static inline long hb__wait_word(_Atomic uint32_t *w, uint32_t seen, long long timeout_ns)
+/* Sleep while *w == seen; returns its new value (>= 0) or -ETIMEDOUT /
+ * -EPIPE (woken while the writer is not alive) / -errno. */
+static inline long hb__wait_word(const struct hb_table *t, _Atomic uint32_t *w, uint32_t seen, long long timeout_ns)
 {
+	long rc;
+
 	struct timespec dl, left;
 
 	if (timeout_ns >= 0)
@@ -492,8 +498,10 @@ static inline long hb__wait_word(_Atomic uint32_t *w, uint32_t seen, long long t
 			return -ETIMEDOUT;
 		/* Shared (no FUTEX_PRIVATE_FLAG): the key is the file's, so the
 		 * writer's wake through its own mapping reaches this one. */
-		if (syscall(__NR_futex, (uint32_t *)w, FUTEX_WAIT, seen, timeout_ns >= 0 ? &left : NULL, NULL, 0) < 0 &&
-		    errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
+		rc = syscall(__NR_futex, (uint32_t *)w, FUTEX_WAIT, seen, timeout_ns >= 0 ? &left : NULL, NULL, 0);
+		if (rc == 0 && atomic_load_explicit(w, memory_order_acquire) == seen && !hb_writer_alive(t))
+			return -EPIPE;
+		if (rc < 0 && errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
 			return -errno;
 	}
 }
@@ -505,7 +513,7 @@ static inline long hb_wait(const struct hb_table *t, int idx, uint32_t seen_pid,
 {
 	if ((unsigned)idx >= t->slot_count)
 		return -ERANGE;
-	return hb__wait_word(hb__word(t, idx, 0), seen_pid, timeout_ns);
+	return hb__wait_word(t, hb__word(t, idx, 0), seen_pid, timeout_ns);
 }
 
 /* hb_wait_changes sleeps until the changes word differs from *seen (some pid
@@ -517,7 +525,7 @@ static inline int hb_wait_changes(const struct hb_table *t, uint32_t *seen, long
 
 	if (!t->base)
 		return -EINVAL;
-	v = hb__wait_word(hb__word(t, -1, 15), *seen, timeout_ns);
+	v = hb__wait_word(t, hb__word(t, -1, 15), *seen, timeout_ns);
 	if (v < 0)
 		return (int)v;
 	*seen = (uint32_t)v;
@@ -559,10 +567,12 @@ static inline int hb_wait_any(const struct hb_table *t, const struct hb_watch *w
 		for (int k = 0; k < n; k++)
 			if (hb_pid(t, w[k].slot) != w[k].pid)
 				return k;
-		if (syscall(__NR_futex_waitv, v, (unsigned)n, 0u, timeout_ns >= 0 ? &dl : NULL, CLOCK_MONOTONIC) < 0 &&
-		    errno != EAGAIN && errno != EINTR) {
+		long rc = syscall(__NR_futex_waitv, v, (unsigned)n, 0u, timeout_ns >= 0 ? &dl : NULL, CLOCK_MONOTONIC);
+
+		if (rc >= 0 && rc < n && hb_pid(t, w[rc].slot) == w[rc].pid && !hb_writer_alive(t))
+			return -EPIPE;
+		if (rc < 0 && errno != EAGAIN && errno != EINTR)
 			return -errno;
-		}
 	}
 }
 #endif /* __linux__ */
@@ -590,6 +600,7 @@ static inline const char *hb_strerror(int rc)
 	case EAGAIN: return "slot busy: the writer died inside an update";
 	case ERANGE: return "slot index out of range";
 	case ETIMEDOUT: return "timed out";
+	case EPIPE: return "the table's writer is not alive";
 	default: return strerror(-rc);
 	}
 }
