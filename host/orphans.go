@@ -60,7 +60,7 @@ func (d *Daemon) reapOrphan(ev plugin.Event) {
 	d.mu.RLock()
 	pluginPID := d.info.PID
 	d.mu.RUnlock()
-	if ev.PID == pluginPID {
+	if ev.PID == pluginPID || isPlugin(ev.PID) {
 		return
 	}
 	for range orphanReapTries {
@@ -110,7 +110,7 @@ func (d *Daemon) reapStrays() {
 		}
 	}
 	for _, pid := range kids {
-		if owned[pid] {
+		if owned[pid] || isPlugin(pid) {
 			continue
 		}
 		if st, err := shm.ReadStat(pid); err != nil || st.State != 'Z' {
@@ -135,6 +135,19 @@ func (d *Daemon) peerTable() *shm.Table {
 		d.table, _ = shm.Open(name)
 	}
 	return d.table
+}
+
+// isPlugin reports whether pid runs (or ran: a zombie keeps its name) the
+// same executable as hbd: a plugin, whose PID hbd may not know yet (it is
+// being launched), and which only its launcher (go-plugin's exec.Cmd) may
+// reap. The name is /proc/PID/comm, which a zombie still has.
+func isPlugin(pid int) bool {
+	self, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		return true // cannot tell: leave it alone
+	}
+	c, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return err != nil || string(c) == string(self)
 }
 
 // children lists hbd's child processes.
