@@ -27,6 +27,16 @@ func TestWriterAliveKill(t *testing.T) {
 			os.Exit(3)
 		}
 		os.Stdout.WriteString("ready\n")
+		// A line on stdin: the table's name is removed and published
+		// again (a second file, a second entry in the robust list).
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err == nil {
+			os.Remove(dir + "/hb")
+			if _, err := w.Check(); err != nil {
+				os.Stdout.WriteString("error: " + err.Error() + "\n")
+				os.Exit(3)
+			}
+			os.Stdout.WriteString("relinked\n")
+		}
 		select {} // until killed
 	}
 	dir := t.TempDir()
@@ -36,20 +46,36 @@ func TestWriterAliveKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	if strings.TrimSpace(line) != "ready" {
+	rd := bufio.NewReader(out)
+	if line, _ := rd.ReadString('\n'); strings.TrimSpace(line) != "ready" {
 		t.Fatalf("writer process said %q", line)
 	}
-	r, err := OpenPath(dir + "/hb")
+	old, err := OpenPath(dir + "/hb") // the first file
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	in.Write([]byte("relink\n"))
+	if line, _ := rd.ReadString('\n'); strings.TrimSpace(line) != "relinked" {
+		t.Fatalf("writer process said %q", line)
+	}
+	r, err := OpenPath(dir + "/hb") // the second file
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	h := r.Header()
+	if old.Header().WriterAlive != h.WriterAlive || !old.WriterAlive() {
+		t.Fatalf("writer_alive %#x in the first file, %#x in the second", old.Header().WriterAlive, h.WriterAlive)
+	}
 	if !r.WriterAlive() {
 		t.Fatalf("writer_alive %#x while the writer lives", h.WriterAlive)
 	}
@@ -62,8 +88,10 @@ func TestWriterAliveKill(t *testing.T) {
 	}
 	// handle_futex_death stores FUTEX_OWNER_DIED (and FUTEX_WAITERS, which
 	// nobody sets here) in place of the TID.
-	if v := r.Header().WriterAlive; v != WriterOwnerDied {
-		t.Errorf("writer_alive %#x after SIGKILL (it was %#x), want %#x", v, h.WriterAlive, WriterOwnerDied)
+	for k, tab := range []*Table{old, r} {
+		if v := tab.Header().WriterAlive; v != WriterOwnerDied {
+			t.Errorf("file %d: writer_alive %#x after SIGKILL (it was %#x), want %#x", k+1, v, h.WriterAlive, WriterOwnerDied)
+		}
 	}
 
 	// The next writer adopts the table: the word says "dead" until it has
