@@ -310,3 +310,48 @@ start_secs = "100ms"
 	})
 	d.Stop()
 }
+
+// TestReadmePeerExcerpt: every line of the README's C peer excerpt is a
+// line of the compiled example (contrib/examples/peer-c/peer.c), so the
+// README shows nothing that does not build.
+func TestReadmePeerExcerpt(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join(root, "contrib/examples/peer-c/peer.c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := map[string]bool{}
+	for l := range strings.Lines(string(src)) {
+		lines[strings.TrimSpace(l)] = true
+	}
+	sec := string(readme)
+	i := strings.Index(sec, "## Peers: reading the table")
+	if i < 0 {
+		t.Fatal("README has no peer section")
+	}
+	sec = sec[i:]
+	start := strings.Index(sec, "```c\n")
+	end := strings.Index(sec[start+5:], "```")
+	if start < 0 || end < 0 {
+		t.Fatal("the README's peer section has no C block")
+	}
+	n := 0
+	for l := range strings.Lines(sec[start+5 : start+5+end]) {
+		if l = strings.TrimSpace(l); l != "" {
+			n++
+			if !lines[l] {
+				t.Errorf("README line %q is not in peer.c", l)
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("the README's C block is empty")
+	}
+}
