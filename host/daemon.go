@@ -873,10 +873,13 @@ func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 			return
 		}
 		d.log.Error("restart plugin", "attempt", attempt, "err", err)
+		// A failed connect counts a generation too; only a change made by
+		// someone else while the lock is out means another took over.
+		mine := d.pluginGen
 		d.mu.Unlock()
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))
 		d.mu.Lock()
-		if d.closing || gen+1 < d.pluginGen {
+		if d.closing || d.pluginGen != mine {
 			return
 		}
 	}
