@@ -161,6 +161,32 @@ start_secs = "100ms"
 		})
 		h.WaitRunning("s1", "s2", "s4", "s5")
 	}
+	// hbd and the plugin killed together: nobody wakes the peers, the
+	// kernel's mark alone tells them (they look at least every second).
+	deaths := func(p *peerRun) int {
+		n := 0
+		for _, l := range p.output() {
+			if l == "writer dead" {
+				n++
+			}
+		}
+		return n
+	}
+	before := []int{deaths(peers[0]), deaths(peers[1])}
+	old := pluginPID(h)
+	h.Kill(d.PID, syscall.SIGKILL)
+	h.Kill(old, syscall.SIGKILL)
+	d.Wait()
+	h.WaitGone(old)
+	if tab := h.Table(); tab.WriterAlive() {
+		t.Errorf("writer_alive %#x with hbd and the plugin killed", tab.Header().WriterAlive)
+	}
+	h.Eventually("both peers to see the writer dead", func() (bool, string) {
+		return deaths(peers[0]) > before[0] && deaths(peers[1]) > before[1], fmt.Sprint(before)
+	})
+	d = h.Start()
+	h.WaitRunning("s1", "s2", "s4", "s5")
+
 	// And a cycle after it all.
 	d.Stop()
 	if tab := h.Table(); tab.WriterAlive() || tab.Header().WriterAlive != 0 {
