@@ -43,8 +43,10 @@ FILL_PATHS     := sed -e 's|/usr/local/bin/hbd|$(BINDIR)/hbd|g' -e 's|/etc/hb/hb
 build: ## build hbd, hbctl, hbbench, the C tools and the man pages into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(GO_LDFLAGS)' -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/peer-go ./contrib/examples/peer-go
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -o $(BIN)/hbclient contrib/c/hbclient.c
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/peer-c contrib/examples/peer-c/peer.c
 	$(MAKE) --no-print-directory chain man
 
 .PHONY: chain
@@ -120,6 +122,7 @@ ctest: ## compile the C reader warning-free (the cross-language test runs in go 
 	$(CC) $(CFLAGS) -Icontrib/c -fsyntax-only -x c contrib/c/hb_shm.h
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/hbpeek contrib/c/hbpeek.c
 	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/readcheck shm/testdata/readcheck.c
+	$(CC) $(CFLAGS) -Icontrib/c -o $(BIN)/waitcheck shm/testdata/waitcheck.c
 
 .PHONY: bench
 bench: build ## run the benchmark (hbbench) and the Go micro-benchmarks

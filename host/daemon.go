@@ -53,6 +53,12 @@ type Daemon struct {
 
 	bus *bus
 
+	// subreaper: hbd is a child subreaper and reaps the services a dead
+	// plugin left (orphans.go). Set before the plugin starts.
+	subreaper bool
+	tableMu   sync.Mutex
+	table     *shm.Table // read-only mapping of the table; opened on first use (peerTable)
+
 	// pluginGen counts plugin connections; an event stream or exit watcher
 	// of an older connection ignores itself.
 	pluginGen uint64 // guarded by mu
@@ -392,6 +398,9 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 				d.markSeqDirty()
 			}
 			d.mu.Unlock()
+			if ev.Kind == plugin.EventExit && d.subreaper {
+				go d.reapOrphan(ev)
+			}
 		}
 		// The stream ended: the plugin died (watchPlugin takes over), hbd
 		// is closing, or this subscriber fell too far behind and the plugin
@@ -899,6 +908,11 @@ func (d *Daemon) mirror(s *service) {
 // client from the table and reports those that died meanwhile.
 func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 	<-conn.Exited()
+	// The kernel has marked writer_alive already; wake every peer blocked
+	// on the table so that it looks (the dead plugin cannot).
+	if t := d.peerTable(); t != nil {
+		t.Wake()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if gen != d.pluginGen || d.closing {
@@ -912,10 +926,13 @@ func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 			return
 		}
 		d.log.Error("restart plugin", "attempt", attempt, "err", err)
+		// A failed connect counts a generation too; only a change made by
+		// someone else while the lock is out means another took over.
+		mine := d.pluginGen
 		d.mu.Unlock()
 		time.Sleep(min(time.Duration(attempt)*200*time.Millisecond, 5*time.Second))
 		d.mu.Lock()
-		if d.closing || gen+1 < d.pluginGen {
+		if d.closing || d.pluginGen != mine {
 			return
 		}
 	}

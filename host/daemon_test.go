@@ -424,6 +424,28 @@ func TestEventGaps(t *testing.T) {
 			t.Errorf("b: %+v", st)
 		}
 	})
+	t.Run("plugin died, and the next connections failed", func(t *testing.T) {
+		t.Parallel()
+		h := newHarness(t, nil, svcTOML("a", `start_secs = "0s"`))
+		h.connect()
+		a := h.waitState("a", "running")
+		// Every connection fails after it counted (at Events) until three
+		// were tried: hbd keeps trying, however many failed.
+		h.f.RefuseEvents(true)
+		h.f.Die()
+		deadline := time.Now().Add(bound)
+		for h.dials.Load() < 4 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d connections within %v, want hbd to keep trying", h.dials.Load(), bound)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		h.f.RefuseEvents(false)
+		st := h.wait("a", "adopted by a plugin at last", func(st api.ServiceStatus) bool { return st.Adopted })
+		if st.PID != a.PID {
+			t.Errorf("a: %+v, want pid %d", st, a.PID)
+		}
+	})
 }
 
 // Reload stops removed services and frees their slots, restarts changed

@@ -152,6 +152,7 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return &startError{err}
 	}
 	d := newDaemon(cfg, log, exe)
+	d.becomeSubreaper()
 
 	// Signals first, so that a SIGTERM during startup is not lost.
 	sigs := make(chan os.Signal, 4)

@@ -59,7 +59,27 @@ const (
 	hdrFlags      = 28
 	hdrCreatedNs  = 32
 	hdrBeatNs     = 40
+	// Added within v1 in the reserved bytes (zero in older tables).
+	hdrLayoutSeq   = 48 // u64: +1 after every slot assignment, release or reuse
+	hdrWriterAlive = 56 // u32: robust-futex word, the writer thread's TID while it lives
+	hdrChanges     = 60 // u32: +1 (and a futex wake) after every store to a pid word
 )
+
+// The writer_alive word (header offset 56). While the writer lives it holds
+// the TID of one of its threads, which owns the word as a robust futex: when
+// the writer dies, by any means, the kernel sets WriterOwnerDied in it during
+// the exit. A clean shutdown stores 0.
+const (
+	// WriterOwnerDied is FUTEX_OWNER_DIED, set by the kernel (or by a writer
+	// closing without a clean shutdown).
+	WriterOwnerDied uint32 = 0x40000000
+	// writerTIDMask is FUTEX_TID_MASK.
+	writerTIDMask uint32 = 0x3fffffff
+)
+
+// WriterAliveWord reports whether a writer_alive value means a live writer:
+// not zero and WriterOwnerDied clear.
+func WriterAliveWord(v uint32) bool { return v != 0 && v&WriterOwnerDied == 0 }
 
 // Byte offsets of the fields inside one slot (ABI v1).
 const (
@@ -77,7 +97,12 @@ const (
 	slName       = 64
 	slNameLen    = 48 // NameMax + NUL
 	slReserved   = 112
-	nameWords    = slNameLen / 4
+	// slReleased (u64, added within v1 in the reserved bytes) is a free
+	// slot's memory of the service that last held it: NameHash of its name,
+	// 0 for a slot never used. Only the writer uses it (Alloc gives a
+	// returning name its old index); readers ignore it.
+	slReleased = 112
+	nameWords  = slNameLen / 4
 )
 
 // State is the lifecycle state stored at slot offset 4. Its numeric values
@@ -148,6 +173,16 @@ type Header struct {
 	// WriterBeatNs is CLOCK_MONOTONIC of the writer's last Beat: a reader can
 	// tell the watcher itself is alive if it is recent (the writer beats every second).
 	WriterBeatNs uint64
+	// LayoutSeq is incremented after every slot assignment, release or
+	// reuse: a reader that cached slot indexes looks them up again when,
+	// and only when, it changed.
+	LayoutSeq uint64
+	// WriterAlive is the robust-futex word: the writer thread's TID while
+	// the writer lives, WriterOwnerDied set by the kernel when it died, 0
+	// after a clean shutdown (WriterAliveWord).
+	WriterAlive uint32
+	// Changes is incremented after every store to a slot's pid word.
+	Changes uint32
 }
 
 // Slot is a consistent copy of one slot (see Table.Snapshot).

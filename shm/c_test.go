@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -42,8 +43,14 @@ func peekText(path string, r *Table, header bool) string {
 	}
 	if header {
 		h := r.Header()
-		fmt.Fprintf(&b, "# hb path=%s version=%d slots=%d used=%d writer_pid=%d flags=0x%x created_ns=%d writer_beat_ns=%d\n",
-			path, h.Version, h.SlotCount, len(used), h.WriterPID, h.Flags, h.CreatedNs, h.WriterBeatNs)
+		alive := 0
+		if r.WriterAlive() {
+			alive = 1
+		}
+		fmt.Fprintf(&b, "# hb path=%s version=%d slots=%d used=%d writer_pid=%d flags=0x%x created_ns=%d writer_beat_ns=%d"+
+			" layout_seq=%d writer_alive=0x%x alive=%d changes=%d\n",
+			path, h.Version, h.SlotCount, len(used), h.WriterPID, h.Flags, h.CreatedNs, h.WriterBeatNs,
+			h.LayoutSeq, h.WriterAlive, alive, h.Changes)
 	}
 	for _, s := range used {
 		fmt.Fprintf(&b, "%d %s %d %s %d %d %d %d\n", s.Index, s.Name, s.PID, s.State, s.Generation, s.Exits, s.LastStatus, s.LastPID)
@@ -211,5 +218,77 @@ func TestCReadersRefuseSquat(t *testing.T) {
 	}
 	if _, _, err := runPeek(t, peek, nil, "-u", "x1", "-p", p); err == nil {
 		t.Error("hbpeek -u x1 accepted")
+	}
+}
+
+// TestCWaits: the C helpers (hb_writer_alive, hb_alive, hb_layout_changed,
+// hb_changes) read what the Go writer wrote, and hb_wait, hb_wait_any and
+// hb_wait_changes, blocked on a read-only mapping in another process, are
+// woken by the writer's stores, or time out when nothing changes.
+func TestCWaits(t *testing.T) {
+	bin := buildC(t, "testdata/waitcheck.c")
+	w := newWriter(t, 4)
+	a, b := mustAlloc(t, w, "a"), mustAlloc(t, w, "b")
+	w.Spawned(a, 4242, 1, 1, StateRunning, 0)
+	path := w.Path()
+	state := func() string {
+		out, err := exec.Command(bin, path, "state").CombinedOutput()
+		if err != nil {
+			t.Fatalf("waitcheck state: %v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got, want := state(), "writer_alive=0 alive0=0 layout_seq=2 changed=1 changes=1"; got != want {
+		t.Errorf("before MarkAlive: %q, want %q", got, want)
+	}
+	if err := w.MarkAlive(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := state(), "writer_alive=1 alive0=1 layout_seq=2 changed=1 changes=2"; got != want {
+		t.Errorf("after MarkAlive: %q, want %q", got, want)
+	}
+
+	// start runs a wait and returns its result channel once it said "ready".
+	start := func(args ...string) <-chan string {
+		cmd := exec.Command(bin, append([]string{path}, args...)...)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rd := bufio.NewReader(out)
+		if l, _ := rd.ReadString('\n'); l != "ready\n" {
+			t.Fatalf("waitcheck %v said %q", args, l)
+		}
+		res := make(chan string, 1)
+		go func() {
+			l, _ := rd.ReadString('\n')
+			_ = cmd.Wait()
+			res <- strings.TrimSpace(l)
+		}()
+		return res
+	}
+	changes := fmt.Sprint(w.Changes())
+	one := start("wait", fmt.Sprint(a), "4242", "20000")
+	many := start("any", fmt.Sprintf("%d:0,%d:4242", b, a), "20000")
+	all := start("changes", changes, "20000")
+	timeout := start("wait", fmt.Sprint(b), "0", "50")
+	if got := <-timeout; got != "error=ETIMEDOUT" {
+		t.Errorf("hb_wait on an unchanged slot: %q, want error=ETIMEDOUT", got)
+	}
+	w.ClearPID(a, 4242)
+	if got := <-one; got != "pid=0" {
+		t.Errorf("hb_wait: %q, want pid=0", got)
+	}
+	if got := <-many; got != "pos=1" {
+		t.Errorf("hb_wait_any: %q, want pos=1", got)
+	}
+	if got, want := <-all, fmt.Sprintf("changes=%d", w.Changes()); got != want {
+		t.Errorf("hb_wait_changes: %q, want %q", got, want)
+	}
+	if got := <-start("wait", "9", "0", "50"); got != "error=slot index out of range" {
+		t.Errorf("hb_wait on slot 9: %q", got)
 	}
 }

@@ -20,8 +20,17 @@
 //     reported or the process reaped, so a non-zero pid never names a
 //     recycled process; the other fields follow under the seqlock.
 //   - A spawn fills the fields under the seqlock and stores the pid last.
-//   - A slot keeps its index while its service exists: look a name up once
-//     (Lookup), then read PID(i).
+//   - A slot keeps its index while its service exists, and a name freed and
+//     allocated again gets its old index back: look a name up once
+//     (Lookup, after reading LayoutSeq), then read PID(i); LayoutChanged
+//     (one load) says when slots were assigned or released and the name
+//     must be looked up again.
+//   - writer_alive is a robust futex the kernel marks when the writer dies
+//     (MarkAlive): WriterAlive is one load; Alive(i) is PID(i) != 0 and
+//     WriterAlive.
+//   - After every store to a pid word the writer wakes the futex waiters on
+//     it and increments and wakes the changes word: Wait, WaitAny and
+//     WaitChanges sleep in the kernel on the read-only mapping.
 //
 // # Concurrency
 //

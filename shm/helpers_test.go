@@ -12,9 +12,10 @@ import (
 func fixedHooks() *hooks {
 	mono := uint64(5_000_000_000)
 	return &hooks{
-		pid:  4242,
-		mono: func() uint64 { mono += 1000; return mono },
-		real: func() uint64 { return 1_700_000_000_123_456_789 },
+		pid:   4242,
+		alive: 4243,
+		mono:  func() uint64 { mono += 1000; return mono },
+		real:  func() uint64 { return 1_700_000_000_123_456_789 },
 	}
 }
 

@@ -18,7 +18,10 @@ const goldenFile = "testdata/table-v1.golden"
 //	slot 0 "rx"       running, pid 1001, generation 1
 //	slot 1 "tx"       backoff after pid 1002 was killed (137), adopted flag
 //	slot 2 "ips-0.a"  hung: pid 1003 missed its watchdog deadline (pid 0, state 8)
-//	slot 3            free again after "tmp" came and went (seq 4)
+//	slot 3            free again after "tmp" came and went (seq 4, its name's hash at 112)
+//
+// and, in the header, layout_seq 5 (four allocations, one release), writer_alive
+// 4243 (a TID; MarkAlive with the hook's value) and changes 6 (five pid stores, then MarkAlive).
 func goldenTable(t *testing.T) []byte {
 	t.Helper()
 	w, err := Create("golden", Options{Slots: 4, Dir: t.TempDir(), hooks: fixedHooks()})
@@ -46,6 +49,9 @@ func goldenTable(t *testing.T) []byte {
 	w.Spawned(ips, 1003, 1, 123458, StateRunning, 0)
 	if !w.ClearPID(ips, 1003) || !w.SetStateOf(ips, StateHung, 1) {
 		t.Fatal("ips-0.a could not be made hung")
+	}
+	if err := w.MarkAlive(); err != nil {
+		t.Fatal(err)
 	}
 	w.Beat()
 	b, err := os.ReadFile(w.Path())
@@ -135,6 +141,9 @@ func TestLayoutOffsets(t *testing.T) {
 		{"header created_ns", 32, 8, 1_700_000_000_123_456_789},
 		// mono hook: create 5e9+1000; allocs +2000,+3000; spawn +4000; exit +5000; spawn +6000; beat +7000.
 		{"header writer_beat_ns", 40, 8, 5_000_007_000},
+		{"header layout_seq", 48, 8, 2},   // two allocations
+		{"header writer_alive", 56, 4, 0}, // not marked alive
+		{"header changes", 60, 4, 3},      // spawn, exit, spawn: three pid stores
 		{"slot pid", s + 0, 4, 0x01020304},
 		{"slot state", s + 4, 4, uint64(StateStopping)},
 		{"slot seq", s + 8, 4, 8}, // alloc, spawn, exit, spawn: 4 updates
@@ -163,8 +172,8 @@ func TestLayoutOffsets(t *testing.T) {
 	if m := b[0:8]; string(m) != "HBSHM\x00\x00\x00" {
 		t.Errorf("magic at 0: % x", m)
 	}
-	if z := b[48:128]; !bytes.Equal(z, make([]byte, 80)) {
-		t.Errorf("header bytes 48-127 not zero: % x", z)
+	if z := b[64:128]; !bytes.Equal(z, make([]byte, 64)) {
+		t.Errorf("header bytes 64-127 not zero: % x", z)
 	}
 	wantName := append([]byte("the-service.1"), make([]byte, 48-13)...)
 	if n := b[s+64 : s+112]; !bytes.Equal(n, wantName) {
@@ -195,7 +204,8 @@ func TestGoldenReadable(t *testing.T) {
 	defer r.Close()
 	h := r.Header()
 	if h != (Header{Version: 1, HeaderSize: 128, SlotSize: 128, SlotCount: 4, WriterPID: 4242,
-		Flags: FlagConnector | FlagPidfd, CreatedNs: 1_700_000_000_123_456_789, WriterBeatNs: h.WriterBeatNs}) {
+		Flags: FlagConnector | FlagPidfd, CreatedNs: 1_700_000_000_123_456_789, WriterBeatNs: h.WriterBeatNs,
+		LayoutSeq: 5, WriterAlive: 4243, Changes: 6}) {
 		t.Errorf("header: %+v", h)
 	}
 	var got []string

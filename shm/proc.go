@@ -39,6 +39,20 @@ type Stat struct {
 	// boot. Together with the PID it identifies one process: a recycled PID
 	// has a different start time.
 	StartTime uint64
+	// ExitCode is field 52 (Linux 3.5): the wait status of an exited
+	// process (a zombie), in the form waitpid(2) reports it; HaveExitCode
+	// is false where the field is missing or hidden.
+	ExitCode     int
+	HaveExitCode bool
+}
+
+// ExitStatus is hb's form of a wait status w (as ExitCode holds it): the
+// exit code, or 128 + the signal that killed the process.
+func ExitStatus(w int) int {
+	if sig := w & 0x7f; sig != 0 {
+		return 128 + sig
+	}
+	return (w >> 8) & 0xff
 }
 
 // StartTime returns field 22 of /proc/PID/stat (Stat.StartTime). The error
@@ -108,6 +122,11 @@ func ParseStat(b []byte) (Stat, error) {
 	st.StartTime = num(last, "starttime")
 	if err != nil {
 		return Stat{}, err
+	}
+	if const52 := 52 - 3; len(f) > const52 {
+		if v, e := strconv.ParseInt(string(f[const52]), 10, 32); e == nil {
+			st.ExitCode, st.HaveExitCode = int(v), true
+		}
 	}
 	return st, nil
 }

@@ -202,6 +202,9 @@ func (t *Table) Header() Header {
 		Flags:        atomic.LoadUint32(t.u32(hdrFlags)),
 		CreatedNs:    atomic.LoadUint64(t.u64(hdrCreatedNs)),
 		WriterBeatNs: atomic.LoadUint64(t.u64(hdrBeatNs)),
+		LayoutSeq:    atomic.LoadUint64(t.u64(hdrLayoutSeq)),
+		WriterAlive:  atomic.LoadUint32(t.u32(hdrWriterAlive)),
+		Changes:      atomic.LoadUint32(t.u32(hdrChanges)),
 	}
 }
 

@@ -34,7 +34,8 @@ type hooks struct {
 	mono func() uint64 // CLOCK_MONOTONIC ns
 	real func() uint64 // CLOCK_REALTIME ns
 
-	noTmpfile bool // pretend the file system lacks O_TMPFILE
+	noTmpfile bool   // pretend the file system lacks O_TMPFILE
+	alive     uint32 // MarkAlive stores this instead of a real TID (no robust list)
 }
 
 // Writer is the single writer of a table: the plugin. It holds an exclusive
@@ -71,6 +72,8 @@ type Writer struct {
 	mono    func() uint64 // CLOCK_MONOTONIC ns (changed_ns, writer_beat_ns)
 	real    func() uint64 // CLOCK_REALTIME ns (created_ns)
 	noTmp   bool          // test hook: skip O_TMPFILE
+	alive   uint32        // test hook: MarkAlive's value instead of a TID
+	robust  *robust       // the robust list that marks writer_alive when the writer dies
 
 	mu    sync.Mutex     // guards names, index and every seqlock-protected slot update
 	names []string       // slot index -> service name, "" if free; guarded by mu
@@ -116,9 +119,24 @@ func Create(name string, opt Options) (*Writer, error) {
 	}
 	w := &Writer{dir: dir, pid: uint32(os.Getpid()), mono: MonotonicNs, real: realtimeNs}
 	if h := opt.hooks; h != nil {
-		w.pid, w.mono, w.real, w.noTmp = h.pid, h.mono, h.real, h.noTmpfile
+		w.pid, w.mono, w.real, w.noTmp, w.alive = h.pid, h.mono, h.real, h.noTmpfile, h.alive
 	}
 	w.files.Store(&[]*tableFile{})
+	r, err := newRobust()
+	if err != nil {
+		return nil, fmt.Errorf("shm: create %s: %w", path, err)
+	}
+	w.robust = r
+	w, err = w.createOrAdopt(path, slots)
+	if err != nil {
+		r.end()
+		return nil, err
+	}
+	return w, nil
+}
+
+// createOrAdopt is Create's loop: adopt the file at path, or create it.
+func (w *Writer) createOrAdopt(path string, slots int) (*Writer, error) {
 	for range maxCreateTries {
 		fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err == nil {
@@ -159,11 +177,12 @@ func squatError(path string, err error) error {
 
 // tableFile is one mapped table file of a Writer.
 type tableFile struct {
-	fd   int // open O_RDWR and flock'ed LOCK_EX; closed by Close
-	mem  []byte
-	base unsafe.Pointer
-	dev  uint64
-	ino  uint64
+	fd     int    // open O_RDWR and flock'ed LOCK_EX; closed by Close
+	region []byte // the private page before the file and the file (mapWriterFile)
+	mem    []byte
+	base   unsafe.Pointer
+	dev    uint64
+	ino    uint64
 	// bad is set when a store faulted (the file was truncated); stores
 	// skip the file until Check has restored it.
 	bad atomic.Bool
@@ -202,6 +221,21 @@ func (f *tableFile) st64(off int, v uint64) {
 	atomic.StoreUint64((*uint64)(unsafe.Add(f.base, off)), v)
 }
 
+// add32 adds 1 to the word at byte off of the file and returns the new
+// value, with st32's fault handling.
+func (f *tableFile) add32(off int) (v uint32) {
+	if f.bad.Load() {
+		return 0
+	}
+	defer f.faulted()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return atomic.AddUint32((*uint32)(unsafe.Add(f.base, off)), 1)
+}
+
+// entry is the file's robust-list entry: the last bytes of the private page
+// mapped before it.
+func (f *tableFile) entry() unsafe.Pointer { return unsafe.Add(f.base, -robustEntryBack) }
+
 // cas32 is CompareAndSwapUint32 at byte off of the file, with st32's fault handling.
 func (f *tableFile) cas32(off int, old, v uint32) {
 	if f.bad.Load() {
@@ -215,7 +249,7 @@ func (f *tableFile) cas32(off int, old, v uint32) {
 // close unmaps and closes f; dev and ino stay (Unlink). Stores skip it.
 func (f *tableFile) close() error {
 	f.bad.Store(true)
-	err := unix.Munmap(f.mem)
+	err := unix.Munmap(f.region)
 	if cerr := unix.Close(f.fd); err == nil {
 		err = cerr
 	}
@@ -295,15 +329,17 @@ func (w *Writer) newFile(path string) (f *tableFile, tmp string, err error) {
 	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return nil, "", fmt.Errorf("flock: %w", err)
 	}
-	mem, err := unix.Mmap(fd, 0, w.size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	region, mem, err := mapWriterFile(fd, w.size)
 	if err != nil {
-		return nil, "", fmt.Errorf("mmap %d bytes: %w", w.size, err)
+		return nil, "", err
 	}
-	return &tableFile{fd: fd, mem: mem, base: unsafe.Pointer(&mem[0]), dev: uint64(st.Dev), ino: uint64(st.Ino)}, tmp, nil
+	return &tableFile{fd: fd, region: region, mem: mem, base: unsafe.Pointer(&mem[0]), dev: uint64(st.Dev), ino: uint64(st.Ino)}, tmp, nil
 }
 
-// addFile appends f to w.files. The caller holds mu (or owns w alone).
+// addFile appends f to w.files and links its robust-list entry. The caller
+// holds mu (or owns w alone).
 func (w *Writer) addFile(f *tableFile) {
+	w.robust.link(f.entry())
 	old := *w.files.Load()
 	files := append(append(make([]*tableFile, 0, len(old)+1), old...), f)
 	w.files.Store(&files)
@@ -432,12 +468,21 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 		}
 		return fmt.Errorf("flock: %w", err)
 	}
-	mt, err := mapTable(fd, path, st.Size, unix.PROT_READ|unix.PROT_WRITE)
+	mt, err := mapTable(fd, path, st.Size, unix.PROT_READ)
 	if err != nil {
 		return err
 	}
-	f = &tableFile{fd: fd, mem: mt.mem, base: mt.base, dev: uint64(st.Dev), ino: uint64(st.Ino)}
-	w.size = len(mt.mem)
+	slots := mt.n
+	_ = mt.Close()
+	region, mem, err := mapWriterFile(fd, int(st.Size))
+	if err != nil {
+		return err
+	}
+	f = &tableFile{fd: fd, region: region, mem: mem, base: unsafe.Pointer(&mem[0]), dev: uint64(st.Dev), ino: uint64(st.Ino)}
+	if _, err := checkHeader(mem); err != nil { // it changed under the lock
+		return err
+	}
+	w.size = len(mem)
 	if err := allocate(fd, path, w.size); err != nil {
 		return err
 	}
@@ -445,8 +490,8 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 	if err != nil {
 		return err
 	}
-	copyWords(t.mem, mt.mem)
-	t.n = mt.n
+	copyWords(t.mem, mem)
+	t.n = slots
 	w.Table = t
 	w.addFile(f)
 	w.names = make([]string, t.n)
@@ -455,6 +500,13 @@ func (w *Writer) adopt(fd int, path string) (err error) {
 		if err := w.adoptSlot(i); err != nil {
 			return err
 		}
+	}
+	// The slots are not validated yet (the previous writer's processes
+	// may have died meanwhile): until MarkAlive the table says its writer
+	// is not alive. A word that still names a thread (a writer that died
+	// without the kernel marking it) is marked here.
+	if a := atomic.LoadUint32(w.u32(hdrWriterAlive)); WriterAliveWord(a) {
+		w.st32(hdrWriterAlive, a&^writerTIDMask|WriterOwnerDied) // as the kernel would: TID cleared
 	}
 	w.st32(hdrWriterPID, w.pid)
 	w.st64(hdrBeatNs, w.mono())
@@ -477,11 +529,14 @@ func (w *Writer) adoptSlot(i int) error {
 		w.st32(off+slSeq, s+1)
 	}
 	if atomic.LoadUint32(w.u32(off+slState)) == uint32(StateFree) {
-		for k := slPID; k < SlotSize; k += 4 {
+		for k := slPID; k < slReleased; k += 4 {
 			if k != slSeq && atomic.LoadUint32(w.u32(off+k)) != 0 {
+				rel := atomic.LoadUint64(w.u64(off + slReleased))
 				w.begin(off)
 				w.zeroSlot(off)
+				w.st64(off+slReleased, rel)
 				w.end(off)
+				w.layoutChanged()
 				break
 			}
 		}
@@ -655,9 +710,59 @@ func (w *Writer) mustSlot(i int, used bool) int {
 	return slotOff(i)
 }
 
-// Alloc returns the slot of service, allocating the lowest free slot if the
-// service has none: state StateStopped, last_status -1, everything else 0.
-// A service keeps its index until Free. Errors wrap ErrBadName, ErrFull or
+// nameHash is FNV-1a (64 bits) of name, never 0: what a released slot
+// remembers of its last service (slot offset 112).
+func nameHash(name string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
+
+// pidStored is called after every store that may have changed the pid word
+// at off (a slot's offset + 0): in every file it wakes the futex waiters on
+// that word, then increments the header's changes word and wakes its
+// waiters. The store comes first, so a reader that spins on the word sees
+// it before any wake is made.
+func (w *Writer) pidStored(off int) {
+	for _, f := range *w.files.Load() {
+		if !f.bad.Load() {
+			futexWakeAll(unsafe.Add(f.base, off))
+		}
+	}
+	w.changed()
+}
+
+// changed increments the header's changes word and wakes its waiters, in
+// every file: after every store to a pid word or to writer_alive.
+func (w *Writer) changed() {
+	atomic.AddUint32(w.u32(hdrChanges), 1)
+	for _, f := range *w.files.Load() {
+		if !f.bad.Load() {
+			f.add32(hdrChanges)
+			futexWakeAll(unsafe.Add(f.base, hdrChanges))
+		}
+	}
+}
+
+// layoutChanged increments layout_seq, after a slot's name was written or
+// cleared. The caller holds mu.
+func (w *Writer) layoutChanged() {
+	w.st64(hdrLayoutSeq, atomic.LoadUint64(w.u64(hdrLayoutSeq))+1)
+}
+
+// Alloc returns the slot of service, allocating one if the service has
+// none: state StateStopped, last_status -1, everything else 0. The slot is,
+// in this order of preference, the free slot this name last held (so a
+// service that is freed and allocated again, as at every full stop and
+// start of hbd, keeps its index), the lowest slot never used, the lowest
+// free one. A service keeps its index until Free. An allocation increments
+// layout_seq after the name is written. Errors wrap ErrBadName, ErrFull or
 // ErrClosed.
 func (w *Writer) Alloc(service string) (int, error) {
 	if err := ValidName(service); err != nil {
@@ -671,8 +776,26 @@ func (w *Writer) Alloc(service string) (int, error) {
 	if i, ok := w.index[service]; ok {
 		return i, nil
 	}
+	h := nameHash(service)
+	own, never, any := -1, -1, -1
 	for i, n := range w.names {
 		if n != "" {
+			continue
+		}
+		off := slotOff(i)
+		if atomic.LoadUint64(w.u64(off+slReleased)) == h {
+			own = i
+			break
+		}
+		if never < 0 && atomic.LoadUint32(w.u32(off+slSeq)) == 0 {
+			never = i
+		}
+		if any < 0 {
+			any = i
+		}
+	}
+	for _, i := range []int{own, never, any} {
+		if i < 0 {
 			continue
 		}
 		off := slotOff(i)
@@ -684,6 +807,7 @@ func (w *Writer) Alloc(service string) (int, error) {
 		w.st64(off+slChangedNs, w.mono())
 		w.st32(off+slState, uint32(StateStopped)) // last: marks the slot used
 		w.end(off)
+		w.layoutChanged()
 		w.names[i], w.index[service] = service, i
 		return i, nil
 	}
@@ -703,7 +827,10 @@ func (w *Writer) Lookup(service string) (int, error) {
 }
 
 // Free releases slot i: state StateFree and every field zeroed (seq keeps
-// counting). The index may then be reused by Alloc. Freeing a free slot does
+// counting), but for the released-name word, which remembers the service so
+// that Alloc gives it the same index again; then layout_seq is incremented.
+// The index may be reused by Alloc for another name when no slot never used
+// is left. Freeing a free slot does
 // nothing. It refuses a slot whose PID is not 0 (ErrRunning): clear the PID
 // when the process exits, then free it. Errors wrap ErrIndex, ErrRunning or
 // ErrClosed.
@@ -726,7 +853,9 @@ func (w *Writer) Free(i int) error {
 	}
 	w.begin(off)
 	w.zeroSlot(off)
+	w.st64(off+slReleased, nameHash(name))
 	w.end(off)
+	w.layoutChanged()
 	w.names[i] = ""
 	delete(w.index, name)
 	return nil
@@ -748,6 +877,7 @@ func (w *Writer) Spawned(i int, pid uint32, gen, startTime uint64, state State, 
 	w.st32(off+slFlags, flags)
 	w.end(off)
 	w.st32(off+slPID, pid)
+	w.pidStored(off)
 }
 
 // ClearPID sets slot i's PID to 0 if it is pid (compare-and-swap), so the
@@ -766,6 +896,7 @@ func (w *Writer) ClearPID(i int, pid uint32) bool {
 	for _, f := range *w.files.Load() {
 		f.cas32(off, pid, 0)
 	}
+	w.pidStored(off)
 	return true
 }
 
@@ -784,6 +915,7 @@ func (w *Writer) Publish(i int, pid uint32, gen uint64) bool {
 		return false
 	}
 	w.st32(off+slPID, pid)
+	w.pidStored(off)
 	return true
 }
 
@@ -891,6 +1023,45 @@ func (w *Writer) Beat() {
 	w.st64(hdrBeatNs, w.mono())
 }
 
+// MarkAlive makes writer_alive say that this writer lives: it starts the
+// thread that owns the word as a robust futex and stores the thread's TID.
+// From then on the kernel sets WriterOwnerDied in the word when this
+// process dies, by any means; Close stores the final value. A writer that
+// adopted a table calls it once it has re-validated every slot (until then
+// the word still says the previous writer died). Calling it again does
+// nothing more.
+func (w *Writer) MarkAlive() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.base == nil {
+		return fmt.Errorf("shm: %s: mark the writer alive: %w", w.path, ErrClosed)
+	}
+	v := w.alive
+	if v == 0 {
+		tid, err := w.robust.start()
+		if err != nil {
+			return fmt.Errorf("shm: %s: mark the writer alive: %w", w.path, err)
+		}
+		v = tid
+	}
+	w.st32(hdrWriterAlive, v)
+	futexWakeFiles(w, hdrWriterAlive)
+	w.changed()
+	return nil
+}
+
+// futexWakeFiles wakes the waiters on the word at off in every file.
+func futexWakeFiles(w *Writer, off int) {
+	for _, f := range *w.files.Load() {
+		if !f.bad.Load() {
+			futexWakeAll(unsafe.Add(f.base, off))
+		}
+	}
+}
+
+// WriterAlive reports what the writer's own writer_alive word says.
+func (w *Writer) WriterAlive() bool { return WriterAliveWord(atomic.LoadUint32(w.u32(hdrWriterAlive))) }
+
 // Unlink removes the table's name if it still names this table's newest file
 // (it may be called before or after Close). The mapping stays valid for every
 // process that has it until each unmaps it; a later Create makes a new table.
@@ -925,9 +1096,18 @@ func (w *Writer) Close(clean bool) error {
 	if w.base == nil {
 		return nil
 	}
+	// writer_alive: 0 after a clean shutdown, WriterOwnerDied otherwise
+	// (the kernel would set it at the exit, but the files are unmapped by
+	// then). Either way the robust list is emptied before the unmapping.
 	if clean {
+		w.st32(hdrWriterAlive, 0)
 		w.st32(hdrWriterPID, 0)
+	} else if a := atomic.LoadUint32(w.u32(hdrWriterAlive)); WriterAliveWord(a) {
+		w.st32(hdrWriterAlive, a&^writerTIDMask|WriterOwnerDied) // as the kernel would: TID cleared
 	}
+	futexWakeFiles(w, hdrWriterAlive)
+	w.changed()
+	w.robust.end()
 	path := w.path
 	err := w.Table.Close()
 	for _, f := range *w.files.Load() {

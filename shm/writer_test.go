@@ -130,15 +130,16 @@ func TestAllocFreeReuse(t *testing.T) {
 	if _, err := w.Lookup("a"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Writer.Lookup(freed) = %v, want ErrNotFound", err)
 	}
-	// The lowest free index is reused, and the reused slot starts fresh.
-	if d := mustAlloc(t, w, "d"); d != a {
-		t.Errorf("Alloc(d) = %d, want reused %d", d, a)
+	// A new name takes a slot never used first; the released one is reused
+	// only when no other is left, and then starts fresh.
+	if d := mustAlloc(t, w, "d"); d != 3 {
+		t.Errorf("Alloc(d) = %d, want the never used 3", d)
 	}
-	if s := r.Snapshot(a); s.Generation != 0 || s.Exits != 0 || s.LastStatus != -1 || s.Name != "d" {
+	if e := mustAlloc(t, w, "e"); e != a {
+		t.Errorf("Alloc(e) = %d, want the released %d (the last one left)", e, a)
+	}
+	if s := r.Snapshot(a); s.Generation != 0 || s.Exits != 0 || s.LastStatus != -1 || s.Name != "e" {
 		t.Errorf("reused slot: %+v", s)
-	}
-	if e := mustAlloc(t, w, "e"); e != 3 {
-		t.Errorf("Alloc(e) = %d, want 3", e)
 	}
 	if _, err := w.Alloc("f"); !errors.Is(err, ErrFull) {
 		t.Errorf("Alloc on a full table = %v, want ErrFull", err)
@@ -411,8 +412,8 @@ func TestAdopt(t *testing.T) {
 	if i := mustAlloc(t, w2, "c"); i != c {
 		t.Errorf("Alloc(c) after adopt = %d, want %d", i, c)
 	}
-	if i := mustAlloc(t, w2, "d"); i != a {
-		t.Errorf("Alloc(d) after adopt = %d, want the free %d", i, a)
+	if i := mustAlloc(t, w2, "d"); i == a {
+		t.Errorf("Alloc(d) after adopt = %d, the released slot, while slots never used are left", i)
 	}
 	if !w2.ClearPID(b, 4242) {
 		t.Error("ClearPID of the adopted pid failed")

@@ -17,11 +17,16 @@
 //   - scale: N services in one hbd: start, kill all at once, RSS, idle CPU;
 //   - flood: an exit flood of unrelated processes while services are killed
 //     at random: missed exits, plugin CPU, resyncs.
+//   - table: kill -9 → a peer blocked in hb_wait (futex) wakes, beside the
+//     spinning reader and a raw pidfd waiter on the same kill; plugin kill -9
+//     → a reader sees writer_alive dead, beside a raw pidfd waiter on the
+//     plugin; the cost of one FUTEX_WAKE (the plugin makes two per pid
+//     store) beside an atomic store.
 //
 // It prints a markdown report (or JSON with --json) and exits 1 if any exit
 // was missed or any slot was left wrong; timings never fail it.
 //
-//	hbbench [--quick|--long] [--only death,respawn,peer,scale,flood] [--json]
+//	hbbench [--quick|--long] [--only death,respawn,peer,scale,flood,table] [--json]
 //	        [--kills N] [--services N] [--flood-secs N] [--hbd PATH] ...
 //
 // The timed parts run in a small C helper (csrc/helper.c) that hbbench

@@ -30,6 +30,7 @@ func TestParseFlags(t *testing.T) {
 			return o.kills == 3 && o.services == 50
 		}},
 		{name: "long presets", args: []string{"--long"}, want: func(o *options) bool { return o.kills == 1000 && o.floodSecs == 30 }},
+		{name: "only table", args: []string{"--only", "table"}, want: func(o *options) bool { return len(o.only) == 1 && o.only["table"] }},
 		{name: "only", args: []string{"--only", "death, peer"}, want: func(o *options) bool {
 			return len(o.only) == 2 && o.only["death"] && o.only["peer"]
 		}},
@@ -440,5 +441,44 @@ func TestQuickWatchdog(t *testing.T) {
 		if !ok {
 			t.Errorf("no figure %q", name)
 		}
+	}
+}
+
+// TestQuickTable runs the table test small: every figure is there and every
+// kill was recorded (the figures themselves fail nothing).
+func TestQuickTable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds hbd and runs it (-short)")
+	}
+	dir := buildTools(t)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "table", "--kills", "3", "--fat-kills", "2", "--json", "--include", "../../contrib/c")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
+		}
+	}
+	want := map[string]int{
+		"kill -9 → peer blocked in hb_wait (futex) wakes":                               3,
+		"kill -9 → raw pidfd waiter thread wakes":                                       3,
+		"plugin kill -9 → reader sees writer_alive dead (one load)":                     2,
+		"plugin kill -9 → raw pidfd waiter on the plugin wakes":                         2,
+		"one shared FUTEX_WAKE, nobody waiting: the plugin adds 2 after each pid store": 1,
+	}
+	for _, res := range rep.Results {
+		if n, ok := want[res.Name]; ok && res.N == n {
+			delete(want, res.Name)
+		}
+	}
+	for name, n := range want {
+		t.Errorf("no figure %q with %d samples", name, n)
 	}
 }

@@ -89,6 +89,9 @@ const (
 // Bins are the paths of the executables under test.
 type Bins struct {
 	HBD, HBCtl, HBPeek, HBClient string
+	// PeerC and PeerGo are the README's peer examples
+	// (contrib/examples/peer-c, contrib/examples/peer-go).
+	PeerC, PeerGo string
 }
 
 var built struct {
@@ -132,8 +135,9 @@ func Binaries(t testing.TB) Bins {
 func buildBinaries() (Bins, string, error) {
 	if dir := os.Getenv(envBinDir); dir != "" {
 		b := Bins{HBD: filepath.Join(dir, "hbd"), HBCtl: filepath.Join(dir, "hbctl"),
-			HBPeek: filepath.Join(dir, "hbpeek"), HBClient: filepath.Join(dir, "hbclient")}
-		for _, p := range []string{b.HBD, b.HBCtl, b.HBPeek, b.HBClient} {
+			HBPeek: filepath.Join(dir, "hbpeek"), HBClient: filepath.Join(dir, "hbclient"),
+			PeerC: filepath.Join(dir, "peer-c"), PeerGo: filepath.Join(dir, "peer-go")}
+		for _, p := range []string{b.HBD, b.HBCtl, b.HBPeek, b.HBClient, b.PeerC, b.PeerGo} {
 			if _, err := os.Stat(p); err != nil {
 				return Bins{}, "", fmt.Errorf("%s=%s: %w", envBinDir, dir, err)
 			}
@@ -149,7 +153,8 @@ func buildBinaries() (Bins, string, error) {
 		return Bins{}, "", err
 	}
 	b := Bins{HBD: filepath.Join(tmp, "hbd"), HBCtl: filepath.Join(tmp, "hbctl"),
-		HBPeek: filepath.Join(tmp, "hbpeek"), HBClient: filepath.Join(tmp, "hbclient")}
+		HBPeek: filepath.Join(tmp, "hbpeek"), HBClient: filepath.Join(tmp, "hbclient"),
+		PeerC: filepath.Join(tmp, "peer-c"), PeerGo: filepath.Join(tmp, "peer-go")}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		return b, "", fmt.Errorf("the go command is not on PATH: %w", err)
@@ -167,6 +172,8 @@ func buildBinaries() (Bins, string, error) {
 		{goTool, "build", "-o", b.HBCtl, "./cmd/hbctl"},
 		{cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Icontrib/c", "-o", b.HBPeek, "contrib/c/hbpeek.c"},
 		{cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-o", b.HBClient, "contrib/c/hbclient.c"},
+		{cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Icontrib/c", "-o", b.PeerC, "contrib/examples/peer-c/peer.c"},
+		{goTool, "build", "-o", b.PeerGo, "./contrib/examples/peer-go"},
 	}
 	for _, s := range steps {
 		cmd := exec.Command(s[0], s[1:]...)

@@ -9,9 +9,13 @@
  *     int rc = hb_open("hb", &t);            // maps /dev/shm/hb read-only
  *                                          // (or getenv("HB_SHM"): a full path)
  *     if (rc < 0) { fprintf(stderr, "%s\n", hb_strerror(rc)); exit(1); }
+ *     uint64_t seq = hb_layout_seq(&t);
  *     int rx = hb_lookup(&t, "rx");          // once: a slot keeps its index
  *     ...
- *     if (hb_pid(&t, rx) == 0) bypass_rx();  // the hot path: one acquire load
+ *     if (!hb_alive(&t, rx)) bypass_rx();    // the hot path: two acquire loads
+ *     if (hb_layout_changed(&t, &seq)) rx = hb_lookup(&t, "rx"); // rare
+ *     ...
+ *     long pid = hb_wait(&t, rx, seen, -1);  // or sleep until the pid word changes
  *     hb_close(&t);
  *
  * The table is written by one process (the hb plugin) and never shrinks, so
@@ -62,6 +66,12 @@
 #define HB_FLAG_CONNECTOR (1u << 0)
 #define HB_FLAG_PIDFD (1u << 1)
 #define HB_FLAG_TRACEPOINT (1u << 2) /* exit tracepoint (eBPF); unknown bits are ignored */
+/* writer_alive (header offset 56): the writer thread's TID while the writer
+ * lives; the kernel sets this bit (FUTEX_OWNER_DIED) when the writer dies;
+ * 0 after a clean shutdown. */
+#define HB_WRITER_OWNER_DIED 0x40000000u
+/* hb_wait_any waits on at most this many slots (futex_waitv's limit). */
+#define HB_WAIT_MAX 128
 /* Slot flags. */
 #define HB_SLOT_ADOPTED (1u << 0) /* not the writer's child */
 
@@ -98,6 +108,9 @@ struct hb_header {
 	uint32_t flags;      /* HB_FLAG_* */
 	uint64_t created_ns; /* CLOCK_REALTIME */
 	uint64_t writer_beat_ns; /* CLOCK_MONOTONIC, refreshed each second */
+	uint64_t layout_seq;     /* +1 after every slot assignment, release or reuse */
+	uint32_t writer_alive;   /* see HB_WRITER_OWNER_DIED; hb_writer_alive */
+	uint32_t changes;        /* +1 after every store to a slot's pid word */
 };
 
 /* A consistent (never torn) copy of one slot, from hb_read. */
@@ -279,6 +292,57 @@ static inline void hb_header(const struct hb_table *t, struct hb_header *h)
 	h->flags = w[7];
 	h->created_ns = hb__header_u64(t, 8);
 	h->writer_beat_ns = hb__header_u64(t, 10);
+	h->layout_seq = hb__header_u64(t, 12);
+	h->writer_alive = atomic_load_explicit(hb__word(t, -1, 14), memory_order_acquire);
+	h->changes = atomic_load_explicit(hb__word(t, -1, 15), memory_order_acquire);
+}
+
+/* hb_writer_alive returns 1 while the table's writer (the plugin) lives, 0
+ * once it died (by any means, SIGKILL included: the kernel itself marks the
+ * word during the exit) or shut down. One acquire load, no system call, no
+ * clock. A live writer may still be stopped or slow: writer_beat_ns says
+ * that, at the cost of a clock read. */
+static inline int hb_writer_alive(const struct hb_table *t)
+{
+	uint32_t w;
+
+	if (!t->base)
+		return 0;
+	w = atomic_load_explicit(hb__word(t, -1, 14), memory_order_acquire);
+	return w != 0 && !(w & HB_WRITER_OWNER_DIED);
+}
+
+/* hb_alive returns 1 if slot idx's service is alive as a live writer says:
+ * pid word non-zero, then writer alive (two acquire loads). A pid read after
+ * the writer died may name a recycled process; this never counts it. */
+static inline int hb_alive(const struct hb_table *t, int idx)
+{
+	return hb_pid(t, idx) != 0 && hb_writer_alive(t);
+}
+
+/* hb_layout_seq returns layout_seq: read it before hb_lookup. */
+static inline uint64_t hb_layout_seq(const struct hb_table *t)
+{
+	return t->base ? hb__header_u64(t, 12) : 0;
+}
+
+/* hb_layout_changed returns 1 if layout_seq differs from *seq (and stores
+ * the new value there): slots were assigned, released or reused since, so
+ * cached indexes must be looked up again and a pid just read from one is
+ * not to be trusted. One acquire load. */
+static inline int hb_layout_changed(const struct hb_table *t, uint64_t *seq)
+{
+	uint64_t v = hb_layout_seq(t);
+	int changed = v != *seq;
+
+	*seq = v;
+	return changed;
+}
+
+/* hb_changes returns the changes word (for hb_wait_changes). */
+static inline uint32_t hb_changes(const struct hb_table *t)
+{
+	return t->base ? atomic_load_explicit(hb__word(t, -1, 15), memory_order_acquire) : 0;
 }
 
 /* hb_read copies slot idx consistently: the seqlock-guarded words are copied
@@ -366,6 +430,153 @@ static inline int hb_lookup(const struct hb_table *t, const char *svc)
 	return -1;
 }
 
+#ifdef __linux__
+/*
+ * Blocking waits (Linux). The writer does a shared FUTEX_WAKE on a slot's pid
+ * word after every store to it, and increments and wakes the header's
+ * changes word (also at every change of writer_alive); a read-only mapping
+ * can wait on both. timeout_ns < 0 waits for ever. The waits return -EPIPE
+ * when woken while the writer is not alive. The writer's own death wakes
+ * nobody by itself (the kernel marks writer_alive without a wake); hbd, when
+ * it lives, wakes every waiter as soon as it sees the plugin die. A peer
+ * that must notice within a bound even with hbd gone bounds its waits.
+ */
+#include <sys/syscall.h>
+#include <time.h>
+#include <linux/futex.h>
+#ifndef __NR_futex_waitv
+#define __NR_futex_waitv 449
+#endif
+extern long syscall(long number, ...);
+
+/* The CLOCK_MONOTONIC deadline timeout_ns from now (timeout_ns >= 0). */
+static inline struct timespec hb__deadline(long long timeout_ns)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)(timeout_ns / 1000000000LL);
+	ts.tv_nsec += (long)(timeout_ns % 1000000000LL);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
+/* The time left until dl, or -ETIMEDOUT. */
+static inline int hb__left(const struct timespec *dl, struct timespec *left)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	left->tv_sec = dl->tv_sec - now.tv_sec;
+	left->tv_nsec = dl->tv_nsec - now.tv_nsec;
+	if (left->tv_nsec < 0) {
+		left->tv_sec--;
+		left->tv_nsec += 1000000000L;
+	}
+	return left->tv_sec < 0 ? -ETIMEDOUT : 0;
+}
+
+/* Sleep while *w == seen; returns its new value (>= 0) or -ETIMEDOUT /
+ * -EPIPE (woken while the writer is not alive) / -errno. */
+static inline long hb__wait_word(const struct hb_table *t, _Atomic uint32_t *w, uint32_t seen, long long timeout_ns)
+{
+	long rc;
+
+	struct timespec dl, left;
+
+	if (timeout_ns >= 0)
+		dl = hb__deadline(timeout_ns);
+	for (;;) {
+		uint32_t v = atomic_load_explicit(w, memory_order_acquire);
+
+		if (v != seen)
+			return (long)v;
+		if (timeout_ns >= 0 && hb__left(&dl, &left) < 0)
+			return -ETIMEDOUT;
+		/* Shared (no FUTEX_PRIVATE_FLAG): the key is the file's, so the
+		 * writer's wake through its own mapping reaches this one. */
+		rc = syscall(__NR_futex, (uint32_t *)w, FUTEX_WAIT, seen, timeout_ns >= 0 ? &left : NULL, NULL, 0);
+		if (rc == 0 && atomic_load_explicit(w, memory_order_acquire) == seen && !hb_writer_alive(t))
+			return -EPIPE;
+		if (rc < 0 && errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
+			return -errno;
+	}
+}
+
+/* hb_wait sleeps until slot idx's pid word differs from seen_pid and returns
+ * the new value (>= 0: 0 = the service died, else its new PID), or
+ * -ETIMEDOUT, -ERANGE for idx out of range, -errno. */
+static inline long hb_wait(const struct hb_table *t, int idx, uint32_t seen_pid, long long timeout_ns)
+{
+	if ((unsigned)idx >= t->slot_count)
+		return -ERANGE;
+	return hb__wait_word(t, hb__word(t, idx, 0), seen_pid, timeout_ns);
+}
+
+/* hb_wait_changes sleeps until the changes word differs from *seen (some pid
+ * word was stored since), stores its new value there and returns 0; or
+ * -ETIMEDOUT. Then look at the slots you care about. */
+static inline int hb_wait_changes(const struct hb_table *t, uint32_t *seen, long long timeout_ns)
+{
+	long v;
+
+	if (!t->base)
+		return -EINVAL;
+	v = hb__wait_word(t, hb__word(t, -1, 15), *seen, timeout_ns);
+	if (v < 0)
+		return (int)v;
+	*seen = (uint32_t)v;
+	return 0;
+}
+
+/* One slot for hb_wait_any: its index and the pid last seen in it. */
+struct hb_watch {
+	int slot;
+	uint32_t pid;
+};
+
+/* hb_wait_any sleeps until the pid word of one of the n (1..HB_WAIT_MAX)
+ * watched slots differs from its .pid, with futex_waitv (Linux 5.16), and
+ * returns the position in w of such a slot (others may have changed too);
+ * or -ETIMEDOUT, -ERANGE (a slot out of range), -EINVAL (n), -ENOSYS (an
+ * older kernel: use hb_wait_changes), -errno. */
+static inline int hb_wait_any(const struct hb_table *t, const struct hb_watch *w, int n, long long timeout_ns)
+{
+	struct {
+		uint64_t val, uaddr;
+		uint32_t flags, reserved;
+	} v[HB_WAIT_MAX];
+	struct timespec dl;
+
+	if (n < 1 || n > HB_WAIT_MAX)
+		return -EINVAL;
+	for (int k = 0; k < n; k++) {
+		if ((unsigned)w[k].slot >= t->slot_count)
+			return -ERANGE;
+		v[k].val = w[k].pid;
+		v[k].uaddr = (uint64_t)(uintptr_t)hb__word(t, w[k].slot, 0);
+		v[k].flags = 2; /* FUTEX2_SIZE_U32, shared */
+		v[k].reserved = 0;
+	}
+	if (timeout_ns >= 0)
+		dl = hb__deadline(timeout_ns);
+	for (;;) {
+		for (int k = 0; k < n; k++)
+			if (hb_pid(t, w[k].slot) != w[k].pid)
+				return k;
+		long rc = syscall(__NR_futex_waitv, v, (unsigned)n, 0u, timeout_ns >= 0 ? &dl : NULL, CLOCK_MONOTONIC);
+
+		if (rc >= 0 && rc < n && hb_pid(t, w[rc].slot) == w[rc].pid && !hb_writer_alive(t))
+			return -EPIPE;
+		if (rc < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+}
+#endif /* __linux__ */
+
 /* hb_state_name returns the lower-case name of a state ("running"), or
  * "unknown" outside ABI v1. */
 static inline const char *hb_state_name(uint32_t state)
@@ -388,6 +599,8 @@ static inline const char *hb_strerror(int rc)
 	case EINVAL: return "not a regular file, bad name or bad table layout";
 	case EAGAIN: return "slot busy: the writer died inside an update";
 	case ERANGE: return "slot index out of range";
+	case ETIMEDOUT: return "timed out";
+	case EPIPE: return "the table's writer is not alive";
 	default: return strerror(-rc);
 	}
 }

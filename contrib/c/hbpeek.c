@@ -16,6 +16,9 @@
  * unless marked 0x. First a header line starting with "#":
  *
  *   # hb path=PATH version=V slots=N used=U writer_pid=P flags=0xF created_ns=C writer_beat_ns=B
+ *     layout_seq=L writer_alive=0xA alive=0|1 changes=K
+ *
+ * (one line; alive is hb_writer_alive: 1 while the writer lives)
  *
  * then one line per used slot (state != free), in index order:
  *
@@ -192,8 +195,10 @@ int main(int argc, char **argv)
 	if (header) {
 		hb_header(&t, &h);
 		printf("# hb path=%s version=%" PRIu32 " slots=%" PRIu32 " used=%" PRIu32 " writer_pid=%" PRIu32
-		       " flags=0x%" PRIx32 " created_ns=%" PRIu64 " writer_beat_ns=%" PRIu64 "\n",
-		       path, h.version, h.slot_count, used, h.writer_pid, h.flags, h.created_ns, h.writer_beat_ns);
+		       " flags=0x%" PRIx32 " created_ns=%" PRIu64 " writer_beat_ns=%" PRIu64 " layout_seq=%" PRIu64
+		       " writer_alive=0x%" PRIx32 " alive=%d changes=%" PRIu32 "\n",
+		       path, h.version, h.slot_count, used, h.writer_pid, h.flags, h.created_ns, h.writer_beat_ns,
+		       h.layout_seq, h.writer_alive, hb_writer_alive(&t), h.changes);
 	}
 	for (uint32_t i = 0; i < used; i++)
 		print_slot(&slots[i]);

@@ -93,7 +93,7 @@ func (s *Shim) finish(ex connector.Exit) {
 	}
 	r, pidfd := s.reapExited(inc, plan)
 	next := s.startedReplacement(inc, plan, r)
-	status := s.exitStatus(inc, ex, r)
+	status := s.exitStatus(inc, ex, r, pidfd)
 	s.recordExit(inc, pidfd, status, ex.DetectedNs)
 	s.report(inc, ex, status, plan, r, next)
 	if inc.child {
@@ -162,14 +162,26 @@ func (s *Shim) startedReplacement(inc *incarnation, plan *respawnPlan, r reaped)
 	return next
 }
 
+// zombieWait bounds how long the exit path waits for an adopted process
+// that is exiting to become a zombie, to read its exit status.
+const zombieWait = 500 * time.Millisecond
+
 // exitStatus is inc's wait status as reaped, else as the connector saw it,
-// else -1.
-func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped) int {
+// else -1. For an adopted process (not our child) it is read from the
+// zombie's /proc/PID/stat when the zombie is still there with inc's start
+// time: hbd, a child subreaper, holds the zombies of the services a dead
+// plugin left and reaps one only after this plugin reported its exit.
+func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd int) int {
 	status := -1
 	if ex.HaveStatus {
 		status = ex.Status
 	}
 	if !inc.child {
+		if pidfd >= 0 && pollReadable(pidfd, zombieWait) {
+			if st, err := readProcStat(inc.pid); err == nil && st.State == 'Z' && st.StartTime == inc.startTime && st.HaveExitCode {
+				return shm.ExitStatus(st.ExitCode)
+			}
+		}
 		return status
 	}
 	switch {

@@ -368,6 +368,11 @@ func New(opts Options) (*Shim, error) {
 
 	restored := s.restoreRecords()
 	s.adoptAll()
+	// Every slot is validated now: the table may say that its writer lives
+	// (a robust futex the kernel marks if this process dies).
+	if err := w.MarkAlive(); err != nil {
+		log.Error("the table cannot say that its writer lives; peers that check writer_alive distrust it", "err", err)
+	}
 	if s.recordKick != nil {
 		s.wg.Add(1)
 		go s.recordLoop()

@@ -556,6 +556,138 @@ static void cmd_kill0(int tid, int idx, uint32_t pid, int raw)
 	       (unsigned long long)(w ? atomic_load(&w->woke) : 0));
 }
 
+/* futex TID IDX PID: kill -9 of slot idx's pid, seen three ways at once: a
+ * thread blocked in hb_wait on the slot (woken by the plugin's FUTEX_WAKE
+ * after its store), this thread spinning on hb_pid (kill_wait), and the raw
+ * pidfd waiter thread (woken by the kernel). Times: t0 the kill, t1 the
+ * spinner saw 0, futex the blocked thread returned, woke the raw waiter
+ * learnt of the death. */
+struct fwait {
+	const struct hb_table *t;
+	int idx;
+	uint32_t pid;
+	_Atomic int ready;
+	_Atomic uint64_t woke;
+	long rc;
+};
+
+static void *fwait_main(void *arg)
+{
+	struct fwait *f = arg;
+	atomic_store(&f->ready, 1);
+	f->rc = hb_wait(f->t, f->idx, f->pid, (long long)TIMEOUT_NS);
+	atomic_store(&f->woke, now_ns());
+	return NULL;
+}
+
+static void cmd_futex(int tid, int idx, uint32_t pid, long settle)
+{
+	struct hb_table *t = table(tid);
+	struct waiter *w = &waiters[WAIT_PIDFD];
+	struct fwait f = {.t = t, .idx = idx, .pid = pid};
+	pthread_t th;
+	uint64_t t0, t1, traw;
+	int pfd;
+
+	if (!t || hb_pid(t, idx) != pid) {
+		printf("err slot %d does not hold pid %u\n", idx, pid);
+		return;
+	}
+	if ((pfd = arm(w, (pid_t)pid)) < 0) {
+		printf("err arm waiter: %s\n", strerror(-pfd));
+		return;
+	}
+	if (pthread_create(&th, NULL, fwait_main, &f) != 0) {
+		disarm(w, pfd);
+		printf("err pthread_create\n");
+		return;
+	}
+	while (!atomic_load(&f.ready))
+		sched_yield();
+	sleep_us(settle); /* asleep in the kernel by then */
+	uint32_t v = kill_wait(t, idx, pid, &w->word, &t0, &t1, &traw);
+	pthread_join(th, NULL);
+	disarm(w, pfd);
+	if (v == pid)
+		return;
+	if (f.rc < 0) {
+		printf("err hb_wait: %s\n", hb_strerror((int)f.rc));
+		return;
+	}
+	printf("ok t0=%llu t1=%llu futex=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)t1,
+	       (unsigned long long)atomic_load(&f.woke), (unsigned long long)atomic_load(&w->woke));
+}
+
+/* wdead TID PID: kill -9 of the table's writer (the plugin, pid), seen by
+ * this thread spinning on hb_writer_alive (one load: the kernel marks the
+ * word during the exit) and by the raw pidfd waiter on the same process.
+ * Times: t0 the kill, dead the reader saw the writer dead, woke the raw
+ * waiter learnt of the death. */
+static void cmd_wdead(int tid, uint32_t pid)
+{
+	struct hb_table *t = table(tid);
+	struct waiter *w = &waiters[WAIT_PIDFD];
+	uint64_t t0, dead = 0, raw = 0;
+	unsigned spins = 0;
+	int pfd;
+
+	if (!t || !hb_writer_alive(t)) {
+		printf("err the table's writer is not alive\n");
+		return;
+	}
+	if ((pfd = arm(w, (pid_t)pid)) < 0) {
+		printf("err arm waiter: %s\n", strerror(-pfd));
+		return;
+	}
+	t0 = now_ns();
+	if (kill((pid_t)pid, SIGKILL) < 0) {
+		disarm(w, pfd);
+		printf("err kill %u: %s\n", pid, strerror(errno));
+		return;
+	}
+	while (!dead || !raw) {
+		if (!dead && !hb_writer_alive(t))
+			dead = now_ns();
+		if (!raw && atomic_load_explicit(&w->word, memory_order_acquire) == 0)
+			raw = now_ns();
+		relax();
+		if ((++spins & 255) == 0 && now_ns() > t0 + TIMEOUT_NS)
+			break;
+	}
+	disarm(w, pfd);
+	if (!dead || !raw) {
+		printf("err timeout: %s\n", dead ? "the raw waiter never woke" : "writer_alive still says alive");
+		return;
+	}
+	printf("ok t0=%llu dead=%llu raw=%llu woke=%llu\n", (unsigned long long)t0, (unsigned long long)dead,
+	       (unsigned long long)raw, (unsigned long long)atomic_load(&w->woke));
+}
+
+/* wake TID N: the cost of one shared FUTEX_WAKE with nobody waiting, on the
+ * table's changes word (what the plugin adds after each store to a pid
+ * word, twice: the pid word and changes), over N calls, beside an atomic
+ * store to a word of this process, in ps. */
+static void cmd_wake(int tid, long n)
+{
+	struct hb_table *t = table(tid);
+	static _Atomic uint32_t word;
+	uint64_t t0, t1, t2;
+
+	if (!t || n < 1) {
+		printf("err bad table or count\n");
+		return;
+	}
+	t0 = now_ns();
+	for (long i = 0; i < n; i++)
+		syscall(SYS_futex, (uint32_t *)hb__word(t, -1, 15), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+	t1 = now_ns();
+	for (long i = 0; i < n * 100; i++)
+		atomic_store_explicit(&word, (uint32_t)i, memory_order_release);
+	t2 = now_ns();
+	printf("ok wake_ps=%llu store_ps=%llu\n", (unsigned long long)((t1 - t0) * 1000 / (uint64_t)n),
+	       (unsigned long long)((t2 - t1) * 10 / (uint64_t)n));
+}
+
 /* The bare supervisor of one program: a thread that starts it, waits for
  * it, starts it again, for ever, publishing each PID in word (0 between
  * the death and the new start). Its children die with it (they are
@@ -906,6 +1038,12 @@ static int serve(void)
 			cmd_killall(a, c);
 		} else if (!strcmp(cmd, "rawkillall") && sscanf(line, "%*s %d %ld %ld", &a, &c, &d) == 3) {
 			cmd_rawkillall(a, c, d);
+		} else if (!strcmp(cmd, "futex") && sscanf(line, "%*s %d %d %u %ld", &a, &b, &u, &c) == 4) {
+			cmd_futex(a, b, u, c);
+		} else if (!strcmp(cmd, "wdead") && sscanf(line, "%*s %d %u", &a, &u) == 2) {
+			cmd_wdead(a, u);
+		} else if (!strcmp(cmd, "wake") && sscanf(line, "%*s %d %ld", &a, &c) == 2) {
+			cmd_wake(a, c);
 		} else if (!strcmp(cmd, "beat") && sscanf(line, "%*s %ld", &c) == 1) {
 			cmd_beat(c);
 		} else if (!strcmp(cmd, "quit")) {

@@ -28,6 +28,9 @@ type shmHeader struct {
 	Flags        uint32 `json:"flags"`
 	CreatedNs    uint64 `json:"created_ns"`
 	WriterBeatNs uint64 `json:"writer_beat_ns"`
+	LayoutSeq    uint64 `json:"layout_seq"`
+	WriterAlive  uint32 `json:"writer_alive"`
+	Changes      uint32 `json:"changes"`
 }
 
 // writerView is what hbctl makes of the header's writer fields.
@@ -38,10 +41,14 @@ type writerView struct {
 	Status string `json:"status"`
 	// BeatAgeMs is how long ago the writer last beat (it beats every
 	// second); -1 if it never did.
-	BeatAgeMs  int64 `json:"beat_age_ms"`
-	Tracepoint bool  `json:"tracepoint"`
-	Connector  bool  `json:"connector"`
-	Pidfd      bool  `json:"pidfd"`
+	BeatAgeMs int64 `json:"beat_age_ms"`
+	// Alive is what the writer_alive word says (the kernel marks it when
+	// the writer dies): "alive", "died", or "none" (0: a clean shutdown,
+	// or a new writer that has not validated the slots yet).
+	Alive      string `json:"alive"`
+	Tracepoint bool   `json:"tracepoint"`
+	Connector  bool   `json:"connector"`
+	Pidfd      bool   `json:"pidfd"`
 }
 
 type shmSlot struct {
@@ -100,8 +107,8 @@ func runShm(_ context.Context, c *cli, args []string) int {
 	v := shmView{
 		Path: t.Path(),
 		Header: shmHeader{Version: h.Version, SlotCount: h.SlotCount, WriterPID: h.WriterPID, Flags: h.Flags,
-			CreatedNs: h.CreatedNs, WriterBeatNs: h.WriterBeatNs},
-		Writer: writerView{Status: writerStatus(h.WriterPID, h.WriterBeatNs, now), BeatAgeMs: -1,
+			CreatedNs: h.CreatedNs, WriterBeatNs: h.WriterBeatNs, LayoutSeq: h.LayoutSeq, WriterAlive: h.WriterAlive, Changes: h.Changes},
+		Writer: writerView{Status: writerStatus(h.WriterPID, h.WriterBeatNs, now), BeatAgeMs: -1, Alive: aliveWord(h.WriterAlive),
 			Tracepoint: h.Flags&shm.FlagTracepoint != 0, Connector: h.Flags&shm.FlagConnector != 0, Pidfd: h.Flags&shm.FlagPidfd != 0},
 		Slots: []shmSlot{},
 	}
@@ -138,10 +145,11 @@ func runShm(_ context.Context, c *cli, args []string) int {
 	if h.WriterBeatNs != 0 {
 		writer += fmt.Sprintf(", last beat %s ago", roundDuration(beatAge(now, h.WriterBeatNs)))
 	}
+	writer += fmt.Sprintf("; writer_alive %#x: %s", h.WriterAlive, v.Writer.Alive)
 	writer += ")"
 	created := time.Unix(0, int64(h.CreatedNs)).Local().Format("2006-01-02 15:04:05")
-	fmt.Fprintf(c.Stdout, "%s: ABI v%d, %d slots, %s, detectors %s, created %s\n",
-		t.Path(), h.Version, h.SlotCount, writer, strings.Join(det, "+"), created)
+	fmt.Fprintf(c.Stdout, "%s: ABI v%d, %d slots, %s, detectors %s, created %s, layout_seq %d, changes %d\n",
+		t.Path(), h.Version, h.SlotCount, writer, strings.Join(det, "+"), created, h.LayoutSeq, h.Changes)
 
 	tw := newTable(c.Stdout)
 	fmt.Fprintln(tw, "SLOT\tNAME\tPID\tSTATE\tGEN\tEXITS\tLAST\tCHANGED\tFLAGS")
@@ -163,6 +171,18 @@ func runShm(_ context.Context, c *cli, args []string) int {
 	}
 	tw.Flush()
 	return rc
+}
+
+// aliveWord names what a writer_alive value says.
+func aliveWord(v uint32) string {
+	switch {
+	case shm.WriterAliveWord(v):
+		return "alive"
+	case v == 0:
+		return "none"
+	default:
+		return "died"
+	}
 }
 
 // beatAge is now-then for CLOCK_MONOTONIC nanoseconds, 0 if then is in the future.
