@@ -32,6 +32,9 @@ const rpcTimeout = 10 * time.Second
 type Daemon struct {
 	log     *slog.Logger
 	exe     string // executable re-run as the plugin
+	self    string // what hbctl reexec executes (selfPath)
+	// reexecCh asks Run to re-execute hbd (Reexec).
+	reexecCh chan struct{}
 	cfgPath string
 	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
 	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
@@ -110,6 +113,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		cfg:     cfg,
 		svcs:    map[string]*service{},
 		bus:     newBus(),
+
+		reexecCh: make(chan struct{}, 1),
 	}
 	for _, name := range cfg.Order {
 		d.svcs[name] = newService(cfg.Services[name])

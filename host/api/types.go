@@ -138,6 +138,8 @@ type Health struct {
 	Error   string `json:"error,omitempty"`
 	PID     int    `json:"pid"`     // hbd's PID
 	Version string `json:"version"` // hbd's version
+	// Started is when the hbd process (this execution of it) started.
+	Started time.Time `json:"started,omitzero"`
 	// Plugin describes the plugin, when the backend implements PluginInfoer.
 	Plugin *PluginInfo `json:"plugin,omitempty"`
 	// Fatal names the services hbd has given up on (state fatal); health is
