@@ -30,12 +30,12 @@ const rpcTimeout = 10 * time.Second
 // stateLock): a change holds it throughout, a plugin call on a change's way
 // is made with mu's view released, so readers never wait for the plugin.
 type Daemon struct {
-	log     *slog.Logger
-	exe     string // executable re-run as the plugin
-	self    string // what hbctl reexec executes (selfPath)
+	log  *slog.Logger
+	exe  string // executable re-run as the plugin
+	self string // what hbctl reexec executes (selfPath)
 	// reexecCh asks Run to re-execute hbd (Reexec).
 	reexecCh chan struct{}
-	cfgPath string
+	cfgPath  string
 	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
 	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
 

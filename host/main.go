@@ -1,9 +1,6 @@
 package host
 
 import (
-	"strings"
-	"path/filepath"
-	"os/exec"
 	"context"
 	"errors"
 	"flag"
@@ -11,9 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
