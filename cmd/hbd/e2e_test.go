@@ -516,7 +516,7 @@ command    = "sleep 1003"
 start_secs = "100ms"
 `, h.HBClient))
 	out := h.MustCtl("reload")
-	if want := "reloaded: added fresh; removed gone; changed change\n"; out != want {
+	if want := "reloaded: 1 added (fresh); 1 removed (gone); 1 changed (change)\n"; out != want {
 		t.Errorf("hbctl reload printed %q, want %q", out, want)
 	}
 	if r := h.Ctl("status", "gone"); r.Code != 1 {
