@@ -154,6 +154,10 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	}
 	d := newDaemon(cfg, log, exe)
 	d.self = selfPath(exe)
+	if isInit() {
+		log.Info("hbd is PID 1 of its PID namespace: it reaps every orphan; SIGTERM stops every service, and SIGQUIT does too (hbd's exit would kill them)")
+		reapOrphans(log)
+	}
 
 	// Signals first, so that a SIGTERM during startup is not lost.
 	sigs := make(chan os.Signal, 4)
@@ -206,6 +210,11 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 				}
 			}()
 		case syscall.SIGQUIT:
+			if isInit() {
+				// The namespace dies with its init: nothing can be left running.
+				log.Warn("SIGQUIT as PID 1: stopping every service (hbd's exit ends the namespace)")
+				return d.shutdown(sigs)
+			}
 			log.Info("SIGQUIT: leaving the plugin and the services running")
 			d.detach()
 			return nil

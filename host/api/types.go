@@ -171,6 +171,9 @@ type PluginInfo struct {
 	// Cgroups says how services are contained: "cgroup DIR" (a cgroup per
 	// service under DIR) or "process-group: REASON" (no cgroups, and why).
 	Cgroups string `json:"cgroups,omitempty"`
+	// ConnectorNote says why the proc connector cannot work where hbd
+	// runs (a container's PID or user namespace); absent otherwise.
+	ConnectorNote string `json:"connector_note,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

@@ -415,6 +415,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 			if p.Cgroups != "" {
 				fmt.Fprintf(c.Stdout, "services contained by %s\n", p.Cgroups)
 			}
+			if p.ConnectorNote != "" {
+				fmt.Fprintln(c.Stdout, p.ConnectorNote)
+			}
 		}
 	}
 	if !h.OK {
