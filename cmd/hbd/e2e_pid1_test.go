@@ -156,10 +156,10 @@ start_secs = "100ms"
 		st, err := readStat(a)
 		return err != nil || st.PPID != hbd, fmt.Sprintf("state %c", st.State)
 	})
-	after := running()
-	if after["a"].Generation <= before["a"].Generation {
-		t.Errorf("a not respawned: %+v", after["a"])
-	}
+	h.Eventually("a respawned", func() (bool, string) {
+		st, err := h.Client().Get(ctx, "a")
+		return err == nil && IsRunning(st) && st.Generation > before["a"].Generation, fmt.Sprintf("%+v %v", st, err)
+	})
 
 	// SIGTERM to PID 1 stops every service, then hbd exits.
 	syscall.Kill(hbd, syscall.SIGTERM)
