@@ -46,7 +46,6 @@ type Daemon struct {
 	conn     pluginConn          // current plugin; guarded by mu
 	shim     plugin.Shim         // conn.Shim(); guarded by mu
 	info     plugin.Info         // guarded by mu
-	connNote string              // why the proc connector cannot work here; guarded by mu
 	closing  bool                // shutting down or detaching: no respawns; guarded by mu
 	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
 	lastSeq  uint64              // last plugin event handled; guarded by mu
@@ -191,10 +190,9 @@ func (d *Daemon) connect() error {
 		d.conn, d.shim = nil, nil
 		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
 	}
-	d.connNote = ""
 	if !info.Connector {
-		if d.connNote = connectorNote(); d.connNote != "" {
-			d.log.Warn(d.connNote)
+		if note := connectorNote(); note != "" {
+			d.log.Warn(note)
 		}
 	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,

@@ -320,7 +320,7 @@ func (d *Daemon) Subscribe(ctx context.Context) <-chan api.Event { return d.bus.
 // PluginInfo describes the plugin for /v1/health.
 func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	d.mu.RLock()
-	sh, note := d.shim, d.connNote
+	sh := d.shim
 	d.mu.RUnlock()
 	if sh == nil {
 		return api.PluginInfo{}, errors.New("no plugin")
@@ -328,6 +328,10 @@ func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	i, err := sh.Info(ctx)
 	if err != nil {
 		return api.PluginInfo{}, err
+	}
+	note := ""
+	if !i.Connector {
+		note = connectorNote()
 	}
 	return api.PluginInfo{PID: i.PID, Shm: i.ShmName, Slots: i.Slots, Tracepoint: i.Tracepoint, Connector: i.Connector, Pidfd: i.Pidfd,
 		Adopted: i.Adopted, LastSeq: i.LastSeq, Version: i.Version, FeatureVersion: i.FeatureVersion, DetectorPriority: i.DetectorPriority,
