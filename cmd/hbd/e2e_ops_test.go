@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -267,6 +269,25 @@ command = "sleep infinity"
 		}
 		if strings.Contains(stderr, "not compiled for this architecture") {
 			t.Errorf("go-plugin's words in hbd's output:\n%s", stderr)
+		}
+
+		// /dev/shm full: a tmpfs of 8 KiB over it, in a mount namespace.
+		if _, err := exec.LookPath("unshare"); err == nil {
+			// 1024 slots do not fit in 8 KiB (32 would).
+			full := strings.Replace(other(""), fmt.Sprintf("slots     = %d", h.Opt.Slots), "slots     = 1024", 1)
+			cfgFull := filepath.Join(h.Dir, "full.toml")
+			h.WriteFile(cfgFull, full)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+				`mount -t tmpfs -o size=8k tmpfs /dev/shm && exec "$0" -c "$1"`, h.HBD, cfgFull)
+			cmd.Env = append(os.Environ(), "HB_SHM="+h.Shm)
+			b, err := cmd.CombinedOutput()
+			out := strings.TrimRight(string(b), "\n")
+			last := out[strings.LastIndexByte(out, '\n')+1:]
+			if err == nil || !strings.Contains(last, "to fix: free space in /dev/shm") || !strings.Contains(last, cfgFull) {
+				t.Errorf("/dev/shm full: %v; last line %q", err, last)
+			}
 		}
 
 		if err := os.Chown(h.ShmPath, 65534, 65534); err != nil {
