@@ -30,9 +30,12 @@ const rpcTimeout = 10 * time.Second
 // stateLock): a change holds it throughout, a plugin call on a change's way
 // is made with mu's view released, so readers never wait for the plugin.
 type Daemon struct {
-	log     *slog.Logger
-	exe     string // executable re-run as the plugin
-	cfgPath string
+	log  *slog.Logger
+	exe  string // executable re-run as the plugin
+	self string // what hbctl reexec executes (selfPath)
+	// reexecCh asks Run to re-execute hbd (Reexec).
+	reexecCh chan struct{}
+	cfgPath  string
 	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
 	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
 
@@ -119,6 +122,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		cfg:     cfg,
 		svcs:    map[string]*service{},
 		bus:     newBus(),
+
+		reexecCh: make(chan struct{}, 1),
 	}
 	for _, name := range cfg.Order {
 		d.svcs[name] = newService(cfg.Services[name], cfg.HBD.LogDir)
@@ -199,6 +204,11 @@ func (d *Daemon) connect() error {
 		_ = conn.Detach()
 		d.conn, d.shim = nil, nil
 		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
+	}
+	if !info.Connector {
+		if note := connectorNote(); note != "" {
+			d.log.Warn(note)
+		}
 	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
 		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)

@@ -10,9 +10,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -152,6 +155,12 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 		return &startError{err}
 	}
 	d := newDaemon(cfg, log, exe)
+	d.self = selfPath(exe)
+	if isInit() {
+		// As PID 1 every orphan of the namespace is hbd's child: the
+		// stray reaper of becomeSubreaper reaps those no service owns.
+		log.Info("hbd is PID 1 of its PID namespace: it reaps every orphan; SIGTERM stops every service, and SIGQUIT does too (hbd's exit would kill them)")
+	}
 	d.becomeSubreaper()
 
 	// Signals first, so that a SIGTERM during startup is not lost.
@@ -190,7 +199,20 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 	log.Info("hbd ready", "pid", os.Getpid(), "config", cfg.Path, "services", len(cfg.Services), "socket", h.Socket)
 	releaseMemory()
 
-	for sig := range sigs {
+	for {
+		var sig os.Signal
+		select {
+		case sig = <-sigs:
+		case <-d.reexecCh:
+			log.Info("re-executing hbd; leaving the plugin and the services running", "exe", d.self)
+			d.detach()
+			_ = srv.Close()
+			lock.Release()
+			signal.Stop(sigs)
+			err := syscall.Exec(d.self, os.Args, os.Environ())
+			// Detached already: exit, and the next hbd reattaches.
+			return fmt.Errorf("re-exec %s: %w", d.self, err)
+		}
 		switch sig {
 		case syscall.SIGHUP:
 			go func() {
@@ -199,6 +221,11 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 				}
 			}()
 		case syscall.SIGQUIT:
+			if isInit() {
+				// The namespace dies with its init: nothing can be left running.
+				log.Warn("SIGQUIT as PID 1: stopping every service (hbd's exit ends the namespace)")
+				return d.shutdown(sigs)
+			}
 			log.Info("SIGQUIT: leaving the plugin and the services running")
 			d.detach()
 			return nil
@@ -207,7 +234,6 @@ func Run(cfg *config.Config, log *slog.Logger) error {
 			return d.shutdown(sigs)
 		}
 	}
-	return nil
 }
 
 // serveMetrics listens on addr ([hbd] metrics_listen) and serves GET
@@ -366,4 +392,43 @@ func (d *Daemon) force() {
 // and above.
 func (d *Daemon) pluginLogger() hclog.Logger {
 	return plugin.HCLogger(d.log, hclog.Warn).Named("go-plugin")
+}
+
+// selfPath is the program hbd re-executes (hbctl reexec): the path it was
+// started as, so that an upgrade installed there since is what runs next;
+// exe (the running binary) when that cannot be found.
+func selfPath(exe string) string {
+	p := os.Args[0]
+	if !strings.Contains(p, "/") {
+		lp, err := exec.LookPath(p)
+		if err != nil {
+			return exe
+		}
+		p = lp
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return exe
+	}
+	return abs
+}
+
+// Reexec implements api.Reexecer: hbd detaches from the plugin, leaving it
+// and every service running, and executes itself again (same PID, same
+// arguments), so that a new binary takes over without a service noticing.
+func (d *Daemon) Reexec() error {
+	if fi, err := os.Stat(d.self); err != nil || fi.Mode()&0o111 == 0 || !fi.Mode().IsRegular() {
+		return api.Errorf(api.ErrConflict, "cannot re-execute %s: not an executable file", d.self)
+	}
+	d.mu.RLock()
+	closing := d.closing
+	d.mu.RUnlock()
+	if closing {
+		return api.Errorf(api.ErrConflict, "hbd is shutting down")
+	}
+	select {
+	case d.reexecCh <- struct{}{}:
+	default: // one is under way
+	}
+	return nil
 }

@@ -60,8 +60,3 @@ func storeRecord(stateDir string, r seqRecord) error {
 	}
 	return os.Rename(tmp, filepath.Join(stateDir, seqFile))
 }
-
-// storeSeq saves the position (and no reasons) atomically.
-func storeSeq(stateDir string, pluginPID int, seq uint64) error {
-	return storeRecord(stateDir, seqRecord{PluginPID: pluginPID, LastSeq: seq})
-}

@@ -2,12 +2,14 @@ package host
 
 import (
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hbshim/hb/host/api"
 	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/host/policy"
 	"github.com/hbshim/hb/plugin/plugintest"
 	"github.com/hbshim/hb/shm"
 	"golang.org/x/sys/unix"
@@ -98,4 +100,82 @@ func TestUptimeFromSlot(t *testing.T) {
 	if since := time.Since(st.StartedAt); since < back-time.Minute {
 		t.Errorf("started_at %v ago, want about %v", since, back)
 	}
+}
+
+// wanted: which state hbd wants a service in, and whether it is there.
+func TestWanted(t *testing.T) {
+	t.Parallel()
+	cfg := &config.Service{Name: "svc", ExitCodes: []int{0, 2}}
+	for _, tt := range []struct {
+		state      policy.State
+		wantDown   bool
+		hung       string
+		lastStatus int
+		want       string
+		ok         bool
+	}{
+		{state: policy.StateStarting, want: api.WantedUp, ok: true},
+		{state: policy.StateRunning, want: api.WantedUp, ok: true},
+		{state: policy.StateRunning, hung: "no beat for 1s", want: api.WantedUp, ok: false},
+		{state: policy.StateBackoff, want: api.WantedUp, ok: false},
+		{state: policy.StateFatal, want: api.WantedUp, ok: false},
+		{state: policy.StateExited, lastStatus: 2, want: api.WantedUp, ok: true},
+		{state: policy.StateExited, lastStatus: 1, want: api.WantedUp, ok: false},
+		{state: policy.StateExited, lastStatus: -1, want: api.WantedUp, ok: false},
+		{state: policy.StateStopped, want: api.WantedDown, ok: true},
+		{state: policy.StateStopping, wantDown: true, want: api.WantedDown, ok: false},
+		{state: policy.StateRunning, wantDown: true, want: api.WantedDown, ok: false},
+	} {
+		s := &service{cfg: cfg, m: policy.NewMachine(tt.state), wantDown: tt.wantDown, hung: tt.hung, lastStatus: tt.lastStatus}
+		if got, ok := s.wanted(); got != tt.want || ok != tt.ok {
+			t.Errorf("%s (want down %v, hung %q, last status %d): wanted %q ok %v; want %q %v",
+				tt.state, tt.wantDown, tt.hung, tt.lastStatus, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// The name of a service with instances stands for all of them; NAME-i for one.
+func TestInstanceNames(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, `[service.w]
+command    = ["/bin/sh", "-c", "exit 0"]
+instances  = 3
+start_secs = "0s"
+`)
+	h.connect()
+	for _, n := range []string{"w-0", "w-1", "w-2"} {
+		h.waitState(n, "running")
+	}
+	for _, tt := range []struct {
+		names []string
+		want  []string
+	}{
+		{[]string{"w"}, []string{"w-0", "w-1", "w-2"}},
+		{[]string{"w-1"}, []string{"w-1"}},
+		{[]string{"w-2", "w"}, []string{"w-2", "w-0", "w-1"}},
+	} {
+		if got := h.d.Expand(tt.names); !slices.Equal(dedup(got), tt.want) {
+			t.Errorf("Expand(%q) = %q, want %q", tt.names, dedup(got), tt.want)
+		}
+		before := len(h.calls("spawn "))
+		if err := h.d.Restart(tt.names); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(h.calls("spawn ")) - before; got != len(tt.want) {
+			t.Errorf("Restart(%q) spawned %d, want %d", tt.names, got, len(tt.want))
+		}
+	}
+	if _, err := h.d.Get("w"); err == nil {
+		t.Error(`Get("w") found a service; want not found (w stands for its instances)`)
+	}
+}
+
+func dedup(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }

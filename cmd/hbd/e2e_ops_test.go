@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -234,6 +236,60 @@ command = "sleep infinity"
 	}
 
 	if os.Geteuid() == 0 {
+		// detector = "tracepoint" as a normal user.
+		dir, err := os.MkdirTemp("", "hbnr-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		table := h.Shm + "-nr"
+		t.Cleanup(func() { os.RemoveAll(dir); os.Remove(filepath.Join("/dev/shm", table)) })
+		hbd := publicCopy(t, filepath.Join(dir, "bin"), h.HBD)
+		home := filepath.Join(dir, "home")
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(home, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(home, "hb.toml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[hbd]\nshm = %q\nsocket = %q\nstate_dir = %q\nlog_dir = %q\ndetector = \"tracepoint\"\n\n[service.a]\ncommand = \"sleep infinity\"\n",
+			table, home+"/hbd.sock", home+"/state", home+"/log")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{home, cfg} {
+			if err := os.Chown(p, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, stderr, code := runAs(t, 65534, 65534, hbd, "-c", cfg)
+		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+		last := lines[len(lines)-1]
+		if code != 1 || !strings.Contains(last, `detector = "tracepoint" needs root`) || !strings.Contains(last, cfg) {
+			t.Errorf("detector tracepoint as a normal user: exit %d, last line %q", code, last)
+		}
+		if strings.Contains(stderr, "not compiled for this architecture") {
+			t.Errorf("go-plugin's words in hbd's output:\n%s", stderr)
+		}
+
+		// /dev/shm full: a tmpfs of 8 KiB over it, in a mount namespace.
+		if _, err := exec.LookPath("unshare"); err == nil {
+			// 1024 slots do not fit in 8 KiB (32 would).
+			full := strings.Replace(other(""), fmt.Sprintf("slots     = %d", h.Opt.Slots), "slots     = 1024", 1)
+			cfgFull := filepath.Join(h.Dir, "full.toml")
+			h.WriteFile(cfgFull, full)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+				`mount -t tmpfs -o size=8k tmpfs /dev/shm && exec "$0" -c "$1"`, h.HBD, cfgFull)
+			cmd.Env = append(os.Environ(), "HB_SHM="+h.Shm)
+			b, err := cmd.CombinedOutput()
+			out := strings.TrimRight(string(b), "\n")
+			last := out[strings.LastIndexByte(out, '\n')+1:]
+			if err == nil || !strings.Contains(last, "to fix: free space in /dev/shm") || !strings.Contains(last, cfgFull) {
+				t.Errorf("/dev/shm full: %v; last line %q", err, last)
+			}
+		}
+
 		if err := os.Chown(h.ShmPath, 65534, 65534); err != nil {
 			t.Fatal(err)
 		}

@@ -83,3 +83,11 @@ func SignalName(sig syscall.Signal) string { return signame.Name(sig) }
 type Expander interface {
 	Expand(names []string) []string
 }
+
+// Reexecer is implemented by a backend that can re-execute itself (POST
+// /v1/reexec): it answers first, then hbd detaches from the plugin and
+// executes its binary again with the same PID, the plugin and services
+// running on.
+type Reexecer interface {
+	Reexec() error
+}

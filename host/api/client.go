@@ -112,6 +112,14 @@ func (c *Client) Reload(ctx context.Context) (ReloadResult, error) {
 	return out, err
 }
 
+// Reexec asks hbd to re-execute itself (the plugin and services run on);
+// the answer is the health of the hbd before it does.
+func (c *Client) Reexec(ctx context.Context) (Health, error) {
+	var out Health
+	err := c.do(ctx, http.MethodPost, "/v1/reexec", nil, &out)
+	return out, err
+}
+
 // Health returns hbd's health. When hbd answers that it is not healthy (503),
 // the Health is returned along with an *APIError.
 func (c *Client) Health(ctx context.Context) (Health, error) {

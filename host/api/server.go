@@ -287,6 +287,7 @@ func (s *Server) handler() http.Handler {
 		{"POST", "/v1/stop", s.many("stop", s.backend.Stop)},
 		{"POST", "/v1/restart", s.many("restart", s.backend.Restart)},
 		{"POST", "/v1/reload", s.reload},
+		{"POST", "/v1/reexec", s.reexec},
 		{"GET", "/v1/events", s.events},
 		{"GET", "/v1/health", s.health},
 		{"GET", "/metrics", s.metrics},
@@ -621,7 +622,7 @@ func (s *Server) closeStream(uid uint32) {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	h := Health{OK: true, PID: os.Getpid(), Version: BuildVersion()}
+	h := Health{OK: true, PID: os.Getpid(), Version: BuildVersion(), Started: started}
 	if pi, ok := s.backend.(PluginInfoer); ok {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
@@ -678,6 +679,28 @@ func MetricsHandler(backend any) http.Handler {
 		}
 	})
 }
+
+// reexec serves POST /v1/reexec: the answer is the health of the hbd that
+// is about to re-execute itself (its Started tells the next one apart).
+func (s *Server) reexec(w http.ResponseWriter, r *http.Request) {
+	if err := readBody(w, r, nil, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	re, ok := s.backend.(Reexecer)
+	if !ok {
+		s.fail(w, r, Errorf(ErrConflict, "this hbd cannot re-execute itself"))
+		return
+	}
+	if err := re.Reexec(); err != nil {
+		s.fail(w, r, fmt.Errorf("reexec: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, Health{OK: true, PID: os.Getpid(), Version: BuildVersion(), Started: started})
+}
+
+// started is when this process started (Health.Started).
+var started = time.Now()
 
 // fail answers err with the status of its sentinel.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {

@@ -143,6 +143,8 @@ type Health struct {
 	Error   string `json:"error,omitempty"`
 	PID     int    `json:"pid"`     // hbd's PID
 	Version string `json:"version"` // hbd's version
+	// Started is when the hbd process (this execution of it) started.
+	Started time.Time `json:"started,omitzero"`
 	// Plugin describes the plugin, when the backend implements PluginInfoer.
 	Plugin *PluginInfo `json:"plugin,omitempty"`
 	// Fatal names the services hbd has given up on (state fatal); health is
@@ -174,6 +176,9 @@ type PluginInfo struct {
 	// Cgroups says how services are contained: "cgroup DIR" (a cgroup per
 	// service under DIR) or "process-group: REASON" (no cgroups, and why).
 	Cgroups string `json:"cgroups,omitempty"`
+	// ConnectorNote says why the proc connector cannot work where hbd
+	// runs (a container's PID or user namespace); absent otherwise.
+	ConnectorNote string `json:"connector_note,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

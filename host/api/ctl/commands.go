@@ -269,3 +269,30 @@ func describe(st api.ServiceStatus) string {
 	}
 	return st.State
 }
+
+func runReexec(ctx context.Context, c *cli, args []string) int {
+	if len(args) > 0 {
+		return c.usageErr(c.cmd, "no arguments expected")
+	}
+	before, err := c.client.Reexec(ctx)
+	if err != nil {
+		return c.fail(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.o.timeout)
+	defer cancel()
+	for {
+		h, err := c.client.Health(ctx)
+		if err == nil || h.PID != 0 {
+			if !h.Started.Equal(before.Started) && h.Plugin != nil {
+				fmt.Fprintf(c.Stdout, "hbd re-executed (pid %d, %s); plugin pid %d kept, services kept\n", h.PID, h.Version, h.Plugin.PID)
+				return ExitOK
+			}
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(c.Stderr, "hbctl: reexec: hbd (pid %d) did not answer again within %s: see its log\n", before.PID, c.o.timeout)
+			return ExitFailed
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -47,6 +47,7 @@ Commands:
   restart NAME... | --all [--json]       restart services
   signal SIG NAME                        send SIG (HUP, SIGUSR1, 10) to a service's main process
   reload [--json]                        make hbd re-read its configuration
+  reexec [--timeout D]                   restart hbd in place (same PID), services kept
   watch [NAME...] [--json]               print events as they happen, until interrupted
   wait NAME... --up|--down [--timeout D] wait until services are up (running) or down (no process)
   shm [--name TABLE] [--json] [NAME...]  read the shared-memory table directly (works without hbd)
@@ -142,6 +143,13 @@ return once they have exited.`},
 		{name: "reload", synopsis: "[--json]", run: runReload, flags: jsonFlag, help: `Make hbd re-read its configuration and apply it: services added, removed or
 changed. An invalid configuration is rejected as a whole and hbd keeps the
 running one; each error is printed and hbctl exits 1.`},
+		{name: "reexec", synopsis: "[--timeout D]", run: runReexec, flags: reexecFlags, help: `Make hbd execute its program again, in place: it detaches from the plugin,
+leaving it and every service running, executes the file it was started as
+(an upgrade installed there takes over) with the same PID and arguments,
+and the new hbd reattaches. Waits until the new hbd answers (--timeout,
+default 30s). Service changes in the configuration are not applied by it:
+run 'hbctl reload' first. This is "restart hbd, keep the services" for
+every manager: systemctl reload hbd runs it.`},
 		{name: "watch", synopsis: "[NAME...] [--json]", run: runWatch, flags: jsonFlag, help: `Print hbd's events (spawn, exit, state, adopt, reload) as they happen, for
 every service or those named, until interrupted (exit 0). Exits 3 if hbd goes
 away.`},
@@ -185,6 +193,10 @@ func statusFlags(fs *flag.FlagSet, o *opts) {
 func actionFlags(fs *flag.FlagSet, o *opts) {
 	fs.BoolVar(&o.all, "all", false, "every service")
 	jsonFlag(fs, o)
+}
+
+func reexecFlags(fs *flag.FlagSet, o *opts) {
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "give up after this long")
 }
 
 func waitFlags(fs *flag.FlagSet, o *opts) {
@@ -428,6 +440,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), rt, p.Adopted)
 			if p.Cgroups != "" {
 				fmt.Fprintf(c.Stdout, "services contained by %s\n", p.Cgroups)
+			}
+			if p.ConnectorNote != "" {
+				fmt.Fprintln(c.Stdout, p.ConnectorNote)
 			}
 		}
 	}
