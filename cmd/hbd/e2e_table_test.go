@@ -150,7 +150,7 @@ start_secs = "100ms"
 			t.Fatalf("writer_alive %#x with the plugin running", tid)
 		}
 		h.Kill(old, syscall.SIGKILL)
-		h.WaitGone(old)
+		h.WaitThreadsGone(old)
 		// FUTEX_OWNER_DIED from the kernel, or already the next plugin's thread.
 		if v := h.Table().Header().WriterAlive; v == tid || v == 0 {
 			t.Errorf("writer_alive %#x after the plugin's SIGKILL (it was %#x)", v, tid)
@@ -177,7 +177,7 @@ start_secs = "100ms"
 	h.Kill(d.PID, syscall.SIGKILL)
 	h.Kill(old, syscall.SIGKILL)
 	d.Wait()
-	h.WaitGone(old)
+	h.WaitThreadsGone(old)
 	if tab := h.Table(); tab.WriterAlive() {
 		t.Errorf("writer_alive %#x with hbd and the plugin killed", tab.Header().WriterAlive)
 	}

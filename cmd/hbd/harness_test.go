@@ -906,6 +906,21 @@ func (h *Harness) WaitGone(pid int) {
 	})
 }
 
+// WaitThreadsGone waits until every thread of process pid has exited. A
+// process whose main thread is a zombie may still have threads in their
+// exit (WaitGone is satisfied by then): what a thread's exit does, such as
+// the kernel's walk of its robust futex list, is done only after this.
+func (h *Harness) WaitThreadsGone(pid int) {
+	h.T.Helper()
+	h.Eventually(fmt.Sprintf("every thread of pid %d to exit", pid), func() (bool, string) {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return true, ""
+		}
+		return len(tasks) == 1 && !live(pid), fmt.Sprintf("%d threads", len(tasks))
+	})
+}
+
 // PluginLog returns the plugin's log file (state_dir/plugin.log).
 func (h *Harness) PluginLog() string {
 	b, _ := os.ReadFile(filepath.Join(h.StateDir, "plugin.log"))
