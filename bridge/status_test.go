@@ -108,3 +108,26 @@ func checkDecode(t *testing.T, got Status, err error, want Status, wantErr strin
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 }
+
+func TestLockHolder(t *testing.T) {
+	locks := []byte("1: FLOCK  ADVISORY  WRITE 24046 fe:00:9988252 0 EOF\n" +
+		"1: -> FLOCK  ADVISORY  WRITE 999 fe:00:9988253 0 EOF\n" +
+		"2: POSIX  ADVISORY  WRITE 25677 fe:00:9988567 0 EOF\n" +
+		"3: FLOCK  ADVISORY  WRITE 23488 00:1a:127 0 EOF\n")
+	for _, tc := range []struct {
+		major, minor uint32
+		ino          uint64
+		want         int
+	}{
+		{0xfe, 0, 9988252, 24046},
+		{0xfe, 0, 9988567, 25677},
+		{0, 0x1a, 127, 23488},
+		{0xfe, 0, 9988253, 0}, // a waiter does not hold it
+		{0xfe, 1, 9988252, 0}, // another device
+		{0xfe, 0, 998825, 0},
+	} {
+		if got := lockHolder(locks, tc.major, tc.minor, tc.ino); got != tc.want {
+			t.Errorf("lockHolder(%x:%x:%d) = %d, want %d", tc.major, tc.minor, tc.ino, got, tc.want)
+		}
+	}
+}
