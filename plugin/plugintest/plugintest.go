@@ -27,6 +27,7 @@ type Shim struct {
 
 	mu        sync.Mutex // guards every field below
 	svcs      map[string]*svc
+	bridged   []plugin.BridgeSpec
 	events    []plugin.Event // events[i].Seq == first+i
 	first     uint64         // Seq of events[0]
 	lastSeq   uint64
@@ -270,6 +271,24 @@ func (f *Shim) Free(_ context.Context, name string) error {
 	delete(f.svcs, name)
 	delete(f.specs, name)
 	return nil
+}
+
+// Bridge implements plugin.Shim: it records the specs (Bridged).
+func (f *Shim) Bridge(_ context.Context, specs []plugin.BridgeSpec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("bridge"); err != nil {
+		return err
+	}
+	f.bridged = append([]plugin.BridgeSpec(nil), specs...)
+	return nil
+}
+
+// Bridged is the set of programs the last Bridge call gave.
+func (f *Shim) Bridged() []plugin.BridgeSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]plugin.BridgeSpec(nil), f.bridged...)
 }
 
 // List implements plugin.Shim.

@@ -212,6 +212,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Adopted:    inc.adopted,
 		Reason:     inc.exitReason(),
 		Message:    inc.exitNote(status),
+		Manager:    inc.manager,
 	}
 	emitted := false
 	switch {

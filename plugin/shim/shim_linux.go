@@ -137,6 +137,10 @@ type Shim struct {
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
+	// br is the set of bridged programs (bridge_linux.go), made by the
+	// first Bridge call; brOnce guards br.
+	br     *bridges
+	brOnce sync.Mutex
 	wg        sync.WaitGroup // beat, log and exit loops
 }
 
@@ -170,6 +174,10 @@ type service struct {
 	// cg is the service's cgroup once it has one; written with op held
 	// and Shim.mu, read under either.
 	cg *svcCgroup
+	// bridged is the manager of a bridged program ("" for a service of
+	// the plugin's own); Spawn, Stop and Signal refuse it (control goes
+	// to the manager). Written with op held.
+	bridged string
 }
 
 // incarnation is one run of a service: one PID, one generation.
@@ -215,6 +223,7 @@ type incarnation struct {
 	cg        *svcCgroup
 	leftovers int
 	forking   bool // the main process came from a PID file (Spec.Type "forking")
+	manager   string // a bridged program's manager (bridge_linux.go), "" otherwise
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -564,6 +573,11 @@ func (s *Shim) close(clean bool) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.quit) // Stop and Spawn waiters give up
+		s.brOnce.Lock()
+		if s.br != nil {
+			s.br.stop() // before the detectors: it arms watches
+		}
+		s.brOnce.Unlock()
 		s.life.Lock() // wait for calls in flight
 		defer s.life.Unlock()
 		var errs []error
