@@ -141,7 +141,7 @@ type Shim struct {
 	// first Bridge call; brOnce guards br.
 	br     *bridges
 	brOnce sync.Mutex
-	wg        sync.WaitGroup // beat, log and exit loops
+	wg     sync.WaitGroup // beat, log and exit loops
 }
 
 // service is one named service known to this shim (spawned by it, or found
@@ -222,7 +222,7 @@ type incarnation struct {
 	killMode  string
 	cg        *svcCgroup
 	leftovers int
-	forking   bool // the main process came from a PID file (Spec.Type "forking")
+	forking   bool   // the main process came from a PID file (Spec.Type "forking")
 	manager   string // a bridged program's manager (bridge_linux.go), "" otherwise
 
 	// mu guards pidfd against use after close: signals are sent under the
