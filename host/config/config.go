@@ -117,6 +117,10 @@ type Config struct {
 	// Order holds every name in Services once, in definition order: the
 	// main file's services in file order, then each included file's.
 	Order []string
+	// Bridged are the programs of [bridge.MANAGER] tables by slot name, in
+	// BridgedOrder (docs/bridges.md).
+	Bridged      map[string]*Bridged
+	BridgedOrder []string
 
 	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
 	hbdLine int         // line of the [hbd] table, 0 if absent
