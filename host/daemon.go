@@ -38,6 +38,7 @@ type Daemon struct {
 	mu       stateLock
 	cfg      *config.Config      // guarded by mu
 	svcs     map[string]*service // guarded by mu
+	bridged  map[string]*bridged // programs other managers run (bridge.go); guarded by mu
 	order    []string            // config order; guarded by mu
 	conn     pluginConn          // current plugin; guarded by mu
 	shim     plugin.Shim         // conn.Shim(); guarded by mu
@@ -114,6 +115,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		d.svcs[name] = newService(cfg.Services[name])
 	}
 	d.order = slices.Clone(cfg.Order)
+	d.setBridged(cfg)
 	d.dial = d.dialPlugin
 	return d
 }
@@ -196,6 +198,7 @@ func (d *Daemon) connect() error {
 	if err := d.reconcile(); err != nil {
 		return err
 	}
+	d.syncBridges()
 	go d.consume(d.pluginGen, events, info.LastSeq)
 	go d.watchPlugin(d.pluginGen, conn)
 	return nil
@@ -287,6 +290,9 @@ func (d *Daemon) reconcile() error {
 	}
 	d.spawnMany(d.holdAfter(autostart), d.info.Slots-len(slots), "autostart")
 	for name, sl := range byName {
+		if d.bridged[name] != nil || sl.Flags&shm.SlotBridged != 0 {
+			continue // the plugin's bridge set (syncBridges) owns it
+		}
 		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
 		go d.dropOrphan(name, sl)
 	}
@@ -450,6 +456,10 @@ func (d *Daemon) logProblem(ev plugin.Event) {
 
 // handle acts on one live plugin event. Called with mu held.
 func (d *Daemon) handle(ev plugin.Event) {
+	if b := d.bridged[ev.Name]; b != nil && (ev.Manager != "" || ev.Kind == plugin.EventManager) {
+		d.bridgedEvent(b, ev)
+		return
+	}
 	s := d.svcs[ev.Name]
 	switch ev.Kind {
 	case plugin.EventExit:
