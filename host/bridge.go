@@ -141,7 +141,7 @@ func (d *Daemon) bridgedEvent(b *bridged, ev plugin.Event) {
 		}
 		b.exits++
 		b.lastStatus, b.lastExit, b.since = ev.Status, time.Unix(0, ev.TimeUnixNs), time.Now()
-		d.log.Info("bridged program exited", "program", b.cfg.Name, "manager", b.cfg.Manager, "pid", ev.PID,
+		d.log.Info("exited", "service", b.cfg.Name, "manager", b.cfg.Manager, "pid", ev.PID,
 			"status", ev.Status, "source", ev.Source)
 		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
 			Status: ev.Status, Source: ev.Source, State: "exited", Reason: b.cfg.Manager + " restarts it"})

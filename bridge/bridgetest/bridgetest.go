@@ -5,6 +5,7 @@
 package bridgetest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,15 +13,27 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/hbshim/hb/bridge"
 )
 
+// TB is what the helpers need of a test: testing.TB has it, and so can a
+// benchmark (cmd/hbbench) that is not a test.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Skip(args ...any)
+	Skipf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
 // Need skips t unless every binary is installed and the test runs as root
 // (the managers' directories must be root's for hb to trust them).
-func Need(t testing.TB, bins ...string) {
+func Need(t TB, bins ...string) {
 	t.Helper()
 	for _, b := range bins {
 		if _, err := exec.LookPath(b); err != nil {
@@ -38,7 +51,7 @@ type Manager struct {
 	Dir  string // runit, s6: the service directory; supervisord: its scratch directory
 	URL  string // supervisord: server_url
 	cmd  *exec.Cmd
-	t    testing.TB
+	t    TB
 	args []string
 	// Process is supervisord's group:name of the program.
 	Process string
@@ -50,7 +63,7 @@ type Manager struct {
 func (m *Manager) PID() int { return m.cmd.Process.Pid }
 
 // scratch is a root-owned 0755 directory under the test's temp directory.
-func scratch(t testing.TB) string {
+func scratch(t TB) string {
 	d := t.TempDir()
 	if err := os.Chmod(d, 0o755); err != nil {
 		t.Fatal(err)
@@ -62,7 +75,7 @@ func scratch(t testing.TB) string {
 func RunScript(command string) string { return "#!/bin/sh\nexec " + command + "\n" }
 
 // Runit starts runsv on a new service directory NAME whose ./run is run.
-func Runit(t testing.TB, name, run string) *Manager {
+func Runit(t TB, name, run string) *Manager {
 	Need(t, "runsv", "sv")
 	dir := filepath.Join(scratch(t), name)
 	mustServiceDir(t, dir, run)
@@ -74,7 +87,7 @@ func Runit(t testing.TB, name, run string) *Manager {
 }
 
 // S6 starts s6-supervise on a new service directory NAME.
-func S6(t testing.TB, name, run string) *Manager {
+func S6(t TB, name, run string) *Manager {
 	Need(t, "s6-supervise", "s6-svc", "s6-svstat")
 	dir := filepath.Join(scratch(t), name)
 	mustServiceDir(t, dir, run)
@@ -85,7 +98,7 @@ func S6(t testing.TB, name, run string) *Manager {
 	return m
 }
 
-func mustServiceDir(t testing.TB, dir, run string) {
+func mustServiceDir(t TB, dir, run string) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +110,7 @@ func mustServiceDir(t testing.TB, dir, run string) {
 // Supervisord starts supervisord (nodaemon) with one [program:NAME] of
 // command, startsecs 1, autorestart, and, when listener is not empty, an
 // [eventlistener:hb] running listener (a command line).
-func Supervisord(t testing.TB, name, command, listener string) *Manager {
+func Supervisord(t TB, name, command, listener string) *Manager {
 	Need(t, "supervisord", "supervisorctl")
 	dir := scratch(t)
 	sock := filepath.Join(dir, "supervisor.sock")
@@ -201,7 +214,7 @@ func (m *Manager) ProgramPID() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	in, err := c.ProcessInfo(m.t.Context(), m.Process)
+	in, err := c.ProcessInfo(context.Background(), m.Process)
 	if err != nil {
 		return 0, err
 	}

@@ -25,7 +25,7 @@ import (
 )
 
 // allTests in the order they run.
-var allTests = []string{"death", "respawn", "peer", "scale", "flood", "fat", "watchdog", "chain", "peers"}
+var allTests = []string{"death", "respawn", "peer", "scale", "flood", "fat", "watchdog", "chain", "peers", "bridge"}
 
 const usage = `Usage: hbbench [flags]
 
@@ -34,7 +34,7 @@ performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 
 Flags:
-  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,fat,watchdog,chain,peers (default all)
+  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,fat,watchdog,chain,peers,bridge (default all)
   --quick            small counts (a few seconds; used by the tests)
   --long             big counts (several minutes)
   --kills N          kills per series in death and respawn (default 200)
@@ -44,7 +44,7 @@ Flags:
   --flood-secs S     length of the exit flood (default 10)
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
-  --fat-kills N      kills of each stage in the fat test, hangs in the watchdog test (default 10)
+  --fat-kills N      kills of each stage in the fat test, hangs in the watchdog test, kills per manager in bridge (default 10)
   --many-watchdog D  watchdog of the 100 beating services in the watchdog test (default 10ms)
   --fat-mib N        touched memory of the fat stage, MiB (default 2048)
   --chain-kills N    kills of the active worker per method in the chain test (default 20)
@@ -353,12 +353,12 @@ func bench(o *options) int {
 	}
 	// death, respawn and peer share two hbds (connector and pidfd); they
 	// are stopped before scale and flood, which run their own.
-	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"fat", runFat}, {"watchdog", runWatchdog}, {"chain", runChain}, {"peers", runPeers}}
+	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"fat", runFat}, {"watchdog", runWatchdog}, {"chain", runChain}, {"peers", runPeers}, {"bridge", runBridge}}
 	for _, t := range tests {
 		if !o.only[t.name] {
 			continue
 		}
-		if t.name == "scale" || t.name == "flood" || t.name == "fat" || t.name == "watchdog" || t.name == "chain" || t.name == "peers" {
+		if t.name == "scale" || t.name == "flood" || t.name == "fat" || t.name == "watchdog" || t.name == "chain" || t.name == "peers" || t.name == "bridge" {
 			e.stopShared()
 		}
 		logf("%s ...", t.name)
