@@ -37,15 +37,17 @@ func TestBridgeE2E(t *testing.T) {
 				table = fmt.Sprintf("[bridge.supervisord]\nserver_url = %q\nprograms = [\"prog\"]\n", m.URL)
 			}
 			h.WriteConfig(table)
-			h.Start()
+			d := h.Start()
 
 			first := m.WaitUp()
 			sl := h.WaitSlot("prog", fmt.Sprintf("pid %d, bridged", first), func(s shm.Slot) bool {
 				return s.PID == uint32(first) && s.Flags&shm.SlotBridged != 0 && s.State == shm.StateRunning
 			})
-			st := h.ServiceStatus("prog")
-			if st.Manager != kind || st.PID != first || !strings.Contains(h.MustCtl("status"), kind) {
-				t.Fatalf("status %+v; want manager %s, pid %d", st, kind, first)
+			h.WaitService("prog", fmt.Sprintf("pid %d from %s", first, kind), func(s api.ServiceStatus) bool {
+				return s.Manager == kind && s.PID == first && s.State == "running"
+			})
+			if out := h.MustCtl("status"); !strings.Contains(out, "bridged: "+kind) {
+				t.Fatalf("hbctl status does not name the manager:\n%s", out)
 			}
 
 			// kill -9: 0 first, then the manager's replacement.
@@ -88,6 +90,31 @@ func TestBridgeE2E(t *testing.T) {
 			})
 			if got := m.WaitUp(); uint32(got) != back.PID {
 				t.Fatalf("after the manager's return: manager reports pid %d, slot %d", got, back.PID)
+			}
+
+			// The plugin killed: the next one adopts the bridged slot as it
+			// is, and still sees its program's death.
+			plug := h.Health().Plugin.PID
+			h.Kill(plug, syscall.SIGKILL)
+			h.Eventually("a new plugin writing the table", func() (bool, string) {
+				w := h.Table().Header().WriterPID
+				return w != 0 && int(w) != plug && Alive(int(w)), fmt.Sprint("writer ", w)
+			})
+			h.WaitService("prog", "status again", func(s api.ServiceStatus) bool { return s.PID == int(back.PID) })
+			if sl := h.Slot("prog"); sl.PID != back.PID || sl.Flags != shm.SlotBridged {
+				t.Fatalf("after a plugin restart: slot %+v, want pid %d bridged", sl, back.PID)
+			}
+			h.Kill(int(back.PID), syscall.SIGKILL)
+			last, sawZero := h.WatchPID(sl.Index, back.PID)
+			if !sawZero {
+				t.Errorf("after a plugin restart: slot went from %d to %d without reading 0", back.PID, last)
+			}
+			h.WaitService("prog", "the adopted program's exit recorded", func(s api.ServiceStatus) bool { return s.PID == int(last) })
+
+			// A clean stop of hbd stops hb's services, never the manager's.
+			d.Stop()
+			if !Alive(int(last)) {
+				t.Errorf("hbd's clean stop killed %s's program %d", kind, last)
 			}
 		})
 	}
