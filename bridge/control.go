@@ -69,7 +69,7 @@ func Control(ctx context.Context, p Program, action string) (string, error) {
 		flag := map[string][]string{
 			ActionStart:   {"-wu", "-u"},
 			ActionStop:    {"-wd", "-d"},
-			ActionRestart: {"-wu", "-r"}, // -r: signal it (SIGTERM); s6-supervise starts it again
+			ActionRestart: {"-wr", "-r"}, // -r: signal it (SIGTERM); -wr: until s6-supervise has started it again
 		}[action]
 		args := append([]string{flag[0], "-T", fmt.Sprint(ControlWait.Milliseconds())}, flag[1], p.Dir)
 		if _, err := runTool(ctx, "s6-svc", args...); err != nil {

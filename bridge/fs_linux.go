@@ -80,9 +80,10 @@ func checkAbove(p string, euid uint32) error {
 	return nil
 }
 
-// ReadStatusFile reads a supervise/status file of at most max bytes
-// without following a symlink; the file must be a regular file owned by
-// root or hb's euid and not writable by group or others.
+// ReadStatusFile reads a supervise/status file of at most max bytes; the
+// file itself must not be a symlink and must be a regular file owned by
+// root or hb's euid and not writable by group or others. The directories
+// above it are the caller's to vet (CheckTrusted).
 func ReadStatusFile(path string, max int) ([]byte, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
