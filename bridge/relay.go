@@ -69,7 +69,7 @@ func (r *relay) connect() {
 }
 
 func (r *relay) send(line string) error {
-	r.c.SetDeadline(time.Now().Add(relayTimeout))
+	_ = r.c.SetDeadline(time.Now().Add(relayTimeout))
 	if _, err := io.WriteString(r.c, strings.ReplaceAll(line, "\n", " ")+"\n"); err != nil {
 		return err
 	}

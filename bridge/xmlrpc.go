@@ -91,14 +91,14 @@ func (p ProcessInfo) FullName() string { return p.Group + ":" + p.Name }
 func (s *Supervisor) Call(ctx context.Context, method string, args ...any) (any, error) {
 	var body bytes.Buffer
 	body.WriteString(`<?xml version="1.0"?><methodCall><methodName>`)
-	xml.EscapeText(&body, []byte(method))
+	_ = xml.EscapeText(&body, []byte(method))
 	body.WriteString(`</methodName><params>`)
 	for _, a := range args {
 		body.WriteString(`<param><value>`)
 		switch v := a.(type) {
 		case string:
 			body.WriteString(`<string>`)
-			xml.EscapeText(&body, []byte(v))
+			_ = xml.EscapeText(&body, []byte(v))
 			body.WriteString(`</string>`)
 		case bool:
 			b := 0

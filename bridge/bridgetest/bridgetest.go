@@ -232,8 +232,8 @@ func (m *Manager) Kill() {
 		m.orphans = append(m.orphans, pid)
 	}
 	m.orphans = append(m.orphans, descendants(m.cmd.Process.Pid)...)
-	m.cmd.Process.Kill()
-	m.cmd.Wait()
+	_ = m.cmd.Process.Kill()
+	_ = m.cmd.Wait()
 }
 
 // Close stops the manager and its program and checks that no process of
@@ -249,18 +249,18 @@ func (m *Manager) Close() {
 	}
 	switch m.Kind {
 	case bridge.Runit:
-		exec.Command("sv", "-w", "5", "exit", m.Dir).Run()
+		_ = exec.Command("sv", "-w", "5", "exit", m.Dir).Run()
 	case bridge.S6:
-		exec.Command("s6-svc", "-wD", "-T", "5000", "-xd", m.Dir).Run()
+		_ = exec.Command("s6-svc", "-wD", "-T", "5000", "-xd", m.Dir).Run()
 	default:
-		m.cmd.Process.Signal(syscall.SIGTERM)
+		_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	done := make(chan struct{})
-	go func() { m.cmd.Wait(); close(done) }()
+	go func() { _ = m.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		m.cmd.Process.Kill()
+		_ = m.cmd.Process.Kill()
 		<-done
 	}
 	for _, pid := range pids {

@@ -23,9 +23,6 @@ type Bridged struct {
 	Line    int
 }
 
-// bridgeKeyNames are the keys of a [bridge.MANAGER] table.
-var bridgeKeyNames = []string{"dir", "server_url", "programs"}
-
 // bridges decodes the [bridge] table: [bridge.runit], [bridge.s6],
 // [bridge.supervisord].
 func (l *loader) bridges(src *source, r keyRef, absDir string) {

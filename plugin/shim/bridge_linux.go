@@ -131,7 +131,7 @@ func (b *bridges) stop() {
 	}
 	b.mu.Unlock()
 	var one = [8]byte{1}
-	unix.Write(b.wake, one[:])
+	_, _ = unix.Write(b.wake, one[:])
 	<-b.done
 	b.mu.Lock()
 	for fd := range b.mgrs {
@@ -299,7 +299,7 @@ func (b *bridges) free(svc *service) {
 func (b *bridges) unwatchDir(p *bprog) {
 	for _, wd := range []*int32{&p.wd, &p.dirWd} {
 		if *wd >= 0 {
-			unix.InotifyRmWatch(b.ino, uint32(*wd))
+			_, _ = unix.InotifyRmWatch(b.ino, uint32(*wd))
 			delete(b.byWd, *wd)
 			delete(b.dirWd, *wd)
 			*wd = -1
@@ -455,7 +455,7 @@ func (b *bridges) releaseMgr(m *bmgr) {
 			return
 		}
 	}
-	unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, m.pidfd, nil)
+	_ = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, m.pidfd, nil)
 	unix.Close(m.pidfd)
 	delete(b.mgrs, m.pidfd)
 }
@@ -615,7 +615,7 @@ func (b *bridges) loop() {
 				b.inotify(buf)
 			case b.wake:
 				var v [8]byte
-				unix.Read(b.wake, v[:])
+				_, _ = unix.Read(b.wake, v[:])
 			default:
 				if m := b.mgrs[fd]; m != nil {
 					b.mgrExited(m)
@@ -671,7 +671,7 @@ func (b *bridges) inotify(buf []byte) {
 		}
 		b.syncDir(p)
 		if p.wd >= 0 && p.dirWd >= 0 {
-			unix.InotifyRmWatch(b.ino, uint32(p.dirWd))
+			_, _ = unix.InotifyRmWatch(b.ino, uint32(p.dirWd))
 			delete(b.dirWd, p.dirWd)
 			p.dirWd = -1
 		}
@@ -692,7 +692,7 @@ func (b *bridges) mgrExited(m *bmgr) {
 			s.mgr = nil
 		}
 	}
-	unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, m.pidfd, nil)
+	_ = unix.EpollCtl(b.epfd, unix.EPOLL_CTL_DEL, m.pidfd, nil)
 	unix.Close(m.pidfd)
 	delete(b.mgrs, m.pidfd)
 	// A runsv or s6-supervise started again before this ran has already
@@ -803,14 +803,17 @@ func (b *bridges) accept(l net.Listener) {
 // once, then one "EVENTNAME PAYLOAD" per event, and answers each with "ok".
 // Only a peer of hb's own uid (or root) is served.
 func (b *bridges) serveListener(c *net.UnixConn) {
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
 	var cred *unix.Ucred
-	raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if err != nil || (cred.Uid != 0 && int(cred.Uid) != unix.Geteuid()) {
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		credErr = err
+	}
+	if err = credErr; err != nil || (cred.Uid != 0 && int(cred.Uid) != unix.Geteuid()) {
 		b.s.log.Warn("bridge: listener connection refused", "err", err)
 		return
 	}
