@@ -155,7 +155,7 @@ func (s *Shim) Bridge(ctx context.Context, specs []plugin.BridgeSpec) error {
 	}
 	s.brOnce.Lock()
 	if s.br == nil {
-		if len(specs) == 0 {
+		if len(specs) == 0 && !s.hasBridgedSlots() {
 			s.brOnce.Unlock()
 			return nil
 		}
@@ -169,6 +169,15 @@ func (s *Shim) Bridge(ctx context.Context, specs []plugin.BridgeSpec) error {
 	b := s.br
 	s.brOnce.Unlock()
 	return b.set(specs)
+}
+
+func (s *Shim) hasBridgedSlots() bool {
+	for sl := range s.w.Used() {
+		if sl.Flags&shm.SlotBridged != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func checkBridgeSpec(sp plugin.BridgeSpec) error {
@@ -208,6 +217,19 @@ func (b *bridges) set(specs []plugin.BridgeSpec) error {
 	for name, p := range b.progs {
 		if sp, ok := want[name]; !ok || sp != p.spec {
 			b.drop(p)
+		}
+	}
+	// Bridged slots an earlier plugin left (adopted at this one's start)
+	// that are no longer in the set.
+	var stale []string
+	for sl := range b.s.w.Used() {
+		if _, ok := want[sl.Name]; !ok && sl.Flags&shm.SlotBridged != 0 {
+			stale = append(stale, sl.Name)
+		}
+	}
+	for _, name := range stale {
+		if svc, err := b.s.service(name, false); err == nil {
+			b.drop(&bprog{spec: plugin.BridgeSpec{Name: name}, svc: svc, wd: -1, dirWd: -1})
 		}
 	}
 	var errs []error

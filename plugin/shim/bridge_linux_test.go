@@ -110,3 +110,49 @@ func TestBridgeDir(t *testing.T) {
 		})
 	}
 }
+
+// TestBridgeAcrossPluginRestart: a new plugin adopts a bridged slot as it
+// is (same PID, still bridged, not one of its process groups), sees its
+// program's death, and frees the slot when the set no longer has it.
+func TestBridgeAcrossPluginRestart(t *testing.T) {
+	m := bridgetest.Runit(t, "prog", bridgetest.RunScript("sleep 1000"))
+	pid := m.WaitUp()
+	hA := newHarness(t, connector.DetectAuto, "")
+	if err := hA.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}); err != nil {
+		t.Fatal(err)
+	}
+	hA.next(plugin.EventSpawn, "prog")
+	hA.close()
+
+	hB := newHarness(t, connector.DetectAuto, hA.dir)
+	ev := hB.next(plugin.EventAdopt, "prog")
+	sl := hB.slot(ev.Slot)
+	if ev.PID != pid || sl.PID != uint32(pid) || sl.Flags != shm.SlotBridged {
+		t.Fatalf("adopted %+v, slot %+v; want pid %d, flags bridged only", ev, sl, pid)
+	}
+	hB.s.mu.Lock()
+	_, grouped := hB.s.groups[pid]
+	hB.s.mu.Unlock()
+	if grouped {
+		t.Fatal("an adopted bridged program is one of the plugin's process groups (a clean shutdown would signal it)")
+	}
+	if err := hB.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if ex := hB.next(plugin.EventExit, "prog"); ex.PID != pid || ex.Manager != bridge.Runit {
+		t.Fatalf("exit %+v", ex)
+	}
+	next := hB.next(plugin.EventSpawn, "prog")
+	if err := hB.s.Bridge(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hB.s.w.Lookup("prog"); err == nil {
+		t.Fatal("a bridged slot the set no longer has is still allocated")
+	}
+	if gone(next.PID) {
+		t.Fatalf("dropping the bridge touched runsv's program %d", next.PID)
+	}
+}
