@@ -99,10 +99,11 @@ func (d *Daemon) syncBridges() {
 			had = true
 		}
 	}
-	if len(d.bridged) == 0 && !had {
+	if len(d.bridged) == 0 && !had && !d.bridgeSent {
 		return
 	}
 	specs := d.bridgeSpecs()
+	d.bridgeSent = len(specs) > 0
 	d.mu.outside(func() { err = d.shim.Bridge(ctx, specs) })
 	if err != nil {
 		d.log.Error("bridge", "err", err)

@@ -35,18 +35,21 @@ type Daemon struct {
 	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
 	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
 
-	mu       stateLock
-	cfg      *config.Config      // guarded by mu
-	svcs     map[string]*service // guarded by mu
-	bridged  map[string]*bridged // programs other managers run (bridge.go); guarded by mu
-	order    []string            // config order; guarded by mu
-	conn     pluginConn          // current plugin; guarded by mu
-	shim     plugin.Shim         // conn.Shim(); guarded by mu
-	info     plugin.Info         // guarded by mu
-	closing  bool                // shutting down or detaching: no respawns; guarded by mu
-	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
-	lastSeq  uint64              // last plugin event handled; guarded by mu
-	seqDirty bool                // lastSeq not yet saved; guarded by mu
+	mu      stateLock
+	cfg     *config.Config      // guarded by mu
+	svcs    map[string]*service // guarded by mu
+	bridged map[string]*bridged // programs other managers run (bridge.go); guarded by mu
+	// bridgeSent: the last Bridge call named programs, so an empty set must
+	// be sent too; guarded by mu.
+	bridgeSent bool
+	order      []string    // config order; guarded by mu
+	conn       pluginConn  // current plugin; guarded by mu
+	shim       plugin.Shim // conn.Shim(); guarded by mu
+	info       plugin.Info // guarded by mu
+	closing    bool        // shutting down or detaching: no respawns; guarded by mu
+	forced     bool        // a second SIGTERM: stop without grace; guarded by mu
+	lastSeq    uint64      // last plugin event handled; guarded by mu
+	seqDirty   bool        // lastSeq not yet saved; guarded by mu
 
 	bus *bus
 

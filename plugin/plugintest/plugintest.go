@@ -409,6 +409,14 @@ func (f *Shim) Exit(name string, status int, source string) (plugin.Event, error
 	return f.exit(name, s, status, source, true), nil
 }
 
+// Emit sends ev on the event stream as the plugin would (a bridged
+// program's spawn, exit or manager event). It returns ev with its Seq.
+func (f *Shim) Emit(ev plugin.Event) plugin.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.emit(ev)
+}
+
 // Seed puts a slot into the table as a previous hbd and plugin left it,
 // without an event: pid 0 is a service that is down, st its recorded state.
 // It returns the slot's index.
