@@ -38,7 +38,7 @@ type watch struct {
 	pidfd  int
 	id     uint64 // epoll data; unique for the Watcher's life
 	child  bool   // a child of this process (WatchChild): the socket filter passes it by its parent
-	traced bool   // in the exit tracepoint's map (a child): the socket filter need not pass it
+	traced bool   // in the exit tracepoint's map: a child's events the socket filter need not pass
 	since  uint64 // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
@@ -333,8 +333,12 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
-	if child && w.tr != nil {
-		// A full map leaves this one to the other detectors.
+	if w.tr != nil {
+		// A full map leaves this one to the other detectors. A process
+		// that is not our child is traced too (the map takes any TGID):
+		// the tracepoint sees its death first; the socket filter still
+		// passes its events, and the exit path reads its status from
+		// the pidfd (PIDFD_INFO_EXIT) once its parent has reaped it.
 		wt.traced = w.tr.add(wt.pid) == nil
 	}
 	if old := w.byPID[wt.pid]; old != nil {

@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +54,11 @@ func TestBridgeDir(t *testing.T) {
 				t.Fatalf("exit event %+v", ex)
 			}
 			t.Logf("exit seen by %s, status %d", ex.Source, ex.Status)
+			if kernelAtLeast(6, 15) && ex.Status != 137 {
+				// The connector's status, or PIDFD_INFO_EXIT once the
+				// manager has reaped it.
+				t.Errorf("exit status %d, want 137 (SIGKILL)", ex.Status)
+			}
 			if p := h.slot(ev.Slot).PID; p == uint32(first) {
 				t.Fatalf("slot still names the dead pid %d", first)
 			}
@@ -155,4 +161,17 @@ func TestBridgeAcrossPluginRestart(t *testing.T) {
 	if gone(next.PID) {
 		t.Fatalf("dropping the bridge touched runsv's program %d", next.PID)
 	}
+}
+
+// kernelAtLeast reports whether the running kernel is at least major.minor.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var a, b int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &a, &b); err != nil {
+		return false
+	}
+	return a > major || a == major && b >= minor
 }

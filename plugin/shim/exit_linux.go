@@ -88,7 +88,7 @@ func (s *Shim) finish(ex connector.Exit) {
 	}
 	r, pidfd := s.reapExited(inc, plan)
 	next := s.startedReplacement(inc, plan, r)
-	status := s.exitStatus(inc, ex, r)
+	status := s.exitStatus(inc, ex, r, pidfd)
 	s.recordExit(inc, pidfd, status, ex.DetectedNs)
 	s.report(inc, ex, status, plan, r, next)
 	if inc.child {
@@ -158,13 +158,17 @@ func (s *Shim) startedReplacement(inc *incarnation, plan *respawnPlan, r reaped)
 }
 
 // exitStatus is inc's wait status as reaped, else as the connector saw it,
+// else (not our child) as the pidfd tells once its parent has reaped it,
 // else -1.
-func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped) int {
+func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd int) int {
 	status := -1
 	if ex.HaveStatus {
 		status = ex.Status
 	}
 	if !inc.child {
+		if status == -1 {
+			status = pidfdExitStatus(pidfd, nonChildReapWait)
+		}
 		return status
 	}
 	switch {
