@@ -152,3 +152,54 @@ func lockHolder(data []byte, major, minor uint32, ino uint64) int {
 	}
 	return 0
 }
+
+// CheckTCPListener vets the TCP socket listening on port (an http://
+// server_url) as CheckTrusted vets a path: its owner, from /proc/net/tcp
+// and tcp6, must be root or hb's euid, so no other user's server can stand
+// in for supervisord.
+func CheckTCPListener(port int) error {
+	euid := unix.Geteuid()
+	found := false
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		uids := listenerUIDs(data, port)
+		for _, uid := range uids {
+			found = true
+			if uid != 0 && uid != euid {
+				return fmt.Errorf("tcp port %d: listened on by uid %d, neither root nor hb's uid %d: it cannot stand for supervisord", port, uid, euid)
+			}
+		}
+	}
+	if !found {
+		return fmt.Errorf("tcp port %d: nothing listens there", port)
+	}
+	return nil
+}
+
+// listenerUIDs are the uids of the sockets in LISTEN state (0A) on port in
+// a /proc/net/tcp table.
+func listenerUIDs(data []byte, port int) []int {
+	var out []int
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 8 || f[3] != "0A" {
+			continue
+		}
+		_, p, ok := strings.Cut(f[1], ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseUint(p, 16, 16)
+		if err != nil || int(n) != port {
+			continue
+		}
+		if uid, err := strconv.Atoi(f[7]); err == nil {
+			out = append(out, uid)
+		}
+	}
+	return out
+}

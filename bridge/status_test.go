@@ -131,3 +131,20 @@ func TestLockHolder(t *testing.T) {
 		}
 	}
 }
+
+func TestListenerUIDs(t *testing.T) {
+	tcp := []byte(`  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2329 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1063 1 0 100 0 0 10 0
+   1: 0100007F:2329 0100007F:D2A4 01 00000000:00000000 00:00000000 00000000  1000        0 1064 1 0 100 0 0 10 0
+   2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1065 1 0 100 0 0 10 0
+`)
+	if got := listenerUIDs(tcp, 9001); len(got) != 1 || got[0] != 0 {
+		t.Errorf("port 9001: %v, want [0] (the established connection is not a listener)", got)
+	}
+	if got := listenerUIDs(tcp, 8080); len(got) != 1 || got[0] != 1000 {
+		t.Errorf("port 8080: %v, want [1000]", got)
+	}
+	if got := listenerUIDs(tcp, 22); len(got) != 0 {
+		t.Errorf("port 22: %v, want none", got)
+	}
+}

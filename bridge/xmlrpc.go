@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -49,7 +50,27 @@ func NewSupervisor(serverURL string) (*Supervisor, error) {
 		}}
 		s.rpcURL = "http://localhost/RPC2"
 	case strings.HasPrefix(serverURL, "http://"):
-		s.hc = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		u, err := url.Parse(serverURL)
+		if err != nil || u.Port() == "" {
+			return nil, fmt.Errorf("server_url %q: want http://HOST:PORT", serverURL)
+		}
+		port, err := strconv.Atoi(u.Port())
+		if err != nil {
+			return nil, fmt.Errorf("server_url %q: port: %w", serverURL, err)
+		}
+		if h := u.Hostname(); h != "localhost" && h != "::1" && !strings.HasPrefix(h, "127.") {
+			return nil, fmt.Errorf("server_url %q: only this machine's supervisord can be bridged (localhost, 127.x, ::1)", serverURL)
+		}
+		s.hc = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if err := CheckTCPListener(port); err != nil {
+					return nil, err
+				}
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			},
+			DisableKeepAlives: true,
+		}}
 		s.rpcURL = strings.TrimSuffix(serverURL, "/") + "/RPC2"
 	default:
 		return nil, fmt.Errorf("server_url %q: want unix:///PATH or http://HOST:PORT", serverURL)

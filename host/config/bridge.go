@@ -64,6 +64,8 @@ func (l *loader) bridge(src *source, mgr string, r keyRef, absDir string) {
 			if url, err = wantString(v); err == nil {
 				if !strings.HasPrefix(url, "unix:///") && !strings.HasPrefix(url, "http://") {
 					err = valueErr("%q: want unix:///PATH (supervisord's [unix_http_server] file) or http://HOST:PORT", url)
+				} else if _, serr := bridge.NewSupervisor(url); serr != nil {
+					err = valueErr("%v", serr)
 				}
 			}
 		case k == "programs":

@@ -58,6 +58,8 @@ func TestBridgeErrors(t *testing.T) {
 		{"[bridge.runit]\ndir = \"/x\"\nprograms = [\"a\"]\n[bridge.s6]\ndir = \"/y\"\nprograms = [\"a\"]\n",
 			`hb.toml:6: key "bridge.s6.programs": "a" is bridged twice (also from [bridge.runit] at hb.toml:3)`},
 		{"[bridge.upstart]\n", `hb.toml:1: unknown key "bridge.upstart"`},
+		{"[bridge.supervisord]\nserver_url = \"http://10.0.0.5:9001\"\nprograms = [\"a\"]\n", `hb.toml:2: key "bridge.supervisord.server_url": server_url "http://10.0.0.5:9001": only this machine's supervisord`},
+		{"[bridge.supervisord]\nserver_url = \"http://127.0.0.1\"\nprograms = [\"a\"]\n", `want http://HOST:PORT`},
 		{"[bridge.runit]\ndir = \"/nonexistent-hb-dir\"\n", `hb.toml:1: key "bridge.runit.dir": open /nonexistent-hb-dir`},
 	} {
 		_, err := Parse("hb.toml", []byte(tc.doc))
