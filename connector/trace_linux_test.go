@@ -70,11 +70,10 @@ func TestTracepointReportsKill(t *testing.T) {
 	}
 }
 
-// TestTracepointNonChildren: Watch (not a child: an adopted or bridged
-// process) puts the process in the tracepoint's map too, so its death is
-// reported as early as a child's; the status is then the exit path's to
-// find (the connector's event comes after the watch has fired).
-func TestTracepointNonChildren(t *testing.T) {
+// TestTracepointOnlyChildren: Watch (not a child) leaves a process out of
+// the tracepoint's map: its exit comes from the pidfd, with the status the
+// connector would give.
+func TestTracepointOnlyChildren(t *testing.T) {
 	requireTrace(t)
 	rec := newRecorder()
 	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint}))
@@ -83,8 +82,30 @@ func TestTracepointNonChildren(t *testing.T) {
 	if err := w.Watch(1, c.pid, c.pidfd); err != nil {
 		t.Fatal(err)
 	}
+	if w.tr.inMap(c.pid) {
+		t.Error("Watch put a process in the tracepoint's map")
+	}
+	c.kill(unix.SIGKILL)
+	if e := collect(t, w, 1)[1]; e.Source != SourcePidfd {
+		t.Errorf("exit %+v, want one from the pidfd", e)
+	}
+	c.reap()
+}
+
+// TestTracepointWatchTraced: WatchTraced puts a process that is not a
+// child (a bridged program) in the tracepoint's map, so its death is
+// reported as early as a child's, and takes it out once reported.
+func TestTracepointWatchTraced(t *testing.T) {
+	requireTrace(t)
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint}))
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchTraced(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
 	if !w.tr.inMap(c.pid) {
-		t.Error("Watch left a process out of the tracepoint's map")
+		t.Error("WatchTraced left a process out of the tracepoint's map")
 	}
 	c.kill(unix.SIGKILL)
 	if e := collect(t, w, 1)[1]; e.Source != SourceTracepoint {

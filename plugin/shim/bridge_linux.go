@@ -539,7 +539,7 @@ func (b *bridges) learn(p *bprog, pid int) {
 		Kind: plugin.EventSpawn, Name: svc.name, Slot: svc.idx, PID: pid, Generation: gen,
 		DetectedNs: shm.MonotonicNs(), Adopted: true, Manager: p.spec.Manager, Source: "bridge",
 	})
-	if err := s.watcher.Watch(key, pid, pidfd); err != nil {
+	if err := s.watcher.WatchTraced(key, pid, pidfd); err != nil {
 		s.mu.Lock()
 		delete(s.incs, key)
 		svc.cur = nil

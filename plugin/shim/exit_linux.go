@@ -167,7 +167,14 @@ func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd i
 	}
 	if !inc.child {
 		if status == -1 {
-			status = pidfdExitStatus(pidfd, nonChildReapWait)
+			// A bridged program is traced (WatchTraced), so the connector
+			// has not spoken; its manager reaps it at once: wait for that.
+			// Anything else gets one look, no wait.
+			var wait time.Duration
+			if inc.manager != "" {
+				wait = nonChildReapWait
+			}
+			status = pidfdExitStatus(pidfd, wait)
 		}
 		return status
 	}
