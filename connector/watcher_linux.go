@@ -277,7 +277,9 @@ func epollData(ev *unix.EpollEvent) uint64 {
 // then the connector goroutine does it when due, together with every other
 // change made meanwhile. An exit that happens before the filter holds pid is
 // reported through the pidfd.
-func (w *Watcher) Watch(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, false, false) }
+func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
+	return w.watch(key, pid, pidfd, false, false)
+}
 
 // WatchTraced is Watch with the exit tracepoint too, for a process that is
 // not a child whose death must be seen as early as a child's (a bridged
@@ -299,7 +301,9 @@ func (w *Watcher) WatchTraced(key uint64, pid, pidfd int) error {
 // with no status (the caller reaps its child and learns it there), and as
 // soon as the process's last thread starts to exit: before it is a zombie,
 // so a waitid right after the report may have to wait for it.
-func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, true, true) }
+func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error {
+	return w.watch(key, pid, pidfd, true, true)
+}
 
 // watch is Watch and WatchChild: addWatch, then the filter update it asks
 // for (a new process, or the first child: the filter starts passing
