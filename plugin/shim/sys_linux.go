@@ -193,7 +193,6 @@ func pidfdExitStatus(pidfd int, wait time.Duration) int {
 			return -1
 		}
 		if n > 0 && fds[0].Revents&unix.POLLHUP != 0 {
-			wait = 0 // reaped: one more look
 			deadline = time.Now()
 		}
 	}
