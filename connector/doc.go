@@ -15,8 +15,10 @@
 //     goroutine waits on beside the pidfds. The proc connector's event and a
 //     pidfd's readiness both come only after the teardown (exit_notify). The
 //     tracepoint knows no exit status and sees the process before it is a
-//     zombie, so it watches children only (WatchChild): their parent reaps
-//     them and learns the status there. It needs CAP_BPF and CAP_PERFMON and
+//     zombie: the parent of a child (WatchChild) reaps it and learns the
+//     status there; for another process asked for with WatchTraced the
+//     caller reads it from the pidfd (PIDFD_INFO_EXIT) once that process's
+//     parent has reaped it; Watch leaves it to the connector. It needs CAP_BPF and CAP_PERFMON and
 //     Linux 6.16+ (the tracepoint's group_dead argument); see
 //     TraceAvailable. Each record carries its time, and a watch made after
 //     it ignores it: the PID may be a new process's by then.

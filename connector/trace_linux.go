@@ -31,9 +31,12 @@ import (
 // detector is reported unavailable. Loading it needs CAP_BPF and
 // CAP_PERFMON (root).
 //
-// The detector carries no exit status (its callers reap their children,
-// which gives the status), so only children (WatchChild) are put in the
-// map; other processes keep the connector's status.
+// The detector carries no exit status: callers reap their children
+// (WatchChild), which gives the status, and find the status of the other
+// processes they ask it for (WatchTraced) elsewhere (the pidfd's
+// PIDFD_INFO_EXIT after their parent's reap), since the connector's event
+// comes after the watch has fired. Watch leaves a process out of the map,
+// so that the connector gives its status.
 
 // eBPF helper function numbers (include/uapi/linux/bpf.h).
 const (

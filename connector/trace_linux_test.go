@@ -92,6 +92,31 @@ func TestTracepointOnlyChildren(t *testing.T) {
 	c.reap()
 }
 
+// TestTracepointWatchTraced: WatchTraced puts a process that is not a
+// child (a bridged program) in the tracepoint's map, so its death is
+// reported as early as a child's, and takes it out once reported.
+func TestTracepointWatchTraced(t *testing.T) {
+	requireTrace(t)
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint}))
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchTraced(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	if !w.tr.inMap(c.pid) {
+		t.Error("WatchTraced left a process out of the tracepoint's map")
+	}
+	c.kill(unix.SIGKILL)
+	if e := collect(t, w, 1)[1]; e.Source != SourceTracepoint {
+		t.Errorf("exit %+v, want one from the tracepoint", e)
+	}
+	c.reap()
+	if w.tr.inMap(c.pid) {
+		t.Error("a reported watch left its pid in the tracepoint's map")
+	}
+}
+
 // TestTracepointOlderRecord: a tracepoint record from before a watch began
 // is of an earlier process that had the same PID, and is ignored; a later
 // one is reported.

@@ -38,7 +38,7 @@ type watch struct {
 	pidfd  int
 	id     uint64 // epoll data; unique for the Watcher's life
 	child  bool   // a child of this process (WatchChild): the socket filter passes it by its parent
-	traced bool   // in the exit tracepoint's map (a child): the socket filter need not pass it
+	traced bool   // in the exit tracepoint's map (WatchChild, WatchTraced): a child's events the socket filter need not pass
 	since  uint64 // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
@@ -277,7 +277,19 @@ func epollData(ev *unix.EpollEvent) uint64 {
 // then the connector goroutine does it when due, together with every other
 // change made meanwhile. An exit that happens before the filter holds pid is
 // reported through the pidfd.
-func (w *Watcher) Watch(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, false) }
+func (w *Watcher) Watch(key uint64, pid, pidfd int) error {
+	return w.watch(key, pid, pidfd, false, false)
+}
+
+// WatchTraced is Watch with the exit tracepoint too, for a process that is
+// not a child whose death must be seen as early as a child's (a bridged
+// program, whose manager reaps it at once). The tracepoint reports it with
+// no status, and its connector event then comes after the watch has fired:
+// the caller finds the status elsewhere (the pidfd's PIDFD_INFO_EXIT once
+// the parent has reaped it).
+func (w *Watcher) WatchTraced(key uint64, pid, pidfd int) error {
+	return w.watch(key, pid, pidfd, false, true)
+}
 
 // WatchChild is Watch for a child of the calling process. The socket filter
 // passes every exit whose parent is this process, so watching (and
@@ -289,13 +301,15 @@ func (w *Watcher) Watch(key uint64, pid, pidfd int) error { return w.watch(key, 
 // with no status (the caller reaps its child and learns it there), and as
 // soon as the process's last thread starts to exit: before it is a zombie,
 // so a waitid right after the report may have to wait for it.
-func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error { return w.watch(key, pid, pidfd, true) }
+func (w *Watcher) WatchChild(key uint64, pid, pidfd int) error {
+	return w.watch(key, pid, pidfd, true, true)
+}
 
 // watch is Watch and WatchChild: addWatch, then the filter update it asks
 // for (a new process, or the first child: the filter starts passing
 // children).
-func (w *Watcher) watch(key uint64, pid, pidfd int, child bool) error {
-	update, err := w.addWatch(key, pid, pidfd, child)
+func (w *Watcher) watch(key uint64, pid, pidfd int, child, trace bool) error {
+	update, err := w.addWatch(key, pid, pidfd, child, trace)
 	if update {
 		w.updateFilter()
 	}
@@ -304,7 +318,7 @@ func (w *Watcher) watch(key uint64, pid, pidfd int, child bool) error {
 
 // addWatch does the work of Watch but for the filter update, which it asks
 // for by returning update.
-func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool, err error) {
+func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (update bool, err error) {
 	if pid <= 0 || pid > 1<<31-1 {
 		return false, fmt.Errorf("connector: watch key %d: invalid pid %d", key, pid)
 	}
@@ -333,8 +347,10 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child bool) (update bool,
 		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
-	if child && w.tr != nil {
-		// A full map leaves this one to the other detectors.
+	if trace && w.tr != nil {
+		// A full map leaves this one to the other detectors. The map
+		// takes any TGID: a process that is not a child (WatchTraced)
+		// keeps its place in the socket filter too.
 		wt.traced = w.tr.add(wt.pid) == nil
 	}
 	if old := w.byPID[wt.pid]; old != nil {

@@ -97,7 +97,8 @@ func detectors(t *testing.T, f func(t *testing.T, d Detector)) {
 }
 
 // watchFn is how tests under detector d watch their children: WatchChild
-// for the exit tracepoint, which watches children only; Watch otherwise.
+// for the exit tracepoint (which then leaves their events to the parent's
+// reap), Watch otherwise.
 func watchFn(w *Watcher, d Detector) func(key uint64, pid, pidfd int) error {
 	if d == DetectTracepoint {
 		return w.WatchChild

@@ -39,17 +39,21 @@ type Daemon struct {
 	// dial connects to the plugin; dialPlugin unless a test hands in a fake.
 	dial func(h config.HBD) (conn pluginConn, reattached bool, err error)
 
-	mu       stateLock
-	cfg      *config.Config      // guarded by mu
-	svcs     map[string]*service // guarded by mu
-	order    []string            // config order; guarded by mu
-	conn     pluginConn          // current plugin; guarded by mu
-	shim     plugin.Shim         // conn.Shim(); guarded by mu
-	info     plugin.Info         // guarded by mu
-	closing  bool                // shutting down or detaching: no respawns; guarded by mu
-	forced   bool                // a second SIGTERM: stop without grace; guarded by mu
-	lastSeq  uint64              // last plugin event handled; guarded by mu
-	seqDirty bool                // lastSeq not yet saved; guarded by mu
+	mu      stateLock
+	cfg     *config.Config      // guarded by mu
+	svcs    map[string]*service // guarded by mu
+	bridged map[string]*bridged // programs other managers run (bridge.go); guarded by mu
+	// bridgeSent: the last Bridge call named programs, so an empty set must
+	// be sent too; guarded by mu.
+	bridgeSent bool
+	order      []string    // config order; guarded by mu
+	conn       pluginConn  // current plugin; guarded by mu
+	shim       plugin.Shim // conn.Shim(); guarded by mu
+	info       plugin.Info // guarded by mu
+	closing    bool        // shutting down or detaching: no respawns; guarded by mu
+	forced     bool        // a second SIGTERM: stop without grace; guarded by mu
+	lastSeq    uint64      // last plugin event handled; guarded by mu
+	seqDirty   bool        // lastSeq not yet saved; guarded by mu
 	// eventsMissed counts plugin events never received (gaps in Seq
 	// between two subscriptions); guarded by mu.
 	eventsMissed uint64
@@ -129,6 +133,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 		d.svcs[name] = newService(cfg.Services[name], cfg.HBD.LogDir)
 	}
 	d.order = slices.Clone(cfg.Order)
+	d.setBridged(cfg)
 	d.dial = d.dialPlugin
 	return d
 }
@@ -234,6 +239,7 @@ func (d *Daemon) connect() error {
 	if err := d.reconcile(); err != nil {
 		return err
 	}
+	d.syncBridges()
 	go d.consume(d.pluginGen, events, info.LastSeq)
 	go d.watchPlugin(d.pluginGen, conn)
 	return nil
@@ -347,6 +353,9 @@ func (d *Daemon) reconcile() error {
 	}
 	d.spawnMany(d.holdAfter(autostart), d.info.Slots-len(slots), "autostart")
 	for name, sl := range byName {
+		if d.bridged[name] != nil || sl.Flags&shm.SlotBridged != 0 {
+			continue // the plugin's bridge set (syncBridges) owns it
+		}
 		d.log.Info("removing a slot no service is configured for", "service", name, "pid", sl.PID)
 		go d.dropOrphan(name, sl)
 	}
@@ -514,6 +523,10 @@ func (d *Daemon) logProblem(ev plugin.Event) {
 
 // handle acts on one live plugin event. Called with mu held.
 func (d *Daemon) handle(ev plugin.Event) {
+	if b := d.bridged[ev.Name]; b != nil && (ev.Manager != "" || ev.Kind == plugin.EventManager) {
+		d.bridgedEvent(b, ev)
+		return
+	}
 	s := d.svcs[ev.Name]
 	switch ev.Kind {
 	case plugin.EventExit:

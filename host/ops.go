@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hbshim/hb/bridge"
 	"slices"
 	"syscall"
 	"time"
@@ -22,9 +23,14 @@ var _ api.Expander = (*Daemon)(nil)
 func (d *Daemon) List() []api.ServiceStatus {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	out := make([]api.ServiceStatus, 0, len(d.order))
+	out := make([]api.ServiceStatus, 0, len(d.order)+len(d.bridged))
 	for _, name := range d.order {
 		out = append(out, d.svcs[name].status())
+	}
+	for _, name := range d.cfg.BridgedOrder {
+		if b := d.bridged[name]; b != nil {
+			out = append(out, b.status())
+		}
 	}
 	return out
 }
@@ -43,6 +49,9 @@ func (d *Daemon) Get(name string) (api.ServiceStatus, error) {
 	defer d.mu.RUnlock()
 	s := d.svcs[name]
 	if s == nil {
+		if b := d.bridged[name]; b != nil {
+			return b.status(), nil
+		}
 		return api.ServiceStatus{}, notFound(name)
 	}
 	return s.status(), nil
@@ -90,6 +99,10 @@ func (d *Daemon) Expand(names []string) []string {
 // Start starts the named services; running ones are left alone, a fatal or
 // backing-off one starts at once with its failure count cleared.
 func (d *Daemon) Start(names []string) error {
+	names, berr := d.controlBridged(names, bridge.ActionStart)
+	if berr != nil || len(names) == 0 {
+		return berr
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	svcs, err := d.lookup(names)
@@ -125,6 +138,10 @@ func (d *Daemon) Start(names []string) error {
 // Stop stops the named services, one after the other in the order given,
 // and returns once each has exited.
 func (d *Daemon) Stop(names []string) error {
+	names, berr := d.controlBridged(names, bridge.ActionStop)
+	if berr != nil || len(names) == 0 {
+		return berr
+	}
 	d.mu.Lock()
 	svcs, err := d.lookup(names)
 	d.mu.Unlock()
@@ -200,6 +217,10 @@ func (d *Daemon) stopOne(s *service) error {
 // Restart stops then starts the named services; those whose stop failed
 // are not started.
 func (d *Daemon) Restart(names []string) error {
+	names, berr := d.controlBridged(names, bridge.ActionRestart)
+	if berr != nil || len(names) == 0 {
+		return berr
+	}
 	d.mu.Lock()
 	svcs, err := d.lookup(names)
 	d.mu.Unlock()
@@ -295,6 +316,8 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 		}
 		cancel()
 	}
+	d.setBridged(next)
+	d.syncBridges()
 	for _, name := range changed {
 		s := d.svcs[name]
 		s.cfg = next.Services[name]

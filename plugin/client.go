@@ -153,6 +153,11 @@ func (c *grpcClient) Events(ctx context.Context, afterSeq uint64) (<-chan Event,
 	return ch, nil
 }
 
+func (c *grpcClient) Bridge(ctx context.Context, specs []BridgeSpec) error {
+	_, err := c.rpc.Bridge(ctx, &hbpb.BridgeRequest{Programs: bridgeToProto(specs)})
+	return c.fail("Bridge", err)
+}
+
 func (c *grpcClient) Shutdown(ctx context.Context, clean bool) error {
 	_, err := c.rpc.Shutdown(ctx, &hbpb.ShutdownRequest{Clean: clean})
 	return c.fail("Shutdown", err)

@@ -279,6 +279,7 @@ func eventToProto(e Event) *hbpb.Event {
 		Message:     e.Message,
 		Reason:      e.Reason,
 		SinceBeatNs: e.SinceBeatNs,
+		Manager:     e.Manager,
 	}
 }
 
@@ -299,7 +300,24 @@ func eventFromProto(p *hbpb.Event) Event {
 		Message:     p.GetMessage(),
 		Reason:      p.GetReason(),
 		SinceBeatNs: p.GetSinceBeatNs(),
+		Manager:     p.GetManager(),
 	}
+}
+
+func bridgeToProto(specs []BridgeSpec) []*hbpb.BridgeSpec {
+	out := make([]*hbpb.BridgeSpec, len(specs))
+	for i, b := range specs {
+		out[i] = &hbpb.BridgeSpec{Name: b.Name, Manager: b.Manager, Dir: b.Dir, Url: b.URL, Process: b.Process}
+	}
+	return out
+}
+
+func bridgeFromProto(ps []*hbpb.BridgeSpec) []BridgeSpec {
+	out := make([]BridgeSpec, len(ps))
+	for i, p := range ps {
+		out[i] = BridgeSpec{Name: p.GetName(), Manager: p.GetManager(), Dir: p.GetDir(), URL: p.GetUrl(), Process: p.GetProcess()}
+	}
+	return out
 }
 
 func rlimitsToProto(v []Rlimit) []*hbpb.Rlimit {

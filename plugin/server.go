@@ -221,6 +221,16 @@ func (s *grpcServer) Free(ctx context.Context, req *hbpb.FreeRequest) (*hbpb.Fre
 	return &hbpb.FreeResponse{}, nil
 }
 
+func (s *grpcServer) Bridge(ctx context.Context, req *hbpb.BridgeRequest) (*hbpb.BridgeResponse, error) {
+	if err := s.refuse("Bridge"); err != nil {
+		return nil, err
+	}
+	if err := s.impl.Bridge(ctx, bridgeFromProto(req.GetPrograms())); err != nil {
+		return nil, toStatus(err)
+	}
+	return &hbpb.BridgeResponse{}, nil
+}
+
 func (s *grpcServer) List(ctx context.Context, _ *hbpb.ListRequest) (*hbpb.ListResponse, error) {
 	slots, err := s.impl.List(ctx)
 	if err != nil {

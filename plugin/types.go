@@ -190,6 +190,10 @@ const (
 	EventReady EventKind = 6
 	// EventStatus: the service sent a STATUS= text (Message).
 	EventStatus EventKind = 7
+	// EventManager: the manager of a bridged program (Manager) went away
+	// (Message says why; the slot reads 0 and is flagged
+	// shm.SlotManagerGone) or came back (Message empty).
+	EventManager EventKind = 8
 )
 
 func (k EventKind) String() string {
@@ -208,6 +212,8 @@ func (k EventKind) String() string {
 		return "ready"
 	case EventStatus:
 		return "status"
+	case EventManager:
+		return "manager"
 	}
 	return "unknown"
 }
@@ -245,6 +251,9 @@ type Event struct {
 	// SinceBeatNs (hung events) is the time from the last beat the plugin
 	// saw (or the spawn, before the first) to the check that found none.
 	SinceBeatNs uint64
+	// Manager is the manager of a bridged program ("runit", "s6",
+	// "supervisord"), "" for the plugin's own services.
+	Manager string
 }
 
 // Info describes a running plugin.
@@ -317,6 +326,22 @@ type Shim interface {
 	// closed (writer_pid 0); running services are left as they are, so the
 	// host stops them first.
 	Shutdown(ctx context.Context, clean bool) error
+	// Bridge sets the whole set of programs another process manager runs
+	// that the plugin is to watch (docs/bridges.md): each gets a slot named
+	// after it, flagged shm.SlotBridged, with the PID the manager's status
+	// names (identity checked) and 0 from its exit on. Programs of an
+	// earlier call not in specs are no longer watched and their slots are
+	// freed. It returns once every program's status has been read once.
+	Bridge(ctx context.Context, specs []BridgeSpec) error
+}
+
+// BridgeSpec is one program another process manager runs.
+type BridgeSpec struct {
+	Name    string // the slot's name (shm.ValidName)
+	Manager string // "runit", "s6" or "supervisord"
+	Dir     string // runit, s6: the service directory (absolute)
+	URL     string // supervisord: its server_url
+	Process string // supervisord: the program's group:name
 }
 
 // Histogram is a snapshot of a latency histogram the plugin keeps: Counts[i]

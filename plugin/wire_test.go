@@ -64,10 +64,23 @@ func TestConvertRoundTrip(t *testing.T) {
 		{Seq: 3, Kind: EventAdopt, Name: "b", Source: "adopt"},
 		{Seq: 4, Kind: EventHung, Name: "c", PID: 9, SinceBeatNs: 21_000_000},
 		{Seq: 5, Kind: EventExit, Name: "c", PID: 9, Status: 134, Reason: "watchdog"},
+		{Seq: 6, Kind: EventManager, Name: "d", Manager: "runit", Message: "runsv exited"},
+		{Seq: 7, Kind: EventSpawn, Name: "d", PID: 10, Manager: "supervisord", Adopted: true, Source: "bridge"},
 	} {
 		if diff := cmp.Diff(ev, eventFromProto(eventToProto(ev))); diff != "" {
 			t.Errorf("Event %d (-want +got):\n%s", ev.Seq, diff)
 		}
+	}
+}
+
+// TestBridgeSpecWire: every BridgeSpec field crosses the wire.
+func TestBridgeSpecWire(t *testing.T) {
+	specs := []BridgeSpec{
+		{Name: "a", Manager: "runit", Dir: "/etc/service/a"},
+		{Name: "w1", Manager: "supervisord", URL: "unix:///run/supervisor.sock", Process: "pool:w1"},
+	}
+	if diff := cmp.Diff(specs, bridgeFromProto(bridgeToProto(specs))); diff != "" {
+		t.Errorf("BridgeSpec (-want +got):\n%s", diff)
 	}
 }
 

@@ -46,6 +46,13 @@ const (
 	// SlotAdopted marks a process that the writer adopted from a previous
 	// writer; it is not the writer's child.
 	SlotAdopted uint32 = 1 << 0
+	// SlotBridged marks a program another process manager (supervisord,
+	// runit, s6) starts and restarts; the writer only publishes its PID.
+	// Added within ABI v1: readers ignore bits they do not know.
+	SlotBridged uint32 = 1 << 1
+	// SlotManagerGone marks a bridged slot whose manager is not running:
+	// the PID word is 0 until the manager is back and names a process.
+	SlotManagerGone uint32 = 1 << 2
 )
 
 // Byte offsets of the header fields (ABI v1).

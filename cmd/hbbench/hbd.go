@@ -31,6 +31,8 @@ type hbdConfig struct {
 	detector string // auto, connector, pidfd, tracepoint
 	slots    int
 	services []svc
+	extra    string // more TOML after the services ([bridge.*] tables)
+	stateDir string // [hbd] state_dir; "": DIR/state
 }
 
 // hbdProc is a running hbd on a temporary configuration, state directory and
@@ -68,6 +70,7 @@ func (h *hbdProc) writeConfig() (string, error) {
 		fmt.Fprintf(&b, "[service.%s]\ncommand = [%s]\nrestart = \"always\"\nstart_secs = \"0s\"\nstart_retries = 0\n"+
 			"stop_timeout = \"5s\"\nstdout = \"null\"\nstderr = \"null\"\n%s\n", s.name, strings.Join(args, ", "), s.extra)
 	}
+	b.WriteString(h.cfg.extra)
 	path := filepath.Join(h.dir, "hb.toml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }
@@ -88,6 +91,12 @@ func (e *env) startHBD(c hbdConfig) (*hbdProc, error) {
 		helperID: -1,
 	}
 	h.shmPath = filepath.Join(shm.DefaultDir, h.shmName)
+	if c.stateDir != "" {
+		h.stateDir = c.stateDir
+	}
+	if err := os.MkdirAll(h.dir, 0o755); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(h.stateDir, 0o755); err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ import (
 )
 
 // allTests in the order they run.
-var allTests = []string{"death", "respawn", "peer", "scale", "flood", "fat", "watchdog", "chain", "peers", "table"}
+var allTests = []string{"death", "respawn", "peer", "scale", "flood", "fat", "watchdog", "chain", "peers", "table", "bridge"}
 
 const usage = `Usage: hbbench [flags]
 
@@ -34,7 +34,7 @@ performance targets) and checks that no exit is missed. Prints a markdown
 report, or JSON with --json. Exit status 1 when a correctness check failed.
 
 Flags:
-  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,fat,watchdog,chain,peers,table (default all)
+  --only LIST        tests to run, comma-separated: death,respawn,peer,scale,flood,fat,watchdog,chain,peers,table,bridge (default all)
   --quick            small counts (a few seconds; used by the tests)
   --long             big counts (several minutes)
   --kills N          kills per series in death and respawn (default 200)
@@ -45,7 +45,7 @@ Flags:
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
   --fat-kills N      kills of each stage in the fat test, hangs in the watchdog test, plugin
-                     kills in the table test (default 10)
+                     kills in the table test, kills per manager in bridge (default 10)
   --watchdog D       watchdog of the hung beater in the watchdog test (default 20ms)
   --many-watchdog D  watchdog of the 100 beating services in the watchdog test (default 10ms)
   --fat-mib N        touched memory of the fat stage, MiB (default 2048)
@@ -357,12 +357,12 @@ func bench(o *options) int {
 	}
 	// death, respawn and peer share two hbds (connector and pidfd); they
 	// are stopped before scale and flood, which run their own.
-	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"fat", runFat}, {"watchdog", runWatchdog}, {"chain", runChain}, {"peers", runPeers}, {"table", runTable}}
+	tests := []test{{"death", runDeath}, {"respawn", runRespawn}, {"peer", runPeer}, {"scale", runScale}, {"flood", runFlood}, {"fat", runFat}, {"watchdog", runWatchdog}, {"chain", runChain}, {"peers", runPeers}, {"table", runTable}, {"bridge", runBridge}}
 	for _, t := range tests {
 		if !o.only[t.name] {
 			continue
 		}
-		if t.name == "scale" || t.name == "flood" || t.name == "fat" || t.name == "watchdog" || t.name == "chain" || t.name == "peers" || t.name == "table" {
+		if t.name == "scale" || t.name == "flood" || t.name == "fat" || t.name == "watchdog" || t.name == "chain" || t.name == "peers" || t.name == "table" || t.name == "bridge" {
 			e.stopShared()
 		}
 		logf("%s ...", t.name)

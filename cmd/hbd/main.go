@@ -13,9 +13,12 @@
 package main
 
 import (
+	"flag"
+	"fmt"
 	"os"
 	"runtime/debug"
 
+	"github.com/hbshim/hb/bridge"
 	"github.com/hbshim/hb/host"
 	"github.com/hbshim/hb/plugin/shim"
 )
@@ -30,8 +33,26 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "supervisord-listener" {
+		os.Exit(supervisordListener(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "plugin" {
 		os.Exit(shim.Main(os.Args[2:]))
 	}
 	os.Exit(host.Main(os.Args[1:]))
+}
+
+// supervisordListener runs `hbd supervisord-listener --socket PATH`, the
+// [eventlistener:hb] of contrib/supervisord (docs/bridges.md).
+func supervisordListener(args []string) int {
+	fs := flag.NewFlagSet("hbd supervisord-listener", flag.ContinueOnError)
+	socket := fs.String("socket", "/run/hb/"+shim.ListenerSocket, "the plugin's listener socket: [hbd] state_dir/"+shim.ListenerSocket)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := bridge.RunListener(*socket, os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "hbd supervisord-listener:", err)
+		return 1
+	}
+	return 0
 }

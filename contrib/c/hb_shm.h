@@ -74,6 +74,8 @@
 #define HB_WAIT_MAX 128
 /* Slot flags. */
 #define HB_SLOT_ADOPTED (1u << 0) /* not the writer's child */
+#define HB_SLOT_BRIDGED (1u << 1) /* started by another manager (supervisord, runit, s6) */
+#define HB_SLOT_MANAGER_GONE (1u << 2) /* bridged, and its manager is not running */
 
 /* hb_read gives up with -EAGAIN after this many attempts (the writer died
  * inside an update; the next writer repairs the slot). */

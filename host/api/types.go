@@ -56,6 +56,10 @@ type ServiceStatus struct {
 	// Adopted is true when the process is not the plugin's child (adopted from
 	// the shm table after a plugin restart).
 	Adopted bool `json:"adopted,omitempty"`
+	// Manager names the process manager that runs a bridged program
+	// ("runit", "s6", "supervisord"; docs/bridges.md); empty for hb's own
+	// services.
+	Manager string `json:"manager,omitempty"`
 	// NextStart is when the next start attempt is due, in state backoff only.
 	NextStart time.Time `json:"next_start,omitzero"`
 	// FailedStarts counts consecutive starts that failed or exited too quickly.

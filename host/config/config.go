@@ -120,6 +120,10 @@ type Config struct {
 	// InstanceGroups maps each service with instances = N to its
 	// instances' names, in order (hbctl restart NAME acts on all of them).
 	InstanceGroups map[string][]string
+	// Bridged are the programs of [bridge.MANAGER] tables by slot name, in
+	// BridgedOrder (docs/bridges.md).
+	Bridged      map[string]*Bridged
+	BridgedOrder []string
 
 	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
 	hbdLine int         // line of the [hbd] table, 0 if absent

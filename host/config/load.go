@@ -52,7 +52,7 @@ func (osFS) Glob(pattern string) ([]string, error) { return filepath.Glob(patter
 
 // Top-level keys, [hbd] keys and service keys, for "did you mean".
 var (
-	topKeys     = []string{"include", "hbd", "service"}
+	topKeys     = []string{"include", "hbd", "service", "bridge"}
 	hbdKeyNames = []string{"shm", "socket", "state_dir", "log_dir", "slots", "detector", "detector_priority", "socket_group", "cgroup_root", "headless_respawns", "metrics_listen"}
 )
 
@@ -181,6 +181,7 @@ func decode(name string, data []byte, fsys fileSystem) (*Config, error) {
 			Files:    []string{name},
 			HBD:      DefaultHBD(),
 			Services: map[string]*Service{},
+			Bridged:  map[string]*Bridged{},
 		},
 		bad:  map[string]bool{},
 		read: map[string]bool{fileKey(name): true},
@@ -200,6 +201,7 @@ func decode(name string, data []byte, fsys fileSystem) (*Config, error) {
 		h.LogDir = filepath.Join(h.StateDir, "log")
 	}
 	errs := append(l.errs, l.cfg.validate(l.bad)...)
+	errs = append(errs, l.cfg.validateBridged()...)
 	if len(errs) > 0 {
 		l.cfg.sortErrors(errs)
 		return nil, errs
@@ -270,6 +272,8 @@ func (l *loader) file(name string, data []byte, main bool) {
 			includes, haveIncludes = r, true
 		case main && key == "hbd":
 			l.hbd(src, r, absDir)
+		case main && key == "bridge":
+			l.bridges(src, r, absDir)
 		case !main:
 			l.unknown(src, r, "", key, "an included file holds [service.NAME] tables only")
 		default:

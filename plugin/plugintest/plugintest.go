@@ -28,6 +28,7 @@ type Shim struct {
 
 	mu        sync.Mutex // guards every field below
 	svcs      map[string]*svc
+	bridged   []plugin.BridgeSpec
 	events    []plugin.Event // events[i].Seq == first+i
 	first     uint64         // Seq of events[0]
 	lastSeq   uint64
@@ -275,6 +276,24 @@ func (f *Shim) Free(_ context.Context, name string) error {
 	return nil
 }
 
+// Bridge implements plugin.Shim: it records the specs (Bridged).
+func (f *Shim) Bridge(_ context.Context, specs []plugin.BridgeSpec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("bridge"); err != nil {
+		return err
+	}
+	f.bridged = append([]plugin.BridgeSpec(nil), specs...)
+	return nil
+}
+
+// Bridged is the set of programs the last Bridge call gave.
+func (f *Shim) Bridged() []plugin.BridgeSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]plugin.BridgeSpec(nil), f.bridged...)
+}
+
 // List implements plugin.Shim.
 func (f *Shim) List(context.Context) ([]shm.Slot, error) {
 	f.mu.Lock()
@@ -404,6 +423,14 @@ func (f *Shim) SetStartTime(name string, ticks uint64) {
 	if s := f.svcs[name]; s != nil {
 		s.startTime = ticks
 	}
+}
+
+// Emit sends ev on the event stream as the plugin would (a bridged
+// program's spawn, exit or manager event). It returns ev with its Seq.
+func (f *Shim) Emit(ev plugin.Event) plugin.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.emit(ev)
 }
 
 // Seed puts a slot into the table as a previous hbd and plugin left it,

@@ -115,6 +115,7 @@ const (
 	EventKind_EVENT_KIND_HUNG        EventKind = 5 // a service missed its watchdog deadline: its slot reads 0 and it is being killed
 	EventKind_EVENT_KIND_READY       EventKind = 6 // a service declared itself ready: its PID is now in the slot (message: its STATUS=)
 	EventKind_EVENT_KIND_STATUS      EventKind = 7 // a service sent STATUS= (message)
+	EventKind_EVENT_KIND_MANAGER     EventKind = 8 // a bridged program's manager went away (message says why) or came back (message empty)
 )
 
 // Enum value maps for EventKind.
@@ -128,6 +129,7 @@ var (
 		5: "EVENT_KIND_HUNG",
 		6: "EVENT_KIND_READY",
 		7: "EVENT_KIND_STATUS",
+		8: "EVENT_KIND_MANAGER",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
@@ -138,6 +140,7 @@ var (
 		"EVENT_KIND_HUNG":        5,
 		"EVENT_KIND_READY":       6,
 		"EVENT_KIND_STATUS":      7,
+		"EVENT_KIND_MANAGER":     8,
 	}
 )
 
@@ -1686,6 +1689,7 @@ type Event struct {
 	Message       string                 `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`                               // log: what is wrong with the service's log files; empty once it is not
 	Reason        string                 `protobuf:"bytes,14,opt,name=reason,proto3" json:"reason,omitempty"`                                 // exit: "watchdog" when the process was killed for missing its deadline
 	SinceBeatNs   uint64                 `protobuf:"varint,15,opt,name=since_beat_ns,json=sinceBeatNs,proto3" json:"since_beat_ns,omitempty"` // hung: time from the last beat seen (or the spawn) to the missed deadline's check
+	Manager       string                 `protobuf:"bytes,16,opt,name=manager,proto3" json:"manager,omitempty"`                               // a bridged program's manager ("runit", "s6", "supervisord"); "" for hb's own services
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1825,6 +1829,170 @@ func (x *Event) GetSinceBeatNs() uint64 {
 	return 0
 }
 
+func (x *Event) GetManager() string {
+	if x != nil {
+		return x.Manager
+	}
+	return ""
+}
+
+// BridgeSpec mirrors plugin.BridgeSpec.
+type BridgeSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Manager       string                 `protobuf:"bytes,2,opt,name=manager,proto3" json:"manager,omitempty"`
+	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`         // runit, s6: the service directory
+	Url           string                 `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`         // supervisord: server_url
+	Process       string                 `protobuf:"bytes,5,opt,name=process,proto3" json:"process,omitempty"` // supervisord: group:name
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeSpec) Reset() {
+	*x = BridgeSpec{}
+	mi := &file_hb_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeSpec) ProtoMessage() {}
+
+func (x *BridgeSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeSpec.ProtoReflect.Descriptor instead.
+func (*BridgeSpec) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BridgeSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BridgeSpec) GetManager() string {
+	if x != nil {
+		return x.Manager
+	}
+	return ""
+}
+
+func (x *BridgeSpec) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *BridgeSpec) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *BridgeSpec) GetProcess() string {
+	if x != nil {
+		return x.Process
+	}
+	return ""
+}
+
+type BridgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Programs      []*BridgeSpec          `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeRequest) Reset() {
+	*x = BridgeRequest{}
+	mi := &file_hb_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeRequest) ProtoMessage() {}
+
+func (x *BridgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeRequest.ProtoReflect.Descriptor instead.
+func (*BridgeRequest) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BridgeRequest) GetPrograms() []*BridgeSpec {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
+type BridgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeResponse) Reset() {
+	*x = BridgeResponse{}
+	mi := &file_hb_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeResponse) ProtoMessage() {}
+
+func (x *BridgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeResponse.ProtoReflect.Descriptor instead.
+func (*BridgeResponse) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{24}
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Clean         bool                   `protobuf:"varint,1,opt,name=clean,proto3" json:"clean,omitempty"`
@@ -1834,7 +2002,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2014,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2027,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{22}
+	return file_hb_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -1877,7 +2045,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2057,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2070,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{23}
+	return file_hb_proto_rawDescGZIP(), []int{26}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -2047,7 +2215,7 @@ const file_hb_proto_rawDesc = "" +
 	"\fListResponse\x12!\n" +
 	"\x05slots\x18\x01 \x03(\v2\v.hb.v1.SlotR\x05slots\",\n" +
 	"\rEventsRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\x9a\x03\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"\xb4\x03\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x10.hb.v1.EventKindR\x04kind\x12\x12\n" +
@@ -2068,7 +2236,18 @@ const file_hb_proto_rawDesc = "" +
 	"\trespawned\x18\f \x01(\bR\trespawned\x12\x18\n" +
 	"\amessage\x18\r \x01(\tR\amessage\x12\x16\n" +
 	"\x06reason\x18\x0e \x01(\tR\x06reason\x12\"\n" +
-	"\rsince_beat_ns\x18\x0f \x01(\x04R\vsinceBeatNs\"'\n" +
+	"\rsince_beat_ns\x18\x0f \x01(\x04R\vsinceBeatNs\x12\x18\n" +
+	"\amanager\x18\x10 \x01(\tR\amanager\"x\n" +
+	"\n" +
+	"BridgeSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\amanager\x18\x02 \x01(\tR\amanager\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x10\n" +
+	"\x03url\x18\x04 \x01(\tR\x03url\x12\x18\n" +
+	"\aprocess\x18\x05 \x01(\tR\aprocess\">\n" +
+	"\rBridgeRequest\x12-\n" +
+	"\bprograms\x18\x01 \x03(\v2\x11.hb.v1.BridgeSpecR\bprograms\"\x10\n" +
+	"\x0eBridgeResponse\"'\n" +
 	"\x0fShutdownRequest\x12\x14\n" +
 	"\x05clean\x18\x01 \x01(\bR\x05clean\"\x12\n" +
 	"\x10ShutdownResponse*\xfa\x01\n" +
@@ -2081,7 +2260,7 @@ const file_hb_proto_rawDesc = "" +
 	"\x14SERVICE_STATE_EXITED\x10\x05\x12\x17\n" +
 	"\x13SERVICE_STATE_FATAL\x10\x06\x12\x1a\n" +
 	"\x16SERVICE_STATE_STOPPING\x10\a\x12\x16\n" +
-	"\x12SERVICE_STATE_HUNG\x10\b*\xbe\x01\n" +
+	"\x12SERVICE_STATE_HUNG\x10\b*\xd6\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_KIND_SPAWN\x10\x01\x12\x13\n" +
@@ -2090,7 +2269,8 @@ const file_hb_proto_rawDesc = "" +
 	"\x0eEVENT_KIND_LOG\x10\x04\x12\x13\n" +
 	"\x0fEVENT_KIND_HUNG\x10\x05\x12\x14\n" +
 	"\x10EVENT_KIND_READY\x10\x06\x12\x15\n" +
-	"\x11EVENT_KIND_STATUS\x10\a2\xdf\x03\n" +
+	"\x11EVENT_KIND_STATUS\x10\a\x12\x16\n" +
+	"\x12EVENT_KIND_MANAGER\x10\b2\x96\x04\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
 	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +
@@ -2100,7 +2280,8 @@ const file_hb_proto_rawDesc = "" +
 	"\x04Free\x12\x12.hb.v1.FreeRequest\x1a\x13.hb.v1.FreeResponse\x12/\n" +
 	"\x04List\x12\x12.hb.v1.ListRequest\x1a\x13.hb.v1.ListResponse\x12.\n" +
 	"\x06Events\x12\x14.hb.v1.EventsRequest\x1a\f.hb.v1.Event0\x01\x12;\n" +
-	"\bShutdown\x12\x16.hb.v1.ShutdownRequest\x1a\x17.hb.v1.ShutdownResponseB(Z&github.com/hbshim/hb/plugin/proto;hbpbb\x06proto3"
+	"\bShutdown\x12\x16.hb.v1.ShutdownRequest\x1a\x17.hb.v1.ShutdownResponse\x125\n" +
+	"\x06Bridge\x12\x14.hb.v1.BridgeRequest\x1a\x15.hb.v1.BridgeResponseB(Z&github.com/hbshim/hb/plugin/proto;hbpbb\x06proto3"
 
 var (
 	file_hb_proto_rawDescOnce sync.Once
@@ -2115,7 +2296,7 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
@@ -2141,8 +2322,11 @@ var file_hb_proto_goTypes = []any{
 	(*ListResponse)(nil),     // 21: hb.v1.ListResponse
 	(*EventsRequest)(nil),    // 22: hb.v1.EventsRequest
 	(*Event)(nil),            // 23: hb.v1.Event
-	(*ShutdownRequest)(nil),  // 24: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 25: hb.v1.ShutdownResponse
+	(*BridgeSpec)(nil),       // 24: hb.v1.BridgeSpec
+	(*BridgeRequest)(nil),    // 25: hb.v1.BridgeRequest
+	(*BridgeResponse)(nil),   // 26: hb.v1.BridgeResponse
+	(*ShutdownRequest)(nil),  // 27: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 28: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
 	5,  // 0: hb.v1.InfoResponse.metrics:type_name -> hb.v1.Metrics
@@ -2155,29 +2339,32 @@ var file_hb_proto_depIdxs = []int32{
 	0,  // 7: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
 	20, // 8: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
 	1,  // 9: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	2,  // 10: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	9,  // 11: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	11, // 12: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	13, // 13: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	15, // 14: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	17, // 15: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	19, // 16: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	22, // 17: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	24, // 18: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	3,  // 19: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	10, // 20: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	12, // 21: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	14, // 22: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	16, // 23: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	18, // 24: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	21, // 25: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	23, // 26: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	25, // 27: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	24, // 10: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
+	2,  // 11: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	9,  // 12: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	11, // 13: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	13, // 14: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	15, // 15: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	17, // 16: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	19, // 17: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	22, // 18: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	27, // 19: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	25, // 20: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
+	3,  // 21: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	10, // 22: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	12, // 23: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	14, // 24: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	16, // 25: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	18, // 26: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	21, // 27: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	23, // 28: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	28, // 29: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	26, // 30: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
+	21, // [21:31] is the sub-list for method output_type
+	11, // [11:21] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -2191,7 +2378,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,7 @@ const (
 	Shim_List_FullMethodName     = "/hb.v1.Shim/List"
 	Shim_Events_FullMethodName   = "/hb.v1.Shim/Events"
 	Shim_Shutdown_FullMethodName = "/hb.v1.Shim/Shutdown"
+	Shim_Bridge_FullMethodName   = "/hb.v1.Shim/Bridge"
 )
 
 // ShimClient is the client API for Shim service.
@@ -71,6 +72,10 @@ type ShimClient interface {
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
 	// Shutdown stops the plugin; the process exits after the reply.
 	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*ShutdownResponse, error)
+	// Bridge sets the programs another process manager runs that the plugin
+	// watches (the whole set: programs not in it are no longer watched and
+	// their slots are freed).
+	Bridge(ctx context.Context, in *BridgeRequest, opts ...grpc.CallOption) (*BridgeResponse, error)
 }
 
 type shimClient struct {
@@ -180,6 +185,16 @@ func (c *shimClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ...
 	return out, nil
 }
 
+func (c *shimClient) Bridge(ctx context.Context, in *BridgeRequest, opts ...grpc.CallOption) (*BridgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BridgeResponse)
+	err := c.cc.Invoke(ctx, Shim_Bridge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -207,6 +222,10 @@ type ShimServer interface {
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
 	// Shutdown stops the plugin; the process exits after the reply.
 	Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error)
+	// Bridge sets the programs another process manager runs that the plugin
+	// watches (the whole set: programs not in it are no longer watched and
+	// their slots are freed).
+	Bridge(context.Context, *BridgeRequest) (*BridgeResponse, error)
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -243,6 +262,9 @@ func (UnimplementedShimServer) Events(*EventsRequest, grpc.ServerStreamingServer
 }
 func (UnimplementedShimServer) Shutdown(context.Context, *ShutdownRequest) (*ShutdownResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Shutdown not implemented")
+}
+func (UnimplementedShimServer) Bridge(context.Context, *BridgeRequest) (*BridgeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Bridge not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -420,6 +442,24 @@ func _Shim_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Bridge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BridgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Bridge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Bridge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Bridge(ctx, req.(*BridgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +498,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Shutdown",
 			Handler:    _Shim_Shutdown_Handler,
+		},
+		{
+			MethodName: "Bridge",
+			Handler:    _Shim_Bridge_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

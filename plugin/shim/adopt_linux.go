@@ -77,18 +77,26 @@ func (s *Shim) adopt(sl shm.Slot) {
 		startTime: sl.StartTime, adopted: true, child: child, pidfd: pidfd,
 		done: make(chan struct{}), killMode: KillProcessGroup, cg: incCg,
 	}
-	if incCg != nil {
+	bridged := sl.Flags&shm.SlotBridged != 0
+	switch {
+	case bridged:
+		// Another manager's program (bridge_linux.go): never signalled by
+		// a stop or a clean shutdown of hb, so not one of hb's groups.
+		inc.killMode, inc.cg = KillProcess, nil
+	case incCg != nil:
 		inc.killMode = KillCgroup
 	}
 	svc.cur = inc
 	s.incs[key] = inc
-	if incCg == nil {
+	if incCg == nil && !bridged {
 		s.groups[pid] = struct{}{} // as in started
 	}
 	delete(s.ended, pid)
 	s.mu.Unlock()
 
-	s.w.SetFlags(sl.Index, sl.Flags|shm.SlotAdopted)
+	if !bridged {
+		s.w.SetFlags(sl.Index, sl.Flags|shm.SlotAdopted)
+	}
 	// Emitted before the watch is armed: an exit reported at once must not
 	// overtake it in the event stream.
 	s.emit(plugin.Event{

@@ -86,6 +86,9 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 		return err
 	}
 	defer svc.op.Unlock()
+	if svc.bridged != "" {
+		return badSpec(errors.New("a bridged program is stopped through its manager"), "stop %q (%s)", name, svc.bridged)
+	}
 	inc := s.current(svc)
 	if inc == nil {
 		s.w.SetState(svc.idx, shm.StateStopped)

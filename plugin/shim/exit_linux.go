@@ -170,17 +170,29 @@ const zombieWait = 500 * time.Millisecond
 // else -1. For an adopted process (not our child) it is read from the
 // zombie's /proc/PID/stat when the zombie is still there with inc's start
 // time: hbd, a child subreaper, holds the zombies of the services a dead
-// plugin left and reaps one only after this plugin reported its exit.
+// plugin left and reaps one only after this plugin reported its exit. A
+// bridged program's is what its pidfd tells once its manager has reaped it.
 func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd int) int {
 	status := -1
 	if ex.HaveStatus {
 		status = ex.Status
 	}
 	if !inc.child {
+		if inc.manager != "" {
+			// A bridged program is traced (WatchTraced), so the connector
+			// has not spoken; its manager reaps it at once: wait for that.
+			if status == -1 {
+				status = pidfdExitStatus(pidfd, nonChildReapWait)
+			}
+			return status
+		}
 		if pidfd >= 0 && pollReadable(pidfd, zombieWait) {
 			if st, err := readProcStat(inc.pid); err == nil && st.State == 'Z' && st.StartTime == inc.startTime && st.HaveExitCode {
 				return shm.ExitStatus(st.ExitCode)
 			}
+		}
+		if status == -1 {
+			status = pidfdExitStatus(pidfd, 0)
 		}
 		return status
 	}
@@ -229,6 +241,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Adopted:    inc.adopted,
 		Reason:     inc.exitReason(),
 		Message:    inc.exitNote(status),
+		Manager:    inc.manager,
 	}
 	emitted := false
 	switch {

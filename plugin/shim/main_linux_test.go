@@ -197,7 +197,7 @@ func (h *harness) close() {
 	}
 	slots, _ := h.s.List(context.Background())
 	for _, sl := range slots {
-		if sl.PID != 0 {
+		if sl.PID != 0 && sl.Flags&shm.SlotBridged == 0 { // a bridged program is its manager's
 			if err := h.s.Stop(context.Background(), sl.Name, unix.SIGKILL, 5*time.Second); err != nil {
 				h.t.Errorf("cleanup: stop %s: %v", sl.Name, err)
 			}

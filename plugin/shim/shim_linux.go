@@ -152,7 +152,11 @@ type Shim struct {
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
-	wg        sync.WaitGroup // beat, log and exit loops
+	// br is the set of bridged programs (bridge_linux.go), made by the
+	// first Bridge call; brOnce guards br.
+	br     *bridges
+	brOnce sync.Mutex
+	wg     sync.WaitGroup // beat, log and exit loops
 }
 
 // service is one named service known to this shim (spawned by it, or found
@@ -190,6 +194,10 @@ type service struct {
 	// by op.
 	headless      int
 	headlessEpoch uint64
+	// bridged is the manager of a bridged program ("" for a service of
+	// the plugin's own); Spawn, Stop and Signal refuse it (control goes
+	// to the manager). Written with op held.
+	bridged string
 }
 
 // DefaultHeadlessRespawns is Options.HeadlessRespawns's default.
@@ -237,7 +245,8 @@ type incarnation struct {
 	killMode  string
 	cg        *svcCgroup
 	leftovers int
-	forking   bool // the main process came from a PID file (Spec.Type "forking")
+	forking   bool   // the main process came from a PID file (Spec.Type "forking")
+	manager   string // a bridged program's manager (bridge_linux.go), "" otherwise
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -599,6 +608,11 @@ func (s *Shim) close(clean bool) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.quit) // Stop and Spawn waiters give up
+		s.brOnce.Lock()
+		if s.br != nil {
+			s.br.stop() // before the detectors: it arms watches
+		}
+		s.brOnce.Unlock()
 		s.life.Lock() // wait for calls in flight
 		defer s.life.Unlock()
 		var errs []error

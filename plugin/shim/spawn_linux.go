@@ -55,6 +55,9 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 		return plugin.SpawnResult{}, err
 	}
 	defer svc.op.Unlock()
+	if svc.bridged != "" {
+		return plugin.SpawnResult{}, badSpec(errors.New("a bridged program is started by its manager"), "spawn %q (%s)", spec.Name, svc.bridged)
+	}
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}

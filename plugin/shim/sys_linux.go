@@ -151,3 +151,49 @@ func bootTicks() uint64 {
 	}
 	return uint64(ts.Nano()) / (1e9 / userHZ)
 }
+
+// nonChildReapWait bounds how long the exit path waits for the parent of a
+// process that is not the plugin's child to reap it, for its status.
+const nonChildReapWait = 250 * time.Millisecond
+
+// pidfdExitStatus is the exit status (code, or 128+signal) of the exited
+// process of pidfd from PIDFD_GET_INFO with PIDFD_INFO_EXIT (Linux 6.15+),
+// waiting up to wait for the pidfd to report the process reaped
+// (POLLHUP); -1 when the kernel does not tell.
+func pidfdExitStatus(pidfd int, wait time.Duration) int {
+	if pidfd < 0 {
+		return -1
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		info := unix.PidfdInfo{Mask: unix.PIDFD_INFO_EXIT}
+		err := unix.IoctlPidfdInfo(pidfd, &info)
+		if err == nil && info.Mask&unix.PIDFD_INFO_EXIT != 0 {
+			ws := unix.WaitStatus(info.Exit_code)
+			switch {
+			case ws.Exited():
+				return ws.ExitStatus()
+			case ws.Signaled():
+				return 128 + int(ws.Signal())
+			}
+			return -1
+		}
+		if err != nil && !errors.Is(err, unix.ESRCH) {
+			return -1 // no PIDFD_GET_INFO (before 6.13) or no exit info (before 6.15)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return -1
+		}
+		// No event asked for: POLLHUP (reaped) is reported anyway, and the
+		// readiness of an exited, unreaped process does not spin this loop.
+		fds := []unix.PollFd{{Fd: int32(pidfd)}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return -1
+		}
+		if n > 0 && fds[0].Revents&unix.POLLHUP != 0 {
+			deadline = time.Now()
+		}
+	}
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/hbshim/hb/bridge"
+	"github.com/hbshim/hb/bridge/bridgetest"
+	"github.com/hbshim/hb/host/api"
+	"github.com/hbshim/hb/shm"
+)
+
+// TestBridgeE2E runs hbd beside a real runsv, s6-supervise and supervisord
+// (each started here on a scratch directory) and checks, per manager:
+// the program's PID in a bridged slot; kill -9 → the slot reads 0, then
+// the manager's replacement; hbctl restart through the manager; the
+// manager killed → 0 and flagged, started again → its new program's PID.
+func TestBridgeE2E(t *testing.T) {
+	for _, kind := range []string{bridge.Runit, bridge.S6, bridge.Supervisord} {
+		t.Run(kind, func(t *testing.T) {
+			h := NewHarness(t, Options{})
+			var m *bridgetest.Manager
+			var table string
+			switch kind {
+			case bridge.Runit:
+				m = bridgetest.Runit(t, "prog", bridgetest.RunScript("sleep 1000"))
+				table = fmt.Sprintf("[bridge.runit]\ndir = %q\nprograms = [\"prog\"]\n", filepath.Dir(m.Dir))
+			case bridge.S6:
+				m = bridgetest.S6(t, "prog", bridgetest.RunScript("sleep 1000"))
+				table = fmt.Sprintf("[bridge.s6]\ndir = %q\n", filepath.Dir(m.Dir)) // every service directory there
+			case bridge.Supervisord:
+				listener := fmt.Sprintf("%s supervisord-listener --socket %s", h.HBD, filepath.Join(h.StateDir, "supervisord.sock"))
+				m = bridgetest.Supervisord(t, "prog", "/bin/sleep 1000", listener)
+				table = fmt.Sprintf("[bridge.supervisord]\nserver_url = %q\nprograms = [\"prog\"]\n", m.URL)
+			}
+			h.WriteConfig(table)
+			d := h.Start()
+
+			first := m.WaitUp()
+			sl := h.WaitSlot("prog", fmt.Sprintf("pid %d, bridged", first), func(s shm.Slot) bool {
+				return s.PID == uint32(first) && s.Flags&shm.SlotBridged != 0 && s.State == shm.StateRunning
+			})
+			h.WaitService("prog", fmt.Sprintf("pid %d from %s", first, kind), func(s api.ServiceStatus) bool {
+				return s.Manager == kind && s.PID == first && s.State == "running"
+			})
+			if out := h.MustCtl("status"); !strings.Contains(out, "bridged: "+kind) {
+				t.Fatalf("hbctl status does not name the manager:\n%s", out)
+			}
+
+			// kill -9: 0 first, then the manager's replacement.
+			h.Kill(first, syscall.SIGKILL)
+			next, sawZero := h.WatchPID(sl.Index, uint32(first))
+			if !sawZero {
+				t.Errorf("slot went from %d to %d without reading 0", first, next)
+			}
+			if got := m.WaitUp(); uint32(got) != next {
+				t.Fatalf("manager reports pid %d, slot %d", got, next)
+			}
+			h.WaitService("prog", "one exit recorded", func(s api.ServiceStatus) bool { return s.Exits >= 1 && s.PID == int(next) })
+
+			// hbctl restart goes to the manager, which answers.
+			out := h.MustCtl("restart", "prog")
+			if !strings.Contains(out, kind+" restart:") {
+				t.Errorf("hbctl restart printed %q; want the manager's answer", out)
+			}
+			restarted, _ := h.WatchPID(sl.Index, next)
+			if got := m.WaitUp(); uint32(got) != restarted {
+				t.Fatalf("after restart: manager reports pid %d, slot %d", got, restarted)
+			}
+			if r := h.Ctl("stop", "nosuch"); r.Code == 0 {
+				t.Errorf("stop of an unknown name succeeded: %v", r)
+			}
+
+			// The manager killed: 0 and flagged; started again: re-synced.
+			m.Kill()
+			h.WaitSlot("prog", "0 and manager gone", func(s shm.Slot) bool {
+				return s.PID == 0 && s.Flags&shm.SlotManagerGone != 0
+			})
+			h.WaitService("prog", "manager gone", func(s api.ServiceStatus) bool {
+				return s.PID == 0 && strings.HasPrefix(s.Reason, "manager gone")
+			})
+			m.Start()
+			// Its status names the program left behind until the new
+			// manager writes its own: wait for a PID that is neither.
+			back := h.WaitSlot("prog", "a new pid after the manager's return", func(s shm.Slot) bool {
+				return s.PID != 0 && s.PID != restarted && s.Flags == shm.SlotBridged
+			})
+			if got := m.WaitUp(); uint32(got) != back.PID {
+				t.Fatalf("after the manager's return: manager reports pid %d, slot %d", got, back.PID)
+			}
+
+			// The plugin killed: the next one adopts the bridged slot as it
+			// is, and still sees its program's death.
+			plug := h.Health().Plugin.PID
+			h.Kill(plug, syscall.SIGKILL)
+			h.Eventually("a new plugin writing the table", func() (bool, string) {
+				w := h.Table().Header().WriterPID
+				return w != 0 && int(w) != plug && Alive(int(w)), fmt.Sprint("writer ", w)
+			})
+			h.WaitService("prog", "status again", func(s api.ServiceStatus) bool { return s.PID == int(back.PID) })
+			if sl := h.Slot("prog"); sl.PID != back.PID || sl.Flags != shm.SlotBridged {
+				t.Fatalf("after a plugin restart: slot %+v, want pid %d bridged", sl, back.PID)
+			}
+			h.Kill(int(back.PID), syscall.SIGKILL)
+			last, sawZero := h.WatchPID(sl.Index, back.PID)
+			if !sawZero {
+				t.Errorf("after a plugin restart: slot went from %d to %d without reading 0", back.PID, last)
+			}
+			h.WaitService("prog", "the adopted program's exit recorded", func(s api.ServiceStatus) bool { return s.PID == int(last) })
+
+			// A clean stop of hbd stops hb's services, never the manager's.
+			d.Stop()
+			if !Alive(int(last)) {
+				t.Errorf("hbd's clean stop killed %s's program %d", kind, last)
+			}
+		})
+	}
+}
