@@ -36,7 +36,7 @@ ZSHCOMPDIR     ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR    ?= $(DATADIR)/fish/vendor_completions.d
 MANPAGES       := $(BIN)/man/hbd.8 $(BIN)/man/hbctl.8 $(BIN)/man/hb.toml.5
 # The installed paths, filled into the unit files and the pkg-config file.
-FILL_PATHS     := sed -e 's|/usr/local/bin/hbd|$(BINDIR)/hbd|g' -e 's|/etc/hb/hb.toml|$(SYSCONFDIR)/hb/hb.toml|g' \
+FILL_PATHS     := sed -e 's|/usr/local/bin/hbd|$(BINDIR)/hbd|g' -e 's|/usr/local/bin/hbctl|$(BINDIR)/hbctl|g' -e 's|/etc/hb/hb.toml|$(SYSCONFDIR)/hb/hb.toml|g' \
                       -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' -e 's|@VERSION@|$(VERSION)|g'
 
 .PHONY: build
@@ -71,7 +71,7 @@ $(BIN)/man/hb.toml.5: host/config/reference.md tools/manpage/main.go
 install: build ## install into DESTDIR/PREFIX (/usr/local): binaries, C header, pkg-config, man pages, completions, units, /etc/hb/hb.toml if none
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man8 \
 	  $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
-	  $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(DATADIR)/hb/runit/hbd/control $(DESTDIR)$(DATADIR)/hb/s6/hbd \
+	  $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(DATADIR)/hb/runit/hbd $(DESTDIR)$(DATADIR)/hb/s6/hbd \
 	  $(DESTDIR)$(DATADIR)/hb/supervisord $(DESTDIR)$(DATADIR)/hb/prometheus $(DESTDIR)$(SYSCONFDIR)/hb
 	install -m 0755 $(BIN)/hbd $(BIN)/hbctl $(BIN)/hbpeek $(DESTDIR)$(BINDIR)/
 	install -m 0644 contrib/c/hb_shm.h $(DESTDIR)$(INCLUDEDIR)/
@@ -83,12 +83,11 @@ install: build ## install into DESTDIR/PREFIX (/usr/local): binaries, C header, 
 	$(BIN)/hbctl completion fish > $(DESTDIR)$(FISHCOMPDIR)/hbctl.fish
 	$(FILL_PATHS) contrib/systemd/hbd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/hbd.service
 	$(FILL_PATHS) contrib/runit/hbd/run > $(DESTDIR)$(DATADIR)/hb/runit/hbd/run
-	install -m 0755 contrib/runit/hbd/control/t $(DESTDIR)$(DATADIR)/hb/runit/hbd/control/t
 	chmod 0755 $(DESTDIR)$(DATADIR)/hb/runit/hbd/run
 	$(FILL_PATHS) contrib/s6/hbd/run > $(DESTDIR)$(DATADIR)/hb/s6/hbd/run
 	chmod 0755 $(DESTDIR)$(DATADIR)/hb/s6/hbd/run
-	install -m 0644 contrib/s6/hbd/down-signal $(DESTDIR)$(DATADIR)/hb/s6/hbd/
 	$(FILL_PATHS) contrib/supervisord/hbd.conf > $(DESTDIR)$(DATADIR)/hb/supervisord/hbd.conf
+	$(FILL_PATHS) contrib/supervisord/hb-listener.conf > $(DESTDIR)$(DATADIR)/hb/supervisord/hb-listener.conf
 	install -m 0644 contrib/prometheus/prometheus.yml contrib/prometheus/hb.rules.yml $(DESTDIR)$(DATADIR)/hb/prometheus/
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml ]; then \
 	  echo "kept $(DESTDIR)$(SYSCONFDIR)/hb/hb.toml (the example is $(DESTDIR)$(DATADIR)/hb/hb.toml)"; \

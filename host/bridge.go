@@ -52,6 +52,9 @@ func (b *bridged) status() api.ServiceStatus {
 	if b.answer != "" {
 		st.Reason += "; " + b.answer
 	}
+	// Whether it should run is its manager's decision: hbctl status counts
+	// it as in its wanted state while the manager is there.
+	st.OK = b.gone == ""
 	return st
 }
 

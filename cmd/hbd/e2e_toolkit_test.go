@@ -183,7 +183,7 @@ command = "sleep infinity"
 		words []string
 		want  []string
 	}{
-		{[]string{"hbctl", "re"}, []string{"reload", "restart"}},
+		{[]string{"hbctl", "re"}, []string{"reexec", "reload", "restart"}},
 		{[]string{"hbctl", "-s", h.Socket, "restart", ""}, []string{"alpha", "beta"}},
 		{[]string{"hbctl", "-s", h.Socket, "logs", "a"}, []string{"alpha"}},
 		{[]string{"hbctl", "-s", h.Socket, "stop", "--a"}, []string{"--all"}},
