@@ -178,7 +178,7 @@ func (d *Daemon) stopOne(s *service) error {
 	case policy.StateStarting, policy.StateRunning:
 		d.setState(s, policy.StateStopping, "stop requested")
 	}
-	sh, down := d.shim, s.down
+	sh := d.shim
 	sig, timeout := s.cfg.StopSignal, s.cfg.StopTimeout
 	if d.forced {
 		sig, timeout = syscall.SIGKILL, 0
@@ -197,7 +197,7 @@ func (d *Daemon) stopOne(s *service) error {
 	// before the Stop arrived was the one stopped: wait for that one too.)
 	d.mu.Lock()
 	for s.pid != 0 {
-		down = s.down
+		down := s.down
 		d.mu.Unlock()
 		select {
 		case <-down:
