@@ -212,16 +212,7 @@ func TestQuickChain(t *testing.T) {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "chain", "--chain-kills", "2", "--json", "--include", "../../contrib/c")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
-	}
-	var rep Report
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
-	}
+	rep := runReport(t, dir, "--only", "chain", "--chain-kills", "2")
 	checks := map[string]bool{}
 	for _, c := range rep.Checks {
 		checks[c.Name] = c.OK
@@ -306,17 +297,8 @@ func TestQuickPeers(t *testing.T) {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "peers", "--services", "5", "--scale-rounds", "1",
-		"--idle-secs", "0", "--chain-kills", "1", "--json", "--include", "../../contrib/c")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
-	}
-	var rep Report
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
-	}
+	rep := runReport(t, dir, "--only", "peers", "--services", "5", "--scale-rounds", "1",
+		"--idle-secs", "0", "--chain-kills", "1")
 	for _, c := range rep.Checks {
 		if !c.OK {
 			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
@@ -350,16 +332,7 @@ func TestQuickFat(t *testing.T) {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "fat", "--fat-mib", "64", "--fat-kills", "2", "--json", "--include", "../../contrib/c")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
-	}
-	var rep Report
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
-	}
+	rep := runReport(t, dir, "--only", "fat", "--fat-mib", "64", "--fat-kills", "2")
 	if len(rep.Checks) == 0 {
 		t.Fatal("no correctness checks in the report")
 	}
@@ -413,16 +386,7 @@ func TestQuickWatchdog(t *testing.T) {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--watchdog", "200ms", "--many-watchdog", "500ms", "--json", "--include", "../../contrib/c")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
-	}
-	var rep Report
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
-	}
+	rep := runReport(t, dir, "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--watchdog", "200ms", "--many-watchdog", "500ms")
 	if len(rep.Checks) < 4 {
 		t.Errorf("%d checks, want the hang audit and the no-false-hang check: %+v", len(rep.Checks), rep.Checks)
 	}
@@ -451,16 +415,7 @@ func TestQuickTable(t *testing.T) {
 		t.Skip("builds hbd and runs it (-short)")
 	}
 	dir := buildTools(t)
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "hbbench"), "--only", "table", "--kills", "3", "--fat-kills", "2", "--json", "--include", "../../contrib/c")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
-	}
-	var rep Report
-	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
-		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
-	}
+	rep := runReport(t, dir, "--only", "table", "--kills", "3", "--fat-kills", "2")
 	for _, c := range rep.Checks {
 		if !c.OK {
 			t.Errorf("check failed: %s: %s: %s", c.Test, c.Name, c.Detail)
@@ -481,4 +436,21 @@ func TestQuickTable(t *testing.T) {
 	for name, n := range want {
 		t.Errorf("no figure %q with %d samples", name, n)
 	}
+}
+
+// runReport runs the hbbench in dir with args and --json, and returns its
+// report; a failed run or output that is not a report fails the test.
+func runReport(t *testing.T, dir string, args ...string) Report {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(dir, "hbbench"), append(args, "--json", "--include", "../../contrib/c")...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("hbbench: %v\nstderr:\n%s\nstdout:\n%s", err, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("hbbench --json output is not a report: %v\n%s", err, stdout.String())
+	}
+	return rep
 }
