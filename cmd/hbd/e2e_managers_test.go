@@ -188,8 +188,12 @@ func testManager(t *testing.T, m manager) {
 	kept := func(how string) {
 		t.Helper()
 		for _, n := range names {
-			if st := h.ServiceStatus(n); st.PID != before[n].PID || !Alive(st.PID) {
-				t.Errorf("%s: %s is pid %d, want %d kept", how, n, st.PID, before[n].PID)
+			// The new hbd answers before it has reconciled every service
+			// with the table: wait for the PID it reports.
+			st := h.WaitService(n, fmt.Sprintf("%s: pid %d kept", how, before[n].PID),
+				func(st api.ServiceStatus) bool { return st.PID == before[n].PID })
+			if !Alive(st.PID) {
+				t.Errorf("%s: %s is pid %d, not alive", how, n, st.PID)
 			}
 		}
 	}

@@ -60,8 +60,12 @@ const (
 // 1000000) gives the fair class 50 ms each second; the dying service itself
 // is an ordinary process and can only finish dying in that window, so a
 // detector on an ordinary thread sees the death in the same window, at most
-// about 950 ms after the kill.
-const rtBound = time.Second
+// about 950 ms after the kill — when nothing else of the fair class wants
+// that window. Beside the rest of the suite (other packages' tests run at
+// the same time) the 50 ms are shared, and the death may only finish in
+// the next window: the test allows two. Run alone it clears within one
+// (the figure is logged).
+const rtBound = 2 * time.Second
 
 // rtGiveUp ends the load when the slot still holds the dead PID: long enough
 // to show how late a starved detector is, short of the spinners' watchdog.
@@ -69,7 +73,7 @@ const rtGiveUp = 5 * time.Second
 
 // TestFaultRealTimeLoad: with one SCHED_FIFO busy-poller per CPU above the
 // plugin's tracepoint reader (detector_priority 1, the default), a killed
-// service's slot still goes to 0 within 1 s: the pidfds are waited on by an
+// service's slot still goes to 0 within rtBound: the pidfds are waited on by an
 // ordinary thread, which real-time throttling lets run. It does not run in
 // parallel: the load starves every ordinary process on the machine.
 func TestFaultRealTimeLoad(t *testing.T) {
