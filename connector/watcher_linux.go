@@ -61,10 +61,12 @@ func (wt *watch) status() (uint32, bool) {
 // Watcher reports the exit of watched processes. See the package
 // documentation for its goroutines and concurrency contract.
 type Watcher struct {
-	opt   Options
-	log   *slog.Logger
-	exits chan Exit
-	done  chan struct{} // closed by Close
+	opt Options
+	log *slog.Logger
+	// connNote: why the proc connector was asked for and is not used.
+	connNote string
+	exits    chan Exit
+	done     chan struct{} // closed by Close
 
 	nl *nlSocket  // nil without the connector
 	tr *exitTrace // nil without the exit tracepoint
@@ -173,6 +175,7 @@ func NewWatcher(opt Options) (*Watcher, error) {
 				return nil, err
 			}
 			w.log.Info("proc connector not used; detecting exits by pidfd only", "reason", err)
+			w.connNote = err.Error()
 		}
 	default:
 		return nil, fmt.Errorf("connector: invalid detector %d", int(opt.Detector))
@@ -430,6 +433,10 @@ func (w *Watcher) Exits() <-chan Exit { return w.exits }
 // Active reports which detectors run: the proc connector fast path, and the
 // pidfd epoll loop (always true).
 func (w *Watcher) Active() (connector, pidfd bool) { return w.nl != nil, true }
+
+// ConnectorNote says why the proc connector is not used although the
+// detector asked for it ("" when it runs, or was not asked for).
+func (w *Watcher) ConnectorNote() string { return w.connNote }
 
 // Traced reports whether the exit tracepoint runs (for children).
 func (w *Watcher) Traced() bool { return w.tr != nil }

@@ -210,10 +210,8 @@ func (d *Daemon) connect() error {
 		d.conn, d.shim = nil, nil
 		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
 	}
-	if !info.Connector {
-		if note := connectorNote(); note != "" {
-			d.log.Warn(note)
-		}
+	if info.ConnectorNote != "" {
+		d.log.Warn(info.ConnectorNote)
 	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
 		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)

@@ -168,6 +168,7 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		ShmRepairs:       i.ShmRepairs,
 		ShmProblem:       i.ShmProblem,
 		Cgroups:          i.Cgroups,
+		ConnectorNote:    i.ConnectorNote,
 		Metrics: &hbpb.Metrics{
 			Resyncs:            i.Metrics.Resyncs,
 			SubscribersDropped: i.Metrics.SubscribersDropped,
@@ -206,6 +207,7 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		ShmRepairs:       p.GetShmRepairs(),
 		ShmProblem:       p.GetShmProblem(),
 		Cgroups:          p.GetCgroups(),
+		ConnectorNote:    p.GetConnectorNote(),
 		Metrics: Metrics{
 			Resyncs:            p.GetMetrics().GetResyncs(),
 			SubscribersDropped: p.GetMetrics().GetSubscribersDropped(),

@@ -286,6 +286,10 @@ type Info struct {
 	// Metrics are the plugin's counters and latency histograms; zero from a
 	// plugin before the field.
 	Metrics Metrics
+	// ConnectorNote says why the proc connector is not in use when it was
+	// asked for (detector "auto" or "connector") and cannot work here, e.g.
+	// outside the initial namespaces; "" otherwise.
+	ConnectorNote string
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

@@ -224,6 +224,7 @@ type InfoResponse struct {
 	FeatureVersion   uint32                 `protobuf:"varint,13,opt,name=feature_version,json=featureVersion,proto3" json:"feature_version,omitempty"`       // what the plugin honours (plugin.Feature*); 0: read version
 	Cgroups          string                 `protobuf:"bytes,14,opt,name=cgroups,proto3" json:"cgroups,omitempty"`                                            // "cgroup DIR" or "process-group: REASON" (plugin.Info.Cgroups)
 	Metrics          *Metrics               `protobuf:"bytes,15,opt,name=metrics,proto3" json:"metrics,omitempty"`                                            // the plugin's counters and latency histograms (plugin.Metrics)
+	ConnectorNote    string                 `protobuf:"bytes,16,opt,name=connector_note,json=connectorNote,proto3" json:"connector_note,omitempty"`           // why the proc connector is not in use ("" when it is, or was not asked for)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -361,6 +362,13 @@ func (x *InfoResponse) GetMetrics() *Metrics {
 		return x.Metrics
 	}
 	return nil
+}
+
+func (x *InfoResponse) GetConnectorNote() string {
+	if x != nil {
+		return x.ConnectorNote
+	}
+	return ""
 }
 
 // Histogram mirrors plugin.Histogram: counts[i] observations in
@@ -2078,7 +2086,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xd0\x03\n" +
+	"\vInfoRequest\"\xf7\x03\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -2099,7 +2107,8 @@ const file_hb_proto_rawDesc = "" +
 	"shmProblem\x12'\n" +
 	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
 	"\acgroups\x18\x0e \x01(\tR\acgroups\x12(\n" +
-	"\ametrics\x18\x0f \x01(\v2\x0e.hb.v1.MetricsR\ametrics\"m\n" +
+	"\ametrics\x18\x0f \x01(\v2\x0e.hb.v1.MetricsR\ametrics\x12%\n" +
+	"\x0econnector_note\x18\x10 \x01(\tR\rconnectorNote\"m\n" +
 	"\tHistogram\x12\x1b\n" +
 	"\tbounds_ns\x18\x01 \x03(\x04R\bboundsNs\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x14\n" +

@@ -574,6 +574,7 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		Version:          api.BuildVersion(),
 		FeatureVersion:   FeatureVersion,
 		Cgroups:          s.cg.String(),
+		ConnectorNote:    connectorNote(s.watcher.ConnectorNote()),
 		Metrics: plugin.Metrics{
 			Resyncs:            s.watcher.Stats().Resyncs,
 			SubscribersDropped: s.events.droppedSubscribers(),
@@ -703,4 +704,13 @@ func (s *Shim) emit(ev plugin.Event) plugin.Event {
 // Seq it received.
 func (s *Shim) Events(ctx context.Context, afterSeq uint64) (<-chan plugin.Event, error) {
 	return s.events.subscribe(ctx, afterSeq)
+}
+
+// connectorNote is plugin.Info.ConnectorNote for the watcher's reason.
+func connectorNote(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return "the proc connector is unusable here (" + reason + "); exits are detected by pidfds" +
+		" (and the exit tracepoint where it loads)"
 }
