@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,10 +51,13 @@ type Daemon struct {
 	conn       pluginConn  // current plugin; guarded by mu
 	shim       plugin.Shim // conn.Shim(); guarded by mu
 	info       plugin.Info // guarded by mu
-	closing    bool        // shutting down or detaching: no respawns; guarded by mu
-	forced     bool        // a second SIGTERM: stop without grace; guarded by mu
-	lastSeq    uint64      // last plugin event handled; guarded by mu
-	seqDirty   bool        // lastSeq not yet saved; guarded by mu
+	// pipes are hbd's copies of the services' log pipes, by pipeKey
+	// (logpipes.go); guarded by mu.
+	pipes    map[string]*heldPipe
+	closing  bool   // shutting down or detaching: no respawns; guarded by mu
+	forced   bool   // a second SIGTERM: stop without grace; guarded by mu
+	lastSeq  uint64 // last plugin event handled; guarded by mu
+	seqDirty bool   // lastSeq not yet saved; guarded by mu
 	// eventsMissed counts plugin events never received (gaps in Seq
 	// between two subscriptions); guarded by mu.
 	eventsMissed uint64
@@ -164,10 +168,19 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 		// stdout and stderr = "inherit": hbd's own, as descriptors 3 and 4.
 		args = append(args, "--stdio-fds", "3,4")
 	}
+	// The log pipes of running services, which the last plugin read.
+	pipes, listFD, err := d.pipesForLaunch(3 + len(stdio))
+	if err != nil {
+		d.log.Warn("not handing the log pipes to the new plugin", "err", err)
+	}
+	if listFD >= 0 {
+		args = append(args, "--log-pipes", strconv.Itoa(listFD))
+		defer pipes[0].Close()
+	}
 	conn, err = plugin.Launch(plugin.LaunchConfig{
 		Path:       d.exe,
 		Args:       args,
-		ExtraFiles: stdio,
+		ExtraFiles: append(stdio, pipes...),
 		StateDir:   h.StateDir,
 		Logger:     d.pluginLogger(),
 		// Until it serves, the plugin's stderr is its only way to say
@@ -203,6 +216,8 @@ func (d *Daemon) connect() error {
 		return fmt.Errorf("plugin info: %w", err)
 	}
 	d.info = info
+	d.keepPipes(info.LogPipes)
+	d.holdPipes(info.LogPipes)
 	if h.Slots > 0 && info.Slots > 0 && info.Slots != h.Slots {
 		// A reattached plugin keeps its table's size.
 		d.log.Error("the table's size is not the configuration's; leaving the plugin and the services running", "table_slots", info.Slots, "slots", h.Slots)
@@ -379,6 +394,9 @@ func (d *Daemon) dropOrphan(name string, sl shm.Slot) {
 	if err := sh.Free(ctx, name); err != nil {
 		d.log.Warn("free orphan slot", "service", name, "err", err)
 	}
+	d.mu.Lock()
+	d.dropPipes(name)
+	d.mu.Unlock()
 }
 
 // consume handles the plugin's event stream until it ends. Events with
@@ -765,6 +783,7 @@ func spawnRPC(shim plugin.Shim, spec plugin.Spec) (plugin.SpawnResult, error) {
 // spawned records the outcome of a Spawn of s: starting, or the error's
 // consequence (fatal, or a backoff). Called with mu held.
 func (d *Daemon) spawned(s *service, why string, res plugin.SpawnResult, err error) {
+	d.holdPipes(res.LogPipes)
 	if err == nil {
 		s.slot, s.pid, s.generation = res.Slot, res.PID, res.Generation
 		s.exitNote = ""
@@ -824,14 +843,7 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 	if r.Executable != "" {
 		argv[0] = r.Executable
 	}
-	// The config's 0 means "never" / "none"; the Spec's 0 means "default".
-	logMax, backups := c.LogMaxBytes, c.LogBackups
-	if logMax == 0 {
-		logMax = -1
-	}
-	if backups == 0 {
-		backups = -1
-	}
+	logMax, backups := logLimits(c)
 	spec, err := placementSpec(c)
 	if err != nil {
 		return plugin.Spec{}, err
@@ -858,11 +870,25 @@ func (d *Daemon) specFor(s *service) (plugin.Spec, error) {
 		UID: r.UID, GID: r.GID, Groups: r.Groups,
 		Stdout: c.Stdout, Stderr: c.Stderr,
 		LogDir: d.cfg.HBD.LogDir, LogMaxBytes: logMax, LogBackups: backups,
+		LogTimestamps: c.LogTimestamps, LogDirect: c.LogDirect,
 		Watchdog: c.Watchdog, WatchdogSignal: c.WatchdogSignal, WatchdogGrace: c.WatchdogGrace,
 		Ready: c.Ready, ReadyTimeout: c.ReadyTimeout,
 		KillMode: c.KillMode,
 		Type:     forkingType(c), PIDFile: c.PIDFile,
 	}, nil
+}
+
+// logLimits are c's log_max_bytes and log_backups as a Spec has them: the
+// config's 0 means "never" / "none", the Spec's 0 "the default".
+func logLimits(c *config.Service) (max int64, backups int) {
+	max, backups = c.LogMaxBytes, c.LogBackups
+	if max == 0 {
+		max = -1
+	}
+	if backups == 0 {
+		backups = -1
+	}
+	return max, backups
 }
 
 func setEnv(env []string, k, v string) []string {

@@ -315,6 +315,7 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 			errs = append(errs, fmt.Errorf("free slot of %q: %w", name, err))
 		}
 		cancel()
+		d.dropPipes(name)
 	}
 	d.setBridged(next)
 	d.syncBridges()

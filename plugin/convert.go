@@ -18,18 +18,20 @@ func specToProto(s Spec) *hbpb.Spec {
 		groups[i] = int64(g)
 	}
 	return &hbpb.Spec{
-		Name:        s.Name,
-		Command:     s.Command,
-		Dir:         s.Dir,
-		Env:         s.Env,
-		Uid:         int64(s.UID),
-		Gid:         int64(s.GID),
-		Groups:      groups,
-		Stdout:      s.Stdout,
-		Stderr:      s.Stderr,
-		LogDir:      s.LogDir,
-		LogMaxBytes: s.LogMaxBytes,
-		LogBackups:  int64(s.LogBackups),
+		Name:          s.Name,
+		Command:       s.Command,
+		Dir:           s.Dir,
+		Env:           s.Env,
+		Uid:           int64(s.UID),
+		Gid:           int64(s.GID),
+		Groups:        groups,
+		Stdout:        s.Stdout,
+		Stderr:        s.Stderr,
+		LogDir:        s.LogDir,
+		LogMaxBytes:   s.LogMaxBytes,
+		LogBackups:    int64(s.LogBackups),
+		LogTimestamps: s.LogTimestamps,
+		LogDirect:     s.LogDirect,
 		Respawn: &hbpb.Respawn{
 			Enabled:     s.Respawn.Enabled,
 			OnFailure:   s.Respawn.OnFailure,
@@ -91,18 +93,20 @@ func specFromProto(p *hbpb.Spec) Spec {
 		}
 	}
 	return Spec{
-		Name:        p.GetName(),
-		Command:     p.GetCommand(),
-		Dir:         p.GetDir(),
-		Env:         p.GetEnv(),
-		UID:         int(p.GetUid()),
-		GID:         int(p.GetGid()),
-		Groups:      groups,
-		Stdout:      p.GetStdout(),
-		Stderr:      p.GetStderr(),
-		LogDir:      p.GetLogDir(),
-		LogMaxBytes: p.GetLogMaxBytes(),
-		LogBackups:  int(p.GetLogBackups()),
+		Name:          p.GetName(),
+		Command:       p.GetCommand(),
+		Dir:           p.GetDir(),
+		Env:           p.GetEnv(),
+		UID:           int(p.GetUid()),
+		GID:           int(p.GetGid()),
+		Groups:        groups,
+		Stdout:        p.GetStdout(),
+		Stderr:        p.GetStderr(),
+		LogDir:        p.GetLogDir(),
+		LogMaxBytes:   p.GetLogMaxBytes(),
+		LogBackups:    int(p.GetLogBackups()),
+		LogTimestamps: p.GetLogTimestamps(),
+		LogDirect:     p.GetLogDirect(),
 		Respawn: Respawn{
 			Enabled:     p.GetRespawn().GetEnabled(),
 			OnFailure:   p.GetRespawn().GetOnFailure(),
@@ -139,6 +143,7 @@ func spawnResultToProto(r SpawnResult) *hbpb.SpawnResponse {
 		Pid:        int64(r.PID),
 		Generation: r.Generation,
 		StartTime:  r.StartTime,
+		LogPipes:   logPipesToProto(r.LogPipes),
 	}
 }
 
@@ -148,7 +153,24 @@ func spawnResultFromProto(p *hbpb.SpawnResponse) SpawnResult {
 		PID:        int(p.GetPid()),
 		Generation: p.GetGeneration(),
 		StartTime:  p.GetStartTime(),
+		LogPipes:   logPipesFromProto(p.GetLogPipes()),
 	}
+}
+
+func logPipesToProto(ps []LogPipe) []*hbpb.LogPipe {
+	var out []*hbpb.LogPipe
+	for _, p := range ps {
+		out = append(out, &hbpb.LogPipe{Name: p.Name, Stream: p.Stream, ReadFd: int64(p.ReadFD), WriteFd: int64(p.WriteFD), Ino: p.Ino})
+	}
+	return out
+}
+
+func logPipesFromProto(ps []*hbpb.LogPipe) []LogPipe {
+	var out []LogPipe
+	for _, p := range ps {
+		out = append(out, LogPipe{Name: p.GetName(), Stream: p.GetStream(), ReadFD: int(p.GetReadFd()), WriteFD: int(p.GetWriteFd()), Ino: p.GetIno()})
+	}
+	return out
 }
 
 func infoToProto(i Info) *hbpb.InfoResponse {
@@ -169,6 +191,7 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		ShmProblem:       i.ShmProblem,
 		Cgroups:          i.Cgroups,
 		ConnectorNote:    i.ConnectorNote,
+		LogPipes:         logPipesToProto(i.LogPipes),
 		Metrics: &hbpb.Metrics{
 			Resyncs:            i.Metrics.Resyncs,
 			SubscribersDropped: i.Metrics.SubscribersDropped,
@@ -208,6 +231,7 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		ShmProblem:       p.GetShmProblem(),
 		Cgroups:          p.GetCgroups(),
 		ConnectorNote:    p.GetConnectorNote(),
+		LogPipes:         logPipesFromProto(p.GetLogPipes()),
 		Metrics: Metrics{
 			Resyncs:            p.GetMetrics().GetResyncs(),
 			SubscribersDropped: p.GetMetrics().GetSubscribersDropped(),

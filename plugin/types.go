@@ -29,6 +29,14 @@ type Spec struct {
 	// LogBackups is how many rotated files (NAME.out.log.1 …) are kept (0: 3;
 	// negative: none, the file is cut in place).
 	LogBackups int
+	// LogTimestamps prefixes each line of the log files with the RFC 3339
+	// time (UTC, microseconds) the plugin read it at.
+	LogTimestamps bool
+	// LogDirect has the service write its log files itself, through an
+	// O_APPEND descriptor, instead of through a pipe the plugin reads: no
+	// write ever waits for the plugin, but a running service's file is
+	// trimmed in place on the beat and lines get no time.
+	LogDirect bool
 	// Respawn lets the plugin restart the service itself the moment it
 	// exits, when the host's policy would do so anyway.
 	Respawn Respawn
@@ -153,6 +161,21 @@ type SpawnResult struct {
 	PID        int
 	Generation uint64
 	StartTime  uint64 // field 22 of /proc/PID/stat
+	// LogPipes are the log pipes this spawn made (the service's first
+	// with a log file): hbd takes a copy of both ends (pidfd_getfd), so
+	// that they outlive the plugin.
+	LogPipes []LogPipe
+}
+
+// LogPipe is a service stream's log pipe in the plugin: descriptors ReadFD
+// and WriteFD of the plugin process, the ends of the pipe whose inode is
+// Ino.
+type LogPipe struct {
+	Name    string
+	Stream  string // "out" or "err"
+	ReadFD  int
+	WriteFD int
+	Ino     uint64
 }
 
 // Feature versions: what a plugin honours, so that hbd attached to a plugin
@@ -164,6 +187,9 @@ const (
 	FeatureWatchdog = 3
 	// FeatureReady: the plugin honours Spec.Ready.
 	FeatureReady = 4
+	// FeatureLogPipes: the plugin honours Spec.LogTimestamps and
+	// Spec.LogDirect and reports its log pipes.
+	FeatureLogPipes = 5
 )
 
 // EventKind says what an Event reports.
@@ -290,6 +316,8 @@ type Info struct {
 	// asked for (detector "auto" or "connector") and cannot work here, e.g.
 	// outside the initial namespaces; "" otherwise.
 	ConnectorNote string
+	// LogPipes are every log pipe the plugin reads (see SpawnResult).
+	LogPipes []LogPipe
 }
 
 // Shim is the service the plugin offers to the host. Every method returns an

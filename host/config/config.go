@@ -183,6 +183,10 @@ type Service struct {
 	Stderr       string
 	LogMaxBytes  int64 // rotate a log file past this size; 0 = never rotate
 	LogBackups   int   // rotated files kept; 0 = none (truncate in place)
+	// LogTimestamps starts each line of the log files with its RFC 3339
+	// time; LogDirect has the service write its files itself (no pipe).
+	LogTimestamps bool
+	LogDirect     bool
 	// Watchdog, when not 0, is the heartbeat period: the service must beat
 	// (shm.Beat, hb_beat) at least this often or it is hung.
 	Watchdog       time.Duration
@@ -347,6 +351,7 @@ func (s *Service) Equal(o *Service) bool {
 		s.Stdout == o.Stdout &&
 		s.Stderr == o.Stderr &&
 		s.LogMaxBytes == o.LogMaxBytes &&
+		s.LogTimestamps == o.LogTimestamps && s.LogDirect == o.LogDirect &&
 		s.LogBackups == o.LogBackups &&
 		s.Watchdog == o.Watchdog &&
 		s.WatchdogSignal == o.WatchdogSignal &&

@@ -454,7 +454,7 @@ var serviceKeyNames = []string{
 	"command", "directory", "environment", "user", "group", "restart", "restart_delay",
 	"start_secs", "start_retries", "backoff_max", "exit_codes", "stop_signal", "stop_timeout",
 	"autostart", "stdout", "stderr", "log_max_bytes", "log_backups",
-	"watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout", "after",
+	"log_timestamps", "log_direct", "watchdog", "watchdog_signal", "watchdog_grace", "ready", "ready_timeout", "after",
 	"kill_mode", "type", "pid_file", "cpus", "nice", "sched", "rlimits", "umask",
 	"memory_max", "pids_max", "cpu_weight", "instances", "instance_start",
 }
@@ -535,6 +535,10 @@ func (l *loader) service(src *source, name string, r keyRef, absDir string) {
 			s.Stderr, err = wantString(v)
 		case "log_max_bytes":
 			s.LogMaxBytes, err = wantSize(v)
+		case "log_timestamps":
+			s.LogTimestamps, err = wantBool(v)
+		case "log_direct":
+			s.LogDirect, err = wantBool(v)
 		case "watchdog":
 			s.Watchdog, err = wantDuration(v)
 		case "watchdog_signal":

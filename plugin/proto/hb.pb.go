@@ -225,6 +225,7 @@ type InfoResponse struct {
 	Cgroups          string                 `protobuf:"bytes,14,opt,name=cgroups,proto3" json:"cgroups,omitempty"`                                            // "cgroup DIR" or "process-group: REASON" (plugin.Info.Cgroups)
 	Metrics          *Metrics               `protobuf:"bytes,15,opt,name=metrics,proto3" json:"metrics,omitempty"`                                            // the plugin's counters and latency histograms (plugin.Metrics)
 	ConnectorNote    string                 `protobuf:"bytes,16,opt,name=connector_note,json=connectorNote,proto3" json:"connector_note,omitempty"`           // why the proc connector is not in use ("" when it is, or was not asked for)
+	LogPipes         []*LogPipe             `protobuf:"bytes,17,rep,name=log_pipes,json=logPipes,proto3" json:"log_pipes,omitempty"`                          // every log pipe the plugin reads
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -369,6 +370,13 @@ func (x *InfoResponse) GetConnectorNote() string {
 		return x.ConnectorNote
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetLogPipes() []*LogPipe {
+	if x != nil {
+		return x.LogPipes
+	}
+	return nil
 }
 
 // Histogram mirrors plugin.Histogram: counts[i] observations in
@@ -544,9 +552,11 @@ type Spec struct {
 	Rlimits         []*Rlimit              `protobuf:"bytes,29,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	SetUmask        bool                   `protobuf:"varint,30,opt,name=set_umask,json=setUmask,proto3" json:"set_umask,omitempty"`
 	Umask           int64                  `protobuf:"varint,31,opt,name=umask,proto3" json:"umask,omitempty"`
-	MemoryMax       int64                  `protobuf:"varint,32,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"` // bytes; 0: not set; -1: "max"
-	PidsMax         int64                  `protobuf:"varint,33,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`       // 0: not set; -1: "max"
-	CpuWeight       int64                  `protobuf:"varint,34,opt,name=cpu_weight,json=cpuWeight,proto3" json:"cpu_weight,omitempty"` // 1..10000; 0: not set
+	MemoryMax       int64                  `protobuf:"varint,32,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`             // bytes; 0: not set; -1: "max"
+	PidsMax         int64                  `protobuf:"varint,33,opt,name=pids_max,json=pidsMax,proto3" json:"pids_max,omitempty"`                   // 0: not set; -1: "max"
+	CpuWeight       int64                  `protobuf:"varint,34,opt,name=cpu_weight,json=cpuWeight,proto3" json:"cpu_weight,omitempty"`             // 1..10000; 0: not set
+	LogTimestamps   bool                   `protobuf:"varint,35,opt,name=log_timestamps,json=logTimestamps,proto3" json:"log_timestamps,omitempty"` // each log line starts with its RFC 3339 time
+	LogDirect       bool                   `protobuf:"varint,36,opt,name=log_direct,json=logDirect,proto3" json:"log_direct,omitempty"`             // the service writes its log files itself (no pipe)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -819,6 +829,20 @@ func (x *Spec) GetCpuWeight() int64 {
 	return 0
 }
 
+func (x *Spec) GetLogTimestamps() bool {
+	if x != nil {
+		return x.LogTimestamps
+	}
+	return false
+}
+
+func (x *Spec) GetLogDirect() bool {
+	if x != nil {
+		return x.LogDirect
+	}
+	return false
+}
+
 // Rlimit mirrors plugin.Rlimit.
 type Rlimit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1000,6 +1024,7 @@ type SpawnResponse struct {
 	Pid           int64                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
 	Generation    uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	StartTime     uint64                 `protobuf:"varint,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	LogPipes      []*LogPipe             `protobuf:"bytes,5,rep,name=log_pipes,json=logPipes,proto3" json:"log_pipes,omitempty"` // the log pipes this spawn made
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1062,6 +1087,90 @@ func (x *SpawnResponse) GetStartTime() uint64 {
 	return 0
 }
 
+func (x *SpawnResponse) GetLogPipes() []*LogPipe {
+	if x != nil {
+		return x.LogPipes
+	}
+	return nil
+}
+
+// LogPipe mirrors plugin.LogPipe: a log pipe's ends in the plugin process.
+type LogPipe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Stream        string                 `protobuf:"bytes,2,opt,name=stream,proto3" json:"stream,omitempty"`
+	ReadFd        int64                  `protobuf:"varint,3,opt,name=read_fd,json=readFd,proto3" json:"read_fd,omitempty"`
+	WriteFd       int64                  `protobuf:"varint,4,opt,name=write_fd,json=writeFd,proto3" json:"write_fd,omitempty"`
+	Ino           uint64                 `protobuf:"varint,5,opt,name=ino,proto3" json:"ino,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogPipe) Reset() {
+	*x = LogPipe{}
+	mi := &file_hb_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogPipe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogPipe) ProtoMessage() {}
+
+func (x *LogPipe) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogPipe.ProtoReflect.Descriptor instead.
+func (*LogPipe) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LogPipe) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LogPipe) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *LogPipe) GetReadFd() int64 {
+	if x != nil {
+		return x.ReadFd
+	}
+	return 0
+}
+
+func (x *LogPipe) GetWriteFd() int64 {
+	if x != nil {
+		return x.WriteFd
+	}
+	return 0
+}
+
+func (x *LogPipe) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
 type StopRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1073,7 +1182,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1194,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1207,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{9}
+	return file_hb_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1130,7 +1239,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1251,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1264,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{10}
+	return file_hb_proto_rawDescGZIP(), []int{11}
 }
 
 type SignalRequest struct {
@@ -1168,7 +1277,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1289,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1302,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{11}
+	return file_hb_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SignalRequest) GetName() string {
@@ -1218,7 +1327,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1339,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1352,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{12}
+	return file_hb_proto_rawDescGZIP(), []int{13}
 }
 
 type SetStateRequest struct {
@@ -1257,7 +1366,7 @@ type SetStateRequest struct {
 
 func (x *SetStateRequest) Reset() {
 	*x = SetStateRequest{}
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1378,7 @@ func (x *SetStateRequest) String() string {
 func (*SetStateRequest) ProtoMessage() {}
 
 func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1391,7 @@ func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateRequest.ProtoReflect.Descriptor instead.
 func (*SetStateRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{13}
+	return file_hb_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetStateRequest) GetName() string {
@@ -1314,7 +1423,7 @@ type SetStateResponse struct {
 
 func (x *SetStateResponse) Reset() {
 	*x = SetStateResponse{}
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1435,7 @@ func (x *SetStateResponse) String() string {
 func (*SetStateResponse) ProtoMessage() {}
 
 func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1448,7 @@ func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateResponse.ProtoReflect.Descriptor instead.
 func (*SetStateResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{14}
+	return file_hb_proto_rawDescGZIP(), []int{15}
 }
 
 type FreeRequest struct {
@@ -1351,7 +1460,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1472,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1485,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{15}
+	return file_hb_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FreeRequest) GetName() string {
@@ -1394,7 +1503,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1515,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1528,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{16}
+	return file_hb_proto_rawDescGZIP(), []int{17}
 }
 
 type ListRequest struct {
@@ -1430,7 +1539,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1551,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1564,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{17}
+	return file_hb_proto_rawDescGZIP(), []int{18}
 }
 
 // Slot mirrors shm.Slot.
@@ -1479,7 +1588,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1600,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1613,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{18}
+	return file_hb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Slot) GetIndex() int64 {
@@ -1600,7 +1709,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1721,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1734,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{19}
+	return file_hb_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1644,7 +1753,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1765,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1778,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{20}
+	return file_hb_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EventsRequest) GetAfterSeq() uint64 {
@@ -1704,7 +1813,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1825,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1838,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{21}
+	return file_hb_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1858,7 +1967,7 @@ type BridgeSpec struct {
 
 func (x *BridgeSpec) Reset() {
 	*x = BridgeSpec{}
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1979,7 @@ func (x *BridgeSpec) String() string {
 func (*BridgeSpec) ProtoMessage() {}
 
 func (x *BridgeSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +1992,7 @@ func (x *BridgeSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeSpec.ProtoReflect.Descriptor instead.
 func (*BridgeSpec) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{22}
+	return file_hb_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BridgeSpec) GetName() string {
@@ -1930,7 +2039,7 @@ type BridgeRequest struct {
 
 func (x *BridgeRequest) Reset() {
 	*x = BridgeRequest{}
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2051,7 @@ func (x *BridgeRequest) String() string {
 func (*BridgeRequest) ProtoMessage() {}
 
 func (x *BridgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2064,7 @@ func (x *BridgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeRequest.ProtoReflect.Descriptor instead.
 func (*BridgeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{23}
+	return file_hb_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BridgeRequest) GetPrograms() []*BridgeSpec {
@@ -1973,7 +2082,7 @@ type BridgeResponse struct {
 
 func (x *BridgeResponse) Reset() {
 	*x = BridgeResponse{}
-	mi := &file_hb_proto_msgTypes[24]
+	mi := &file_hb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2094,7 @@ func (x *BridgeResponse) String() string {
 func (*BridgeResponse) ProtoMessage() {}
 
 func (x *BridgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[24]
+	mi := &file_hb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2107,7 @@ func (x *BridgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeResponse.ProtoReflect.Descriptor instead.
 func (*BridgeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{24}
+	return file_hb_proto_rawDescGZIP(), []int{25}
 }
 
 type ShutdownRequest struct {
@@ -2010,7 +2119,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[25]
+	mi := &file_hb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2131,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[25]
+	mi := &file_hb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2144,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{25}
+	return file_hb_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -2053,7 +2162,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2174,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2187,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{26}
+	return file_hb_proto_rawDescGZIP(), []int{27}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -2086,7 +2195,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xf7\x03\n" +
+	"\vInfoRequest\"\xa4\x04\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -2108,7 +2217,8 @@ const file_hb_proto_rawDesc = "" +
 	"\x0ffeature_version\x18\r \x01(\rR\x0efeatureVersion\x12\x18\n" +
 	"\acgroups\x18\x0e \x01(\tR\acgroups\x12(\n" +
 	"\ametrics\x18\x0f \x01(\v2\x0e.hb.v1.MetricsR\ametrics\x12%\n" +
-	"\x0econnector_note\x18\x10 \x01(\tR\rconnectorNote\"m\n" +
+	"\x0econnector_note\x18\x10 \x01(\tR\rconnectorNote\x12+\n" +
+	"\tlog_pipes\x18\x11 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\"m\n" +
 	"\tHistogram\x12\x1b\n" +
 	"\tbounds_ns\x18\x01 \x03(\x04R\bboundsNs\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x14\n" +
@@ -2118,7 +2228,7 @@ const file_hb_proto_rawDesc = "" +
 	"\aresyncs\x18\x01 \x01(\x04R\aresyncs\x12/\n" +
 	"\x13subscribers_dropped\x18\x02 \x01(\x04R\x12subscribersDropped\x128\n" +
 	"\x0fdetect_to_store\x18\x03 \x01(\v2\x10.hb.v1.HistogramR\rdetectToStore\x12*\n" +
-	"\arespawn\x18\x04 \x01(\v2\x10.hb.v1.HistogramR\arespawn\"\xd7\a\n" +
+	"\arespawn\x18\x04 \x01(\v2\x10.hb.v1.HistogramR\arespawn\"\x9d\b\n" +
 	"\x04Spec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x10\n" +
@@ -2158,7 +2268,10 @@ const file_hb_proto_rawDesc = "" +
 	"memory_max\x18  \x01(\x03R\tmemoryMax\x12\x19\n" +
 	"\bpids_max\x18! \x01(\x03R\apidsMax\x12\x1d\n" +
 	"\n" +
-	"cpu_weight\x18\" \x01(\x03R\tcpuWeight\"H\n" +
+	"cpu_weight\x18\" \x01(\x03R\tcpuWeight\x12%\n" +
+	"\x0elog_timestamps\x18# \x01(\bR\rlogTimestamps\x12\x1d\n" +
+	"\n" +
+	"log_direct\x18$ \x01(\bR\tlogDirect\"H\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x03R\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
@@ -2171,7 +2284,7 @@ const file_hb_proto_rawDesc = "" +
 	"exit_codes\x18\x03 \x03(\x03R\texitCodes\x12\"\n" +
 	"\rstart_secs_ns\x18\x04 \x01(\x03R\vstartSecsNs\"/\n" +
 	"\fSpawnRequest\x12\x1f\n" +
-	"\x04spec\x18\x01 \x01(\v2\v.hb.v1.SpecR\x04spec\"t\n" +
+	"\x04spec\x18\x01 \x01(\v2\v.hb.v1.SpecR\x04spec\"\xa1\x01\n" +
 	"\rSpawnResponse\x12\x12\n" +
 	"\x04slot\x18\x01 \x01(\x03R\x04slot\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x03R\x03pid\x12\x1e\n" +
@@ -2179,7 +2292,14 @@ const file_hb_proto_rawDesc = "" +
 	"generation\x18\x03 \x01(\x04R\n" +
 	"generation\x12\x1d\n" +
 	"\n" +
-	"start_time\x18\x04 \x01(\x04R\tstartTime\"X\n" +
+	"start_time\x18\x04 \x01(\x04R\tstartTime\x12+\n" +
+	"\tlog_pipes\x18\x05 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\"{\n" +
+	"\aLogPipe\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x17\n" +
+	"\aread_fd\x18\x03 \x01(\x03R\x06readFd\x12\x19\n" +
+	"\bwrite_fd\x18\x04 \x01(\x03R\awriteFd\x12\x10\n" +
+	"\x03ino\x18\x05 \x01(\x04R\x03ino\"X\n" +
 	"\vStopRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x1d\n" +
@@ -2305,7 +2425,7 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
@@ -2318,62 +2438,65 @@ var file_hb_proto_goTypes = []any{
 	(*Respawn)(nil),          // 8: hb.v1.Respawn
 	(*SpawnRequest)(nil),     // 9: hb.v1.SpawnRequest
 	(*SpawnResponse)(nil),    // 10: hb.v1.SpawnResponse
-	(*StopRequest)(nil),      // 11: hb.v1.StopRequest
-	(*StopResponse)(nil),     // 12: hb.v1.StopResponse
-	(*SignalRequest)(nil),    // 13: hb.v1.SignalRequest
-	(*SignalResponse)(nil),   // 14: hb.v1.SignalResponse
-	(*SetStateRequest)(nil),  // 15: hb.v1.SetStateRequest
-	(*SetStateResponse)(nil), // 16: hb.v1.SetStateResponse
-	(*FreeRequest)(nil),      // 17: hb.v1.FreeRequest
-	(*FreeResponse)(nil),     // 18: hb.v1.FreeResponse
-	(*ListRequest)(nil),      // 19: hb.v1.ListRequest
-	(*Slot)(nil),             // 20: hb.v1.Slot
-	(*ListResponse)(nil),     // 21: hb.v1.ListResponse
-	(*EventsRequest)(nil),    // 22: hb.v1.EventsRequest
-	(*Event)(nil),            // 23: hb.v1.Event
-	(*BridgeSpec)(nil),       // 24: hb.v1.BridgeSpec
-	(*BridgeRequest)(nil),    // 25: hb.v1.BridgeRequest
-	(*BridgeResponse)(nil),   // 26: hb.v1.BridgeResponse
-	(*ShutdownRequest)(nil),  // 27: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 28: hb.v1.ShutdownResponse
+	(*LogPipe)(nil),          // 11: hb.v1.LogPipe
+	(*StopRequest)(nil),      // 12: hb.v1.StopRequest
+	(*StopResponse)(nil),     // 13: hb.v1.StopResponse
+	(*SignalRequest)(nil),    // 14: hb.v1.SignalRequest
+	(*SignalResponse)(nil),   // 15: hb.v1.SignalResponse
+	(*SetStateRequest)(nil),  // 16: hb.v1.SetStateRequest
+	(*SetStateResponse)(nil), // 17: hb.v1.SetStateResponse
+	(*FreeRequest)(nil),      // 18: hb.v1.FreeRequest
+	(*FreeResponse)(nil),     // 19: hb.v1.FreeResponse
+	(*ListRequest)(nil),      // 20: hb.v1.ListRequest
+	(*Slot)(nil),             // 21: hb.v1.Slot
+	(*ListResponse)(nil),     // 22: hb.v1.ListResponse
+	(*EventsRequest)(nil),    // 23: hb.v1.EventsRequest
+	(*Event)(nil),            // 24: hb.v1.Event
+	(*BridgeSpec)(nil),       // 25: hb.v1.BridgeSpec
+	(*BridgeRequest)(nil),    // 26: hb.v1.BridgeRequest
+	(*BridgeResponse)(nil),   // 27: hb.v1.BridgeResponse
+	(*ShutdownRequest)(nil),  // 28: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 29: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
 	5,  // 0: hb.v1.InfoResponse.metrics:type_name -> hb.v1.Metrics
-	4,  // 1: hb.v1.Metrics.detect_to_store:type_name -> hb.v1.Histogram
-	4,  // 2: hb.v1.Metrics.respawn:type_name -> hb.v1.Histogram
-	8,  // 3: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
-	7,  // 4: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
-	6,  // 5: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
-	0,  // 6: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
-	0,  // 7: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
-	20, // 8: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
-	1,  // 9: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	24, // 10: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
-	2,  // 11: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	9,  // 12: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	11, // 13: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	13, // 14: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	15, // 15: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	17, // 16: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	19, // 17: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	22, // 18: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	27, // 19: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	25, // 20: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
-	3,  // 21: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	10, // 22: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	12, // 23: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	14, // 24: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	16, // 25: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	18, // 26: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	21, // 27: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	23, // 28: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	28, // 29: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	26, // 30: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
-	21, // [21:31] is the sub-list for method output_type
-	11, // [11:21] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	11, // 1: hb.v1.InfoResponse.log_pipes:type_name -> hb.v1.LogPipe
+	4,  // 2: hb.v1.Metrics.detect_to_store:type_name -> hb.v1.Histogram
+	4,  // 3: hb.v1.Metrics.respawn:type_name -> hb.v1.Histogram
+	8,  // 4: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
+	7,  // 5: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
+	6,  // 6: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
+	11, // 7: hb.v1.SpawnResponse.log_pipes:type_name -> hb.v1.LogPipe
+	0,  // 8: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
+	0,  // 9: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
+	21, // 10: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
+	1,  // 11: hb.v1.Event.kind:type_name -> hb.v1.EventKind
+	25, // 12: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
+	2,  // 13: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	9,  // 14: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	12, // 15: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	14, // 16: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	16, // 17: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	18, // 18: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	20, // 19: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	23, // 20: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	28, // 21: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	26, // 22: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
+	3,  // 23: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	10, // 24: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	13, // 25: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	15, // 26: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	17, // 27: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	19, // 28: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	22, // 29: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	24, // 30: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	29, // 31: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	27, // 32: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -2387,7 +2510,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -211,11 +211,9 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 	delete(s.logged, svc)
 	s.mu.Unlock()
 	s.freeCgroup(svc)
-	if svc.stdout != nil {
-		svc.stdout.close()
-	}
-	if svc.stderr != nil {
-		svc.stderr.close()
+	for _, l := range svc.logFiles() {
+		l.closePipe(s.pipes)
+		l.close()
 	}
 	return nil
 }

@@ -95,6 +95,7 @@ func (s *Shim) finish(ex connector.Exit) {
 	next := s.startedReplacement(inc, plan, r)
 	status := s.exitStatus(inc, ex, r, pidfd)
 	s.recordExit(inc, pidfd, status, ex.DetectedNs)
+	s.drainLogs(inc.svc) // what it wrote is in its log before its exit is told
 	s.report(inc, ex, status, plan, r, next)
 	if inc.child {
 		// After reaping: from here the stray reaper may take the PID (if it

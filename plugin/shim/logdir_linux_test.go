@@ -36,6 +36,7 @@ func TestLogTrimReplacesPlantedTemp(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := newLogFile(dir, "rx.out.log", 4096, 1)
+	l.setMode(false, true) // direct: the child writes the file
 	defer l.close()
 	fd, err := l.spawnFD()
 	if err != nil {
@@ -62,6 +63,7 @@ func TestLogSpawnRefusesPlantedLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := newLogFile(dir, "rx.out.log", 1<<20, 1)
+	l.setMode(false, true) // direct: the child writes the file
 	defer l.close()
 	if _, err := l.spawnFD(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +47,18 @@ type logFile struct {
 	// without mu.
 	wasFull atomic.Bool
 	dirName atomic.Pointer[string]
+
+	// Pipe mode (Spec.LogDirect false, logpipe_linux.go): the service
+	// writes into pipe and the plugin writes f. size is f's size as the
+	// plugin wrote it; lost counts bytes a failed write dropped. All
+	// guarded by mu.
+	pipe    *logPipe
+	size    int64
+	lost    int64
+	lineEnd bool // the file ends with a newline (or is empty)
+	// direct: the service writes f itself (Spec.LogDirect); stamps: lines
+	// get a time (Spec.LogTimestamps). Guarded by mu.
+	direct, stamps bool
 }
 
 func newLogFile(dir, name string, max int64, backups int) *logFile {
@@ -78,6 +91,99 @@ func (l *logFile) configure(dir, name string, max int64, backups int) {
 	l.dirName.Store(&dir)
 }
 
+// setMode applies Spec.LogTimestamps and Spec.LogDirect.
+func (l *logFile) setMode(stamps, direct bool) {
+	l.mu.Lock()
+	l.stamps, l.direct = stamps, direct
+	l.mu.Unlock()
+}
+
+// stamped reports whether lines get a time; called by the pipe's drain.
+func (l *logFile) stamped() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stamps
+}
+
+// writeOut appends b to the file, rotating it by rename whenever the next
+// line would take it past its limit: a file holds whole lines and stays
+// within the limit unless one line alone is longer. A write that fails (the
+// file system is full, log_dir was made unsafe) drops what it could not
+// write: the service never waits for its log.
+func (l *logFile) writeOut(b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		if err := l.openLocked(); err != nil {
+			l.lost += int64(len(b))
+			return
+		}
+		l.sizeFromFileLocked()
+	}
+	for len(b) > 0 {
+		n := len(b)
+		if room := l.max - l.size; int64(n) > room {
+			// As much as fits, up to a line's end; else, at a line's
+			// end of a file with something in it, rotate first; else
+			// the one line (longer than the limit) alone.
+			cut := -1
+			if room > 0 {
+				cut = bytes.LastIndexByte(b[:room], '\n')
+			}
+			switch {
+			case cut >= 0:
+				n = cut + 1
+			case l.size > 0 && l.lineEnd:
+				l.rotateForPipeLocked()
+				continue
+			default:
+				if i := bytes.IndexByte(b, '\n'); i >= 0 {
+					n = i + 1
+				}
+			}
+		}
+		if !l.writeLocked(b[:n]) {
+			return
+		}
+		b = b[n:]
+		if l.size >= l.max && l.lineEnd {
+			l.rotateForPipeLocked()
+		}
+	}
+}
+
+// writeLocked writes b whole, or counts it lost.
+func (l *logFile) writeLocked(b []byte) bool {
+	n, err := l.f.Write(b)
+	l.size += int64(n)
+	if n > 0 {
+		l.lineEnd = b[n-1] == '\n'
+	}
+	if err != nil {
+		l.lost += int64(len(b) - n)
+		l.noSpace = errors.Is(err, unix.ENOSPC)
+		return false
+	}
+	l.noSpace = false
+	return true
+}
+
+// rotateForPipeLocked rotates by rename; a failure leaves the file as it is
+// (the next line tries again).
+func (l *logFile) rotateForPipeLocked() {
+	if err := l.rotateLocked(); err == nil {
+		l.size = 0
+	}
+}
+
+// sizeFromFileLocked sets size from the open file.
+func (l *logFile) sizeFromFileLocked() {
+	if n, err := l.sizeLocked(); err == nil {
+		l.size = n
+		l.lineEnd = true // what an earlier writer left is taken as whole
+	}
+}
+
 // path is the file's name for messages.
 func (l *logFile) path() string { return filepath.Join(l.dir, l.name) }
 
@@ -92,6 +198,10 @@ func (l *logFile) spawnFD() (int, error) {
 	defer l.mu.Unlock()
 	if err := l.openLocked(); err != nil {
 		return -1, err
+	}
+	if !l.direct {
+		l.sizeFromFileLocked()
+		return -1, nil // the caller hands out the pipe's write end
 	}
 	if size, err := l.sizeLocked(); err != nil {
 		return -1, err
@@ -236,8 +346,8 @@ func (l *logFile) check() error {
 		return nil
 	}
 	defer l.mu.Unlock()
-	if l.f == nil {
-		return nil
+	if l.f == nil || !l.direct {
+		return nil // the pipe's writer rotates as it writes
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(l.f.Fd()), &st); err != nil {
@@ -381,10 +491,24 @@ func (l *logFile) logDir() string {
 }
 
 // close releases the shim's descriptors; running incarnations keep theirs.
+// The pipe stays (closePipe ends it).
 func (l *logFile) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closeLocked()
+}
+
+// closePipe drains and closes l's pipe (the service is gone from the
+// plugin), after p stops reading it.
+func (l *logFile) closePipe(p *logPoller) {
+	l.mu.Lock()
+	lp := l.pipe
+	l.pipe = nil
+	l.mu.Unlock()
+	if lp != nil {
+		p.remove(lp)
+		lp.close()
+	}
 }
 
 func (l *logFile) closeLocked() {

@@ -24,6 +24,7 @@ func TestLogRotateAtSpawn(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "rx.out.log")
 	l := newLogFile(dir, "rx.out.log", 10, 2)
+	l.setMode(false, true) // direct: the child writes the file
 	defer l.close()
 	var want []string // contents of path, path.1, path.2 after each round
 	for i, chunk := range []string{"first incarnation\n", "second incarnation\n", "third incarnation\n", "fourth\n"} {
@@ -77,6 +78,7 @@ func tmpfsDir(t *testing.T) string {
 func testLogTrimWhileRunning(t *testing.T, dir string) {
 	path := filepath.Join(dir, "rx.out.log")
 	l := newLogFile(dir, "rx.out.log", 8192, 2)
+	l.setMode(false, true) // direct: the child writes the file
 	defer l.close()
 	fd, err := l.spawnFD()
 	if err != nil {
@@ -106,8 +108,8 @@ func testLogTrimWhileRunning(t *testing.T, dir string) {
 	}
 }
 
-// TestLogSurvivesShimClose: a child's log descriptor is the file itself, not a
-// pipe to the shim, so what it writes after the shim is gone is kept (and it
+// TestLogSurvivesShimClose: with LogDirect, a child's log descriptor is the
+// file itself, not a pipe to the shim, so what it writes after the shim is gone is kept (and it
 // gets no SIGPIPE).
 func TestLogSurvivesShimClose(t *testing.T) {
 	dir := t.TempDir()
@@ -118,7 +120,7 @@ func TestLogSurvivesShimClose(t *testing.T) {
 		Name:    "chatty",
 		Command: []string{"/bin/sh", "-c", "echo before; while [ ! -e " + gate + " ]; do sleep 0.01; done; echo after"},
 		Env:     []string{"PATH=/usr/bin:/bin"}, UID: -1, GID: -1,
-		Stdout: "file", Stderr: "null", LogDir: logDir,
+		Stdout: "file", Stderr: "null", LogDir: logDir, LogDirect: true,
 	})
 	out := filepath.Join(logDir, "chatty.out.log")
 	waitFor(t, "before", func() bool { b, _ := os.ReadFile(out); return string(b) == "before\n" })

@@ -19,6 +19,7 @@ import (
 const pluginUsage = `Usage: hbd plugin --shm NAME --slots N --detector auto|connector|pidfd|tracepoint
                   [--detector-priority 0..99] --log FILE [--state-dir DIR]
                   [--cgroups auto|off] [--cgroup-root PATH] [--stdio-fds OUT,ERR]
+                  [--log-pipes FD]
 
 The hb plugin: hbd starts it (the same binary, in its own session) and talks
 to it over go-plugin gRPC. It is not meant to be run by hand.
@@ -66,6 +67,7 @@ func Main(args []string) int {
 	cgroupRoot := fs.String("cgroup-root", "", "")
 	headless := fs.Int("headless-respawns", DefaultHeadlessRespawns, "")
 	stdioFds := fs.String("stdio-fds", "", "")
+	logPipesFd := fs.Int("log-pipes", -1, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Print(pluginUsage)
@@ -91,6 +93,13 @@ func Main(args []string) int {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "hbd plugin: --stdio-fds %q: %v\n", *stdioFds, err)
 		return 2
+	}
+	var pipes []plugin.InheritedPipe
+	if *logPipesFd >= 0 {
+		if pipes, err = plugin.ReadInheritedPipes(*logPipesFd); err != nil {
+			fmt.Fprintf(os.Stderr, "hbd plugin: --log-pipes %d: %v\n", *logPipesFd, err)
+			return 2
+		}
 	}
 	var logOut io.Writer = os.Stderr
 	if *logPath != "" {
@@ -126,7 +135,7 @@ func Main(args []string) int {
 	impl, err := New(Options{ShmName: *shmName, StateDir: *stateDir, Slots: *slots, Detector: detector, Logger: log,
 		ReadBuffer: rcvbuf, NoFilter: noFilter, DetectorPriority: *prio,
 		Cgroups: *cgroups == "auto", CgroupRoot: *cgroupRoot, HeadlessRespawns: headlessOpt(*headless),
-		Stdout: stdout, Stderr: stderr})
+		Stdout: stdout, Stderr: stderr, LogPipes: pipes})
 	if err != nil {
 		log.Error("plugin start failed", "err", err)
 		fmt.Fprintf(os.Stderr, "hbd plugin: %v\n", err)

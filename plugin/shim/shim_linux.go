@@ -22,7 +22,7 @@ import (
 var _ plugin.Shim = (*Shim)(nil)
 
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
-const FeatureVersion = plugin.FeatureReady
+const FeatureVersion = plugin.FeatureLogPipes
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
@@ -83,6 +83,9 @@ type Options struct {
 	// plugin (--stdio-fds). nil: descriptor 2, the plugin's log. The Shim
 	// does not close them.
 	Stdout, Stderr *os.File
+	// LogPipes are the log pipes of running services that hbd handed to
+	// this plugin (an earlier plugin made them; see logpipe_linux.go).
+	LogPipes []plugin.InheritedPipe
 
 	// onCleared, when set (tests only), runs on the detecting goroutine right
 	// after the exit fast path stored 0 in the slot.
@@ -143,6 +146,8 @@ type Shim struct {
 	shmErr   string
 
 	quit chan struct{} // closed by close
+	// pipes reads the services' log pipes (logpipe_linux.go).
+	pipes *logPoller
 	// logKick: the beat asks logLoop to trim log files.
 	logKick chan struct{}
 	// life is held shared by every method that uses the table or the
@@ -344,6 +349,12 @@ func New(opts Options) (*Shim, error) {
 		return nil, fmt.Errorf("shim: %w", err)
 	}
 	s.watcher = watcher
+	if s.pipes, err = newLogPoller(); err != nil {
+		watcher.Close()
+		w.Close(false)
+		devnull.Close()
+		return nil, fmt.Errorf("shim: %w", err)
+	}
 	s.cg = cgroupMode{reason: "cgroups are off (--cgroups off)"}
 	if opts.Cgroups {
 		s.cg = openCgroups(opts.CgroupRoot, opts.ShmName)
@@ -368,15 +379,20 @@ func New(opts Options) (*Shim, error) {
 	w.Beat()
 	startReaper(log)
 
-	s.wg.Add(2 + exitWorkers)
+	s.wg.Add(3 + exitWorkers)
 	for range exitWorkers {
 		go s.exitLoop()
 	}
 	go s.beatLoop()
 	go s.logLoop()
+	go func() {
+		defer s.wg.Done()
+		s.pipes.run()
+	}()
 
 	restored := s.restoreRecords()
 	s.adoptAll()
+	s.adoptInheritedPipes(opts.LogPipes)
 	// Every slot is validated now: the table may say that its writer lives
 	// (a robust futex the kernel marks if this process dies).
 	if err := w.MarkAlive(); err != nil {
@@ -575,6 +591,7 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		FeatureVersion:   FeatureVersion,
 		Cgroups:          s.cg.String(),
 		ConnectorNote:    connectorNote(s.watcher.ConnectorNote()),
+		LogPipes:         s.allPipes(),
 		Metrics: plugin.Metrics{
 			Resyncs:            s.watcher.Stats().Resyncs,
 			SubscribersDropped: s.events.droppedSubscribers(),
@@ -618,6 +635,7 @@ func (s *Shim) close(clean bool) error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.quit) // Stop and Spawn waiters give up
+		s.pipes.stop()
 		s.brOnce.Lock()
 		if s.br != nil {
 			s.br.stop() // before the detectors: it arms watches
@@ -672,6 +690,14 @@ func (s *Shim) close(clean bool) error {
 			}
 		}
 		s.mu.Unlock()
+		for _, lp := range s.pipes.all() {
+			if clean {
+				lp.close() // what the stopped services wrote last goes in
+			} else {
+				lp.drain(false) // the rest waits in the pipe for the next plugin
+			}
+		}
+		s.pipes.closeFDs()
 		stopReaper()
 		if clean {
 			s.mu.Lock()

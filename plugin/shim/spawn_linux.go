@@ -61,10 +61,18 @@ func (s *Shim) Spawn(ctx context.Context, spec plugin.Spec) (plugin.SpawnResult,
 	if err := s.awaitNotRunning(ctx, svc); err != nil {
 		return plugin.SpawnResult{}, err
 	}
+	var res plugin.SpawnResult
 	if spec.Type == TypeForking {
-		return s.startForking(ctx, svc, spec)
+		res, err = s.startForking(ctx, svc, spec)
+	} else {
+		res, err = s.start(svc, spec)
 	}
-	return s.start(svc, spec)
+	if err == nil {
+		// A failed spawn's pipe is told with the next one that works, or
+		// by Info.
+		res.LogPipes = s.newPipes(svc)
+	}
+	return res, err
 }
 
 // start starts one incarnation of svc for the host: spawnProc, slot, spawn
@@ -386,22 +394,13 @@ func (s *Shim) stdio(svc *service, spec plugin.Spec, mode, stream string) (int, 
 		return -1, badSpec(errors.New("no log directory"), "spawn %q: std%s \"file\"", spec.Name, stream)
 	}
 	name := spec.Name + "." + stream + ".log"
-	s.mu.Lock()
-	lf := &svc.stdout
-	if stream == "err" {
-		lf = &svc.stderr
-	}
-	if *lf == nil {
-		*lf = newLogFile(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
-		s.logged[svc] = struct{}{}
-	} else {
-		(*lf).configure(spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups)
-	}
-	l := *lf
-	s.mu.Unlock()
+	l := s.logFileOf(svc, stream, spec.LogDir, name, spec.LogMaxBytes, spec.LogBackups, spec.LogTimestamps, spec.LogDirect)
 	// Only this service's op and l.mu are held here, and nothing in
 	// spawnFD waits for another process (see package logdir).
 	fd, err := l.spawnFD()
+	if err == nil && fd < 0 {
+		fd, err = s.pipeFD(svc, stream, l)
+	}
 	if err != nil {
 		if errors.Is(err, logdir.ErrUnsafe) {
 			return -1, badSpec(err, "spawn %q: std%s \"file\"", spec.Name, stream)
