@@ -480,3 +480,99 @@ func TestMakeInstall(t *testing.T) {
 		h.WaitRunning("example")
 	})
 }
+
+// TestLogPipeRotationAndPluginDeath: a running service's log is rotated by
+// rename at line ends (log_max_bytes 4 KiB, dozens of rotations a second),
+// and the plugin is SIGKILLed and replaced while the service writes: the
+// service keeps its PID (no SIGPIPE: hbd held its pipe and handed it to the
+// new plugin), and both a real tail -F of the log and the rotated files
+// show every line exactly once, whole and in order.
+func TestLogPipeRotationAndPluginDeath(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("tail"); err != nil {
+		t.Skip("tail is not installed")
+	}
+	h := NewHarness(t, Options{})
+	h.WriteConfig(`
+[service.writer]
+command       = ["sh", "-c", "i=0; while :; do echo line-$i; i=$((i+1)); [ $((i % 40)) = 0 ] && sleep 0.01; done"]
+log_max_bytes = 4096
+log_backups   = 1000
+`)
+	h.Start()
+	st := h.WaitService("writer", "running", func(st api.ServiceStatus) bool { return st.State == "running" && st.PID != 0 })
+	live := filepath.Join(h.LogDir, "writer.out.log")
+	cmd := exec.Command("tail", "-F", "-n", "0", live)
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.Track(cmd.Process.Pid)
+	rotated := func(n int) {
+		h.Eventually(fmt.Sprintf("%d rotations", n), func() (bool, string) {
+			_, err := os.Stat(live + "." + strconv.Itoa(n))
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	rotated(5)
+	old := pluginPID(h)
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewPlugin(h, old)
+	before := countFiles(live)
+	rotated(before + 5) // the new plugin reads the same pipe and rotates on
+	cmd.Process.Kill()
+	cmd.Wait()
+	if now := h.ServiceStatus("writer"); now.PID != st.PID || now.Generation != st.Generation {
+		t.Fatalf("writer is pid %d generation %d after the plugin's death; want %d/%d (it must not have died)", now.PID, now.Generation, st.PID, st.Generation)
+	}
+	consecutive := func(what, text string, mayCutLast bool) {
+		t.Helper()
+		lines := strings.Split(text, "\n")
+		if mayCutLast {
+			lines = lines[:len(lines)-1] // the last line may not be complete yet
+		}
+		if len(lines) < 100 {
+			t.Fatalf("%s: %d lines; want many", what, len(lines))
+		}
+		var first int
+		if _, err := fmt.Sscanf(lines[0], "line-%d", &first); err != nil {
+			t.Fatalf("%s: first line %q", what, lines[0])
+		}
+		for i, l := range lines {
+			if l != fmt.Sprintf("line-%d", first+i) {
+				t.Fatalf("%s: line %d is %q, want line-%d (each line once, whole, in order); stderr %q", what, i, l, first+i, errb.String())
+			}
+		}
+	}
+	consecutive("tail -F", out.String(), true)
+	var files strings.Builder
+	for k := countFiles(live); k >= 0; k-- {
+		name := live
+		if k > 0 {
+			name += "." + strconv.Itoa(k)
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k > 0 && (len(b) == 0 || b[len(b)-1] != '\n' || len(b) > 4096) {
+			t.Fatalf("%s: %d bytes, ends %q: want whole lines within log_max_bytes", name, len(b), b[max(0, len(b)-20):])
+		}
+		files.Write(b)
+	}
+	consecutive("the rotated files", files.String(), true)
+}
+
+// countFiles is the highest N for which path.N exists.
+func countFiles(path string) int {
+	n := 0
+	for {
+		if _, err := os.Stat(path + "." + strconv.Itoa(n+1)); err != nil {
+			return n
+		}
+		n++
+	}
+}

@@ -137,12 +137,17 @@
 //
 // # Log files
 //
-// With Stdout/Stderr "file", the child writes straight into
-// LogDir/NAME.out.log (NAME.err.log) through an O_APPEND descriptor: no pipe,
-// no copying goroutine. A pipe would lose the output of adopted clients when
-// the plugin restarts (the reader is gone: SIGPIPE or EPIPE for them) and
-// would block a data-plane process whenever the plugin is slow to drain it;
-// a file loses nothing and never blocks.
+// With Stdout/Stderr "file", a service's processes write into a pipe of the
+// service's, and the plugin writes whole lines into LogDir/NAME.out.log
+// (NAME.err.log), stamped with the time with Spec.LogTimestamps, and rotates
+// the file by rename at a line's end (logpipe_linux.go). A pipe alone would
+// lose its reader with the plugin (SIGPIPE for every service at its next
+// write): hbd holds both ends of every log pipe and hands them to the next
+// plugin, so only the loss of both hbd and the plugin takes the reader away.
+// While no plugin reads, a service that fills the pipe waits; Spec.LogDirect
+// is the other way for a process that must never wait on a write: the child
+// writes straight into the file through an O_APPEND descriptor, no pipe, no
+// copying.
 //
 // The plugin writes there as its own user (root), so LogDir must be a
 // directory nobody else can change (see package logdir; logdir.Prepare is
@@ -157,7 +162,8 @@
 // descriptor. A refused file fails the spawn with an logdir.ErrUnsafe error
 // (a plugin.ErrBadSpec) that names it and the fix.
 //
-// Rotation:
+// Rotation with LogDirect (through a pipe, the writer rotates by rename as
+// above):
 //   - at each spawn, a file larger than LogMaxBytes is renamed to NAME….log.1
 //     (older backups shift, LogBackups are kept) and a new one is opened;
 //   - on the 1 s beat (in a goroutine of its own: a slow log_dir never delays
