@@ -483,9 +483,9 @@ func TestMakeInstall(t *testing.T) {
 
 // TestLogPipeRotationAndPluginDeath: a running service's log is rotated by
 // rename at line ends (log_max_bytes 4 KiB, dozens of rotations a second),
-// and the plugin is SIGKILLed and replaced while the service writes: the
-// service keeps its PID (no SIGPIPE: hbd held its pipe and handed it to the
-// new plugin), and both a real tail -F of the log and the rotated files
+// and the plugin is SIGKILLed and replaced while the service writes, before
+// and after hbd itself is replaced: the service keeps its PID (no SIGPIPE:
+// hbd held its pipe and handed it to the new plugin), and both a real tail -F of the log and the rotated files
 // show every line exactly once, whole and in order.
 func TestLogPipeRotationAndPluginDeath(t *testing.T) {
 	t.Parallel()
@@ -499,7 +499,7 @@ command       = ["sh", "-c", "i=0; while :; do echo line-$i; i=$((i+1)); [ $((i 
 log_max_bytes = 4096
 log_backups   = 1000
 `)
-	h.Start()
+	d := h.Start()
 	st := h.WaitService("writer", "running", func(st api.ServiceStatus) bool { return st.State == "running" && st.PID != 0 })
 	live := filepath.Join(h.LogDir, "writer.out.log")
 	cmd := exec.Command("tail", "-F", "-n", "0", live)
@@ -520,9 +520,21 @@ log_backups   = 1000
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	old = waitNewPlugin(h, old)
+	rotated(countFiles(live) + 5) // the new plugin reads the same pipe and rotates on
+	// A new hbd, attached to the running plugin, takes its copies of the
+	// pipes from it: the plugin's next death loses nothing either.
+	d.Signal(syscall.SIGQUIT)
+	if code := d.Wait(); code != 0 {
+		t.Fatalf("hbd exited %d after SIGQUIT", code)
+	}
+	h.Start()
+	h.WaitService("writer", "kept", func(now api.ServiceStatus) bool { return now.PID == st.PID && now.State == "running" })
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	waitNewPlugin(h, old)
-	before := countFiles(live)
-	rotated(before + 5) // the new plugin reads the same pipe and rotates on
+	rotated(countFiles(live) + 5)
 	cmd.Process.Kill()
 	cmd.Wait()
 	if now := h.ServiceStatus("writer"); now.PID != st.PID || now.Generation != st.Generation {
