@@ -486,7 +486,8 @@ func TestMakeInstall(t *testing.T) {
 // and the plugin is SIGKILLed and replaced while the service writes, before
 // and after hbd itself is replaced: the service keeps its PID (no SIGPIPE:
 // hbd held its pipe and handed it to the new plugin), and both a real tail -F of the log and the rotated files
-// show every line exactly once, whole and in order.
+// show every line exactly once, whole and in order, and so does hbctl logs
+// -f.
 func TestLogPipeRotationAndPluginDeath(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("tail"); err != nil {
@@ -509,6 +510,7 @@ log_backups   = 1000
 		t.Fatal(err)
 	}
 	h.Track(cmd.Process.Pid)
+	ctlPID, ctlWait := h.StartCtl("logs", "writer", "-f", "-n", "0")
 	rotated := func(n int) {
 		h.Eventually(fmt.Sprintf("%d rotations", n), func() (bool, string) {
 			_, err := os.Stat(live + "." + strconv.Itoa(n))
@@ -537,6 +539,11 @@ log_backups   = 1000
 	rotated(countFiles(live) + 5)
 	cmd.Process.Kill()
 	cmd.Wait()
+	syscall.Kill(ctlPID, syscall.SIGINT)
+	ctl := ctlWait()
+	if ctl.Code != 0 {
+		t.Fatalf("hbctl logs -f: %v", ctl)
+	}
 	if now := h.ServiceStatus("writer"); now.PID != st.PID || now.Generation != st.Generation {
 		t.Fatalf("writer is pid %d generation %d after the plugin's death; want %d/%d (it must not have died)", now.PID, now.Generation, st.PID, st.Generation)
 	}
@@ -560,6 +567,7 @@ log_backups   = 1000
 		}
 	}
 	consecutive("tail -F", out.String(), true)
+	consecutive("hbctl logs -f", ctl.Stdout, true)
 	var files strings.Builder
 	for k := countFiles(live); k >= 0; k-- {
 		name := live

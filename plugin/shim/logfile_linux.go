@@ -472,14 +472,20 @@ func (l *logFile) fullLocked() bool {
 	if l.f == nil {
 		return false
 	}
-	if l.noSpace {
-		return true
+	if l.noSpace && l.direct {
+		return true // until a trim works again
 	}
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(int(l.f.Fd()), &fs); err != nil {
-		return false
+		return l.noSpace
 	}
-	return fs.Blocks > 0 && fs.Bavail == 0
+	if fs.Blocks > 0 && fs.Bavail == 0 {
+		return true
+	}
+	// Through a pipe, a write that failed for want of room is tried again
+	// with the next line; room now is room.
+	l.noSpace = false
+	return false
 }
 
 // logDir is log_dir as last configured.

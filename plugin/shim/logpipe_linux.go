@@ -113,8 +113,10 @@ func (lp *logPipe) info() plugin.LogPipe {
 }
 
 // drain reads what is in the pipe into the log file. final (the exit path)
-// reads until the pipe is empty and writes a partial last line too; the
-// poller stops after a short read (epoll reports the rest).
+// reads what the pipe held when it was called, no more (a descendant that
+// keeps writing cannot hold the exit path), and writes a partial last line
+// too; the poller reads at most a few buffers (epoll reports the rest, and
+// one busy writer does not starve the other pipes).
 func (lp *logPipe) drain(final bool) {
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
@@ -125,14 +127,23 @@ func (lp *logPipe) drain(final bool) {
 		return
 	}
 	lp.stamps = lp.l.stamped()
-	for {
-		n, err := unix.Read(lp.r, buf)
+	left := 4 * len(buf) // the poller's share per wake-up
+	if final {
+		n, err := unix.IoctlGetInt(lp.r, unix.TIOCINQ) // FIONREAD: bytes in the pipe
+		if err != nil {
+			n = pipeSize
+		}
+		left = n
+	}
+	for left > 0 {
+		n, err := unix.Read(lp.r, buf[:min(len(buf), left)])
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if n <= 0 {
 			break
 		}
+		left -= n
 		lp.consume(buf[:n], time.Now())
 		if !final && n < len(buf) {
 			break

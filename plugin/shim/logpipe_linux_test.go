@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
 )
@@ -164,5 +166,26 @@ func TestLogDirectWritesFile(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(logDir, "direct.out.log"))
 	if !bytes.Contains(b, []byte("-> "+filepath.Join(logDir, "direct.out.log"))) {
 		t.Errorf("the child's stdout was %q; want the log file itself", b)
+	}
+}
+
+// TestLogPipeSpewingDescendant: a descendant that keeps writing into the
+// service's pipe after the main process exited does not hold up the exit's
+// report (the exit path drains what was there, no more).
+func TestLogPipeSpewingDescendant(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "logs")
+	h := newHarness(t, connector.DetectPidfd, dir)
+	spec := h.shSpec("spew", `yes spew & echo main done; exit 2`)
+	spec.Stdout, spec.LogDir, spec.LogMaxBytes, spec.LogBackups = "file", logDir, 1<<20, 1
+	spec.KillMode = KillProcess // the descendant outlives the main process
+	res := h.spawn(spec)
+	t.Cleanup(func() { _ = unix.Kill(-res.PID, unix.SIGKILL) })
+	ex := h.next(plugin.EventExit, "spew")
+	if ex.Status != 2 {
+		t.Errorf("exit status %d; want 2", ex.Status)
+	}
+	if err := unix.Kill(-res.PID, unix.SIGKILL); err != nil {
+		t.Fatalf("the writer's group: %v", err)
 	}
 }
