@@ -16,7 +16,7 @@ const bridgeTOML = "[bridge.runit]\ndir = \"/etc/service\"\nprograms = [\"web\"]
 func TestBridgedPrograms(t *testing.T) {
 	h := newHarness(t, nil, svcTOML("rx"), bridgeTOML)
 	h.connect()
-	got := h.f.Bridged()
+	got := h.f.BridgeSet()
 	if len(got) != 1 || got[0] != (plugin.BridgeSpec{Name: "web", Manager: "runit", Dir: "/etc/service/web"}) {
 		t.Fatalf("Bridge got %+v", got)
 	}
@@ -46,7 +46,7 @@ func TestBridgedPrograms(t *testing.T) {
 	if _, err := h.d.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.f.Bridged(); len(got) != 0 {
+	if got := h.f.BridgeSet(); len(got) != 0 {
 		t.Fatalf("after a reload without [bridge.runit]: Bridge got %+v", got)
 	}
 	if _, err := h.d.Get("web"); err == nil {

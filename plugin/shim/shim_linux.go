@@ -22,7 +22,7 @@ import (
 var _ plugin.Shim = (*Shim)(nil)
 
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
-const FeatureVersion = plugin.FeatureReady
+const FeatureVersion = plugin.FeatureBridgeAll
 
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
