@@ -180,6 +180,18 @@ func (m *Manager) AddProgram(name, command string) {
 	m.update()
 }
 
+// AddEventListener adds [eventlistener:NAME] running command (events
+// PROCESS_STATE) as AddProgram adds a program; RemoveProgram removes it.
+func (m *Manager) AddEventListener(name, command string) {
+	m.t.Helper()
+	conf := fmt.Sprintf("[eventlistener:%[1]s]\ncommand=%[2]s\nevents=PROCESS_STATE\nstdout_logfile=NONE\n"+
+		"stderr_logfile=%[3]s/%[1]s.err\n", name, command, m.Dir)
+	if err := os.WriteFile(filepath.Join(m.Dir, "conf.d", name+".conf"), []byte(conf), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	m.update()
+}
+
 // RemoveProgram removes what AddProgram added: supervisorctl reread and
 // update stop the program and remove it.
 func (m *Manager) RemoveProgram(name string) {
