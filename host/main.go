@@ -101,6 +101,9 @@ func Main(args []string) int {
 	}
 	if *check {
 		fmt.Printf("%s: ok (%d services)\n", cfgPath, len(cfg.Services))
+		for _, n := range cfg.BridgeNotes() {
+			fmt.Println(n)
+		}
 		return 0
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
