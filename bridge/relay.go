@@ -15,17 +15,17 @@ import (
 const relayTimeout = 5 * time.Second
 
 // RunListener is `hbd supervisord-listener`: supervisord's event listener
-// (events = PROCESS_STATE) that relays each event to the hb plugin over the
-// unix socket at socket (state_dir/supervisord.sock), waits for the
-// plugin's "ok", then answers supervisord RESULT 2 OK. PROCESS_GROUP_ADDED
-// and PROCESS_GROUP_REMOVED (events = PROCESS_STATE,PROCESS_GROUP) are
-// relayed too: they tell a plugin that bridges every program of
-// supervisord of programs added and removed. It first says
+// (events = PROCESS_STATE,PROCESS_GROUP) that relays each PROCESS_STATE_*,
+// PROCESS_GROUP_ADDED and PROCESS_GROUP_REMOVED event (the last two tell a
+// plugin that bridges every program of supervisord of programs added and
+// removed) to the hb plugin over the unix socket at socket
+// (state_dir/supervisord.sock), waits for the plugin's "ok", then answers
+// supervisord RESULT 2 OK. It first says
 // "hello $SUPERVISOR_SERVER_URL self=GROUP:NAME" (its own name in
-// supervisord, so that it is not bridged itself), which makes the plugin re-sync from
-// supervisord. Without the plugin it still acknowledges every event (so
-// supervisord's queue never fills) and tries the socket again at the next
-// one. It returns when supervisord closes its stdin.
+// supervisord, which is not to be bridged), which makes the plugin re-sync
+// from supervisord. Without the plugin it still acknowledges every event
+// (so supervisord's queue never fills) and tries the socket again at the
+// next one. It returns when supervisord closes its stdin.
 func RunListener(socket string, in io.Reader, out, errw io.Writer) error {
 	r := &relay{socket: socket, url: os.Getenv("SUPERVISOR_SERVER_URL"), errw: errw}
 	if g, n := os.Getenv("SUPERVISOR_GROUP_NAME"), os.Getenv("SUPERVISOR_PROCESS_NAME"); g != "" && n != "" {
