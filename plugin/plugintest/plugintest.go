@@ -31,8 +31,8 @@ type Shim struct {
 	bridged   []plugin.BridgeSpec
 	reserved  []string
 	found     []plugin.BridgeSpec // programs "found" by specs with All (Found)
-	events    []plugin.Event // events[i].Seq == first+i
-	first     uint64         // Seq of events[0]
+	events    []plugin.Event      // events[i].Seq == first+i
+	first     uint64              // Seq of events[0]
 	lastSeq   uint64
 	changed   chan struct{} // closed and replaced at every event and every drop
 	dropGen   uint64        // subscriptions of an older dropGen end
