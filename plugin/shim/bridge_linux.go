@@ -14,11 +14,14 @@ package shim
 //
 // One goroutine (bridgeLoop) waits in epoll for inotify events on the
 // service directories' supervise/ (runit, s6: the status record is renamed
-// into place at every change), for the managers' pidfds (a manager that
-// exits: its slots read 0 and are flagged shm.SlotManagerGone) and for a
-// wake-up; supervisord's event listener (`hbd supervisord-listener`)
-// connects to a unix socket in the state directory and is served by a
-// goroutine per connection. Nothing polls.
+// into place at every change) and on the scan directories of specs with
+// All (runsvdir's, s6-svscan's: service directories added and removed),
+// for the managers' pidfds (a manager that exits: its slots read 0 and are
+// flagged shm.SlotManagerGone) and for a wake-up; supervisord's event
+// listener (`hbd supervisord-listener`) connects to a unix socket in the
+// state directory and is served by a goroutine per connection; its
+// PROCESS_GROUP_* events and states of unknown programs make a spec with
+// All for supervisord read getAllProcessInfo again. Nothing polls.
 
 import (
 	"bufio"
@@ -109,6 +112,8 @@ type watch struct {
 	pend []pending  // a service directory without ./run yet
 }
 
+// pending is one entry of a scan directory: a service directory without
+// ./run yet (watched for one), or one an inotify event named.
 type pending struct {
 	src  *bsource
 	name string
@@ -1118,12 +1123,8 @@ func (b *bridges) loop() {
 // scan directory that changed. Called with b.mu held.
 func (b *bridges) inotify(buf []byte) {
 	dirty := map[*bprog]bool{}
-	type entry struct {
-		src  *bsource
-		name string
-	}
-	var entries []entry
-	changed := map[entry]bool{}
+	var entries []pending // scan directory entries to look at
+	changed := map[pending]bool{}
 	full := map[*bsource]bool{}
 	gone := map[*bsource]string{}
 	for {
@@ -1164,7 +1165,7 @@ func (b *bridges) inotify(buf []byte) {
 				}
 				for _, pe := range w.pend {
 					delete(pe.src.pend, pe.name)
-					entries = append(entries, entry{pe.src, pe.name})
+					entries = append(entries, pe)
 				}
 				continue
 			}
@@ -1185,14 +1186,14 @@ func (b *bridges) inotify(buf []byte) {
 				case name == "":
 					full[src] = true // the directory's own owner or mode
 				default:
-					e := entry{src, name}
+					e := pending{src, name}
 					entries = append(entries, e)
 					changed[e] = true
 				}
 			}
 			for _, pe := range w.pend {
 				if name == "run" {
-					entries = append(entries, entry{pe.src, pe.name})
+					entries = append(entries, pe)
 				}
 			}
 		}
