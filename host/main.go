@@ -41,7 +41,8 @@ in the foreground and logs to stderr.
 
 Options:
   -c, --config FILE   configuration (default $HB_CONFIG, else /etc/hb/hb.toml)
-  --check             validate FILE (syntax, values, users, executables) and exit:
+  --check             validate FILE (syntax, values, users, executables, bridge
+                      scan directories) and exit:
                       0 if it is good, else 1 with one line per error
   --log-level LEVEL   debug, info (default), warn or error
   --version           print the version and exit
