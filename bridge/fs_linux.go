@@ -42,6 +42,37 @@ func CheckTrusted(path string) error {
 	}
 }
 
+// TrustedServiceDir vets a service directory as CheckTrusted does and
+// returns the directory to read: path itself, or, when path is a symlink
+// (runit's usual /etc/service/NAME -> /etc/sv/NAME), its target. A link
+// must be owned by root or hb's euid and sit in a trusted directory, and
+// its target must pass CheckTrusted, so nobody else can point hb
+// elsewhere.
+func TrustedServiceDir(path string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return path, CheckTrusted(path)
+	}
+	euid := uint32(unix.Geteuid())
+	if st.Uid != 0 && st.Uid != euid {
+		return "", fmt.Errorf("%s: a symlink owned by uid %d, neither root nor hb's uid %d; fix: chown -h root %s", path, st.Uid, euid, path)
+	}
+	if err := CheckTrusted(filepath.Dir(path)); err != nil {
+		return "", err
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if err := CheckTrusted(target); err != nil {
+		return "", fmt.Errorf("%s -> %w", path, err)
+	}
+	return target, nil
+}
+
 func trusted(p string, st *unix.Stat_t, euid uint32, sticky bool) error {
 	if st.Uid != 0 && st.Uid != euid {
 		return fmt.Errorf("%s: owned by uid %d, neither root nor hb's uid %d: its owner could make hb publish any PID; fix: chown root %s", p, st.Uid, euid, p)

@@ -62,3 +62,42 @@ func TestCheckTrusted(t *testing.T) {
 		}
 	}
 }
+
+// TrustedServiceDir: a directory as CheckTrusted; a symlink to a trusted
+// directory gives the target; a link to an untrusted one, a link owned by
+// another user and a dangling link are refused.
+func TestTrustedServiceDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the files must be root's (or hb's) to be trusted, and chown to make them another's")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	sv, scan := filepath.Join(dir, "sv"), filepath.Join(dir, "scan")
+	os.Mkdir(sv, 0o755)
+	os.Mkdir(scan, 0o755)
+	good, open := filepath.Join(sv, "good"), filepath.Join(sv, "open")
+	os.Mkdir(good, 0o755)
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o777)
+	os.Symlink(good, filepath.Join(scan, "good"))
+	os.Symlink(open, filepath.Join(scan, "open"))
+	os.Symlink(good, filepath.Join(scan, "theirs"))
+	os.Lchown(filepath.Join(scan, "theirs"), 12345, 12345)
+	os.Symlink(filepath.Join(sv, "nothing"), filepath.Join(scan, "dangling"))
+	os.Mkdir(filepath.Join(scan, "plain"), 0o755)
+	if got, err := TrustedServiceDir(filepath.Join(scan, "good")); err != nil || got != good {
+		t.Errorf("a link to a trusted directory: %q, %v; want %q", got, err, good)
+	}
+	if got, err := TrustedServiceDir(filepath.Join(scan, "plain")); err != nil || got != filepath.Join(scan, "plain") {
+		t.Errorf("a directory: %q, %v", got, err)
+	}
+	for name, want := range map[string]string{
+		"open":     "mode 0777 is writable by group or others",
+		"theirs":   "a symlink owned by uid 12345",
+		"dangling": "no such file",
+	} {
+		if _, err := TrustedServiceDir(filepath.Join(scan, name)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", name, err, want)
+		}
+	}
+}

@@ -98,3 +98,24 @@ func TestDecodeResponse(t *testing.T) {
 		t.Fatal("truncated response accepted")
 	}
 }
+
+func TestListenerNames(t *testing.T) {
+	for cmd, want := range map[string]bool{
+		"/usr/local/bin/hbd supervisord-listener --socket /run/hb/supervisord.sock": true,
+		`/bin/sh -c "exec sleep 1" supervisord-listener`:                            true,
+		"/usr/bin/my-supervisord-listener":                                          false,
+		"/bin/sleep 1000":                                                           false,
+	} {
+		if IsListenerCommand(cmd) != want {
+			t.Errorf("IsListenerCommand(%q) = %v", cmd, !want)
+		}
+	}
+	for ev, want := range map[string]bool{
+		"PROCESS_STATE_STARTING": true, "PROCESS_GROUP_ADDED": true, "PROCESS_GROUP_REMOVED": true,
+		"TICK_5": false, "PROCESS_LOG_STDOUT": false, "PROCESS_GROUP": false,
+	} {
+		if Relayed(ev) != want {
+			t.Errorf("Relayed(%q) = %v", ev, !want)
+		}
+	}
+}

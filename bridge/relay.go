@@ -15,19 +15,26 @@ import (
 const relayTimeout = 5 * time.Second
 
 // RunListener is `hbd supervisord-listener`: supervisord's event listener
-// (events = PROCESS_STATE) that relays each event to the hb plugin over the
-// unix socket at socket (state_dir/supervisord.sock), waits for the
-// plugin's "ok", then answers supervisord RESULT 2 OK. It first says
-// "hello $SUPERVISOR_SERVER_URL", which makes the plugin re-sync from
-// supervisord. Without the plugin it still acknowledges every event (so
-// supervisord's queue never fills) and tries the socket again at the next
-// one. It returns when supervisord closes its stdin.
+// (events = PROCESS_STATE,PROCESS_GROUP) that relays each PROCESS_STATE_*,
+// PROCESS_GROUP_ADDED and PROCESS_GROUP_REMOVED event (the last two tell a
+// plugin that bridges every program of supervisord of programs added and
+// removed) to the hb plugin over the unix socket at socket
+// (state_dir/supervisord.sock), waits for the plugin's "ok", then answers
+// supervisord RESULT 2 OK. It first says
+// "hello $SUPERVISOR_SERVER_URL self=GROUP:NAME" (its own name in
+// supervisord, which is not to be bridged), which makes the plugin re-sync
+// from supervisord. Without the plugin it still acknowledges every event
+// (so supervisord's queue never fills) and tries the socket again at the
+// next one. It returns when supervisord closes its stdin.
 func RunListener(socket string, in io.Reader, out, errw io.Writer) error {
 	r := &relay{socket: socket, url: os.Getenv("SUPERVISOR_SERVER_URL"), errw: errw}
+	if g, n := os.Getenv("SUPERVISOR_GROUP_NAME"), os.Getenv("SUPERVISOR_PROCESS_NAME"); g != "" && n != "" {
+		r.self = g + ":" + n
+	}
 	r.connect()
 	defer r.close()
 	return Listen(in, out, func(ev ListenerEvent) error {
-		if ev.State() == "" {
+		if !Relayed(ev.Name) {
 			return nil
 		}
 		first, _, _ := strings.Cut(ev.Raw, "\n")
@@ -44,8 +51,16 @@ func RunListener(socket string, in io.Reader, out, errw io.Writer) error {
 	})
 }
 
+// Relayed reports whether the listener relays events named eventname to
+// the plugin: PROCESS_STATE_* and PROCESS_GROUP_ADDED/REMOVED.
+func Relayed(eventname string) bool {
+	return strings.HasPrefix(eventname, "PROCESS_STATE_") ||
+		eventname == "PROCESS_GROUP_ADDED" || eventname == "PROCESS_GROUP_REMOVED"
+}
+
 type relay struct {
 	socket, url string
+	self        string // group:name of this listener in supervisord
 	errw        io.Writer
 	c           net.Conn
 	br          *bufio.Reader
@@ -62,7 +77,11 @@ func (r *relay) connect() {
 		return
 	}
 	r.c, r.br = c, bufio.NewReader(c)
-	if err := r.send("hello " + r.url); err != nil {
+	hello := "hello " + r.url
+	if r.self != "" {
+		hello += " self=" + r.self
+	}
+	if err := r.send(hello); err != nil {
 		fmt.Fprintf(r.errw, "hb listener: %s: %v\n", r.socket, err)
 		r.close()
 	}

@@ -196,6 +196,51 @@ func (s *Supervisor) AllProcessInfo(ctx context.Context) ([]ProcessInfo, error) 
 	return out, nil
 }
 
+// ConfigInfo is what getAllConfigInfo returns of one process, the fields
+// hb uses.
+type ConfigInfo struct {
+	Name, Group, Command string
+}
+
+// FullName is "group:name".
+func (c ConfigInfo) FullName() string { return c.Group + ":" + c.Name }
+
+// AllConfigInfo calls supervisor.getAllConfigInfo(): every process
+// configured, event listeners included.
+func (s *Supervisor) AllConfigInfo(ctx context.Context) ([]ConfigInfo, error) {
+	v, err := s.Call(ctx, "supervisor.getAllConfigInfo")
+	if err != nil {
+		return nil, err
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, errors.New("getAllConfigInfo: not an array")
+	}
+	var out []ConfigInfo
+	for _, e := range list {
+		if m, ok := e.(map[string]any); ok {
+			str := func(k string) string { s, _ := m[k].(string); return s }
+			out = append(out, ConfigInfo{Name: str("name"), Group: str("group"), Command: str("command")})
+		}
+	}
+	return out, nil
+}
+
+// ListenerCommand is the word in a command line that makes it hb's event
+// listener (`hbd supervisord-listener`), which is never bridged.
+const ListenerCommand = "supervisord-listener"
+
+// IsListenerCommand reports whether command (getAllConfigInfo's) runs hb's
+// event listener.
+func IsListenerCommand(command string) bool {
+	for _, w := range strings.Fields(command) {
+		if w == ListenerCommand {
+			return true
+		}
+	}
+	return false
+}
+
 // PID calls supervisor.getPID(): supervisord's own PID.
 func (s *Supervisor) PID(ctx context.Context) (int, error) {
 	v, err := s.Call(ctx, "supervisor.getPID")

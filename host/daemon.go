@@ -44,6 +44,9 @@ type Daemon struct {
 	cfg     *config.Config      // guarded by mu
 	svcs    map[string]*service // guarded by mu
 	bridged map[string]*bridged // programs other managers run (bridge.go); guarded by mu
+	// bridgedOrder lists bridged: the listed programs in config order,
+	// then those the plugin found, by name; guarded by mu.
+	bridgedOrder []string
 	// bridgeSent: the last Bridge call named programs, so an empty set must
 	// be sent too; guarded by mu.
 	bridgeSent bool
@@ -539,6 +542,10 @@ func (d *Daemon) logProblem(ev plugin.Event) {
 
 // handle acts on one live plugin event. Called with mu held.
 func (d *Daemon) handle(ev plugin.Event) {
+	if ev.Kind == plugin.EventBridge {
+		d.bridgeChanged(ev)
+		return
+	}
 	if b := d.bridged[ev.Name]; b != nil && (ev.Manager != "" || ev.Kind == plugin.EventManager) {
 		d.bridgedEvent(b, ev)
 		return

@@ -41,7 +41,8 @@ in the foreground and logs to stderr.
 
 Options:
   -c, --config FILE   configuration (default $HB_CONFIG, else /etc/hb/hb.toml)
-  --check             validate FILE (syntax, values, users, executables) and exit:
+  --check             validate FILE (syntax, values, users, executables, bridge
+                      scan directories) and exit:
                       0 if it is good, else 1 with one line per error
   --log-level LEVEL   debug, info (default), warn or error
   --version           print the version and exit
@@ -101,6 +102,9 @@ func Main(args []string) int {
 	}
 	if *check {
 		fmt.Printf("%s: ok (%d services)\n", cfgPath, len(cfg.Services))
+		for _, n := range cfg.BridgeNotes() {
+			fmt.Println(n)
+		}
 		return 0
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))

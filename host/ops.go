@@ -27,7 +27,7 @@ func (d *Daemon) List() []api.ServiceStatus {
 	for _, name := range d.order {
 		out = append(out, d.svcs[name].status())
 	}
-	for _, name := range d.cfg.BridgedOrder {
+	for _, name := range d.bridgedOrder {
 		if b := d.bridged[name]; b != nil {
 			out = append(out, b.status())
 		}

@@ -153,9 +153,17 @@ func (c *grpcClient) Events(ctx context.Context, afterSeq uint64) (<-chan Event,
 	return ch, nil
 }
 
-func (c *grpcClient) Bridge(ctx context.Context, specs []BridgeSpec) error {
-	_, err := c.rpc.Bridge(ctx, &hbpb.BridgeRequest{Programs: bridgeToProto(specs)})
+func (c *grpcClient) Bridge(ctx context.Context, specs []BridgeSpec, reserved []string) error {
+	_, err := c.rpc.Bridge(ctx, &hbpb.BridgeRequest{Programs: bridgeToProto(specs), Reserved: reserved})
 	return c.fail("Bridge", err)
+}
+
+func (c *grpcClient) Bridged(ctx context.Context) ([]BridgeSpec, error) {
+	resp, err := c.rpc.Bridged(ctx, &hbpb.BridgedRequest{})
+	if err != nil {
+		return nil, c.fail("Bridged", err)
+	}
+	return bridgeFromProto(resp.GetPrograms()), nil
 }
 
 func (c *grpcClient) Shutdown(ctx context.Context, clean bool) error {

@@ -333,7 +333,7 @@ func eventFromProto(p *hbpb.Event) Event {
 func bridgeToProto(specs []BridgeSpec) []*hbpb.BridgeSpec {
 	out := make([]*hbpb.BridgeSpec, len(specs))
 	for i, b := range specs {
-		out[i] = &hbpb.BridgeSpec{Name: b.Name, Manager: b.Manager, Dir: b.Dir, Url: b.URL, Process: b.Process}
+		out[i] = &hbpb.BridgeSpec{Name: b.Name, Manager: b.Manager, Dir: b.Dir, Url: b.URL, Process: b.Process, All: b.All}
 	}
 	return out
 }
@@ -341,7 +341,7 @@ func bridgeToProto(specs []BridgeSpec) []*hbpb.BridgeSpec {
 func bridgeFromProto(ps []*hbpb.BridgeSpec) []BridgeSpec {
 	out := make([]BridgeSpec, len(ps))
 	for i, p := range ps {
-		out[i] = BridgeSpec{Name: p.GetName(), Manager: p.GetManager(), Dir: p.GetDir(), URL: p.GetUrl(), Process: p.GetProcess()}
+		out[i] = BridgeSpec{Name: p.GetName(), Manager: p.GetManager(), Dir: p.GetDir(), URL: p.GetUrl(), Process: p.GetProcess(), All: p.GetAll()}
 	}
 	return out
 }

@@ -225,10 +225,18 @@ func (s *grpcServer) Bridge(ctx context.Context, req *hbpb.BridgeRequest) (*hbpb
 	if err := s.refuse("Bridge"); err != nil {
 		return nil, err
 	}
-	if err := s.impl.Bridge(ctx, bridgeFromProto(req.GetPrograms())); err != nil {
+	if err := s.impl.Bridge(ctx, bridgeFromProto(req.GetPrograms()), req.GetReserved()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &hbpb.BridgeResponse{}, nil
+}
+
+func (s *grpcServer) Bridged(ctx context.Context, _ *hbpb.BridgedRequest) (*hbpb.BridgedResponse, error) {
+	specs, err := s.impl.Bridged(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &hbpb.BridgedResponse{Programs: bridgeToProto(specs)}, nil
 }
 
 func (s *grpcServer) List(ctx context.Context, _ *hbpb.ListRequest) (*hbpb.ListResponse, error) {

@@ -187,9 +187,12 @@ const (
 	FeatureWatchdog = 3
 	// FeatureReady: the plugin honours Spec.Ready.
 	FeatureReady = 4
+	// FeatureBridgeAll: the plugin takes BridgeSpec.All and the reserved
+	// names of Bridge, answers Bridged and sends EventBridge.
+	FeatureBridgeAll = 5
 	// FeatureLogPipes: the plugin honours Spec.LogTimestamps and
 	// Spec.LogDirect and reports its log pipes.
-	FeatureLogPipes = 5
+	FeatureLogPipes = 6
 )
 
 // EventKind says what an Event reports.
@@ -220,6 +223,21 @@ const (
 	// (Message says why; the slot reads 0 and is flagged
 	// shm.SlotManagerGone) or came back (Message empty).
 	EventManager EventKind = 8
+	// EventBridge: a program a BridgeSpec with All found was added to the
+	// bridged set (Reason BridgeAdded; its EventSpawn, if it runs, comes
+	// after), dropped from it (BridgeDropped: its service directory or
+	// supervisord program is gone; its slot reads 0 and is freed) or not
+	// taken (BridgeSkipped: its name is reserved or bridged already).
+	// Message says why; Manager names the manager. The host asks Bridged
+	// for the set. Hosts that do not know it ignore it.
+	EventBridge EventKind = 9
+)
+
+// EventBridge reasons.
+const (
+	BridgeAdded   = "added"
+	BridgeDropped = "dropped"
+	BridgeSkipped = "skipped"
 )
 
 func (k EventKind) String() string {
@@ -240,6 +258,8 @@ func (k EventKind) String() string {
 		return "status"
 	case EventManager:
 		return "manager"
+	case EventBridge:
+		return "bridge"
 	}
 	return "unknown"
 }
@@ -363,17 +383,31 @@ type Shim interface {
 	// after it, flagged shm.SlotBridged, with the PID the manager's status
 	// names (identity checked) and 0 from its exit on. Programs of an
 	// earlier call not in specs are no longer watched and their slots are
-	// freed. It returns once every program's status has been read once.
-	Bridge(ctx context.Context, specs []BridgeSpec) error
+	// freed. A spec with All stands for every program of its manager, as
+	// they come and go (EventBridge); such a program whose name is in
+	// reserved (the host's own services) or is bridged already is skipped.
+	// It returns once every program's status has been read once.
+	Bridge(ctx context.Context, specs []BridgeSpec, reserved []string) error
+	// Bridged returns the programs bridged now, by name, one spec each
+	// (the programs of a spec with All as specs of their own).
+	Bridged(ctx context.Context) ([]BridgeSpec, error)
 }
 
-// BridgeSpec is one program another process manager runs.
+// BridgeSpec is one program another process manager runs, or with All
+// every program of one manager.
 type BridgeSpec struct {
-	Name    string // the slot's name (shm.ValidName)
+	Name    string // the slot's name (shm.ValidName); "" with All
 	Manager string // "runit", "s6" or "supervisord"
-	Dir     string // runit, s6: the service directory (absolute)
+	// Dir is, for runit and s6, the service directory (absolute); with
+	// All, the directory that holds the service directories (runsvdir's
+	// or s6-svscan's), watched for directories added and removed.
+	Dir     string
 	URL     string // supervisord: its server_url
-	Process string // supervisord: the program's group:name
+	Process string // supervisord: the program's group:name; "" with All
+	// All: every program of the manager at Dir or URL, found as they are
+	// added (a service directory appears in Dir; supervisord's
+	// getAllProcessInfo names it) and dropped as they are removed.
+	All bool
 }
 
 // Histogram is a snapshot of a latency histogram the plugin keeps: Counts[i]

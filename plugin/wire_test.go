@@ -78,6 +78,7 @@ func TestBridgeSpecWire(t *testing.T) {
 	specs := []BridgeSpec{
 		{Name: "a", Manager: "runit", Dir: "/etc/service/a"},
 		{Name: "w1", Manager: "supervisord", URL: "unix:///run/supervisor.sock", Process: "pool:w1"},
+		{Manager: "s6", Dir: "/run/service", All: true},
 	}
 	if diff := cmp.Diff(specs, bridgeFromProto(bridgeToProto(specs))); diff != "" {
 		t.Errorf("BridgeSpec (-want +got):\n%s", diff)

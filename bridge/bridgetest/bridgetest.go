@@ -130,6 +130,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 [supervisorctl]
 serverurl=unix://%[1]s
 
+[include]
+files=%[2]s/conf.d/*.conf
+
 [program:%[3]s]
 command=%[4]s
 startsecs=1
@@ -142,7 +145,7 @@ stderr_logfile=%[2]s/%[3]s.err
 		conf += fmt.Sprintf(`
 [eventlistener:hb]
 command=%s
-events=PROCESS_STATE
+events=PROCESS_STATE,PROCESS_GROUP
 buffer_size=100
 stdout_logfile=NONE
 stderr_logfile=%s/listener.err
@@ -153,12 +156,99 @@ autorestart=true
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Mkdir(filepath.Join(dir, "conf.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	m := &Manager{Kind: bridge.Supervisord, Dir: dir, URL: "unix://" + sock, t: t,
 		args: []string{"supervisord", "-c", cf}, Process: name + ":" + name}
 	m.Start()
 	t.Cleanup(m.Close)
 	m.WaitUp()
 	return m
+}
+
+// AddProgram adds [program:NAME] running command to supervisord's
+// configuration (an included file) and applies it as an operator would:
+// supervisorctl reread, then update, which starts it.
+func (m *Manager) AddProgram(name, command string) {
+	m.t.Helper()
+	conf := fmt.Sprintf("[program:%[1]s]\ncommand=%[2]s\nstartsecs=1\nautorestart=true\nstopsignal=KILL\n"+
+		"stdout_logfile=%[3]s/%[1]s.out\nstderr_logfile=%[3]s/%[1]s.err\n", name, command, m.Dir)
+	if err := os.WriteFile(filepath.Join(m.Dir, "conf.d", name+".conf"), []byte(conf), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	m.update()
+}
+
+// AddEventListener adds [eventlistener:NAME] running command (events
+// PROCESS_STATE) as AddProgram adds a program; RemoveProgram removes it.
+func (m *Manager) AddEventListener(name, command string) {
+	m.t.Helper()
+	conf := fmt.Sprintf("[eventlistener:%[1]s]\ncommand=%[2]s\nevents=PROCESS_STATE\nstdout_logfile=NONE\n"+
+		"stderr_logfile=%[3]s/%[1]s.err\n", name, command, m.Dir)
+	if err := os.WriteFile(filepath.Join(m.Dir, "conf.d", name+".conf"), []byte(conf), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	m.update()
+}
+
+// RemoveProgram removes what AddProgram added: supervisorctl reread and
+// update stop the program and remove it.
+func (m *Manager) RemoveProgram(name string) {
+	m.t.Helper()
+	if err := os.Remove(filepath.Join(m.Dir, "conf.d", name+".conf")); err != nil {
+		m.t.Fatal(err)
+	}
+	m.update()
+}
+
+func (m *Manager) update() {
+	m.t.Helper()
+	cf := filepath.Join(m.Dir, "supervisord.conf")
+	for _, verb := range []string{"reread", "update"} {
+		if out, err := exec.Command("supervisorctl", "-c", cf, verb).CombinedOutput(); err != nil {
+			m.t.Fatalf("supervisorctl %s: %v\n%s", verb, err, out)
+		}
+	}
+}
+
+// ProcessPID is the PID of supervisord's process group:name while it is
+// RUNNING (supervisord only).
+func (m *Manager) ProcessPID(process string) (int, error) {
+	c, err := bridge.NewSupervisor(m.URL)
+	if err != nil {
+		return 0, err
+	}
+	in, err := c.ProcessInfo(context.Background(), process)
+	if err != nil {
+		return 0, err
+	}
+	if in.State != 20 {
+		return 0, fmt.Errorf("%s is %s", process, in.StateName)
+	}
+	return in.PID, nil
+}
+
+// WaitProcess waits until supervisord reports process (group:name)
+// RUNNING and returns its PID.
+func (m *Manager) WaitProcess(process string) int {
+	m.t.Helper()
+	return waitPID(m.t, "supervisord "+process, func() (int, error) { return m.ProcessPID(process) })
+}
+
+func waitPID(t TB, what string, pid func() (int, error)) int {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		p, err := pid()
+		if err == nil && p > 0 {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not report its program up: %v", what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Start starts the manager (again).
@@ -184,18 +274,7 @@ func (m *Manager) Start() {
 // the program's PID.
 func (m *Manager) WaitUp() int {
 	m.t.Helper()
-	var pid int
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var err error
-		if pid, err = m.ProgramPID(); err == nil && pid > 0 {
-			return pid
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("%s did not report its program up: %v", m.Kind, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return waitPID(m.t, m.Kind, m.ProgramPID)
 }
 
 // ProgramPID is the program's PID as the manager reports it now (0: not
@@ -210,18 +289,7 @@ func (m *Manager) ProgramPID() (int, error) {
 		st, err := bridge.Decode(m.Kind, b)
 		return st.PID, err
 	}
-	c, err := bridge.NewSupervisor(m.URL)
-	if err != nil {
-		return 0, err
-	}
-	in, err := c.ProcessInfo(context.Background(), m.Process)
-	if err != nil {
-		return 0, err
-	}
-	if in.State != 20 {
-		return 0, fmt.Errorf("%s is %s", m.Process, in.StateName)
-	}
-	return in.PID, nil
+	return m.ProcessPID(m.Process)
 }
 
 // Kill SIGKILLs the manager alone (its program lives on, re-parented) and

@@ -23,6 +23,21 @@ type Bridged struct {
 	Line    int
 }
 
+// BridgeSource is a [bridge.MANAGER] table without programs: every program
+// of the manager, as they come and go (docs/bridges.md). The plugin finds
+// them: the service directories in Dir (runit, s6), the processes
+// supervisord at URL has.
+type BridgeSource struct {
+	Manager string
+	Dir     string // runit, s6: the scan directory
+	URL     string // supervisord: server_url
+	File    string // the file and line of its [bridge.MANAGER] table
+	Line    int
+}
+
+// Where is the source's directory or server_url.
+func (s *BridgeSource) Where() string { return s.Dir + s.URL }
+
 // bridges decodes the [bridge] table: [bridge.runit], [bridge.s6],
 // [bridge.supervisord].
 func (l *loader) bridges(src *source, r keyRef, absDir string) {
@@ -93,8 +108,12 @@ func (l *loader) bridge(src *source, mgr string, r keyRef, absDir string) {
 			at(line, "server_url", "missing: supervisord's serverurl, e.g. \"unix:///run/supervisor.sock\"")
 			return
 		}
-		if !havePrograms || len(programs) == 0 {
-			at(programsLine, "programs", "missing: the supervisord programs hb watches, as \"name\" or \"group:name\"")
+		if havePrograms && len(programs) == 0 {
+			at(programsLine, "programs", "empty: name the supervisord programs hb watches, as \"name\" or \"group:name\", or leave programs out to watch every one")
+			return
+		}
+		if !havePrograms {
+			l.cfg.BridgeSources = append(l.cfg.BridgeSources, &BridgeSource{Manager: mgr, URL: url, File: src.file, Line: line})
 			return
 		}
 	default:
@@ -103,20 +122,20 @@ func (l *loader) bridge(src *source, mgr string, r keyRef, absDir string) {
 			return
 		}
 		if !havePrograms {
-			// Every service directory there now; a reload picks up new ones.
-			ents, err := os.ReadDir(dir)
-			if err != nil {
+			// Every service directory there, as they come and go: the
+			// plugin watches dir.
+			if _, err := os.ReadDir(dir); err != nil {
 				at(line, "dir", "%v (list programs = [...] to bridge a directory that is not there yet)", err)
 				return
 			}
-			for _, e := range ents {
-				if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
-					if _, err := os.Stat(filepath.Join(dir, e.Name(), "run")); err == nil {
-						programs = append(programs, e.Name())
-					}
+			for _, o := range l.cfg.BridgeSources {
+				if o.Dir == dir {
+					at(line, "dir", "%s is also [bridge.%s]'s dir (%s:%d): one scan directory has one manager", dir, o.Manager, o.File, o.Line)
+					return
 				}
 			}
-			sort.Strings(programs)
+			l.cfg.BridgeSources = append(l.cfg.BridgeSources, &BridgeSource{Manager: mgr, Dir: dir, File: src.file, Line: line})
+			return
 		}
 	}
 	for _, p := range programs {
@@ -176,4 +195,65 @@ func (c *Config) validateBridged() Errors {
 		}
 	}
 	return errs
+}
+
+// checkBridges vets, for --check, each scan directory of a [bridge.runit]
+// or [bridge.s6] without programs as the plugin will: root's (or hbd's
+// user's) and writable by nobody else, nor any directory above it.
+func (c *Config) checkBridges() Errors {
+	var errs Errors
+	for _, s := range c.BridgeSources {
+		if s.Dir == "" {
+			continue
+		}
+		if err := bridge.CheckTrusted(s.Dir); err != nil {
+			errs = append(errs, &Error{File: s.File, Line: s.Line, Key: "bridge." + s.Manager + ".dir",
+				Msg: fmt.Sprintf("%v (hb would bridge nothing from it)", err), Err: ErrValue})
+		}
+	}
+	return errs
+}
+
+// BridgeNotes says, for --check, what the [bridge.runit] and [bridge.s6]
+// tables without programs find in their scan directories now: how many
+// service directories, and each one not bridged because a [service.NAME]
+// or a listed program has its name (the explicit one wins).
+func (c *Config) BridgeNotes() []string {
+	var notes []string
+	for _, s := range c.BridgeSources {
+		if s.Dir == "" {
+			notes = append(notes, fmt.Sprintf("%s:%d: [bridge.%s] watches every program of %s", s.File, s.Line, s.Manager, s.URL))
+			continue
+		}
+		ents, err := os.ReadDir(s.Dir)
+		if err != nil {
+			continue
+		}
+		var names []string
+		for _, e := range ents {
+			n := e.Name()
+			if strings.HasPrefix(n, ".") {
+				continue
+			}
+			if fi, err := os.Stat(filepath.Join(s.Dir, n)); err != nil || !fi.IsDir() {
+				continue
+			}
+			if _, err := os.Lstat(filepath.Join(s.Dir, n, "run")); err != nil {
+				continue
+			}
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		notes = append(notes, fmt.Sprintf("%s:%d: [bridge.%s] watches %s: %d service directories there now", s.File, s.Line, s.Manager, s.Dir, len(names)))
+		for _, n := range names {
+			if svc := c.Services[n]; svc != nil {
+				notes = append(notes, fmt.Sprintf("%s:%d: [bridge.%s] %s is not bridged: [service.%s] (%s:%d) has the name and wins",
+					s.File, s.Line, s.Manager, filepath.Join(s.Dir, n), n, svc.File, svc.Line))
+			} else if b := c.Bridged[n]; b != nil {
+				notes = append(notes, fmt.Sprintf("%s:%d: [bridge.%s] %s is not bridged: [bridge.%s] lists %q (%s:%d) and wins",
+					s.File, s.Line, s.Manager, filepath.Join(s.Dir, n), b.Manager, n, b.File, b.Line))
+			}
+		}
+	}
+	return notes
 }

@@ -115,6 +115,7 @@ func (c *Config) Check() error {
 		}
 	}
 	errs = append(errs, c.checkCgroupRoot()...)
+	errs = append(errs, c.checkBridges()...)
 	for _, name := range c.Order {
 		s := c.Services[name]
 		if s == nil {

@@ -124,6 +124,11 @@ type Config struct {
 	// BridgedOrder (docs/bridges.md).
 	Bridged      map[string]*Bridged
 	BridgedOrder []string
+	// BridgeSources are the [bridge.MANAGER] tables without programs:
+	// every program of the manager, found by the plugin as they come and
+	// go. A program found there whose name is a service's or a listed
+	// program's is not bridged (the explicit one wins).
+	BridgeSources []*BridgeSource
 
 	hbdKeys writtenKeys // [hbd] keys as written, for line numbers
 	hbdLine int         // line of the [hbd] table, 0 if absent

@@ -29,8 +29,10 @@ type Shim struct {
 	mu        sync.Mutex // guards every field below
 	svcs      map[string]*svc
 	bridged   []plugin.BridgeSpec
-	events    []plugin.Event // events[i].Seq == first+i
-	first     uint64         // Seq of events[0]
+	reserved  []string
+	found     []plugin.BridgeSpec // programs "found" by specs with All (Found)
+	events    []plugin.Event      // events[i].Seq == first+i
+	first     uint64              // Seq of events[0]
 	lastSeq   uint64
 	changed   chan struct{} // closed and replaced at every event and every drop
 	dropGen   uint64        // subscriptions of an older dropGen end
@@ -111,7 +113,7 @@ func (f *Shim) Info(context.Context) (plugin.Info, error) {
 		return plugin.Info{}, err
 	}
 	return plugin.Info{PID: f.pid, ShmName: "plugintest", Slots: f.slots, Pidfd: true,
-		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: plugin.FeatureRunningAtSpawn}, nil
+		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: plugin.FeatureBridgeAll}, nil
 }
 
 // Spawn implements plugin.Shim. With StallSpawns in effect it blocks until
@@ -276,22 +278,57 @@ func (f *Shim) Free(_ context.Context, name string) error {
 	return nil
 }
 
-// Bridge implements plugin.Shim: it records the specs (Bridged).
-func (f *Shim) Bridge(_ context.Context, specs []plugin.BridgeSpec) error {
+// Bridge implements plugin.Shim: it records the specs and the reserved
+// names (BridgeSet, Reserved).
+func (f *Shim) Bridge(_ context.Context, specs []plugin.BridgeSpec, reserved []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call("bridge"); err != nil {
 		return err
 	}
 	f.bridged = append([]plugin.BridgeSpec(nil), specs...)
+	f.reserved = append([]string(nil), reserved...)
 	return nil
 }
 
-// Bridged is the set of programs the last Bridge call gave.
-func (f *Shim) Bridged() []plugin.BridgeSpec {
+// Bridged implements plugin.Shim: the named specs of the last Bridge call,
+// then the programs Found gave.
+func (f *Shim) Bridged(context.Context) ([]plugin.BridgeSpec, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("bridged"); err != nil {
+		return nil, err
+	}
+	var out []plugin.BridgeSpec
+	for _, sp := range f.bridged {
+		if !sp.All {
+			out = append(out, sp)
+		}
+	}
+	return append(out, f.found...), nil
+}
+
+// Found sets the programs the specs with All stand for (what Bridged
+// returns after the named ones), as a plugin that found them would; send
+// an EventBridge (Emit) to tell the host.
+func (f *Shim) Found(specs ...plugin.BridgeSpec) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.found = append([]plugin.BridgeSpec(nil), specs...)
+}
+
+// BridgeSet is the set of programs the last Bridge call gave.
+func (f *Shim) BridgeSet() []plugin.BridgeSpec {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]plugin.BridgeSpec(nil), f.bridged...)
+}
+
+// Reserved is the reserved names the last Bridge call gave.
+func (f *Shim) Reserved() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.reserved...)
 }
 
 // List implements plugin.Shim.

@@ -116,6 +116,7 @@ const (
 	EventKind_EVENT_KIND_READY       EventKind = 6 // a service declared itself ready: its PID is now in the slot (message: its STATUS=)
 	EventKind_EVENT_KIND_STATUS      EventKind = 7 // a service sent STATUS= (message)
 	EventKind_EVENT_KIND_MANAGER     EventKind = 8 // a bridged program's manager went away (message says why) or came back (message empty)
+	EventKind_EVENT_KIND_BRIDGE      EventKind = 9 // a program found by a spec with all was added to the bridged set, dropped from it or skipped (reason; message says why)
 )
 
 // Enum value maps for EventKind.
@@ -130,6 +131,7 @@ var (
 		6: "EVENT_KIND_READY",
 		7: "EVENT_KIND_STATUS",
 		8: "EVENT_KIND_MANAGER",
+		9: "EVENT_KIND_BRIDGE",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED": 0,
@@ -141,6 +143,7 @@ var (
 		"EVENT_KIND_READY":       6,
 		"EVENT_KIND_STATUS":      7,
 		"EVENT_KIND_MANAGER":     8,
+		"EVENT_KIND_BRIDGE":      9,
 	}
 )
 
@@ -1961,6 +1964,7 @@ type BridgeSpec struct {
 	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`         // runit, s6: the service directory
 	Url           string                 `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`         // supervisord: server_url
 	Process       string                 `protobuf:"bytes,5,opt,name=process,proto3" json:"process,omitempty"` // supervisord: group:name
+	All           bool                   `protobuf:"varint,6,opt,name=all,proto3" json:"all,omitempty"`        // every program of the manager at dir (the scan directory) or url; name and process empty
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2030,9 +2034,17 @@ func (x *BridgeSpec) GetProcess() string {
 	return ""
 }
 
+func (x *BridgeSpec) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
 type BridgeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Programs      []*BridgeSpec          `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	Reserved      []string               `protobuf:"bytes,2,rep,name=reserved,proto3" json:"reserved,omitempty"` // names a spec with all must not take (the host's own services)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2074,6 +2086,13 @@ func (x *BridgeRequest) GetPrograms() []*BridgeSpec {
 	return nil
 }
 
+func (x *BridgeRequest) GetReserved() []string {
+	if x != nil {
+		return x.Reserved
+	}
+	return nil
+}
+
 type BridgeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2110,6 +2129,86 @@ func (*BridgeResponse) Descriptor() ([]byte, []int) {
 	return file_hb_proto_rawDescGZIP(), []int{25}
 }
 
+type BridgedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgedRequest) Reset() {
+	*x = BridgedRequest{}
+	mi := &file_hb_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgedRequest) ProtoMessage() {}
+
+func (x *BridgedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgedRequest.ProtoReflect.Descriptor instead.
+func (*BridgedRequest) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{26}
+}
+
+type BridgedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Programs      []*BridgeSpec          `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgedResponse) Reset() {
+	*x = BridgedResponse{}
+	mi := &file_hb_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgedResponse) ProtoMessage() {}
+
+func (x *BridgedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgedResponse.ProtoReflect.Descriptor instead.
+func (*BridgedResponse) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *BridgedResponse) GetPrograms() []*BridgeSpec {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
 type ShutdownRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Clean         bool                   `protobuf:"varint,1,opt,name=clean,proto3" json:"clean,omitempty"`
@@ -2119,7 +2218,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2230,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2243,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{26}
+	return file_hb_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -2162,7 +2261,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[27]
+	mi := &file_hb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2273,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[27]
+	mi := &file_hb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2286,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{27}
+	return file_hb_proto_rawDescGZIP(), []int{29}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -2366,17 +2465,22 @@ const file_hb_proto_rawDesc = "" +
 	"\amessage\x18\r \x01(\tR\amessage\x12\x16\n" +
 	"\x06reason\x18\x0e \x01(\tR\x06reason\x12\"\n" +
 	"\rsince_beat_ns\x18\x0f \x01(\x04R\vsinceBeatNs\x12\x18\n" +
-	"\amanager\x18\x10 \x01(\tR\amanager\"x\n" +
+	"\amanager\x18\x10 \x01(\tR\amanager\"\x8a\x01\n" +
 	"\n" +
 	"BridgeSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\amanager\x18\x02 \x01(\tR\amanager\x12\x10\n" +
 	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x10\n" +
 	"\x03url\x18\x04 \x01(\tR\x03url\x12\x18\n" +
-	"\aprocess\x18\x05 \x01(\tR\aprocess\">\n" +
+	"\aprocess\x18\x05 \x01(\tR\aprocess\x12\x10\n" +
+	"\x03all\x18\x06 \x01(\bR\x03all\"Z\n" +
 	"\rBridgeRequest\x12-\n" +
-	"\bprograms\x18\x01 \x03(\v2\x11.hb.v1.BridgeSpecR\bprograms\"\x10\n" +
-	"\x0eBridgeResponse\"'\n" +
+	"\bprograms\x18\x01 \x03(\v2\x11.hb.v1.BridgeSpecR\bprograms\x12\x1a\n" +
+	"\breserved\x18\x02 \x03(\tR\breserved\"\x10\n" +
+	"\x0eBridgeResponse\"\x10\n" +
+	"\x0eBridgedRequest\"@\n" +
+	"\x0fBridgedResponse\x12-\n" +
+	"\bprograms\x18\x01 \x03(\v2\x11.hb.v1.BridgeSpecR\bprograms\"'\n" +
 	"\x0fShutdownRequest\x12\x14\n" +
 	"\x05clean\x18\x01 \x01(\bR\x05clean\"\x12\n" +
 	"\x10ShutdownResponse*\xfa\x01\n" +
@@ -2389,7 +2493,7 @@ const file_hb_proto_rawDesc = "" +
 	"\x14SERVICE_STATE_EXITED\x10\x05\x12\x17\n" +
 	"\x13SERVICE_STATE_FATAL\x10\x06\x12\x1a\n" +
 	"\x16SERVICE_STATE_STOPPING\x10\a\x12\x16\n" +
-	"\x12SERVICE_STATE_HUNG\x10\b*\xd6\x01\n" +
+	"\x12SERVICE_STATE_HUNG\x10\b*\xed\x01\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EVENT_KIND_SPAWN\x10\x01\x12\x13\n" +
@@ -2399,7 +2503,8 @@ const file_hb_proto_rawDesc = "" +
 	"\x0fEVENT_KIND_HUNG\x10\x05\x12\x14\n" +
 	"\x10EVENT_KIND_READY\x10\x06\x12\x15\n" +
 	"\x11EVENT_KIND_STATUS\x10\a\x12\x16\n" +
-	"\x12EVENT_KIND_MANAGER\x10\b2\x96\x04\n" +
+	"\x12EVENT_KIND_MANAGER\x10\b\x12\x15\n" +
+	"\x11EVENT_KIND_BRIDGE\x10\t2\xd0\x04\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
 	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +
@@ -2410,7 +2515,8 @@ const file_hb_proto_rawDesc = "" +
 	"\x04List\x12\x12.hb.v1.ListRequest\x1a\x13.hb.v1.ListResponse\x12.\n" +
 	"\x06Events\x12\x14.hb.v1.EventsRequest\x1a\f.hb.v1.Event0\x01\x12;\n" +
 	"\bShutdown\x12\x16.hb.v1.ShutdownRequest\x1a\x17.hb.v1.ShutdownResponse\x125\n" +
-	"\x06Bridge\x12\x14.hb.v1.BridgeRequest\x1a\x15.hb.v1.BridgeResponseB(Z&github.com/hbshim/hb/plugin/proto;hbpbb\x06proto3"
+	"\x06Bridge\x12\x14.hb.v1.BridgeRequest\x1a\x15.hb.v1.BridgeResponse\x128\n" +
+	"\aBridged\x12\x15.hb.v1.BridgedRequest\x1a\x16.hb.v1.BridgedResponseB(Z&github.com/hbshim/hb/plugin/proto;hbpbb\x06proto3"
 
 var (
 	file_hb_proto_rawDescOnce sync.Once
@@ -2425,7 +2531,7 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_hb_proto_goTypes = []any{
 	(ServiceState)(0),        // 0: hb.v1.ServiceState
 	(EventKind)(0),           // 1: hb.v1.EventKind
@@ -2455,8 +2561,10 @@ var file_hb_proto_goTypes = []any{
 	(*BridgeSpec)(nil),       // 25: hb.v1.BridgeSpec
 	(*BridgeRequest)(nil),    // 26: hb.v1.BridgeRequest
 	(*BridgeResponse)(nil),   // 27: hb.v1.BridgeResponse
-	(*ShutdownRequest)(nil),  // 28: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 29: hb.v1.ShutdownResponse
+	(*BridgedRequest)(nil),   // 28: hb.v1.BridgedRequest
+	(*BridgedResponse)(nil),  // 29: hb.v1.BridgedResponse
+	(*ShutdownRequest)(nil),  // 30: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil), // 31: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
 	5,  // 0: hb.v1.InfoResponse.metrics:type_name -> hb.v1.Metrics
@@ -2472,31 +2580,34 @@ var file_hb_proto_depIdxs = []int32{
 	21, // 10: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
 	1,  // 11: hb.v1.Event.kind:type_name -> hb.v1.EventKind
 	25, // 12: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
-	2,  // 13: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	9,  // 14: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	12, // 15: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	14, // 16: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	16, // 17: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	18, // 18: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	20, // 19: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	23, // 20: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	28, // 21: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	26, // 22: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
-	3,  // 23: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	10, // 24: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	13, // 25: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	15, // 26: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	17, // 27: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	19, // 28: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	22, // 29: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	24, // 30: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	29, // 31: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	27, // 32: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	25, // 13: hb.v1.BridgedResponse.programs:type_name -> hb.v1.BridgeSpec
+	2,  // 14: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	9,  // 15: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	12, // 16: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	14, // 17: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	16, // 18: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	18, // 19: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	20, // 20: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	23, // 21: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	30, // 22: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	26, // 23: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
+	28, // 24: hb.v1.Shim.Bridged:input_type -> hb.v1.BridgedRequest
+	3,  // 25: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	10, // 26: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	13, // 27: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	15, // 28: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	17, // 29: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	19, // 30: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	22, // 31: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	24, // 32: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	31, // 33: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	27, // 34: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
+	29, // 35: hb.v1.Shim.Bridged:output_type -> hb.v1.BridgedResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -2510,7 +2621,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

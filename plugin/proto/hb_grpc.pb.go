@@ -43,6 +43,7 @@ const (
 	Shim_Events_FullMethodName   = "/hb.v1.Shim/Events"
 	Shim_Shutdown_FullMethodName = "/hb.v1.Shim/Shutdown"
 	Shim_Bridge_FullMethodName   = "/hb.v1.Shim/Bridge"
+	Shim_Bridged_FullMethodName  = "/hb.v1.Shim/Bridged"
 )
 
 // ShimClient is the client API for Shim service.
@@ -76,6 +77,9 @@ type ShimClient interface {
 	// watches (the whole set: programs not in it are no longer watched and
 	// their slots are freed).
 	Bridge(ctx context.Context, in *BridgeRequest, opts ...grpc.CallOption) (*BridgeResponse, error)
+	// Bridged returns the programs the plugin bridges now, one each: a spec
+	// with all set stands for the programs it found.
+	Bridged(ctx context.Context, in *BridgedRequest, opts ...grpc.CallOption) (*BridgedResponse, error)
 }
 
 type shimClient struct {
@@ -195,6 +199,16 @@ func (c *shimClient) Bridge(ctx context.Context, in *BridgeRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *shimClient) Bridged(ctx context.Context, in *BridgedRequest, opts ...grpc.CallOption) (*BridgedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BridgedResponse)
+	err := c.cc.Invoke(ctx, Shim_Bridged_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -226,6 +240,9 @@ type ShimServer interface {
 	// watches (the whole set: programs not in it are no longer watched and
 	// their slots are freed).
 	Bridge(context.Context, *BridgeRequest) (*BridgeResponse, error)
+	// Bridged returns the programs the plugin bridges now, one each: a spec
+	// with all set stands for the programs it found.
+	Bridged(context.Context, *BridgedRequest) (*BridgedResponse, error)
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -265,6 +282,9 @@ func (UnimplementedShimServer) Shutdown(context.Context, *ShutdownRequest) (*Shu
 }
 func (UnimplementedShimServer) Bridge(context.Context, *BridgeRequest) (*BridgeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Bridge not implemented")
+}
+func (UnimplementedShimServer) Bridged(context.Context, *BridgedRequest) (*BridgedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Bridged not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -460,6 +480,24 @@ func _Shim_Bridge_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Bridged_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BridgedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Bridged(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Bridged_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Bridged(ctx, req.(*BridgedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -502,6 +540,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Bridge",
 			Handler:    _Shim_Bridge_Handler,
+		},
+		{
+			MethodName: "Bridged",
+			Handler:    _Shim_Bridged_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -30,7 +30,7 @@ func TestBridgeDir(t *testing.T) {
 			}
 			first := m.WaitUp()
 			spec := plugin.BridgeSpec{Name: "prog", Manager: kind, Dir: m.Dir}
-			if err := h.s.Bridge(context.Background(), []plugin.BridgeSpec{spec}); err != nil {
+			if err := h.s.Bridge(context.Background(), []plugin.BridgeSpec{spec}, nil); err != nil {
 				t.Fatal(err)
 			}
 			ev := h.next(plugin.EventSpawn, "prog")
@@ -107,7 +107,7 @@ func TestBridgeDir(t *testing.T) {
 			// Dropped from the set: no longer watched, slot freed.
 			m.Close()
 			waitFor(t, "the slot to read 0", func() bool { return h.slot(again.Slot).PID == 0 })
-			if err := h.s.Bridge(context.Background(), nil); err != nil {
+			if err := h.s.Bridge(context.Background(), nil, nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := h.s.w.Lookup("prog"); err == nil {
@@ -124,7 +124,7 @@ func TestBridgeAcrossPluginRestart(t *testing.T) {
 	m := bridgetest.Runit(t, "prog", bridgetest.RunScript("sleep 1000"))
 	pid := m.WaitUp()
 	hA := newHarness(t, connector.DetectAuto, "")
-	if err := hA.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}); err != nil {
+	if err := hA.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	hA.next(plugin.EventSpawn, "prog")
@@ -142,7 +142,7 @@ func TestBridgeAcrossPluginRestart(t *testing.T) {
 	if grouped {
 		t.Fatal("an adopted bridged program is one of the plugin's process groups (a clean shutdown would signal it)")
 	}
-	if err := hB.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}); err != nil {
+	if err := hB.s.Bridge(context.Background(), []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
@@ -152,7 +152,7 @@ func TestBridgeAcrossPluginRestart(t *testing.T) {
 		t.Fatalf("exit %+v", ex)
 	}
 	next := hB.next(plugin.EventSpawn, "prog")
-	if err := hB.s.Bridge(context.Background(), nil); err != nil {
+	if err := hB.s.Bridge(context.Background(), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := hB.s.w.Lookup("prog"); err == nil {
