@@ -113,7 +113,7 @@ func (f *Shim) Info(context.Context) (plugin.Info, error) {
 		return plugin.Info{}, err
 	}
 	return plugin.Info{PID: f.pid, ShmName: "plugintest", Slots: f.slots, Pidfd: true,
-		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: plugin.FeatureBridgeAll}, nil
+		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: plugin.FeatureLogPipes}, nil
 }
 
 // Spawn implements plugin.Shim. With StallSpawns in effect it blocks until
