@@ -35,6 +35,9 @@ func notifySend(msg string) bool {
 // mainPIDLauncher is the "mainpid" helper (see runChild).
 func mainPIDLauncher() int {
 	v := os.Getenv("HB_TEST_MAINPID")
+	if v == "handover" {
+		return mainPIDHandover()
+	}
 	if v != "child" {
 		if !notifySend("MAINPID=" + v + "\nREADY=1") {
 			return 3
@@ -63,9 +66,40 @@ func mainPIDLauncher() int {
 	}
 }
 
-// mainPIDDaemon is the "mainpid-daemon" helper (see runChild).
+// mainPIDHandover is the "mainpid" helper with $HB_TEST_MAINPID
+// "handover": it says READY=1 itself, waits for $HB_TEST_GO to exist, then
+// starts a mainpid-daemon that says MAINPID= alone, and stays.
+func mainPIDHandover() int {
+	if !notifySend("READY=1") {
+		return 3
+	}
+	for {
+		if _, err := os.Stat(os.Getenv("HB_TEST_GO")); err == nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return 2
+	}
+	daemon := exec.Command(exe, "-test.run=^$")
+	daemon.Env = append(os.Environ(), childModeEnv+"=mainpid-daemon", "HB_TEST_DAEMON_MSG=MAINPID=%d")
+	if err := daemon.Start(); err != nil {
+		return 2
+	}
+	blockForever()
+	return 0
+}
+
+// mainPIDDaemon is the "mainpid-daemon" helper (see runChild): it sends
+// $HB_TEST_DAEMON_MSG (default "MAINPID=%d\nREADY=1", %d its PID).
 func mainPIDDaemon() int {
-	if !notifySend(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())) {
+	msg := os.Getenv("HB_TEST_DAEMON_MSG")
+	if msg == "" {
+		msg = "MAINPID=%d\nREADY=1"
+	}
+	if !notifySend(fmt.Sprintf(msg, os.Getpid())) {
 		return 3
 	}
 	if err := writeFileAtomic(os.Getenv("HB_TEST_OUT"), strconv.Itoa(os.Getpid())); err != nil {
@@ -290,6 +324,93 @@ func TestNotifyMainPIDRefused(t *testing.T) {
 			if ex := h.next(plugin.EventExit, "mpr"); ex.PID != res.PID {
 				t.Errorf("exit %+v; want the spawned pid %d", ex, res.PID)
 			}
+		})
+	}
+}
+
+// TestNotifyMainPIDHandover: a service that is ready (its spawned process
+// in the slot) hands over to a new process of its own (MAINPID= alone):
+// the slot goes from the old PID to the new one with the new one's start
+// time and is never cleared on the way; the old process, still running,
+// is now just a process of the service, and its death is no exit; the new
+// one's death is, and the service is respawned.
+func TestNotifyMainPIDHandover(t *testing.T) {
+	for _, c := range containments {
+		t.Run(c.name, func(t *testing.T) {
+			h, logs, clears := mainPIDHarness(t, c.cgroups, nil, nil)
+			var mu sync.Mutex
+			strays := map[int]int{}
+			reaper.mu.Lock()
+			reaper.reaped = func(pid, st int) { mu.Lock(); strays[pid] = st; mu.Unlock() }
+			reaper.mu.Unlock()
+			t.Cleanup(func() { reaper.mu.Lock(); reaper.reaped = nil; reaper.mu.Unlock() })
+			goFile, out := tempPath(t, "go"), tempPath(t, "daemon.pid")
+			spec := h.childSpec("ho", "mainpid", "HB_TEST_MAINPID=handover", "HB_TEST_GO="+goFile, "HB_TEST_OUT="+out)
+			spec.Ready = plugin.ReadyNotify
+			spec.Respawn = plugin.Respawn{Enabled: true}
+			res := h.spawn(spec)
+			if ev := h.next(plugin.EventReady, "ho"); ev.PID != res.PID {
+				t.Fatalf("ready event %+v; want pid %d", ev, res.PID)
+			}
+			if sl := h.slot(res.Slot); int(sl.PID) != res.PID {
+				t.Fatalf("ready: slot %+v; want pid %d", sl, res.PID)
+			}
+			if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			daemon, err := strconv.Atoi(strings.TrimSpace(readFile(t, out)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ad := h.nextOf("ho")
+			if ad.Kind != plugin.EventAdopt || ad.PID != daemon || ad.Generation != res.Generation {
+				t.Fatalf("event %+v; want the adoption of pid %d by MAINPID=\n%s", ad, daemon, logs)
+			}
+			start, err := shm.StartTime(daemon)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sl := h.slot(res.Slot); int(sl.PID) != daemon || sl.StartTime != start || sl.Exits != 0 || sl.State != shm.StateStarting {
+				t.Fatalf("slot %+v; want pid %d (start time %d), no exit, still starting", sl, daemon, start)
+			}
+			if recs := clears(); len(recs) != 0 {
+				t.Fatalf("the slot was cleared on the way: %+v", recs)
+			}
+			// The old main process dies: no exit of the service.
+			if err := unix.Kill(res.PID, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the stray reaper to reap the old main process", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				_, ok := strays[res.PID]
+				return ok
+			})
+			if err := unix.Kill(daemon, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			ex := h.nextOf("ho")
+			if ex.Kind != plugin.EventExit || ex.PID != daemon || ex.Status != 128+9 || !ex.Respawned {
+				t.Fatalf("event %+v; want the exit of pid %d (137), respawned", ex, daemon)
+			}
+			sp := h.next(plugin.EventSpawn, "ho")
+			for _, r := range clears() {
+				if r.pid == res.PID && r.cleared {
+					t.Errorf("the old main process's exit cleared the slot: %+v", r)
+				}
+			}
+			if sl := h.slot(res.Slot); sl.Exits != 1 || sl.LastPID != uint32(daemon) {
+				t.Errorf("slot %+v; want one exit, the daemon's", sl)
+			}
+			h.next(plugin.EventReady, "ho")
+			ad = h.next(plugin.EventAdopt, "ho") // the go file is there: it hands over at once
+			if err := h.s.Stop(context.Background(), "ho", unix.SIGKILL, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if ex := h.next(plugin.EventExit, "ho"); ex.PID != ad.PID || ex.Generation != sp.Generation {
+				t.Errorf("stop: exit %+v; want its new main process's (pid %d)", ex, ad.PID)
+			}
+			waitFor(t, "the respawned processes gone", func() bool { return gone(sp.PID) && gone(ad.PID) })
 		})
 	}
 }
