@@ -478,9 +478,15 @@ func (d *Daemon) report(ev plugin.Event) {
 		d.publish(api.Event{Kind: api.EventExit, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
 			Status: ev.Status, Source: ev.Source, Reason: "while hbd was away", Time: time.Unix(0, ev.TimeUnixNs)})
 	case plugin.EventAdopt:
-		d.log.Info("adopted by the plugin", "service", ev.Name, "pid", ev.PID)
+		if ev.Message != "" {
+			// The service named another of its processes its main one
+			// (MAINPID=): the plugin watches that one now.
+			d.log.Info("main process moved", "service", ev.Name, "pid", ev.PID, "generation", ev.Generation, "why", ev.Message)
+		} else {
+			d.log.Info("adopted by the plugin", "service", ev.Name, "pid", ev.PID)
+		}
 		d.publish(api.Event{Kind: api.EventAdopt, Name: ev.Name, PID: ev.PID, Generation: ev.Generation,
-			Time: time.Unix(0, ev.TimeUnixNs)})
+			Reason: ev.Message, Time: time.Unix(0, ev.TimeUnixNs)})
 	case plugin.EventLog:
 		d.logProblem(ev)
 	case plugin.EventHung:
@@ -497,6 +503,9 @@ func (d *Daemon) notified(ev plugin.Event) {
 	s := d.svcs[ev.Name]
 	if s == nil || ev.Generation != s.generation {
 		return
+	}
+	if ev.Kind == plugin.EventReady && s.pid != 0 && ev.PID != 0 {
+		s.pid = ev.PID // the PID published: the main process it named, if it did (MAINPID=)
 	}
 	if ev.Message != "" || ev.Kind == plugin.EventStatus {
 		s.statusText = ev.Message
@@ -583,6 +592,9 @@ func (d *Daemon) handle(ev plugin.Event) {
 		}
 		d.decide(s, ev.Status, startedAt)
 	case plugin.EventAdopt, plugin.EventLog, plugin.EventHung, plugin.EventReady, plugin.EventStatus:
+		if ev.Kind == plugin.EventAdopt && s != nil && ev.Generation == s.generation && s.pid != 0 {
+			s.pid = ev.PID // the incarnation's main process now (MAINPID=)
+		}
 		d.report(ev)
 	case plugin.EventSpawn:
 		// hbd's own spawns are recorded when Spawn returns; a newer

@@ -719,3 +719,33 @@ func TestListWhilePluginLaunches(t *testing.T) {
 	}
 	h.waitState("a", "running")
 }
+
+// A service that names another process its main one (sd_notify's
+// MAINPID=, reported by the plugin as an adopt event with a message):
+// hbctl status shows that PID from then on, and after READY=1 the PID the
+// ready event names.
+func TestMainPIDMoves(t *testing.T) {
+	h := newHarness(t, nil, svcTOML("rx", `ready = "notify"`, `start_secs = "0s"`))
+	h.connect()
+	h.waitCall("spawn rx")
+	sp := h.f.Slots()[0]
+	if sp.Name != "rx" || sp.PID == 0 {
+		t.Fatalf("slot %+v", sp)
+	}
+	daemon := int(sp.PID) + 100
+	h.f.Emit(plugin.Event{Kind: plugin.EventAdopt, Name: "rx", Slot: sp.Index, PID: daemon, Generation: sp.Generation,
+		Message: "main pid 4343 (MAINPID=)"})
+	h.f.Emit(plugin.Event{Kind: plugin.EventReady, Name: "rx", Slot: sp.Index, PID: daemon, Generation: sp.Generation})
+	st := h.wait("rx", "running as the daemon", func(st api.ServiceStatus) bool { return st.PID == daemon && st.State == "running" })
+	if st.Generation != sp.Generation {
+		t.Fatalf("status %+v; want generation %d", st, sp.Generation)
+	}
+	// An adopt event of another generation changes nothing.
+	h.f.Emit(plugin.Event{Kind: plugin.EventAdopt, Name: "rx", Slot: sp.Index, PID: daemon + 1, Generation: sp.Generation + 7,
+		Message: "main pid (MAINPID=)"})
+	h.f.Emit(plugin.Event{Kind: plugin.EventStatus, Name: "rx", Slot: sp.Index, PID: daemon, Generation: sp.Generation, Message: "fence"})
+	h.wait("rx", "the fence", func(st api.ServiceStatus) bool { return st.StatusText == "fence" })
+	if st := h.get("rx"); st.PID != daemon {
+		t.Fatalf("status pid %d after a stale adopt event, want %d", st.PID, daemon)
+	}
+}

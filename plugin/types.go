@@ -204,6 +204,10 @@ const (
 	// EventExit: an incarnation has exited; its slot PID was already 0 when this was sent.
 	EventExit EventKind = 2
 	// EventAdopt: a new plugin found a live client in the table and watches it.
+	// With a Message ("main pid N (MAINPID=), was M"): the service named
+	// another of its processes, PID, its main process (sd_notify's
+	// MAINPID=); the plugin watches that one now, in the same Generation,
+	// and the slot names it once the service is ready.
 	EventAdopt EventKind = 3
 	// EventLog: the service's log files became unwritable (Message says
 	// why: its log_dir is full) or writable again (Message empty). Sent

@@ -919,6 +919,38 @@ func (w *Writer) Publish(i int, pid uint32, gen uint64) bool {
 	return true
 }
 
+// MovePID records that incarnation gen of slot i has a new main process,
+// pid, started at startTime (sd_notify's MAINPID=): under the seqlock
+// start_time, then the PID word from old to pid by compare-and-swap, in
+// one step. The word never reads 0 in between, and a word that is no
+// longer old (old's exit cleared it) is left alone: the word never goes
+// back from 0 to a PID here (Publish does that, for an incarnation known
+// to be ready). With old 0 (a PID not yet published) only start_time
+// changes. It reports whether the word now holds pid; false too when the
+// slot is no longer incarnation gen.
+func (w *Writer) MovePID(i int, old, pid uint32, gen, startTime uint64) bool {
+	if pid == 0 {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := w.mustSlot(i, true)
+	if atomic.LoadUint64(w.u64(off+slGeneration)) != gen {
+		return false
+	}
+	w.begin(off)
+	w.st64(off+slStartTime, startTime)
+	w.end(off)
+	if old == 0 || !atomic.CompareAndSwapUint32(w.u32(off+slPID), old, pid) {
+		return false
+	}
+	for _, f := range *w.files.Load() {
+		f.cas32(off+slPID, old, pid)
+	}
+	w.pidStored(off)
+	return true
+}
+
 // RecordExit records the exit of pid from slot i. It first clears the PID
 // (ClearPID: the PID is 0 before anything about the exit is visible); then,
 // under the seqlock, it sets state and changed_ns (now), last_status,

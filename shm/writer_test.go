@@ -214,6 +214,40 @@ func TestSpawnExitProtocol(t *testing.T) {
 	}
 }
 
+// TestMovePID: a new main process takes the PID word from the old one in
+// one compare-and-swap, with its start time; a word the old one's exit
+// cleared stays 0, and another incarnation's slot is left alone.
+func TestMovePID(t *testing.T) {
+	w := newWriter(t, 2)
+	r := openReader(t, w)
+	i := mustAlloc(t, w, "rx")
+	w.Spawned(i, 100, 1, 777, StateRunning, 0)
+	if w.MovePID(i, 100, 101, 2, 778) {
+		t.Error("MovePID for another generation succeeded")
+	}
+	if w.MovePID(i, 99, 101, 1, 778) {
+		t.Error("MovePID from a stale pid succeeded")
+	}
+	if !w.MovePID(i, 100, 101, 1, 778) {
+		t.Fatal("MovePID(100 → 101) = false")
+	}
+	if s := r.Snapshot(i); s.PID != 101 || s.StartTime != 778 || s.Generation != 1 || s.State != StateRunning {
+		t.Errorf("after MovePID: %+v", s)
+	}
+	// Old exited first: the word stays 0, the start time is the new one's.
+	w.ClearPID(i, 101)
+	if w.MovePID(i, 101, 102, 1, 779) || r.PID(i) != 0 {
+		t.Errorf("MovePID over a cleared word: pid %d, want 0", r.PID(i))
+	}
+	// Not published yet (old 0): only the start time changes.
+	if w.MovePID(i, 0, 103, 1, 780) || r.PID(i) != 0 || r.Snapshot(i).StartTime != 780 {
+		t.Errorf("MovePID of an unpublished pid: %+v", r.Snapshot(i))
+	}
+	if !w.Publish(i, 103, 1) || r.PID(i) != 103 {
+		t.Errorf("Publish after MovePID: pid %d", r.PID(i))
+	}
+}
+
 func TestWriterPanics(t *testing.T) {
 	w := newWriter(t, 2)
 	i := mustAlloc(t, w, "rx")

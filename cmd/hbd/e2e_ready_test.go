@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,5 +149,53 @@ start_secs = "0s"
 	// b was spawned after a was running, c after b.
 	if !up["b"].Since.After(up["a"].Since) || !up["c"].Since.After(up["b"].Since) {
 		t.Errorf("running since: a %v, b %v, c %v; want in that order", up["a"].Since, up["b"].Since, up["c"].Since)
+	}
+}
+
+// TestReadyNotifyMainPID: a launcher starts its daemon and exits 0 once
+// the daemon has said MAINPID=<itself> and READY=1 (systemd-notify
+// --pid): the slot and hbctl status name the daemon, never the launcher,
+// whose exit is no exit of the service; the daemon's death is, and the
+// policy restarts the service.
+func TestReadyNotifyMainPID(t *testing.T) {
+	tool, err := exec.LookPath("systemd-notify")
+	if err != nil {
+		t.Skip("systemd-notify not installed: skipping")
+	}
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	flag := filepath.Join(h.Dir, "up")
+	h.WriteConfig(fmt.Sprintf(`
+[service.fork]
+command    = ["/bin/sh", "-c", "rm -f %[1]s; sh -c '%[2]s --pid=$$ --ready; touch %[1]s; exec sleep infinity' & while [ ! -e %[1]s ]; do sleep 0.01; done; exit 0"]
+ready      = "notify"
+start_secs = "0s"
+restart    = "always"
+`, flag, tool))
+	h.Start()
+	s := h.WaitSlot("fork", "the daemon published", func(s shm.Slot) bool { return s.PID != 0 })
+	h.Track(int(s.PID))
+	// The daemon: the inner sh, which becomes sleep (the launcher never does).
+	h.Eventually("the daemon to exec sleep", func() (bool, string) {
+		cmd := cmdline(int(s.PID))
+		return strings.HasPrefix(cmd, "sleep"), cmd
+	})
+	st := h.WaitService("fork", "running as the daemon", func(st api.ServiceStatus) bool {
+		return IsRunning(st) && st.PID == int(s.PID)
+	})
+	// The launcher is gone (the daemon was re-parented to the plugin),
+	// and its exit was none of the service's.
+	h.Eventually("the launcher's exit", func() (bool, string) {
+		ps, err := shm.ReadStat(int(s.PID))
+		return err == nil && strings.Contains(cmdline(ps.PPID), "plugin"), fmt.Sprintf("daemon's parent %d %q", ps.PPID, cmdline(ps.PPID))
+	})
+	if st.Exits != 0 || st.Generation != s.Generation {
+		t.Fatalf("status %+v; want no exit, generation %d", st, s.Generation)
+	}
+	h.Kill(int(s.PID), syscall.SIGKILL)
+	s2 := h.WaitSlot("fork", "restarted", func(n shm.Slot) bool { return n.Generation > s.Generation && n.PID != 0 })
+	h.Track(int(s2.PID))
+	if n := h.Slot("fork"); n.LastPID != s.PID || n.LastStatus != 137 || n.Exits != 1 {
+		t.Errorf("slot %+v; want one exit, the daemon's (pid %d, 137)", n, s.PID)
 	}
 }

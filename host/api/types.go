@@ -13,7 +13,7 @@ const (
 	EventSpawn  = "spawn"  // a new incarnation started; PID and Generation name it
 	EventExit   = "exit"   // an incarnation exited; Status is its exit code or 128+signal, -1 if unknown
 	EventState  = "state"  // the service's state changed to State; Reason says why
-	EventAdopt  = "adopt"  // a running process was adopted from the shm table after a restart
+	EventAdopt  = "adopt"  // a running process was adopted from the shm table after a restart, or (Reason "main pid N (MAINPID=) …") became the incarnation's main process
 	EventReload = "reload" // the configuration was reloaded; Name is empty, Reason summarises
 	EventHung   = "hung"   // an incarnation missed its watchdog deadline; Reason says how long since its last beat
 	EventReady  = "ready"  // an incarnation declared itself ready (ready = "notify"); its PID is now in the slot

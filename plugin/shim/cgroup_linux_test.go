@@ -59,6 +59,12 @@ var cgroupSeq atomic.Int32
 // cleanup shuts it down cleanly and checks the tree is gone.
 func cgroupHarness(t *testing.T) *harness {
 	t.Helper()
+	return cgroupHarnessWith(t, nil)
+}
+
+// cgroupHarnessWith is cgroupHarness with its Options changed by mod first.
+func cgroupHarnessWith(t *testing.T, mod func(*Options)) *harness {
+	t.Helper()
 	name := fmt.Sprintf("hbcgt-%d-%d", os.Getpid(), cgroupSeq.Add(1))
 	if m := openCgroups("", name); m.tree == nil {
 		t.Skipf("cgroups cannot be used here (%s): the process-group fallback is what runs", m.reason)
@@ -67,7 +73,11 @@ func cgroupHarness(t *testing.T) *harness {
 		_ = m.tree.remove()
 	}
 	dir := t.TempDir()
-	h := openHarness(t, Options{ShmName: name, ShmDir: dir, Slots: 16, Detector: connector.DetectAuto, Cgroups: true}, dir)
+	opts := Options{ShmName: name, ShmDir: dir, Slots: 16, Detector: connector.DetectAuto, Cgroups: true}
+	if mod != nil {
+		mod(&opts)
+	}
+	h := openHarness(t, opts, dir)
 	if h.s.cg.tree == nil {
 		t.Fatalf("no cgroup tree: %s", h.s.cg.reason)
 	}

@@ -85,15 +85,15 @@ func (s *Shim) emptyCgroup(p *startPlan) error {
 	return nil
 }
 
-// killRestAtStop runs on the exit path just before inc, our child, is
-// reaped during a Stop: in kill mode "process-group" the members of its
-// group that outlive it are SIGKILLed while its zombie still pins the
-// group ID (a non-child's zombie is reaped by someone else at any time,
-// so its group ID is not ours to signal then). Kill mode "cgroup" kills
-// after the reap (afterReap); "process" leaves them. Called with inc.mu
-// held.
+// killRestAtStop runs on the exit path just before inc's main process,
+// our child, is reaped during a Stop: in kill mode "process-group" the
+// members of its group that outlive it are SIGKILLed while its zombie,
+// a member of the group, still pins the group ID (a non-child's zombie
+// is reaped by someone else at any time, so its group ID is not ours to
+// signal then). Kill mode "cgroup" kills after the reap (afterReap);
+// "process" leaves them. Called with inc.mu held.
 func (inc *incarnation) killRestAtStop() {
-	if inc.stopping.Load() && inc.child && !inc.reaped && inc.killMode == KillProcessGroup {
+	if inc.stopping.Load() && inc.child && !inc.reaped && inc.killMode == KillProcessGroup && inc.inGroup() {
 		_ = killGroup(inc.pid, unix.SIGKILL)
 	}
 }
@@ -116,10 +116,10 @@ func (s *Shim) afterReap(inc *incarnation, r *reaped) {
 	pids, _ := inc.cg.pids()
 	inc.leftovers = len(pids)
 	if err := inc.cg.kill(); err != nil {
-		s.log.Warn("exit: killing what the main process left", "service", inc.svc.name, "pid", inc.pid, "err", err)
+		s.log.Warn("exit: killing what the main process left", "service", inc.svc.name, "pid", inc.mainPID(), "err", err)
 		return
 	}
-	s.log.Info("exit: killed what the main process left in its cgroup", "service", inc.svc.name, "pid", inc.pid,
+	s.log.Info("exit: killed what the main process left in its cgroup", "service", inc.svc.name, "pid", inc.mainPID(),
 		"processes", len(pids), "stopping", inc.stopping.Load())
 }
 

@@ -98,7 +98,7 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 	s.w.SetState(svc.idx, shm.StateStopping)
 	if sig != 0 {
 		if err := inc.stopSignal(sig); err != nil {
-			s.log.Warn("stop: signal", "service", name, "pid", inc.pid, "signal", sig, "err", err)
+			s.log.Warn("stop: signal", "service", name, "pid", inc.mainPID(), "signal", sig, "err", err)
 		}
 	}
 	t := time.NewTimer(timeout)
@@ -106,19 +106,19 @@ func (s *Shim) Stop(ctx context.Context, name string, sig syscall.Signal, timeou
 	select {
 	case <-inc.done:
 	case <-t.C:
-		s.log.Info("stop: timed out; killing what is left of the service", "service", name, "pid", inc.pid, "timeout", timeout)
+		s.log.Info("stop: timed out; killing what is left of the service", "service", name, "pid", inc.mainPID(), "timeout", timeout)
 		if err := inc.stopKill(); err != nil {
-			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.pid, err)
+			return fmt.Errorf("stop %q: kill pid %d: %w", name, inc.mainPID(), err)
 		}
 		select {
 		case <-inc.done:
 		case <-ctx.Done():
-			return fmt.Errorf("stop %q: pid %d killed, exit not yet seen: %w", name, inc.pid, ctx.Err())
+			return fmt.Errorf("stop %q: pid %d killed, exit not yet seen: %w", name, inc.mainPID(), ctx.Err())
 		case <-s.quit:
 			return errClosed
 		}
 	case <-ctx.Done():
-		return fmt.Errorf("stop %q: waiting for pid %d: %w", name, inc.pid, ctx.Err())
+		return fmt.Errorf("stop %q: waiting for pid %d: %w", name, inc.mainPID(), ctx.Err())
 	case <-s.quit:
 		return errClosed
 	}
@@ -145,7 +145,7 @@ func (s *Shim) Signal(ctx context.Context, name string, sig syscall.Signal) erro
 		return fmt.Errorf("signal %q: %w", name, plugin.ErrNotRunning)
 	}
 	if err := inc.signal(sig, false); err != nil {
-		return fmt.Errorf("signal %q: pid %d: %w", name, inc.pid, err)
+		return fmt.Errorf("signal %q: pid %d: %w", name, inc.mainPID(), err)
 	}
 	return nil
 }
@@ -193,7 +193,7 @@ func (s *Shim) Free(ctx context.Context, name string) error {
 	}
 	defer svc.op.Unlock()
 	if inc := s.current(svc); inc != nil {
-		return fmt.Errorf("free %q: %w (pid %d)", name, plugin.ErrRunning, inc.pid)
+		return fmt.Errorf("free %q: %w (pid %d)", name, plugin.ErrRunning, inc.mainPID())
 	}
 	if pid := s.w.PID(svc.idx); pid != 0 {
 		return fmt.Errorf("free %q: %w (pid %d)", name, plugin.ErrRunning, pid)

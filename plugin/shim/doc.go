@@ -208,7 +208,10 @@
 // "notify" or "fd:N" (ready_linux.go) the spawn records the slot with PID
 // word 0 and the PID is published when the service declares itself ready
 // (docs/design.md#invariant-15); not ready within Spec.ReadyTimeout, it is
-// killed (Reason "ready_timeout") and never respawned by the plugin.
+// killed (Reason "ready_timeout") and never respawned by the plugin. A
+// "notify" service may name another of its live processes its main process
+// with MAINPID= (mainpid_linux.go, docs/design.md#invariant-19): the slot
+// moves to it in one compare-and-swap, and the old one's exit is no death.
 //
 // # Concurrency
 //

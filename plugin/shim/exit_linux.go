@@ -2,6 +2,7 @@ package shim
 
 import (
 	"errors"
+	"os"
 	"syscall"
 	"time"
 
@@ -83,8 +84,19 @@ func (s *Shim) exitLoop() {
 //     the replacement now if reapRespawn did not (respawn), or EventExit
 //     alone.
 func (s *Shim) finish(ex connector.Exit) {
-	inc := s.takeIncarnation(ex.Key)
+	// What the service said before this exit comes first: a MAINPID= sent
+	// by its daemon before the launcher exited moves the main process,
+	// and then this is not the service's exit.
+	s.drainNotifyOf(ex)
+	inc, former := s.takeIncarnation(ex)
 	if inc == nil {
+		if former {
+			// A main process the service replaced (MAINPID=): no death.
+			// It is no longer tracked, so the stray reaper reaps it if it
+			// is our child; a pass now rather than at the next beat.
+			s.log.Debug("exit of a former main process", "pid", ex.PID, "source", ex.Source.String())
+			kickReaper()
+		}
 		return // already finished (by close, or a failed spawn)
 	}
 	plan := s.planRespawn(inc)
@@ -97,24 +109,33 @@ func (s *Shim) finish(ex connector.Exit) {
 	s.recordExit(inc, pidfd, status, ex.DetectedNs)
 	s.drainLogs(inc.svc) // what it wrote is in its log before its exit is told
 	s.report(inc, ex, status, plan, r, next)
-	if inc.child {
+	if inc.child || inc.main.Load() != 0 {
 		// After reaping: from here the stray reaper may take the PID (if it
-		// was not reaped above) and look past it for strays.
-		untrackPID(inc.pid)
+		// was not reaped above) and look past it for strays. A main
+		// process named by MAINPID= is tracked whether or not it is our
+		// child: it may have become one since (its launcher exited).
+		untrackPID(inc.mainPID())
 	}
-	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.pid, "status", status,
+	s.log.Debug("exit", "service", inc.svc.name, "pid", inc.mainPID(), "status", status,
 		"source", ex.Source.String(), "reaped", r.ok)
 }
 
-// takeIncarnation removes the incarnation watched under key from the live
-// set and returns it; nil when another path (close, a failed spawn) has
-// already taken it. Exactly one finish runs per incarnation.
-func (s *Shim) takeIncarnation(key uint64) *incarnation {
+// takeIncarnation removes the incarnation whose exit ex reports from the
+// live set and returns it; nil when another path (close, a failed spawn)
+// has already taken it, or when ex is the exit of a process that is no
+// longer its main process (former: the service named another with
+// MAINPID=, followMain; the incarnation lives on). Exactly one finish runs
+// per incarnation, and a change of main process either comes before
+// this (then ex is a former main's) or finds the incarnation taken.
+func (s *Shim) takeIncarnation(ex connector.Exit) (inc *incarnation, former bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	inc := s.incs[key]
-	delete(s.incs, key)
-	return inc
+	inc = s.incs[ex.Key]
+	if inc != nil && inc.mainPID() != ex.PID {
+		return nil, true
+	}
+	delete(s.incs, ex.Key)
+	return inc, false
 }
 
 // reapExited reaps inc (our child) once and, with a plan, starts the
@@ -124,6 +145,14 @@ func (s *Shim) takeIncarnation(key uint64) *incarnation {
 func (s *Shim) reapExited(inc *incarnation, plan *respawnPlan) (reaped, int) {
 	inc.mu.Lock()
 	defer inc.mu.Unlock()
+	if !inc.child && inc.main.Load() != 0 {
+		// A main process named by MAINPID= becomes our child when its
+		// launcher exits (the plugin is a child subreaper): then it is
+		// reaped here, as any child, and only here (it is tracked).
+		if ps, err := readProcStat(inc.mainPID()); err == nil && ps.PPID == os.Getpid() && ps.StartTime == inc.startTime {
+			inc.child = true
+		}
+	}
 	inc.killRestAtStop()
 	var r reaped
 	pidfd := inc.pidfd
@@ -188,7 +217,7 @@ func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd i
 			return status
 		}
 		if pidfd >= 0 && pollReadable(pidfd, zombieWait) {
-			if st, err := readProcStat(inc.pid); err == nil && st.State == 'Z' && st.StartTime == inc.startTime && st.HaveExitCode {
+			if st, err := readProcStat(inc.mainPID()); err == nil && st.State == 'Z' && st.StartTime == inc.startTime && st.HaveExitCode {
 				return shm.ExitStatus(st.ExitCode)
 			}
 		}
@@ -203,10 +232,10 @@ func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd i
 	case errors.Is(r.err, unix.ECHILD):
 		// Reaped elsewhere, or not ours after all: keep the connector's word.
 	case r.err != nil:
-		s.log.Warn("reap", "service", inc.svc.name, "pid", inc.pid, "err", r.err)
+		s.log.Warn("reap", "service", inc.svc.name, "pid", inc.mainPID(), "err", r.err)
 	default:
 		s.log.Warn("reap: exited process is not waitable yet; left to the stray reaper",
-			"service", inc.svc.name, "pid", inc.pid)
+			"service", inc.svc.name, "pid", inc.mainPID())
 	}
 	return status
 }
@@ -220,7 +249,7 @@ func (s *Shim) recordExit(inc *incarnation, pidfd, status int, detectedNs uint64
 	if inc.stopping.Load() {
 		state = shm.StateStopped
 	}
-	s.w.RecordExit(inc.idx, uint32(inc.pid), int32(status), detectedNs, state)
+	s.w.RecordExit(inc.idx, uint32(inc.mainPID()), int32(status), detectedNs, state)
 	s.kickRecord()
 	s.groupEnded(inc.pid)
 	close(inc.done)
@@ -234,7 +263,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Kind:       plugin.EventExit,
 		Name:       inc.svc.name,
 		Slot:       inc.idx,
-		PID:        inc.pid,
+		PID:        inc.mainPID(),
 		Generation: inc.gen,
 		Status:     status,
 		Source:     ex.Source.String(),
@@ -355,25 +384,27 @@ func (s *Shim) respawn(p *respawnPlan, r reaped, status int, exit *plugin.Event)
 // signal sends sig to inc's process group (group true) or main process. The
 // main process is signalled through its pidfd, which cannot reach a recycled
 // PID. The group is signalled by number, so only while the number is known to
-// be pinned: our child is not reaped before inc.mu is write-locked; an adopted
-// non-child is reaped by someone else, so its group is signalled only while
-// its pidfd says it is alive.
+// be pinned by the main process, a member: our child is not reaped before
+// inc.mu is write-locked; a non-child is reaped by someone else, so its
+// group is signalled only while its pidfd says it is alive.
 func (inc *incarnation) signal(sig syscall.Signal, group bool) error {
 	inc.mu.RLock()
 	defer inc.mu.RUnlock()
 	if inc.reaped {
 		return nil
 	}
-	if group && (inc.child || !pollReadable(inc.pidfd, 0)) && inc.leadsGroup() {
+	if group && (inc.child || !pollReadable(inc.pidfd, 0)) && inc.inGroup() {
 		return killGroup(inc.pid, sig)
 	}
 	return pidfdSignal(inc.pidfd, sig)
 }
 
-// leadsGroup reports whether the process is its own group leader: our
-// children are (Setpgid) unless they moved since.
-func (inc *incarnation) leadsGroup() bool {
-	pgid, err := unix.Getpgid(inc.pid)
+// inGroup reports whether the main process is in the process group the
+// spawned process leads (inc.pid): the spawned one is, as its leader
+// (Setpgid), unless it moved since; one named by MAINPID= is when it
+// stayed in its launcher's group.
+func (inc *incarnation) inGroup() bool {
+	pgid, err := unix.Getpgid(inc.mainPID())
 	return err == nil && pgid == inc.pid
 }
 

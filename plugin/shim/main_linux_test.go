@@ -65,6 +65,11 @@ func blockForever() {
 //	sleep      block until killed
 //	exit       exit $HB_EXIT_CODE
 //	usr1       exit 42 on SIGUSR1; $HB_TEST_OUT is created once it is caught
+//	mainpid    a launcher: with $HB_TEST_MAINPID "child", start a
+//	           mainpid-daemon and exit 0 once it has written $HB_TEST_OUT;
+//	           else send "MAINPID=$HB_TEST_MAINPID\nREADY=1" and block
+//	mainpid-daemon  send "MAINPID=<its pid>\nREADY=1", write its PID to
+//	           $HB_TEST_OUT, then block
 //	oldplugin  be a plugin that dies: open a Shim on $HB_TEST_SHMDIR, spawn
 //	           "adoptee" (/bin/sleep), write its PID to $HB_TEST_OUT, close
 //	           the Shim without stopping it, then block (the adoptee stays
@@ -95,6 +100,10 @@ func runChild(mode string) int {
 		return beatChild()
 	case "notify":
 		return notifyChild()
+	case "mainpid":
+		return mainPIDLauncher()
+	case "mainpid-daemon":
+		return mainPIDDaemon()
 	case "exit":
 		n, _ := strconv.Atoi(os.Getenv("HB_EXIT_CODE"))
 		return n

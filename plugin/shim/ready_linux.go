@@ -9,10 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hbshim/hb/connector"
 	"github.com/hbshim/hb/plugin"
 	"github.com/hbshim/hb/shm"
 )
@@ -24,7 +26,9 @@ import (
 // one per service in StateDir/notify. The kernel attaches the sender's
 // credentials (SO_PASSCRED); a message from a process that is not the
 // service's is dropped. READY=1 publishes the PID (shm.Writer.Publish);
-// STATUS= texts are reported; WATCHDOG=1 counts as a beat.
+// STATUS= texts are reported; WATCHDOG=1 counts as a beat; MAINPID=N
+// makes N, a live process of the service, its main process (followMain,
+// mainpid_linux.go).
 
 const (
 	// defaultReadyTimeout is Spec.ReadyTimeout's default.
@@ -44,6 +48,13 @@ const ReadyTimeoutReason = plugin.ReasonReadyTimeout
 type notifySocket struct {
 	path string
 	conn *net.UnixConn
+	// mu serialises reading the socket and acting on what was read:
+	// readNotify and the exit path (drainNotifyOf) read only with it
+	// held, and act on each datagram before they let go. So once the
+	// exit path holds it, every message the service sent before the exit
+	// it is about to judge has been acted on, or is read now.
+	mu       sync.Mutex
+	buf, oob []byte // guarded by mu
 }
 
 // needsReady reports whether spec's service declares its readiness.
@@ -139,7 +150,7 @@ func (s *Shim) notifySocketOf(svc *service) (*notifySocket, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("spawn %q: ready \"notify\": SO_PASSCRED: %w", svc.name, err)
 	}
-	ns := &notifySocket{path: path, conn: conn}
+	ns := &notifySocket{path: path, conn: conn, buf: make([]byte, notifyMax), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred))}
 	svc.notify = ns
 	go s.readNotify(svc, ns)
 	return ns, nil
@@ -156,28 +167,71 @@ func (svc *service) closeNotify() {
 }
 
 // readNotify handles the datagrams of svc's notify socket until it is
-// closed.
+// closed: each time the socket is readable, drainNotify.
 func (s *Shim) readNotify(svc *service, ns *notifySocket) {
-	buf := make([]byte, notifyMax)
-	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
-	for {
-		n, oobn, _, _, err := ns.conn.ReadMsgUnix(buf, oob)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+	raw, err := ns.conn.SyscallConn()
+	if err == nil {
+		err = raw.Read(func(fd uintptr) bool {
+			if s.opts.onNotifyRead != nil {
+				s.opts.onNotifyRead()
 			}
-			s.log.Warn("notify socket", "service", svc.name, "err", err)
-			time.Sleep(10 * time.Millisecond)
+			if !s.drainNotify(svc, ns, int(fd)) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			return false // wait until it is readable again
+		})
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Error("notify socket: no longer read", "service", svc.name, "err", err)
+	}
+}
+
+// drainNotify reads and acts on every datagram waiting on ns (fd is its
+// descriptor), with ns.mu held. It returns false after an error other than
+// "nothing more to read".
+func (s *Shim) drainNotify(svc *service, ns *notifySocket, fd int) bool {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(fd, ns.buf, ns.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
+		case errors.Is(err, unix.EAGAIN):
+			return true
+		case err != nil:
+			s.log.Warn("notify socket", "service", svc.name, "err", err)
+			return false
 		}
-		pid := senderPID(oob[:oobn])
+		pid := senderPID(ns.oob[:oobn])
 		inc := s.current(svc)
 		if inc == nil || pid <= 0 || !s.belongsTo(inc, pid) {
 			s.log.Warn("notify: message dropped: not from a process of the service", "service", svc.name, "sender_pid", pid)
 			continue
 		}
-		s.notified(inc, pid, buf[:n])
+		s.notified(inc, pid, ns.buf[:n])
 	}
+}
+
+// drainNotifyOf acts on the sd_notify messages waiting on the socket of
+// the incarnation whose exit ex reports, before the exit path judges that
+// exit: a message sent before the exit is acted on first, whichever the
+// plugin happened to see first (a daemon's MAINPID= sent just before its
+// launcher exits makes the launcher's exit no death). It costs one
+// recvmsg, and only services with ready "notify".
+func (s *Shim) drainNotifyOf(ex connector.Exit) {
+	s.mu.Lock()
+	inc := s.incs[ex.Key]
+	s.mu.Unlock()
+	if inc == nil || inc.notify == nil || inc.mainPID() != ex.PID {
+		return
+	}
+	ns := inc.notify
+	raw, err := ns.conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) { s.drainNotify(inc.svc, ns, int(fd)) })
 }
 
 // senderPID is the PID of the SCM_CREDENTIALS in oob, or 0.
@@ -195,21 +249,30 @@ func senderPID(oob []byte) int {
 }
 
 // belongsTo reports whether pid is a process of inc's service: its main
-// process or a member of its process group (each service leads its own).
-// Where services get a cgroup of their own, membership of that cgroup is
-// the check to add here.
+// process, or one inService says is the service's.
 func (s *Shim) belongsTo(inc *incarnation, pid int) bool {
-	if pid == inc.pid {
-		return true
+	return pid == inc.mainPID() || inService(inc, pid)
+}
+
+// inService reports whether pid is now a process of inc's service: a
+// member of the service's cgroup where the incarnation runs in one, else
+// of the process group its spawned process leads (each service leads its
+// own; the group ID stays pinned while the group has a member).
+func inService(inc *incarnation, pid int) bool {
+	if inc.cg != nil {
+		return inc.cg.contains(pid)
 	}
 	pgid, err := unix.Getpgid(pid)
 	return err == nil && pgid == inc.pid
 }
 
-// notified acts on one sd_notify message of inc's service from pid.
+// notified acts on one sd_notify message of inc's service from pid: a
+// MAINPID= first, so that a READY=1 beside it publishes the new main
+// process, then STATUS=, then READY=1. Called with the socket's mu held.
 func (s *Shim) notified(inc *incarnation, pid int, msg []byte) {
 	ready := false
 	status, haveStatus := "", false
+	mainPID, haveMain := "", false
 	for line := range bytes.SplitSeq(msg, []byte("\n")) {
 		k, v, _ := strings.Cut(string(line), "=")
 		switch k {
@@ -222,15 +285,15 @@ func (s *Shim) notified(inc *incarnation, pid int, msg []byte) {
 				inc.notifyBeats.Add(1)
 			}
 		case "MAINPID":
-			if v != strconv.Itoa(inc.pid) {
-				s.log.Warn("notify: MAINPID other than the spawned process is not followed", "service", inc.svc.name,
-					"pid", inc.pid, "mainpid", v, "sender_pid", pid)
-			}
+			mainPID, haveMain = v, true
 		}
+	}
+	if haveMain {
+		s.mainPIDNotified(inc, pid, mainPID)
 	}
 	if haveStatus {
 		inc.status.Store(&status)
-		s.emit(plugin.Event{Kind: plugin.EventStatus, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid,
+		s.emit(plugin.Event{Kind: plugin.EventStatus, Name: inc.svc.name, Slot: inc.idx, PID: inc.mainPID(),
 			Generation: inc.gen, Message: status})
 	}
 	if ready {
@@ -238,18 +301,19 @@ func (s *Shim) notified(inc *incarnation, pid int, msg []byte) {
 	}
 }
 
-// declareReady publishes inc's PID in its slot (once): from here a peer's
-// one load says it is ready. An incarnation whose exit came first is not
-// published (or is cleared again at once: its zombie pins the PID until
-// it is reaped under inc.mu, which is held here).
+// declareReady publishes the PID of inc's main process in its slot
+// (once): from here a peer's one load says it is ready. An incarnation
+// whose exit came first is not published (or is cleared again at once: its
+// zombie pins the PID until it is reaped under inc.mu, which is held here).
 func (s *Shim) declareReady(inc *incarnation) {
 	if !inc.ready.CompareAndSwap(false, true) {
 		return
 	}
 	inc.mu.RLock()
-	ok := !inc.reaped && s.w.Publish(inc.idx, uint32(inc.pid), inc.gen)
+	pid := inc.mainPID()
+	ok := !inc.reaped && s.w.Publish(inc.idx, uint32(pid), inc.gen)
 	if ok && pollReadable(inc.pidfd, 0) {
-		s.w.ClearPID(inc.idx, uint32(inc.pid))
+		s.w.ClearPID(inc.idx, uint32(pid))
 		ok = false
 	}
 	inc.mu.RUnlock()
@@ -261,9 +325,9 @@ func (s *Shim) declareReady(inc *incarnation) {
 	if p := inc.status.Load(); p != nil {
 		msg = *p
 	}
-	s.emit(plugin.Event{Kind: plugin.EventReady, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid,
+	s.emit(plugin.Event{Kind: plugin.EventReady, Name: inc.svc.name, Slot: inc.idx, PID: pid,
 		Generation: inc.gen, DetectedNs: shm.MonotonicNs(), Message: msg})
-	s.log.Debug("ready", "service", inc.svc.name, "pid", inc.pid, "generation", inc.gen)
+	s.log.Debug("ready", "service", inc.svc.name, "pid", pid, "generation", inc.gen)
 	s.startWatchdog(inc)
 }
 
@@ -304,7 +368,7 @@ func (s *Shim) armReady(inc *incarnation, spec plugin.Spec) {
 			return
 		}
 		inc.readyTimedOut.Store(true)
-		s.log.Warn("not ready in time; killing", "service", inc.svc.name, "pid", inc.pid, "ready_timeout", timeout)
+		s.log.Warn("not ready in time; killing", "service", inc.svc.name, "pid", inc.mainPID(), "ready_timeout", timeout)
 		_ = inc.signal(unix.SIGKILL, true)
 		_ = inc.signal(unix.SIGKILL, false)
 	})

@@ -94,6 +94,9 @@ type Options struct {
 	// plugin's own respawn of slot idx (generation gen) is announced and
 	// watched, before that exit path returns.
 	onRespawned func(idx int, gen uint64)
+	// onNotifyRead, when set (tests only), runs on the goroutine of a
+	// notify socket each time before it reads the socket.
+	onNotifyRead func()
 	// onHung, when set (tests only), runs on the watchdog's goroutine once
 	// a missed deadline has set slot idx's PID to 0 and its state to hung,
 	// before the event and the signal.
@@ -208,18 +211,40 @@ type service struct {
 // DefaultHeadlessRespawns is Options.HeadlessRespawns's default.
 const DefaultHeadlessRespawns = 100
 
-// incarnation is one run of a service: one PID, one generation.
+// incarnation is one run of a service: one generation, one main process
+// at a time (the one spawned, unless the service named another with
+// sd_notify's MAINPID=: followMain, mainpid_linux.go).
 type incarnation struct {
-	svc       *service
-	idx       int
-	key       uint64
-	pid       int
-	gen       uint64
+	svc *service
+	idx int
+	key uint64
+	// pid is the process spawned (or adopted): the process group the
+	// incarnation leads. It never changes; the main process is mainPID.
+	pid int
+	// main is the main process when followMain moved it from pid (0:
+	// pid is). Stored with mainMu, Shim.mu and mu held.
+	main atomic.Int32
+	gen  uint64
+	// startTime is the main process's start time; child: the main
+	// process is our child, we reap it with waitid. Both change with the
+	// main process (followMain, with Shim.mu and mu held; child also on
+	// the exit path, with mu held): read them with either held, or on the
+	// exit path once takeIncarnation has returned the incarnation.
 	startTime uint64
 	adopted   bool      // not spawned by this shim
-	child     bool      // our child: we reap it with waitid
+	child     bool      // see startTime
 	started   time.Time // spawn time (monotonic); zero when adopted
 	startNs   uint64    // spawn time (shm.MonotonicNs); zero when adopted
+	// armed is closed once the watch of the spawned process is armed (or
+	// could not be): followMain waits for it. nil: armed from the start.
+	armed chan struct{}
+	// notify is the service's sd_notify socket when the incarnation was
+	// spawned with ready "notify" (the exit path reads it: drainNotify).
+	notify *notifySocket
+	// mainMu serialises a change of the main process (followMain) with
+	// the watchdog's hang, which clears the main process's PID from the
+	// slot.
+	mainMu sync.Mutex
 
 	stopping atomic.Bool // Stop is under way: the group is killed before reaping
 	// hung: the watchdog declared it hung (its exit's Reason is "watchdog").
@@ -261,6 +286,15 @@ type incarnation struct {
 	reaped bool
 
 	done chan struct{} // closed once the exit is recorded
+}
+
+// mainPID is the incarnation's main process: the one spawned, or the one
+// it named with MAINPID= (followMain).
+func (inc *incarnation) mainPID() int {
+	if m := inc.main.Load(); m != 0 {
+		return int(m)
+	}
+	return inc.pid
 }
 
 // exited reports whether the incarnation's exit has been recorded.
@@ -673,8 +707,8 @@ func (s *Shim) close(clean bool) error {
 				inc.pidfd = -1
 			}
 			inc.mu.Unlock()
-			if inc.child {
-				untrackPID(inc.pid)
+			if inc.child || inc.main.Load() != 0 {
+				untrackPID(inc.mainPID()) // a MAINPID= process is tracked, child or not
 			}
 		}
 		for _, svc := range s.svcs {

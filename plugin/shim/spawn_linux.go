@@ -227,7 +227,10 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	inc := &incarnation{
 		svc: svc, idx: idx, key: watchKey(idx, gen), pid: pid, gen: gen,
 		startTime: startTime, child: true, pidfd: pidfd, done: make(chan struct{}),
-		killMode: p.killMode,
+		killMode: p.killMode, armed: make(chan struct{}),
+	}
+	if spec.Ready == plugin.ReadyNotify {
+		inc.notify = svc.notify
 	}
 	if p.attr.intoCgroup {
 		inc.cg = svc.cg
@@ -273,6 +276,11 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 func (s *Shim) announce(inc *incarnation, exit *plugin.Event, unlock func()) (res plugin.SpawnResult, emitted bool, err error) {
 	svc, idx, gen, pid, pidfd := inc.svc, inc.idx, inc.gen, inc.pid, inc.pidfd
 	spec := svc.spec // written under svc.op: read while it is held
+	if inc.armed != nil {
+		// From here followMain may move the main process: the watch is
+		// armed, or the spawn undone.
+		defer close(inc.armed)
+	}
 	if exit != nil {
 		exit.Respawned = true
 		s.emit(*exit)
@@ -353,13 +361,13 @@ func (s *Shim) awaitNotRunning(ctx context.Context, svc *service) error {
 	default:
 	}
 	if s.w.PID(inc.idx) != 0 {
-		return fmt.Errorf("service %q: %w (pid %d)", svc.name, plugin.ErrRunning, inc.pid)
+		return fmt.Errorf("service %q: %w (pid %d)", svc.name, plugin.ErrRunning, inc.mainPID())
 	}
 	select {
 	case <-inc.done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("service %q: waiting for the exit of pid %d to be recorded: %w", svc.name, inc.pid, ctx.Err())
+		return fmt.Errorf("service %q: waiting for the exit of pid %d to be recorded: %w", svc.name, inc.mainPID(), ctx.Err())
 	case <-s.quit:
 		return errClosed
 	}

@@ -272,27 +272,35 @@ func (d *watchdog) stats() (wakeups, checks uint64, watching int) {
 func (s *Shim) hang(w *watched) {
 	inc := w.inc
 	defer w.area.Close()
-	if inc.stopping.Load() || !s.w.ClearPID(inc.idx, uint32(inc.pid)) {
+	// Under mainMu: a change of main process (MAINPID=) is either done,
+	// and its PID is the one cleared, or not begun, and sees hung.
+	inc.mainMu.Lock()
+	pid := inc.mainPID()
+	cleared := !inc.stopping.Load() && s.w.ClearPID(inc.idx, uint32(pid))
+	if cleared {
+		inc.hung.Store(true)
+	}
+	inc.mainMu.Unlock()
+	if !cleared {
 		return
 	}
 	now := shm.MonotonicNs()
-	inc.hung.Store(true)
 	s.w.SetStateOf(inc.idx, shm.StateHung, inc.gen)
 	if s.opts.onHung != nil {
-		s.opts.onHung(inc.idx, inc.pid)
+		s.opts.onHung(inc.idx, pid)
 	}
 	s.kickRecord()
 	since := now - w.beatNs
 	s.emit(plugin.Event{
-		Kind: plugin.EventHung, Name: inc.svc.name, Slot: inc.idx, PID: inc.pid, Generation: inc.gen,
+		Kind: plugin.EventHung, Name: inc.svc.name, Slot: inc.idx, PID: pid, Generation: inc.gen,
 		DetectedNs: now, SinceBeatNs: since,
 		Message: "no beat for " + time.Duration(since).Round(time.Microsecond).String() +
 			" (watchdog " + time.Duration(w.period).String() + ")",
 	})
-	s.log.Warn("watchdog: missed deadline; killing", "service", inc.svc.name, "pid", inc.pid,
+	s.log.Warn("watchdog: missed deadline; killing", "service", inc.svc.name, "pid", pid,
 		"since_beat", time.Duration(since), "signal", w.sig)
 	if err := inc.signal(w.sig, false); err != nil {
-		s.log.Warn("watchdog: signal", "service", inc.svc.name, "pid", inc.pid, "err", err)
+		s.log.Warn("watchdog: signal", "service", inc.svc.name, "pid", pid, "err", err)
 	}
 	time.AfterFunc(w.grace, func() {
 		if inc.exited() {
