@@ -59,6 +59,9 @@ type logFile struct {
 	// direct: the service writes f itself (Spec.LogDirect); stamps: lines
 	// get a time (Spec.LogTimestamps). Guarded by mu.
 	direct, stamps bool
+	// directMode is direct, for the beat to read without mu; failed: a
+	// write to the piped file failed since the log pass last found room.
+	directMode, failed atomic.Bool
 }
 
 func newLogFile(dir, name string, max int64, backups int) *logFile {
@@ -95,6 +98,7 @@ func (l *logFile) configure(dir, name string, max int64, backups int) {
 func (l *logFile) setMode(stamps, direct bool) {
 	l.mu.Lock()
 	l.stamps, l.direct = stamps, direct
+	l.directMode.Store(direct)
 	l.mu.Unlock()
 }
 
@@ -162,6 +166,7 @@ func (l *logFile) writeLocked(b []byte) bool {
 	if err != nil {
 		l.lost += int64(len(b) - n)
 		l.noSpace = errors.Is(err, unix.ENOSPC)
+		l.failed.Store(true)
 		return false
 	}
 	l.noSpace = false
@@ -485,6 +490,7 @@ func (l *logFile) fullLocked() bool {
 	// Through a pipe, a write that failed for want of room is tried again
 	// with the next line; room now is room.
 	l.noSpace = false
+	l.failed.Store(false)
 	return false
 }
 

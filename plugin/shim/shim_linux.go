@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -151,6 +152,9 @@ type Shim struct {
 	quit chan struct{} // closed by close
 	// pipes reads the services' log pipes (logpipe_linux.go).
 	pipes *logPoller
+	// logProblems counts the services whose last EventLog named a
+	// problem; written by logLoop.
+	logProblems atomic.Int32
 	// logKick: the beat asks logLoop to trim log files.
 	logKick chan struct{}
 	// life is held shared by every method that uses the table or the
@@ -461,11 +465,37 @@ func (s *Shim) beatLoop() {
 			s.kickRecord()
 		}
 		kickReaperIfExited() // strays that exited since the last exit of a service
-		select {
-		case s.logKick <- struct{}{}:
-		default: // logLoop is still at the last beat's work
+		if s.logPassWanted() {
+			select {
+			case s.logKick <- struct{}{}:
+			default: // logLoop is still at the last beat's work
+			}
 		}
 	}
+}
+
+// logPassWanted reports whether logLoop has work this beat: process groups
+// whose leader has exited, a log a running service writes itself
+// (log_direct: trimmed on the beat, its room checked), a piped log whose
+// last write failed, or a log problem to clear. An idle plugin whose
+// services log through pipes wakes nothing but the beat.
+func (s *Shim) logPassWanted() bool {
+	if s.logProblems.Load() > 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.ended) > 0 {
+		return true
+	}
+	for svc := range s.logged {
+		for _, l := range svc.logFiles() {
+			if l.failed.Load() || (l.directMode.Load() && svc.cur != nil && !svc.cur.exited()) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // logLoop trims the log files of running services (logFile.check) each
@@ -499,10 +529,12 @@ func (s *Shim) logLoop() {
 			if len(w.logs) == 0 {
 				continue
 			}
-			if svc.cur == nil || svc.cur.exited() {
-				if svc.logProblem == "" {
-					continue // only a running incarnation makes its log grow
-				}
+			if svc.logProblem == "" && !slices.ContainsFunc(w.logs, func(l *logFile) bool {
+				// A piped log is looked at when a write failed; a direct one
+				// while a running incarnation makes it grow.
+				return l.failed.Load() || (l.directMode.Load() && svc.cur != nil && !svc.cur.exited())
+			}) {
+				continue
 			}
 			work = append(work, w)
 		}
@@ -530,12 +562,21 @@ func (s *Shim) logLoop() {
 					full = l.full()
 					dirFull[dir] = full
 				}
+				if !full {
+					l.failed.Store(false) // room there: the next line is written
+				}
 				if full {
 					nowFull[dir] = true
 					problem = "log_dir " + dir + " is full: the service's output is lost until space is freed there"
 				}
 			}
 			if problem != w.svc.logProblem {
+				switch {
+				case w.svc.logProblem == "":
+					s.logProblems.Add(1)
+				case problem == "":
+					s.logProblems.Add(-1)
+				}
 				w.svc.logProblem = problem
 				s.emit(plugin.Event{Kind: plugin.EventLog, Name: w.svc.name, Slot: w.svc.idx, Message: problem})
 			}
