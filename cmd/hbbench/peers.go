@@ -301,6 +301,21 @@ func peerSups(bareloop string) []peerSup {
 	}
 }
 
+// peerChosen reports whether --peers (comma-separated; "" all) names the
+// supervisor called name ("bare" is the bare fork/exec loop).
+func peerChosen(list, name string) bool {
+	if list == "" {
+		return true
+	}
+	for p := range strings.SplitSeq(list, ",") {
+		p = strings.TrimSpace(p)
+		if p == name || (p == "bare" && name == "bare fork/exec") {
+			return true
+		}
+	}
+	return false
+}
+
 // killAll SIGKILLs pids.
 func killAll(pids map[uint32]time.Time) {
 	for pid := range pids {
@@ -343,6 +358,9 @@ func runPeers(e *env, r *Report) error {
 	}
 	var sups []peerSup
 	for _, s := range peerSups(bareloop) {
+		if !peerChosen(e.opts.peers, s.name) {
+			continue
+		}
 		if s.need != "" {
 			if _, err := exec.LookPath(s.need); err != nil {
 				r.note("peers: %s skipped: %s is not installed (make bench-deps)", s.name, s.need)

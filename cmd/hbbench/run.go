@@ -41,6 +41,7 @@ Flags:
   --services N       services in the scale and peers tests (default 1000)
   --scale-rounds N   kill-all rounds in the scale and peers tests (default 3)
   --idle-secs S      idle window for the CPU figures of the scale and peers tests (default 10)
+  --peers LIST       the supervisors of the peers test, of: bare,hb,runit,s6,supervisord (default all)
   --flood-secs S     length of the exit flood (default 10)
   --flood-procs N    generator processes of the flood (default: number of CPUs)
   --flood-services N services killed at random during the flood (default 8)
@@ -79,6 +80,7 @@ type options struct {
 	services      int
 	scaleRounds   int
 	idleSecs      float64
+	peers         string // --peers: comma-separated supervisors of the peers test; "" all
 	floodSecs     float64
 	floodProcs    int
 	floodServices int
@@ -116,6 +118,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.services, "services", 1000, "")
 	fs.IntVar(&o.scaleRounds, "scale-rounds", 3, "")
 	fs.Float64Var(&o.idleSecs, "idle-secs", 10, "")
+	fs.StringVar(&o.peers, "peers", "", "")
 	fs.Float64Var(&o.floodSecs, "flood-secs", 10, "")
 	fs.IntVar(&o.floodProcs, "flood-procs", runtime.NumCPU(), "")
 	fs.IntVar(&o.floodServices, "flood-services", 8, "")
@@ -193,6 +196,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--many-watchdog: at least 1ms; --watchdog: at least 5ms (its beater beats every 1 ms)")
 	case o.floodSecs <= 0 || o.idleSecs < 0:
 		return nil, errors.New("--flood-secs must be positive and --idle-secs not negative")
+	case badPeers(o.peers) != "":
+		return nil, fmt.Errorf("--peers: unknown supervisor %q: want some of bare,hb,runit,s6,supervisord", badPeers(o.peers))
 	case o.load != "" && o.load != "ordinary":
 		return nil, fmt.Errorf("--load: want ordinary, got %q (real-time load is measured by the fault suite: TestFaultRealTimeLoad)", o.load)
 	case o.reader != "spin" && o.reader != "yield":
@@ -615,4 +620,20 @@ func machineMeta() Meta {
 	}
 	m.Command = strings.Join(args, " ")
 	return m
+}
+
+// badPeers is the first name in --peers that is not a supervisor of the
+// peers test, or "".
+func badPeers(list string) string {
+	if list == "" {
+		return ""
+	}
+	for p := range strings.SplitSeq(list, ",") {
+		switch strings.TrimSpace(p) {
+		case "bare", "hb", "runit", "s6", "supervisord":
+		default:
+			return p
+		}
+	}
+	return ""
 }
