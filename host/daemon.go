@@ -56,7 +56,10 @@ type Daemon struct {
 	info       plugin.Info // guarded by mu
 	// pipes are hbd's copies of the services' log pipes, by pipeKey
 	// (logpipes.go); guarded by mu.
-	pipes    map[string]*heldPipe
+	pipes map[string]*heldPipe
+	// trim gives the memory of a burst of events (a start, a kill of
+	// many) back once it has settled.
+	trim     plugin.BurstTrim
 	closing  bool   // shutting down or detaching: no respawns; guarded by mu
 	forced   bool   // a second SIGTERM: stop without grace; guarded by mu
 	lastSeq  uint64 // last plugin event handled; guarded by mu
@@ -127,6 +130,7 @@ type pluginConn interface {
 // newDaemon loads nothing; Run does.
 func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 	d := &Daemon{
+		trim:    plugin.BurstTrim{Burst: 64, Quiet: time.Second},
 		log:     log,
 		exe:     exe,
 		cfgPath: cfg.Path,
@@ -436,6 +440,7 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 				d.markSeqDirty()
 			}
 			d.mu.Unlock()
+			d.trim.Note()
 			if ev.Kind == plugin.EventExit && d.subreaper {
 				go d.reapOrphan(ev)
 			}

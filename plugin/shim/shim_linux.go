@@ -25,6 +25,13 @@ var _ plugin.Shim = (*Shim)(nil)
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
 const FeatureVersion = plugin.FeatureLogPipes
 
+// trimBurst spawns, then trimQuiet without one, and the plugin gives the
+// memory of the burst back (plugin.BurstTrim).
+const (
+	trimBurst = 64
+	trimQuiet = time.Second
+)
+
 // beatInterval is the period of the shim's only timer: it refreshes the
 // table's writer_beat_ns (readers use it to tell that the watcher itself is
 // alive), trims log files and has the stray reaper look for re-parented
@@ -155,6 +162,8 @@ type Shim struct {
 	// logProblems counts the services whose last EventLog named a
 	// problem; written by logLoop.
 	logProblems atomic.Int32
+	// trim gives a burst of spawns' memory back once it has settled.
+	trim plugin.BurstTrim
 	// logKick: the beat asks logLoop to trim log files.
 	logKick chan struct{}
 	// life is held shared by every method that uses the table or the
@@ -345,6 +354,7 @@ func New(opts Options) (*Shim, error) {
 		logged:  map[*service]struct{}{},
 		quit:    make(chan struct{}),
 		logKick: make(chan struct{}, 1),
+		trim:    plugin.BurstTrim{Burst: trimBurst, Quiet: trimQuiet},
 	}
 	if opts.StateDir != "" {
 		s.recordKick = make(chan struct{}, 1)

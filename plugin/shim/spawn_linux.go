@@ -200,6 +200,7 @@ func (p *startPlan) spawnError(err error) error {
 // started records the child c that p started as svc's current incarnation
 // and puts it in the slot (PID stored last). announce must follow.
 func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
+	s.trim.Note()
 	svc, spec, idx, gen, pid, pidfd := p.svc, p.spec, p.idx, p.gen, c.pid, c.pidfd
 	startNs := shm.MonotonicNs()
 	if pidfd < 0 {
