@@ -414,7 +414,10 @@ func runPeers(e *env, r *Report) error {
 				startS[s.name] = append(startS[s.name], float64(took.Nanoseconds()))
 				if round == 0 {
 					if e.opts.idleSecs > 0 {
-						time.Sleep(time.Second) // the start-up work settles
+						// The start-up work settles (hb gives a burst's
+						// memory back a second after it): the same wait
+						// for every supervisor.
+						time.Sleep(3 * time.Second)
 					}
 					procs := sup()
 					r.addValue(test, fmt.Sprintf("%s: PSS of the supervisor, %d services", s.name, n), "MiB", pssMiB(procs)).Note =
