@@ -107,7 +107,7 @@ func TestWatchdogHang(t *testing.T) {
 			h, hungs := watchdogHarness(t)
 			out := tempPath(t, "out")
 			spec := h.childSpec("wd", "beat", "HB_TEST_OUT="+out)
-			spec.Watchdog = 100 * time.Millisecond
+			spec.Watchdog = 500 * time.Millisecond // a beat every 1 ms; room for a loaded -race run
 			spec.WatchdogGrace = 300 * time.Millisecond
 			spec.Respawn = plugin.Respawn{Enabled: true}
 			first := h.spawn(spec)
