@@ -182,8 +182,12 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 	}
 	if listFD >= 0 {
 		args = append(args, "--log-pipes", strconv.Itoa(listFD))
-		defer pipes[0].Close()
 	}
+	defer func() {
+		for _, f := range pipes {
+			f.Close() // the plugin has its own copies now
+		}
+	}()
 	conn, err = plugin.Launch(plugin.LaunchConfig{
 		Path:       d.exe,
 		Args:       args,

@@ -19,15 +19,17 @@ import (
 // connect), and hands them to the next plugin it launches. hbd never reads
 // or writes them.
 
-// heldPipe is hbd's copy of one service stream's log pipe.
+// heldPipe is hbd's copy of one service stream's log pipe: raw
+// descriptors, never an *os.File, which would put the non-blocking read end
+// in hbd's poller (and wake hbd at every write of the service).
 type heldPipe struct {
-	r, w *os.File
+	r, w int
 	ino  uint64
 }
 
 func (p *heldPipe) close() {
-	p.r.Close()
-	p.w.Close()
+	unix.Close(p.r)
+	unix.Close(p.w)
 }
 
 // pipeKey names a service stream's pipe.
@@ -77,17 +79,17 @@ func (d *Daemon) holdPipes(ps []plugin.LogPipe) {
 // takePipe duplicates p's two ends out of the process pidfd names and
 // checks that they are that pipe.
 func takePipe(pidfd int, p plugin.LogPipe) (*heldPipe, error) {
-	get := func(fd int) (*os.File, error) {
+	get := func(fd int) (int, error) {
 		nfd, err := unix.PidfdGetfd(pidfd, fd, 0) // close-on-exec
 		if err != nil {
-			return nil, fmt.Errorf("pidfd_getfd %d: %w", fd, err)
+			return -1, fmt.Errorf("pidfd_getfd %d: %w", fd, err)
 		}
 		var st unix.Stat_t
 		if err := unix.Fstat(nfd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Ino != p.Ino {
 			unix.Close(nfd)
-			return nil, fmt.Errorf("descriptor %d of the plugin is not pipe:[%d] any more", fd, p.Ino)
+			return -1, fmt.Errorf("descriptor %d of the plugin is not pipe:[%d] any more", fd, p.Ino)
 		}
-		return os.NewFile(uintptr(nfd), fmt.Sprintf("pipe:[%d]", p.Ino)), nil
+		return nfd, nil
 	}
 	r, err := get(p.ReadFD)
 	if err != nil {
@@ -95,7 +97,7 @@ func takePipe(pidfd int, p plugin.LogPipe) (*heldPipe, error) {
 	}
 	w, err := get(p.WriteFD)
 	if err != nil {
-		r.Close()
+		unix.Close(r)
 		return nil, err
 	}
 	return &heldPipe{r: r, w: w, ino: p.Ino}, nil
@@ -131,7 +133,8 @@ func (d *Daemon) dropPipes(name string) {
 // pipesForLaunch is what a new plugin is handed: extra files (the list
 // first, then each pipe's two ends) starting at descriptor first, and the
 // list's descriptor; no files when hbd holds no pipe of a configured
-// service. Called with mu held.
+// service. The files are duplicates of hbd's descriptors, for the caller to
+// close once the plugin has started. Called with mu held.
 func (d *Daemon) pipesForLaunch(first int) (files []*os.File, listFD int, err error) {
 	keys := make([]string, 0, len(d.pipes))
 	for key := range d.pipes {
@@ -140,6 +143,12 @@ func (d *Daemon) pipesForLaunch(first int) (files []*os.File, listFD int, err er
 	sort.Strings(keys)
 	var list []plugin.InheritedPipe
 	var ends []*os.File
+	fail := func(err error) ([]*os.File, int, error) {
+		for _, f := range ends {
+			f.Close()
+		}
+		return nil, -1, fmt.Errorf("log pipes for the plugin: %w", err)
+	}
 	for _, key := range keys {
 		h := d.pipes[key]
 		name, stream := splitPipeKey(key)
@@ -149,15 +158,21 @@ func (d *Daemon) pipesForLaunch(first int) (files []*os.File, listFD int, err er
 		}
 		ip := inheritedPipe(d.cfg.HBD, s.cfg, name, stream)
 		ip.R, ip.W = first+1+len(ends), first+2+len(ends)
+		for _, fd := range []int{h.r, h.w} {
+			nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+			if err != nil {
+				return fail(err)
+			}
+			ends = append(ends, os.NewFile(uintptr(nfd), fmt.Sprintf("pipe:[%d]", h.ino)))
+		}
 		list = append(list, ip)
-		ends = append(ends, h.r, h.w)
 	}
 	if len(list) == 0 {
 		return nil, -1, nil
 	}
 	f, err := plugin.WriteInheritedPipes(list)
 	if err != nil {
-		return nil, -1, fmt.Errorf("log pipes for the plugin: %w", err)
+		return fail(err)
 	}
 	return append([]*os.File{f}, ends...), first, nil
 }

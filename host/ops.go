@@ -313,9 +313,10 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 		if err := d.shim.Free(ctx, name); err != nil && !errors.Is(err, plugin.ErrNotFound) {
 			errs = append(errs, fmt.Errorf("free slot of %q: %w", name, err))
+		} else {
+			d.dropPipes(name)
 		}
 		cancel()
-		d.dropPipes(name)
 	}
 	d.setBridged(next)
 	d.syncBridges()

@@ -35,6 +35,7 @@ func ReadInheritedPipes(fd int) ([]InheritedPipe, error) {
 	defer f.Close()
 	_, _ = f.Seek(0, io.SeekStart)
 	var out []InheritedPipe
+	seen := map[int]bool{fd: true}
 	dec := json.NewDecoder(f)
 	for {
 		var p InheritedPipe
@@ -43,9 +44,10 @@ func ReadInheritedPipes(fd int) ([]InheritedPipe, error) {
 		} else if err != nil {
 			return nil, fmt.Errorf("descriptor %d: %w", fd, err)
 		}
-		if p.R < 3 || p.W < 3 || (p.Stream != "out" && p.Stream != "err") {
-			return nil, fmt.Errorf("descriptor %d: bad entry for %q: r %d w %d stream %q", fd, p.Name, p.R, p.W, p.Stream)
+		if p.R < 3 || p.W < 3 || p.R == p.W || seen[p.R] || seen[p.W] || (p.Stream != "out" && p.Stream != "err") {
+			return nil, fmt.Errorf("descriptor %d: bad entry for %q: r %d w %d stream %q (each descriptor once, above 2)", fd, p.Name, p.R, p.W, p.Stream)
 		}
+		seen[p.R], seen[p.W] = true, true
 		unix.CloseOnExec(p.R)
 		unix.CloseOnExec(p.W)
 		out = append(out, p)

@@ -596,3 +596,41 @@ func countFiles(path string) int {
 		n++
 	}
 }
+
+// TestLogPipeLastWordsWhilePluginAway: a service writes its last line and
+// exits while its plugin cannot read (stopped, then killed): the next
+// plugin, handed the pipe by hbd, writes that line into the log before the
+// exit is reported.
+func TestLogPipeLastWordsWhilePluginAway(t *testing.T) {
+	t.Parallel()
+	h := NewHarness(t, Options{})
+	gate := filepath.Join(h.Dir, "gate")
+	h.WriteConfig(fmt.Sprintf(`
+[service.talker]
+command = ["sh", "-c", "echo first; while [ ! -e %s ]; do sleep 0.01; done; echo last words; exit 3"]
+restart = "never"
+`, gate))
+	h.Start()
+	st := h.WaitService("talker", "running", func(st api.ServiceStatus) bool { return st.State == "running" && st.PID != 0 })
+	log := filepath.Join(h.LogDir, "talker.out.log")
+	h.Eventually("the first line in the log", func() (bool, string) {
+		b, _ := os.ReadFile(log)
+		return string(b) == "first\n", string(b)
+	})
+	plugin := pluginPID(h)
+	if err := syscall.Kill(plugin, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitGone(st.PID) // it wrote its last line into the pipe and exited
+	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNewPlugin(h, plugin)
+	h.WaitService("talker", "exited 3", func(st api.ServiceStatus) bool { return st.State == "exited" && st.LastStatus == 3 })
+	if b, _ := os.ReadFile(log); string(b) != "first\nlast words\n" {
+		t.Errorf("log %q once the exit is reported; want the line written while no plugin read", b)
+	}
+}

@@ -97,6 +97,9 @@ func (s *Shim) adopt(sl shm.Slot) {
 	if !bridged {
 		s.w.SetFlags(sl.Index, sl.Flags|shm.SlotAdopted)
 	}
+	// Its output, read by the plugin before this one, is read on: its
+	// exit, from the watch on, drains it.
+	s.takeInherited(svc)
 	// Emitted before the watch is armed: an exit reported at once must not
 	// overtake it in the event stream.
 	s.emit(plugin.Event{

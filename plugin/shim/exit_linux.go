@@ -107,7 +107,6 @@ func (s *Shim) finish(ex connector.Exit) {
 	next := s.startedReplacement(inc, plan, r)
 	status := s.exitStatus(inc, ex, r, pidfd)
 	s.recordExit(inc, pidfd, status, ex.DetectedNs)
-	s.drainLogs(inc.svc) // what it wrote is in its log before its exit is told
 	s.report(inc, ex, status, plan, r, next)
 	if inc.child || inc.main.Load() != 0 {
 		// After reaping: from here the stray reaper may take the PID (if it
@@ -241,7 +240,8 @@ func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd i
 }
 
 // recordExit ends inc's watch, closes its pidfd, records the exit in the
-// slot (stopped when Stop asked for it, else exited) and wakes Stop.
+// slot (stopped when Stop asked for it, else exited), drains the service's
+// log pipes and wakes Stop.
 func (s *Shim) recordExit(inc *incarnation, pidfd, status int, detectedNs uint64) {
 	s.watcher.Unwatch(inc.key)
 	unix.Close(pidfd)
@@ -252,6 +252,9 @@ func (s *Shim) recordExit(inc *incarnation, pidfd, status int, detectedNs uint64
 	s.w.RecordExit(inc.idx, uint32(inc.mainPID()), int32(status), detectedNs, state)
 	s.kickRecord()
 	s.groupEnded(inc.pid)
+	// What it wrote is in its log before its exit is told (and before a
+	// Stop waiting on done returns).
+	s.drainLogs(inc.svc)
 	close(inc.done)
 }
 

@@ -113,18 +113,21 @@ func (l *logFile) stamped() bool {
 // line would take it past its limit: a file holds whole lines and stays
 // within the limit unless one line alone is longer. A write that fails (the
 // file system is full, log_dir was made unsafe) drops what it could not
-// write: the service never waits for its log.
+// write and marks the log failed for the log pass: the service never waits
+// for its log. A rotation that fails is not tried again within one call.
 func (l *logFile) writeOut(b []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil {
-		if err := l.openLocked(); err != nil {
-			l.lost += int64(len(b))
-			return
-		}
-		l.sizeFromFileLocked()
-	}
+	rotateFailed := false
 	for len(b) > 0 {
+		if l.f == nil {
+			if err := l.openLocked(); err != nil {
+				l.lost += int64(len(b))
+				l.failed.Store(true)
+				return
+			}
+			l.sizeFromFileLocked()
+		}
 		n := len(b)
 		if room := l.max - l.size; int64(n) > room {
 			// As much as fits, up to a line's end; else, at a line's
@@ -137,8 +140,8 @@ func (l *logFile) writeOut(b []byte) {
 			switch {
 			case cut >= 0:
 				n = cut + 1
-			case l.size > 0 && l.lineEnd:
-				l.rotateForPipeLocked()
+			case l.size > 0 && l.lineEnd && !rotateFailed:
+				rotateFailed = !l.rotateForPipeLocked()
 				continue
 			default:
 				if i := bytes.IndexByte(b, '\n'); i >= 0 {
@@ -150,8 +153,8 @@ func (l *logFile) writeOut(b []byte) {
 			return
 		}
 		b = b[n:]
-		if l.size >= l.max && l.lineEnd {
-			l.rotateForPipeLocked()
+		if l.size >= l.max && l.lineEnd && !rotateFailed {
+			rotateFailed = !l.rotateForPipeLocked()
 		}
 	}
 }
@@ -173,12 +176,16 @@ func (l *logFile) writeLocked(b []byte) bool {
 	return true
 }
 
-// rotateForPipeLocked rotates by rename; a failure leaves the file as it is
-// (the next line tries again).
-func (l *logFile) rotateForPipeLocked() {
-	if err := l.rotateLocked(); err == nil {
-		l.size = 0
+// rotateForPipeLocked rotates by rename. It reports false when that
+// failed; then f may be closed (nil), and the next write opens the file
+// under its name again.
+func (l *logFile) rotateForPipeLocked() bool {
+	if err := l.rotateLocked(); err != nil {
+		l.failed.Store(true)
+		return false
 	}
+	l.size, l.lineEnd = 0, true
+	return true
 }
 
 // sizeFromFileLocked sets size from the open file.

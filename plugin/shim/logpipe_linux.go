@@ -115,7 +115,7 @@ func (lp *logPipe) info() plugin.LogPipe {
 // drain reads what is in the pipe into the log file. final (the exit path)
 // reads what the pipe held when it was called, no more (a descendant that
 // keeps writing cannot hold the exit path), and writes a partial last line
-// too; the poller reads at most a few buffers (epoll reports the rest, and
+// too, ended with a newline; the poller reads at most a few buffers (epoll reports the rest, and
 // one busy writer does not starve the other pipes).
 func (lp *logPipe) drain(final bool) {
 	bp := readBufs.Get().(*[]byte)
@@ -150,6 +150,9 @@ func (lp *logPipe) drain(final bool) {
 		}
 	}
 	if final && len(lp.pend) > 0 {
+		// The last line of a writer that is gone ends here: the next
+		// incarnation's first line starts on a line of its own.
+		lp.pend = append(lp.pend, '\n')
 		lp.out = lp.appendLine(lp.out[:0], lp.pend, lp.pendAt)
 		lp.pend = lp.pend[:0]
 		lp.l.writeOut(lp.out)
@@ -314,23 +317,14 @@ func (p *logPoller) closeFDs() {
 	unix.Close(p.wake)
 }
 
-// adoptInheritedPipes reads the pipes hbd handed over into the log files of
-// the services adopted from the table; a pipe of a service the table does
-// not hold is closed (nothing of it runs).
-func (s *Shim) adoptInheritedPipes(pipes []plugin.InheritedPipe) {
+// takeInherited makes the pipes hbd handed over for svc (an earlier
+// plugin's) svc's, before svc's adopted incarnation is watched: its exit
+// drains them. Called from New while no call is served.
+func (s *Shim) takeInherited(svc *service) {
+	pipes := s.inherited[svc.name]
+	delete(s.inherited, svc.name)
 	for _, ip := range pipes {
-		s.mu.Lock()
-		svc := s.svcs[ip.Name]
-		s.mu.Unlock()
-		if svc == nil {
-			unix.Close(ip.R)
-			unix.Close(ip.W)
-			continue
-		}
-		svc.op.Lock()
-		err := s.takePipe(svc, ip)
-		svc.op.Unlock()
-		if err != nil {
+		if err := s.takePipe(svc, ip); err != nil {
 			s.log.Warn("log pipe from hbd not used", "service", ip.Name, "stream", ip.Stream, "err", err)
 			unix.Close(ip.R)
 			unix.Close(ip.W)
@@ -338,7 +332,30 @@ func (s *Shim) adoptInheritedPipes(pipes []plugin.InheritedPipe) {
 	}
 }
 
-// takePipe makes ip the pipe of svc's stream. Called with svc.op held.
+// flushInherited writes what the pipes of services that are not running
+// (they died while no plugin read, or were stopped) still hold into their
+// log files, and closes them. Called from New after adoptAll.
+func (s *Shim) flushInherited() {
+	for name, pipes := range s.inherited {
+		for _, ip := range pipes {
+			l := newLogFile(ip.Dir, name+"."+ip.Stream+".log", ip.MaxBytes, ip.Backups)
+			l.setMode(ip.Timestamps, false)
+			lp, err := adoptLogPipe(l, name, ip.Stream, ip.R, ip.W)
+			if err != nil {
+				s.log.Warn("log pipe from hbd not used", "service", name, "stream", ip.Stream, "err", err)
+				unix.Close(ip.R)
+				unix.Close(ip.W)
+				continue
+			}
+			lp.close() // drains, then closes both ends
+			l.close()
+		}
+	}
+	s.inherited = nil
+}
+
+// takePipe makes ip the pipe of svc's stream. Called with svc.op held, or
+// from New.
 func (s *Shim) takePipe(svc *service, ip plugin.InheritedPipe) error {
 	name := svc.name + "." + ip.Stream + ".log"
 	lf := s.logFileOf(svc, ip.Stream, ip.Dir, name, ip.MaxBytes, ip.Backups, ip.Timestamps, false)
@@ -359,23 +376,28 @@ func (s *Shim) takePipe(svc *service, ip plugin.InheritedPipe) error {
 	return nil
 }
 
-// logFileOf returns svc's log file for stream, made or reconfigured.
-// Called with svc.op held.
+// logFileOf returns svc's log file for stream, made or reconfigured. Called
+// with svc.op held; the file's own lock is taken without Shim.mu (a slow
+// write under it must not hold up the other services).
 func (s *Shim) logFileOf(svc *service, stream, dir, name string, max int64, backups int, stamps, direct bool) *logFile {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	lf := &svc.stdout
 	if stream == "err" {
 		lf = &svc.stderr
 	}
+	made := false
 	if *lf == nil {
 		*lf = newLogFile(dir, name, max, backups)
 		s.logged[svc] = struct{}{}
-	} else {
-		(*lf).configure(dir, name, max, backups)
+		made = true
 	}
-	(*lf).setMode(stamps, direct)
-	return *lf
+	l := *lf
+	s.mu.Unlock()
+	if !made {
+		l.configure(dir, name, max, backups)
+	}
+	l.setMode(stamps, direct)
+	return l
 }
 
 // pipeFD returns the write end of l's pipe, making the pipe (and reading

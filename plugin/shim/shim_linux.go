@@ -164,6 +164,9 @@ type Shim struct {
 	logProblems atomic.Int32
 	// trim gives a burst of spawns' memory back once it has settled.
 	trim plugin.BurstTrim
+	// inherited are the log pipes hbd handed over (Options.LogPipes), by
+	// service, until adopt takes them; used by New only.
+	inherited map[string][]plugin.InheritedPipe
 	// logKick: the beat asks logLoop to trim log files.
 	logKick chan struct{}
 	// life is held shared by every method that uses the table or the
@@ -355,6 +358,8 @@ func New(opts Options) (*Shim, error) {
 		quit:    make(chan struct{}),
 		logKick: make(chan struct{}, 1),
 		trim:    plugin.BurstTrim{Burst: trimBurst, Quiet: trimQuiet},
+
+		inherited: map[string][]plugin.InheritedPipe{},
 	}
 	if opts.StateDir != "" {
 		s.recordKick = make(chan struct{}, 1)
@@ -439,8 +444,11 @@ func New(opts Options) (*Shim, error) {
 	}()
 
 	restored := s.restoreRecords()
+	for _, ip := range opts.LogPipes {
+		s.inherited[ip.Name] = append(s.inherited[ip.Name], ip)
+	}
 	s.adoptAll()
-	s.adoptInheritedPipes(opts.LogPipes)
+	s.flushInherited()
 	// Every slot is validated now: the table may say that its writer lives
 	// (a robust futex the kernel marks if this process dies).
 	if err := w.MarkAlive(); err != nil {
@@ -749,6 +757,14 @@ func (s *Shim) close(clean bool) error {
 			break
 		}
 		s.events.close()
+		if clean {
+			// What the stopped services wrote last goes in, before the
+			// log files close. Otherwise it waits in the pipes, which hbd
+			// holds, for the next plugin.
+			for _, lp := range s.pipes.all() {
+				lp.close()
+			}
+		}
 		s.mu.Lock()
 		for key, inc := range s.incs {
 			delete(s.incs, key)
@@ -775,13 +791,6 @@ func (s *Shim) close(clean bool) error {
 			}
 		}
 		s.mu.Unlock()
-		for _, lp := range s.pipes.all() {
-			if clean {
-				lp.close() // what the stopped services wrote last goes in
-			} else {
-				lp.drain(false) // the rest waits in the pipe for the next plugin
-			}
-		}
 		s.pipes.closeFDs()
 		stopReaper()
 		if clean {
