@@ -189,3 +189,32 @@ func TestLogPipeSpewingDescendant(t *testing.T) {
 		t.Fatalf("the writer's group: %v", err)
 	}
 }
+
+// TestLogPipeRotationFails: a rotation that cannot rename (NAME.1 is a
+// directory) does not stop the writer: the lines are written to the live
+// file, the log is marked failed for the log pass, and the write returns.
+func TestLogPipeRotationFails(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "x.log.1", "in-the-way"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l := newLogFile(dir, "x.log", 10, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.writeOut([]byte("line one\nline two\nline three\n"))
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("writeOut did not return after a failed rotation")
+	}
+	l.close()
+	b, err := os.ReadFile(filepath.Join(dir, "x.log"))
+	if err != nil || string(b) != "line one\nline two\nline three\n" {
+		t.Errorf("x.log = %q (%v); want every line, unrotated", b, err)
+	}
+	if !l.failed.Load() {
+		t.Error("the failed rotation did not mark the log for the log pass")
+	}
+}
