@@ -11,11 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hbshim/hb/bridge"
+	"github.com/hbshim/hb/shm"
 )
 
 // TB is what the helpers need of a test: testing.TB has it, and so can a
@@ -347,23 +347,25 @@ func (m *Manager) Close() {
 // descendants are the processes in pid's process group.
 func descendants(pid int) []int {
 	var out []int
+	for n, st := range procStats() {
+		if st.PGRP == pid && n != pid {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// procStats are the /proc/PID/stat records of every process, by PID.
+func procStats() map[int]shm.Stat {
+	out := map[int]shm.Stat{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		n, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		f := strings.Fields(s[i+1:])
-		if len(f) > 2 {
-			if pg, _ := strconv.Atoi(f[2]); pg == pid && n != pid {
-				out = append(out, n)
-			}
+		if st, err := shm.ReadStat(n); err == nil {
+			out[n] = st
 		}
 	}
 	return out
@@ -371,11 +373,6 @@ func descendants(pid int) []int {
 
 // alive: pid exists and is not a zombie.
 func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
+	st, err := shm.ReadStat(pid)
+	return err == nil && st.State != 'Z'
 }

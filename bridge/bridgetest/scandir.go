@@ -5,8 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -221,25 +219,8 @@ func (s *ScanDir) Close() {
 // tree is every descendant of pid (by parent links in /proc).
 func tree(pid int) []int {
 	parent := map[int]int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		st := string(b)
-		i := strings.LastIndexByte(st, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(st[i+1:])
-		if len(f) > 1 {
-			parent[n], _ = strconv.Atoi(f[1])
-		}
+	for n, st := range procStats() {
+		parent[n] = st.PPID
 	}
 	var out []int
 	for n := range parent {
