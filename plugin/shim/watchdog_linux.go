@@ -59,6 +59,12 @@ type watched struct {
 	deadline uint64 // CLOCK_MONOTONIC ns of the next sample
 	count    uint64 // the counter at the last sample
 	beatNs   uint64 // the sample that first saw count (the spawn before the first beat)
+	// first is how long the service may take to its first beat (ns) when
+	// that is longer than period: a service ready at the spawn counts its
+	// periods from its first beat, and must give it within ready_timeout.
+	// beaten: a beat has been seen.
+	first  uint64
+	beaten bool
 }
 
 // timeHeap is a min-heap of sample times.
@@ -119,9 +125,13 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 	return d, nil
 }
 
-// watch puts inc (with its beat area) under the watchdog from now: its
-// first deadline is one period from now (the spawn, or the moment it
-// declared itself ready).
+// watch puts inc (with its beat area) under the watchdog from now. A
+// service that declared itself ready (ready "notify" or "fd") has one
+// period from now; one ready at the spawn counts its periods from its first
+// beat, which must come within its ReadyTimeout (default 90 s): exec and
+// start-up on a busy machine take longer than a data-plane period, and a
+// watchdog that struck before the first beat would kill every stage of a
+// start burst again and again.
 func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec) {
 	period := uint64(spec.Watchdog)
 	step := max(period/watchSteps, min(uint64(watchGrain), period/2))
@@ -135,6 +145,13 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 	}
 	w := &watched{inc: inc, area: area, period: period, step: max(step, 1), grain: max(grain, 1), sig: sig, grace: grace,
 		beatNs: shm.MonotonicNs(), count: area.Count() + inc.notifyBeats.Load()}
+	if spec.Ready == "" || spec.Ready == plugin.ReadySpawn {
+		first := spec.ReadyTimeout
+		if first <= 0 {
+			first = defaultReadyTimeout
+		}
+		w.first = uint64(first)
+	}
 	w.deadline = w.next(w.beatNs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -226,8 +243,8 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 				continue
 			}
 			if c := w.beats(); c != w.count {
-				w.count, w.beatNs = c, now
-			} else if now-w.beatNs >= w.period {
+				w.count, w.beatNs, w.beaten = c, now, true
+			} else if now-w.beatNs >= w.limit() {
 				d.n--
 				hung = append(hung, w)
 				continue
@@ -241,6 +258,14 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 	d.armed = 0 // the timerfd has expired: set it again
 	d.rearm()
 	return hung
+}
+
+// limit is how long w may go without a change of its counter.
+func (w *watched) limit() uint64 {
+	if !w.beaten && w.first > w.period {
+		return w.first
+	}
+	return w.period
 }
 
 // closeAll unmaps every beat area once the checker has stopped.

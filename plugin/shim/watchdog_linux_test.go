@@ -26,6 +26,15 @@ func beatChild() int {
 	if err := shm.BeatInit(); err != nil || !shm.Beating() {
 		return 3
 	}
+	if gate := os.Getenv("HB_TEST_BEAT_GATE"); gate != "" {
+		// A long start-up: no beat until the test says so.
+		for {
+			if _, err := os.Stat(gate); err == nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	shm.Beat()
 	if out := os.Getenv("HB_TEST_OUT"); out != "" {
 		if err := writeFileAtomic(out, "beating\n"); err != nil {
@@ -144,6 +153,44 @@ func TestWatchdogHang(t *testing.T) {
 
 // TestWatchdogOff: without Spec.Watchdog the child gets no beat area and
 // nothing is watched.
+// TestWatchdogFirstBeat: a service ready at the spawn counts its periods
+// from its first beat: a start-up of many periods without one is not a hang
+// (until ready_timeout), and once it beats a stop of its beats is.
+func TestWatchdogFirstBeat(t *testing.T) {
+	h, hungs := watchdogHarness(t)
+	gate := tempPath(t, "gate")
+	out := tempPath(t, "out")
+	spec := h.childSpec("slow", "beat", "HB_TEST_OUT="+out, "HB_TEST_BEAT_GATE="+gate)
+	spec.Watchdog = 20 * time.Millisecond
+	spec.WatchdogGrace = 300 * time.Millisecond
+	first := h.spawn(spec)
+	// Many periods without a beat (a sample every twentieth of one): the
+	// watchdog samples and waits.
+	waitChecks(t, h, 200, first.Slot, first.PID)
+	if len(hungs()) != 0 {
+		t.Fatalf("declared hung before its first beat: %+v", hungs())
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first beat", func() bool { _, err := os.Stat(out); return err == nil })
+	waitChecks(t, h, 3, first.Slot, first.PID)
+	if err := unix.Kill(first.PID, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if hung := h.next(plugin.EventHung, "slow"); hung.PID != first.PID {
+		t.Fatalf("hung event %+v; want pid %d", hung, first.PID)
+	}
+
+	// One that never beats is hung once ready_timeout has passed.
+	never := h.childSpec("never", "beat", "HB_TEST_BEAT_GATE="+tempPath(t, "never-gate"))
+	never.Watchdog, never.WatchdogGrace, never.ReadyTimeout = 20*time.Millisecond, 300*time.Millisecond, 200*time.Millisecond
+	h.spawn(never)
+	if hung := h.next(plugin.EventHung, "never"); hung.SinceBeatNs < uint64(never.ReadyTimeout) {
+		t.Errorf("a never-beating service was hung after %v; want its ready_timeout %v first", time.Duration(hung.SinceBeatNs), never.ReadyTimeout)
+	}
+}
+
 func TestWatchdogOff(t *testing.T) {
 	h := newHarness(t, connector.DetectPidfd, "")
 	out := tempPath(t, "out")
