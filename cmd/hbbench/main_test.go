@@ -377,7 +377,9 @@ func TestCompareLoad(t *testing.T) {
 }
 
 // TestQuickWatchdog runs the watchdog test with two hangs: each is recorded,
-// no beating service is declared hung, and the figures are there. The 100
+// no beating service is declared hung (a figure now: at 10 ms a machine
+// that does not run a beater for that long makes it true), and the figures
+// are there. The 100
 // services get a 500 ms watchdog and the hung beater 200 ms: beside the
 // rest of the suite on two cores a process can wait longer than 10 or 20 ms
 // to run, and a missed deadline then is the truth, not a fault of hb's.
@@ -387,8 +389,8 @@ func TestQuickWatchdog(t *testing.T) {
 	}
 	dir := buildTools(t)
 	rep := runReport(t, dir, "--only", "watchdog", "--fat-kills", "2", "--idle-secs", "1", "--watchdog", "200ms", "--many-watchdog", "500ms")
-	if len(rep.Checks) < 4 {
-		t.Errorf("%d checks, want the hang audit and the no-false-hang check: %+v", len(rep.Checks), rep.Checks)
+	if len(rep.Checks) < 3 {
+		t.Errorf("%d checks, want the hang audit: %+v", len(rep.Checks), rep.Checks)
 	}
 	for _, c := range rep.Checks {
 		if !c.OK {
@@ -399,6 +401,10 @@ func TestQuickWatchdog(t *testing.T) {
 	for _, res := range rep.Results {
 		if _, ok := want[res.Name]; ok && res.N >= 1 {
 			want[res.Name] = true
+		}
+		// At 500 ms every beater (beating every 100 ms) runs in time.
+		if strings.HasPrefix(res.Name, "services of 100 declared hung") && res.P50 != 0 {
+			t.Errorf("%s: %v; want 0 with a 500 ms watchdog", res.Name, res.P50)
 		}
 	}
 	for name, ok := range want {
