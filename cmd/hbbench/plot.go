@@ -34,7 +34,9 @@ func plotReport(r *Report, dir string) ([]string, error) {
 		if err != nil {
 			return files, fmt.Errorf("plot %s: %w", test, err)
 		}
-		files = append(files, f)
+		if f != "" {
+			files = append(files, f)
+		}
 	}
 	if f, err := plotChain(r, dir); err != nil {
 		return files, fmt.Errorf("plot chain: %w", err)
@@ -45,7 +47,7 @@ func plotReport(r *Report, dir string) ([]string, error) {
 }
 
 // plotCDF plots the distributions of one test, one line each, on a log
-// time axis.
+// time axis; "" when no distribution has two samples above 0.
 func plotCDF(r *Report, test, dir string) (string, error) {
 	p := plot.New()
 	p.Title.Text = test + ": cumulative distribution"
@@ -79,6 +81,9 @@ func plotCDF(r *Report, test, dir string) (string, error) {
 			continue
 		}
 		lines = append(lines, shorten(res.Name), pts)
+	}
+	if len(lines) == 0 {
+		return "", nil // nothing above 0 to put on a log axis
 	}
 	p.X.Label.Text = unit + " (log scale)"
 	if err := plotutil.AddLines(p, lines...); err != nil {
