@@ -127,7 +127,7 @@ func runWatchdog(e *env, r *Report) error {
 	// alarm by construction, shown by the shim's tests), which a busy or
 	// virtualised machine can do to a process (a vCPU taken away for
 	// longer than the period).
-	res = r.addValue(test, fmt.Sprintf("services of %d declared hung in %v beating every %d ms with a %v watchdog", n,
+	r.addValue(test, fmt.Sprintf("services of %d declared hung in %v beating every %d ms with a %v watchdog", n,
 		time.Duration(secs*float64(time.Second)), every, period), "services", float64(changed))
 	if changed > 0 {
 		r.note("watchdog: %d of %d beaters went %v without a beat during the window (declared hung, respawned): the machine did not run them for that long", changed, n, period)

@@ -403,7 +403,7 @@ func New(opts Options) (*Shim, error) {
 	}
 	s.watcher = watcher
 	if s.pipes, err = newLogPoller(); err != nil {
-		watcher.Close()
+		_ = watcher.Close()
 		w.Close(false)
 		devnull.Close()
 		return nil, fmt.Errorf("shim: %w", err)
