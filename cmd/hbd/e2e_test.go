@@ -261,9 +261,10 @@ backoff_max   = "700ms"
 		if s := h.Slot(name); s.PID != 0 || s.State != shm.StateStopped {
 			t.Errorf("after stop, slot %s: pid %d state %v; want 0 stopped", name, s.PID, s.State)
 		}
-		if Alive(oldPID) {
-			t.Errorf("after stop, pid %d of %s is alive", oldPID, name)
-		}
+		// The stop is over once the exit has begun (the slot reads 0
+		// from then on); the kernel's teardown of the process may take a
+		// moment longer on a loaded machine.
+		h.WaitGone(oldPID)
 	}
 
 	// stop
@@ -297,9 +298,7 @@ backoff_max   = "700ms"
 		(after.State != "starting" && after.State != "running") {
 		t.Errorf("after restart: %+v, before %+v", after, before)
 	}
-	if Alive(before.PID) {
-		t.Errorf("after restart, old pid %d is alive", before.PID)
-	}
+	h.WaitGone(before.PID) // torn down once the kernel is done with it
 	if s := h.Slot("shell"); s.PID != uint32(after.PID) {
 		t.Errorf("after restart, slot pid %d, status pid %d", s.PID, after.PID)
 	}
