@@ -49,21 +49,41 @@ func CheckTrusted(path string) error {
 // its target must pass CheckTrusted, so nobody else can point hb
 // elsewhere.
 func TrustedServiceDir(path string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
+	euid := uint32(unix.Geteuid())
+	link := path
+	// Every link of a chain is vetted, not only the first and the end: a
+	// link in between in a directory someone else can write could be
+	// pointed at another service's directory.
+	for hops := 0; ; hops++ {
+		var st unix.Stat_t
+		if err := unix.Lstat(link, &st); err != nil {
+			return "", fmt.Errorf("%s: %w", link, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			break
+		}
+		if hops == 8 {
+			return "", fmt.Errorf("%s: more than 8 symlinks to its service directory", path)
+		}
+		if st.Uid != 0 && st.Uid != euid {
+			return "", fmt.Errorf("%s: a symlink owned by uid %d, neither root nor hb's uid %d; fix: chown -h root %s", link, st.Uid, euid, link)
+		}
+		if err := CheckTrusted(filepath.Dir(link)); err != nil {
+			return "", err
+		}
+		to, err := os.Readlink(link)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", link, err)
+		}
+		if !filepath.IsAbs(to) {
+			to = filepath.Join(filepath.Dir(link), to)
+		}
+		link = to
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+	if link == path {
 		return path, CheckTrusted(path)
 	}
-	euid := uint32(unix.Geteuid())
-	if st.Uid != 0 && st.Uid != euid {
-		return "", fmt.Errorf("%s: a symlink owned by uid %d, neither root nor hb's uid %d; fix: chown -h root %s", path, st.Uid, euid, path)
-	}
-	if err := CheckTrusted(filepath.Dir(path)); err != nil {
-		return "", err
-	}
-	target, err := filepath.EvalSymlinks(path)
+	target, err := filepath.EvalSymlinks(link) // symlinks above it: CheckTrusted vets them
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}

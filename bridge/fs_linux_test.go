@@ -85,8 +85,21 @@ func TestTrustedServiceDir(t *testing.T) {
 	os.Lchown(filepath.Join(scan, "theirs"), 12345, 12345)
 	os.Symlink(filepath.Join(sv, "nothing"), filepath.Join(scan, "dangling"))
 	os.Mkdir(filepath.Join(scan, "plain"), 0o755)
+	// A chain through a directory anyone can write: its middle link could
+	// be pointed at another service's directory.
+	mid := filepath.Join(dir, "mid")
+	os.Mkdir(mid, 0o755)
+	os.Chmod(mid, 0o777)
+	os.Symlink(good, filepath.Join(mid, "hop"))
+	os.Symlink(filepath.Join(mid, "hop"), filepath.Join(scan, "chain"))
+	// A chain through trusted directories only is followed.
+	os.Symlink(good, filepath.Join(sv, "alias"))
+	os.Symlink(filepath.Join(sv, "alias"), filepath.Join(scan, "aliased"))
 	if got, err := TrustedServiceDir(filepath.Join(scan, "good")); err != nil || got != good {
 		t.Errorf("a link to a trusted directory: %q, %v; want %q", got, err, good)
+	}
+	if got, err := TrustedServiceDir(filepath.Join(scan, "aliased")); err != nil || got != good {
+		t.Errorf("a chain of trusted links: %q, %v; want %q", got, err, good)
 	}
 	if got, err := TrustedServiceDir(filepath.Join(scan, "plain")); err != nil || got != filepath.Join(scan, "plain") {
 		t.Errorf("a directory: %q, %v", got, err)
@@ -95,6 +108,7 @@ func TestTrustedServiceDir(t *testing.T) {
 		"open":     "mode 0777 is writable by group or others",
 		"theirs":   "a symlink owned by uid 12345",
 		"dangling": "no such file",
+		"chain":    "mode 0777 is writable by group or others",
 	} {
 		if _, err := TrustedServiceDir(filepath.Join(scan, name)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", name, err, want)
