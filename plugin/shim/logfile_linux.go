@@ -50,11 +50,10 @@ type logFile struct {
 
 	// Pipe mode (Spec.LogDirect false, logpipe_linux.go): the service
 	// writes into pipe and the plugin writes f. size is f's size as the
-	// plugin wrote it; lost counts bytes a failed write dropped. All
+	// plugin wrote it. All
 	// guarded by mu.
 	pipe    *logPipe
 	size    int64
-	lost    int64
 	lineEnd bool // the file ends with a newline (or is empty)
 	// direct: the service writes f itself (Spec.LogDirect); stamps: lines
 	// get a time (Spec.LogTimestamps). Guarded by mu.
@@ -122,7 +121,6 @@ func (l *logFile) writeOut(b []byte) {
 	for len(b) > 0 {
 		if l.f == nil {
 			if err := l.openLocked(); err != nil {
-				l.lost += int64(len(b))
 				l.failed.Store(true)
 				return
 			}
@@ -167,7 +165,6 @@ func (l *logFile) writeLocked(b []byte) bool {
 		l.lineEnd = b[n-1] == '\n'
 	}
 	if err != nil {
-		l.lost += int64(len(b) - n)
 		l.noSpace = errors.Is(err, unix.ENOSPC)
 		l.failed.Store(true)
 		return false

@@ -537,13 +537,7 @@ func (s *Shim) logLoop() {
 		var work []svcLogs
 		s.mu.Lock()
 		for svc := range s.logged {
-			w := svcLogs{svc: svc}
-			if svc.stdout != nil {
-				w.logs = append(w.logs, svc.stdout)
-			}
-			if svc.stderr != nil {
-				w.logs = append(w.logs, svc.stderr)
-			}
+			w := svcLogs{svc: svc, logs: svc.logFiles()}
 			if len(w.logs) == 0 {
 				continue
 			}
