@@ -1055,6 +1055,26 @@ func (w *Writer) Beat() {
 	w.st64(hdrBeatNs, w.mono())
 }
 
+// BeatWords returns the addresses of writer_beat_ns in the shadow and in
+// each mapped table file, for a beater outside the Go runtime (the plugin's
+// native beat thread) that stores CLOCK_MONOTONIC there itself instead of
+// calling Beat. The set changes when Check publishes a new file; the
+// addresses stay valid until Close, which the beater must not outlive. A
+// file can be truncated under it: the beater must check that a word's page
+// can be written (the plugin's asks the kernel first) before it stores.
+func (w *Writer) BeatWords() []uintptr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.base == nil {
+		return nil
+	}
+	words := []uintptr{uintptr(unsafe.Pointer(w.u64(hdrBeatNs)))}
+	for _, f := range *w.files.Load() {
+		words = append(words, uintptr(unsafe.Add(f.base, hdrBeatNs)))
+	}
+	return words
+}
+
 // MarkAlive makes writer_alive say that this writer lives: it starts the
 // thread that owns the word as a robust futex and stores the thread's TID.
 // From then on the kernel sets WriterOwnerDied in the word when this

@@ -87,6 +87,9 @@ func (s *Shim) adopt(sl shm.Slot) {
 		inc.killMode = KillCgroup
 	}
 	svc.cur = inc
+	if svc.logsDirect() {
+		s.kickChores() // the log pass trims what it writes
+	}
 	s.incs[key] = inc
 	if incCg == nil && !bridged {
 		s.groups[pid] = struct{}{} // as in started

@@ -238,6 +238,9 @@ func (s *Shim) startedForking(p *startPlan, pid, pidfd int) (plugin.SpawnResult,
 	}
 	s.mu.Lock()
 	svc.cur = inc
+	if svc.logsDirect() {
+		s.kickChores() // the log pass trims what it writes
+	}
 	s.incs[inc.key] = inc
 	s.mu.Unlock()
 	state := shm.StateStarting

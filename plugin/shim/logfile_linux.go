@@ -61,6 +61,17 @@ type logFile struct {
 	// directMode is direct, for the beat to read without mu; failed: a
 	// write to the piped file failed since the log pass last found room.
 	directMode, failed atomic.Bool
+	// kick arms the shim's chores timer (Shim.kickChores) when the log
+	// needs the log pass; set once, before the log is used.
+	kick func()
+}
+
+// fail marks a piped write failed and asks for the log pass.
+func (l *logFile) fail() {
+	l.failed.Store(true)
+	if l.kick != nil {
+		l.kick()
+	}
 }
 
 func newLogFile(dir, name string, max int64, backups int) *logFile {
@@ -121,7 +132,7 @@ func (l *logFile) writeOut(b []byte) {
 	for len(b) > 0 {
 		if l.f == nil {
 			if err := l.openLocked(); err != nil {
-				l.failed.Store(true)
+				l.fail()
 				return
 			}
 			l.sizeFromFileLocked()
@@ -166,7 +177,7 @@ func (l *logFile) writeLocked(b []byte) bool {
 	}
 	if err != nil {
 		l.noSpace = errors.Is(err, unix.ENOSPC)
-		l.failed.Store(true)
+		l.fail()
 		return false
 	}
 	l.noSpace = false
@@ -178,7 +189,7 @@ func (l *logFile) writeLocked(b []byte) bool {
 // under its name again.
 func (l *logFile) rotateForPipeLocked() bool {
 	if err := l.rotateLocked(); err != nil {
-		l.failed.Store(true)
+		l.fail()
 		return false
 	}
 	l.size, l.lineEnd = 0, true

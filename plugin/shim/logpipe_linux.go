@@ -339,6 +339,7 @@ func (s *Shim) flushInherited() {
 	for name, pipes := range s.inherited {
 		for _, ip := range pipes {
 			l := newLogFile(ip.Dir, name+"."+ip.Stream+".log", ip.MaxBytes, ip.Backups)
+			l.kick = s.kickChores
 			l.setMode(ip.Timestamps, false)
 			lp, err := adoptLogPipe(l, name, ip.Stream, ip.R, ip.W)
 			if err != nil {
@@ -388,6 +389,7 @@ func (s *Shim) logFileOf(svc *service, stream, dir, name string, max int64, back
 	made := false
 	if *lf == nil {
 		*lf = newLogFile(dir, name, max, backups)
+		(*lf).kick = s.kickChores
 		s.logged[svc] = struct{}{}
 		made = true
 	}
@@ -460,6 +462,17 @@ func (s *Shim) drainLogs(svc *service) {
 }
 
 // logFiles lists svc's log files. Called with svc.op or Shim.mu held.
+// logsDirect reports whether svc writes a log file itself (log_direct),
+// which the log pass trims while svc runs. Called with Shim.mu held.
+func (svc *service) logsDirect() bool {
+	for _, l := range svc.logFiles() {
+		if l.directMode.Load() {
+			return true
+		}
+	}
+	return false
+}
+
 func (svc *service) logFiles() []*logFile {
 	var out []*logFile
 	if svc.stdout != nil {

@@ -27,11 +27,6 @@ var reaper = struct {
 	// spawn: it sets deferred and leaves, and the last endSpawn kicks it.
 	spawning atomic.Int32
 	deferred atomic.Bool
-	// exited: a child of this process exited (SIGCHLD) since the last
-	// pass began. The beat asks for a pass only then, so an idle plugin
-	// with many services never walks its children.
-	exited atomic.Bool
-
 	mu      sync.Mutex            // guards the fields below
 	tracked map[int]struct{}      // PIDs the exit path of some Shim will reap
 	refs    int                   // open Shims; the goroutine runs while > 0
@@ -47,14 +42,6 @@ func beginSpawn() { reaper.spawning.Add(1) }
 
 func endSpawn() {
 	if reaper.spawning.Add(-1) == 0 && reaper.deferred.Swap(false) {
-		kickReaper()
-	}
-}
-
-// kickReaperIfExited asks for a pass if a child exited since the last one
-// (the beat's pass, for strays whose exit nothing else reported).
-func kickReaperIfExited() {
-	if reaper.exited.Load() {
 		kickReaper()
 	}
 }
@@ -107,7 +94,6 @@ func startReaper(log *slog.Logger) {
 	reaper.stop = make(chan struct{})
 	reaper.done = make(chan struct{})
 	reaper.kick = make(chan struct{}, 1)
-	reaper.exited.Store(true) // children of an earlier plugin in this process may be waiting
 	go reapLoop(reaper.stop, reaper.done, reaper.kick, log)
 	// Children of an earlier plugin in this process may be waiting.
 	reaper.kick <- struct{}{}
@@ -131,31 +117,37 @@ func stopReaper() {
 
 // reapLoop runs a pass at each kick: from the exit path after every exit
 // it records (when orphans of a service appear: its group is killed, its
-// double-forked daemons outlive it), and from the shim's beat when a child
-// exited since the last pass (SIGCHLD). SIGCHLD itself only sets that mark:
-// the plugin gets one for every exit of a service, at the very moment the
-// exit path is reaping and respawning it, and a pass then would take CPU
-// from that (docs/perf-notes.md). A stray's zombie waits for the next beat
-// at most; it holds no memory, only its PID. An idle plugin does not walk
-// its children at all.
+// double-forked daemons outlive it), and a beat (beatInterval) after a
+// child exited (SIGCHLD) since the last pass. SIGCHLD itself only arms that
+// timer: the plugin gets one for every exit of a service, at the very
+// moment the exit path is reaping and respawning it, and a pass then would
+// take CPU from that (docs/perf-notes.md). A stray's zombie waits a beat at
+// most; it holds no memory, only its PID. An idle plugin has no timer here
+// and does not walk its children at all.
 func reapLoop(stop, done, kick chan struct{}, log *slog.Logger) {
 	defer close(done)
-	// SIGCHLD only marks that a pass is due at the next beat (or kick): it
+	// SIGCHLD only arms the timer of a pass (or a kick comes first): it
 	// wakes nothing else, so a service's exit costs the exit path no more
 	// than the runtime's signal delivery.
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, unix.SIGCHLD)
 	defer signal.Stop(sigchld)
+	// due fires a beat after the first SIGCHLD since the last pass; nil
+	// while none is due, so an idle plugin has no timer here.
+	var due <-chan time.Time
 	for {
 		select {
 		case <-stop:
 			return
 		case <-sigchld:
-			reaper.exited.Store(true)
+			if due == nil {
+				due = time.After(beatInterval)
+			}
 			continue
+		case <-due:
 		case <-kick:
 		}
-		reaper.exited.Store(false)
+		due = nil
 		reapStrays(log)
 	}
 }

@@ -90,6 +90,7 @@ func (s *Shim) recordLoop() {
 		wrote = time.Now()
 		if err := writeRecordFile(s.opts.StateDir, b); err != nil {
 			s.recordRetry.Store(true)
+			s.kickChores()
 			if err.Error() != lastErr {
 				lastErr = err.Error()
 				s.log.Error("cannot write the adoption record; a plugin that starts with an empty table could start services a second time", "err", err)

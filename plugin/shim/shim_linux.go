@@ -32,10 +32,11 @@ const (
 	trimQuiet = time.Second
 )
 
-// beatInterval is the period of the shim's only timer: it refreshes the
-// table's writer_beat_ns (readers use it to tell that the watcher itself is
-// alive), trims log files and has the stray reaper look for re-parented
-// descendants that exited. Nothing on the exit path depends on it.
+// beatInterval is the period of writer_beat_ns (readers use it to tell that
+// the watcher itself is alive and not stopped) and of the chores (beatLoop):
+// log trimming, a failed adoption record written again, and, where the
+// native beat thread or the table watch are missing, the beat and the
+// table's Check. Nothing on the exit path depends on it.
 const beatInterval = time.Second
 
 // reapWait bounds how long the exit path waits for a detected exit's zombie
@@ -169,6 +170,17 @@ type Shim struct {
 	inherited map[string][]plugin.InheritedPipe
 	// logKick: the beat asks logLoop to trim log files.
 	logKick chan struct{}
+	// choreKick asks beatLoop to arm its timer: some chore is due at the
+	// next beat (kickChores). An idle plugin's timer is not armed at all.
+	choreKick chan struct{}
+	// nbeat refreshes writer_beat_ns outside the Go runtime (nativeBeat);
+	// nil without cgo or when its thread could not start, and then the
+	// chores timer beats.
+	nbeat *nativeBeat
+	// tableWatch tells of changes to the table's name and files (inotify);
+	// nil when it could not be set up, and then the chores timer checks
+	// the table every beat.
+	tableWatch *tableWatch
 	// life is held shared by every method that uses the table or the
 	// watcher (enter/leave) and exclusively by close, which must not unmap
 	// the table under them.
@@ -350,14 +362,15 @@ func New(opts Options) (*Shim, error) {
 		log:           log,
 		events:        newEventLog(),
 		detectToStore: newDetectToStore(), respawnLatency: newRespawnLatency(),
-		svcs:    map[string]*service{},
-		incs:    map[uint64]*incarnation{},
-		groups:  map[int]struct{}{},
-		ended:   map[int]struct{}{},
-		logged:  map[*service]struct{}{},
-		quit:    make(chan struct{}),
-		logKick: make(chan struct{}, 1),
-		trim:    plugin.BurstTrim{Burst: trimBurst, Quiet: trimQuiet},
+		svcs:      map[string]*service{},
+		incs:      map[uint64]*incarnation{},
+		groups:    map[int]struct{}{},
+		ended:     map[int]struct{}{},
+		logged:    map[*service]struct{}{},
+		quit:      make(chan struct{}),
+		logKick:   make(chan struct{}, 1),
+		choreKick: make(chan struct{}, 1),
+		trim:      plugin.BurstTrim{Burst: trimBurst, Quiet: trimQuiet},
 
 		inherited: map[string][]plugin.InheritedPipe{},
 	}
@@ -430,6 +443,17 @@ func New(opts Options) (*Shim, error) {
 	}
 	w.SetHeaderFlags(flags)
 	w.Beat()
+	if nb, err := startNativeBeat(beatInterval); err != nil {
+		log.Debug("writer_beat_ns on the chores timer", "why", err)
+	} else {
+		s.nbeat = nb
+		nb.set(w.BeatWords())
+	}
+	if tw, err := newTableWatch(w.Path()); err != nil {
+		log.Warn("the table's file and name are checked every second instead of on change", "err", err)
+	} else {
+		s.tableWatch = tw
+	}
 	startReaper(log)
 
 	s.wg.Add(3 + exitWorkers)
@@ -464,31 +488,73 @@ func New(opts Options) (*Shim, error) {
 	return s, nil
 }
 
-// beatLoop runs the shim's one timer (see beatInterval). It hands log
-// trimming to logLoop and never waits for it: a slow filesystem under
-// log_dir must not hold up writer_beat_ns.
+// beatLoop runs the shim's chores (see beatInterval) on a timer that is
+// armed only while one is due: writer_beat_ns when no native beat thread
+// refreshes it, the table's Check when no tableWatch tells of changes, a
+// failed adoption record to write again, or work for the log pass. An idle
+// plugin arms nothing: its only periodic wake is the native beat thread's.
+// Changes to the table run Check at once. It hands log trimming to logLoop
+// and never waits for it: a slow filesystem under log_dir must not hold up
+// the chores.
 func (s *Shim) beatLoop() {
 	defer s.wg.Done()
-	t := time.NewTicker(beatInterval)
-	defer t.Stop()
+	t := time.NewTimer(beatInterval)
+	armed := true
+	var tableChanged chan struct{}
+	if s.tableWatch != nil {
+		tableChanged = s.tableWatch.changed
+	}
 	for {
 		select {
 		case <-s.quit:
+			t.Stop()
 			return
+		case <-s.choreKick:
+			if !armed {
+				t.Reset(beatInterval)
+				armed = true
+			}
+			continue
+		case <-tableChanged:
+			s.checkTable()
+			continue
 		case <-t.C:
+			armed = false
 		}
-		s.w.Beat()
-		s.checkTable()
+		if s.nbeat == nil {
+			s.w.Beat()
+		}
+		if s.tableWatch == nil {
+			s.checkTable()
+		}
 		if s.recordRetry.Load() {
 			s.kickRecord()
 		}
-		kickReaperIfExited() // strays that exited since the last exit of a service
 		if s.logPassWanted() {
 			select {
 			case s.logKick <- struct{}{}:
 			default: // logLoop is still at the last beat's work
 			}
 		}
+		if s.choresDue() {
+			t.Reset(beatInterval)
+			armed = true
+		}
+	}
+}
+
+// choresDue reports whether beatLoop has work at the next beat.
+func (s *Shim) choresDue() bool {
+	return s.nbeat == nil || s.tableWatch == nil || s.recordRetry.Load() || s.logPassWanted()
+}
+
+// kickChores arms beatLoop's timer: call it when something makes a chore
+// due (a process group to watch until it empties, a log that failed or
+// that its service writes itself, an adoption record to write again).
+func (s *Shim) kickChores() {
+	select {
+	case s.choreKick <- struct{}{}:
+	default:
 	}
 }
 
@@ -604,6 +670,9 @@ func (s *Shim) logLoop() {
 			}
 		}
 		fullDirs = nowFull
+		if s.logProblems.Load() > 0 {
+			s.kickChores() // look again at the next beat
+		}
 	}
 }
 
@@ -614,6 +683,18 @@ func (s *Shim) checkTable() {
 	notes, err := s.w.Check()
 	for _, n := range notes {
 		s.log.Warn("table repaired", "what", n)
+	}
+	if len(notes) > 0 {
+		if s.nbeat != nil {
+			s.nbeat.set(s.w.BeatWords()) // a new file to beat into
+		}
+		if s.tableWatch != nil && err == nil {
+			// The name is this table's file again (a new one if it was
+			// removed): watch it for truncation too.
+			if werr := s.tableWatch.watchFile(s.w.Path()); werr != nil {
+				s.log.Warn("the table's new file is checked only on changes of its name", "err", werr)
+			}
+		}
 	}
 	msg := ""
 	if err != nil {
@@ -640,6 +721,7 @@ func (s *Shim) groupEnded(pid int) {
 		s.ended[pid] = struct{}{}
 	}
 	s.mu.Unlock()
+	s.kickChores()
 }
 
 // TableHealth returns the repairs of the table the plugin made (newest last,
@@ -794,6 +876,12 @@ func (s *Shim) close(clean bool) error {
 			drainStrays(s.log, drainTimeout, groups)
 		}
 		s.closeCgroups(clean)
+		if s.nbeat != nil {
+			s.nbeat.stop() // it stores into the table's mappings
+		}
+		if s.tableWatch != nil {
+			s.tableWatch.close()
+		}
 		if err := s.w.Close(clean); err != nil {
 			errs = append(errs, err)
 		}

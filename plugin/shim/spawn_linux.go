@@ -239,6 +239,9 @@ func (s *Shim) started(p *startPlan, c child) (*incarnation, error) {
 	p.takeBeat(inc)
 	s.mu.Lock()
 	svc.cur = inc
+	if svc.logsDirect() {
+		s.kickChores() // the log pass trims what it writes
+	}
 	s.incs[inc.key] = inc
 	if inc.cg == nil {
 		// In a cgroup, what outlives the main process is killed at its
