@@ -27,13 +27,13 @@ var reaper = struct {
 	// spawn: it sets deferred and leaves, and the last endSpawn kicks it.
 	spawning atomic.Int32
 	deferred atomic.Bool
-	mu      sync.Mutex            // guards the fields below
-	tracked map[int]struct{}      // PIDs the exit path of some Shim will reap
-	refs    int                   // open Shims; the goroutine runs while > 0
-	stop    chan struct{}         // closed to stop the goroutine
-	done    chan struct{}         // closed when the goroutine has returned
-	kick    chan struct{}         // buffered(1): run a pass now
-	reaped  func(pid int, st int) // test hook: a stray was reaped
+	mu       sync.Mutex            // guards the fields below
+	tracked  map[int]struct{}      // PIDs the exit path of some Shim will reap
+	refs     int                   // open Shims; the goroutine runs while > 0
+	stop     chan struct{}         // closed to stop the goroutine
+	done     chan struct{}         // closed when the goroutine has returned
+	kick     chan struct{}         // buffered(1): run a pass now
+	reaped   func(pid int, st int) // test hook: a stray was reaped
 }{tracked: map[int]struct{}{}}
 
 // beginSpawn opens a spawn: call it before the fork, and endSpawn once the
