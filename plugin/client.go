@@ -72,6 +72,32 @@ func (c *grpcClient) Spawn(ctx context.Context, spec Spec) (SpawnResult, error) 
 	return spawnResultFromProto(resp), nil
 }
 
+// SpawnMany asks a plugin of FeatureSpawnMany or later (an older one
+// answers Unimplemented) to start every spec. A failed call fails every
+// spec with its error.
+func (c *grpcClient) SpawnMany(ctx context.Context, specs []Spec) ([]SpawnOutcome, error) {
+	req := &hbpb.SpawnManyRequest{Specs: make([]*hbpb.Spec, len(specs))}
+	for i, spec := range specs {
+		req.Specs[i] = specToProto(spec)
+	}
+	resp, err := c.rpc.SpawnMany(ctx, req)
+	if err != nil {
+		return nil, c.fail("SpawnMany", err)
+	}
+	if len(resp.GetOutcomes()) != len(specs) {
+		return nil, fmt.Errorf("plugin: SpawnMany: %d outcomes for %d specs", len(resp.GetOutcomes()), len(specs))
+	}
+	outs := make([]SpawnOutcome, len(specs))
+	for i, o := range resp.GetOutcomes() {
+		if o.GetErrorCode() != 0 {
+			outs[i].Err = errorFromOutcome(o.GetErrorCode(), o.GetError(), o.GetErrorReason())
+			continue
+		}
+		outs[i].Result = spawnResultFromProto(o.GetResult())
+	}
+	return outs, nil
+}
+
 func (c *grpcClient) Stop(ctx context.Context, name string, sig syscall.Signal, timeout time.Duration) error {
 	_, err := c.rpc.Stop(ctx, &hbpb.StopRequest{Name: name, Signal: int32(sig), TimeoutNs: int64(timeout)})
 	return c.fail("Stop", err)

@@ -690,3 +690,57 @@ func TestReattachWhileAnotherHostIsConnected(t *testing.T) {
 		t.Fatalf("Reattach after the first host detached: exit %d: %s", code, out)
 	}
 }
+
+// TestSpawnManyCrossesTheBoundary: one SpawnMany through the real plugin
+// process gives, for each spec in order, what a Spawn of it would have: the
+// result, or the same error (sentinel, *RemoteError and message).
+func TestSpawnManyCrossesTheBoundary(t *testing.T) {
+	t.Parallel()
+	conn, _ := launch(t)
+	sh := conn.Shim()
+	ctx := t.Context()
+	if _, err := sh.Spawn(ctx, plugin.Spec{Name: "a", Command: []string{"x"}}); err != nil {
+		t.Fatal(err)
+	}
+	many, ok := sh.(plugin.ManySpawner)
+	if !ok {
+		t.Fatalf("%T is not a plugin.ManySpawner", sh)
+	}
+	outs, err := many.SpawnMany(ctx, []plugin.Spec{
+		{Name: "b", Command: []string{"x"}},
+		{Name: "a", Command: []string{"x"}}, // running
+		{Name: "c"},                         // empty command
+		{Name: "d", Command: []string{"x"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(outs) != 4 {
+		t.Fatalf("%d outcomes, want 4", len(outs))
+	}
+	for _, i := range []int{0, 3} {
+		if outs[i].Err != nil || outs[i].Result.PID == 0 {
+			t.Errorf("outcome %d: %+v, want a started service", i, outs[i])
+		}
+	}
+	for i, want := range map[int]struct {
+		err error
+		msg string
+	}{
+		1: {plugin.ErrRunning, `plugintest: spawn "a": service is running (pid 40001)`},
+		2: {plugin.ErrBadSpec, `plugintest: spawn "c": invalid spec: empty command`},
+	} {
+		err := outs[i].Err
+		var re *plugin.RemoteError
+		if !errors.Is(err, want.err) || !errors.As(err, &re) || err.Error() != want.msg {
+			t.Errorf("outcome %d: %v (%T), want %q wrapping %v", i, err, err, want.msg, want.err)
+		}
+	}
+	slots, err := sh.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(slots) != 3 {
+		t.Errorf("List after SpawnMany: %+v, want a, b and d", slots)
+	}
+}

@@ -165,3 +165,28 @@ func fromStatus(method string, err error) error {
 	}
 	return &RemoteError{Method: method, Code: st.Code(), Msg: st.Message(), Err: sentinel}
 }
+
+// outcomeFromError is the server side of one Spawn of a SpawnMany: err as
+// toStatus would send it, taken apart into the SpawnOutcome's fields.
+func outcomeFromError(err error) (code int32, msg, reason string) {
+	st, _ := status.FromError(toStatus(err))
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
+			reason = info.GetReason()
+			break
+		}
+	}
+	return int32(st.Code()), st.Message(), reason
+}
+
+// errorFromOutcome is the client side: the error fromStatus would have made
+// of the same Spawn's status.
+func errorFromOutcome(code int32, msg, reason string) error {
+	st := status.New(codes.Code(code), msg)
+	if reason != "" {
+		if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: errorDomain}); err == nil {
+			st = withInfo
+		}
+	}
+	return fromStatus("Spawn", st.Err())
+}

@@ -180,6 +180,42 @@ func (s *grpcServer) Spawn(ctx context.Context, req *hbpb.SpawnRequest) (*hbpb.S
 	return spawnResultToProto(res), nil
 }
 
+func (s *grpcServer) SpawnMany(ctx context.Context, req *hbpb.SpawnManyRequest) (*hbpb.SpawnManyResponse, error) {
+	if err := s.refuse("SpawnMany"); err != nil {
+		return nil, err
+	}
+	specs := make([]Spec, len(req.GetSpecs()))
+	for i, p := range req.GetSpecs() {
+		if p == nil {
+			return nil, toStatus(fmt.Errorf("plugin: SpawnMany: %w: spec %d is empty", ErrBadSpec, i))
+		}
+		specs[i] = specFromProto(p)
+		s.specs.share(&specs[i])
+	}
+	var outs []SpawnOutcome
+	if m, ok := s.impl.(ManySpawner); ok {
+		var err error
+		if outs, err = m.SpawnMany(ctx, specs); err != nil {
+			return nil, toStatus(err)
+		}
+	} else {
+		outs = make([]SpawnOutcome, len(specs))
+		for i, spec := range specs {
+			outs[i].Result, outs[i].Err = s.impl.Spawn(ctx, spec)
+		}
+	}
+	resp := &hbpb.SpawnManyResponse{Outcomes: make([]*hbpb.SpawnOutcome, len(outs))}
+	for i, o := range outs {
+		if o.Err != nil {
+			code, msg, reason := outcomeFromError(o.Err)
+			resp.Outcomes[i] = &hbpb.SpawnOutcome{ErrorCode: code, Error: msg, ErrorReason: reason}
+			continue
+		}
+		resp.Outcomes[i] = &hbpb.SpawnOutcome{Result: spawnResultToProto(o.Result)}
+	}
+	return resp, nil
+}
+
 func (s *grpcServer) Stop(ctx context.Context, req *hbpb.StopRequest) (*hbpb.StopResponse, error) {
 	if err := s.refuse("Stop"); err != nil {
 		return nil, err

@@ -193,7 +193,25 @@ const (
 	// FeatureLogPipes: the plugin honours Spec.LogTimestamps and
 	// Spec.LogDirect and reports its log pipes.
 	FeatureLogPipes = 6
+	// FeatureSpawnMany: the plugin answers SpawnMany (ManySpawner).
+	FeatureSpawnMany = 7
 )
+
+// SpawnOutcome is the result of one Spawn of a SpawnMany, or its error.
+type SpawnOutcome struct {
+	Result SpawnResult
+	Err    error
+}
+
+// ManySpawner is a Shim that starts several services in one call: each as
+// Spawn would, in parallel, the outcomes in the order of specs. One call
+// instead of one per service is most of what a start of many services costs
+// the host and the plugin beyond the spawns themselves (the RPC's framing,
+// scheduling and marshalling each way). A Shim without it, or a plugin of a
+// feature version before FeatureSpawnMany, gets one Spawn per service.
+type ManySpawner interface {
+	SpawnMany(ctx context.Context, specs []Spec) ([]SpawnOutcome, error)
+}
 
 // EventKind says what an Event reports.
 type EventKind uint8

@@ -47,6 +47,7 @@ type Shim struct {
 	specs     map[string]plugin.Spec
 	calls     []string
 	shutdowns []bool
+	features  int // Info's FeatureVersion
 }
 
 type svc struct {
@@ -65,10 +66,36 @@ type svc struct {
 // New returns a Shim with an empty table of slots slots.
 func New(slots int) *Shim {
 	return &Shim{slots: slots, svcs: map[string]*svc{}, specs: map[string]plugin.Spec{},
-		changed: make(chan struct{}), first: 1, nextPID: 40000, pid: 1 << 22}
+		changed: make(chan struct{}), first: 1, nextPID: 40000, pid: 1 << 22, features: plugin.FeatureSpawnMany}
 }
 
-var _ plugin.Shim = (*Shim)(nil)
+var (
+	_ plugin.Shim        = (*Shim)(nil)
+	_ plugin.ManySpawner = (*Shim)(nil)
+)
+
+// SetFeatureVersion makes Info report v: a plugin of an older hbd.
+func (f *Shim) SetFeatureVersion(v int) {
+	f.mu.Lock()
+	f.features = v
+	f.mu.Unlock()
+}
+
+// SpawnMany implements plugin.ManySpawner: it records "spawn-many N" and
+// spawns each spec in order, as Spawn (a stall holds each of them).
+func (f *Shim) SpawnMany(ctx context.Context, specs []plugin.Spec) ([]plugin.SpawnOutcome, error) {
+	f.mu.Lock()
+	err := f.call(fmt.Sprintf("spawn-many %d", len(specs)))
+	f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	outs := make([]plugin.SpawnOutcome, len(specs))
+	for i, spec := range specs {
+		outs[i].Result, outs[i].Err = f.Spawn(ctx, spec)
+	}
+	return outs, nil
+}
 
 // emit appends ev with the next sequence number; f.mu is held.
 func (f *Shim) emit(ev plugin.Event) plugin.Event {
@@ -113,7 +140,7 @@ func (f *Shim) Info(context.Context) (plugin.Info, error) {
 		return plugin.Info{}, err
 	}
 	return plugin.Info{PID: f.pid, ShmName: "plugintest", Slots: f.slots, Pidfd: true,
-		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: plugin.FeatureLogPipes}, nil
+		Adopted: f.adopted, LastSeq: f.lastSeq, Version: "test", FeatureVersion: f.features}, nil
 }
 
 // Spawn implements plugin.Shim. With StallSpawns in effect it blocks until

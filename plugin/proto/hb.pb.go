@@ -1097,6 +1097,165 @@ func (x *SpawnResponse) GetLogPipes() []*LogPipe {
 	return nil
 }
 
+type SpawnManyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Specs         []*Spec                `protobuf:"bytes,1,rep,name=specs,proto3" json:"specs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpawnManyRequest) Reset() {
+	*x = SpawnManyRequest{}
+	mi := &file_hb_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpawnManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpawnManyRequest) ProtoMessage() {}
+
+func (x *SpawnManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpawnManyRequest.ProtoReflect.Descriptor instead.
+func (*SpawnManyRequest) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SpawnManyRequest) GetSpecs() []*Spec {
+	if x != nil {
+		return x.Specs
+	}
+	return nil
+}
+
+type SpawnManyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Outcomes      []*SpawnOutcome        `protobuf:"bytes,1,rep,name=outcomes,proto3" json:"outcomes,omitempty"` // one per spec, in the same order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpawnManyResponse) Reset() {
+	*x = SpawnManyResponse{}
+	mi := &file_hb_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpawnManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpawnManyResponse) ProtoMessage() {}
+
+func (x *SpawnManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpawnManyResponse.ProtoReflect.Descriptor instead.
+func (*SpawnManyResponse) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SpawnManyResponse) GetOutcomes() []*SpawnOutcome {
+	if x != nil {
+		return x.Outcomes
+	}
+	return nil
+}
+
+// SpawnOutcome is one Spawn of a SpawnMany: its result, or the error Spawn
+// would have returned as a gRPC status (code, message and the reason of its
+// ErrorInfo).
+type SpawnOutcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *SpawnResponse         `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	ErrorCode     int32                  `protobuf:"varint,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"` // 0: no error
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorReason   string                 `protobuf:"bytes,4,opt,name=error_reason,json=errorReason,proto3" json:"error_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpawnOutcome) Reset() {
+	*x = SpawnOutcome{}
+	mi := &file_hb_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpawnOutcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpawnOutcome) ProtoMessage() {}
+
+func (x *SpawnOutcome) ProtoReflect() protoreflect.Message {
+	mi := &file_hb_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpawnOutcome.ProtoReflect.Descriptor instead.
+func (*SpawnOutcome) Descriptor() ([]byte, []int) {
+	return file_hb_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SpawnOutcome) GetResult() *SpawnResponse {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SpawnOutcome) GetErrorCode() int32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *SpawnOutcome) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SpawnOutcome) GetErrorReason() string {
+	if x != nil {
+		return x.ErrorReason
+	}
+	return ""
+}
+
 // LogPipe mirrors plugin.LogPipe: a log pipe's ends in the plugin process.
 type LogPipe struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1111,7 +1270,7 @@ type LogPipe struct {
 
 func (x *LogPipe) Reset() {
 	*x = LogPipe{}
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1282,7 @@ func (x *LogPipe) String() string {
 func (*LogPipe) ProtoMessage() {}
 
 func (x *LogPipe) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[9]
+	mi := &file_hb_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1295,7 @@ func (x *LogPipe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogPipe.ProtoReflect.Descriptor instead.
 func (*LogPipe) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{9}
+	return file_hb_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogPipe) GetName() string {
@@ -1185,7 +1344,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1356,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[10]
+	mi := &file_hb_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1369,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{10}
+	return file_hb_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1242,7 +1401,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1413,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[11]
+	mi := &file_hb_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1426,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{11}
+	return file_hb_proto_rawDescGZIP(), []int{14}
 }
 
 type SignalRequest struct {
@@ -1280,7 +1439,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1451,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[12]
+	mi := &file_hb_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1464,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{12}
+	return file_hb_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignalRequest) GetName() string {
@@ -1330,7 +1489,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1501,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[13]
+	mi := &file_hb_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1514,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{13}
+	return file_hb_proto_rawDescGZIP(), []int{16}
 }
 
 type SetStateRequest struct {
@@ -1369,7 +1528,7 @@ type SetStateRequest struct {
 
 func (x *SetStateRequest) Reset() {
 	*x = SetStateRequest{}
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1540,7 @@ func (x *SetStateRequest) String() string {
 func (*SetStateRequest) ProtoMessage() {}
 
 func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[14]
+	mi := &file_hb_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1553,7 @@ func (x *SetStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateRequest.ProtoReflect.Descriptor instead.
 func (*SetStateRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{14}
+	return file_hb_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetStateRequest) GetName() string {
@@ -1426,7 +1585,7 @@ type SetStateResponse struct {
 
 func (x *SetStateResponse) Reset() {
 	*x = SetStateResponse{}
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1597,7 @@ func (x *SetStateResponse) String() string {
 func (*SetStateResponse) ProtoMessage() {}
 
 func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[15]
+	mi := &file_hb_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1610,7 @@ func (x *SetStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetStateResponse.ProtoReflect.Descriptor instead.
 func (*SetStateResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{15}
+	return file_hb_proto_rawDescGZIP(), []int{18}
 }
 
 type FreeRequest struct {
@@ -1463,7 +1622,7 @@ type FreeRequest struct {
 
 func (x *FreeRequest) Reset() {
 	*x = FreeRequest{}
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1634,7 @@ func (x *FreeRequest) String() string {
 func (*FreeRequest) ProtoMessage() {}
 
 func (x *FreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[16]
+	mi := &file_hb_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1647,7 @@ func (x *FreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeRequest.ProtoReflect.Descriptor instead.
 func (*FreeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{16}
+	return file_hb_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FreeRequest) GetName() string {
@@ -1506,7 +1665,7 @@ type FreeResponse struct {
 
 func (x *FreeResponse) Reset() {
 	*x = FreeResponse{}
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1677,7 @@ func (x *FreeResponse) String() string {
 func (*FreeResponse) ProtoMessage() {}
 
 func (x *FreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[17]
+	mi := &file_hb_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1690,7 @@ func (x *FreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreeResponse.ProtoReflect.Descriptor instead.
 func (*FreeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{17}
+	return file_hb_proto_rawDescGZIP(), []int{20}
 }
 
 type ListRequest struct {
@@ -1542,7 +1701,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1713,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[18]
+	mi := &file_hb_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1726,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{18}
+	return file_hb_proto_rawDescGZIP(), []int{21}
 }
 
 // Slot mirrors shm.Slot.
@@ -1591,7 +1750,7 @@ type Slot struct {
 
 func (x *Slot) Reset() {
 	*x = Slot{}
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1762,7 @@ func (x *Slot) String() string {
 func (*Slot) ProtoMessage() {}
 
 func (x *Slot) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[19]
+	mi := &file_hb_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1775,7 @@ func (x *Slot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Slot.ProtoReflect.Descriptor instead.
 func (*Slot) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{19}
+	return file_hb_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Slot) GetIndex() int64 {
@@ -1712,7 +1871,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1883,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[20]
+	mi := &file_hb_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1896,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{20}
+	return file_hb_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListResponse) GetSlots() []*Slot {
@@ -1756,7 +1915,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +1927,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[21]
+	mi := &file_hb_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +1940,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{21}
+	return file_hb_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EventsRequest) GetAfterSeq() uint64 {
@@ -1816,7 +1975,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1987,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[22]
+	mi := &file_hb_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +2000,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{22}
+	return file_hb_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1971,7 +2130,7 @@ type BridgeSpec struct {
 
 func (x *BridgeSpec) Reset() {
 	*x = BridgeSpec{}
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2142,7 @@ func (x *BridgeSpec) String() string {
 func (*BridgeSpec) ProtoMessage() {}
 
 func (x *BridgeSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[23]
+	mi := &file_hb_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2155,7 @@ func (x *BridgeSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeSpec.ProtoReflect.Descriptor instead.
 func (*BridgeSpec) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{23}
+	return file_hb_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BridgeSpec) GetName() string {
@@ -2051,7 +2210,7 @@ type BridgeRequest struct {
 
 func (x *BridgeRequest) Reset() {
 	*x = BridgeRequest{}
-	mi := &file_hb_proto_msgTypes[24]
+	mi := &file_hb_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2222,7 @@ func (x *BridgeRequest) String() string {
 func (*BridgeRequest) ProtoMessage() {}
 
 func (x *BridgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[24]
+	mi := &file_hb_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2235,7 @@ func (x *BridgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeRequest.ProtoReflect.Descriptor instead.
 func (*BridgeRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{24}
+	return file_hb_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BridgeRequest) GetPrograms() []*BridgeSpec {
@@ -2101,7 +2260,7 @@ type BridgeResponse struct {
 
 func (x *BridgeResponse) Reset() {
 	*x = BridgeResponse{}
-	mi := &file_hb_proto_msgTypes[25]
+	mi := &file_hb_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2272,7 @@ func (x *BridgeResponse) String() string {
 func (*BridgeResponse) ProtoMessage() {}
 
 func (x *BridgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[25]
+	mi := &file_hb_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2285,7 @@ func (x *BridgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgeResponse.ProtoReflect.Descriptor instead.
 func (*BridgeResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{25}
+	return file_hb_proto_rawDescGZIP(), []int{28}
 }
 
 type BridgedRequest struct {
@@ -2137,7 +2296,7 @@ type BridgedRequest struct {
 
 func (x *BridgedRequest) Reset() {
 	*x = BridgedRequest{}
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2308,7 @@ func (x *BridgedRequest) String() string {
 func (*BridgedRequest) ProtoMessage() {}
 
 func (x *BridgedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[26]
+	mi := &file_hb_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2321,7 @@ func (x *BridgedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgedRequest.ProtoReflect.Descriptor instead.
 func (*BridgedRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{26}
+	return file_hb_proto_rawDescGZIP(), []int{29}
 }
 
 type BridgedResponse struct {
@@ -2174,7 +2333,7 @@ type BridgedResponse struct {
 
 func (x *BridgedResponse) Reset() {
 	*x = BridgedResponse{}
-	mi := &file_hb_proto_msgTypes[27]
+	mi := &file_hb_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2345,7 @@ func (x *BridgedResponse) String() string {
 func (*BridgedResponse) ProtoMessage() {}
 
 func (x *BridgedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[27]
+	mi := &file_hb_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2358,7 @@ func (x *BridgedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BridgedResponse.ProtoReflect.Descriptor instead.
 func (*BridgedResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{27}
+	return file_hb_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *BridgedResponse) GetPrograms() []*BridgeSpec {
@@ -2218,7 +2377,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_hb_proto_msgTypes[28]
+	mi := &file_hb_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2389,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[28]
+	mi := &file_hb_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2402,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{28}
+	return file_hb_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ShutdownRequest) GetClean() bool {
@@ -2261,7 +2420,7 @@ type ShutdownResponse struct {
 
 func (x *ShutdownResponse) Reset() {
 	*x = ShutdownResponse{}
-	mi := &file_hb_proto_msgTypes[29]
+	mi := &file_hb_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2432,7 @@ func (x *ShutdownResponse) String() string {
 func (*ShutdownResponse) ProtoMessage() {}
 
 func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hb_proto_msgTypes[29]
+	mi := &file_hb_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2445,7 @@ func (x *ShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_hb_proto_rawDescGZIP(), []int{29}
+	return file_hb_proto_rawDescGZIP(), []int{32}
 }
 
 var File_hb_proto protoreflect.FileDescriptor
@@ -2392,7 +2551,17 @@ const file_hb_proto_rawDesc = "" +
 	"generation\x12\x1d\n" +
 	"\n" +
 	"start_time\x18\x04 \x01(\x04R\tstartTime\x12+\n" +
-	"\tlog_pipes\x18\x05 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\"{\n" +
+	"\tlog_pipes\x18\x05 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\"5\n" +
+	"\x10SpawnManyRequest\x12!\n" +
+	"\x05specs\x18\x01 \x03(\v2\v.hb.v1.SpecR\x05specs\"D\n" +
+	"\x11SpawnManyResponse\x12/\n" +
+	"\boutcomes\x18\x01 \x03(\v2\x13.hb.v1.SpawnOutcomeR\boutcomes\"\x94\x01\n" +
+	"\fSpawnOutcome\x12,\n" +
+	"\x06result\x18\x01 \x01(\v2\x14.hb.v1.SpawnResponseR\x06result\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x02 \x01(\x05R\terrorCode\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12!\n" +
+	"\ferror_reason\x18\x04 \x01(\tR\verrorReason\"{\n" +
 	"\aLogPipe\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x17\n" +
@@ -2504,10 +2673,11 @@ const file_hb_proto_rawDesc = "" +
 	"\x10EVENT_KIND_READY\x10\x06\x12\x15\n" +
 	"\x11EVENT_KIND_STATUS\x10\a\x12\x16\n" +
 	"\x12EVENT_KIND_MANAGER\x10\b\x12\x15\n" +
-	"\x11EVENT_KIND_BRIDGE\x10\t2\xd0\x04\n" +
+	"\x11EVENT_KIND_BRIDGE\x10\t2\x90\x05\n" +
 	"\x04Shim\x12/\n" +
 	"\x04Info\x12\x12.hb.v1.InfoRequest\x1a\x13.hb.v1.InfoResponse\x122\n" +
-	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12/\n" +
+	"\x05Spawn\x12\x13.hb.v1.SpawnRequest\x1a\x14.hb.v1.SpawnResponse\x12>\n" +
+	"\tSpawnMany\x12\x17.hb.v1.SpawnManyRequest\x1a\x18.hb.v1.SpawnManyResponse\x12/\n" +
 	"\x04Stop\x12\x12.hb.v1.StopRequest\x1a\x13.hb.v1.StopResponse\x125\n" +
 	"\x06Signal\x12\x14.hb.v1.SignalRequest\x1a\x15.hb.v1.SignalResponse\x12;\n" +
 	"\bSetState\x12\x16.hb.v1.SetStateRequest\x1a\x17.hb.v1.SetStateResponse\x12/\n" +
@@ -2531,83 +2701,91 @@ func file_hb_proto_rawDescGZIP() []byte {
 }
 
 var file_hb_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_hb_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_hb_proto_goTypes = []any{
-	(ServiceState)(0),        // 0: hb.v1.ServiceState
-	(EventKind)(0),           // 1: hb.v1.EventKind
-	(*InfoRequest)(nil),      // 2: hb.v1.InfoRequest
-	(*InfoResponse)(nil),     // 3: hb.v1.InfoResponse
-	(*Histogram)(nil),        // 4: hb.v1.Histogram
-	(*Metrics)(nil),          // 5: hb.v1.Metrics
-	(*Spec)(nil),             // 6: hb.v1.Spec
-	(*Rlimit)(nil),           // 7: hb.v1.Rlimit
-	(*Respawn)(nil),          // 8: hb.v1.Respawn
-	(*SpawnRequest)(nil),     // 9: hb.v1.SpawnRequest
-	(*SpawnResponse)(nil),    // 10: hb.v1.SpawnResponse
-	(*LogPipe)(nil),          // 11: hb.v1.LogPipe
-	(*StopRequest)(nil),      // 12: hb.v1.StopRequest
-	(*StopResponse)(nil),     // 13: hb.v1.StopResponse
-	(*SignalRequest)(nil),    // 14: hb.v1.SignalRequest
-	(*SignalResponse)(nil),   // 15: hb.v1.SignalResponse
-	(*SetStateRequest)(nil),  // 16: hb.v1.SetStateRequest
-	(*SetStateResponse)(nil), // 17: hb.v1.SetStateResponse
-	(*FreeRequest)(nil),      // 18: hb.v1.FreeRequest
-	(*FreeResponse)(nil),     // 19: hb.v1.FreeResponse
-	(*ListRequest)(nil),      // 20: hb.v1.ListRequest
-	(*Slot)(nil),             // 21: hb.v1.Slot
-	(*ListResponse)(nil),     // 22: hb.v1.ListResponse
-	(*EventsRequest)(nil),    // 23: hb.v1.EventsRequest
-	(*Event)(nil),            // 24: hb.v1.Event
-	(*BridgeSpec)(nil),       // 25: hb.v1.BridgeSpec
-	(*BridgeRequest)(nil),    // 26: hb.v1.BridgeRequest
-	(*BridgeResponse)(nil),   // 27: hb.v1.BridgeResponse
-	(*BridgedRequest)(nil),   // 28: hb.v1.BridgedRequest
-	(*BridgedResponse)(nil),  // 29: hb.v1.BridgedResponse
-	(*ShutdownRequest)(nil),  // 30: hb.v1.ShutdownRequest
-	(*ShutdownResponse)(nil), // 31: hb.v1.ShutdownResponse
+	(ServiceState)(0),         // 0: hb.v1.ServiceState
+	(EventKind)(0),            // 1: hb.v1.EventKind
+	(*InfoRequest)(nil),       // 2: hb.v1.InfoRequest
+	(*InfoResponse)(nil),      // 3: hb.v1.InfoResponse
+	(*Histogram)(nil),         // 4: hb.v1.Histogram
+	(*Metrics)(nil),           // 5: hb.v1.Metrics
+	(*Spec)(nil),              // 6: hb.v1.Spec
+	(*Rlimit)(nil),            // 7: hb.v1.Rlimit
+	(*Respawn)(nil),           // 8: hb.v1.Respawn
+	(*SpawnRequest)(nil),      // 9: hb.v1.SpawnRequest
+	(*SpawnResponse)(nil),     // 10: hb.v1.SpawnResponse
+	(*SpawnManyRequest)(nil),  // 11: hb.v1.SpawnManyRequest
+	(*SpawnManyResponse)(nil), // 12: hb.v1.SpawnManyResponse
+	(*SpawnOutcome)(nil),      // 13: hb.v1.SpawnOutcome
+	(*LogPipe)(nil),           // 14: hb.v1.LogPipe
+	(*StopRequest)(nil),       // 15: hb.v1.StopRequest
+	(*StopResponse)(nil),      // 16: hb.v1.StopResponse
+	(*SignalRequest)(nil),     // 17: hb.v1.SignalRequest
+	(*SignalResponse)(nil),    // 18: hb.v1.SignalResponse
+	(*SetStateRequest)(nil),   // 19: hb.v1.SetStateRequest
+	(*SetStateResponse)(nil),  // 20: hb.v1.SetStateResponse
+	(*FreeRequest)(nil),       // 21: hb.v1.FreeRequest
+	(*FreeResponse)(nil),      // 22: hb.v1.FreeResponse
+	(*ListRequest)(nil),       // 23: hb.v1.ListRequest
+	(*Slot)(nil),              // 24: hb.v1.Slot
+	(*ListResponse)(nil),      // 25: hb.v1.ListResponse
+	(*EventsRequest)(nil),     // 26: hb.v1.EventsRequest
+	(*Event)(nil),             // 27: hb.v1.Event
+	(*BridgeSpec)(nil),        // 28: hb.v1.BridgeSpec
+	(*BridgeRequest)(nil),     // 29: hb.v1.BridgeRequest
+	(*BridgeResponse)(nil),    // 30: hb.v1.BridgeResponse
+	(*BridgedRequest)(nil),    // 31: hb.v1.BridgedRequest
+	(*BridgedResponse)(nil),   // 32: hb.v1.BridgedResponse
+	(*ShutdownRequest)(nil),   // 33: hb.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),  // 34: hb.v1.ShutdownResponse
 }
 var file_hb_proto_depIdxs = []int32{
 	5,  // 0: hb.v1.InfoResponse.metrics:type_name -> hb.v1.Metrics
-	11, // 1: hb.v1.InfoResponse.log_pipes:type_name -> hb.v1.LogPipe
+	14, // 1: hb.v1.InfoResponse.log_pipes:type_name -> hb.v1.LogPipe
 	4,  // 2: hb.v1.Metrics.detect_to_store:type_name -> hb.v1.Histogram
 	4,  // 3: hb.v1.Metrics.respawn:type_name -> hb.v1.Histogram
 	8,  // 4: hb.v1.Spec.respawn:type_name -> hb.v1.Respawn
 	7,  // 5: hb.v1.Spec.rlimits:type_name -> hb.v1.Rlimit
 	6,  // 6: hb.v1.SpawnRequest.spec:type_name -> hb.v1.Spec
-	11, // 7: hb.v1.SpawnResponse.log_pipes:type_name -> hb.v1.LogPipe
-	0,  // 8: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
-	0,  // 9: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
-	21, // 10: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
-	1,  // 11: hb.v1.Event.kind:type_name -> hb.v1.EventKind
-	25, // 12: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
-	25, // 13: hb.v1.BridgedResponse.programs:type_name -> hb.v1.BridgeSpec
-	2,  // 14: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
-	9,  // 15: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
-	12, // 16: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
-	14, // 17: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
-	16, // 18: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
-	18, // 19: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
-	20, // 20: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
-	23, // 21: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
-	30, // 22: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
-	26, // 23: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
-	28, // 24: hb.v1.Shim.Bridged:input_type -> hb.v1.BridgedRequest
-	3,  // 25: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
-	10, // 26: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
-	13, // 27: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
-	15, // 28: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
-	17, // 29: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
-	19, // 30: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
-	22, // 31: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
-	24, // 32: hb.v1.Shim.Events:output_type -> hb.v1.Event
-	31, // 33: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
-	27, // 34: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
-	29, // 35: hb.v1.Shim.Bridged:output_type -> hb.v1.BridgedResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	14, // 7: hb.v1.SpawnResponse.log_pipes:type_name -> hb.v1.LogPipe
+	6,  // 8: hb.v1.SpawnManyRequest.specs:type_name -> hb.v1.Spec
+	13, // 9: hb.v1.SpawnManyResponse.outcomes:type_name -> hb.v1.SpawnOutcome
+	10, // 10: hb.v1.SpawnOutcome.result:type_name -> hb.v1.SpawnResponse
+	0,  // 11: hb.v1.SetStateRequest.state:type_name -> hb.v1.ServiceState
+	0,  // 12: hb.v1.Slot.state:type_name -> hb.v1.ServiceState
+	24, // 13: hb.v1.ListResponse.slots:type_name -> hb.v1.Slot
+	1,  // 14: hb.v1.Event.kind:type_name -> hb.v1.EventKind
+	28, // 15: hb.v1.BridgeRequest.programs:type_name -> hb.v1.BridgeSpec
+	28, // 16: hb.v1.BridgedResponse.programs:type_name -> hb.v1.BridgeSpec
+	2,  // 17: hb.v1.Shim.Info:input_type -> hb.v1.InfoRequest
+	9,  // 18: hb.v1.Shim.Spawn:input_type -> hb.v1.SpawnRequest
+	11, // 19: hb.v1.Shim.SpawnMany:input_type -> hb.v1.SpawnManyRequest
+	15, // 20: hb.v1.Shim.Stop:input_type -> hb.v1.StopRequest
+	17, // 21: hb.v1.Shim.Signal:input_type -> hb.v1.SignalRequest
+	19, // 22: hb.v1.Shim.SetState:input_type -> hb.v1.SetStateRequest
+	21, // 23: hb.v1.Shim.Free:input_type -> hb.v1.FreeRequest
+	23, // 24: hb.v1.Shim.List:input_type -> hb.v1.ListRequest
+	26, // 25: hb.v1.Shim.Events:input_type -> hb.v1.EventsRequest
+	33, // 26: hb.v1.Shim.Shutdown:input_type -> hb.v1.ShutdownRequest
+	29, // 27: hb.v1.Shim.Bridge:input_type -> hb.v1.BridgeRequest
+	31, // 28: hb.v1.Shim.Bridged:input_type -> hb.v1.BridgedRequest
+	3,  // 29: hb.v1.Shim.Info:output_type -> hb.v1.InfoResponse
+	10, // 30: hb.v1.Shim.Spawn:output_type -> hb.v1.SpawnResponse
+	12, // 31: hb.v1.Shim.SpawnMany:output_type -> hb.v1.SpawnManyResponse
+	16, // 32: hb.v1.Shim.Stop:output_type -> hb.v1.StopResponse
+	18, // 33: hb.v1.Shim.Signal:output_type -> hb.v1.SignalResponse
+	20, // 34: hb.v1.Shim.SetState:output_type -> hb.v1.SetStateResponse
+	22, // 35: hb.v1.Shim.Free:output_type -> hb.v1.FreeResponse
+	25, // 36: hb.v1.Shim.List:output_type -> hb.v1.ListResponse
+	27, // 37: hb.v1.Shim.Events:output_type -> hb.v1.Event
+	34, // 38: hb.v1.Shim.Shutdown:output_type -> hb.v1.ShutdownResponse
+	30, // 39: hb.v1.Shim.Bridge:output_type -> hb.v1.BridgeResponse
+	32, // 40: hb.v1.Shim.Bridged:output_type -> hb.v1.BridgedResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_hb_proto_init() }
@@ -2621,7 +2799,7 @@ func file_hb_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hb_proto_rawDesc), len(file_hb_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

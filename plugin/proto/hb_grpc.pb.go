@@ -33,17 +33,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Shim_Info_FullMethodName     = "/hb.v1.Shim/Info"
-	Shim_Spawn_FullMethodName    = "/hb.v1.Shim/Spawn"
-	Shim_Stop_FullMethodName     = "/hb.v1.Shim/Stop"
-	Shim_Signal_FullMethodName   = "/hb.v1.Shim/Signal"
-	Shim_SetState_FullMethodName = "/hb.v1.Shim/SetState"
-	Shim_Free_FullMethodName     = "/hb.v1.Shim/Free"
-	Shim_List_FullMethodName     = "/hb.v1.Shim/List"
-	Shim_Events_FullMethodName   = "/hb.v1.Shim/Events"
-	Shim_Shutdown_FullMethodName = "/hb.v1.Shim/Shutdown"
-	Shim_Bridge_FullMethodName   = "/hb.v1.Shim/Bridge"
-	Shim_Bridged_FullMethodName  = "/hb.v1.Shim/Bridged"
+	Shim_Info_FullMethodName      = "/hb.v1.Shim/Info"
+	Shim_Spawn_FullMethodName     = "/hb.v1.Shim/Spawn"
+	Shim_SpawnMany_FullMethodName = "/hb.v1.Shim/SpawnMany"
+	Shim_Stop_FullMethodName      = "/hb.v1.Shim/Stop"
+	Shim_Signal_FullMethodName    = "/hb.v1.Shim/Signal"
+	Shim_SetState_FullMethodName  = "/hb.v1.Shim/SetState"
+	Shim_Free_FullMethodName      = "/hb.v1.Shim/Free"
+	Shim_List_FullMethodName      = "/hb.v1.Shim/List"
+	Shim_Events_FullMethodName    = "/hb.v1.Shim/Events"
+	Shim_Shutdown_FullMethodName  = "/hb.v1.Shim/Shutdown"
+	Shim_Bridge_FullMethodName    = "/hb.v1.Shim/Bridge"
+	Shim_Bridged_FullMethodName   = "/hb.v1.Shim/Bridged"
 )
 
 // ShimClient is the client API for Shim service.
@@ -56,6 +57,9 @@ type ShimClient interface {
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
 	// Spawn allocates (or reuses) the slot named spec.name and starts the service.
 	Spawn(ctx context.Context, in *SpawnRequest, opts ...grpc.CallOption) (*SpawnResponse, error)
+	// SpawnMany starts each of specs as Spawn would (feature version 7), in
+	// parallel, and answers once all are done, in the order of specs.
+	SpawnMany(ctx context.Context, in *SpawnManyRequest, opts ...grpc.CallOption) (*SpawnManyResponse, error)
 	// Stop signals the service's process group, SIGKILLs it after timeout_ns,
 	// and returns once the exit has been recorded.
 	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*StopResponse, error)
@@ -104,6 +108,16 @@ func (c *shimClient) Spawn(ctx context.Context, in *SpawnRequest, opts ...grpc.C
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SpawnResponse)
 	err := c.cc.Invoke(ctx, Shim_Spawn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shimClient) SpawnMany(ctx context.Context, in *SpawnManyRequest, opts ...grpc.CallOption) (*SpawnManyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SpawnManyResponse)
+	err := c.cc.Invoke(ctx, Shim_SpawnMany_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +233,9 @@ type ShimServer interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
 	// Spawn allocates (or reuses) the slot named spec.name and starts the service.
 	Spawn(context.Context, *SpawnRequest) (*SpawnResponse, error)
+	// SpawnMany starts each of specs as Spawn would (feature version 7), in
+	// parallel, and answers once all are done, in the order of specs.
+	SpawnMany(context.Context, *SpawnManyRequest) (*SpawnManyResponse, error)
 	// Stop signals the service's process group, SIGKILLs it after timeout_ns,
 	// and returns once the exit has been recorded.
 	Stop(context.Context, *StopRequest) (*StopResponse, error)
@@ -258,6 +275,9 @@ func (UnimplementedShimServer) Info(context.Context, *InfoRequest) (*InfoRespons
 }
 func (UnimplementedShimServer) Spawn(context.Context, *SpawnRequest) (*SpawnResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Spawn not implemented")
+}
+func (UnimplementedShimServer) SpawnMany(context.Context, *SpawnManyRequest) (*SpawnManyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SpawnMany not implemented")
 }
 func (UnimplementedShimServer) Stop(context.Context, *StopRequest) (*StopResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stop not implemented")
@@ -339,6 +359,24 @@ func _Shim_Spawn_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ShimServer).Spawn(ctx, req.(*SpawnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shim_SpawnMany_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SpawnManyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).SpawnMany(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_SpawnMany_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).SpawnMany(ctx, req.(*SpawnManyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -512,6 +550,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Spawn",
 			Handler:    _Shim_Spawn_Handler,
+		},
+		{
+			MethodName: "SpawnMany",
+			Handler:    _Shim_SpawnMany_Handler,
 		},
 		{
 			MethodName: "Stop",

@@ -23,7 +23,7 @@ import (
 var _ plugin.Shim = (*Shim)(nil)
 
 // FeatureVersion is what this plugin honours, reported in plugin.Info.
-const FeatureVersion = plugin.FeatureLogPipes
+const FeatureVersion = plugin.FeatureSpawnMany
 
 // trimBurst spawns, then trimQuiet without one, and the plugin gives the
 // memory of the burst back (plugin.BurstTrim).

@@ -564,3 +564,39 @@ func TestSpawnedChildHoldsNoPluginFD(t *testing.T) {
 		}
 	}
 }
+
+// TestSpawnMany: the shim's SpawnMany starts each spec as Spawn would, the
+// outcomes in the order of the specs, a bad one failing alone.
+func TestSpawnMany(t *testing.T) {
+	h := newHarness(t, connector.DetectPidfd, "")
+	var specs []plugin.Spec
+	for _, name := range []string{"m0", "m1", "bad", "m2", "m3"} {
+		cmd := []string{"/bin/sleep", "1000"}
+		if name == "bad" {
+			cmd = []string{"/nonexistent/hb-test"}
+		}
+		specs = append(specs, plugin.Spec{Name: name, Command: cmd, UID: -1, GID: -1, Stdout: "null", Stderr: "null"})
+	}
+	outs, err := h.s.SpawnMany(t.Context(), specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range outs {
+		if specs[i].Name == "bad" {
+			if !errors.Is(o.Err, plugin.ErrBadSpec) {
+				t.Errorf("bad: %v, want ErrBadSpec", o.Err)
+			}
+			continue
+		}
+		if o.Err != nil {
+			t.Errorf("%s: %v", specs[i].Name, o.Err)
+			continue
+		}
+		if got := h.s.w.PID(o.Result.Slot); int(got) != o.Result.PID || got == 0 {
+			t.Errorf("%s: slot %d holds %d, want its PID %d", specs[i].Name, o.Result.Slot, got, o.Result.PID)
+		}
+		if slot, err := h.s.w.Lookup(specs[i].Name); err != nil || slot != o.Result.Slot {
+			t.Errorf("%s: outcome names slot %d, the table %d (%v)", specs[i].Name, o.Result.Slot, slot, err)
+		}
+	}
+}

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +35,28 @@ func (e *specError) Unwrap() []error { return []error{plugin.ErrBadSpec, e.err} 
 
 func badSpec(err error, format string, args ...any) error {
 	return &specError{msg: fmt.Sprintf(format, args...) + ": " + err.Error(), err: err}
+}
+
+// SpawnMany implements plugin.ManySpawner: each spec as Spawn, by as many
+// workers as the machine has CPUs (at least two), taking the specs in their
+// order.
+func (s *Shim) SpawnMany(ctx context.Context, specs []plugin.Spec) ([]plugin.SpawnOutcome, error) {
+	outs := make([]plugin.SpawnOutcome, len(specs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(specs), max(2, runtime.NumCPU())) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(specs) {
+					return
+				}
+				outs[i].Result, outs[i].Err = s.Spawn(ctx, specs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return outs, nil
 }
 
 // Spawn implements plugin.Shim. Order: fork+exec (vfork-style, with a pidfd)
