@@ -819,7 +819,7 @@ func (d *Daemon) spawnMany(svcs []*service, free int, why string) {
 // under way as spawnParallel Spawn calls did, with one call per batch
 // instead of one per service.
 const (
-	spawnBatch   = 64
+	spawnBatch      = 64
 	batchesInFlight = 2
 )
 
