@@ -19,6 +19,7 @@ func (d *Daemon) holdAfter(svcs []*service) (now []*service) {
 	for _, s := range svcs {
 		if missing := d.afterMissing(s); missing != "" {
 			s.afterWait = true
+			d.afterHeld++
 			s.reason = "waiting for " + missing + " (after)"
 			continue
 		}
@@ -44,6 +45,8 @@ func (d *Daemon) afterMissing(s *service) string {
 // running, in config order. Called with mu held (spawn lets go of it
 // around the call to the plugin).
 func (d *Daemon) releaseAfter() {
+	held := 0
+	defer func() { d.afterHeld = held }()
 	for _, name := range d.order {
 		s := d.svcs[name]
 		if s == nil || !s.afterWait || d.closing {
@@ -51,6 +54,7 @@ func (d *Daemon) releaseAfter() {
 		}
 		if missing := d.afterMissing(s); missing != "" {
 			s.reason = "waiting for " + missing + " (after)"
+			held++
 			continue
 		}
 		s.afterWait = false
@@ -61,9 +65,13 @@ func (d *Daemon) releaseAfter() {
 	}
 }
 
-// afterRunning is called when s reaches running: the services held for it
-// are looked at on a goroutine of their own, not inside setState's caller.
+// afterRunning is called when s reaches running, with mu held: the
+// services held for it are looked at on a goroutine of their own, not
+// inside setState's caller.
 func (d *Daemon) afterRunning() {
+	if d.afterHeld == 0 {
+		return // nothing held: no walk of every service per running one
+	}
 	go func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()

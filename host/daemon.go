@@ -53,6 +53,9 @@ type Daemon struct {
 	order      []string    // config order; guarded by mu
 	conn       pluginConn  // current plugin; guarded by mu
 	shim       plugin.Shim // conn.Shim(); guarded by mu
+	// afterHeld counts the services held back for their after lists
+	// (service.afterWait), at most: releaseAfter recounts. Guarded by mu.
+	afterHeld int
 	info       plugin.Info // guarded by mu
 	// pipes are hbd's copies of the services' log pipes, by pipeKey
 	// (logpipes.go); guarded by mu.
@@ -445,7 +448,7 @@ func (d *Daemon) consume(gen uint64, events <-chan plugin.Event, replayed uint64
 			}
 			d.mu.Unlock()
 			d.trim.Note()
-			if ev.Kind == plugin.EventExit && d.subreaper {
+			if ev.Kind == plugin.EventExit && d.subreaper && isChild(ev.PID) {
 				go d.reapOrphan(ev)
 			}
 		}

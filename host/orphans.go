@@ -141,6 +141,22 @@ func (d *Daemon) peerTable() *shm.Table {
 // same executable as hbd: a plugin, whose PID hbd may not know yet (it is
 // being launched), and which only its launcher (go-plugin's exec.Cmd) may
 // reap. The name is /proc/PID/comm, which a zombie still has.
+// isChild reports whether pid is a child of hbd (running or a zombie):
+// one waitid that reaps nothing. Only services a dead plugin left are; the
+// exits of all others need no goroutine and no reads of /proc.
+func isChild(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return err == nil
+		}
+	}
+}
+
 func isPlugin(pid int) bool {
 	self, err := os.ReadFile("/proc/self/comm")
 	if err != nil {
