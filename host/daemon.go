@@ -56,7 +56,7 @@ type Daemon struct {
 	// afterHeld counts the services held back for their after lists
 	// (service.afterWait), at most: releaseAfter recounts. Guarded by mu.
 	afterHeld int
-	info       plugin.Info // guarded by mu
+	info      plugin.Info // guarded by mu
 	// pipes are hbd's copies of the services' log pipes, by pipeKey
 	// (logpipes.go); guarded by mu.
 	pipes map[string]*heldPipe
