@@ -222,6 +222,52 @@ func TestBridgeScanDir(t *testing.T) {
 	}
 }
 
+// TestBridgeScanDirMadeWhileLooking: a ./run made after the plugin looked
+// for it in a new service directory but before it watched the directory
+// for one, and a supervise/ made likewise, are not missed: the directory
+// is looked at again once watched (neither has an event of its own).
+func TestBridgeScanDirMadeWhileLooking(t *testing.T) {
+	root := trustedDir(t)
+	scan := filepath.Join(root, "scan")
+	if err := os.Mkdir(scan, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, connector.DetectAuto, "")
+	src := plugin.BridgeSpec{Manager: bridge.Runit, Dir: scan, All: true}
+	if err := h.s.Bridge(context.Background(), []plugin.BridgeSpec{src}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(scan, "x")
+	made := map[string]bool{}
+	b := h.s.br
+	b.mu.Lock()
+	b.missing = func(path string) { // the other side's step, in the gap
+		switch path {
+		case filepath.Join(dir, "run"):
+			writeRun(t, dir)
+		case filepath.Join(dir, "supervise"):
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Error(err)
+			}
+		default:
+			return
+		}
+		made[path] = true
+	}
+	b.mu.Unlock()
+
+	serviceDir(t, dir, false)
+	h.bridgeEvent("x", plugin.BridgeAdded)
+	if g := h.next(plugin.EventManager, "x"); strings.Contains(g.Message, "no supervise directory") {
+		t.Fatalf("manager event %+v: supervise/ was made", g)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(made) != 2 {
+		t.Fatalf("the hook made %v, want run and supervise", made)
+	}
+}
+
 // TestBridgeScanDirManager: a program found in a scan directory gets its
 // PID from its runsv, as a named one does.
 func TestBridgeScanDirManager(t *testing.T) {

@@ -70,6 +70,10 @@ type bridges struct {
 	lis             net.Listener
 	done            chan struct{}
 	closed          bool
+
+	// missing: test hook: path was looked for and is not there; its
+	// directory is about to be watched for it.
+	missing func(path string)
 }
 
 // bprog is one bridged program.
@@ -722,9 +726,15 @@ func (b *bridges) scanName(src *bsource, name string, changed bool) {
 		b.skip(src, sp, err.Error())
 		return
 	}
-	if _, err := os.Lstat(filepath.Join(resolved, "run")); err != nil && p == nil {
+	run := filepath.Join(resolved, "run")
+	if _, err := os.Lstat(run); err != nil && p == nil {
+		// Watched, then looked at again: a ./run made between the first
+		// look and the watch (mkdir, then the file) has no event.
+		b.missed(run)
 		b.pend(src, name, resolved)
-		return
+		if _, err := os.Lstat(run); err != nil {
+			return
+		}
 	}
 	b.unpend(src, name)
 	if p != nil {
@@ -831,9 +841,16 @@ func superviseDir(dir string) (string, error) {
 // the manager exits.
 func (b *bridges) syncDir(p *bprog) {
 	sup, err := superviseDir(p.spec.Dir)
+	if errors.Is(err, fs.ErrNotExist) && p.dirWd < 0 {
+		// Watched, then looked at again: a supervise/ made between the
+		// first look and the watch (the manager's first start) has no
+		// event.
+		b.missed(filepath.Join(p.spec.Dir, "supervise"))
+		b.watchServiceDir(p)
+		sup, err = superviseDir(p.spec.Dir)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			b.watchServiceDir(p)
 			b.managerGone(p, fmt.Sprintf("%s: no supervise directory (%s not started)", p.spec.Dir, b.supervisorName(p)))
 			return
 		}
@@ -848,6 +865,9 @@ func (b *bridges) syncDir(p *bprog) {
 		}
 		p.wd = wd
 		w.sup = append(w.sup, p)
+	}
+	if p.dirWd >= 0 { // supervise/ is there and watched
+		b.unwatchServiceDir(p)
 	}
 	// Who holds supervise/lock is the manager; no holder: it is not running.
 	holder, err := bridge.LockHolder(filepath.Join(sup, "lock"))
@@ -891,6 +911,13 @@ func (b *bridges) supervisorName(p *bprog) string {
 		return "s6-supervise"
 	}
 	return "supervisord"
+}
+
+// missed calls the test hook missing, if set.
+func (b *bridges) missed(path string) {
+	if b.missing != nil {
+		b.missing(path)
+	}
 }
 
 // watchServiceDir waits for DIR/supervise to appear (the manager's first
@@ -1218,9 +1245,6 @@ func (b *bridges) inotify(buf []byte) {
 			continue
 		}
 		b.syncDir(p)
-		if p.wd >= 0 && p.dirWd >= 0 {
-			b.unwatchServiceDir(p)
-		}
 	}
 	b.flushRetry()
 }
