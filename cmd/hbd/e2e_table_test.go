@@ -300,8 +300,10 @@ start_secs = "100ms"
 	h.Run("no recycled pid", func(t *testing.T) {
 		v := before["victim"].PID
 		i := h.SlotIndex("victim")
-		h.Kill(plugin, syscall.SIGSTOP)
+		// Stopped for certain before the victim dies: a detector thread
+		// not yet stopped would clear the slot.
 		defer syscall.Kill(plugin, syscall.SIGCONT)
+		h.StopProcess(plugin)
 		h.Kill(v, syscall.SIGKILL)
 		h.WaitGone(v)
 		if ps, err := readStat(v); err != nil || ps.State != 'Z' || ps.PPID != d.PID {

@@ -618,9 +618,7 @@ restart = "never"
 		return string(b) == "first\n", string(b)
 	})
 	plugin := pluginPID(h)
-	if err := syscall.Kill(plugin, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	h.StopProcess(plugin)
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}

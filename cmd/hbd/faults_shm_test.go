@@ -95,7 +95,7 @@ func TestFaultShmSquat(t *testing.T) {
 	plugin := pluginPID(h2)
 	rep.attack(t, "the plugin dies; meanwhile uid 65534 replaces "+h2.ShmPath+" with a forged table", func() {
 		rep.addInputs(1)
-		h2.Kill(plugin, syscall.SIGSTOP)
+		h2.StopProcess(plugin)
 		if err := os.Remove(h2.ShmPath); err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +232,7 @@ func TestFaultShmUnlinked(t *testing.T) {
 	})
 
 	rep.attack(t, "rm "+h.ShmPath+", then SIGKILL the (stopped) plugin before it can look", func() {
-		h.Kill(plugin, syscall.SIGSTOP)
+		h.StopProcess(plugin)
 		if err := os.Remove(h.ShmPath); err != nil {
 			t.Fatal(err)
 		}

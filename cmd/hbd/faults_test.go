@@ -393,7 +393,7 @@ start_secs = "100ms"
 	// look: hbd is stopped meanwhile, so the gap is certain.
 	rep.fault(t, func() {
 		before := h.WaitRunning(all...)
-		d.Signal(syscall.SIGSTOP)
+		h.StopProcess(d.PID)
 		h.Kill(plugin, syscall.SIGKILL)
 		h.WaitGone(plugin)
 		h.Kill(before["gap"].PID, syscall.SIGKILL)

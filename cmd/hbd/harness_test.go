@@ -967,6 +967,35 @@ func (h *Harness) WaitThreadsGone(pid int) {
 	})
 }
 
+// StopProcess sends SIGSTOP to pid and waits until every thread of it is
+// stopped. kill(2) returns once the signal is queued: the kernel wakes one
+// thread, which then tells the others to stop, and a thread woken meanwhile
+// by something else (a watched process's pidfd turning readable, a proc
+// connector event) returns to user space and runs on until it is told. A
+// test that acts while the process cannot (kills a service it watches,
+// removes the table it writes) must not begin before this returns.
+func (h *Harness) StopProcess(pid int) {
+	h.T.Helper()
+	h.Kill(pid, syscall.SIGSTOP)
+	h.Eventually(fmt.Sprintf("every thread of pid %d to be stopped", pid), func() (bool, string) {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return false, err.Error()
+		}
+		var running []string
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			if err != nil {
+				continue // the thread has exited
+			}
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] != 'T' && b[i+2] != 't' {
+				running = append(running, task.Name())
+			}
+		}
+		return len(running) == 0, fmt.Sprintf("threads not stopped: %v", running)
+	})
+}
+
 // PluginLog returns the plugin's log file (state_dir/plugin.log).
 func (h *Harness) PluginLog() string {
 	b, _ := os.ReadFile(filepath.Join(h.StateDir, "plugin.log"))
