@@ -517,6 +517,10 @@ func (s *Shim) beatLoop() {
 			continue
 		case <-tableChanged:
 			s.checkTable()
+			if s.tableWatch.lost.Load() && !armed {
+				t.Reset(beatInterval) // the watch is gone: the timer checks
+				armed = true
+			}
 			continue
 		case <-t.C:
 			armed = false
@@ -524,7 +528,7 @@ func (s *Shim) beatLoop() {
 		if s.nbeat == nil {
 			s.w.Beat()
 		}
-		if s.tableWatch == nil {
+		if !s.tableWatched() {
 			s.checkTable()
 		}
 		if s.recordRetry.Load() {
@@ -545,8 +549,11 @@ func (s *Shim) beatLoop() {
 
 // choresDue reports whether beatLoop has work at the next beat.
 func (s *Shim) choresDue() bool {
-	return s.nbeat == nil || s.tableWatch == nil || s.recordRetry.Load() || s.logPassWanted()
+	return s.nbeat == nil || !s.tableWatched() || s.recordRetry.Load() || s.logPassWanted()
 }
+
+// tableWatched reports whether tableWatch tells of changes to the table.
+func (s *Shim) tableWatched() bool { return s.tableWatch != nil && !s.tableWatch.lost.Load() }
 
 // kickChores arms beatLoop's timer: call it when something makes a chore
 // due (a process group to watch until it empties, a log that failed or

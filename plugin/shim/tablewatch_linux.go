@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +22,9 @@ type tableWatch struct {
 	name    string
 	changed chan struct{} // buffered(1): Check is due
 	done    chan struct{} // closed when the reader has returned
+	// lost: the reader stopped on an error; the chores timer checks the
+	// table every beat from then on.
+	lost atomic.Bool
 }
 
 // tableDirEvents are the events of the table's directory that concern its
@@ -73,7 +77,8 @@ func (tw *tableWatch) read() {
 		n, err := tw.f.Read(buf)
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
-				tw.kick() // a watch lost: let Check look
+				tw.lost.Store(true)
+				tw.kick() // let Check look, and the chores timer from now on
 			}
 			return
 		}
