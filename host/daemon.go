@@ -53,6 +53,10 @@ type Daemon struct {
 	order      []string    // config order; guarded by mu
 	conn       pluginConn  // current plugin; guarded by mu
 	shim       plugin.Shim // conn.Shim(); guarded by mu
+	// attaching: connect runs. It lets go of mu around each call to the
+	// plugin, so until it ends the services' states are not yet the
+	// table's; health says so (PluginInfo). Guarded by mu.
+	attaching bool
 	// afterHeld counts the services held back for their after lists
 	// (service.afterWait), at most: releaseAfter recounts. Guarded by mu.
 	afterHeld int
@@ -210,6 +214,8 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 // connect attaches to the running plugin or starts a new one, then brings
 // every service in line with the table. Called with mu held.
 func (d *Daemon) connect() error {
+	d.attaching = true
+	defer func() { d.attaching = false }()
 	h := d.cfg.HBD
 	var (
 		conn       pluginConn

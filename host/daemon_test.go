@@ -2,6 +2,8 @@ package host
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -747,5 +749,63 @@ func TestMainPIDMoves(t *testing.T) {
 	h.wait("rx", "the fence", func(st api.ServiceStatus) bool { return st.StatusText == "fence" })
 	if st := h.get("rx"); st.PID != daemon {
 		t.Fatalf("status pid %d after a stale adopt event, want %d", st.PID, daemon)
+	}
+}
+
+// stallList is a plugin whose List waits for release: connect is midway,
+// the plugin known but the table not yet read.
+type stallList struct {
+	plugin.Shim
+	arrived chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *stallList) List(ctx context.Context) ([]shm.Slot, error) {
+	s.once.Do(func() { close(s.arrived) })
+	<-s.release
+	return s.Shim.List(ctx)
+}
+
+type stallConn struct {
+	*plugintest.Conn
+	shim plugin.Shim
+}
+
+func (c stallConn) Shim() plugin.Shim { return c.shim }
+
+// Health is not ok until hbd has read the table: until then every
+// service shows the state hbd started with (stopped), whatever runs. A
+// check that waits for health (hbctl wait, the tests' harness) would read
+// that as the truth.
+func TestHealthWaitsForTheTable(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(f *plugintest.Shim) { f.Seed("a", 4242, shm.StateRunning, -1) }, svcTOML("a", `start_secs = "0s"`))
+	st := &stallList{arrived: make(chan struct{}), release: make(chan struct{})}
+	h.d.dial = func(config.HBD) (pluginConn, bool, error) {
+		c := h.f.Conn()
+		st.Shim = c.Shim()
+		return stallConn{Conn: c, shim: st}, true, nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		h.d.mu.Lock()
+		defer h.d.mu.Unlock()
+		done <- h.d.connect()
+	}()
+	<-st.arrived
+	_, err := h.d.PluginInfo(context.Background())
+	close(st.release)
+	if !errors.Is(err, errAttaching) {
+		t.Errorf("PluginInfo while the table is read = %v, want %v", err, errAttaching)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.d.PluginInfo(context.Background()); err != nil {
+		t.Errorf("PluginInfo once attached: %v", err)
+	}
+	if got := h.get("a"); got.PID != 4242 || got.State != "running" {
+		t.Errorf("a once attached: %+v, want pid 4242 running", got)
 	}
 }

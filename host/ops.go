@@ -344,12 +344,19 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 // Subscribe streams control API events.
 func (d *Daemon) Subscribe(ctx context.Context) <-chan api.Event { return d.bus.subscribe(ctx) }
 
-// PluginInfo describes the plugin for /v1/health.
+// errAttaching is PluginInfo's answer while connect runs.
+var errAttaching = errors.New("hbd is attaching to its plugin and reading the table; the services' states are not known yet: ask again")
+
+// PluginInfo describes the plugin for /v1/health: an error (so health is
+// 503) while there is none, or while hbd is still attaching to it.
 func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	d.mu.RLock()
-	sh := d.shim
+	sh, attaching := d.shim, d.attaching
 	d.mu.RUnlock()
-	if sh == nil {
+	switch {
+	case attaching:
+		return api.PluginInfo{}, errAttaching
+	case sh == nil:
 		return api.PluginInfo{}, errors.New("no plugin")
 	}
 	i, err := sh.Info(ctx)

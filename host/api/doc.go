@@ -23,7 +23,7 @@
 //	POST /v1/reload                   ReloadResult {"added":[],"removed":[],"changed":[]}
 //	GET  /v1/events                   stream of Event, one JSON object per line (application/x-ndjson),
 //	                                  each flushed as it happens, until the client goes away
-//	GET  /v1/health                   Health {"ok":true,"pid":N,"version":"…","plugin":{…}}; 503 when not ok
+//	GET  /v1/health                   Health {"ok":true,"pid":N,"version":"…","plugin":{…}}; 503 when not ok (also while hbd attaches to its plugin)
 //
 // Every error answer is JSON, Error {"error":"…","details":["…"]}: 400 bad
 // request or malformed JSON (unknown fields are rejected), 403 peer not
