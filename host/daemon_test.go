@@ -796,8 +796,8 @@ func TestHealthWaitsForTheTable(t *testing.T) {
 	<-st.arrived
 	_, err := h.d.PluginInfo(context.Background())
 	close(st.release)
-	if !errors.Is(err, errAttaching) {
-		t.Errorf("PluginInfo while the table is read = %v, want %v", err, errAttaching)
+	if !errors.Is(err, api.ErrAttaching) {
+		t.Errorf("PluginInfo while the table is read = %v, want %v", err, api.ErrAttaching)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -344,9 +344,6 @@ func (d *Daemon) Reload() (api.ReloadResult, error) {
 // Subscribe streams control API events.
 func (d *Daemon) Subscribe(ctx context.Context) <-chan api.Event { return d.bus.subscribe(ctx) }
 
-// errAttaching is PluginInfo's answer while connect runs.
-var errAttaching = errors.New("hbd is attaching to its plugin and reading the table; the services' states are not known yet: ask again")
-
 // PluginInfo describes the plugin for /v1/health: an error (so health is
 // 503) while there is none, or while hbd is still attaching to it.
 func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
@@ -355,7 +352,7 @@ func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	d.mu.RUnlock()
 	switch {
 	case attaching:
-		return api.PluginInfo{}, errAttaching
+		return api.PluginInfo{}, api.ErrAttaching
 	case sh == nil:
 		return api.PluginInfo{}, errors.New("no plugin")
 	}

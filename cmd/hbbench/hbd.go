@@ -203,11 +203,22 @@ func (h *hbdProc) apiExits(name string) (uint64, error) {
 	return st.Exits, err
 }
 
-// health asks hbd which detectors its plugin runs.
+// health asks hbd which detectors its plugin runs, again while hbd is
+// still attaching to the plugin (its spawns fill the table before that).
 func (h *hbdProc) health() (api.Health, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return h.client.Health(ctx)
+	for {
+		hl, err := h.client.Health(ctx)
+		if err == nil || !hl.Attaching {
+			return hl, err
+		}
+		select {
+		case <-ctx.Done():
+			return hl, err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // stop ends hbd with SIGTERM (it stops every service, then the plugin),

@@ -628,7 +628,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		info, err := pi.PluginInfo(ctx)
 		if err != nil {
-			h.OK, h.Error = false, "plugin: "+err.Error()
+			h.OK, h.Error, h.Attaching = false, "plugin: "+err.Error(), errors.Is(err, ErrAttaching)
 			writeJSON(w, http.StatusServiceUnavailable, h)
 			return
 		}

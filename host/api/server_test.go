@@ -500,8 +500,12 @@ func TestHealth(t *testing.T) {
 	b.SetPluginInfo(info, errors.New("plugin exited"))
 	h, err = c.Health(ctx)
 	var ae *api.APIError
-	if !errors.As(err, &ae) || ae.Status != 503 || h.OK || !strings.Contains(h.Error, "plugin exited") || h.PID != os.Getpid() {
+	if !errors.As(err, &ae) || ae.Status != 503 || h.OK || !strings.Contains(h.Error, "plugin exited") || h.PID != os.Getpid() || h.Attaching {
 		t.Fatalf("unhealthy Health: %+v, %v", h, err)
+	}
+	b.SetPluginInfo(api.PluginInfo{}, fmt.Errorf("hbd: %w", api.ErrAttaching))
+	if h, err = c.Health(ctx); !errors.As(err, &ae) || ae.Status != 503 || h.OK || !h.Attaching {
+		t.Errorf("Health while attaching: %+v, %v; want 503, attaching", h, err)
 	}
 }
 

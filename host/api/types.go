@@ -154,7 +154,16 @@ type Health struct {
 	// Fatal names the services hbd has given up on (state fatal); health is
 	// not ok while there is one.
 	Fatal []string `json:"fatal,omitempty"`
+	// Attaching: hbd is attaching to its plugin and reading the table (it
+	// just started, or its plugin was replaced). Health is not ok, and the
+	// services' states are what hbd started with, until it is done: a
+	// client waiting for hbd asks again.
+	Attaching bool `json:"attaching,omitempty"`
 }
+
+// ErrAttaching is what a PluginInfoer answers while hbd attaches to its
+// plugin (Health.Attaching).
+var ErrAttaching = errors.New("hbd is attaching to its plugin and reading the table; the services' states are not known yet: ask again")
 
 // PluginInfo describes the running hb plugin (GET /v1/health).
 type PluginInfo struct {
