@@ -50,7 +50,7 @@ extern char **environ;
 #define MAX_TABLES 8
 #define MAX_EXES 8
 #define TIMEOUT_NS 10000000000ull /* 10 s for any wait on hb */
-#define KILLALL_SCAN_US 100       /* the kill-all reader's scan interval */
+#define KILLALL_SCAN_US 100       /* the kill-all reader's scan interval (scale.go: killallScanUs) */
 
 static struct hb_table tables[MAX_TABLES];
 static char *exes[MAX_EXES];
@@ -829,7 +829,8 @@ static void cmd_peer(int tid, int idx, pid_t pid, const char *file, int batches,
 
 /* killall T: kill -9 every PID in the table at once, then scan until every
  * slot has changed (cleared) and holds a new PID (back). Prints, per slot,
- * ns from the first kill to the first scan that saw each. */
+ * ns from the first kill to the first scan that saw each, and to the
+ * plugin's store of 0 (stored: its detection stamp, last_exit_ns). */
 static void cmd_killall(int tid, long timeout_ms)
 {
 	struct hb_table *t = table(tid);
@@ -841,7 +842,8 @@ static void cmd_killall(int tid, long timeout_ms)
 	uint32_t *old = calloc(n, sizeof *old);
 	int *idx = calloc(n, sizeof *idx);
 	uint64_t *cleared = calloc(n, sizeof *cleared), *back = calloc(n, sizeof *back);
-	if (!old || !idx || !cleared || !back) {
+	uint64_t *stored = calloc(n, sizeof *stored);
+	if (!old || !idx || !cleared || !back || !stored) {
 		printf("err out of memory\n");
 		goto out;
 	}
@@ -883,18 +885,40 @@ static void cmd_killall(int tid, long timeout_ms)
 		 * epoll_wait). The resolution is the sleep plus timer slack. */
 		sleep_us(KILLALL_SCAN_US);
 	}
-	printf("ok n=%u killns=%llu nclear=%u nback=%u clear=", k, (unsigned long long)(tk - t0), nclear, nback);
+	/* When the plugin stored each 0: its detection stamp, recorded in the
+	 * slot as last_exit_ns with the exit (after the new PID, so wait for
+	 * it). The store follows the stamp on the same thread, before any
+	 * reader can see it: this is the slot's own time of death, free of the
+	 * scan's interval and of this reader's scheduling among 1000 respawns. */
+	uint32_t ndet = 0;
+	for (uint32_t j = 0; j < k; j++) {
+		struct hb_slot_snapshot s;
+		while (hb_read(t, idx[j], &s) != 0 || s.last_pid != old[j] || s.last_exit_ns < t0) {
+			if (now_ns() > deadline)
+				break;
+			sleep_us(KILLALL_SCAN_US);
+		}
+		if (s.last_pid == old[j] && s.last_exit_ns >= t0) {
+			stored[j] = s.last_exit_ns - t0;
+			ndet++;
+		}
+	}
+	printf("ok n=%u killns=%llu nclear=%u nback=%u nstored=%u clear=", k, (unsigned long long)(tk - t0), nclear, nback, ndet);
 	for (uint32_t j = 0; j < k; j++)
 		printf(j ? ",%llu" : "%llu", (unsigned long long)cleared[j]);
 	fputs(" back=", stdout);
 	for (uint32_t j = 0; j < k; j++)
 		printf(j ? ",%llu" : "%llu", (unsigned long long)back[j]);
+	fputs(" stored=", stdout);
+	for (uint32_t j = 0; j < k; j++)
+		printf(j ? ",%llu" : "%llu", (unsigned long long)stored[j]);
 	putchar('\n');
 out:
 	free(old);
 	free(idx);
 	free(cleared);
 	free(back);
+	free(stored);
 }
 
 /* rawkillall EXE N SETTLE_US: the kernel floor of the scale test, without
