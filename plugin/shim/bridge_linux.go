@@ -395,7 +395,7 @@ func (b *bridges) add(sp plugin.BridgeSpec, src *bsource) (*bprog, error) {
 	b.progs[sp.Name] = p
 	b.s.mu.Lock()
 	if inc := svc.cur; inc != nil {
-		inc.manager = sp.Manager // adopted by this plugin at its start
+		inc.setManager(sp.Manager) // adopted by this plugin at its start
 	}
 	b.s.mu.Unlock()
 	b.setFlags(p)
@@ -1019,9 +1019,10 @@ func (b *bridges) learn(p *bprog, pid int) {
 	key := watchKey(svc.idx, gen)
 	inc := &incarnation{
 		svc: svc, idx: svc.idx, key: key, pid: pid, gen: gen, startTime: ps.StartTime,
-		adopted: true, manager: p.spec.Manager, pidfd: pidfd, done: make(chan struct{}),
+		adopted: true, pidfd: pidfd, done: make(chan struct{}),
 		killMode: KillProcess,
 	}
+	inc.setManager(p.spec.Manager)
 	inc.ready.Store(true)
 	s.mu.Lock()
 	svc.cur = inc

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -160,6 +161,39 @@ func TestBridgeAcrossPluginRestart(t *testing.T) {
 	}
 	if gone(next.PID) {
 		t.Fatalf("dropping the bridge touched runsv's program %d", next.PID)
+	}
+}
+
+// TestBridgeCallDuringAdoptedExit: a plugin that adopted a bridged slot
+// at its start learns the slot's manager from hbd's first Bridge call,
+// which may come while the adopted program's exit is being finished (the
+// exit path reads the manager to know how to get the status). Under -race
+// this failed while the manager was a plain field.
+func TestBridgeCallDuringAdoptedExit(t *testing.T) {
+	m := bridgetest.Runit(t, "prog", bridgetest.RunScript("sleep 1000"))
+	pid := m.WaitUp()
+	spec := []plugin.BridgeSpec{{Name: "prog", Manager: bridge.Runit, Dir: m.Dir}}
+	hA := newHarness(t, connector.DetectAuto, "")
+	if err := hA.s.Bridge(context.Background(), spec, nil); err != nil {
+		t.Fatal(err)
+	}
+	hA.next(plugin.EventSpawn, "prog")
+	hA.close()
+
+	hB := newHarness(t, connector.DetectAuto, hA.dir)
+	ev := hB.next(plugin.EventAdopt, "prog")
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for hB.slot(ev.Slot).PID != 0 {
+		time.Sleep(10 * time.Microsecond)
+	}
+	// The exit path runs now: the call lands in it.
+	if err := hB.s.Bridge(context.Background(), spec, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ex := hB.next(plugin.EventExit, "prog"); ex.PID != pid {
+		t.Fatalf("exit %+v, want pid %d's", ex, pid)
 	}
 }
 

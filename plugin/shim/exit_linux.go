@@ -207,7 +207,7 @@ func (s *Shim) exitStatus(inc *incarnation, ex connector.Exit, r reaped, pidfd i
 		status = ex.Status
 	}
 	if !inc.child {
-		if inc.manager != "" {
+		if inc.managerName() != "" {
 			// A bridged program is traced (WatchTraced), so the connector
 			// has not spoken; its manager reaps it at once: wait for that.
 			if status == -1 {
@@ -274,7 +274,7 @@ func (s *Shim) report(inc *incarnation, ex connector.Exit, status int, plan *res
 		Adopted:    inc.adopted,
 		Reason:     inc.exitReason(),
 		Message:    inc.exitNote(status),
-		Manager:    inc.manager,
+		Manager:    inc.managerName(),
 	}
 	emitted := false
 	switch {

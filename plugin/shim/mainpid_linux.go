@@ -57,7 +57,7 @@ var errNotInService = errors.New("not a process of the service")
 // followMain makes process n the main process of inc, or says why not.
 // Called with the notify socket's mu held (notified).
 func (s *Shim) followMain(inc *incarnation, n int) error {
-	if inc.adopted || inc.forking || inc.manager != "" || inc.armed == nil {
+	if inc.adopted || inc.forking || inc.managerName() != "" || inc.armed == nil {
 		return errors.New("only the main process of a service the plugin spawned (not type forking) can be replaced")
 	}
 	select {

@@ -304,7 +304,11 @@ type incarnation struct {
 	cg        *svcCgroup
 	leftovers int
 	forking   bool   // the main process came from a PID file (Spec.Type "forking")
-	manager   string // a bridged program's manager (bridge_linux.go), "" otherwise
+	// manager is a bridged program's manager (bridge_linux.go), "" otherwise.
+	// Set at the watch, or later by a Bridge call for a slot this plugin
+	// adopted at its start, while the exit path may be reading it: read it
+	// with managerName.
+	manager atomic.Pointer[string]
 
 	// mu guards pidfd against use after close: signals are sent under the
 	// read lock; the exit path reaps and closes under the write lock.
@@ -315,6 +319,17 @@ type incarnation struct {
 
 	done chan struct{} // closed once the exit is recorded
 }
+
+// managerName is inc's manager (see incarnation.manager).
+func (inc *incarnation) managerName() string {
+	if m := inc.manager.Load(); m != nil {
+		return *m
+	}
+	return ""
+}
+
+// setManager records inc's manager.
+func (inc *incarnation) setManager(m string) { inc.manager.Store(&m) }
 
 // mainPID is the incarnation's main process: the one spawned, or the one
 // it named with MAINPID= (followMain).
