@@ -99,6 +99,9 @@ type Conn struct {
 
 	// w watches the process through its pidfd.
 	w *exitWatch
+	// child: this hbd launched the process, so go-plugin's cmd.Wait reaps
+	// it (a reattached plugin is some other process's child).
+	child bool
 
 	mu     sync.Mutex
 	closed bool // Detach or Kill has run; guarded by mu
@@ -151,11 +154,29 @@ func (c *Conn) Kill(ctx context.Context, clean bool) error {
 			return fmt.Errorf("plugin: kill pid %d: still running %v after SIGKILL", c.pid, exitGrace)
 		}
 	}
+	if c.child {
+		// The pidfd turns readable at the exit, before the reap: wait
+		// for go-plugin's cmd.Wait too, or an hbd exiting right after
+		// Kill would leave its plugin a zombie for init to collect.
+		c.waitReaped()
+	}
 	removeRecord(c.stateDir, c.pid)
 	if shutErr != nil {
 		return fmt.Errorf("plugin: shutdown pid %d: %w", c.pid, shutErr)
 	}
 	return nil
+}
+
+// waitReaped waits, at most exitGrace, until go-plugin has reaped the
+// exited plugin. It polls: go-plugin offers no channel for it, and the reap
+// follows the exit within microseconds.
+func (c *Conn) waitReaped() {
+	for deadline := time.Now().Add(exitGrace); !c.client.Exited(); time.Sleep(100 * time.Microsecond) {
+		if time.Now().After(deadline) {
+			c.logger.Warn("plugin exited but was not reaped", "pid", c.pid)
+			return
+		}
+	}
 }
 
 func (c *Conn) markClosed() bool {
@@ -305,6 +326,7 @@ func Launch(cfg LaunchConfig) (*Conn, error) {
 		w.close()
 		return fail(err)
 	}
+	c.child = true
 	launched()
 	logger.Info("plugin launched", "pid", pid, "addr", rec.Addr)
 	return c, nil

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -620,6 +623,42 @@ func TestSIGTERMShutsDown(t *testing.T) {
 	for _, want := range []string{"fake shutdown clean=false", "serve returned: <nil>"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("plugin.log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// When Kill returns, the launched plugin is reaped, not only exited: an hbd
+// that exits right after must not leave it a zombie for init.
+func TestKillReaps(t *testing.T) {
+	t.Parallel()
+	// Busy CPUs, as in a loaded test run, so that go-plugin's reaping
+	// thread is not always the first to run after the exit.
+	stop := make(chan struct{})
+	var spin sync.WaitGroup
+	for range 2 * runtime.NumCPU() {
+		spin.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		})
+	}
+	defer spin.Wait()
+	defer close(stop)
+	for range 10 {
+		conn, _ := launch(t)
+		ctx, cancel := context.WithTimeout(t.Context(), bound)
+		err := conn.Kill(ctx, true)
+		cancel()
+		if err != nil {
+			t.Fatalf("Kill: %v", err)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", conn.PID())); !errors.Is(err, os.ErrNotExist) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", conn.PID()))
+			t.Fatalf("plugin %d still in the process table after Kill (%v): %s", conn.PID(), err, b)
 		}
 	}
 }
