@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -633,21 +634,16 @@ func TestKillReaps(t *testing.T) {
 	t.Parallel()
 	// Busy CPUs, as in a loaded test run, so that go-plugin's reaping
 	// thread is not always the first to run after the exit.
-	stop := make(chan struct{})
+	var stop atomic.Bool
 	var spin sync.WaitGroup
 	for range 2 * runtime.NumCPU() {
 		spin.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			for !stop.Load() {
 			}
 		})
 	}
 	defer spin.Wait()
-	defer close(stop)
+	defer stop.Store(true)
 	for range 10 {
 		conn, _ := launch(t)
 		ctx, cancel := context.WithTimeout(t.Context(), bound)

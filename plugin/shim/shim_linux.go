@@ -303,7 +303,7 @@ type incarnation struct {
 	killMode  string
 	cg        *svcCgroup
 	leftovers int
-	forking   bool   // the main process came from a PID file (Spec.Type "forking")
+	forking   bool // the main process came from a PID file (Spec.Type "forking")
 	// manager is a bridged program's manager (bridge_linux.go), "" otherwise.
 	// Set at the watch, or later by a Bridge call for a slot this plugin
 	// adopted at its start, while the exit path may be reading it: read it
