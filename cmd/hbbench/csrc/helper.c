@@ -892,7 +892,7 @@ static void cmd_killall(int tid, long timeout_ms)
 	 * scan's interval and of this reader's scheduling among 1000 respawns. */
 	uint32_t ndet = 0;
 	for (uint32_t j = 0; j < k; j++) {
-		struct hb_slot_snapshot s;
+		struct hb_slot_snapshot s = {0};
 		while (hb_read(t, idx[j], &s) != 0 || s.last_pid != old[j] || s.last_exit_ns < t0) {
 			if (now_ns() > deadline)
 				break;
