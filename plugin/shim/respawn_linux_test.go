@@ -2,6 +2,8 @@ package shim
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -153,10 +155,21 @@ func TestRespawnOfAReplacementThatExitsAtOnce(t *testing.T) {
 				}}, dir)
 			shim.Store(h.s)
 
-			spec := plugin.Spec{Name: "loop", Command: []string{"/bin/false"}, UID: -1, GID: -1,
-				Stdout: "null", Stderr: "null", Respawn: plugin.Respawn{Enabled: true}, RunningAtSpawn: true}
+			// The first incarnation waits to be killed: one that exited at
+			// once could be seen while the host's Spawn still holds the
+			// service, and then its exit is the host's to decide. Every
+			// replacement exits at once.
+			gate := filepath.Join(dir, "go")
+			spec := plugin.Spec{Name: "loop", Command: []string{"/bin/sh", "-c", `[ -e "$1" ] && exit 1; exec sleep 1000`, "sh", gate},
+				UID: -1, GID: -1, Stdout: "null", Stderr: "null", Respawn: plugin.Respawn{Enabled: true}, RunningAtSpawn: true}
 			first := h.spawn(spec)
 			h.next(plugin.EventSpawn, "loop")
+			if err := os.WriteFile(gate, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Kill(first.PID, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
 			for gen := first.Generation; gen < first.Generation+2; gen++ {
 				ex := h.next(plugin.EventExit, "loop")
 				if ex.Generation != gen || !ex.Respawned {
