@@ -137,13 +137,14 @@ type pluginConn interface {
 // newDaemon loads nothing; Run does.
 func newDaemon(cfg *config.Config, log *slog.Logger, exe string) *Daemon {
 	d := &Daemon{
-		trim:    plugin.BurstTrim{Burst: 64, Quiet: time.Second},
-		log:     log,
-		exe:     exe,
-		cfgPath: cfg.Path,
-		cfg:     cfg,
-		svcs:    map[string]*service{},
-		bus:     newBus(),
+		attaching: true, // until the first connect has read the table
+		trim:      plugin.BurstTrim{Burst: 64, Quiet: time.Second},
+		log:       log,
+		exe:       exe,
+		cfgPath:   cfg.Path,
+		cfg:       cfg,
+		svcs:      map[string]*service{},
+		bus:       newBus(),
 
 		reexecCh: make(chan struct{}, 1),
 	}
@@ -213,14 +214,19 @@ func (d *Daemon) dialPlugin(h config.HBD) (pluginConn, bool, error) {
 
 // connect attaches to the running plugin or starts a new one, then brings
 // every service in line with the table. Called with mu held.
-func (d *Daemon) connect() error {
+func (d *Daemon) connect() (err error) {
+	// Cleared only on success: after a failed attempt d.shim may be a new
+	// plugin whose table was never read (watchPlugin tries again).
 	d.attaching = true
-	defer func() { d.attaching = false }()
+	defer func() {
+		if err == nil {
+			d.attaching = false
+		}
+	}()
 	h := d.cfg.HBD
 	var (
 		conn       pluginConn
 		reattached bool
-		err        error
 	)
 	d.mu.outside(func() { conn, reattached, err = d.dial(h) })
 	if err != nil {
@@ -1062,6 +1068,7 @@ func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 		return
 	}
 	d.log.Error("plugin died; starting a new one to adopt the services", "pid", conn.PID())
+	d.attaching = true
 	_ = conn.Detach()
 	for attempt := 1; ; attempt++ {
 		err := d.connect()

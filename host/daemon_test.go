@@ -759,11 +759,15 @@ type stallList struct {
 	arrived chan struct{}
 	release chan struct{}
 	once    sync.Once
+	fail    error // List's answer, when set
 }
 
 func (s *stallList) List(ctx context.Context) ([]shm.Slot, error) {
 	s.once.Do(func() { close(s.arrived) })
 	<-s.release
+	if s.fail != nil {
+		return nil, s.fail
+	}
 	return s.Shim.List(ctx)
 }
 
@@ -793,7 +797,11 @@ func TestHealthWaitsForTheTable(t *testing.T) {
 		defer h.d.mu.Unlock()
 		done <- h.d.connect()
 	}()
-	<-st.arrived
+	select {
+	case <-st.arrived:
+	case err := <-done:
+		t.Fatalf("connect returned before reading the table: %v", err)
+	}
 	_, err := h.d.PluginInfo(context.Background())
 	close(st.release)
 	if !errors.Is(err, api.ErrAttaching) {
@@ -807,5 +815,32 @@ func TestHealthWaitsForTheTable(t *testing.T) {
 	}
 	if got := h.get("a"); got.PID != 4242 || got.State != "running" {
 		t.Errorf("a once attached: %+v, want pid 4242 running", got)
+	}
+}
+
+// A connect that fails after it has a plugin (here its List) leaves health
+// not ok: the services' states were never brought in line with the table,
+// and watchPlugin tries again.
+func TestHealthAfterAFailedAttach(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil, svcTOML("a", `start_secs = "0s"`))
+	if _, err := h.d.PluginInfo(context.Background()); !errors.Is(err, api.ErrAttaching) {
+		t.Errorf("PluginInfo before the first connect = %v, want %v", err, api.ErrAttaching)
+	}
+	st := &stallList{arrived: make(chan struct{}), release: make(chan struct{}), fail: errors.New("list refused")}
+	close(st.release)
+	h.d.dial = func(config.HBD) (pluginConn, bool, error) {
+		c := h.f.Conn()
+		st.Shim = c.Shim()
+		return stallConn{Conn: c, shim: st}, true, nil
+	}
+	h.d.mu.Lock()
+	err := h.d.connect()
+	h.d.mu.Unlock()
+	if err == nil {
+		t.Fatal("connect succeeded although List failed")
+	}
+	if _, err := h.d.PluginInfo(context.Background()); !errors.Is(err, api.ErrAttaching) {
+		t.Errorf("PluginInfo after a failed connect = %v, want %v", err, api.ErrAttaching)
 	}
 }

@@ -631,7 +631,7 @@ func TestSIGTERMShutsDown(t *testing.T) {
 // When Kill returns, the launched plugin is reaped, not only exited: an hbd
 // that exits right after must not leave it a zombie for init.
 func TestKillReaps(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its spinners would slow the package's other tests.
 	// Busy CPUs, as in a loaded test run, so that go-plugin's reaping
 	// thread is not always the first to run after the exit.
 	var stop atomic.Bool

@@ -188,6 +188,9 @@ func runScale(e *env, r *Report) error {
 			mc, mb = max(mc, clear[j]), max(mb, back[j])
 		}
 		for _, v := range stored {
+			if v <= 0 {
+				continue // not recorded: the check above fails the round
+			}
 			perStored = append(perStored, v)
 			ms = max(ms, v)
 		}
@@ -208,7 +211,7 @@ func runScale(e *env, r *Report) error {
 	// scheduling, on CPUs the 1000 respawns fill (the bare baseline's
 	// epoll waiter competes with nothing).
 	res = r.addSeries(test, fmt.Sprintf("kill-all %d → every slot 0", n), "ms", allStored)
-	res.Note = "the plugin's last store of 0: its detection stamp"
+	res.Note = "the plugin's detection stamps; each store of 0 follows on the same thread"
 	r.against(res, rawAllName)
 	if n == 1000 {
 		res.Target = "≤ 50 ms; ≤ 0.6× every pidfd readable"
@@ -221,7 +224,7 @@ func runScale(e *env, r *Report) error {
 		res.Target = "≤ 2 s"
 		meets(res, res.Max <= 2000)
 	}
-	r.addSeries(test, "kill-all: per slot kill→0", "ms", perStored).Note = "the plugin's store: its detection stamp"
+	r.addSeries(test, "kill-all: per slot kill→0", "ms", perStored).Note = "the plugin's detection stamp, just before its store"
 	r.addSeries(test, "kill-all: per slot kill→0, as the reader saw it", "ms", perClear).Note = "first scan that saw it"
 	r.addSeries(test, "kill-all: per slot kill→back", "ms", perBack)
 

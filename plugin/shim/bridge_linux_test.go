@@ -185,8 +185,10 @@ func TestBridgeCallDuringAdoptedExit(t *testing.T) {
 	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for hB.slot(ev.Slot).PID != 0 {
-		time.Sleep(10 * time.Microsecond)
+	for deadline := time.Now().Add(10 * time.Second); hB.slot(ev.Slot).PID != 0; time.Sleep(10 * time.Microsecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot %+v still names the killed pid %d", hB.slot(ev.Slot), pid)
+		}
 	}
 	// The exit path runs now: the call lands in it.
 	if err := hB.s.Bridge(context.Background(), spec, nil); err != nil {
