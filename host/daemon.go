@@ -1068,7 +1068,6 @@ func (d *Daemon) watchPlugin(gen uint64, conn pluginConn) {
 		return
 	}
 	d.log.Error("plugin died; starting a new one to adopt the services", "pid", conn.PID())
-	d.attaching = true
 	_ = conn.Detach()
 	for attempt := 1; ; attempt++ {
 		err := d.connect()

@@ -10,10 +10,10 @@ import (
 	"github.com/hbshim/hb/shm"
 )
 
-// procCPUTicks is a process's CPU time (utime+stime) in clock ticks.
 // killallScanUs is the helper's scan interval in killall (KILLALL_SCAN_US).
 const killallScanUs = 100
 
+// procCPUTicks is a process's CPU time (utime+stime) in clock ticks.
 func procCPUTicks(pid int) (uint64, error) {
 	st, err := shm.ReadStat(pid)
 	return st.UTime + st.STime, err

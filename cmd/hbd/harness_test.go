@@ -589,17 +589,20 @@ func (h *Harness) ServiceStatus(name string) api.ServiceStatus {
 // its plugin are healthy. The plugin's PID is tracked.
 func (h *Harness) Health() api.Health {
 	h.T.Helper()
-	var hl api.Health
-	var r Result
+	var (
+		hl  api.Health
+		r   Result
+		err error
+	)
 	// hbd may be attaching to a new plugin (health 503, attaching): that
 	// ends within milliseconds.
 	h.Eventually("hbd to be done attaching to its plugin", func() (bool, string) {
 		hl = api.Health{}
 		r = h.Ctl("health", "--json")
-		err := json.Unmarshal([]byte(r.Stdout), &hl)
+		err = json.Unmarshal([]byte(r.Stdout), &hl)
 		return err != nil || !hl.Attaching, r.String()
 	})
-	if err := json.Unmarshal([]byte(r.Stdout), &hl); err != nil || hl.Plugin == nil ||
+	if err != nil || hl.Plugin == nil ||
 		r.Code != 0 && (len(hl.Fatal) == 0 || hl.Plugin.ShmProblem != "") {
 		h.T.Fatalf("hbctl health --json: %v\n%s", err, r)
 	}
