@@ -668,9 +668,11 @@ func (d *Daemon) decide(s *service, status int, startedAt time.Time) {
 			d.spawn(s, dec.Reason)
 			return
 		}
+		// Scheduled before the mirror lets go of mu: a status read then
+		// shows the backoff with its next start.
 		d.setState(s, policy.StateBackoff, dec.Reason)
-		d.mirror(s)
 		d.schedule(s, dec.Delay)
+		d.mirror(s)
 	default:
 		if dec.NextState == policy.StateStopped {
 			if st := s.state(); st == policy.StateStarting || st == policy.StateRunning {
@@ -915,8 +917,8 @@ func (d *Daemon) spawned(s *service, why string, res plugin.SpawnResult, err err
 		return
 	}
 	d.setState(s, policy.StateBackoff, reason)
-	d.mirror(s)
 	d.schedule(s, policy.Backoff(p, s.failedStarts))
+	d.mirror(s)
 }
 
 // permanentSpawnError reports whether retrying cannot help.
@@ -1041,7 +1043,9 @@ func (d *Daemon) mirror(s *service) {
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
 	defer cancel()
 	var err error
-	d.mu.outside(func() { err = d.shim.SetState(ctx, s.cfg.Name, shm.State(s.state()), s.generation) })
+	// Read under mu: the call runs without it.
+	name, st, gen, sh := s.cfg.Name, shm.State(s.state()), s.generation, d.shim
+	d.mu.outside(func() { err = sh.SetState(ctx, name, st, gen) })
 	if errors.Is(err, plugin.ErrStale) {
 		// The plugin has seen the incarnation exit (or replaced it) since:
 		// its event is on the way, and the decision it brings is mirrored.

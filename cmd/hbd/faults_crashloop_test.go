@@ -138,10 +138,13 @@ start_secs = "100ms"
 	if s2 := h.Slot("crash"); s2.Exits != s.Exits || s2.PID != 0 || s2.Generation != s.Generation {
 		t.Errorf("crash respawned after the budget: %+v, then %+v", s, s2)
 	}
-	// 100 respawns: 101 exits, plus one the plugin may have respawned
-	// before it saw hbd's subscription end.
-	if n := s.Exits - e0; n > 102 {
-		t.Errorf("%d exits after hbd died, want at most 100 respawns (102 exits)", n)
+	// 100 respawns: 101 exits, plus those the plugin respawned before it
+	// saw hbd's connection close (not yet headless: about one a
+	// millisecond of that delay, a few on a loaded machine). Without a
+	// budget the loop would go on for ever; the check above shows it
+	// stopped.
+	if n := s.Exits - e0; n > 110 {
+		t.Errorf("%d exits after hbd died, want at most 100 respawns and the few before the plugin saw hbd gone", n)
 	}
 	t.Logf("crash: %d exits after hbd died; left down at generation %d", s.Exits-e0, s.Generation)
 	if st := h.Slot("steady"); st.PID != uint32(before["steady"].PID) {
