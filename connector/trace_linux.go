@@ -38,12 +38,36 @@ import (
 // comes after the watch has fired. Watch leaves a process out of the map,
 // so that the connector gives its status.
 
+// The kill program.
+//
+// A SIGKILL is final the moment the kernel queues it: from then the process
+// never runs user code again, whatever it is doing. But a killed process
+// reaches do_exit only once a CPU runs it, which under load (a kill of many,
+// a CPU full of other work) is milliseconds later. A second program, on the
+// signal_generate raw tracepoint, reports a SIGKILL the kernel delivered to a
+// watched process (result TRACE_SIGNAL_DELIVERED: not one ignored, as by an
+// init of its namespace, nor one already pending) into the same ring, as a
+// record of its own kind. The target is a task_struct; its TGID is read at
+// the offset the kernel's BTF gives for task_struct.tgid. Where there is no
+// BTF the program is not loaded and kills are seen at the exit, as before.
+//
+// A kill record does not end the watch: the exit is still reported once,
+// by whichever detector sees it. It is told through Options.OnKill, where
+// the caller stores the 0 early (docs/design.md#invariant-1).
+
 // eBPF helper function numbers (include/uapi/linux/bpf.h).
 const (
 	bpfFuncMapLookupElem     = 1
 	bpfFuncKtimeGetNs        = 5
 	bpfFuncGetCurrentPidTgid = 14
+	bpfFuncProbeReadKernel   = 113
 	bpfFuncRingbufOutput     = 130
+)
+
+// Record kinds, in the second word of a record.
+const (
+	recExit = 0 // sched_process_exit: the last thread of the group exits
+	recKill = 1 // signal_generate: a SIGKILL was delivered to the group
 )
 
 // traceRingSize is the ring buffer's data size: 24 bytes per record with
@@ -58,15 +82,19 @@ const traceMapSize = 1 << 16
 // exitTrace is the loaded program, its maps, the attachment and the
 // consumer's view of the ring buffer.
 type exitTrace struct {
-	watched int // hash map fd: TGID (u32) -> 1 (u32)
-	ring    int // ring buffer map fd
-	prog    int
-	link    int // raw tracepoint fd; closing it detaches the program
+	watched  int // hash map fd: TGID (u32) -> 1 (u32)
+	ring     int // ring buffer map fd
+	prog     int
+	link     int   // raw tracepoint fd; closing it detaches the program
+	killProg int   // the kill program, -1 when not loaded
+	killLink int   // its raw tracepoint fd
+	killErr  error // why the kill program is not loaded
 
 	consumerPage []byte // rw: consumer position at offset 0
 	dataPages    []byte // ro: producer position at offset 0, data from one page on (mapped twice)
 	pageSize     int
 	events       atomic.Uint64 // records read
+	kills        atomic.Uint64 // of them, kill records
 }
 
 // bpfInsn is struct bpf_insn.
@@ -86,6 +114,22 @@ func ldMapFd(dst uint8, fd int) []bpfInsn {
 	return []bpfInsn{insn(0x18, dst, unix.BPF_PSEUDO_MAP_FD, 0, int32(fd)), {}}
 }
 
+// eBPF opcodes the programs use.
+const (
+	movX  = 0xbf // r_dst = r_src (64 bit)
+	movK  = 0xb7 // r_dst = imm
+	ldxW  = 0x61 // r_dst = *(u32 *)(r_src + off)
+	ldxDW = 0x79 // r_dst = *(u64 *)(r_src + off)
+	stxW  = 0x63 // *(u32 *)(r_dst + off) = r_src
+	stxDW = 0x7b // *(u64 *)(r_dst + off) = r_src
+	addK  = 0x07 // r_dst += imm
+	rshK  = 0x77 // r_dst >>= imm
+	jeqK  = 0x15 // if r_dst == imm goto pc+off
+	jneK  = 0x55 // if r_dst != imm goto pc+off
+	call  = 0x85
+	exit  = 0x95
+)
+
 // exitProgram is the eBPF program:
 //
 //	if (!ctx->group_dead) return 0;
@@ -98,18 +142,6 @@ func ldMapFd(dst uint8, fd int) []bpfInsn {
 // The time (CLOCK_MONOTONIC) lets the consumer tell the exiting process
 // from a later one that reuses its PID (see Watcher.traced).
 func exitProgram(watched, ring int) []bpfInsn {
-	const (
-		movX  = 0xbf // r_dst = r_src (64 bit)
-		movK  = 0xb7 // r_dst = imm
-		ldxDW = 0x79 // r_dst = *(u64 *)(r_src + off)
-		stxW  = 0x63 // *(u32 *)(r_dst + off) = r_src
-		stxDW = 0x7b // *(u64 *)(r_dst + off) = r_src
-		addK  = 0x07 // r_dst += imm
-		rshK  = 0x77 // r_dst >>= imm
-		jeqK  = 0x15 // if r_dst == imm goto pc+off
-		call  = 0x85
-		exit  = 0x95
-	)
 	p := []bpfInsn{
 		insn(movX, 6, 1, 0, 0),  // 0: r6 = ctx
 		insn(ldxDW, 1, 6, 8, 0), // 1: r1 = ctx->args[1] (group_dead)
@@ -142,6 +174,73 @@ func exitProgram(watched, ring int) []bpfInsn {
 	return p
 }
 
+// toOut marks a jump to a program's last two instructions (r0 = 0; exit);
+// resolveOut patches it.
+const toOut = -1 << 15
+
+// resolveOut points every toOut jump of p at p's "out" (its last two
+// instructions) and returns p.
+func resolveOut(p []bpfInsn) []bpfInsn {
+	out := len(p) - 2
+	for i := range p {
+		if p[i].off == toOut && (p[i].code == jeqK || p[i].code == jneK) {
+			p[i].off = int16(out - (i + 1))
+		}
+	}
+	return p
+}
+
+// killProgram is the eBPF program on signal_generate(sig, info, task, group,
+// result):
+//
+//	if (sig != SIGKILL || result != TRACE_SIGNAL_DELIVERED) return 0;
+//	u32 tgid;
+//	if (bpf_probe_read_kernel(&tgid, 4, (void *)task + tgidOff)) return 0;
+//	if (!bpf_map_lookup_elem(watched, &tgid)) return 0;
+//	struct { u32 tgid, kind; u64 ns; } rec = { tgid, recKill, bpf_ktime_get_ns() };
+//	bpf_ringbuf_output(ring, &rec, 16, 0);
+//	return 0;
+func killProgram(watched, ring, tgidOff int) []bpfInsn {
+	const stW = 0x62 // *(u32 *)(r_dst + off) = imm
+	p := []bpfInsn{
+		insn(movX, 6, 1, 0, 0),  // r6 = ctx
+		insn(ldxDW, 1, 6, 0, 0), // r1 = sig
+		insn(jneK, 1, 0, toOut, int32(unix.SIGKILL)),
+		insn(ldxDW, 1, 6, 32, 0),            // r1 = result
+		insn(jneK, 1, 0, toOut, 0),          // not TRACE_SIGNAL_DELIVERED
+		insn(ldxDW, 3, 6, 16, 0),            // r3 = task
+		insn(addK, 3, 0, 0, int32(tgidOff)), // r3 = &task->tgid
+		insn(movX, 1, 10, 0, 0),             // r1 = fp
+		insn(addK, 1, 0, 0, -4),             // r1 = &key
+		insn(movK, 2, 0, 0, 4),              // r2 = 4
+		insn(call, 0, 0, 0, bpfFuncProbeReadKernel),
+		insn(jneK, 0, 0, toOut, 0),
+	}
+	p = append(p, ldMapFd(1, watched)...)
+	p = append(p,
+		insn(movX, 2, 10, 0, 0),
+		insn(addK, 2, 0, 0, -4), // r2 = &key
+		insn(call, 0, 0, 0, bpfFuncMapLookupElem),
+		insn(jeqK, 0, 0, toOut, 0),
+		insn(ldxW, 7, 10, -4, 0), // r7 = tgid, before rec.ns covers the key
+		insn(call, 0, 0, 0, bpfFuncKtimeGetNs),
+		insn(stxDW, 10, 0, -8, 0), // rec.ns
+		insn(stxW, 10, 7, -16, 0), // rec.tgid
+		insn(stW, 10, 0, -12, recKill),
+	)
+	p = append(p, ldMapFd(1, ring)...)
+	p = append(p,
+		insn(movX, 2, 10, 0, 0),
+		insn(addK, 2, 0, 0, -16), // r2 = &rec
+		insn(movK, 3, 0, 0, 16),
+		insn(movK, 4, 0, 0, 0),
+		insn(call, 0, 0, 0, bpfFuncRingbufOutput),
+		insn(movK, 0, 0, 0, 0), // out
+		insn(exit, 0, 0, 0, 0),
+	)
+	return resolveOut(p)
+}
+
 func bpfCall(cmd uintptr, attr unsafe.Pointer, size uintptr) (int, error) {
 	for tries := 1; ; tries++ {
 		r, _, e := unix.Syscall(unix.SYS_BPF, cmd, uintptr(attr), size)
@@ -172,7 +271,7 @@ type bpfElemAttr struct {
 // openExitTrace loads and attaches the program. Every failure wraps
 // ErrTraceUnavailable and says which step failed.
 func openExitTrace() (_ *exitTrace, err error) {
-	t := &exitTrace{watched: -1, ring: -1, prog: -1, link: -1, pageSize: os.Getpagesize()}
+	t := &exitTrace{watched: -1, ring: -1, prog: -1, link: -1, killProg: -1, killLink: -1, pageSize: os.Getpagesize()}
 	defer func() {
 		if err != nil {
 			t.close()
@@ -190,7 +289,45 @@ func openExitTrace() (_ *exitTrace, err error) {
 	if t.ring, err = bpfMapCreate(unix.BPF_MAP_TYPE_RINGBUF, 0, 0, traceRingSize, 0); err != nil {
 		return nil, fail("create the ring buffer", err)
 	}
-	prog := exitProgram(t.watched, t.ring)
+	if t.prog, err = loadRawTP(exitProgram(t.watched, t.ring)); err != nil {
+		return nil, fail("load the program (sched_process_exit needs its group_dead argument, Linux 6.16 or later)", err)
+	}
+	if t.link, err = attachRawTP("sched_process_exit", t.prog); err != nil {
+		return nil, fail("attach to raw tracepoint sched_process_exit", err)
+	}
+	if t.consumerPage, err = unix.Mmap(t.ring, 0, t.pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		t.consumerPage = nil
+		return nil, fail("map the ring buffer's consumer page", err)
+	}
+	if t.dataPages, err = unix.Mmap(t.ring, int64(t.pageSize), t.pageSize+2*traceRingSize, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		t.dataPages = nil
+		return nil, fail("map the ring buffer", err)
+	}
+	t.killErr = t.openKill()
+	return t, nil
+}
+
+// openKill loads and attaches the kill program; an error says why kills are
+// seen only at the exit.
+func (t *exitTrace) openKill() (err error) {
+	off, err := kernelMemberOffset("task_struct", "tgid")
+	if err != nil {
+		return fmt.Errorf("find task_struct.tgid: %w", err)
+	}
+	if t.killProg, err = loadRawTP(killProgram(t.watched, t.ring, off)); err != nil {
+		return fmt.Errorf("load the kill program: %w", err)
+	}
+	if t.killLink, err = attachRawTP("signal_generate", t.killProg); err != nil {
+		unix.Close(t.killProg)
+		t.killProg = -1
+		return fmt.Errorf("attach to raw tracepoint signal_generate: %w", err)
+	}
+	return nil
+}
+
+// loadRawTP loads prog as a raw tracepoint program; the error carries the
+// verifier's last word.
+func loadRawTP(prog []bpfInsn) (int, error) {
 	license := []byte("GPL\x00")
 	logBuf := make([]byte, 4096)
 	load := struct {
@@ -205,35 +342,30 @@ func openExitTrace() (_ *exitTrace, err error) {
 		license:  uint64(uintptr(unsafe.Pointer(&license[0]))),
 		logLevel: 1, logSize: uint32(len(logBuf)), logBuf: uint64(uintptr(unsafe.Pointer(&logBuf[0]))),
 	}
-	t.prog, err = bpfCall(unix.BPF_PROG_LOAD, unsafe.Pointer(&load), unsafe.Sizeof(load))
+	fd, err := bpfCall(unix.BPF_PROG_LOAD, unsafe.Pointer(&load), unsafe.Sizeof(load))
 	runtime.KeepAlive(prog)
 	runtime.KeepAlive(license)
 	if err != nil {
 		if msg := verifierMessage(logBuf); msg != "" {
 			err = fmt.Errorf("%v: verifier: %s", err, msg)
 		}
-		return nil, fail("load the program (sched_process_exit needs its group_dead argument, Linux 6.16 or later)", err)
+		return -1, err
 	}
-	name := []byte("sched_process_exit\x00")
+	return fd, nil
+}
+
+// attachRawTP attaches prog to the raw tracepoint name; closing the
+// returned descriptor detaches it.
+func attachRawTP(name string, prog int) (int, error) {
+	b := []byte(name + "\x00")
 	open := struct {
 		name uint64
 		prog uint32
 		_    uint32
-	}{name: uint64(uintptr(unsafe.Pointer(&name[0]))), prog: uint32(t.prog)}
-	t.link, err = bpfCall(unix.BPF_RAW_TRACEPOINT_OPEN, unsafe.Pointer(&open), unsafe.Sizeof(open))
-	runtime.KeepAlive(name)
-	if err != nil {
-		return nil, fail("attach to raw tracepoint sched_process_exit", err)
-	}
-	if t.consumerPage, err = unix.Mmap(t.ring, 0, t.pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
-		t.consumerPage = nil
-		return nil, fail("map the ring buffer's consumer page", err)
-	}
-	if t.dataPages, err = unix.Mmap(t.ring, int64(t.pageSize), t.pageSize+2*traceRingSize, unix.PROT_READ, unix.MAP_SHARED); err != nil {
-		t.dataPages = nil
-		return nil, fail("map the ring buffer", err)
-	}
-	return t, nil
+	}{name: uint64(uintptr(unsafe.Pointer(&b[0]))), prog: uint32(prog)}
+	fd, err := bpfCall(unix.BPF_RAW_TRACEPOINT_OPEN, unsafe.Pointer(&open), unsafe.Sizeof(open))
+	runtime.KeepAlive(b)
+	return fd, err
 }
 
 // verifierMessage returns the last line of the verifier's log.
@@ -272,10 +404,11 @@ func (t *exitTrace) del(tgid int32) {
 	runtime.KeepAlive(&k)
 }
 
-// drain calls fn with every record in the ring, the exiting TGID and the
-// CLOCK_MONOTONIC time of the tracepoint, and releases them. It reads
+// drain calls fn with every record in the ring, the TGID, the record's kind
+// (recExit, recKill) and the CLOCK_MONOTONIC time of the tracepoint, and
+// releases them. It reads
 // nothing the producer has not committed.
-func (t *exitTrace) drain(fn func(tgid int32, ns uint64)) {
+func (t *exitTrace) drain(fn func(tgid int32, kind uint32, ns uint64)) {
 	cons := (*uint64)(unsafe.Pointer(&t.consumerPage[0]))
 	prod := (*uint64)(unsafe.Pointer(&t.dataPages[0]))
 	data := t.dataPages[t.pageSize:]
@@ -297,7 +430,11 @@ func (t *exitTrace) drain(fn func(tgid int32, ns uint64)) {
 			if hdr&unix.BPF_RINGBUF_DISCARD_BIT == 0 && n >= 16 {
 				rec := data[off+unix.BPF_RINGBUF_HDR_SZ:]
 				t.events.Add(1)
-				fn(int32(*(*uint32)(unsafe.Pointer(&rec[0]))), *(*uint64)(unsafe.Pointer(&rec[8])))
+				kind := *(*uint32)(unsafe.Pointer(&rec[4]))
+				if kind == recKill {
+					t.kills.Add(1)
+				}
+				fn(int32(*(*uint32)(unsafe.Pointer(&rec[0]))), kind, *(*uint64)(unsafe.Pointer(&rec[8])))
 			}
 			c += (n + unix.BPF_RINGBUF_HDR_SZ + 7) &^ 7
 		}
@@ -312,7 +449,7 @@ func (t *exitTrace) close() {
 	if t.consumerPage != nil {
 		_ = unix.Munmap(t.consumerPage)
 	}
-	for _, fd := range []int{t.link, t.prog, t.ring, t.watched} {
+	for _, fd := range []int{t.killLink, t.killProg, t.link, t.prog, t.ring, t.watched} {
 		if fd >= 0 {
 			_ = unix.Close(fd)
 		}

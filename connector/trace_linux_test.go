@@ -6,9 +6,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/connector/connectortest"
 )
 
 // inMap reports whether tgid is in the exit tracepoint's map.
@@ -47,9 +50,12 @@ func TestTracepointReportsKill(t *testing.T) {
 			}
 			c.kill(unix.SIGKILL)
 			e := collect(t, w, 1)[1]
-			want := Exit{Key: 1, PID: c.pid, Status: -1, Source: SourceTracepoint, DetectedNs: e.DetectedNs}
+			want := Exit{Key: 1, PID: c.pid, Status: -1, Source: SourceTracepoint, DetectedNs: e.DetectedNs, KilledNs: e.KilledNs}
 			if e != want {
 				t.Errorf("exit:\n got %+v\nwant %+v", e, want)
+			}
+			if ok, _ := w.KillTraced(); ok && (e.KilledNs == 0 || e.KilledNs > e.DetectedNs) {
+				t.Errorf("exit %+v: the kill program runs, want the kill's stamp before the exit's", e)
 			}
 			if !rec.wasUnreaped(1) {
 				t.Error("OnExit ran when the process was neither exiting nor an unreaped zombie")
@@ -132,12 +138,12 @@ func TestTracepointOlderRecord(t *testing.T) {
 	w.mu.Lock()
 	since := w.byPID[int32(c.pid)].since
 	w.mu.Unlock()
-	w.traced(int32(c.pid), since-1)
+	w.traced(int32(c.pid), recExit, since-1)
 	noExitQueued(t, w)
 	if n := rec.total(); n != 0 {
 		t.Fatalf("a record older than the watch was reported (%d OnExit calls)", n)
 	}
-	w.traced(int32(c.pid), monotonicNs())
+	w.traced(int32(c.pid), recExit, monotonicNs())
 	if e := collect(t, w, 1)[1]; e.Source != SourceTracepoint {
 		t.Errorf("exit %+v, want one from the tracepoint", e)
 	}
@@ -234,7 +240,7 @@ func (f *fakeRing) put(tgid uint32, ns uint64, flags uint32) {
 func (f *fakeRing) consumer() uint64 { return *(*uint64)(unsafe.Pointer(&f.t.consumerPage[0])) }
 
 func (f *fakeRing) drain() (got []uint32) {
-	f.t.drain(func(tgid int32, ns uint64) {
+	f.t.drain(func(tgid int32, _ uint32, ns uint64) {
 		if ns != uint64(tgid)*10 {
 			panic("record body read wrong")
 		}
@@ -388,5 +394,67 @@ func TestTracepointStarvedReader(t *testing.T) {
 	}
 	if st := w.Stats(); st.Exits != 1 {
 		t.Errorf("stats %+v: want Exits 1", st)
+	}
+}
+
+// TestTracepointKillBeforeExit: a SIGKILL to a watched child is reported
+// (OnKill) when the kernel delivers it, before the child runs at all: the
+// child is frozen, so it has not started to exit. The watch stays armed;
+// the exit follows once the child is thawed, carrying the kill's stamp. A
+// SIGTERM, fatal as it may be, is not reported as a kill.
+func TestTracepointKillBeforeExit(t *testing.T) {
+	requireTrace(t)
+	kills := make(chan Kill, 4)
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint, OnKill: func(k Kill) { kills <- k }}))
+	if ok, err := w.KillTraced(); !ok {
+		t.Skipf("the kill program does not run here: %v", err)
+	}
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	thaw := connectortest.FrozenV1(t, c.pid)
+	c.kill(unix.SIGKILL)
+	var k Kill
+	select {
+	case k = <-kills:
+	case <-time.After(waitLimit):
+		t.Fatal("no OnKill for a SIGKILL to a watched child")
+	}
+	if k.Key != 1 || k.PID != c.pid || k.DetectedNs == 0 {
+		t.Errorf("kill %+v, want key 1, pid %d, a stamp", k, c.pid)
+	}
+	if exiting(c.pid) {
+		t.Error("the frozen child has started to exit: the kill was not seen before the exit")
+	}
+	noExitQueued(t, w)
+	thaw()
+	e := collect(t, w, 1)[1]
+	if e.KilledNs != k.DetectedNs || e.DetectedNs < e.KilledNs {
+		t.Errorf("exit %+v: want KilledNs %d, not after DetectedNs", e, k.DetectedNs)
+	}
+	if got := c.reap(); got != 137 {
+		t.Errorf("waitid status %d, want 137", got)
+	}
+	if st := w.Stats(); st.Kills != 1 {
+		t.Errorf("stats %+v: want Kills 1", st)
+	}
+
+	term := startSelf(t, "sleep", false)
+	rec.expect(2, term)
+	if err := w.WatchChild(2, term.pid, term.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	term.kill(unix.SIGTERM)
+	if e := collect(t, w, 2)[2]; e.KilledNs != 0 {
+		t.Errorf("a SIGTERM's exit %+v carries a kill stamp", e)
+	}
+	term.reap()
+	select {
+	case k := <-kills:
+		t.Errorf("OnKill %+v for a SIGTERM", k)
+	default:
 	}
 }

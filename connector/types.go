@@ -158,6 +158,18 @@ type Exit struct {
 	// DetectedNs is CLOCK_MONOTONIC nanoseconds taken when the detecting
 	// goroutine learnt of the exit, before OnExit was called.
 	DetectedNs uint64
+	// KilledNs is the DetectedNs of the Kill reported for this process
+	// (OnKill) before its exit; 0 when there was none.
+	KilledNs uint64
+}
+
+// Kill is a SIGKILL the kernel delivered to a watched process (OnKill).
+type Kill struct {
+	Key uint64 // the watch's key
+	PID int
+	// DetectedNs is CLOCK_MONOTONIC nanoseconds taken when the record was
+	// read, before OnKill was called.
+	DetectedNs uint64
 }
 
 // Options configures a Watcher. The zero value is usable: DetectAuto, a
@@ -200,6 +212,16 @@ type Options struct {
 	// Exit is received from Exits(), or after Unwatch). It may call Watch
 	// and Unwatch. Nil means no callback.
 	OnExit func(Exit)
+
+	// OnKill is called when the kernel delivers a SIGKILL to a process in
+	// the exit tracepoint's map (WatchChild, WatchTraced), on the goroutine
+	// that reads the tracepoint, at most once per watch and only while the
+	// exit is not yet reported. The process cannot run user code again,
+	// but it may take a while to exit (it must first get a CPU): a caller
+	// clears its liveness record here. The watch stays armed: OnExit
+	// follows, once, when the exit is seen. The same rules as for OnExit
+	// apply. Called only when the kill program runs (KillTraced).
+	OnKill func(Kill)
 
 	// OnResync is called on the connector goroutine after the kernel
 	// reported lost events (ENOBUFS) and every watched pidfd has been
@@ -254,6 +276,8 @@ type Stats struct {
 	// Traced counts the records read from the exit tracepoint's ring
 	// buffer: exits of watched children (whichever detector reported them).
 	Traced uint64
+	// Kills counts, of Traced, the SIGKILLs delivered to watched processes.
+	Kills uint64
 	// RealTime: the exit tracepoint's reader runs at Options.Priority.
 	RealTime bool
 

@@ -36,10 +36,11 @@ type watch struct {
 	key    uint64
 	pid    int32
 	pidfd  int
-	id     uint64 // epoll data; unique for the Watcher's life
-	child  bool   // a child of this process (WatchChild): the socket filter passes it by its parent
-	traced bool   // in the exit tracepoint's map (WatchChild, WatchTraced): a child's events the socket filter need not pass
-	since  uint64 // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
+	id     uint64        // epoll data; unique for the Watcher's life
+	child  bool          // a child of this process (WatchChild): the socket filter passes it by its parent
+	traced bool          // in the exit tracepoint's map (WatchChild, WatchTraced): a child's events the socket filter need not pass
+	since  uint64        // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
+	killed atomic.Uint64 // CLOCK_MONOTONIC ns when a SIGKILL to it was seen (OnKill); 0 before
 
 	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
 	// last is the wait status from the latest connector event for any thread
@@ -71,7 +72,7 @@ type Watcher struct {
 	nl *nlSocket  // nil without the connector
 	tr *exitTrace // nil without the exit tracepoint
 	// onTrace is w.traced, made once: a method value allocates.
-	onTrace func(tgid int32, ns uint64)
+	onTrace func(tgid int32, kind uint32, ns uint64)
 	epfd    int // the epoll goroutine's set: the eventfd, the ring buffer, and the pidfds unless pfd is its own
 	// pfd is the epoll set of the watched pidfds. It is epfd, except when
 	// the exit tracepoint's reader runs real-time (Options.Priority): then
@@ -160,6 +161,8 @@ func NewWatcher(opt Options) (*Watcher, error) {
 				return nil, err
 			}
 			w.log.Info("exit tracepoint not used", "reason", err)
+		} else if w.tr.killErr != nil {
+			w.log.Info("SIGKILLs are seen at the exit, not at the kill", "reason", w.tr.killErr)
 		}
 	}
 	switch opt.Detector {
@@ -441,6 +444,28 @@ func (w *Watcher) ConnectorNote() string { return w.connNote }
 // Traced reports whether the exit tracepoint runs (for children).
 func (w *Watcher) Traced() bool { return w.tr != nil }
 
+// KillTraced reports whether the kill program runs beside the exit
+// tracepoint, so that OnKill is called; when not, the error says why.
+func (w *Watcher) KillTraced() (bool, error) {
+	switch {
+	case w.tr == nil:
+		return false, ErrTraceUnavailable
+	case w.tr.killErr != nil:
+		return false, w.tr.killErr
+	}
+	return true, nil
+}
+
+// Killed reports whether a SIGKILL to the process watched under key was
+// seen (OnKill) while its watch is armed: it is as good as gone, though its
+// pidfd may not be readable yet. False for an unknown key.
+func (w *Watcher) Killed(key uint64) bool {
+	w.mu.Lock()
+	wt := w.byKey[key]
+	w.mu.Unlock()
+	return wt != nil && wt.killed.Load() != 0
+}
+
 // Stats returns the Watcher's counters.
 func (w *Watcher) Stats() Stats {
 	w.mu.Lock()
@@ -459,6 +484,7 @@ func (w *Watcher) Stats() Stats {
 	}
 	if w.tr != nil {
 		s.Traced = w.tr.events.Load()
+		s.Kills = w.tr.kills.Load()
 		s.RealTime = w.rt.Load()
 	}
 	if w.nl != nil {
@@ -516,7 +542,7 @@ func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs u
 	if !wt.state.CompareAndSwap(stateArmed, stateFired) {
 		return
 	}
-	ex := Exit{Key: wt.key, PID: int(wt.pid), Status: -1, Source: src, DetectedNs: detectedNs}
+	ex := Exit{Key: wt.key, PID: int(wt.pid), Status: -1, Source: src, DetectedNs: detectedNs, KilledNs: wt.killed.Load()}
 	if have {
 		ex.Status, ex.WaitStatus, ex.HaveStatus = ExitStatus(ws), ws, true
 	}
@@ -790,11 +816,12 @@ func (w *Watcher) waitLoop(epfd int) {
 	}
 }
 
-// traced handles one exit tracepoint record: the last thread of process
-// tgid started to exit at ns. A watch made after ns is of a later process
-// that reuses the PID (the record waited in the ring while the first was
-// reaped), and is left alone.
-func (w *Watcher) traced(tgid int32, ns uint64) {
+// traced handles one tracepoint record. recExit: the last thread of process
+// tgid started to exit at ns. recKill: a SIGKILL was delivered to it at ns;
+// the watch stays armed for the exit. A watch made after ns is of a later
+// process that reuses the PID (the record waited in the ring while the first
+// was reaped), and is left alone.
+func (w *Watcher) traced(tgid int32, kind uint32, ns uint64) {
 	now := monotonicNs()
 	w.mu.Lock()
 	wt := w.byPID[tgid]
@@ -802,7 +829,16 @@ func (w *Watcher) traced(tgid int32, ns uint64) {
 	if wt == nil || !wt.traced || wt.since >= ns {
 		return
 	}
-	w.fire(wt, SourceTracepoint, 0, false, now)
+	if kind != recKill {
+		w.fire(wt, SourceTracepoint, 0, false, now)
+		return
+	}
+	if wt.state.Load() != stateArmed || !wt.killed.CompareAndSwap(0, now) {
+		return // reported already, or killed twice
+	}
+	if f := w.opt.OnKill; f != nil {
+		f(Kill{Key: wt.key, PID: int(wt.pid), DetectedNs: now})
+	}
 }
 
 // monotonicNs is CLOCK_MONOTONIC in nanoseconds.

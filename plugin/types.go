@@ -300,7 +300,8 @@ type Event struct {
 	Status int
 	// Source names the detector that saw the exit first: "tracepoint", "connector", "pidfd", "resync", "reaper", "adopt".
 	Source string
-	// DetectedNs is CLOCK_MONOTONIC at detection (exit) or at start (spawn).
+	// DetectedNs is CLOCK_MONOTONIC at detection (exit: at the SIGKILL when
+	// the plugin saw it, the time its slot went to 0) or at start (spawn).
 	DetectedNs uint64
 	// TimeUnixNs is the wall-clock time of the event.
 	TimeUnixNs int64

@@ -214,7 +214,9 @@ type Slot struct {
 	LastStatus int32
 	// LastPID is the PID of the last exited incarnation.
 	LastPID uint32
-	// LastExitNs is CLOCK_MONOTONIC when the last exit was detected.
+	// LastExitNs is CLOCK_MONOTONIC when the PID went to 0 for the last
+	// exit: when the SIGKILL was seen, if one was, else when the exit was
+	// detected.
 	LastExitNs uint64
 	// Name is the service name ("" for a free slot).
 	Name string

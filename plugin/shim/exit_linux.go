@@ -27,9 +27,33 @@ func (s *Shim) onExit(ex connector.Exit) {
 			s.detectToStore.observe(d)
 		}
 	}
-	if s.opts.onCleared != nil {
+	if s.opts.onCleared != nil && ex.KilledNs == 0 { // else onKill told it
 		s.opts.onCleared(idx, ex.PID, cleared)
 	}
+}
+
+// onKill is onExit for a SIGKILL the kernel has delivered to a watched
+// process (connector.Options.OnKill): the process will not run again, so
+// its slot goes to 0 now, before it even gets a CPU to exit on. The exit
+// follows through onExit and finish as for any other death.
+func (s *Shim) onKill(k connector.Kill) {
+	idx := int(k.Key >> 32)
+	cleared := s.w.ClearPID(idx, uint32(k.PID))
+	if cleared {
+		if d, ok := elapsedSince(k.DetectedNs, shm.MonotonicNs()); ok {
+			s.detectToStore.observe(d)
+		}
+	}
+	if s.opts.onCleared != nil {
+		s.opts.onCleared(idx, k.PID, cleared)
+	}
+}
+
+// gone reports whether inc's main process has exited or been SIGKILLed: a
+// slot must not be given its PID then. The caller holds inc.mu, so a child
+// that has exited is not reaped meanwhile.
+func (s *Shim) gone(inc *incarnation) bool {
+	return pollReadable(inc.pidfd, 0) || s.watcher.Killed(inc.key)
 }
 
 // exitWorkers is how many exits are reaped (and respawned) at once.
@@ -84,6 +108,11 @@ func (s *Shim) exitLoop() {
 //     the replacement now if reapRespawn did not (respawn), or EventExit
 //     alone.
 func (s *Shim) finish(ex connector.Exit) {
+	if ex.KilledNs != 0 && ex.KilledNs < ex.DetectedNs {
+		// The death was seen at the kill, and the slot went to 0 then:
+		// that is its time (the slot's last_exit_ns, the event's).
+		ex.DetectedNs = ex.KilledNs
+	}
 	// What the service said before this exit comes first: a MAINPID= sent
 	// by its daemon before the launcher exited moves the main process,
 	// and then this is not the service's exit.

@@ -313,6 +313,26 @@ func exiting(pid int) bool {
 	return err == nil && flags&0x4 != 0 // PF_EXITING
 }
 
+// killPending reports whether a SIGKILL is pending for process pid (its
+// shared or main thread's pending set, /proc/PID/status): it has been killed
+// and has not exited yet.
+func killPending(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k != "SigPnd" && k != "ShdPnd" {
+			continue
+		}
+		if m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && m&(1<<(unix.SIGKILL-1)) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // gone reports whether pid no longer exists, not even as a zombie.
 func gone(pid int) bool {
 	_, err := os.Stat("/proc/" + strconv.Itoa(pid))

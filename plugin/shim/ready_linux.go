@@ -303,8 +303,9 @@ func (s *Shim) notified(inc *incarnation, pid int, msg []byte) {
 
 // declareReady publishes the PID of inc's main process in its slot
 // (once): from here a peer's one load says it is ready. An incarnation
-// whose exit came first is not published (or is cleared again at once: its
-// zombie pins the PID until it is reaped under inc.mu, which is held here).
+// whose exit (or SIGKILL) came first is not published (or is cleared again
+// at once: its zombie pins the PID until it is reaped under inc.mu, which is
+// held here).
 func (s *Shim) declareReady(inc *incarnation) {
 	if !inc.ready.CompareAndSwap(false, true) {
 		return
@@ -312,7 +313,7 @@ func (s *Shim) declareReady(inc *incarnation) {
 	inc.mu.RLock()
 	pid := inc.mainPID()
 	ok := !inc.reaped && s.w.Publish(inc.idx, uint32(pid), inc.gen)
-	if ok && pollReadable(inc.pidfd, 0) {
+	if ok && s.gone(inc) {
 		s.w.ClearPID(inc.idx, uint32(pid))
 		ok = false
 	}

@@ -418,6 +418,7 @@ func New(opts Options) (*Shim, error) {
 		ReadBuffer: opts.ReadBuffer,
 		NoFilter:   opts.NoFilter,
 		OnExit:     s.onExit,
+		OnKill:     s.onKill,
 		OnResync: func(reason error) {
 			s.log.Warn("exit events were lost; every watched process was rescanned", "reason", reason)
 		},

@@ -23,12 +23,12 @@ import (
 type clearRecord struct {
 	idx, pid int
 	cleared  bool
-	zombie   bool // the process was still unreaped: waitable, or (exit tracepoint) exiting
+	zombie   bool // the process was still unreaped: waitable, or (exit tracepoint) exiting or killed
 }
 
 // recordClears returns Options whose fast-path hook records, for each clear,
-// whether the process was still unreaped — an exiting process (the exit
-// tracepoint reports it that early) or a zombie — the property that makes
+// whether the process was still unreaped — a killed or exiting process (the
+// exit tracepoint reports it that early) or a zombie — the property that makes
 // "slot 0 before reaping" safe against PID reuse.
 func recordClears(opts Options) (Options, func() []clearRecord) {
 	var mu sync.Mutex
@@ -37,7 +37,7 @@ func recordClears(opts Options) (Options, func() []clearRecord) {
 		var ci childInfo
 		err := waitid(unix.P_PID, pid, &ci, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT)
 		mu.Lock()
-		unreaped := err == nil && int(ci.Pid) == pid || exiting(pid)
+		unreaped := err == nil && int(ci.Pid) == pid || exiting(pid) || killPending(pid)
 		recs = append(recs, clearRecord{idx: idx, pid: pid, cleared: cleared, zombie: unreaped})
 		mu.Unlock()
 	}
