@@ -69,7 +69,7 @@ func TestBeatGo(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestBeatGo$")
 		cmd.Env = append(os.Environ(), "HB_TEST_BEATS=1000")
 		if withFD {
-			cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "beat")}
+			cmd.ExtraFiles = []*os.File{beatFile(t, a)}
 			cmd.Env = append(cmd.Env, BeatFDEnv+"=3")
 		}
 		out, err := cmd.Output()
@@ -106,7 +106,7 @@ func TestBeatC(t *testing.T) {
 		cmd := exec.Command(bin, "1000")
 		cmd.Env = []string{tt.env}
 		if tt.withFD {
-			cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "beat")}
+			cmd.ExtraFiles = []*os.File{beatFile(t, a)}
 		}
 		out, err := cmd.Output()
 		if err != nil {
@@ -149,7 +149,7 @@ func BenchmarkBeatC(b *testing.B) {
 		}
 		cmd := exec.Command(bin, "100000000", "time")
 		cmd.Env = []string{BeatFDEnv + "=3"}
-		cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "beat")}
+		cmd.ExtraFiles = []*os.File{beatFile(b, a)}
 		out, err := cmd.Output()
 		a.Close()
 		if err != nil {
@@ -193,4 +193,19 @@ func BenchmarkNotifyDatagram(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// beatFile is a's descriptor for a child's ExtraFiles: a duplicate owned by
+// the returned file and closed with it at the end of the test. Wrapping a's
+// own descriptor would close it twice (a.Close, then the file's finalizer,
+// which then closes whatever descriptor has that number by then).
+func beatFile(t testing.TB, a *BeatArea) *os.File {
+	t.Helper()
+	fd, err := unix.FcntlInt(uintptr(a.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "beat")
+	t.Cleanup(func() { f.Close() })
+	return f
 }
