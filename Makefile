@@ -6,6 +6,7 @@ CC           ?= gcc
 CFLAGS       ?= -std=c11 -O2 -Wall -Wextra -Werror
 TEST_TIMEOUT ?= 240s
 CONFIG       ?= contrib/examples/hb.toml
+BENCHFLAGS   ?= --load ordinary,rt
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 REVISION     ?= $(shell git rev-parse HEAD 2>/dev/null)
 GO_LDFLAGS   := -X github.com/hbshim/hb/host/api.Version=$(VERSION) -X github.com/hbshim/hb/host/api.Revision=$(REVISION)

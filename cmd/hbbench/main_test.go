@@ -460,3 +460,35 @@ func runReport(t *testing.T, dir string, args ...string) Report {
 	}
 	return rep
 }
+
+// TestParseLoad: --load takes ordinary, rt or both; anything else is an
+// error that names what it wants.
+func TestParseLoad(t *testing.T) {
+	for _, tc := range []struct {
+		arg          string
+		ordinary, rt bool
+		ok           bool
+	}{
+		{"", false, false, true},
+		{"ordinary", true, false, true},
+		{"rt", false, true, true},
+		{"ordinary,rt", true, true, true},
+		{"busy", false, false, false},
+		{"rt,", false, false, false},
+	} {
+		args := []string{}
+		if tc.arg != "" {
+			args = []string{"--load", tc.arg}
+		}
+		o, err := parseFlags(args)
+		if !tc.ok {
+			if err == nil || !strings.Contains(err.Error(), "ordinary, rt or ordinary,rt") {
+				t.Errorf("--load %q: err %v, want one naming the kinds", tc.arg, err)
+			}
+			continue
+		}
+		if err != nil || o.loadOrdinary != tc.ordinary || o.loadRT != tc.rt {
+			t.Errorf("--load %q: %+v, %v; want ordinary %v rt %v", tc.arg, o, err, tc.ordinary, tc.rt)
+		}
+	}
+}

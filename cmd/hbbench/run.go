@@ -58,8 +58,10 @@ Flags:
   --reader MODE      the C reader's loop while waiting for the slot: yield (sched_yield
                      between loads; default) or spin (pause instruction only)
   --json             print the report as JSON
-  --load ordinary    after the tests, run death and respawn again with one busy spinner per
-                     CPU, and give each hb figure's p50 and p99 against its idle one
+  --load KINDS       after the tests, under load (KINDS: ordinary, rt, or ordinary,rt):
+                     ordinary runs death and respawn again with one busy spinner per CPU and
+                     gives each hb figure's p50 and p99 against its idle one; rt kills a
+                     service under one SCHED_FIFO spinner per CPU (root) and times kill → slot 0
   --plot DIR         also write SVG plots (latency CDFs, packets lost per kill) into DIR
   --from FILE        run nothing: print the report an earlier --json run wrote (and plot it with --plot)
   --hbd PATH         hbd binary (default: next to hbbench, else $PATH)
@@ -101,9 +103,30 @@ type options struct {
 	cc            string
 	include       string
 	keep          bool
-	load          string // "", or "ordinary": death and respawn again under load
+	load          string // "", "ordinary", "rt" or "ordinary,rt"
+	loadOrdinary  bool   // death and respawn again under ordinary load
+	loadRT        bool   // the real-time load test
 	plot          string // write SVG plots into this directory
 	from          string // plot this JSON report instead of running
+}
+
+// parseLoad sets o.loadOrdinary and o.loadRT from o.load; false when it
+// names another kind.
+func parseLoad(o *options) bool {
+	if o.load == "" {
+		return true
+	}
+	for _, k := range strings.Split(o.load, ",") {
+		switch k {
+		case "ordinary":
+			o.loadOrdinary = true
+		case "rt":
+			o.loadRT = true
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -198,8 +221,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--flood-secs must be positive and --idle-secs not negative")
 	case badPeers(o.peers) != "":
 		return nil, fmt.Errorf("--peers: unknown supervisor %q: want some of bare,hb,runit,s6,supervisord", badPeers(o.peers))
-	case o.load != "" && o.load != "ordinary":
-		return nil, fmt.Errorf("--load: want ordinary, got %q (real-time load is measured by the fault suite: TestFaultRealTimeLoad)", o.load)
+	case !parseLoad(o):
+		return nil, fmt.Errorf("--load: want ordinary, rt or ordinary,rt, got %q", o.load)
 	case o.reader != "spin" && o.reader != "yield":
 		return nil, fmt.Errorf("--reader: want spin or yield, got %q", o.reader)
 	case o.services > 65536:
@@ -379,18 +402,18 @@ func bench(o *options) int {
 		logf("%s done in %.1f s", t.name, time.Since(t0).Seconds())
 	}
 	e.stopShared()
-	if o.load != "" {
+	if o.loadOrdinary {
 		// The spinners' watchdog: an hour, far beyond the two tests.
 		stop, n, err := startLoad(e, 3600)
 		if err != nil {
 			r.check("load", "spinners started", false, "%v", err)
 		} else {
-			r.Meta.Load = o.load
+			r.Meta.Load = "ordinary"
 			r.note("load: %d busy spinners (one per CPU, nice 0) during the second run of death and respawn", n)
 			r.suffix = loadSuffix
 			for _, t := range tests {
 				if (t.name == "death" || t.name == "respawn") && o.only[t.name] {
-					logf("%s under %s load ...", t.name, o.load)
+					logf("%s under ordinary load ...", t.name)
 					if err := t.fn(e, r); err != nil {
 						r.check(t.name, "test ran", false, "%v", err)
 					}
@@ -401,6 +424,16 @@ func bench(o *options) int {
 			stop()
 			compareLoad(r)
 		}
+	}
+	if o.loadRT {
+		logf("rt load ...")
+		t0 := time.Now()
+		if err := runRTLoad(e, r); err != nil {
+			r.check("rt load", "test ran", false, "%v", err)
+			logf("rt load: %v", err)
+		}
+		logf("rt load done in %.1f s", time.Since(t0).Seconds())
+		e.stopShared()
 	}
 	r.Meta.Seconds = time.Since(start).Seconds()
 	r.Meta.LoadAvg = append(r.Meta.LoadAvg, loadAvg())
