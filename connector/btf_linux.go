@@ -60,9 +60,6 @@ func kernelMemberOffset(name, field string) (int, error) {
 	return btfMemberOffset(b, name, field)
 }
 
-// btfType is what btfMemberOffset keeps of a type: where its record is.
-type btfType struct{ off uint32 }
-
 // btfMemberOffset finds field in the struct called name in the raw BTF b,
 // looking into anonymous structs and unions inside it (a kernel built with
 // randomized or grouped layouts nests fields in them). It returns the
@@ -93,16 +90,12 @@ func btfMemberOffset(b []byte, name, field string) (int, error) {
 		}
 		return ""
 	}
-	// One pass indexes every type by ID (from 1) and finds the struct.
-	index := []btfType{{}}
-	var target uint32
-	for off := uint32(0); off+12 <= uint32(len(types)); {
+	// A type's ID is its place in the section (from 1). Nothing is indexed:
+	// the plugin's heap would keep the growth. next steps over one record;
+	// typeAt walks to an ID (for the few anonymous members).
+	next := func(off uint32) uint32 {
 		info := le.Uint32(types[off+4:])
 		kind, vlen := (info>>24)&0x1f, info&0xffff
-		index = append(index, btfType{off: off})
-		if kind == btfKindStruct && target == 0 && str(le.Uint32(types[off:])) == name {
-			target = uint32(len(index) - 1)
-		}
 		off += 12
 		switch kind {
 		case btfKindInt, btfKindVar, btfKindDeclTag:
@@ -114,16 +107,31 @@ func btfMemberOffset(b []byte, name, field string) (int, error) {
 		case btfKindEnum, btfKindFuncProto:
 			off += 8 * vlen
 		}
+		return off
 	}
-	if target == 0 {
-		return 0, fmt.Errorf("%s: struct %s: %w", vmlinuxBTF, name, errNoMember)
+	typeAt := func(id uint32) (uint32, bool) {
+		off := uint32(0)
+		for n := uint32(1); off+12 <= uint32(len(types)); n++ {
+			if n == id {
+				return off, true
+			}
+			off = next(off)
+		}
+		return 0, false
+	}
+	var target uint32
+	for off, id := uint32(0), uint32(1); off+12 <= uint32(len(types)); off, id = next(off), id+1 {
+		if (le.Uint32(types[off+4:])>>24)&0x1f == btfKindStruct && str(le.Uint32(types[off:])) == name {
+			target = id
+			break
+		}
 	}
 	var find func(id uint32, base uint32, depth int) (uint32, bool, error)
 	find = func(id uint32, base uint32, depth int) (uint32, bool, error) {
-		if id == 0 || id >= uint32(len(index)) || depth > 8 {
+		off, ok := typeAt(id)
+		if id == 0 || !ok || depth > 8 {
 			return 0, false, nil
 		}
-		off := index[id].off
 		info := le.Uint32(types[off+4:])
 		kind, vlen, bitfields := (info>>24)&0x1f, info&0xffff, info>>31 == 1
 		if kind != btfKindStruct && kind != btfKindUnion {
