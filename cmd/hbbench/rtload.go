@@ -166,10 +166,11 @@ func killUnderRT(bin string, tab *shm.Table, idx int, pid uint32) (time.Duration
 	// spinners run: no collection, and the watcher below makes raw calls.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	type result struct {
-		took time.Duration
-		seen bool
-		t0   uint64
-		err  error
+		took   time.Duration
+		seen   bool
+		t0     uint64
+		closed bool // the thread closed the gate
+		err    error
 	}
 	done := make(chan result, 1)
 	go func() {
@@ -186,13 +187,18 @@ func killUnderRT(bin string, tab *shm.Table, idx int, pid uint32) (time.Duration
 		}()
 		sleep := func(d time.Duration) {
 			ts := unix.NsecToTimespec(int64(d))
-			unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
+			_, _, _ = unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0) // EINTR: a shorter look
 		}
-		unix.RawSyscall(unix.SYS_CLOSE, uintptr(gate[1]), 0, 0) // end of file: they spin
-		sleep(300 * time.Millisecond)                           // the load holds every CPU
 		var r result
+		_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(gate[1]), 0, 0) // end of file: they spin
+		r.closed = true
+		sleep(300 * time.Millisecond) // the load holds every CPU
 		r.t0 = shm.MonotonicNs()
-		unix.RawSyscall(unix.SYS_KILL, uintptr(pid), uintptr(unix.SIGKILL), 0)
+		if _, _, e := unix.RawSyscall(unix.SYS_KILL, uintptr(pid), uintptr(unix.SIGKILL), 0); e != 0 {
+			r.err = fmt.Errorf("kill %d: %w", pid, e)
+			done <- r
+			return
+		}
 		for {
 			now := shm.MonotonicNs()
 			if tab.PID(idx) != pid {
@@ -208,8 +214,8 @@ func killUnderRT(bin string, tab *shm.Table, idx int, pid uint32) (time.Duration
 		done <- r
 	}()
 	res := <-done
-	if res.err == nil {
-		gateOpen = false // the thread closed it
+	if res.closed {
+		gateOpen = false
 	}
 	return res.took, res.seen, res.t0, res.err
 }
