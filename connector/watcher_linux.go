@@ -791,6 +791,15 @@ func (w *Watcher) waitLoop(epfd int) {
 			continue
 		}
 		lastErr, backoff = 0, 0
+		if w.tr != nil && epfd == w.epfd {
+			// The ring first, whatever the order of the events: a record
+			// committed before a pidfd turned readable (a kill, the start
+			// of an exit) is in the ring now, and is handled before that
+			// pidfd is. So a traced death is reported by the tracepoint,
+			// with its kill's stamp, even when the pidfd's event comes
+			// first in the batch.
+			w.tr.drain(w.onTrace)
+		}
 		now := monotonicNs()
 		for i := range n {
 			id := epollData(&events[i])
@@ -801,8 +810,7 @@ func (w *Watcher) waitLoop(epfd int) {
 				continue
 			}
 			if id == traceID {
-				w.tr.drain(w.onTrace)
-				continue
+				continue // drained above
 			}
 			w.mu.Lock()
 			wt := w.byID[id]
