@@ -18,15 +18,24 @@ var spinSource []byte
 // loadSuffix marks the figures taken under --load ordinary.
 const loadSuffix = " (ordinary load)"
 
-// startLoad starts one busy spinner per CPU hbbench may use, each pinned
-// to its CPU at nice 0, and returns a stop. Each spinner ends by itself
-// after secs (its watchdog) if hbbench does not stop it.
-func startLoad(e *env, secs int) (func(), int, error) {
+// buildSpinner compiles csrc/spin.c into the run's directory.
+func buildSpinner(e *env) (string, error) {
 	bin := filepath.Join(e.dir, "spin")
 	cc := exec.Command(e.cc, "-O2", "-o", bin, "-x", "c", "-")
 	cc.Stdin = strings.NewReader(string(spinSource))
 	if out, err := cc.CombinedOutput(); err != nil {
-		return nil, 0, fmt.Errorf("compile the spinner: %v\n%s", err, out)
+		return "", fmt.Errorf("compile the spinner: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// startLoad starts one busy spinner per CPU hbbench may use, each pinned
+// to its CPU at nice 0, and returns a stop. Each spinner ends by itself
+// after secs (its watchdog) if hbbench does not stop it.
+func startLoad(e *env, secs int) (func(), int, error) {
+	bin, err := buildSpinner(e)
+	if err != nil {
+		return nil, 0, err
 	}
 	var cpus unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &cpus); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -59,11 +58,9 @@ func runRTLoad(e *env, r *Report) error {
 		r.note("rt load: not run: %s", why)
 		return nil
 	}
-	bin := filepath.Join(e.dir, "spin")
-	cc := exec.Command(e.cc, "-O2", "-o", bin, "-x", "c", "-")
-	cc.Stdin = strings.NewReader(string(spinSource))
-	if out, err := cc.CombinedOutput(); err != nil {
-		return fmt.Errorf("compile the spinner: %v\n%s", err, out)
+	bin, err := buildSpinner(e)
+	if err != nil {
+		return err
 	}
 	h, err := e.startHBD(hbdConfig{label: "rt", detector: "auto", slots: shm.DefaultSlots,
 		services: []svc{{name: "rt", command: []string{e.hbclient}}}})

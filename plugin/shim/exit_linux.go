@@ -20,16 +20,8 @@ import (
 // been reused: the slot never names a recycled process (docs/design.md#invariant-1). Everything else
 // happens in finish, after the Exit is queued on Watcher.Exits.
 func (s *Shim) onExit(ex connector.Exit) {
-	idx := int(ex.Key >> 32)
-	cleared := s.w.ClearPID(idx, uint32(ex.PID))
-	if cleared {
-		if d, ok := elapsedSince(ex.DetectedNs, shm.MonotonicNs()); ok {
-			s.detectToStore.observe(d)
-		}
-	}
-	if s.opts.onCleared != nil && ex.KilledNs == 0 { // else onKill told it
-		s.opts.onCleared(idx, ex.PID, cleared)
-	}
+	// After a kill, onKill has cleared the slot and told the test hook.
+	s.storeDeath(int(ex.Key>>32), ex.PID, ex.DetectedNs, ex.KilledNs == 0)
 }
 
 // onKill is onExit for a SIGKILL the kernel has delivered to a watched
@@ -37,15 +29,20 @@ func (s *Shim) onExit(ex connector.Exit) {
 // its slot goes to 0 now, before it even gets a CPU to exit on. The exit
 // follows through onExit and finish as for any other death.
 func (s *Shim) onKill(k connector.Kill) {
-	idx := int(k.Key >> 32)
-	cleared := s.w.ClearPID(idx, uint32(k.PID))
+	s.storeDeath(int(k.Key>>32), k.PID, k.DetectedNs, true)
+}
+
+// storeDeath clears slot idx if it holds pid, times the store from
+// detectedNs, and tells the test hook (onCleared) when hook is set.
+func (s *Shim) storeDeath(idx, pid int, detectedNs uint64, hook bool) {
+	cleared := s.w.ClearPID(idx, uint32(pid))
 	if cleared {
-		if d, ok := elapsedSince(k.DetectedNs, shm.MonotonicNs()); ok {
+		if d, ok := elapsedSince(detectedNs, shm.MonotonicNs()); ok {
 			s.detectToStore.observe(d)
 		}
 	}
-	if s.opts.onCleared != nil {
-		s.opts.onCleared(idx, k.PID, cleared)
+	if hook && s.opts.onCleared != nil {
+		s.opts.onCleared(idx, pid, cleared)
 	}
 }
 
