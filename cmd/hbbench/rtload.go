@@ -1,20 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/hbshim/hb/connector/connectortest"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -84,7 +78,13 @@ func runRTLoad(e *env, r *Report) error {
 			return err
 		}
 		pid := h.table.PID(idx)
-		took, seen, t0, err := killUnderRT(bin, h.table, idx, pid)
+		load := connectortest.RTLoad{
+			Spinner: func(cpu int) *exec.Cmd {
+				return exec.Command(bin, strconv.Itoa(cpu), "30", strconv.Itoa(rtSpinPriority))
+			},
+			PeerPriority: rtPeerPriority, Settle: 300 * time.Millisecond, Poll: rtPoll, GiveUp: rtGiveUp,
+		}
+		took, seen, t0, err := load.KillUnder(pid, func() uint32 { return h.table.PID(idx) })
 		if err != nil {
 			r.check(test, fmt.Sprintf("round %d ran", round+1), false, "%v", err)
 			return err
@@ -108,111 +108,4 @@ func runRTLoad(e *env, r *Report) error {
 	meets(res, len(cleared) == rtRounds && res.Max <= 1000)
 	r.addSeries(test, "hb: kill → the plugin's store of 0 under that load (its stamp)", "ms", stored).Note = "breakdown"
 	return nil
-}
-
-// killUnderRT starts the spinners, kills pid from a real-time thread once
-// they all spin, and watches slot idx until it no longer holds pid (or
-// rtGiveUp); then it stops the spinners. It returns the time from the kill
-// to the change, whether it was seen, and the kill's CLOCK_MONOTONIC ns.
-func killUnderRT(bin string, tab *shm.Table, idx int, pid uint32) (time.Duration, bool, uint64, error) {
-	var gate [2]int
-	if err := unix.Pipe2(gate[:], unix.O_CLOEXEC); err != nil {
-		return 0, false, 0, err
-	}
-	gateR := os.NewFile(uintptr(gate[0]), "gate")
-	gateOpen := true
-	var spinners []*exec.Cmd
-	stop := func() {
-		for _, c := range spinners {
-			_ = c.Process.Kill()
-			_ = c.Wait()
-		}
-		spinners = nil
-		if gateOpen {
-			unix.Close(gate[1])
-			gateOpen = false
-		}
-	}
-	defer stop()
-	var cpus unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
-		return 0, false, 0, err
-	}
-	for cpu := range 1024 {
-		if !cpus.IsSet(cpu) {
-			continue
-		}
-		c := exec.Command(bin, strconv.Itoa(cpu), "30", strconv.Itoa(rtSpinPriority))
-		c.ExtraFiles = []*os.File{gateR}
-		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		out, err := c.StdoutPipe()
-		if err != nil {
-			return 0, false, 0, err
-		}
-		if err := c.Start(); err != nil {
-			return 0, false, 0, err
-		}
-		spinners = append(spinners, c)
-		if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
-			return 0, false, 0, fmt.Errorf("spinner on CPU %d: %q, %v", cpu, line, err)
-		}
-	}
-	gateR.Close()
-
-	// Nothing of the Go runtime's ordinary threads may be needed while the
-	// spinners run: no collection, and the watcher below makes raw calls.
-	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	type result struct {
-		took   time.Duration
-		seen   bool
-		t0     uint64
-		closed bool // the thread closed the gate
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: rtPeerPriority}
-		if err := unix.SchedSetAttr(0, &rt, 0); err != nil {
-			done <- result{err: fmt.Errorf("the peer thread: SCHED_FIFO %d: %w", rtPeerPriority, err)}
-			return
-		}
-		defer func() {
-			back := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: 0} // SCHED_OTHER
-			_ = unix.SchedSetAttr(0, &back, 0)
-		}()
-		sleep := func(d time.Duration) {
-			ts := unix.NsecToTimespec(int64(d))
-			_, _, _ = unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0) // EINTR: a shorter look
-		}
-		var r result
-		_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(gate[1]), 0, 0) // end of file: they spin
-		r.closed = true
-		sleep(300 * time.Millisecond) // the load holds every CPU
-		r.t0 = shm.MonotonicNs()
-		if _, _, e := unix.RawSyscall(unix.SYS_KILL, uintptr(pid), uintptr(unix.SIGKILL), 0); e != 0 {
-			r.err = fmt.Errorf("kill %d: %w", pid, e)
-			done <- r
-			return
-		}
-		for {
-			now := shm.MonotonicNs()
-			if tab.PID(idx) != pid {
-				r.took, r.seen = time.Duration(now-r.t0), true
-				break
-			}
-			if time.Duration(now-r.t0) > rtGiveUp {
-				r.took = time.Duration(now - r.t0)
-				break
-			}
-			sleep(rtPoll)
-		}
-		done <- r
-	}()
-	res := <-done
-	if res.closed {
-		gateOpen = false
-	}
-	return res.took, res.seen, res.t0, res.err
 }

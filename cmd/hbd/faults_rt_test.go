@@ -1,19 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
-	"runtime/debug"
 	"strconv"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hbshim/hb/connector/connectortest"
 	"github.com/hbshim/hb/shm"
 )
 
@@ -98,7 +95,19 @@ func TestFaultRealTimeLoad(t *testing.T) {
 	for round := 1; round <= 3; round++ {
 		rep.attack(t, fmt.Sprintf("round %d: a SCHED_FIFO %d busy-poller on each of %d CPUs, then SIGKILL the service", round, spinnerPriority, cpus.Count()), func() {
 			s := h.WaitSlot("dp", "running", func(s shm.Slot) bool { return s.PID != 0 && s.State == shm.StateRunning })
-			took, seen := killUnderLoad(t, spinner, &cpus, h.Table(), idx, s.PID)
+			load := connectortest.RTLoad{
+				Spinner: func(cpu int) *exec.Cmd {
+					c := exec.Command(spinner, strconv.Itoa(cpu), strconv.Itoa(spinnerPriority))
+					c.Stderr = os.Stderr
+					return c
+				},
+				PeerPriority: watcherPriority, Settle: 300 * time.Millisecond, Poll: time.Millisecond, GiveUp: rtGiveUp,
+			}
+			tab := h.Table()
+			took, seen, _, err := load.KillUnder(s.PID, func() uint32 { return tab.PID(idx) })
+			if err != nil {
+				t.Fatal(err)
+			}
 			rep.note(fmt.Sprintf("round%d_slot_cleared_ms", round), took.Milliseconds())
 			if !seen {
 				t.Fatalf("slot of dp still held the killed pid %d %v after the kill, under real-time load", s.PID, took.Round(time.Millisecond))
@@ -112,112 +121,4 @@ func TestFaultRealTimeLoad(t *testing.T) {
 			})
 		})
 	}
-}
-
-// killUnderLoad starts one spinner per CPU in cpus, kills pid once they all
-// spin, and watches slot idx of tab until it no longer holds pid or rtGiveUp
-// has passed, then stops the spinners. It returns the time from the kill to
-// the change and whether the change was seen. While the spinners run, the
-// watching thread is real-time above them and makes raw system calls only
-// (no allocation, no garbage collection, nothing that waits for the Go
-// scheduler's other threads, which are ordinary and starved).
-func killUnderLoad(t *testing.T, spinner string, cpus *unix.CPUSet, tab *shm.Table, idx int, pid uint32) (time.Duration, bool) {
-	t.Helper()
-	var gate [2]int
-	if err := unix.Pipe2(gate[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	gateR := os.NewFile(uintptr(gate[0]), "gate")
-	gateOpen := true
-	var spinners []*exec.Cmd
-	stop := func() {
-		for _, c := range spinners {
-			c.Process.Kill()
-			c.Wait()
-		}
-		spinners = nil
-		if gateOpen {
-			unix.Close(gate[1])
-			gateOpen = false
-		}
-	}
-	t.Cleanup(stop)
-	for cpu := range runtime.NumCPU() * 4 {
-		if !cpus.IsSet(cpu) {
-			continue
-		}
-		c := exec.Command(spinner, strconv.Itoa(cpu), strconv.Itoa(spinnerPriority))
-		c.ExtraFiles = []*os.File{gateR}
-		c.Stderr = os.Stderr
-		out, err := c.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		spinners = append(spinners, c)
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if line != "ready\n" {
-			t.Fatalf("spinner on CPU %d: %q, %v", cpu, line, err)
-		}
-	}
-	gateR.Close()
-	pids := make([]int, len(spinners))
-	for i, c := range spinners {
-		pids[i] = c.Process.Pid
-	}
-
-	gc := debug.SetGCPercent(-1)
-	defer debug.SetGCPercent(gc)
-	type result struct {
-		took time.Duration
-		seen bool
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		rt := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: watcherPriority}
-		if err := unix.SchedSetAttr(0, &rt, 0); err != nil {
-			unix.Close(gate[1])
-			done <- result{err: err}
-			return
-		}
-		sleep := func(d time.Duration) {
-			ts := unix.NsecToTimespec(int64(d))
-			unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
-		}
-		// End of file on the gate: every spinner spins from here.
-		unix.RawSyscall(unix.SYS_CLOSE, uintptr(gate[1]), 0, 0)
-		sleep(300 * time.Millisecond) // the load holds every CPU
-		t0 := time.Now()
-		unix.RawSyscall(unix.SYS_KILL, uintptr(pid), uintptr(unix.SIGKILL), 0)
-		var r result
-		for {
-			if tab.PID(idx) != pid {
-				r.took, r.seen = time.Since(t0), true
-				break
-			}
-			if d := time.Since(t0); d > rtGiveUp {
-				r.took = d
-				break
-			}
-			sleep(time.Millisecond)
-		}
-		for _, p := range pids {
-			unix.RawSyscall(unix.SYS_KILL, uintptr(p), uintptr(unix.SIGKILL), 0)
-		}
-		other := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: 0 /* SCHED_OTHER */}
-		unix.SchedSetAttr(0, &other, 0)
-		done <- r
-	}()
-	r := <-done
-	gateOpen = false
-	stop()
-	if r.err != nil {
-		t.Fatalf("make the test's watching thread SCHED_FIFO %d: %v", watcherPriority, r.err)
-	}
-	return r.took, r.seen
 }
