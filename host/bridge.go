@@ -332,7 +332,9 @@ func (d *Daemon) controlBridged(names []string, action string) (rest []string, e
 	d.mu.RUnlock()
 	var errs []error
 	for _, p := range progs {
-		answer, cerr := bridge.Control(context.Background(), p, action)
+		var answer string
+		var cerr error
+		d.withTools(func() { answer, cerr = bridge.Control(context.Background(), p, action) })
 		d.log.Info("bridged program control", "program", p.Name, "manager", p.Manager, "action", action,
 			"answer", answer, "err", cerr)
 		d.mu.Lock()

@@ -80,8 +80,13 @@ type Daemon struct {
 	// subreaper: hbd is a child subreaper and reaps the services a dead
 	// plugin left (orphans.go). Set before the plugin starts.
 	subreaper bool
-	tableMu   sync.Mutex
-	table     *shm.Table // read-only mapping of the table; opened on first use (peerTable)
+	// tools is held (read) while hbd runs a program of its own and waits
+	// for it (a bridged manager's sv, s6-svc, s6-svstat), and (write) by
+	// the stray reaper, which would otherwise reap that program's zombie
+	// before its Wait.
+	tools   sync.RWMutex
+	tableMu sync.Mutex
+	table   *shm.Table // read-only mapping of the table; opened on first use (peerTable)
 
 	// pluginGen counts plugin connections; an event stream or exit watcher
 	// of an older connection ignores itself.

@@ -45,6 +45,14 @@ func (d *Daemon) becomeSubreaper() {
 	}()
 }
 
+// withTools runs f, which starts programs of hbd's own and waits for them,
+// with the stray reaper held off: their zombies are f's to reap.
+func (d *Daemon) withTools(f func()) {
+	d.tools.RLock()
+	defer d.tools.RUnlock()
+	f()
+}
+
 // orphanReapTries bounds how long reapOrphan waits, in 10 ms steps, for a
 // process whose exit the plugin reported to become a zombie.
 const orphanReapTries = 100
@@ -87,8 +95,11 @@ func (d *Daemon) reapOrphan(ev plugin.Event) {
 
 // reapStrays reaps hbd's zombie children that no service owns: not the
 // plugin, not a PID hbd records for a service (whose exit the plugin has
-// yet to report). hbd's children are listed from /proc/self/task/*/children.
+// yet to report), and not a program hbd runs itself (it waits until
+// withTools is done). hbd's children are listed from /proc/self/task/*/children.
 func (d *Daemon) reapStrays() {
+	d.tools.Lock() // not while hbd waits for a program of its own
+	defer d.tools.Unlock()
 	kids := children()
 	if len(kids) == 0 {
 		return

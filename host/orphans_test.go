@@ -1,11 +1,17 @@
 package host
 
 import (
+	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/host/config"
+	"github.com/hbshim/hb/shm"
 )
 
 // TestIsChild: a child of this process is one while it runs and as a
@@ -40,4 +46,38 @@ func TestIsChild(t *testing.T) {
 	if isChild(1) || isChild(os.Getpid()) || isChild(0) {
 		t.Error("PID 1, this process or 0 taken for a child")
 	}
+}
+
+// TestStrayReaperSparesToolChildren: a program hbd runs and waits for
+// itself (withTools: a bridged manager's tool) is not reaped by the stray
+// reaper, even as a zombie while a SIGCHLD has it run: its own Wait gets its
+// status. Not parallel: the stray reaper reaps any zombie child of the test
+// process.
+func TestStrayReaperSparesToolChildren(t *testing.T) {
+	d := newDaemon(&config.Config{}, slog.New(slog.DiscardHandler), "/nonexistent/hbd")
+	d.withTools(func() {
+		cmd := exec.Command("/bin/sh", "-c", "exit 3")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if st, err := shm.ReadStat(cmd.Process.Pid); err == nil && st.State == 'Z' {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the tool never became a zombie")
+			}
+		}
+		reaped := make(chan struct{})
+		go func() { d.reapStrays(); close(reaped) }()
+		select {
+		case <-reaped:
+			t.Error("the stray reaper ran while a tool was in flight")
+		case <-time.After(100 * time.Millisecond):
+		}
+		var ee *exec.ExitError
+		if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Errorf("the tool's Wait: %v, want exit status 3", err)
+		}
+	})
 }
