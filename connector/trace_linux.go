@@ -64,6 +64,9 @@ const (
 	bpfFuncRingbufOutput     = 130
 )
 
+// pfExiting is PF_EXITING (include/linux/sched.h): the task is in do_exit.
+const pfExiting = 0x4
+
 // Record kinds, in the second word of a record.
 const (
 	recExit = 0 // sched_process_exit: the last thread of the group exits
@@ -71,8 +74,10 @@ const (
 )
 
 // traceRingSize is the ring buffer's data size: 24 bytes per record with
-// its header, so 2730 exits can wait for the epoll goroutine. A full ring drops records;
-// those exits are then reported by the pidfds (slower, never lost).
+// its header, so 2730 records can wait for the epoll goroutine (a killed
+// process writes two: its kill and its exit). A full ring drops records; a
+// kill dropped is seen at the exit, an exit dropped is reported by the
+// pidfds (slower, never lost).
 const traceRingSize = 64 << 10
 
 // traceMapSize bounds the watched TGIDs in the map. Beyond it a Watch is
@@ -126,6 +131,7 @@ const (
 	rshK  = 0x77 // r_dst >>= imm
 	jeqK  = 0x15 // if r_dst == imm goto pc+off
 	jneK  = 0x55 // if r_dst != imm goto pc+off
+	andK  = 0x57 // r_dst &= imm
 	call  = 0x85
 	exit  = 0x95
 )
@@ -194,20 +200,41 @@ func resolveOut(p []bpfInsn) []bpfInsn {
 // result):
 //
 //	if (sig != SIGKILL || result != TRACE_SIGNAL_DELIVERED) return 0;
+//	if (!group) {	// sent to one thread (tgkill, cgroup.kill)
+//		u32 flags;
+//		if (bpf_probe_read_kernel(&flags, 4, (void *)task + flagsOff)) return 0;
+//		if (flags & PF_EXITING) return 0;
+//	}
 //	u32 tgid;
 //	if (bpf_probe_read_kernel(&tgid, 4, (void *)task + tgidOff)) return 0;
 //	if (!bpf_map_lookup_elem(watched, &tgid)) return 0;
 //	struct { u32 tgid, kind; u64 ns; } rec = { tgid, recKill, bpf_ktime_get_ns() };
 //	bpf_ringbuf_output(ring, &rec, 16, 0);
 //	return 0;
-func killProgram(watched, ring, tgidOff int) []bpfInsn {
+//
+// A SIGKILL sent to one thread that is already exiting is delivered, but the
+// kernel then leaves the rest of the process alone (complete_signal finds
+// no thread to take it for the group): that one is not a death.
+func killProgram(watched, ring, tgidOff, flagsOff int) []bpfInsn {
 	const stW = 0x62 // *(u32 *)(r_dst + off) = imm
 	p := []bpfInsn{
 		insn(movX, 6, 1, 0, 0),  // r6 = ctx
 		insn(ldxDW, 1, 6, 0, 0), // r1 = sig
 		insn(jneK, 1, 0, toOut, int32(unix.SIGKILL)),
-		insn(ldxDW, 1, 6, 32, 0),            // r1 = result
-		insn(jneK, 1, 0, toOut, 0),          // not TRACE_SIGNAL_DELIVERED
+		insn(ldxDW, 1, 6, 32, 0),             // r1 = result
+		insn(jneK, 1, 0, toOut, 0),           // not TRACE_SIGNAL_DELIVERED
+		insn(ldxDW, 1, 6, 24, 0),             // r1 = group
+		insn(jneK, 1, 0, 10, 0),              // to the process: no thread to check
+		insn(ldxDW, 3, 6, 16, 0),             // r3 = task
+		insn(addK, 3, 0, 0, int32(flagsOff)), // r3 = &task->flags
+		insn(movX, 1, 10, 0, 0),
+		insn(addK, 1, 0, 0, -8), // r1 = fp-8
+		insn(movK, 2, 0, 0, 4),
+		insn(call, 0, 0, 0, bpfFuncProbeReadKernel),
+		insn(jneK, 0, 0, toOut, 0),
+		insn(ldxW, 1, 10, -8, 0), // r1 = flags
+		insn(andK, 1, 0, 0, pfExiting),
+		insn(jneK, 1, 0, toOut, 0),          // a thread already exiting
 		insn(ldxDW, 3, 6, 16, 0),            // r3 = task
 		insn(addK, 3, 0, 0, int32(tgidOff)), // r3 = &task->tgid
 		insn(movX, 1, 10, 0, 0),             // r1 = fp
@@ -314,7 +341,11 @@ func (t *exitTrace) openKill() (err error) {
 	if err != nil {
 		return fmt.Errorf("find task_struct.tgid: %w", err)
 	}
-	if t.killProg, err = loadRawTP(killProgram(t.watched, t.ring, off)); err != nil {
+	flagsOff, err := kernelMemberOffset("task_struct", "flags")
+	if err != nil {
+		return fmt.Errorf("find task_struct.flags: %w", err)
+	}
+	if t.killProg, err = loadRawTP(killProgram(t.watched, t.ring, off, flagsOff)); err != nil {
 		return fmt.Errorf("load the kill program: %w", err)
 	}
 	if t.killLink, err = attachRawTP("signal_generate", t.killProg); err != nil {

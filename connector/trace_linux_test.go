@@ -460,3 +460,109 @@ func TestTracepointKillBeforeExit(t *testing.T) {
 	default:
 	}
 }
+
+// TestTracepointKillRecords: the kill records' rules, fed to the reader
+// directly. The first kill of an armed watch calls OnKill, once (a second
+// kill does not), Killed says so, and the exit carries its stamp; a kill
+// record read after the exit was reported calls nothing.
+func TestTracepointKillRecords(t *testing.T) {
+	requireTrace(t)
+	var kills []Kill
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint, OnKill: func(k Kill) { kills = append(kills, k) }}))
+	// The records below are made up. The processes get no signal until
+	// the end, so the programs write none of their own meanwhile.
+	c := startSelf(t, "sleep", false)
+	rec.expect(1, c)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	w.traced(int32(c.pid), recKill, monotonicNs())
+	w.traced(int32(c.pid), recKill, monotonicNs())
+	if len(kills) != 1 || kills[0].Key != 1 || kills[0].PID != c.pid {
+		t.Fatalf("OnKill calls %+v; want one, for key 1", kills)
+	}
+	if !w.Killed(1) {
+		t.Error("Killed(1) = false after a kill record")
+	}
+	noExitQueued(t, w)
+	w.traced(int32(c.pid), recExit, monotonicNs())
+	if e := collect(t, w, 1)[1]; e.KilledNs != kills[0].DetectedNs || e.Source != SourceTracepoint {
+		t.Errorf("exit %+v; want the tracepoint's, with the kill's stamp %d", e, kills[0].DetectedNs)
+	}
+	if w.Killed(1) {
+		t.Error("Killed(1) = true after the exit was reported")
+	}
+
+	d := startSelf(t, "sleep", false)
+	rec.expect(2, d)
+	if err := w.WatchChild(2, d.pid, d.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	w.traced(int32(d.pid), recExit, monotonicNs())
+	if e := collect(t, w, 2)[2]; e.KilledNs != 0 {
+		t.Errorf("exit %+v carries a kill stamp without a kill", e)
+	}
+	w.mu.Lock()
+	w.byPID[int32(d.pid)] = &watch{key: 2, pid: int32(d.pid), traced: true} // as if the record raced the removal
+	w.byPID[int32(d.pid)].state.Store(stateFired)
+	w.mu.Unlock()
+	w.traced(int32(d.pid), recKill, monotonicNs())
+	if len(kills) != 1 {
+		t.Errorf("OnKill called for a watch whose exit was reported: %+v", kills)
+	}
+	w.mu.Lock()
+	delete(w.byPID, int32(d.pid))
+	w.mu.Unlock()
+	for _, p := range []*child{c, d} {
+		p.kill(unix.SIGKILL)
+		p.reap()
+	}
+}
+
+// TestTracepointKillOfAThread: a SIGKILL sent to one live thread (tgkill)
+// kills the whole process, and is reported as a kill of it.
+func TestTracepointKillOfAThread(t *testing.T) {
+	requireTrace(t)
+	kills := make(chan Kill, 4)
+	rec := newRecorder()
+	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint, OnKill: func(k Kill) { kills <- k }}))
+	if ok, err := w.KillTraced(); !ok {
+		t.Skipf("the kill program does not run here: %v", err)
+	}
+	c := startKillable(t, "threads")
+	rec.expect(1, c)
+	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(c.pid) + "/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tid := 0
+	for _, e := range tasks {
+		if n, _ := strconv.Atoi(e.Name()); n != c.pid && n > 0 {
+			tid = n
+		}
+	}
+	if tid == 0 {
+		t.Fatalf("no thread but the leader in %v", tasks)
+	}
+	if err := unix.Tgkill(c.pid, tid, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case k := <-kills:
+		if k.PID != c.pid {
+			t.Errorf("kill %+v, want pid %d", k, c.pid)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("no OnKill for a SIGKILL to one of the process's threads")
+	}
+	if e := collect(t, w, 1)[1]; e.KilledNs == 0 {
+		t.Errorf("exit %+v without the kill's stamp", e)
+	}
+	if got := c.reap(); got != 137 {
+		t.Errorf("waitid status %d, want 137", got)
+	}
+}

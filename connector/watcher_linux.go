@@ -14,13 +14,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Watch states. A watch leaves stateArmed exactly once, by compare-and-swap:
-// the winner of stateArmed→stateFired is the one detector that reports it.
+// Watch states. A watch is live in stateArmed and stateKilled (armed, and a
+// SIGKILL to it was seen: OnKill's, once, by compare-and-swap from
+// stateArmed). It leaves the live states exactly once, by compare-and-swap:
+// the winner of a live state→stateFired is the one detector that reports
+// it.
 const (
 	stateArmed uint32 = iota
 	stateFired
 	stateUnwatched
+	stateKilled
 )
+
+// live reports whether a watch in state s is still armed.
+func live(s uint32) bool { return s == stateArmed || s == stateKilled }
+
+// leave moves wt from a live state to to; it returns the state it left, and
+// false when wt was not live (another detector, or Unwatch, came first).
+func (wt *watch) leave(to uint32) (uint32, bool) {
+	for {
+		s := wt.state.Load()
+		if !live(s) {
+			return s, false
+		}
+		if wt.state.CompareAndSwap(s, to) {
+			return s, true
+		}
+	}
+}
 
 // haveStatus marks watch.last as holding a status.
 const haveStatus = 1 << 32
@@ -42,7 +63,7 @@ type watch struct {
 	since  uint64        // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 	killed atomic.Uint64 // CLOCK_MONOTONIC ns when a SIGKILL to it was seen (OnKill); 0 before
 
-	state atomic.Uint32 // stateArmed, stateFired, stateUnwatched
+	state atomic.Uint32 // stateArmed, stateKilled, stateFired, stateUnwatched
 	// last is the wait status from the latest connector event for any thread
 	// of the process, with haveStatus set; 0 when none (or after a resync).
 	last atomic.Uint64
@@ -336,10 +357,10 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 	if w.closed {
 		return false, fmt.Errorf("connector: watch key %d pid %d: %w", key, pid, ErrClosed)
 	}
-	if old := w.byKey[key]; old != nil && old.state.Load() == stateArmed {
+	if old := w.byKey[key]; old != nil && live(old.state.Load()) {
 		return false, fmt.Errorf("connector: watch key %d pid %d: key %w (pid %d)", key, pid, ErrDuplicate, old.pid)
 	}
-	if old := w.byPID[int32(pid)]; old != nil && old.state.Load() == stateArmed {
+	if old := w.byPID[int32(pid)]; old != nil && live(old.state.Load()) {
 		return false, fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
 	}
 	w.nextID++
@@ -399,7 +420,7 @@ func (w *Watcher) Unwatch(key uint64) {
 		return
 	}
 	w.removeLocked(wt)
-	wt.state.CompareAndSwap(stateArmed, stateUnwatched)
+	wt.leave(stateUnwatched)
 }
 
 // removeLocked drops wt from the maps and from epoll if it is still there.
@@ -463,7 +484,7 @@ func (w *Watcher) Killed(key uint64) bool {
 	w.mu.Lock()
 	wt := w.byKey[key]
 	w.mu.Unlock()
-	return wt != nil && wt.killed.Load() != 0
+	return wt != nil && wt.state.Load() == stateKilled
 }
 
 // Stats returns the Watcher's counters.
@@ -539,10 +560,14 @@ func (w *Watcher) isDone() bool {
 // any other work: it is where the caller records the death (the liveness slot
 // goes to 0), so nothing may delay it.
 func (w *Watcher) fire(wt *watch, src Source, ws uint32, have bool, detectedNs uint64) {
-	if !wt.state.CompareAndSwap(stateArmed, stateFired) {
+	was, ok := wt.leave(stateFired)
+	if !ok {
 		return
 	}
-	ex := Exit{Key: wt.key, PID: int(wt.pid), Status: -1, Source: src, DetectedNs: detectedNs, KilledNs: wt.killed.Load()}
+	ex := Exit{Key: wt.key, PID: int(wt.pid), Status: -1, Source: src, DetectedNs: detectedNs}
+	if was == stateKilled {
+		ex.KilledNs = wt.killed.Load() // stored before the kill's compare-and-swap
+	}
 	if have {
 		ex.Status, ex.WaitStatus, ex.HaveStatus = ExitStatus(ws), ws, true
 	}
@@ -841,8 +866,11 @@ func (w *Watcher) traced(tgid int32, kind uint32, ns uint64) {
 		w.fire(wt, SourceTracepoint, 0, false, now)
 		return
 	}
-	if wt.state.Load() != stateArmed || !wt.killed.CompareAndSwap(0, now) {
-		return // reported already, or killed twice
+	// The stamp first, then the state: a fire that leaves stateKilled
+	// finds the stamp. One that came first (the exit reported) leaves the
+	// kill unreported, as does a second kill.
+	if !wt.killed.CompareAndSwap(0, now) || !wt.state.CompareAndSwap(stateArmed, stateKilled) {
+		return
 	}
 	if f := w.opt.OnKill; f != nil {
 		f(Kill{Key: wt.key, PID: int(wt.pid), DetectedNs: now})

@@ -35,10 +35,23 @@ func FrozenV1(t testing.TB, pid int) (thaw func()) {
 	}
 	t.Cleanup(func() {
 		set("THAWED")
-		// Leave the group before it is removed (a reaped child already has).
-		_ = os.WriteFile(filepath.Join(freezerV1, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove %s: %v", dir, err)
+		// What is still in the group leaves it for the root group before
+		// the group is removed: only what the group lists, never a number
+		// read earlier (a reaped child's PID may be another's by now).
+		// A child that is thawed and dying may keep it busy a moment.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+			for _, p := range strings.Fields(string(b)) {
+				_ = os.WriteFile(filepath.Join(freezerV1, "cgroup.procs"), []byte(p), 0o644)
+			}
+			err := os.Remove(dir)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("remove %s: %v", dir, err)
+				return
+			}
 		}
 	})
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {

@@ -128,7 +128,7 @@ func Write(w io.Writer, s Snapshot) error {
 		e.family("hb_plugin_subscribers_dropped_total", "counter", "Event subscribers (hbd) the plugin dropped for falling behind since it started.")
 		e.sample("hb_plugin_subscribers_dropped_total", "", float64(p.SubscribersDropped))
 		e.histogram("hb_exit_detect_to_store_seconds", "From an exit's detection to the store of 0 in its slot, as the plugin measures it.", p.DetectToStore)
-		e.histogram("hb_respawn_seconds", "From an exit's detection to the replacement the plugin spawned itself, as the plugin measures it.", p.Respawn)
+		e.histogram("hb_respawn_seconds", "From an exit's detection (a SIGKILL's, when seen at the kill) to the replacement the plugin spawned itself, as the plugin measures it.", p.Respawn)
 	}
 	if e.err != nil {
 		return e.err

@@ -169,9 +169,10 @@ func (s *Shim) handOver(inc *incarnation, n, pidfd int, ps procStat) error {
 	if !published && inc.ready.Load() && !inc.hung.Load() && s.w.PID(inc.idx) == 0 {
 		published = s.w.Publish(inc.idx, uint32(n), inc.gen)
 	}
-	if published && pollReadable(pidfd, 0) {
-		// n exited meanwhile: its watch reports it, but the slot must not
-		// name it until then (inc.mu, held, keeps our child unreaped).
+	if published && (pollReadable(pidfd, 0) || s.watcher.Killed(inc.key)) {
+		// n exited (or was SIGKILLed) meanwhile: its watch reports it,
+		// but the slot must not name it until then (inc.mu, held, keeps
+		// our child unreaped).
 		s.w.ClearPID(inc.idx, uint32(n))
 	}
 	s.kickRecord()
