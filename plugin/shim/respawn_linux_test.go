@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -164,6 +165,17 @@ func TestRespawnOfAReplacementThatExitsAtOnce(t *testing.T) {
 				UID: -1, GID: -1, Stdout: "null", Stderr: "null", Respawn: plugin.Respawn{Enabled: true}, RunningAtSpawn: true}
 			first := h.spawn(spec)
 			h.next(plugin.EventSpawn, "loop")
+			// The gate only once the first has looked for it (and become
+			// sleep): a shell still starting would find it and exit.
+			comm := "/proc/" + strconv.Itoa(first.PID) + "/comm"
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+				if b, err := os.ReadFile(comm); err == nil && string(b) == "sleep\n" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the first incarnation (pid %d) never became sleep", first.PID)
+				}
+			}
 			if err := os.WriteFile(gate, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
