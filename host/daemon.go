@@ -256,11 +256,14 @@ func (d *Daemon) connect() (err error) {
 		d.conn, d.shim = nil, nil
 		return slotsError(h, d.cfgPath, info.Slots, h.Slots)
 	}
+	if info.KillNote != "" {
+		d.log.Warn(info.KillNote)
+	}
 	if info.ConnectorNote != "" {
 		d.log.Warn(info.ConnectorNote)
 	}
 	d.log.Info("plugin ready", "pid", info.PID, "reattached", reattached, "shm", info.ShmName,
-		"tracepoint", info.Tracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
+		"tracepoint", info.Tracepoint, "kill", info.KillTracepoint, "connector", info.Connector, "pidfd", info.Pidfd, "adopted", info.Adopted)
 
 	// Events after this point are acted on; those up to info.LastSeq are
 	// already reflected in the table and are only reported.

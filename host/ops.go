@@ -362,5 +362,6 @@ func (d *Daemon) PluginInfo(ctx context.Context) (api.PluginInfo, error) {
 	}
 	return api.PluginInfo{PID: i.PID, Shm: i.ShmName, Slots: i.Slots, Tracepoint: i.Tracepoint, Connector: i.Connector, Pidfd: i.Pidfd,
 		Adopted: i.Adopted, LastSeq: i.LastSeq, Version: i.Version, FeatureVersion: i.FeatureVersion, DetectorPriority: i.DetectorPriority,
-		ShmRepairs: i.ShmRepairs, ShmProblem: i.ShmProblem, Cgroups: i.Cgroups, ConnectorNote: i.ConnectorNote}, nil
+		ShmRepairs: i.ShmRepairs, ShmProblem: i.ShmProblem, Cgroups: i.Cgroups, ConnectorNote: i.ConnectorNote,
+		KillTracepoint: i.KillTracepoint, KillNote: i.KillNote}, nil
 }

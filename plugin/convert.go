@@ -191,6 +191,8 @@ func infoToProto(i Info) *hbpb.InfoResponse {
 		ShmProblem:       i.ShmProblem,
 		Cgroups:          i.Cgroups,
 		ConnectorNote:    i.ConnectorNote,
+		KillTracepoint:   i.KillTracepoint,
+		KillNote:         i.KillNote,
 		LogPipes:         logPipesToProto(i.LogPipes),
 		Metrics: &hbpb.Metrics{
 			Resyncs:            i.Metrics.Resyncs,
@@ -231,6 +233,8 @@ func infoFromProto(p *hbpb.InfoResponse) Info {
 		ShmProblem:       p.GetShmProblem(),
 		Cgroups:          p.GetCgroups(),
 		ConnectorNote:    p.GetConnectorNote(),
+		KillTracepoint:   p.GetKillTracepoint(),
+		KillNote:         p.GetKillNote(),
 		LogPipes:         logPipesFromProto(p.GetLogPipes()),
 		Metrics: Metrics{
 			Resyncs:            p.GetMetrics().GetResyncs(),

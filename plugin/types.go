@@ -359,6 +359,11 @@ type Info struct {
 	// asked for (detector "auto" or "connector") and cannot work here, e.g.
 	// outside the initial namespaces; "" otherwise.
 	ConnectorNote string
+	// KillTracepoint: a SIGKILL clears the slot when the kernel delivers
+	// it (the exit tracepoint's kill program runs); KillNote says why not
+	// when the exit tracepoint runs without it, e.g. no kernel BTF.
+	KillTracepoint bool
+	KillNote       string
 	// LogPipes are every log pipe the plugin reads (see SpawnResult).
 	LogPipes []LogPipe
 }

@@ -37,6 +37,7 @@ func TestConvertRoundTrip(t *testing.T) {
 		t.Errorf("SpawnResult (-want +got):\n%s", diff)
 	}
 	info := Info{PID: 7, ShmName: "hb", Slots: 1024, Tracepoint: true, Connector: true, Pidfd: true, Adopted: 3, LastSeq: 99, Version: "v1", FeatureVersion: 7, DetectorPriority: 2,
+		KillTracepoint: true, KillNote: "SIGKILLs are seen at the exit, not at the kill (no BTF)",
 		Metrics: Metrics{Resyncs: 4, SubscribersDropped: 1,
 			DetectToStore: Histogram{BoundsNs: []uint64{1000, 2000}, Counts: []uint64{3, 0}, Count: 5, SumNs: 9000},
 			Respawn:       Histogram{BoundsNs: []uint64{1e6}, Counts: []uint64{1}, Count: 1, SumNs: 5e5}}}

@@ -617,6 +617,19 @@ func TestVersionAndHealth(t *testing.T) {
 	if !strings.Contains(out, "detectors tracepoint+connector+pidfd (tracepoint reader SCHED_FIFO 1),") {
 		t.Errorf("health with a real-time reader:\n%s", out)
 	}
+	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, KillTracepoint: true, Tracepoint: true, Pidfd: true}, nil)
+	out, errOut, code = hbctl(t, sock, "health")
+	want(t, []string{"health"}, code, 0, out, errOut)
+	if !strings.Contains(out, "detectors kill+tracepoint+pidfd,") {
+		t.Errorf("health with the kill program:\n%s", out)
+	}
+	note := "SIGKILLs are seen at the exit, not at the kill (no BTF)"
+	b.SetPluginInfo(api.PluginInfo{PID: 77, Shm: "hb", Slots: 1024, Tracepoint: true, Pidfd: true, KillNote: note}, nil)
+	out, errOut, code = hbctl(t, sock, "health")
+	want(t, []string{"health"}, code, 0, out, errOut)
+	if !strings.Contains(out, "detectors tracepoint+pidfd,") || !strings.Contains(out, note+"\n") {
+		t.Errorf("health without the kill program:\n%s", out)
+	}
 	b.SetPluginInfo(api.PluginInfo{}, errors.New("plugin exited"))
 	out, errOut, code = hbctl(t, sock, "health", "--json")
 	want(t, []string{"health"}, code, 1, out, errOut)

@@ -67,6 +67,17 @@ func TestStatusTableAndPeekAgree(t *testing.T) {
 	} else if health.Plugin.DetectorPriority != want {
 		t.Errorf("reader priority %d without the tracepoint, want %d", health.Plugin.DetectorPriority, want)
 	}
+	// The kill program runs with the exit tracepoint where the kernel has
+	// BTF; without it, health says why.
+	_, btfErr := os.Stat("/sys/kernel/btf/vmlinux")
+	switch p := health.Plugin; {
+	case !p.Tracepoint && (p.KillTracepoint || p.KillNote != ""):
+		t.Errorf("health: kill %v, note %q without the exit tracepoint", p.KillTracepoint, p.KillNote)
+	case p.Tracepoint && btfErr == nil && !p.KillTracepoint:
+		t.Errorf("health: the kill program does not run beside the exit tracepoint: %q", p.KillNote)
+	case p.Tracepoint && !p.KillTracepoint && !strings.Contains(p.KillNote, "at the exit"):
+		t.Errorf("health: no kill program and no note saying why: %+v", p)
+	}
 
 	tbl := h.Table()
 	hdr := tbl.Header()

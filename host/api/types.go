@@ -192,6 +192,11 @@ type PluginInfo struct {
 	// ConnectorNote says why the proc connector cannot work where hbd
 	// runs (a container's PID or user namespace); absent otherwise.
 	ConnectorNote string `json:"connector_note,omitempty"`
+	// KillTracepoint: a SIGKILL clears the slot when the kernel delivers
+	// it, before the killed process runs its exit. KillNote says why not
+	// where the exit tracepoint runs without it; absent otherwise.
+	KillTracepoint bool   `json:"kill_tracepoint"`
+	KillNote       string `json:"kill_note,omitempty"`
 }
 
 // Sentinel errors. The backend wraps them (fmt.Errorf("%w: ...")) and the

@@ -229,6 +229,8 @@ type InfoResponse struct {
 	Metrics          *Metrics               `protobuf:"bytes,15,opt,name=metrics,proto3" json:"metrics,omitempty"`                                            // the plugin's counters and latency histograms (plugin.Metrics)
 	ConnectorNote    string                 `protobuf:"bytes,16,opt,name=connector_note,json=connectorNote,proto3" json:"connector_note,omitempty"`           // why the proc connector is not in use ("" when it is, or was not asked for)
 	LogPipes         []*LogPipe             `protobuf:"bytes,17,rep,name=log_pipes,json=logPipes,proto3" json:"log_pipes,omitempty"`                          // every log pipe the plugin reads
+	KillTracepoint   bool                   `protobuf:"varint,18,opt,name=kill_tracepoint,json=killTracepoint,proto3" json:"kill_tracepoint,omitempty"`       // SIGKILLs are seen when delivered (the signal_generate program runs)
+	KillNote         string                 `protobuf:"bytes,19,opt,name=kill_note,json=killNote,proto3" json:"kill_note,omitempty"`                          // why SIGKILLs are seen only at the exit ("" when seen at the kill, or no tracepoint)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -380,6 +382,20 @@ func (x *InfoResponse) GetLogPipes() []*LogPipe {
 		return x.LogPipes
 	}
 	return nil
+}
+
+func (x *InfoResponse) GetKillTracepoint() bool {
+	if x != nil {
+		return x.KillTracepoint
+	}
+	return false
+}
+
+func (x *InfoResponse) GetKillNote() string {
+	if x != nil {
+		return x.KillNote
+	}
+	return ""
 }
 
 // Histogram mirrors plugin.Histogram: counts[i] observations in
@@ -2453,7 +2469,7 @@ var File_hb_proto protoreflect.FileDescriptor
 const file_hb_proto_rawDesc = "" +
 	"\n" +
 	"\bhb.proto\x12\x05hb.v1\"\r\n" +
-	"\vInfoRequest\"\xa4\x04\n" +
+	"\vInfoRequest\"\xea\x04\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x19\n" +
 	"\bshm_name\x18\x02 \x01(\tR\ashmName\x12\x14\n" +
@@ -2476,7 +2492,9 @@ const file_hb_proto_rawDesc = "" +
 	"\acgroups\x18\x0e \x01(\tR\acgroups\x12(\n" +
 	"\ametrics\x18\x0f \x01(\v2\x0e.hb.v1.MetricsR\ametrics\x12%\n" +
 	"\x0econnector_note\x18\x10 \x01(\tR\rconnectorNote\x12+\n" +
-	"\tlog_pipes\x18\x11 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\"m\n" +
+	"\tlog_pipes\x18\x11 \x03(\v2\x0e.hb.v1.LogPipeR\blogPipes\x12'\n" +
+	"\x0fkill_tracepoint\x18\x12 \x01(\bR\x0ekillTracepoint\x12\x1b\n" +
+	"\tkill_note\x18\x13 \x01(\tR\bkillNote\"m\n" +
 	"\tHistogram\x12\x1b\n" +
 	"\tbounds_ns\x18\x01 \x03(\x04R\bboundsNs\x12\x16\n" +
 	"\x06counts\x18\x02 \x03(\x04R\x06counts\x12\x14\n" +

@@ -767,6 +767,7 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		prio = s.opts.DetectorPriority
 	}
 	repairs, problem := s.TableHealth()
+	killTraced, killNote := killInfo(s.watcher)
 	return plugin.Info{
 		ShmRepairs:       repairs,
 		ShmProblem:       problem,
@@ -783,6 +784,8 @@ func (s *Shim) Info(ctx context.Context) (plugin.Info, error) {
 		FeatureVersion:   FeatureVersion,
 		Cgroups:          s.cg.String(),
 		ConnectorNote:    connectorNote(s.watcher.ConnectorNote()),
+		KillTracepoint:   killTraced,
+		KillNote:         killNote,
 		LogPipes:         s.allPipes(),
 		Metrics: plugin.Metrics{
 			Resyncs:            s.watcher.Stats().Resyncs,
@@ -929,6 +932,15 @@ func (s *Shim) emit(ev plugin.Event) plugin.Event {
 // Seq it received.
 func (s *Shim) Events(ctx context.Context, afterSeq uint64) (<-chan plugin.Event, error) {
 	return s.events.subscribe(ctx, afterSeq)
+}
+
+// killInfo is plugin.Info's KillTracepoint and KillNote for the watcher.
+func killInfo(w *connector.Watcher) (bool, string) {
+	ok, err := w.KillTraced()
+	if ok || !w.Traced() {
+		return ok, ""
+	}
+	return false, "SIGKILLs are seen at the exit, not at the kill (" + err.Error() + ")"
 }
 
 // connectorNote is plugin.Info.ConnectorNote for the watcher's reason.

@@ -420,6 +420,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 		fmt.Fprintf(c.Stdout, "hbd %s (pid %d, %s): %s\n", c.o.socket, h.PID, h.Version, state)
 		if p := h.Plugin; p != nil {
 			var det []string
+			if p.KillTracepoint {
+				det = append(det, "kill")
+			}
 			if p.Tracepoint {
 				det = append(det, "tracepoint")
 			}
@@ -440,6 +443,9 @@ func runHealth(ctx context.Context, c *cli, args []string) int {
 				p.PID, p.Shm, p.Slots, strings.Join(det, "+"), rt, p.Adopted)
 			if p.Cgroups != "" {
 				fmt.Fprintf(c.Stdout, "services contained by %s\n", p.Cgroups)
+			}
+			if p.KillNote != "" {
+				fmt.Fprintln(c.Stdout, p.KillNote)
 			}
 			if p.ConnectorNote != "" {
 				fmt.Fprintln(c.Stdout, p.ConnectorNote)
