@@ -35,7 +35,7 @@ func (d *Daemon) WriteMetrics(ctx context.Context, w io.Writer) error {
 	d.mu.RUnlock()
 	if sh != nil {
 		if i, err := sh.Info(ctx); err == nil {
-			snap.Plugin = &metrics.Plugin{Tracepoint: i.Tracepoint, Connector: i.Connector, Pidfd: i.Pidfd, Metrics: i.Metrics}
+			snap.Plugin = &metrics.Plugin{Kill: i.KillTracepoint, Tracepoint: i.Tracepoint, Connector: i.Connector, Pidfd: i.Pidfd, Metrics: i.Metrics}
 		} else {
 			d.log.Debug("metrics: plugin info", "err", err)
 		}

@@ -58,7 +58,7 @@ type Service struct {
 
 // Plugin is what the plugin reported (plugin.Info).
 type Plugin struct {
-	Tracepoint, Connector, Pidfd bool
+	Kill, Tracepoint, Connector, Pidfd bool
 	plugin.Metrics
 }
 
@@ -119,7 +119,8 @@ func Write(w io.Writer, s Snapshot) error {
 	e.family("hb_events_missed_total", "counter", "Plugin events hbd never received, for which it reconciled its state with the table.")
 	e.sample("hb_events_missed_total", "", float64(s.EventsMissed))
 	if p := s.Plugin; p != nil {
-		e.family("hb_detector_active", "gauge", "1 for each exit detector the plugin uses: the exit tracepoint (eBPF), the proc connector, pidfds.")
+		e.family("hb_detector_active", "gauge", "1 for each exit detector the plugin uses: SIGKILLs at delivery (eBPF), the exit tracepoint (eBPF), the proc connector, pidfds.")
+		e.sample("hb_detector_active", labels("detector", "kill"), b2f(p.Kill))
 		e.sample("hb_detector_active", labels("detector", "tracepoint"), b2f(p.Tracepoint))
 		e.sample("hb_detector_active", labels("detector", "connector"), b2f(p.Connector))
 		e.sample("hb_detector_active", labels("detector", "pidfd"), b2f(p.Pidfd))

@@ -27,7 +27,7 @@ func TestWriteParses(t *testing.T) {
 			{Name: "tx-0.a_b", State: "backoff", Exits: 2, LastExitStatus: 1},
 			{Name: "idle", State: "stopped"},
 		},
-		Plugin: &Plugin{Connector: true, Pidfd: true, Metrics: plugin.Metrics{
+		Plugin: &Plugin{Kill: true, Connector: true, Pidfd: true, Metrics: plugin.Metrics{
 			Resyncs: 2, SubscribersDropped: 1,
 			DetectToStore: plugin.Histogram{BoundsNs: []uint64{1000, 10000, 100000}, Counts: []uint64{5, 3, 0}, Count: 9, SumNs: 250000},
 			Respawn:       plugin.Histogram{BoundsNs: []uint64{1_000_000}, Counts: []uint64{2}, Count: 2, SumNs: 900_000},
@@ -59,6 +59,7 @@ func TestWriteParses(t *testing.T) {
 		{"hb_events_missed_total", nil, 4},
 		{"hb_detector_active", []string{"detector", "connector"}, 1},
 		{"hb_detector_active", []string{"detector", "tracepoint"}, 0},
+		{"hb_detector_active", []string{"detector", "kill"}, 1},
 		{"hb_connector_resyncs_total", nil, 2},
 		{"hb_plugin_subscribers_dropped_total", nil, 1},
 		{"hb_exit_detect_to_store_seconds", nil, 9},
