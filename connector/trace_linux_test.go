@@ -399,12 +399,10 @@ func TestTracepointStarvedReader(t *testing.T) {
 	}
 }
 
-// TestTracepointKillBeforeExit: a SIGKILL to a watched child is reported
-// (OnKill) when the kernel delivers it, before the child runs at all: the
-// child is frozen, so it has not started to exit. The watch stays armed;
-// the exit follows once the child is thawed, carrying the kill's stamp. A
-// SIGTERM, fatal as it may be, is not reported as a kill.
-func TestTracepointKillBeforeExit(t *testing.T) {
+// killWatcher is a Watcher with the exit tracepoint whose OnKill calls go
+// to kills; it skips where the kill program does not run.
+func killWatcher(t *testing.T) (*Watcher, *recorder, chan Kill) {
+	t.Helper()
 	requireTrace(t)
 	kills := make(chan Kill, 4)
 	rec := newRecorder()
@@ -412,6 +410,16 @@ func TestTracepointKillBeforeExit(t *testing.T) {
 	if ok, err := w.KillTraced(); !ok {
 		t.Skipf("the kill program does not run here: %v", err)
 	}
+	return w, rec, kills
+}
+
+// TestTracepointKillBeforeExit: a SIGKILL to a watched child is reported
+// (OnKill) when the kernel delivers it, before the child runs at all: the
+// child is frozen, so it has not started to exit. The watch stays armed;
+// the exit follows once the child is thawed, carrying the kill's stamp. A
+// SIGTERM, fatal as it may be, is not reported as a kill.
+func TestTracepointKillBeforeExit(t *testing.T) {
+	w, rec, kills := killWatcher(t)
 	c := startSelf(t, "sleep", false)
 	rec.expect(1, c)
 	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
@@ -523,13 +531,7 @@ func TestTracepointKillRecords(t *testing.T) {
 // TestTracepointKillOfAThread: a SIGKILL sent to one live thread (tgkill)
 // kills the whole process, and is reported as a kill of it.
 func TestTracepointKillOfAThread(t *testing.T) {
-	requireTrace(t)
-	kills := make(chan Kill, 4)
-	rec := newRecorder()
-	w := newWatcher(t, rec.options(Options{Detector: DetectTracepoint, OnKill: func(k Kill) { kills <- k }}))
-	if ok, err := w.KillTraced(); !ok {
-		t.Skipf("the kill program does not run here: %v", err)
-	}
+	w, rec, kills := killWatcher(t)
 	c := startKillable(t, "threads")
 	rec.expect(1, c)
 	if err := w.WatchChild(1, c.pid, c.pidfd); err != nil {
