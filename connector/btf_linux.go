@@ -35,29 +35,33 @@ const (
 	btfKindEnum64    = 19
 )
 
-// kernelMemberOffset returns the byte offset of field in struct name on the
-// running kernel, from its BTF. The BTF is mapped, not read, where the
-// kernel allows it (6.16 on), so the plugin's memory does not grow by its
-// size.
-func kernelMemberOffset(name, field string) (int, error) {
+// kernelMemberOffsets returns the byte offsets of fields in struct name on
+// the running kernel, from its BTF, read once. The BTF is mapped, not read,
+// where the kernel allows it (6.16 on), so the plugin's memory does not
+// grow by its size.
+func kernelMemberOffsets(name string, fields ...string) ([]int, error) {
 	f, err := os.Open(vmlinuxBTF)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	if b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE); err == nil {
+	b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
+	if err == nil {
 		defer unix.Munmap(b)
-		return btfMemberOffset(b, name, field)
+	} else if b, err = os.ReadFile(vmlinuxBTF); err != nil {
+		return nil, err
 	}
-	b, err := os.ReadFile(vmlinuxBTF)
-	if err != nil {
-		return 0, err
+	offs := make([]int, len(fields))
+	for i, field := range fields {
+		if offs[i], err = btfMemberOffset(b, name, field); err != nil {
+			return nil, err
+		}
 	}
-	return btfMemberOffset(b, name, field)
+	return offs, nil
 }
 
 // btfMemberOffset finds field in the struct called name in the raw BTF b,

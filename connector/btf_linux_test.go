@@ -13,18 +13,15 @@ func TestKernelMemberOffset(t *testing.T) {
 	if _, err := os.Stat(vmlinuxBTF); err != nil {
 		t.Skipf("no kernel BTF here (%v): the kill program is not used", err)
 	}
-	pid, err := kernelMemberOffset("task_struct", "pid")
+	offs, err := kernelMemberOffsets("task_struct", "pid", "tgid")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tgid, err := kernelMemberOffset("task_struct", "tgid")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid, tgid := offs[0], offs[1]
 	if pid <= 0 || tgid != pid+4 {
 		t.Errorf("task_struct: pid at %d, tgid at %d; want tgid right after pid", pid, tgid)
 	}
-	if _, err := kernelMemberOffset("task_struct", "no_such_field"); !errors.Is(err, errNoMember) {
+	if _, err := kernelMemberOffsets("task_struct", "tgid", "no_such_field"); !errors.Is(err, errNoMember) {
 		t.Errorf("a missing field: err %v, want errNoMember", err)
 	}
 }

@@ -337,15 +337,11 @@ func openExitTrace() (_ *exitTrace, err error) {
 // openKill loads and attaches the kill program; an error says why kills are
 // seen only at the exit.
 func (t *exitTrace) openKill() (err error) {
-	off, err := kernelMemberOffset("task_struct", "tgid")
+	offs, err := kernelMemberOffsets("task_struct", "tgid", "flags")
 	if err != nil {
-		return fmt.Errorf("find task_struct.tgid: %w", err)
+		return fmt.Errorf("find task_struct.tgid and .flags: %w", err)
 	}
-	flagsOff, err := kernelMemberOffset("task_struct", "flags")
-	if err != nil {
-		return fmt.Errorf("find task_struct.flags: %w", err)
-	}
-	if t.killProg, err = loadRawTP(killProgram(t.watched, t.ring, off, flagsOff)); err != nil {
+	if t.killProg, err = loadRawTP(killProgram(t.watched, t.ring, offs[0], offs[1])); err != nil {
 		return fmt.Errorf("load the kill program: %w", err)
 	}
 	if t.killLink, err = attachRawTP("signal_generate", t.killProg); err != nil {

@@ -47,7 +47,7 @@ func rtUsable() string {
 
 // runRTLoad: kill one hb service rtRounds times under real-time load.
 func runRTLoad(e *env, r *Report) error {
-	const test = "rt load"
+	const test = "rt-load"
 	if why := rtUsable(); why != "" {
 		r.note("rt load: not run: %s", why)
 		return nil

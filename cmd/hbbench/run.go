@@ -429,7 +429,7 @@ func bench(o *options) int {
 		logf("rt load ...")
 		t0 := time.Now()
 		if err := runRTLoad(e, r); err != nil {
-			r.check("rt load", "test ran", false, "%v", err)
+			r.check("rt-load", "test ran", false, "%v", err)
 			logf("rt load: %v", err)
 		}
 		logf("rt load done in %.1f s", time.Since(t0).Seconds())

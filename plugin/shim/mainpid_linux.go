@@ -169,7 +169,7 @@ func (s *Shim) handOver(inc *incarnation, n, pidfd int, ps procStat) error {
 	if !published && inc.ready.Load() && !inc.hung.Load() && s.w.PID(inc.idx) == 0 {
 		published = s.w.Publish(inc.idx, uint32(n), inc.gen)
 	}
-	if published && (pollReadable(pidfd, 0) || s.watcher.Killed(inc.key)) {
+	if published && s.gone(inc) {
 		// n exited (or was SIGKILLed) meanwhile: its watch reports it,
 		// but the slot must not name it until then (inc.mu, held, keeps
 		// our child unreaped).
