@@ -2,9 +2,12 @@ package bridgetest
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,6 +25,7 @@ type ScanDir struct {
 	t      TB
 	real   map[string]string // service directories added, by name: where they are
 	pids   map[int]bool      // processes seen under the scanner, killed by Close
+	log    string            // the scanner's output
 	closed bool
 }
 
@@ -61,7 +65,8 @@ func startScan(t TB, kind, prog string) *ScanDir {
 			t.Fatal(err)
 		}
 	}
-	out, err := os.OpenFile(filepath.Join(root, prog+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	s.log = filepath.Join(root, prog+".log")
+	out, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +147,63 @@ func (s *ScanDir) stop(dir string) {
 	}
 }
 
+// rescan makes s6-svscan scan at once. s6-svscanctl answers "supervisor
+// not listening" when nothing has s6-svscan's control FIFO open; that is
+// retried for a while, and if it lasts, the error says whether s6-svscan
+// is still alive, how it ended if not, and the end of its log.
 func (s *ScanDir) rescan() {
-	if s.Kind == bridge.S6 {
-		if out, err := exec.Command("s6-svscanctl", "-a", s.Dir).CombinedOutput(); err != nil {
-			s.t.Errorf("s6-svscanctl -a: %v: %s", err, out)
+	if s.Kind != bridge.S6 {
+		return
+	}
+	var (
+		out []byte
+		err error
+	)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if out, err = exec.Command("s6-svscanctl", "-a", s.Dir).CombinedOutput(); err == nil {
+			return
+		}
+		if !strings.Contains(string(out), "not listening") || !alive(s.cmd.Process.Pid) || time.Now().After(deadline) {
+			break
 		}
 	}
+	s.t.Errorf("s6-svscanctl -a: %v: %s; s6-svscan %d: %s; its log ends:\n%s",
+		err, out, s.cmd.Process.Pid, s.scannerState(), tail(s.log, 2048))
+}
+
+// scannerState is the scanner's state as /proc has it; for a zombie, the
+// wait status it left (/proc/PID/stat's last field).
+func (s *ScanDir) scannerState() string {
+	pid := s.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return err.Error()
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) == 0 {
+		return "unreadable /proc stat"
+	}
+	if f[0] != "Z" {
+		return "alive, state " + f[0]
+	}
+	ws, _ := strconv.Atoi(f[len(f)-1])
+	st := syscall.WaitStatus(ws)
+	if st.Signaled() {
+		return "exited, killed by " + st.Signal().String()
+	}
+	return fmt.Sprintf("exited with status %d", st.ExitStatus())
+}
+
+// tail is the last n bytes of the file at path.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
 }
 
 // ProgramPID is NAME's program's PID as its supervise/status says (0: not
