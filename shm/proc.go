@@ -9,16 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MonotonicNs returns CLOCK_MONOTONIC in nanoseconds, the clock of
-// changed_ns, last_exit_ns and writer_beat_ns.
-func MonotonicNs() uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0 // cannot fail on Linux with a valid pointer and clock
-	}
-	return uint64(ts.Nano())
-}
-
 // realtimeNs returns CLOCK_REALTIME in nanoseconds, the clock of created_ns.
 func realtimeNs() uint64 {
 	var ts unix.Timespec

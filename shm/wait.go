@@ -188,9 +188,7 @@ func (t *Table) WaitAny(ctx context.Context, ws []Watch) (int, error) {
 		if err != nil {
 			return -1, err
 		}
-		var now unix.Timespec
-		_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
-		dl := unix.NsecToTimespec(now.Nano() + ts.Nano())
+		dl := unix.NsecToTimespec(int64(MonotonicNs()) + ts.Nano())
 		k, err := futexWaitvOn(fw, &dl)
 		switch {
 		case err == nil && k >= 0:

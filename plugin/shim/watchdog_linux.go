@@ -4,11 +4,12 @@ import (
 	"container/heap"
 	"errors"
 	"fmt"
-	"runtime"
+	"os"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -81,13 +82,16 @@ func (h *timeHeap) Pop() any {
 	return t
 }
 
-// watchdog is the Shim's checker: one timerfd, read (blocking) by one
-// goroutine on an OS thread of its own, so that an expiry wakes that
-// thread directly rather than going through the runtime's poller.
+// watchdog is the Shim's checker: one timerfd, waited for in the runtime's
+// poller by one goroutine. (A goroutine blocked in read(2) on a thread of
+// its own holds a P in a system call, which keeps the runtime's sysmon
+// thread from its deep sleep: two more context switches every sample.)
 type watchdog struct {
-	s  *Shim
-	mu sync.Mutex
-	fd int // the timerfd
+	s    *Shim
+	mu   sync.Mutex
+	fd   int      // the timerfd
+	file *os.File // fd, waited for in the runtime's poller
+	raw  syscall.RawConn
 	// closed: the checker is to stop; guarded by mu. The loop closes fd.
 	closed bool
 	// due holds the watched incarnations by sample time, times the
@@ -107,11 +111,17 @@ type watchdog struct {
 // newWatchdog creates the timerfd and starts the checker; it ends when
 // s.quit is closed.
 func newWatchdog(s *Shim) (*watchdog, error) {
-	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC|unix.TFD_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("shim: watchdog: timerfd_create: %w", err)
 	}
-	d := &watchdog{s: s, fd: fd, due: map[uint64][]*watched{}, done: make(chan struct{})}
+	file := os.NewFile(uintptr(fd), "watchdog timerfd")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("shim: watchdog: %w", err)
+	}
+	d := &watchdog{s: s, fd: fd, file: file, raw: raw, due: map[uint64][]*watched{}, done: make(chan struct{})}
 	go d.loop()
 	go func() {
 		<-s.quit
@@ -191,24 +201,38 @@ func (d *watchdog) rearm() {
 	}
 	d.armed = at
 	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(at))}
-	if err := unix.TimerfdSettime(d.fd, unix.TFD_TIMER_ABSTIME, &spec, nil); err != nil {
-		d.s.log.Error("watchdog: timerfd_settime", "err", err)
+	if _, _, e := unix.RawSyscall6(unix.SYS_TIMERFD_SETTIME, uintptr(d.fd), unix.TFD_TIMER_ABSTIME,
+		uintptr(unsafe.Pointer(&spec)), 0, 0, 0); e != 0 {
+		d.s.log.Error("watchdog: timerfd_settime", "err", e)
 	}
 }
 
 // loop waits for the timerfd and checks what is due.
 func (d *watchdog) loop() {
 	defer close(d.done)
-	runtime.LockOSThread() // never unlocked: the thread ends with the loop
 	var buf [8]byte
 	for {
-		_, err := unix.Read(d.fd, buf[:])
+		// Raw system calls: neither the read nor timerfd_settime (rearm)
+		// can block, and a plain one would wake the runtime's sysmon
+		// thread from its sleep at every sample, which doubles the
+		// wake-ups of the process.
+		var errno syscall.Errno
+		werr := d.raw.Read(func(fd uintptr) bool {
+			_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			return errno != unix.EAGAIN
+		})
+		var err error
+		if werr != nil {
+			err = werr
+		} else if errno != 0 {
+			err = errno
+		}
 		d.mu.Lock()
 		closed := d.closed
 		d.mu.Unlock()
 		if closed {
 			d.closeAll()
-			unix.Close(d.fd)
+			d.file.Close()
 			return
 		}
 		if err != nil {
