@@ -2,6 +2,7 @@ package shim
 
 import (
 	"log/slog"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -158,12 +159,19 @@ func BenchmarkWatchdogDetect(b *testing.B) {
 			*word = 1
 			s.dog.watch(inc, a, plugin.Spec{Watchdog: period, WatchdogGrace: time.Hour})
 			stopAt := time.Now().Add(3*period + time.Duration(h)*period/hangs)
+			// The beats come from a thread of their own sleeping in
+			// nanosleep(2): a Go timer of 100 µs in an otherwise idle
+			// process fires about every millisecond (the poller's
+			// timeout), which would count a late beat as a late watchdog.
 			var last uint64
+			runtime.LockOSThread()
+			pause := unix.NsecToTimespec(int64(100 * time.Microsecond))
 			for time.Now().Before(stopAt) {
 				*word++
 				last = shm.MonotonicNs()
-				time.Sleep(100 * time.Microsecond)
+				_ = unix.Nanosleep(&pause, nil)
 			}
+			runtime.UnlockOSThread()
 			at := <-hungAt
 			lat = append(lat, time.Duration(at-(last+uint64(period))))
 			close(inc.done)
