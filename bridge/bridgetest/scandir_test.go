@@ -14,7 +14,9 @@ type recorder struct {
 	errs []string
 }
 
-func (r *recorder) Errorf(format string, args ...any) { r.errs = append(r.errs, fmt.Sprintf(format, args...)) }
+func (r *recorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
 
 // TestRescanSaysHowTheScannerEnded: when s6-svscan is not listening
 // because it died, the error says how it died and shows its log, so a
