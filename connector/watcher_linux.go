@@ -10,9 +10,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	_ "unsafe" // for go:linkname
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hbshim/hb/shm"
 )
 
 // Watch states. A watch is live in stateArmed and stateKilled (armed, and a
@@ -879,9 +880,5 @@ func (w *Watcher) traced(tgid int32, kind uint32, ns uint64) {
 }
 
 // monotonicNs is CLOCK_MONOTONIC in nanoseconds (bpf_ktime_get_ns's
-// clock), read through the vDSO by the runtime: no system call on the exit
-// path.
-func monotonicNs() uint64 { return uint64(nanotime()) }
-
-//go:linkname nanotime runtime.nanotime
-func nanotime() int64
+// clock), without a system call on the exit path.
+func monotonicNs() uint64 { return shm.MonotonicNs() }

@@ -6,12 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hbshim/hb/bridge"
+	"github.com/hbshim/hb/shm"
 )
 
 // ScanDir is runsvdir or s6-svscan running on a scratch scan directory,
@@ -171,27 +171,23 @@ func (s *ScanDir) rescan() {
 		err, out, s.cmd.Process.Pid, s.scannerState(), tail(s.log, 2048))
 }
 
-// scannerState is the scanner's state as /proc has it; for a zombie, the
-// wait status it left (/proc/PID/stat's last field).
+// scannerState is the scanner's state as /proc has it; for a zombie, how
+// it ended.
 func (s *ScanDir) scannerState() string {
-	pid := s.cmd.Process.Pid
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, err := shm.ReadStat(s.cmd.Process.Pid)
+	switch {
+	case err != nil:
 		return err.Error()
+	case st.State != 'Z':
+		return "alive, state " + string(st.State)
+	case !st.HaveExitCode:
+		return "exited"
 	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	if len(f) == 0 {
-		return "unreadable /proc stat"
+	ws := syscall.WaitStatus(st.ExitCode)
+	if ws.Signaled() {
+		return "exited, killed by " + ws.Signal().String()
 	}
-	if f[0] != "Z" {
-		return "alive, state " + f[0]
-	}
-	ws, _ := strconv.Atoi(f[len(f)-1])
-	st := syscall.WaitStatus(ws)
-	if st.Signaled() {
-		return "exited, killed by " + st.Signal().String()
-	}
-	return fmt.Sprintf("exited with status %d", st.ExitStatus())
+	return fmt.Sprintf("exited with status %d", ws.ExitStatus())
 }
 
 // tail is the last n bytes of the file at path.

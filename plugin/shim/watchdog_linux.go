@@ -217,14 +217,11 @@ func (d *watchdog) loop() {
 		// thread from its sleep at every sample, which doubles the
 		// wake-ups of the process.
 		var errno syscall.Errno
-		werr := d.raw.Read(func(fd uintptr) bool {
+		err := d.raw.Read(func(fd uintptr) bool {
 			_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 			return errno != unix.EAGAIN
 		})
-		var err error
-		if werr != nil {
-			err = werr
-		} else if errno != 0 {
+		if err == nil && errno != 0 {
 			err = errno
 		}
 		d.mu.Lock()
