@@ -279,6 +279,7 @@ backoff_max   = "700ms"
 	}
 
 	// stop
+	sleeper := h.ProcessOf(first["sleeper"].PID)
 	out := h.MustCtl("stop", "sleeper")
 	if !strings.HasPrefix(out, "sleeper: stopped") {
 		t.Errorf("hbctl stop sleeper printed %q", out)
@@ -294,8 +295,8 @@ backoff_max   = "700ms"
 		t.Errorf("hbctl start sleeper printed %q", out)
 	}
 	st := h.WaitService("sleeper", "running", IsRunning)
-	if st.PID == first["sleeper"].PID || st.Generation != 2 {
-		t.Errorf("after start: %+v; want a new pid, generation 2", st)
+	if sleeper.Is(st.PID) || st.Generation != 2 {
+		t.Errorf("after start: %+v; want a new process, generation 2", st)
 	}
 	if s := h.Slot("sleeper"); s.PID != uint32(st.PID) || s.Generation != 2 {
 		t.Errorf("after start, slot %+v; want pid %d generation 2", s, st.PID)
@@ -303,9 +304,10 @@ backoff_max   = "700ms"
 
 	// restart
 	before := h.ServiceStatus("shell")
+	shell := h.ProcessOf(before.PID)
 	h.MustCtl("restart", "shell")
 	after := h.ServiceStatus("shell")
-	if after.PID == 0 || after.PID == before.PID || after.Generation != before.Generation+1 ||
+	if after.PID == 0 || shell.Is(after.PID) || after.Generation != before.Generation+1 ||
 		(after.State != "starting" && after.State != "running") {
 		t.Errorf("after restart: %+v, before %+v", after, before)
 	}

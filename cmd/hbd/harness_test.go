@@ -956,6 +956,34 @@ func (h *Harness) Kill(pid int, sig syscall.Signal) {
 }
 
 // WaitGone waits until pid is no longer a live process.
+// Process names one process: its PID and its start time, since a PID is
+// reused once the kernel's counter has wrapped (a replacement may get the
+// PID its predecessor just freed).
+type Process struct {
+	PID   int
+	Start uint64 // /proc/PID/stat start time, clock ticks after boot
+}
+
+// ProcessOf identifies the running process pid.
+func (h *Harness) ProcessOf(pid int) Process {
+	h.T.Helper()
+	st, err := shm.ReadStat(pid)
+	if err != nil {
+		h.T.Fatalf("pid %d: %v", pid, err)
+	}
+	return Process{PID: pid, Start: st.StartTime}
+}
+
+// Is reports whether pid is still this process (not a new one under a
+// reused PID).
+func (p Process) Is(pid int) bool {
+	if pid != p.PID {
+		return false
+	}
+	st, err := shm.ReadStat(pid)
+	return err != nil || st.StartTime == p.Start
+}
+
 func (h *Harness) WaitGone(pid int) {
 	h.T.Helper()
 	h.Eventually(fmt.Sprintf("pid %d to exit", pid), func() (bool, string) {
