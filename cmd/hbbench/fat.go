@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hbshim/hb/shm"
 )
 
 //go:embed csrc/fat.c
@@ -45,11 +47,17 @@ func runFat(e *env, r *Report) error {
 			return err
 		}
 	}
-	// The fat stage is up once its memory is touched: its RSS says so.
+	// The fat stage is up once its memory is touched and it sleeps in
+	// pause(). RSS alone is not enough: it passes 95 % while MAP_POPULATE
+	// and the touching loop still run, and a kill then lands on a stage
+	// that holds its CPU in the kernel (this kernel preempts none), so the
+	// reader woken on that CPU waits for the stage's next preemption point.
 	fatUp := func(pid uint32) error {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			if rss, err := rssMiB(int(pid)); err == nil && rss >= float64(mib)*0.95 {
+			rss, err := rssMiB(int(pid))
+			st, serr := shm.ReadStat(int(pid))
+			if fatIdle(rss, err, st.State, serr, mib) {
 				return nil
 			}
 			if time.Now().After(deadline) {
@@ -121,4 +129,9 @@ func runFat(e *env, r *Report) error {
 		targets[name].verify(e, r, test, "hb "+name)
 	}
 	return nil
+}
+
+// fatIdle: the fat stage holds (nearly) all of its memory and is asleep.
+func fatIdle(rssMiB float64, rssErr error, state byte, statErr error, mib int) bool {
+	return rssErr == nil && statErr == nil && rssMiB >= float64(mib)*0.95 && state == 'S'
 }

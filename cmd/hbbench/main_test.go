@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -490,5 +491,28 @@ func TestParseLoad(t *testing.T) {
 		if err != nil || o.loadOrdinary != tc.ordinary || o.loadRT != tc.rt {
 			t.Errorf("--load %q: %+v, %v; want ordinary %v rt %v", tc.arg, o, err, tc.ordinary, tc.rt)
 		}
+	}
+}
+
+// TestFatIdle: the fat stage is killed only once it is asleep with its
+// memory held; a stage still faulting its pages in (running) is not up.
+func TestFatIdle(t *testing.T) {
+	for _, tc := range []struct {
+		rss   float64
+		state byte
+		want  bool
+	}{
+		{2048, 'S', true},
+		{2000, 'S', true},
+		{2048, 'R', false}, // still in MAP_POPULATE or the touching loop
+		{2048, 'D', false},
+		{1000, 'S', false},
+	} {
+		if got := fatIdle(tc.rss, nil, tc.state, nil, 2048); got != tc.want {
+			t.Errorf("fatIdle(%v MiB, %c) = %v, want %v", tc.rss, tc.state, got, tc.want)
+		}
+	}
+	if fatIdle(2048, errors.New("gone"), 'S', nil, 2048) || fatIdle(2048, nil, 'S', errors.New("gone"), 2048) {
+		t.Error("fatIdle true despite an error")
 	}
 }
