@@ -57,7 +57,7 @@ func runFat(e *env, r *Report) error {
 		for {
 			rss, err := rssMiB(int(pid))
 			st, serr := shm.ReadStat(int(pid))
-			if fatIdle(rss, err, st.State, serr, mib) {
+			if err == nil && serr == nil && fatIdle(rss, st.State, mib) {
 				return nil
 			}
 			if time.Now().After(deadline) {
@@ -132,6 +132,6 @@ func runFat(e *env, r *Report) error {
 }
 
 // fatIdle: the fat stage holds (nearly) all of its memory and is asleep.
-func fatIdle(rssMiB float64, rssErr error, state byte, statErr error, mib int) bool {
-	return rssErr == nil && statErr == nil && rssMiB >= float64(mib)*0.95 && state == 'S'
+func fatIdle(rssMiB float64, state byte, mib int) bool {
+	return rssMiB >= float64(mib)*0.95 && state == 'S'
 }

@@ -955,7 +955,6 @@ func (h *Harness) Kill(pid int, sig syscall.Signal) {
 	}
 }
 
-// WaitGone waits until pid is no longer a live process.
 // Process names one process: its PID and its start time, since a PID is
 // reused once the kernel's counter has wrapped (a replacement may get the
 // PID its predecessor just freed).
@@ -984,6 +983,7 @@ func (p Process) Is(pid int) bool {
 	return err != nil || st.StartTime == p.Start
 }
 
+// WaitGone waits until pid is no longer a live process.
 func (h *Harness) WaitGone(pid int) {
 	h.T.Helper()
 	h.Eventually(fmt.Sprintf("pid %d to exit", pid), func() (bool, string) {
