@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"container/heap"
 	"errors"
 	"fmt"
 	"os"
@@ -22,12 +21,13 @@ import (
 // samples its counter every step (a twentieth of the period, at least
 // watchGrain). One timerfd, armed for the earliest next sample of all
 // watched incarnations, is the only timer. A sample that finds the counter
-// changed records the time (seen); one that finds it unchanged for a whole
-// period since then declares the incarnation hung (hang): it cannot have
-// beaten in the last period, and its last beat was at most one step before
-// seen, so the hang is declared at most two steps after its deadline.
-// Sample times are on a grid of watchGrain, so that many services share
-// wake-ups.
+// changed records the time it was read (seen); one that finds it unchanged
+// for a whole period since then declares the incarnation hung (hang): it
+// cannot have beaten in the last period. Its last beat was at most one step
+// before seen, and once the deadline (seen + period) is nearer than the
+// next step it is sampled at the deadline itself, so the hang is declared
+// at most one step (and a wake-up) after it. Sample times are otherwise on
+// a grid of watchGrain, so that many services share wake-ups.
 
 const (
 	// watchGrain is the grid of sample times (at most half the step): it
@@ -68,19 +68,50 @@ type watched struct {
 	beaten bool
 }
 
-// timeHeap is a min-heap of sample times.
+// timeHeap is a min-heap of sample times (typed: container/heap would box
+// each time in an interface, an allocation per new bucket).
 type timeHeap []uint64
 
-func (h timeHeap) Len() int           { return len(h) }
-func (h timeHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timeHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
-func (h *timeHeap) Pop() any {
-	old := *h
-	t := old[len(old)-1]
-	*h = old[:len(old)-1]
+func (h *timeHeap) push(t uint64) {
+	*h = append(*h, t)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		up := (i - 1) / 2
+		if a[up] <= a[i] {
+			break
+		}
+		a[up], a[i] = a[i], a[up]
+		i = up
+	}
+}
+
+// pop removes and returns the earliest time; h is not empty.
+func (h *timeHeap) pop() uint64 {
+	a := *h
+	t := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a = a[:n]
+	for i := 0; ; {
+		l := 2*i + 1
+		if l >= n {
+			break
+		}
+		if r := l + 1; r < n && a[r] < a[l] {
+			l = r
+		}
+		if a[i] <= a[l] {
+			break
+		}
+		a[i], a[l] = a[l], a[i]
+		i = l
+	}
+	*h = a
 	return t
 }
+
+// bucket is the incarnations due at one sample time.
+type bucket struct{ ws []*watched }
 
 // watchdog is the Shim's checker: one timerfd, waited for in the runtime's
 // poller by one goroutine. (A goroutine blocked in read(2) on a thread of
@@ -94,13 +125,26 @@ type watchdog struct {
 	raw  syscall.RawConn
 	// closed: the checker is to stop; guarded by mu. The loop closes fd.
 	closed bool
+	// manual: the timerfd is never armed; a test calls check with its own
+	// clock. Guarded by mu.
+	manual bool
+	// clock reads CLOCK_MONOTONIC (ns); a test's own clock in manual mode.
+	clock func() uint64
 	// due holds the watched incarnations by sample time, times the
 	// distinct sample times: services on the same grid share a bucket, so
 	// a sample costs an append, not a heap operation.
-	due   map[uint64][]*watched
+	due   map[uint64]*bucket
 	times timeHeap
-	spare [][]*watched // emptied buckets, reused
-	n     int          // incarnations watched
+	spare []*bucket // emptied buckets, reused
+	// last is the bucket of the last add, at lastT: the incarnations of
+	// one bucket mostly move on to the same next one, without a map
+	// lookup each. Reset at each check.
+	last  *bucket
+	lastT uint64
+	// seen holds, during a check, the incarnations whose counter changed:
+	// their time is read once all are sampled.
+	seen []*watched
+	n    int // incarnations watched
 	// armed is the deadline the timerfd is set for, 0 when disarmed.
 	armed uint64
 	// checks and wakeups count the work done (tests and benchmarks).
@@ -121,7 +165,8 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 		file.Close()
 		return nil, fmt.Errorf("shim: watchdog: %w", err)
 	}
-	d := &watchdog{s: s, fd: fd, file: file, raw: raw, due: map[uint64][]*watched{}, done: make(chan struct{})}
+	d := &watchdog{s: s, fd: fd, file: file, raw: raw, due: map[uint64]*bucket{}, clock: shm.MonotonicNs,
+		done: make(chan struct{})}
 	go d.loop()
 	go func() {
 		<-s.quit
@@ -154,7 +199,7 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 		grace = defaultWatchdogGrace
 	}
 	w := &watched{inc: inc, area: area, period: period, step: max(step, 1), grain: max(grain, 1), sig: sig, grace: grace,
-		beatNs: shm.MonotonicNs(), count: area.Count() + inc.notifyBeats.Load()}
+		count: area.Count() + inc.notifyBeats.Load()}
 	if spec.Ready == "" || spec.Ready == plugin.ReadySpawn {
 		first := spec.ReadyTimeout
 		if first <= 0 {
@@ -162,31 +207,42 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 		}
 		w.first = uint64(first)
 	}
-	w.deadline = w.next(w.beatNs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	w.beatNs = d.clock()
+	w.deadline = w.next(w.beatNs)
 	d.n++
+	d.last = nil
 	d.add(w)
 	d.rearm()
 }
 
 // add puts w in the bucket of its sample time. Called with mu held.
 func (d *watchdog) add(w *watched) {
-	b, ok := d.due[w.deadline]
-	if !ok {
-		heap.Push(&d.times, w.deadline)
-		if n := len(d.spare); n > 0 {
-			b, d.spare = d.spare[n-1], d.spare[:n-1]
+	t := w.deadline
+	b := d.last
+	if b == nil || d.lastT != t {
+		var ok bool
+		if b, ok = d.due[t]; !ok {
+			if n := len(d.spare); n > 0 {
+				b, d.spare = d.spare[n-1], d.spare[:n-1]
+			} else {
+				b = &bucket{}
+			}
+			d.due[t] = b
+			d.times.push(t)
 		}
+		d.last, d.lastT = b, t
 	}
-	d.due[w.deadline] = append(b, w)
+	b.ws = append(b.ws, w)
 }
 
 // next is the sample time at most one step after now, on the grain's
 // grid (rounded down: a late wake-up does not stretch the step), and
-// after now.
+// after now; or the deadline itself, when that comes first.
 func (w *watched) next(now uint64) uint64 {
-	return (now + w.step) / w.grain * w.grain
+	t := (now + w.step) / w.grain * w.grain
+	return min(t, w.beatNs+w.limit())
 }
 
 // rearm sets the timerfd for the earliest deadline, if that changed.
@@ -196,7 +252,7 @@ func (d *watchdog) rearm() {
 	if len(d.times) > 0 {
 		at = d.times[0]
 	}
-	if at == d.armed || d.closed {
+	if at == d.armed || d.closed || d.manual {
 		return
 	}
 	d.armed = at
@@ -239,7 +295,7 @@ func (d *watchdog) loop() {
 			}
 			continue
 		}
-		for _, w := range d.check(shm.MonotonicNs()) {
+		for _, w := range d.check(d.clock()) {
 			d.s.hang(w)
 		}
 	}
@@ -248,24 +304,32 @@ func (d *watchdog) loop() {
 // check samples every incarnation whose sample time has come; one whose
 // counter has not changed for a whole period is returned (hung), no longer
 // watched. Incarnations that have exited are dropped.
+//
+// now is read before the counters and seen after them: a counter found
+// unchanged was unchanged at now, and one found changed was changed by
+// seen, so neither time overstates how long ago the last beat was.
 func (d *watchdog) check(now uint64) (hung []*watched) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.wakeups++
+	d.last = nil
 	for len(d.times) > 0 && d.times[0] <= now {
-		t := heap.Pop(&d.times).(uint64)
-		due := d.due[t]
+		t := d.times.pop()
+		b := d.due[t]
 		delete(d.due, t)
-		for _, w := range due {
+		for _, w := range b.ws {
 			d.checks++
+			if c := w.beats(); c != w.count {
+				w.count, w.beaten = c, true
+				d.seen = append(d.seen, w)
+				continue
+			}
 			if w.inc.exited() {
 				d.n--
 				w.area.Close()
 				continue
 			}
-			if c := w.beats(); c != w.count {
-				w.count, w.beatNs, w.beaten = c, now, true
-			} else if now-w.beatNs >= w.limit() {
+			if now-w.beatNs >= w.limit() {
 				d.n--
 				hung = append(hung, w)
 				continue
@@ -273,8 +337,19 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 			w.deadline = w.next(now)
 			d.add(w)
 		}
-		clear(due)
-		d.spare = append(d.spare, due[:0])
+		clear(b.ws)
+		b.ws = b.ws[:0]
+		d.spare = append(d.spare, b)
+	}
+	if len(d.seen) > 0 {
+		seen := d.clock()
+		for _, w := range d.seen {
+			w.beatNs = seen
+			w.deadline = w.next(now)
+			d.add(w)
+		}
+		clear(d.seen)
+		d.seen = d.seen[:0]
 	}
 	d.armed = 0 // the timerfd has expired: set it again
 	d.rearm()
@@ -293,8 +368,8 @@ func (w *watched) limit() uint64 {
 func (d *watchdog) closeAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, due := range d.due {
-		for _, w := range due {
+	for _, b := range d.due {
+		for _, w := range b.ws {
 			w.area.Close()
 		}
 	}

@@ -151,8 +151,6 @@ func TestWatchdogHang(t *testing.T) {
 	}
 }
 
-// TestWatchdogOff: without Spec.Watchdog the child gets no beat area and
-// nothing is watched.
 // TestWatchdogFirstBeat: a service ready at the spawn counts its periods
 // from its first beat: a start-up of many periods without one is not a hang
 // (until ready_timeout), and once it beats a stop of its beats is.
@@ -189,6 +187,45 @@ func TestWatchdogFirstBeat(t *testing.T) {
 	if hung := h.next(plugin.EventHung, "never"); hung.SinceBeatNs < uint64(never.ReadyTimeout) {
 		t.Errorf("a never-beating service was hung after %v; want its ready_timeout %v first", time.Duration(hung.SinceBeatNs), never.ReadyTimeout)
 	}
+}
+
+// TestWatchdogDeadline drives the checker with its own clock, every
+// wake-up 100 µs after the sample time it was armed for (the first one
+// later still): a service that stops beating is declared hung at its
+// deadline (the sample that saw its last beat + the period) plus that
+// wake-up's lateness, not at the next step of the grid after it, and never
+// before the deadline.
+func TestWatchdogDeadline(t *testing.T) {
+	const period, late = 20 * time.Millisecond, 100 * time.Microsecond
+	now := uint64(1e12)
+	d, words, stop := benchWatched(t, 1, period, func() uint64 { return now })
+	defer stop()
+	due := func() uint64 {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.times[0]
+	}
+	*words[0]++ // the first beat
+	now = due() + 3*uint64(late)
+	if hung := d.check(now); len(hung) != 0 {
+		t.Fatalf("hung at its first beat")
+	}
+	deadline := now + uint64(period) // it beats no more
+	for range 100 {
+		now = due() + uint64(late)
+		hung := d.check(now)
+		if now < deadline && len(hung) != 0 {
+			t.Fatalf("declared hung %v before its deadline", time.Duration(deadline-now))
+		}
+		if len(hung) != 0 {
+			hung[0].area.Close()
+			if now > deadline+uint64(late) {
+				t.Fatalf("declared hung %v after its deadline; want at most the wake-up's %v", time.Duration(now-deadline), late)
+			}
+			return
+		}
+	}
+	t.Fatal("never declared hung")
 }
 
 func TestWatchdogOff(t *testing.T) {
