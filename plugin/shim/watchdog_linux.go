@@ -30,8 +30,11 @@ import (
 // a grid of watchGrain, so that many services share wake-ups.
 
 const (
-	// watchGrain is the grid of sample times (at most half the step): it
-	// bounds the wake-ups of many services to one per grain.
+	// watchGrain is the grid of sample times (at most the step): it
+	// bounds the wake-ups of many services to one per grain. Services with
+	// the same step are on the same grid whenever they were put under the
+	// watchdog (a grid of half the step split them into two, which made
+	// twice the wake-ups).
 	watchGrain = time.Millisecond
 	// watchSteps is how many samples a period gets (fewer when the step
 	// would be shorter than watchGrain).
@@ -190,7 +193,7 @@ func newWatchdog(s *Shim) (*watchdog, error) {
 func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec) {
 	period := uint64(spec.Watchdog)
 	step := max(period/watchSteps, min(uint64(watchGrain), period/2))
-	grain := min(uint64(watchGrain), step/2)
+	grain := min(uint64(watchGrain), step)
 	sig, grace := spec.WatchdogSignal, spec.WatchdogGrace
 	if sig == 0 {
 		sig = unix.SIGABRT
@@ -266,17 +269,21 @@ func (d *watchdog) rearm() {
 // loop waits for the timerfd and checks what is due.
 func (d *watchdog) loop() {
 	defer close(d.done)
-	var buf [8]byte
+	var (
+		buf   [8]byte
+		errno syscall.Errno
+	)
+	// Raw system calls: neither the read nor timerfd_settime (rearm) can
+	// block, and a plain one would wake the runtime's sysmon thread from
+	// its sleep at every sample, which doubles the wake-ups of the process.
+	// One closure for every read: not an allocation each.
+	read := func(fd uintptr) bool {
+		_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		return errno != unix.EAGAIN
+	}
 	for {
-		// Raw system calls: neither the read nor timerfd_settime (rearm)
-		// can block, and a plain one would wake the runtime's sysmon
-		// thread from its sleep at every sample, which doubles the
-		// wake-ups of the process.
-		var errno syscall.Errno
-		err := d.raw.Read(func(fd uintptr) bool {
-			_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-			return errno != unix.EAGAIN
-		})
+		errno = 0
+		err := d.raw.Read(read)
 		if err == nil && errno != 0 {
 			err = errno
 		}

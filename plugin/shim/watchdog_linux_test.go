@@ -228,6 +228,33 @@ func TestWatchdogDeadline(t *testing.T) {
 	t.Fatal("never declared hung")
 }
 
+// TestWatchdogSharedGrid: services with the same step share their sample
+// times, and so the checker's wake-ups, however far apart they were put
+// under the watchdog.
+func TestWatchdogSharedGrid(t *testing.T) {
+	now, tick := uint64(1e12), uint64(7*time.Microsecond)
+	// Each watch reads the clock once: 100 services over 700 µs.
+	d, words, stop := benchWatched(t, 100, 10*time.Millisecond, func() uint64 { now += tick; return now })
+	defer stop()
+	tick = 0
+	for range 5 {
+		for _, w := range words {
+			*w++
+		}
+		d.mu.Lock()
+		now = d.times[0] + uint64(10*time.Microsecond)
+		d.mu.Unlock()
+		if hung := d.check(now); len(hung) != 0 {
+			t.Fatalf("%d hung", len(hung))
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.times) != 1 {
+		t.Fatalf("%d sample times for 100 services of one step: %v; want 1", len(d.times), d.times)
+	}
+}
+
 func TestWatchdogOff(t *testing.T) {
 	h := newHarness(t, connector.DetectPidfd, "")
 	out := tempPath(t, "out")
