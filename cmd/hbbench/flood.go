@@ -106,6 +106,12 @@ loop:
 		det = append(det, float64(d))
 		if float64(d) > lateNs {
 			late++
+			stamp := "the plugin's detection stamp"
+			if d == t1-t0 {
+				stamp = "no detection stamp between the kill and the reader's 0: the reader's time"
+			}
+			r.note("flood: a late exit: %s pid %d, kill → the plugin's stamp %.1f ms, kill → the reader saw %d %.1f ms (%s)",
+				t.name, pid, float64(rep.u64("detected")-t0)/1e6, rep.u64("seen"), float64(t1-t0)/1e6, stamp)
 		}
 	}
 	if genLine == "" {
