@@ -433,8 +433,14 @@ func (t *exitTrace) del(tgid int32) {
 
 // drain calls fn with every record in the ring, the TGID, the record's kind
 // (recExit, recKill) and the CLOCK_MONOTONIC time of the tracepoint, and
-// releases them. It reads
-// nothing the producer has not committed.
+// releases them. It reads nothing the producer has not committed.
+//
+// Each record is released (the consumer position stored) before the next
+// header is read. The producer wakes the reader only when, at its commit,
+// the consumer position is that record's: a record found still being
+// written, behind records read but not yet released, would be committed
+// without a wake-up, and it and every record after it would wait in the
+// ring for some other wake-up of the reader.
 func (t *exitTrace) drain(fn func(tgid int32, kind uint32, ns uint64)) {
 	cons := (*uint64)(unsafe.Pointer(&t.consumerPage[0]))
 	prod := (*uint64)(unsafe.Pointer(&t.dataPages[0]))
@@ -450,7 +456,6 @@ func (t *exitTrace) drain(fn func(tgid int32, kind uint32, ns uint64)) {
 			off := c & mask
 			hdr := atomic.LoadUint32((*uint32)(unsafe.Pointer(&data[off])))
 			if hdr&unix.BPF_RINGBUF_BUSY_BIT != 0 {
-				atomic.StoreUint64(cons, c)
 				return // still being written; its commit wakes us again
 			}
 			n := uint64(hdr &^ (unix.BPF_RINGBUF_BUSY_BIT | unix.BPF_RINGBUF_DISCARD_BIT))
@@ -464,8 +469,8 @@ func (t *exitTrace) drain(fn func(tgid int32, kind uint32, ns uint64)) {
 				fn(int32(*(*uint32)(unsafe.Pointer(&rec[0]))), kind, *(*uint64)(unsafe.Pointer(&rec[8])))
 			}
 			c += (n + unix.BPF_RINGBUF_HDR_SZ + 7) &^ 7
+			atomic.StoreUint64(cons, c)
 		}
-		atomic.StoreUint64(cons, c)
 	}
 }
 

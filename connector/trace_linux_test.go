@@ -3,6 +3,7 @@ package connector
 import (
 	"errors"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -299,6 +300,33 @@ func TestTraceDrain(t *testing.T) {
 	*(*uint32)(unsafe.Pointer(&data[busyAt&(traceRingSize-1)])) = 16
 	if got := f.drain(); len(got) != 2 || got[0] != 7000 || got[1] != 7001 {
 		t.Fatalf("after the commit: got %v, want [7000 7001]", got)
+	}
+}
+
+// TestTraceDrainReleasesEachRecord: each record is released before the
+// next header is read. The kernel wakes the reader at a commit only if the
+// consumer position is then that record's, so a record found still being
+// written behind records not yet released would be committed without a
+// wake-up and wait in the ring.
+func TestTraceDrainReleasesEachRecord(t *testing.T) {
+	f := newFakeRing()
+	var at []uint64
+	for i := uint32(1); i <= 4; i++ {
+		at = append(at, f.prod)
+		f.put(i, uint64(i)*10, 0)
+	}
+	var seen []uint64
+	f.t.drain(func(int32, uint32, uint64) { seen = append(seen, f.consumer()) })
+	if !slices.Equal(seen, at) {
+		t.Fatalf("consumer position when each record was read: %v; want each record's own, %v", seen, at)
+	}
+	// A record still being written behind a released one: the consumer
+	// position is the busy record's when the drain stops at it.
+	busyAt := f.prod + 24
+	f.put(5, 50, 0)
+	f.put(6, 60, unix.BPF_RINGBUF_BUSY_BIT)
+	if got := f.drain(); len(got) != 1 || f.consumer() != busyAt {
+		t.Fatalf("got %v, consumer %d; want [5] and %d", got, f.consumer(), busyAt)
 	}
 }
 
