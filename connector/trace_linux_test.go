@@ -12,7 +12,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"fmt"
 	"github.com/hbshim/hb/connector/connectortest"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
 )
 
 // inMap reports whether tgid is in the exit tracepoint's map.
@@ -595,4 +601,80 @@ func TestTracepointKillOfAThread(t *testing.T) {
 	if got := c.reap(); got != 137 {
 		t.Errorf("waitid status %d, want 137", got)
 	}
+}
+
+// TestTracepointReaderSpareProc: with ReserveProcs, the real-time reader
+// reports a SIGKILL while as many Ps as the runtime's default are held by
+// goroutines that cannot give them up (here: blocked in raw system calls,
+// as a thread preempted by the kernel holds its P). Without spare Ps the
+// reader, woken at once, would wait for one of them.
+func TestTracepointReaderSpareProc(t *testing.T) {
+	requireTrace(t)
+	if os.Getenv("GOMAXPROCS") != "" {
+		t.Skip("GOMAXPROCS is set in the environment: ReserveProcs keeps it")
+	}
+	// No collection (its stop-the-world would wait for the holders) and no
+	// GOMAXPROCS change while they hold their Ps.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	held := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(held)
+	if n := ReserveProcs(); n != held+SpareProcs {
+		t.Fatalf("ReserveProcs: %d; want %d", n, held+SpareProcs)
+	}
+	var killedNs atomic.Uint64
+	w := newWatcher(t, Options{Detector: DetectTracepoint, Priority: 1,
+		OnKill: func(k Kill) { killedNs.CompareAndSwap(0, monotonicNs()) }})
+	waitFor(t, "the reader to run SCHED_FIFO", func() bool { return w.Stats().RealTime })
+
+	// The holders' release comes from another process, 3 s on: nothing in
+	// this one may need a P for it.
+	r, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	release := exec.Command("sh", "-c", fmt.Sprintf("sleep 3; head -c %d /dev/zero", held))
+	release.Stdout = wr
+	// The watched child kills itself 1 s on, once the holders hold.
+	victim := exec.Command("sh", "-c", "sleep 1; kill -KILL $$")
+	if err := release.Start(); err != nil {
+		t.Fatal(err)
+	}
+	wr.Close()
+	defer release.Wait()
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Wait()
+	pidfd, err := unix.PidfdOpen(victim.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	if err := w.WatchChild(1, victim.Process.Pid, pidfd); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg         sync.WaitGroup
+		releasedNs atomic.Uint64
+	)
+	for range held {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b [1]byte
+			_, _, _ = unix.RawSyscall(unix.SYS_READ, r.Fd(), uintptr(unsafe.Pointer(&b[0])), 1)
+			releasedNs.CompareAndSwap(0, monotonicNs())
+		}()
+	}
+	wg.Wait()
+	k := killedNs.Load()
+	if k == 0 {
+		waitFor(t, "the SIGKILL's report", func() bool { return killedNs.Load() != 0 })
+		k = killedNs.Load()
+	}
+	if rel := releasedNs.Load(); k >= rel {
+		t.Fatalf("the SIGKILL was reported %v after the %d Ps were given back; want before", time.Duration(k-rel), held)
+	}
+	collect(t, w, 1)
 }

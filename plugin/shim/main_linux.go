@@ -54,6 +54,7 @@ const ConnectorFilterEnv = "HB_CONNECTOR_FILTER"
 // Main is the entry point of `hbd plugin`: it parses the flags hbd passes,
 // opens the Shim and serves it to hbd over go-plugin until hbd shuts it down.
 func Main(args []string) int {
+	connector.ReserveProcs() // before any goroutine of the plugin's own
 	fs := flag.NewFlagSet("hbd plugin", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	shmName := fs.String("shm", "hb", "")
