@@ -546,15 +546,19 @@ func TestTracepointKillRecords(t *testing.T) {
 		t.Errorf("exit %+v carries a kill stamp without a kill", e)
 	}
 	w.mu.Lock()
-	w.byPID[int32(d.pid)] = &watch{key: 2, pid: int32(d.pid), traced: true} // as if the record raced the removal
-	w.byPID[int32(d.pid)].state.Store(stateFired)
+	stale := &watch{key: 2, pid: int32(d.pid)} // as if the record raced the removal
+	stale.traced.Store(true)
+	stale.state.Store(stateFired)
+	w.byPID[stale.pid] = stale
+	w.idx.set(stale)
 	w.mu.Unlock()
 	w.traced(int32(d.pid), recKill, monotonicNs())
 	if len(kills) != 1 {
 		t.Errorf("OnKill called for a watch whose exit was reported: %+v", kills)
 	}
 	w.mu.Lock()
-	delete(w.byPID, int32(d.pid))
+	delete(w.byPID, stale.pid)
+	w.idx.del(stale)
 	w.mu.Unlock()
 	for _, p := range []*child{c, d} {
 		p.kill(unix.SIGKILL)
@@ -621,9 +625,12 @@ func TestTracepointReaderSpareProc(t *testing.T) {
 	if n := ReserveProcs(); n != held+SpareProcs {
 		t.Fatalf("ReserveProcs: %d; want %d", n, held+SpareProcs)
 	}
+	// The death's first report, the SIGKILL's or the exit's (either stores
+	// the 0 in the plugin).
 	var killedNs atomic.Uint64
 	w := newWatcher(t, Options{Detector: DetectTracepoint, Priority: 1,
-		OnKill: func(k Kill) { killedNs.CompareAndSwap(0, monotonicNs()) }})
+		OnKill: func(Kill) { killedNs.CompareAndSwap(0, monotonicNs()) },
+		OnExit: func(Exit) { killedNs.CompareAndSwap(0, monotonicNs()) }})
 	waitFor(t, "the reader to run SCHED_FIFO", func() bool { return w.Stats().RealTime })
 
 	// The holders' release comes from another process, 3 s on: nothing in
@@ -670,11 +677,38 @@ func TestTracepointReaderSpareProc(t *testing.T) {
 	wg.Wait()
 	k := killedNs.Load()
 	if k == 0 {
-		waitFor(t, "the SIGKILL's report", func() bool { return killedNs.Load() != 0 })
+		waitFor(t, "the death's report", func() bool { return killedNs.Load() != 0 })
 		k = killedNs.Load()
 	}
 	if rel := releasedNs.Load(); k >= rel {
-		t.Fatalf("the SIGKILL was reported %v after the %d Ps were given back; want before", time.Duration(k-rel), held)
+		t.Fatalf("the death was reported %v after the %d Ps were given back; want before", time.Duration(k-rel), held)
 	}
 	collect(t, w, 1)
+}
+
+// TestTracepointReaderTakesNoLock: the reader finds a record's watch
+// without the Watcher's mutex, so a SIGKILL is reported while another
+// goroutine holds it (a thread preempted in Watch or Unwatch would
+// otherwise hold up the store of 0 for as long).
+func TestTracepointReaderTakesNoLock(t *testing.T) {
+	requireTrace(t)
+	kills := make(chan Kill, 1)
+	w := newWatcher(t, Options{Detector: DetectTracepoint, OnKill: func(k Kill) { kills <- k }})
+	c := startSelf(t, "sleep", false)
+	if err := w.WatchChild(7, c.pid, c.pidfd); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	c.kill(unix.SIGKILL)
+	var got Kill
+	select {
+	case got = <-kills:
+	case <-time.After(10 * time.Second):
+	}
+	w.mu.Unlock()
+	if got.Key != 7 {
+		t.Fatalf("no SIGKILL reported within 10 s while the Watcher's mutex was held (got %+v)", got)
+	}
+	collect(t, w, 7)
+	c.reap()
 }

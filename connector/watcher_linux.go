@@ -61,7 +61,7 @@ type watch struct {
 	pidfd  int
 	id     uint64        // epoll data; unique for the Watcher's life
 	child  bool          // a child of this process (WatchChild): the socket filter passes it by its parent
-	traced bool          // in the exit tracepoint's map (WatchChild, WatchTraced): a child's events the socket filter need not pass
+	traced atomic.Bool   // in the exit tracepoint's map (WatchChild, WatchTraced): a child's events the socket filter need not pass
 	since  uint64        // CLOCK_MONOTONIC ns when watched: older tracepoint records are of another process
 	killed atomic.Uint64 // CLOCK_MONOTONIC ns when a SIGKILL to it was seen (OnKill); 0 before
 
@@ -74,7 +74,7 @@ type watch struct {
 // byParent reports whether the socket filter passes wt's events by their
 // parent: a child the exit tracepoint does not watch (it reports children
 // first, and their parent reaps them for the status).
-func (wt *watch) byParent() bool { return wt.child && !wt.traced }
+func (wt *watch) byParent() bool { return wt.child && !wt.traced.Load() }
 
 // status returns the stored connector status, if any.
 func (wt *watch) status() (uint32, bool) {
@@ -114,6 +114,7 @@ type Watcher struct {
 	nextID uint64            // guarded by mu
 	byKey  map[uint64]*watch // key -> watch, guarded by mu
 	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
+	idx    pidIndex          // byPID for the tracepoint's reader, read without mu
 	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
 	// children counts the watches in byPID made with WatchChild and not in
 	// the exit tracepoint's map (byParent); while it is not 0 the socket
@@ -377,10 +378,19 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 	}
 	w.byKey[key] = wt
 	if trace && w.tr != nil {
-		// A full map leaves this one to the other detectors. The map
-		// takes any TGID: a process that is not a child (WatchTraced)
-		// keeps its place in the socket filter too.
-		wt.traced = w.tr.add(wt.pid) == nil
+		// In the index before the tracepoint's map: a record of the
+		// process can come as soon as the map holds its TGID, and the
+		// reader finds the watch without the mutex held here. A full map
+		// leaves this one to the other detectors. The map takes any TGID:
+		// a process that is not a child (WatchTraced) keeps its place in
+		// the socket filter too.
+		wt.traced.Store(true)
+		w.idx.set(wt)
+		if w.tr.add(wt.pid) != nil {
+			wt.traced.Store(false)
+		}
+	} else {
+		w.idx.set(wt)
 	}
 	if old := w.byPID[wt.pid]; old != nil {
 		// A reported (or unwatched) watch of a process that has not been
@@ -391,7 +401,7 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 		if wt.byParent() {
 			w.children++
 		}
-		if old.traced && !wt.traced {
+		if old.traced.Load() && !wt.traced.Load() {
 			w.tr.del(wt.pid)
 		}
 		w.byPID[wt.pid] = wt
@@ -434,7 +444,8 @@ func (w *Watcher) removeLocked(wt *watch) {
 	}
 	if w.byPID[wt.pid] == wt {
 		delete(w.byPID, wt.pid)
-		if wt.traced {
+		w.idx.del(wt)
+		if wt.traced.Load() {
 			w.tr.del(wt.pid)
 		}
 		if wt.byParent() {
@@ -858,10 +869,8 @@ func (w *Watcher) waitLoop(epfd int) {
 // was reaped), and is left alone.
 func (w *Watcher) traced(tgid int32, kind uint32, ns uint64) {
 	now := monotonicNs()
-	w.mu.Lock()
-	wt := w.byPID[tgid]
-	w.mu.Unlock()
-	if wt == nil || !wt.traced || wt.since >= ns {
+	wt := w.idx.get(tgid) // no lock between the record and the store of 0
+	if wt == nil || !wt.traced.Load() || wt.since >= ns {
 		return
 	}
 	if kind != recKill {
