@@ -319,14 +319,31 @@ func (l *logFile) shiftLocked() error {
 // rotateLocked moves the current file to name.1 and opens a new, empty one.
 // A running incarnation that holds the old file keeps writing to it (now
 // name.1); nothing it writes is lost.
+//
+// The live name never goes missing: the new file is made under the
+// temporary name and swapped with the live one in one step (renameat2
+// RENAME_EXCHANGE), and only then does the old one become name.1. A tail -F
+// that found the name gone would say the log "has become inaccessible",
+// and take up whatever file had the name when it looked again: with
+// rotations close together, one past the file it missed. Where the file
+// system cannot exchange names, the old file is renamed first.
 func (l *logFile) rotateLocked() error {
 	if err := l.shiftLocked(); err != nil {
 		return err
 	}
 	var err error
-	if l.backups == 0 {
+	switch {
+	case l.backups == 0:
 		err = l.removeLocked(l.name)
-	} else {
+	case l.exchangeLocked():
+		if err = l.renameLocked(l.tmpName(), l.backupName(1)); err != nil {
+			// The old file back under its name: a rotation that fails
+			// leaves the log whole, unrotated.
+			if unix.Renameat2(l.dirfd, l.tmpName(), l.dirfd, l.name, unix.RENAME_EXCHANGE) == nil {
+				_ = unix.Unlinkat(l.dirfd, l.tmpName(), 0)
+			}
+		}
+	default:
 		err = l.renameLocked(l.name, l.backupName(1))
 	}
 	if err != nil {
@@ -342,6 +359,22 @@ func (l *logFile) rotateLocked() error {
 	}
 	l.f = f
 	return nil
+}
+
+// exchangeLocked puts a new, empty file under the log's name, in one step,
+// and the current one under tmpName. It reports false, changing nothing,
+// where that cannot be done (no RENAME_EXCHANGE on this file system).
+func (l *logFile) exchangeLocked() bool {
+	nf, err := logdir.Create(l.dirfd, l.dir, l.tmpName())
+	if err != nil {
+		return false
+	}
+	nf.Close()
+	if err := unix.Renameat2(l.dirfd, l.tmpName(), l.dirfd, l.name, unix.RENAME_EXCHANGE); err != nil {
+		_ = unix.Unlinkat(l.dirfd, l.tmpName(), 0)
+		return false
+	}
+	return true
 }
 
 // check runs on the beat, off the beat's own goroutine: when the file a

@@ -3,11 +3,13 @@ package shim
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,6 +103,46 @@ func TestLogPipeRotatesAtLines(t *testing.T) {
 	}
 	if len(info.LogPipes) != 1 || info.LogPipes[0].Name != "chatty" {
 		t.Errorf("Info.LogPipes = %+v; want chatty's", info.LogPipes)
+	}
+}
+
+// TestLogPipeRotationKeepsTheName: across hundreds of rotations the live
+// log's name is never missing, as a reader that stats it all the while
+// sees (tail -F reports a missing name as "has become inaccessible", and
+// then reads whatever file has the name when it looks again).
+func TestLogPipeRotationKeepsTheName(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "logs")
+	h := newHarness(t, connector.DetectPidfd, dir)
+	spec := h.shSpec("rotor", `exec awk 'BEGIN { for (i = 0; i < 20000; i++) { print "line " i; fflush() } }'`)
+	spec.Stdout, spec.LogDir, spec.LogMaxBytes, spec.LogBackups = "file", logDir, 1024, 3
+	live := filepath.Join(logDir, "rotor.out.log")
+	var (
+		stop          atomic.Bool
+		seen, missing atomic.Int64
+		done          = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		var st unix.Stat_t
+		for !stop.Load() {
+			switch err := unix.Stat(live, &st); {
+			case err == nil:
+				seen.Add(1)
+			case errors.Is(err, unix.ENOENT) && seen.Load() > 0:
+				missing.Add(1)
+			}
+		}
+	}()
+	h.spawn(spec)
+	h.next(plugin.EventExit, "rotor")
+	stop.Store(true)
+	<-done
+	if _, err := os.Stat(live + ".3"); err != nil {
+		t.Fatalf("no third backup: %v; want many rotations", err)
+	}
+	if n := missing.Load(); n != 0 {
+		t.Fatalf("the live log was missing at %d of %d looks during its rotations; want never", n, n+seen.Load())
 	}
 }
 
