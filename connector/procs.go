@@ -18,9 +18,9 @@ const SpareProcs = 2
 // thread that the kernel has preempted (a flood of exits keeps every CPU
 // busy): the real-time reader, though woken at once, then sleeps until one
 // of those threads is scheduled again and hands a P over. A trace of an
-// exit flood showed the reader wake 20 µs after the SIGKILL and store the 0
-// 122 ms later. Spare Ps are idle in the common case, and cost a few
-// hundred bytes each.
+// exit flood showed the reader wake 25 µs after the SIGKILL and store the 0
+// 122 ms later. Spare Ps are idle in the common case; their caches cost the
+// plugin about 0.4 MiB with 1000 services (docs/benchmark.md).
 func ReserveProcs() int {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return runtime.GOMAXPROCS(0)
