@@ -144,11 +144,11 @@ func (w *Watcher) updateFilter() {
 		return
 	}
 	w.filterSet = w.filterSet[:0]
-	for pid, wt := range w.byPID {
+	w.byPID.each(func(wt *watch) {
 		if !wt.child {
-			w.filterSet = append(w.filterSet, uint32(pid))
+			w.filterSet = append(w.filterSet, uint32(wt.pid))
 		}
-	}
+	})
 	var parent uint32
 	if w.children > 0 {
 		parent = uint32(os.Getpid())

@@ -2,7 +2,8 @@ package connector
 
 import "sync/atomic"
 
-// pidIndex finds the watch of a TGID without a lock: the exit tracepoint's
+// pidIndex is the Watcher's TGID → watch map. It finds a watch without a
+// lock: the exit tracepoint's
 // reader looks a record's process up in it, so that the store of 0 that
 // follows waits for no goroutine of the Watcher (a thread holding the
 // Watcher's mutex can be preempted for milliseconds while every CPU is
@@ -79,10 +80,19 @@ func (x *pidIndex) set(wt *watch) {
 			return
 		}
 	}
-	// No nil slot: grow keeps one at least half the table, so a reused
-	// tombstone is the only way here.
-	t.slots[free].Store(wt)
-	t.live++
+	panic("connector: pidIndex without a free slot") // grow keeps half the table nil
+}
+
+// each calls f with every watch indexed. The caller holds the Watcher's
+// mutex.
+func (x *pidIndex) each(f func(*watch)) {
+	if t := x.t.Load(); t != nil {
+		for i := range t.slots {
+			if wt := t.slots[i].Load(); wt != nil && wt != tombstone {
+				f(wt)
+			}
+		}
+	}
 }
 
 // del removes wt, if it is the watch indexed under its pid. The caller

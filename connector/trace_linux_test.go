@@ -2,23 +2,23 @@ package connector
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"fmt"
 	"github.com/hbshim/hb/connector/connectortest"
-	"os/exec"
-	"runtime"
-	"runtime/debug"
-	"sync"
-	"sync/atomic"
 )
 
 // inMap reports whether tgid is in the exit tracepoint's map.
@@ -143,7 +143,7 @@ func TestTracepointOlderRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.mu.Lock()
-	since := w.byPID[int32(c.pid)].since
+	since := w.byPID.get(int32(c.pid)).since
 	w.mu.Unlock()
 	w.traced(int32(c.pid), recExit, since-1)
 	noExitQueued(t, w)
@@ -549,16 +549,14 @@ func TestTracepointKillRecords(t *testing.T) {
 	stale := &watch{key: 2, pid: int32(d.pid)} // as if the record raced the removal
 	stale.traced.Store(true)
 	stale.state.Store(stateFired)
-	w.byPID[stale.pid] = stale
-	w.idx.set(stale)
+	w.byPID.set(stale)
 	w.mu.Unlock()
 	w.traced(int32(d.pid), recKill, monotonicNs())
 	if len(kills) != 1 {
 		t.Errorf("OnKill called for a watch whose exit was reported: %+v", kills)
 	}
 	w.mu.Lock()
-	delete(w.byPID, stale.pid)
-	w.idx.del(stale)
+	w.byPID.del(stale)
 	w.mu.Unlock()
 	for _, p := range []*child{c, d} {
 		p.kill(unix.SIGKILL)

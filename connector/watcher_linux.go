@@ -113,9 +113,10 @@ type Watcher struct {
 	closed bool              // guarded by mu
 	nextID uint64            // guarded by mu
 	byKey  map[uint64]*watch // key -> watch, guarded by mu
-	byPID  map[int32]*watch  // tgid -> watch, guarded by mu
-	idx    pidIndex          // byPID for the tracepoint's reader, read without mu
-	byID   map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
+	// byPID: tgid -> watch. Written with mu held; the tracepoint's reader
+	// reads it without (pidIndex).
+	byPID pidIndex
+	byID  map[uint64]*watch // epoll data -> watch; present = registered in epfd; guarded by mu
 	// children counts the watches in byPID made with WatchChild and not in
 	// the exit tracepoint's map (byParent); while it is not 0 the socket
 	// filter passes every exit whose parent is this process. Guarded by mu.
@@ -162,7 +163,6 @@ func NewWatcher(opt Options) (*Watcher, error) {
 		pfd:   -1,
 		evfd:  -1,
 		byKey: make(map[uint64]*watch),
-		byPID: make(map[int32]*watch),
 		byID:  make(map[uint64]*watch),
 
 		filterEvery: filterInterval,
@@ -363,7 +363,8 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 	if old := w.byKey[key]; old != nil && live(old.state.Load()) {
 		return false, fmt.Errorf("connector: watch key %d pid %d: key %w (pid %d)", key, pid, ErrDuplicate, old.pid)
 	}
-	if old := w.byPID[int32(pid)]; old != nil && live(old.state.Load()) {
+	old := w.byPID.get(int32(pid))
+	if old != nil && live(old.state.Load()) {
 		return false, fmt.Errorf("connector: watch key %d pid %d: pid %w under key %d", key, pid, ErrDuplicate, old.key)
 	}
 	w.nextID++
@@ -377,22 +378,18 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 		return false, fmt.Errorf("connector: watch key %d pid %d: epoll_ctl add pidfd %d: %w", key, pid, pidfd, err)
 	}
 	w.byKey[key] = wt
-	if trace && w.tr != nil {
-		// In the index before the tracepoint's map: a record of the
-		// process can come as soon as the map holds its TGID, and the
-		// reader finds the watch without the mutex held here. A full map
-		// leaves this one to the other detectors. The map takes any TGID:
-		// a process that is not a child (WatchTraced) keeps its place in
-		// the socket filter too.
-		wt.traced.Store(true)
-		w.idx.set(wt)
-		if w.tr.add(wt.pid) != nil {
-			wt.traced.Store(false)
-		}
-	} else {
-		w.idx.set(wt)
+	// In byPID before the tracepoint's map: a record of the process can
+	// come as soon as the map holds its TGID, and the reader finds the
+	// watch without the mutex held here. A full map leaves this one to the
+	// other detectors. The map takes any TGID: a process that is not a
+	// child (WatchTraced) keeps its place in the socket filter too.
+	wt.traced.Store(trace && w.tr != nil)
+	w.byPID.set(wt)
+	w.byID[wt.id] = wt
+	if wt.traced.Load() && w.tr.add(wt.pid) != nil {
+		wt.traced.Store(false)
 	}
-	if old := w.byPID[wt.pid]; old != nil {
+	if old != nil {
 		// A reported (or unwatched) watch of a process that has not been
 		// reaped yet: its pid stays in the filter, so the set is unchanged.
 		if old.byParent() {
@@ -404,12 +401,8 @@ func (w *Watcher) addWatch(key uint64, pid, pidfd int, child, trace bool) (updat
 		if old.traced.Load() && !wt.traced.Load() {
 			w.tr.del(wt.pid)
 		}
-		w.byPID[wt.pid] = wt
-		w.byID[wt.id] = wt
 		return false, nil
 	}
-	w.byPID[wt.pid] = wt
-	w.byID[wt.id] = wt
 	if wt.byParent() {
 		// The filter passes children by their parent while there is one.
 		w.children++
@@ -442,9 +435,8 @@ func (w *Watcher) removeLocked(wt *watch) {
 	if w.byKey[wt.key] == wt {
 		delete(w.byKey, wt.key)
 	}
-	if w.byPID[wt.pid] == wt {
-		delete(w.byPID, wt.pid)
-		w.idx.del(wt)
+	if w.byPID.get(wt.pid) == wt {
+		w.byPID.del(wt)
 		if wt.traced.Load() {
 			w.tr.del(wt.pid)
 		}
@@ -669,7 +661,7 @@ func (w *Watcher) handleDatagram(b []byte) {
 func (w *Watcher) handleEvent(ev *Event) {
 	w.events.Add(1)
 	w.mu.Lock()
-	wt := w.byPID[int32(ev.TGID)]
+	wt := w.byPID.get(int32(ev.TGID))
 	w.mu.Unlock()
 	if wt == nil {
 		return
@@ -869,7 +861,7 @@ func (w *Watcher) waitLoop(epfd int) {
 // was reaped), and is left alone.
 func (w *Watcher) traced(tgid int32, kind uint32, ns uint64) {
 	now := monotonicNs()
-	wt := w.idx.get(tgid) // no lock between the record and the store of 0
+	wt := w.byPID.get(tgid) // no lock between the record and the store of 0
 	if wt == nil || !wt.traced.Load() || wt.since >= ns {
 		return
 	}

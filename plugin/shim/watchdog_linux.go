@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"os"
@@ -71,50 +72,22 @@ type watched struct {
 	beaten bool
 }
 
-// timeHeap is a min-heap of sample times (typed: container/heap would box
-// each time in an interface, an allocation per new bucket).
-type timeHeap []uint64
-
-func (h *timeHeap) push(t uint64) {
-	*h = append(*h, t)
-	a := *h
-	for i := len(a) - 1; i > 0; {
-		up := (i - 1) / 2
-		if a[up] <= a[i] {
-			break
-		}
-		a[up], a[i] = a[i], a[up]
-		i = up
-	}
-}
-
-// pop removes and returns the earliest time; h is not empty.
-func (h *timeHeap) pop() uint64 {
-	a := *h
-	t := a[0]
-	n := len(a) - 1
-	a[0] = a[n]
-	a = a[:n]
-	for i := 0; ; {
-		l := 2*i + 1
-		if l >= n {
-			break
-		}
-		if r := l + 1; r < n && a[r] < a[l] {
-			l = r
-		}
-		if a[i] <= a[l] {
-			break
-		}
-		a[i], a[l] = a[l], a[i]
-		i = l
-	}
-	*h = a
-	return t
-}
-
 // bucket is the incarnations due at one sample time.
 type bucket struct{ ws []*watched }
+
+// timeHeap is a min-heap of sample times.
+type timeHeap []uint64
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
+func (h *timeHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}
 
 // watchdog is the Shim's checker: one timerfd, waited for in the runtime's
 // poller by one goroutine. (A goroutine blocked in read(2) on a thread of
@@ -139,11 +112,6 @@ type watchdog struct {
 	due   map[uint64]*bucket
 	times timeHeap
 	spare []*bucket // emptied buckets, reused
-	// last is the bucket of the last add, at lastT: the incarnations of
-	// one bucket mostly move on to the same next one, without a map
-	// lookup each. Reset at each check.
-	last  *bucket
-	lastT uint64
 	// seen holds, during a check, the incarnations whose counter changed:
 	// their time is read once all are sampled.
 	seen []*watched
@@ -215,29 +183,23 @@ func (d *watchdog) watch(inc *incarnation, area *shm.BeatArea, spec plugin.Spec)
 	w.beatNs = d.clock()
 	w.deadline = w.next(w.beatNs)
 	d.n++
-	d.last = nil
 	d.add(w)
 	d.rearm()
 }
 
 // add puts w in the bucket of its sample time. Called with mu held.
 func (d *watchdog) add(w *watched) {
-	t := w.deadline
-	b := d.last
-	if b == nil || d.lastT != t {
-		var ok bool
-		if b, ok = d.due[t]; !ok {
-			if n := len(d.spare); n > 0 {
-				b, d.spare = d.spare[n-1], d.spare[:n-1]
-			} else {
-				b = &bucket{}
-			}
-			d.due[t] = b
-			d.times.push(t)
+	b, ok := d.due[w.deadline]
+	if !ok {
+		heap.Push(&d.times, w.deadline)
+		if n := len(d.spare); n > 0 {
+			b, d.spare = d.spare[n-1], d.spare[:n-1]
+		} else {
+			b = &bucket{}
 		}
-		d.last, d.lastT = b, t
+		d.due[w.deadline] = b
 	}
-	b.ws = append(b.ws, w)
+	b.ws = append(b.ws, w) // no map store: most adds go to an existing bucket
 }
 
 // next is the sample time at most one step after now, on the grain's
@@ -319,9 +281,8 @@ func (d *watchdog) check(now uint64) (hung []*watched) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.wakeups++
-	d.last = nil
 	for len(d.times) > 0 && d.times[0] <= now {
-		t := d.times.pop()
+		t := heap.Pop(&d.times).(uint64)
 		b := d.due[t]
 		delete(d.due, t)
 		for _, w := range b.ws {
